@@ -1,0 +1,132 @@
+import fiftyone as fo
+import numpy as np
+import pytest
+from PIL import Image
+
+from fiftyone_unseg import folders, sample_data
+
+
+def test_scenes_are_deterministic_and_independent_of_count():
+    a = sample_data.make_scene(3, 5, size=96, style="photo")
+    b = sample_data.make_scene(3, 5, size=96, style="photo")
+    c = sample_data.make_scene(4, 5, size=96, style="photo")
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.semantic, b.semantic)
+    assert all(np.array_equal(x, y) for x, y in zip(a.instance_masks, b.instance_masks))
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_written_files_do_not_depend_on_num(tmp_path):
+    few = sample_data.write_scenes(str(tmp_path / "few"), 2, seed=1, size=64)
+    many = sample_data.write_scenes(str(tmp_path / "many"), 5, seed=1, size=64)
+    for r_few, r_many in zip(few, many):
+        assert open(r_few["image"], "rb").read() == open(r_many["image"], "rb").read()
+
+
+@pytest.mark.parametrize("style", sample_data.STYLES)
+def test_labels_are_consistent(style):
+    for i in range(6):
+        scene = sample_data.make_scene(11, i, size=128, style=style)
+        assert scene.image.shape == (128, 128, 3) and scene.image.dtype == np.uint8
+        union = np.zeros_like(scene.semantic, bool)
+        for mask, label in zip(scene.instance_masks, scene.instance_labels):
+            assert mask.any(), "instances that vanished under occlusion must be dropped"
+            cls = sample_data.CLASSES.index(label) + 1
+            assert np.all(scene.semantic[mask] == cls), "instance outside its class region"
+            assert not (union & mask).any(), "visible instance masks must not overlap"
+            union |= mask
+        assert np.array_equal(union, scene.semantic > 0)
+
+
+def test_classes_and_splits_are_balanced():
+    counts = dict.fromkeys(sample_data.CLASSES, 0)
+    splits = {"train": 0, "val": 0, "test": 0}
+    n = 120
+    for i in range(n):
+        scene = sample_data.make_scene(0, i, size=64, style=sample_data.STYLES[i % 4])
+        splits[scene.split] += 1
+        for label in scene.instance_labels:
+            counts[label] += 1
+    mean = sum(counts.values()) / len(counts)
+    assert all(abs(c - mean) <= 0.25 * mean for c in counts.values()), counts
+    assert 0.55 * n <= splits["train"] <= 0.85 * n and splits["val"] > 0 and splits["test"] > 0
+
+
+def test_styles_differ_in_object_count():
+    def mean_objects(style):
+        return np.mean(
+            [len(sample_data.make_scene(2, i, 64, style).instance_labels) for i in range(20)]
+        )
+
+    assert mean_objects("clutter") > mean_objects("photo") > mean_objects("studio")
+
+
+def test_unknown_style_is_rejected():
+    with pytest.raises(ValueError, match="unknown scene style"):
+        sample_data.make_scene(0, 0, style="cartoon")
+
+
+def test_dataset_fields_match_files(sample_dataset):
+    ds = sample_dataset
+    assert len(ds) == 16
+    assert ds.mask_targets["ground_truth"] == {k + 1: c for k, c in enumerate(sample_data.CLASSES)}
+    assert set(ds.distinct("tags")) <= {"train", "val", "test"}
+    for sample in ds:
+        assert len(sample.tags) == 1
+        semantic = np.asarray(Image.open(sample.ground_truth.mask_path))
+        h, w = semantic.shape
+        for det in sample.instances.detections:
+            x, y, bw, bh = det.bounding_box
+            x0, y0 = round(x * w), round(y * h)
+            region = semantic[y0 : y0 + det.mask.shape[0], x0 : x0 + det.mask.shape[1]]
+            cls = sample_data.CLASSES.index(det.label) + 1
+            assert np.all(region[det.mask] == cls)
+
+
+def test_dataset_is_readable_as_folder_pairs(sample_dataset):
+    root = sample_dataset.info["dataset_dir"]
+    pairs = folders.find_pairs(f"{root}/images", f"{root}/masks")
+    assert len(pairs) == sum(len(s.instances.detections) for s in sample_dataset)
+    by_image = {}
+    for p in pairs:
+        by_image.setdefault(p.image, []).append(p.mask)
+    for sample in sample_dataset:
+        assert len(by_image.get(sample.filepath, [])) == len(sample.instances.detections)
+
+
+def test_find_pairs_matches_hqseg_layout(tmp_path):
+    (tmp_path / "im").mkdir()
+    (tmp_path / "gt").mkdir()
+    for stem in ("a", "b", "c"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "im" / f"{stem}.jpg")
+    Image.new("L", (8, 8)).save(tmp_path / "gt" / "a.png")
+    Image.new("L", (8, 8)).save(tmp_path / "gt" / "b__00.png")
+    Image.new("L", (8, 8)).save(tmp_path / "gt" / "b__01.png")
+    Image.new("L", (8, 8)).save(tmp_path / "gt" / "orphan.png")
+    pairs = folders.find_pairs(str(tmp_path / "im"), str(tmp_path / "gt"))
+    assert [(p.image[-5:], p.mask[-9:]) for p in pairs] == [
+        ("a.jpg", "/gt/a.png"),
+        ("b.jpg", "b__00.png"),
+        ("b.jpg", "b__01.png"),
+    ]
+
+
+def test_cli_creates_dataset_and_refuses_to_clobber(tmp_path, unseg):
+    proc = unseg(
+        "sample-data",
+        "--name",
+        "cli-made",
+        "--num",
+        "3",
+        "--size",
+        "64",
+        "--seed",
+        "5",
+        "--dir",
+        str(tmp_path / "files"),
+    )
+    assert "Created dataset 'cli-made': 3 samples" in proc.stdout
+    ds = fo.load_dataset("cli-made")
+    assert ds.persistent and len(ds) == 3 and ds.info["seed"] == 5
+    again = unseg("sample-data", "--name", "cli-made", "--num", "3", check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert len(fo.load_dataset("cli-made")) == 3

@@ -1,0 +1,1 @@
+"""Training of the UnSeg noise generator (bilevel optimisation against a surrogate)."""
