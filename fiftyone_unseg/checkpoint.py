@@ -1,0 +1,173 @@
+"""Save and load trained generators as checkpoint directories.
+
+A checkpoint is a directory holding ``model.safetensors`` (the full state dict) and
+``config.json`` (the :class:`SamConfig` plus metadata). Nothing is ever unpickled.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .modeling import NoiseGenerator, SamConfig, build_noise_generator
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "fiftyone-unseg-generator"
+DEFAULT_GENERATOR_DIR = Path(__file__).parent / "weights" / "default"
+
+
+def save_generator(
+    model: NoiseGenerator,
+    config: SamConfig,
+    path: str | os.PathLike,
+    extra_metadata: dict[str, Any] | None = None,
+) -> str:
+    """Write ``path/model.safetensors`` and ``path/config.json`` atomically.
+
+    Both files are written to temporary files in ``path``, synced, then moved over any
+    previous checkpoint there. ``extra_metadata`` must be JSON-serialisable.
+    Returns the generator id (first 12 hex digits of the tensor file's sha256).
+    """
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights_tmp, config_tmp = _temp_path(directory), _temp_path(directory)
+    try:
+        save_file(tensors, weights_tmp)
+        _fsync(weights_tmp)
+        generator_id = _file_id(weights_tmp)
+        info = {
+            "format": FORMAT,
+            "generator_id": generator_id,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "config": config.to_dict(),
+            "metadata": extra_metadata or {},
+        }
+        config_tmp.write_text(json.dumps(info, indent=2))
+        _fsync(config_tmp)
+        os.replace(weights_tmp, directory / WEIGHTS_FILE)
+        os.replace(config_tmp, directory / CONFIG_FILE)
+    finally:
+        weights_tmp.unlink(missing_ok=True)
+        config_tmp.unlink(missing_ok=True)
+    _fsync(directory)
+    return generator_id
+
+
+def load_generator(
+    path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> NoiseGenerator:
+    """Load a checkpoint directory (or the ``.safetensors`` file in it) in eval mode.
+
+    ``path=None`` loads the default generator shipped in ``fiftyone_unseg/weights/default/``.
+    The returned model has ``.config`` and ``.generator_id`` set. Raises FileNotFoundError
+    for missing files and ValueError for anything that is not a matching safetensors
+    checkpoint (config/tensor mismatch, pickles, modified files).
+    """
+    weights = _resolve_weights(path)
+    config_path = weights.with_name(CONFIG_FILE)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing; save checkpoints with save_generator")
+    try:
+        info = json.loads(config_path.read_text())
+        config = SamConfig.from_dict(info["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{config_path} is not a valid generator config: {error!r}") from error
+
+    model = build_noise_generator(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mismatches = _compare_shapes(expected, _tensor_shapes(weights))
+    if mismatches:
+        raise ValueError(
+            f"{config_path} (config {config.name!r}) does not match the tensors in {weights}: "
+            + "; ".join(mismatches[:8])
+            + (f"; and {len(mismatches) - 8} more" if len(mismatches) > 8 else "")
+        )
+    generator_id = _file_id(weights)
+    if info.get("generator_id") != generator_id:
+        raise ValueError(
+            f"{weights} has id {generator_id} but {config_path} records "
+            f"{info.get('generator_id')}: the files come from different saves or were modified"
+        )
+    model.load_state_dict(load_file(weights))
+    model.generator_id = generator_id
+    return model.to(device).eval()
+
+
+def _resolve_weights(path: str | os.PathLike | None) -> Path:
+    """The tensor file to load for ``path`` (a checkpoint directory or its tensor file)."""
+    if path is None:
+        weights = DEFAULT_GENERATOR_DIR / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"No default generator is installed yet (expected {weights}). Train one with "
+                "`unseg train --config tiny` and pass its output directory as the path."
+            )
+        return weights
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    elif path.is_file() and path.suffix != ".safetensors":
+        raise ValueError(
+            f"{path} is not a generator checkpoint: pass a directory holding {WEIGHTS_FILE} and "
+            f"{CONFIG_FILE}, or that {WEIGHTS_FILE}. Pickle files (.pt, .pth) are never loaded; "
+            "official SAM weights go through build_noise_generator(..., sam_checkpoint=...)."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"generator checkpoint not found: {path}")
+    return path
+
+
+def _tensor_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Read tensor names and shapes from a safetensors header without loading data."""
+    try:
+        with safe_open(weights, framework="pt") as file:
+            return {k: tuple(file.get_slice(k).get_shape()) for k in file.keys()}
+    except SafetensorError as error:
+        raise ValueError(f"{weights} is not a safetensors file: {error}") from error
+
+
+def _compare_shapes(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> list[str]:
+    """Human-readable differences between two name -> shape maps."""
+    return (
+        [f"missing {k}" for k in sorted(set(expected) - set(found))]
+        + [f"unexpected {k}" for k in sorted(set(found) - set(expected))]
+        + [
+            f"{k}: config gives {expected[k]}, file has {found[k]}"
+            for k in sorted(set(expected) & set(found))
+            if expected[k] != found[k]
+        ]
+    )
+
+
+def _temp_path(directory: Path) -> Path:
+    """A new empty hidden temporary file in ``directory`` (same filesystem as the target)."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_id(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]

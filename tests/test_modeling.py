@@ -1,0 +1,238 @@
+"""The noise generator, SAM weight loading and generator checkpoints (CPU, fast)."""
+
+import dataclasses
+import itertools
+import json
+import pickle
+
+import pytest
+import segment_anything
+import torch
+
+from fiftyone_unseg import checkpoint
+from fiftyone_unseg.checkpoint import load_generator, save_generator
+from fiftyone_unseg.modeling import (
+    NoiseGenerator,
+    SamConfig,
+    build_noise_generator,
+    load_sam_weights,
+)
+
+MICRO = SamConfig(
+    name="micro",
+    img_size=64,
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    encoder_window_size=2,
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_mlp_dim=64,
+    decoder_num_heads=4,
+    freeze_backbone=False,
+)
+S = MICRO.img_size
+
+
+def _prompts(seed: int, batch: int = 2) -> dict:
+    """Random boxes, points (with -1 padding) and mask prompts for MICRO."""
+    gen = torch.Generator().manual_seed(seed)
+    corners = torch.rand(batch, 2, 2, generator=gen) * S
+    boxes = torch.cat([corners.min(1).values, corners.max(1).values], dim=1)
+    coords = torch.rand(batch, 4, 2, generator=gen) * S
+    labels = torch.tensor([[1, 1, 0, -1], [1, -1, -1, -1]])[:batch]
+    masks = (torch.rand(batch, 1, S // 4, S // 4, generator=gen) > 0.5).float()
+    return {"boxes": boxes, "points": (coords, labels), "mask_prompts": masks}
+
+
+@pytest.fixture(scope="module")
+def micro() -> NoiseGenerator:
+    torch.manual_seed(0)
+    return build_noise_generator(MICRO)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(2, 3, S, S, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def sam_vit_b_checkpoint(tmp_path_factory) -> tuple:
+    """An official-format SAM ViT-B checkpoint (random weights) and its state dict."""
+    state = segment_anything.build_sam_vit_b().state_dict()
+    path = tmp_path_factory.mktemp("sam") / "sam_vit_b_random.pth"
+    torch.save(state, path)
+    return path, state
+
+
+class WritesMarker:
+    """Unpickling this creates a marker file: a stand-in for malicious code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("name", ["micro", "tiny"])
+def test_noise_shape_and_range(name, micro):
+    model = micro if name == "micro" else build_noise_generator("tiny")
+    size = model.img_size
+    boxes = torch.tensor([[4.0, 4.0, size / 2, size / 2]])
+    with torch.no_grad():
+        noise = model(torch.rand(1, 3, size, size), boxes=boxes)
+    assert noise.shape == (1, 3, size, size)
+    assert noise.abs().max() <= 1
+    assert noise.std() > 0
+
+
+def test_all_three_noise_channels_are_used(micro, images):
+    noise = micro(images, boxes=_prompts(0)["boxes"])
+    decoder = micro.mask_decoder
+    for channel in range(3):
+        micro.zero_grad()
+        noise[:, channel].sum().backward(retain_graph=True)
+        assert decoder.noise_tokens.weight.grad[channel].abs().sum() > 0
+        assert all(p.grad.abs().sum() > 0 for p in decoder.noise_mlps[channel].parameters())
+        assert noise[:, channel].std() > 0
+    micro.zero_grad()
+
+
+def test_every_prompt_combination_works_and_prompts_matter(micro, images):
+    first, second = _prompts(2), _prompts(3)
+    with torch.no_grad():
+        for count in range(4):
+            for kinds in itertools.combinations(first, count):
+                noise = micro(images, **{kind: first[kind] for kind in kinds})
+                assert noise.shape == images.shape and noise.abs().max() <= 1
+        for kind in first:
+            a = micro(images, **{kind: first[kind]})
+            b = micro(images, **{kind: second[kind]})
+            assert not torch.allclose(a, b), f"{kind} prompts do not change the noise"
+
+
+def test_prompt_batch_must_match_images(micro, images):
+    with pytest.raises(ValueError, match="boxes has batch size 1"):
+        micro(images, boxes=_prompts(0)["boxes"][:1])
+    with pytest.raises(ValueError, match="Bx3x64x64"):
+        micro(torch.rand(1, 3, 32, 32))
+
+
+def test_perturb_respects_eps_inside_and_outside():
+    gen = torch.Generator().manual_seed(4)
+    images = torch.rand(2, 3, 32, 32, generator=gen)
+    noise = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    noise[..., :4, :] = torch.sign(noise[..., :4, :])  # exactly +-1 somewhere
+    mask = (torch.rand(2, 1, 32, 32, generator=gen) > 0.5).float()
+    eps, eps_bg = 8 / 255, 2 / 255
+    out = NoiseGenerator.perturb(images, noise, mask, eps, eps_bg)
+    eps_map = torch.where(mask.bool(), eps, eps_bg).expand_as(images)
+    assert out.min() >= 0 and out.max() <= 1
+    assert ((out - images).abs() <= eps_map + 1e-6).all()
+    unclamped = images + noise * eps_map
+    inside = (unclamped >= 0) & (unclamped <= 1)
+    assert torch.allclose(out[inside], unclamped[inside])
+    assert torch.equal(out[~inside], unclamped[~inside].clamp(0, 1))
+    saturated = NoiseGenerator.perturb(
+        torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4), mask[:1, :, :4, :4], eps, eps_bg
+    )
+    assert torch.equal(saturated, torch.ones(1, 3, 4, 4))
+
+
+def test_freeze_leaves_only_noise_head_trainable():
+    model = build_noise_generator(dataclasses.replace(MICRO, freeze_backbone=True))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    head = {f"mask_decoder.{name}." for name in model.mask_decoder.NOISE_HEAD}
+    assert trainable and all(name.startswith(tuple(head)) for name in trainable)
+    assert {id(p) for p in model.noise_head_parameters()} == {
+        id(p) for p in model.parameters() if p.requires_grad
+    }
+    assert len(trainable) == sum(1 for _ in model.noise_head_parameters())
+
+
+def test_config_json_round_trip():
+    for config in (MICRO, build_noise_generator("tiny").config):
+        assert SamConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="unknown generator config keys"):
+        SamConfig.from_dict({**MICRO.to_dict(), "bogus": 1})
+
+
+def test_official_sam_checkpoint_loads_unchanged(sam_vit_b_checkpoint):
+    path, state = sam_vit_b_checkpoint
+    model = build_noise_generator("vit_b", sam_checkpoint=path)
+    loaded = model.state_dict()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    assert not any(p.requires_grad for p in model.image_encoder.parameters())
+    assert not any(p.requires_grad for p in model.mask_decoder.transformer.parameters())
+    assert all(p.requires_grad for p in model.noise_head_parameters())
+
+
+def test_wrong_size_sam_checkpoint_is_rejected(sam_vit_b_checkpoint):
+    path, _ = sam_vit_b_checkpoint
+    with pytest.raises(ValueError, match=r"shape mismatch.*seems to be for 'vit_b'"):
+        build_noise_generator("vit_l", sam_checkpoint=path)
+
+
+def test_missing_sam_checkpoint_says_nothing_is_downloaded(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        load_sam_weights(build_noise_generator(MICRO), tmp_path / "sam_vit_b_01ec64.pth")
+
+
+def test_save_load_round_trip(micro, images, tmp_path):
+    prompts = _prompts(5)
+    generator_id = save_generator(micro, MICRO, tmp_path / "gen", {"epochs": 3})
+    save_generator(micro, MICRO, tmp_path / "gen", {"epochs": 3})  # overwrite in place
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    for path in (tmp_path / "gen", tmp_path / "gen" / "model.safetensors"):
+        loaded = load_generator(path)
+        assert not loaded.training
+        assert loaded.config == MICRO and loaded.generator_id == generator_id
+        with torch.no_grad():
+            assert torch.equal(loaded(images, **prompts), micro(images, **prompts))
+    info = json.loads((tmp_path / "gen" / "config.json").read_text())
+    assert info["metadata"] == {"epochs": 3} and info["generator_id"] == generator_id
+
+
+def test_pickles_are_never_unpickled(micro, tmp_path):
+    marker = tmp_path / "marker"
+    evil = pickle.dumps(WritesMarker(marker))
+    (tmp_path / "evil.pth").write_bytes(evil)
+    with pytest.raises(ValueError, match="never loaded"):
+        load_generator(tmp_path / "evil.pth")
+    save_generator(micro, MICRO, tmp_path / "gen")
+    (tmp_path / "gen" / "model.safetensors").write_bytes(evil)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        load_generator(tmp_path / "gen")
+    torch.save(WritesMarker(marker), tmp_path / "evil_sam.pth")
+    with pytest.raises(ValueError, match="not a plain SAM state dict"):
+        load_sam_weights(micro, tmp_path / "evil_sam.pth")
+    assert not marker.exists()
+
+
+def test_config_not_matching_tensors_is_rejected(micro, tmp_path):
+    save_generator(micro, MICRO, tmp_path / "gen")
+    config_path = tmp_path / "gen" / "config.json"
+    info = json.loads(config_path.read_text())
+    info["config"]["encoder_depth"] = 3
+    config_path.write_text(json.dumps(info))
+    with pytest.raises(
+        ValueError, match=r"does not match the tensors.*missing image_encoder\.blocks\.2"
+    ):
+        load_generator(tmp_path / "gen")
+
+
+def test_missing_files_and_default_generator(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_generator(tmp_path / "nowhere")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        load_generator(tmp_path)
+    monkeypatch.setattr(checkpoint, "DEFAULT_GENERATOR_DIR", tmp_path / "default")
+    with pytest.raises(FileNotFoundError, match="unseg train --config tiny"):
+        load_generator()
