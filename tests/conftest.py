@@ -20,6 +20,7 @@ os.environ["FIFTYONE_DEFAULT_DATASET_DIR"] = os.path.join(_TMP, "datasets")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ["UNSEG_CACHE_DIR"] = os.path.join(_TMP, "cache")
 # The plugin is discovered the way users install it: a plugins dir linking to the repo.
 os.makedirs(os.path.join(_TMP, "plugins"))
 os.symlink(REPO, os.path.join(_TMP, "plugins", "unseg"))

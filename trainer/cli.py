@@ -2,13 +2,68 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 
 from fiftyone_unseg import cli as library_cli
+from trainer.config import load_config, shipped_configs
+
+
+def _cmd_train(args) -> int:
+    from trainer.loop import train
+
+    overrides = {
+        "max_steps": args.max_steps,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "data": args.data,
+        "sam_checkpoint": args.sam_checkpoint,
+        "seed": args.seed,
+        "num_workers": args.num_workers,
+    }
+    cfg = load_config(args.config, **overrides)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    summary = train(cfg, args.out, resume=args.resume)
+    if summary:
+        ious = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith("iou"))
+        print(f"Trained {summary['steps']} steps in {summary['wall_s']:.0f} s: {ious}")
+        print(
+            f"Generator: {summary['generator']} (unseg protect --generator {summary['generator']})"
+        )
+        if summary["skipped_pairs"]:
+            print(f"Skipped {len(summary['skipped_pairs'])} unreadable pairs:")
+            print(json.dumps(summary["skipped_pairs"], indent=2))
+    return 0
+
+
+def add_train_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a noise generator (bilevel, against a surrogate); torchrun for several GPUs",
+    )
+    p.add_argument(
+        "--config", default="tiny", help=f"shipped config ({', '.join(shipped_configs())}) or JSON"
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        help="data source, repeatable: DIR, IMAGES:MASKS, fiftyone:DATASET[:FIELD], "
+        "sample:NUM[:SEED[:STYLES[:SIZE]]]",
+    )
+    p.add_argument("--out", default="runs/train", help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--max-steps", type=int, help="cap on bilevel steps")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--num-workers", type=int, help="data-loading workers per process")
+    p.add_argument("--sam-checkpoint", help="official SAM weights (local path) for vit_* configs")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=_cmd_train)
 
 
 def main(argv=None) -> int:
-    parser = library_cli.build_parser()
+    parser = library_cli.build_parser(extra_commands=[add_train_command])
     return library_cli.run(parser, argv)
 
 

@@ -85,13 +85,17 @@ class NoiseGenerator(PromptableSegmenter):
         boxes: torch.Tensor | None = None,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         mask_prompts: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        with_mask_logits: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """images Bx3xSxS in [0, 1] plus any prompts -> noise Bx3xSxS in [-1, 1].
 
         The head's 1/4-resolution output is upsampled bilinearly to the input size.
+        With ``with_mask_logits`` also returns SAM's single-mask logits Bx1x(S/4)x(S/4)
+        (used to pretrain the SAM part as a promptable segmenter).
         """
-        noise, _ = self.decode(*self.encode(images), boxes, points, mask_prompts)
-        return F.interpolate(noise, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        noise, mask_logits = self.decode(*self.encode(images), boxes, points, mask_prompts)
+        noise = F.interpolate(noise, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return (noise, mask_logits[:, :1]) if with_mask_logits else noise
 
     @staticmethod
     def perturb(

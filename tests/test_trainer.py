@@ -1,0 +1,275 @@
+"""The bilevel trainer on the CPU with micro models: it learns, checkpoints, resumes, scales."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fiftyone_unseg import checkpoint, folders
+from fiftyone_unseg.modeling import NoiseGenerator
+from trainer import distributed, prompts
+from trainer.config import TrainConfig, load_config
+from trainer.data import PairDataset, load_pairs
+from trainer.loop import Trainer, generator_inputs
+from trainer.losses import mask_loss, uncertain_points
+
+MICRO = {
+    "name": "micro",
+    "img_size": 64,
+    "encoder_embed_dim": 32,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "encoder_global_attn_indexes": [1],
+    "encoder_window_size": 2,
+    "prompt_embed_dim": 32,
+    "mask_in_chans": 8,
+    "decoder_mlp_dim": 64,
+    "decoder_num_heads": 4,
+    "freeze_backbone": True,
+}
+DATA = "sample:12:0:photo+studio:96"
+
+
+def micro_config(**overrides) -> TrainConfig:
+    base = dict(
+        generator=MICRO,
+        surrogate=MICRO,
+        surrogate_img_size=48,
+        data=[DATA],
+        val_fraction=0.25,
+        unit="steps",
+        surrogate_phase=2,
+        generator_phase=2,
+        max_steps=4,
+        batch_size=2,
+        num_points=256,
+        val_every=1000,
+        val_images=4,
+        checkpoint_every=1000,
+        lr=1e-3,
+        device="cpu",
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    t = Trainer(micro_config(), str(tmp_path), distributed.Context(0, 1, torch.device("cpu")))
+    t._enter_stage("bilevel")
+    return t
+
+
+def _fixed_batch(t: Trainer):
+    torch.manual_seed(3)
+    images, masks = zip(*(t.train_data[i] for i in range(2)))
+    return torch.stack(images), torch.stack(masks)
+
+
+def _surrogate_loss(t: Trainer, images, masks, target=None) -> float:
+    """The surrogate's loss on perturbed images, with prompts and points fixed by seed."""
+    torch.manual_seed(0)
+    p = prompts.make_prompts(masks, ["box", "mask"])
+    with torch.no_grad():
+        x, s_masks = t._perturb_for_surrogate(t.generator, images, masks, p)
+        logits = t.surrogate(x, prompts.make_prompts(s_masks, ["box"]))
+        return mask_loss(logits, s_masks if target is None else target, 256).item()
+
+
+def test_surrogate_steps_lower_surrogate_loss(trainer):
+    images, masks = _fixed_batch(trainer)
+    before = _surrogate_loss(trainer, images, masks)
+    for _ in range(30):
+        trainer._surrogate_step(images, masks)
+    assert _surrogate_loss(trainer, images, masks) < 0.85 * before
+
+
+def test_generator_steps_lower_generator_objective(trainer):
+    images, masks = _fixed_batch(trainer)
+    for _ in range(5):
+        trainer._surrogate_step(images, masks)
+    ones = torch.ones(masks.shape[0], 1, 48, 48)
+    surrogate_before = {k: v.clone() for k, v in trainer.surrogate.state_dict().items()}
+    frozen_before = trainer.generator.image_encoder.patch_embed.proj.weight.clone()
+    before = _surrogate_loss(trainer, images, masks, target=ones)
+    # Label modification needs a visible budget to move the surrogate within a few steps.
+    trainer.cfg.eps_train = trainer.cfg.eps_bg_train = 16 / 255
+    for _ in range(15):
+        trainer._generator_step(images, masks)
+    assert _surrogate_loss(trainer, images, masks, target=ones) < before
+    for k, v in trainer.surrogate.state_dict().items():  # the surrogate stayed frozen
+        assert torch.equal(v, surrogate_before[k]), k
+    assert torch.equal(trainer.generator.image_encoder.patch_embed.proj.weight, frozen_before)
+
+
+def test_noise_respects_budget_and_mask(trainer):
+    images, masks = _fixed_batch(trainer)
+    for _ in range(5):
+        trainer._generator_step(images, masks)
+    p = prompts.make_prompts(masks, ["box", "points", "mask"])
+    with torch.no_grad():
+        noise = trainer.generator(images, **generator_inputs(p, 64))
+    eps, eps_bg = 8 / 255, 2 / 255
+    delta = (NoiseGenerator.perturb(images, noise, masks, eps, eps_bg) - images).abs()
+    inside, outside = delta * masks, delta * (1 - masks)
+    assert inside.max() <= eps + 1e-6 and outside.max() <= eps_bg + 1e-6
+    # Where the image is not clipped, the perturbation is exactly noise * budget.
+    free = ((images > eps) & (images < 1 - eps)).float()
+    expected = (noise.abs() * (eps_bg + (eps - eps_bg) * masks)) * free
+    assert torch.allclose(delta * free, expected, atol=1e-6)
+    assert inside.sum() / masks.sum() > outside.sum() / (1 - masks).sum()
+
+
+def test_checkpoint_round_trip_gives_identical_noise(trainer):
+    images, masks = _fixed_batch(trainer)
+    trainer._generator_step(images, masks)
+    trainer.step = 7
+    path = trainer.save_checkpoint()
+    loaded = checkpoint.load_generator(os.path.join(path, "generator"))
+    p = prompts.make_prompts(masks, ["box", "mask"])
+    trainer.generator.eval()
+    with torch.no_grad():
+        a = trainer.generator(images, **generator_inputs(p, 64))
+        b = loaded(images, **generator_inputs(p, 64))
+    assert torch.equal(a, b)
+    meta = json.load(open(os.path.join(path, "generator", "config.json")))["metadata"]
+    assert meta["step"] == 7 and meta["eps_generate"] == pytest.approx(8 / 255)
+
+
+def _metrics(out) -> list:
+    with open(os.path.join(out, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_runs_end_to_end_and_resumes(tmp_path):
+    out = str(tmp_path / "run")
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    cfg = micro_config(pretrain_steps=2, max_steps=4, checkpoint_every=2, log_every=1, val_every=3)
+    summary = Trainer(cfg, out, ctx).run()
+    assert summary["steps"] == 6 and os.path.isdir(summary["generator"])
+    rows = _metrics(out)
+    assert [r["phase"] for r in rows] == ["pretrain"] * 2 + ["surrogate"] * 2 + ["generator"] * 2
+    assert rows[2]["iou_train_clean"] != "" and rows[2]["iou_val_perturbed"] != ""
+    # Resume with a longer schedule: the step count continues from the last checkpoint.
+    longer = micro_config(pretrain_steps=2, max_steps=8, checkpoint_every=2, log_every=1)
+    resumed = Trainer(longer, out, ctx)
+    summary = resumed.run(resume=True)
+    assert summary["steps"] == 10
+    steps = [int(r["step"]) for r in _metrics(out)]
+    assert steps == list(range(1, 11))
+    assert resumed.stage == "bilevel"
+    assert all(not p.requires_grad for p in resumed.generator.image_encoder.parameters())
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    """The distributed path: torchrun, gloo, DDP, DistributedSampler, rank-0 outputs."""
+    cfg = micro_config(max_steps=4, checkpoint_every=2, log_every=1).to_dict()
+    cfg_path = tmp_path / "micro.json"
+    cfg_path.write_text(json.dumps(cfg))
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "trainer.cli",
+            "train",
+            "--config",
+            str(cfg_path),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Trained 4 steps") == 1  # only rank 0 reports
+    assert [int(r["step"]) for r in _metrics(out)] == [1, 2, 3, 4]
+    assert checkpoint.load_generator(str(out / "generator")).generator_id
+
+
+def test_shipped_configs_and_overrides():
+    cfg = load_config("tiny", max_steps=5, device="cpu", batch_size=None)
+    assert cfg.max_steps == 5 and cfg.device == "cpu" and cfg.batch_size == 4
+    assert cfg.generator_config().freeze_backbone and cfg.pretrain_steps > 0
+    vit_b = load_config("vit_b")
+    assert vit_b.generator_config().img_size == 1024 and vit_b.surrogate_config().img_size == 512
+    assert (vit_b.surrogate_phase, vit_b.generator_phase, vit_b.epochs) == (1, 3, 27)
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_dict({"learning_rate": 1})
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="maximise")
+
+
+def test_prompts_follow_the_mask():
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[0, 0, 10:30, 20:50] = 1
+    boxes = prompts.boxes_from_masks(masks)
+    assert boxes[0].tolist() == [20, 10, 50, 30]
+    coords, labels = prompts.points_from_masks(masks, 10)
+    xs, ys = coords[0, :, 0].long(), coords[0, :, 1].long()
+    assert masks[0, 0, ys, xs].all() and (labels[0] == 1).all()
+    assert (labels[1] == -1).all()  # the empty mask gets padding points only
+    noisy = prompts.noisy_masks(masks)[0, 0]
+    inter, union = (noisy * masks[0, 0]).sum(), ((noisy + masks[0, 0]) > 0).sum()
+    assert 0.5 < inter / union < 1.0
+
+
+def test_importance_sampling_prefers_uncertain_points():
+    logits = torch.full((1, 1, 32, 32), 10.0)
+    logits[..., :, 16:] = 0.0  # right half uncertain
+    coords = uncertain_points(logits, 100, 3.0, 0.75)
+    assert (coords[0, :75, 0] >= 0.5).float().mean() > 0.95
+
+
+def test_folder_sets_and_fiftyone_sources(tmp_path, sample_dataset):
+    for set_dir, (im, gt) in {
+        "DIS-TR": ("im", "gt"),
+        "DUTS": ("DUTS-TR-Image", "DUTS-TR-Mask"),
+    }.items():
+        (tmp_path / set_dir / im).mkdir(parents=True)
+        (tmp_path / set_dir / gt).mkdir(parents=True)
+        for k in range(2):
+            Image.new("RGB", (16, 16)).save(tmp_path / set_dir / im / f"{k}.jpg")
+            Image.new("L", (16, 16), 255).save(tmp_path / set_dir / gt / f"{k}.png")
+    assert len(load_pairs(str(tmp_path))) == 4
+    instances = load_pairs("fiftyone:unseg-test-samples:instances")
+    assert len(instances) == sample_dataset.count("instances.detections")
+    semantic = load_pairs("fiftyone:unseg-test-samples:ground_truth")
+    assert len(semantic) == sum(
+        len(set(np.unique(np.asarray(Image.open(s.ground_truth.mask_path)))) - {0})
+        for s in sample_dataset
+    )
+    with pytest.raises(ValueError, match="must hold instance masks"):
+        load_pairs("fiftyone:unseg-test-samples:style")
+
+
+def test_bad_pairs_are_skipped_and_reported(tmp_path):
+    im, gt = tmp_path / "im", tmp_path / "gt"
+    im.mkdir()
+    gt.mkdir()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(im / "good.jpg")
+    Image.new("L", (32, 32), 255).save(gt / "good.png")
+    (im / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    Image.new("L", (32, 32), 255).save(gt / "corrupt.png")
+    Image.new("RGB", (32, 32)).save(im / "mismatch.jpg")
+    Image.new("L", (16, 16), 255).save(gt / "mismatch.png")
+    data = PairDataset(folders.find_pairs(str(im), str(gt)), 32, augment=True)
+    for i in range(len(data)):
+        image, mask = data[i]
+        assert image.shape == (3, 32, 32) and mask.sum() > 0
+    reasons = {os.path.basename(p.image): why for p, why in data.skipped.items()}
+    assert set(reasons) == {"corrupt.jpg", "mismatch.jpg"}
+    assert "cannot decode" in reasons["corrupt.jpg"] and "16x16" in reasons["mismatch.jpg"]

@@ -1,0 +1,134 @@
+"""Training configuration: one dataclass, stored as JSON (``trainer/configs/*.json``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from fiftyone_unseg.modeling import SamConfig, generator_configs
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+OBJECTIVES = ("label_modification", "error_minimisation")
+UNITS = ("epochs", "steps")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``unseg train`` needs; defaults are the paper's reference settings.
+
+    Phases alternate in blocks: ``surrogate_phase`` units train only the surrogate
+    (noise detached), then ``generator_phase`` units train only the generator
+    (surrogate frozen, gradients flow through it). ``unit`` is "epochs" or "steps".
+    Budgets are fractions of the [0, 1] pixel range: a small one for training and the
+    larger one recommended for generation ("epsilon generalisation").
+    """
+
+    generator: str | dict = "tiny"  # a registry name or a SamConfig dict
+    sam_checkpoint: str | None = None  # official SAM weights for vit_* (local path)
+    freeze_backbone: bool | None = None  # None: the generator config's own setting
+    pretrain_steps: int = 0  # train the generator's SAM part as a segmenter first
+    pretrain_lr: float = 1e-4
+    surrogate: str | dict = "tiny"
+    surrogate_img_size: int | None = None  # None: the surrogate config's img_size
+    data: list = field(default_factory=lambda: ["sample:400:0"])
+    val_fraction: float = 0.1
+    objective: str = "label_modification"
+    eps_train: float = 1 / 255
+    eps_bg_train: float = 0.25 / 255
+    eps_generate: float = 8 / 255
+    eps_bg_generate: float = 2 / 255
+    unit: str = "epochs"
+    surrogate_phase: int = 1
+    generator_phase: int = 3
+    epochs: int = 27
+    max_steps: int | None = None  # caps the bilevel steps (after pretraining)
+    lr: float = 1e-4
+    lr_drop_at: int = 20  # in ``unit``s of the bilevel stage
+    lr_gamma: float = 0.1
+    batch_size: int = 4  # per process
+    num_workers: int = 0
+    num_points: int = 112 * 112
+    oversample_ratio: float = 3.0
+    importance_ratio: float = 0.75
+    prompt_points: int = 10
+    scale_range: tuple = (0.1, 2.0)
+    hflip: bool = True
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: bool = True  # bf16 autocast on GPU
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 100
+    val_images: int = 16
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
+        if self.surrogate_phase < 1 or self.generator_phase < 1:
+            raise ValueError("surrogate_phase and generator_phase must be at least 1")
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        self.scale_range = tuple(self.scale_range)
+
+    def generator_config(self) -> SamConfig:
+        config = _sam_config(self.generator)
+        if self.freeze_backbone is not None:
+            config = dataclasses.replace(config, freeze_backbone=self.freeze_backbone)
+        return config
+
+    def surrogate_config(self) -> SamConfig:
+        config = _sam_config(self.surrogate)
+        if self.surrogate_img_size:
+            config = dataclasses.replace(config, img_size=self.surrogate_img_size)
+        return dataclasses.replace(config, name=f"surrogate-{config.name}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {unknown}")
+        return cls(**data)
+
+
+def _sam_config(spec: str | dict) -> SamConfig:
+    if isinstance(spec, dict):
+        return SamConfig.from_dict(spec)
+    if spec not in generator_configs:
+        raise ValueError(
+            f"unknown model config {spec!r}; choose one of {sorted(generator_configs)}"
+        )
+    return generator_configs[spec]
+
+
+def shipped_configs() -> list:
+    """Names of the configs that ship with the trainer."""
+    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
+
+
+def load_config(name_or_path: str, **overrides) -> TrainConfig:
+    """A shipped config by name (``tiny``, ``vit_b``) or a JSON file, with overrides applied.
+
+    Overrides whose value is None are ignored.
+    """
+    path = name_or_path
+    if not os.path.isfile(path):
+        path = os.path.join(CONFIG_DIR, f"{name_or_path}.json")
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"config {name_or_path!r} is neither a file nor a shipped config "
+                f"({', '.join(shipped_configs())})"
+            )
+    with open(path) as f:
+        data = json.load(f)
+    data.pop("_comment", None)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(data)

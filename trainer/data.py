@@ -1,0 +1,242 @@
+"""Training data: (image, binary object mask) pairs from folders, FiftyOne or sample scenes.
+
+A data source is a string:
+  ``sample:NUM[:SEED[:STYLE+STYLE[:SIZE]]]``  generated sample scenes (cached on disk);
+  ``fiftyone:DATASET[:FIELD]``                 a FiftyOne dataset (or ``DATASET@SAVED_VIEW``);
+                                              each instance or class region is one mask;
+  ``IMAGE_DIR:MASK_DIR``                       one image / mask folder pair;
+  ``DIR``                                      a folder holding one or more sets, each an image
+                                              folder with a sibling mask folder
+                                              (images/masks, im/gt, *-Image/*-Mask, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch.utils.data import Dataset
+
+from fiftyone_unseg import folders, io
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR = os.environ.get("UNSEG_CACHE_DIR") or os.path.join(
+    os.path.expanduser("~"), ".cache", "unseg"
+)
+_MASK_DIR_NAMES = {"images": "masks", "im": "gt", "image": "mask", "imgs": "masks", "img": "gt"}
+
+
+def _sample_source(spec: str) -> list:
+    from fiftyone_unseg import sample_data
+
+    parts = spec.split(":")[1:]
+    num = int(parts[0])
+    seed = int(parts[1]) if len(parts) > 1 else 0
+    styles = parts[2].split("+") if len(parts) > 2 else list(sample_data.DEFAULT_STYLES)
+    size = int(parts[3]) if len(parts) > 3 else 512
+    root = os.path.join(CACHE_DIR, "sample-data", f"seed{seed}-n{num}-{'+'.join(styles)}-{size}")
+    marker = os.path.join(root, "complete")
+    if not os.path.exists(marker):
+        logger.info("generating %d sample scenes in %s", num, root)
+        sample_data.write_scenes(root, num, seed=seed, size=size, styles=styles)
+        io.atomic_write_bytes(b"", marker)
+    return folders.find_pairs(os.path.join(root, "images"), os.path.join(root, "masks"))
+
+
+def _fiftyone_source(spec: str) -> list:
+    """Export each instance / class region of a FiftyOne dataset as a binary mask file."""
+    import fiftyone as fo
+    from PIL import Image
+
+    parts = spec.split(":")[1:]
+    name, _, saved_view = parts[0].partition("@")
+    dataset = fo.load_dataset(name)
+    view = dataset.load_saved_view(saved_view) if saved_view else dataset
+    field = parts[1] if len(parts) > 1 else None
+    if field is None:
+        field = next(
+            (f for f, t in _label_fields(view).items() if t in ("Detections", "Segmentation")),
+            None,
+        )
+    kind = _label_fields(view).get(field)
+    if kind not in ("Detections", "Segmentation"):
+        raise ValueError(
+            f"{spec}: field {field!r} must hold instance masks (fo.Detections) or a semantic "
+            f"mask (fo.Segmentation); the dataset has {_label_fields(view)}"
+        )
+    key = hashlib.sha1(",".join(view.values("id")).encode()).hexdigest()[:12]
+    root = os.path.join(CACHE_DIR, "fiftyone", f"{name}-{field}-{key}")
+    pairs = []
+    for sample in view.select_fields(field).iter_samples(progress=False):
+        label = sample[field]
+        if label is None:
+            continue
+        for k, mask in enumerate(_label_masks(label, sample.filepath)):
+            path = os.path.join(root, folders.instance_mask_name(sample.id, k))
+            if not os.path.exists(path):
+                io.atomic_write_image(Image.fromarray(mask.astype(np.uint8) * 255), path)
+            pairs.append(folders.Pair(sample.filepath, path))
+    return pairs
+
+
+def _label_fields(view) -> dict:
+    import fiftyone as fo
+
+    schema = view.get_field_schema(embedded_doc_type=fo.Label)
+    return {name: f.document_type.__name__ for name, f in schema.items()}
+
+
+def _label_masks(label, filepath: str) -> list:
+    """Full-size binary masks of every instance (Detections) or class region (Segmentation)."""
+    import fiftyone as fo
+
+    if isinstance(label, fo.Segmentation):
+        seg = label.get_mask()
+        if seg.ndim == 3:
+            seg = seg[..., 0]
+        return [seg == v for v in np.unique(seg) if v != 0]
+    from PIL import Image
+
+    with Image.open(filepath) as im:
+        w, h = im.size
+    masks = []
+    for det in label.detections:
+        if det.mask is None and det.mask_path is None:
+            continue
+        full = det.to_segmentation(frame_size=(w, h), target=1).get_mask() > 0
+        if full.any():
+            masks.append(full)
+    return masks
+
+
+def _folder_sets(root: str) -> list:
+    """(image_dir, mask_dir) sets found under ``root`` (itself or its sub-folders)."""
+    sets = []
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in sorted(dirnames):
+            lower = d.lower()
+            partner = _MASK_DIR_NAMES.get(lower)
+            if partner is None and lower.endswith("-image"):
+                partner = lower[: -len("image")] + "mask"
+            match = next((x for x in dirnames if partner and x.lower() == partner), None)
+            if match:
+                sets.append((os.path.join(dirpath, d), os.path.join(dirpath, match)))
+    return sets
+
+
+def load_pairs(spec: str) -> list:
+    """All (image, mask) pairs of one data source (see the module docstring)."""
+    if spec.startswith("sample:"):
+        return _sample_source(spec)
+    if spec.startswith("fiftyone:"):
+        return _fiftyone_source(spec)
+    if ":" in spec and not os.path.isdir(spec):
+        image_dir, mask_dir = spec.split(":", 1)
+        return folders.find_pairs(image_dir, mask_dir)
+    if not os.path.isdir(spec):
+        raise ValueError(
+            f"data source {spec!r} is not a folder, 'IMAGES:MASKS', sample: or fiftyone:"
+        )
+    sets = _folder_sets(spec)
+    if not sets:
+        raise ValueError(f"{spec}: found no image/mask folder pairs (e.g. images/ + masks/)")
+    return [p for image_dir, mask_dir in sets for p in folders.find_pairs(image_dir, mask_dir)]
+
+
+def split_pairs(pairs: list, val_fraction: float) -> tuple:
+    """(train, val) split by image, stable under adding or removing other images."""
+
+    def is_val(pair) -> bool:
+        h = int(hashlib.sha1(os.path.abspath(pair.image).encode()).hexdigest()[:8], 16)
+        return h / 0xFFFFFFFF < val_fraction
+
+    val = [p for p in pairs if is_val(p)]
+    train = [p for p in pairs if not is_val(p)]
+    if not train:
+        raise ValueError("no training pairs left after the validation split")
+    return train, val
+
+
+def resize_and_pad(image: torch.Tensor, mask: torch.Tensor, side: int, scale: float = 1.0):
+    """Resize so the longest side is ``scale * side``, then pad bottom/right to ``side``.
+
+    image: 3xHxW, mask: 1xHxW -> 3 x max(side, h') x max(side, w') and the mask alike.
+    """
+    image = ResizeLongestSide(max(1, round(scale * side))).apply_image_torch(image[None])[0]
+    nh, nw = image.shape[-2:]
+    mask = F.interpolate(mask[None], (nh, nw), mode="nearest")[0]
+    pad = (0, max(0, side - nw), 0, max(0, side - nh))
+    return F.pad(image, pad), F.pad(mask, pad)
+
+
+class PairDataset(Dataset):
+    """(image 3xSxS in [0, 1], mask 1xSxS in {0, 1}) at side S, augmented when training.
+
+    Augmentation: horizontal flip and large-scale jitter (longest side scaled to
+    ``scale_range`` x S, then cropped or padded to S). Unreadable pairs are logged once,
+    counted in ``skipped`` and replaced by the next pair.
+    """
+
+    def __init__(self, pairs, side: int, augment: bool, scale_range=(0.1, 2.0), hflip=True):
+        if not pairs:
+            raise ValueError("no (image, mask) pairs to train on")
+        self.pairs, self.side, self.augment = list(pairs), side, augment
+        self.scale_range, self.hflip = scale_range, hflip
+        self.skipped: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _read(self, pair) -> tuple:
+        image = io.read_rgb(pair.image)
+        mask = io.read_mask(pair.mask) > 0
+        if mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
+                f"{pair.image} is {image.shape[1]}x{image.shape[0]}"
+            )
+        if not mask.any():
+            raise ValueError(f"{pair.mask}: mask is empty")
+        return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)[None].float()
+
+    def _jitter(self, image, mask, rng: random.Random):
+        for _ in range(5):
+            img, m = resize_and_pad(image, mask, self.side, rng.uniform(*self.scale_range))
+            ys, xs = torch.nonzero(m[0], as_tuple=True)
+            if len(ys) == 0:
+                continue
+            # Crop a side x side window that contains a random object pixel.
+            k = rng.randrange(len(ys))
+            h, w = m.shape[-2:]
+            y0 = rng.randint(max(0, ys[k] - self.side + 1), min(ys[k], h - self.side))
+            x0 = rng.randint(max(0, xs[k] - self.side + 1), min(xs[k], w - self.side))
+            m_crop = m[:, y0 : y0 + self.side, x0 : x0 + self.side]
+            if m_crop.sum() >= 16:
+                return img[:, y0 : y0 + self.side, x0 : x0 + self.side], m_crop
+        return resize_and_pad(image, mask, self.side)
+
+    def __getitem__(self, index: int):
+        for attempt in range(len(self.pairs)):
+            pair = self.pairs[(index + attempt) % len(self.pairs)]
+            try:
+                image, mask = self._read(pair)
+                break
+            except ValueError as error:
+                if pair not in self.skipped:
+                    logger.warning("skipping %s", error)
+                    self.skipped[pair] = str(error)
+        else:
+            raise ValueError("no readable (image, mask) pair in the training data")
+        if not self.augment:
+            return resize_and_pad(image, mask, self.side)
+        rng = random.Random(torch.randint(0, 2**31, ()).item())
+        if self.hflip and rng.random() < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        return self._jitter(image, mask, rng)

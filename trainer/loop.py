@@ -1,0 +1,506 @@
+"""The bilevel training loop of UnSeg (with an optional pretraining stage).
+
+    min_theta  L( S_phi*(x + G_theta(x, p)), y' )   s.t.  phi* = argmin_phi L( S_phi(x + G_theta(x, p)), y )
+
+Global steps ``[0, pretrain_steps)`` pretrain the generator's SAM part as an ordinary
+promptable segmenter; the bilevel stage follows, alternating surrogate and generator
+phases. Checkpoints hold everything needed to resume at the exact step.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import random
+import shutil
+import time
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from fiftyone_unseg import io
+from fiftyone_unseg.checkpoint import save_generator
+from fiftyone_unseg.modeling import NoiseGenerator, build_noise_generator
+from trainer import distributed
+from trainer.config import TrainConfig
+from trainer.data import PairDataset, load_pairs, split_pairs
+from trainer.losses import mask_iou, mask_loss
+from trainer.prompts import (
+    Prompts,
+    boxes_from_masks,
+    sample_generator_prompts,
+    sample_surrogate_prompts,
+)
+from trainer.surrogate import build_surrogate
+
+logger = logging.getLogger(__name__)
+
+METRIC_COLUMNS = (
+    "step",
+    "stage",
+    "phase",
+    "loss",
+    "lr",
+    "samples_per_s",
+    "iou_train_clean",
+    "iou_train_perturbed",
+    "iou_val_clean",
+    "iou_val_perturbed",
+)
+
+
+def resize_masks(masks: torch.Tensor, side: int) -> torch.Tensor:
+    """Binary masks Bx1xHxW -> Bx1xside x side in {0, 1} (area average, then threshold)."""
+    if masks.shape[-1] == side:
+        return masks
+    return (F.interpolate(masks, size=(side, side), mode="area") > 0.5).float()
+
+
+def generator_inputs(prompts: Prompts, side: int) -> dict:
+    """``NoiseGenerator`` keyword arguments from prompts in its input frame of ``side`` px."""
+    masks = None if prompts.masks is None else resize_masks(prompts.masks, side // 4)
+    return {"boxes": prompts.boxes, "points": prompts.points, "mask_prompts": masks}
+
+
+@dataclasses.dataclass
+class Schedule:
+    """Phase lengths and totals in steps."""
+
+    pretrain: int
+    surrogate: int
+    generator: int
+    bilevel: int
+    lr_drop: int
+
+    @property
+    def total(self) -> int:
+        return self.pretrain + self.bilevel
+
+    def phase(self, step: int) -> str:
+        if step < self.pretrain:
+            return "pretrain"
+        position = (step - self.pretrain) % (self.surrogate + self.generator)
+        return "surrogate" if position < self.surrogate else "generator"
+
+    def lr_factor(self, step: int, gamma: float) -> float:
+        return gamma if step - self.pretrain >= self.lr_drop else 1.0
+
+
+class Trainer:
+    """Owns the models, optimisers, data and logs of one training run in ``out_dir``."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str, ctx: distributed.Context):
+        self.cfg, self.out_dir, self.ctx = cfg, out_dir, ctx
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed + ctx.rank)
+        self.gen_config = cfg.generator_config()
+        # Built unfrozen; freezing follows the stage (see _enter_stage).
+        self.generator = build_noise_generator(
+            dataclasses.replace(self.gen_config, freeze_backbone=False), cfg.sam_checkpoint
+        ).to(ctx.device)
+        self.surrogate = build_surrogate(cfg.surrogate_config()).to(ctx.device)
+        self.side = self.generator.img_size
+        self.surrogate_side = self.surrogate.img_size
+
+        pairs = [p for spec in cfg.data for p in load_pairs(spec)]
+        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction)
+        self.train_data = PairDataset(
+            train_pairs, self.side, augment=True, scale_range=cfg.scale_range, hflip=cfg.hflip
+        )
+        self.eval_sets = {
+            "train": PairDataset(train_pairs[: cfg.val_images], self.side, augment=False),
+        }
+        if val_pairs:
+            self.eval_sets["val"] = PairDataset(val_pairs[: cfg.val_images], self.side, False)
+        self.sampler = DistributedSampler(
+            self.train_data,
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=True,
+        )
+        self.steps_per_epoch = len(self.sampler) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(train_pairs)} training pairs are fewer than one batch of "
+                f"{cfg.batch_size} per process x {ctx.world_size} processes"
+            )
+        self.schedule = self._schedule()
+        self.opt_surrogate = torch.optim.Adam(self.surrogate.parameters(), lr=cfg.lr)
+        self.opt_generator = None
+        self.stage = None
+        self.step = 0
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _schedule(self) -> Schedule:
+        cfg, unit = self.cfg, (self.steps_per_epoch if self.cfg.unit == "epochs" else 1)
+        if cfg.unit == "epochs":
+            bilevel = cfg.epochs * self.steps_per_epoch
+        elif cfg.max_steps is None:
+            raise ValueError('unit "steps" needs max_steps')
+        else:
+            bilevel = cfg.max_steps
+        if cfg.max_steps is not None:
+            bilevel = min(bilevel, cfg.max_steps)
+        return Schedule(
+            pretrain=cfg.pretrain_steps,
+            surrogate=cfg.surrogate_phase * unit,
+            generator=cfg.generator_phase * unit,
+            bilevel=bilevel,
+            lr_drop=cfg.lr_drop_at * unit,
+        )
+
+    def _wrap(self, module):
+        if not self.ctx.distributed:
+            return module
+        device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+
+    def _stage_for(self, step: int) -> str:
+        return "pretrain" if step < self.schedule.pretrain else "bilevel"
+
+    def _enter_stage(self, stage: str) -> None:
+        """Set which generator parameters train, and the optimiser and wrappers that follow.
+
+        Pretraining trains SAM's parts (not the noise head); the bilevel stage trains the
+        noise head, plus the backbone unless the generator config freezes it.
+        """
+        if stage == self.stage:
+            return
+        self.generator.requires_grad_(True)
+        if stage == "pretrain":
+            for p in self.generator.noise_head_parameters():
+                p.requires_grad_(False)
+        elif self.gen_config.freeze_backbone:
+            self.generator.freeze_backbone()
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        self.opt_generator = torch.optim.Adam(params, lr=self._base_lr(stage))
+        self.generator_ddp = self._wrap(self.generator)
+        self.surrogate_ddp = self._wrap(self.surrogate)
+        self.stage = stage
+
+    def _base_lr(self, stage: str) -> float:
+        return self.cfg.pretrain_lr if stage == "pretrain" else self.cfg.lr
+
+    def _batches(self):
+        """Training batches from the current step on, epoch after epoch."""
+        while True:
+            epoch, offset = divmod(self.step - self._stage_start(), self.steps_per_epoch)
+            self.sampler.set_epoch(epoch + (1000 if self.stage == "pretrain" else 0))
+            indices = list(self.sampler)[offset * self.cfg.batch_size :]
+            loader = DataLoader(
+                self.train_data,
+                batch_size=self.cfg.batch_size,
+                sampler=indices,
+                drop_last=True,
+                num_workers=self.cfg.num_workers,
+            )
+            for images, masks in loader:
+                yield images.to(self.ctx.device), masks.to(self.ctx.device)
+
+    def _stage_start(self) -> int:
+        return 0 if self.stage == "pretrain" else self.schedule.pretrain
+
+    def _autocast(self):
+        enabled = self.cfg.amp and self.ctx.device.type == "cuda"
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _loss(self, logits, targets) -> torch.Tensor:
+        cfg = self.cfg
+        return mask_loss(
+            logits, targets, cfg.num_points, cfg.oversample_ratio, cfg.importance_ratio
+        )
+
+    def _perturb_for_surrogate(self, generator, images, masks, prompts: Prompts):
+        noise = generator(images, **generator_inputs(prompts, self.side))
+        perturbed = NoiseGenerator.perturb(
+            images, noise, masks, self.cfg.eps_train, self.cfg.eps_bg_train
+        )
+        if self.surrogate_side != self.side:
+            perturbed = F.interpolate(
+                perturbed, size=(self.surrogate_side,) * 2, mode="bilinear", antialias=True
+            )
+        return perturbed, resize_masks(masks, self.surrogate_side)
+
+    def _pretrain_step(self, images, masks) -> float:
+        prompts = sample_surrogate_prompts(masks, self.cfg.prompt_points)
+        with self._autocast():
+            _, logits = self.generator_ddp(
+                images, **generator_inputs(prompts, self.side), with_mask_logits=True
+            )
+            loss = self._loss(logits, masks)
+        self.opt_generator.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_generator.step()
+        return loss.item()
+
+    def _surrogate_step(self, images, masks) -> float:
+        prompts = sample_generator_prompts(masks, self.cfg.prompt_points)
+        with torch.no_grad(), self._autocast():
+            perturbed, s_masks = self._perturb_for_surrogate(self.generator, images, masks, prompts)
+        with self._autocast():
+            logits = self.surrogate_ddp(
+                perturbed.float(), sample_surrogate_prompts(s_masks, self.cfg.prompt_points)
+            )
+            loss = self._loss(logits, s_masks)
+        self.opt_surrogate.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_surrogate.step()
+        return loss.item()
+
+    def _generator_step(self, images, masks) -> float:
+        prompts = sample_generator_prompts(masks, self.cfg.prompt_points)
+        with self._autocast():
+            perturbed, s_masks = self._perturb_for_surrogate(
+                self.generator_ddp, images, masks, prompts
+            )
+            # The surrogate is frozen: run it unwrapped and leave its gradients alone.
+            logits = self.surrogate(
+                perturbed, sample_surrogate_prompts(s_masks, self.cfg.prompt_points)
+            )
+            label_modification = self.cfg.objective == "label_modification"
+            loss = self._loss(logits, torch.ones_like(s_masks) if label_modification else s_masks)
+        self.opt_generator.zero_grad(set_to_none=True)
+        loss.backward(inputs=[p for g in self.opt_generator.param_groups for p in g["params"]])
+        self.opt_generator.step()
+        return loss.item()
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Surrogate IoU (box prompts) on clean vs perturbed images (training budget)."""
+        self.generator.eval()
+        self.surrogate.eval()
+        results = {}
+        for name, data in self.eval_sets.items():
+            clean, perturbed = [], []
+            for images, masks in DataLoader(data, batch_size=self.cfg.batch_size):
+                images, masks = images.to(self.ctx.device), masks.to(self.ctx.device)
+                prompts = Prompts(boxes=boxes_from_masks(masks), masks=masks)
+                with self._autocast():
+                    x_p, s_masks = self._perturb_for_surrogate(
+                        self.generator, images, masks, prompts
+                    )
+                    x_c = F.interpolate(
+                        images, size=(self.surrogate_side,) * 2, mode="bilinear", antialias=True
+                    )
+                    box = Prompts(boxes=boxes_from_masks(s_masks))
+                    clean.append(mask_iou(self.surrogate(x_c, box).float(), s_masks))
+                    perturbed.append(mask_iou(self.surrogate(x_p.float(), box).float(), s_masks))
+            results[f"iou_{name}_clean"] = torch.cat(clean).mean().item()
+            results[f"iou_{name}_perturbed"] = torch.cat(perturbed).mean().item()
+        self.generator.train()
+        self.surrogate.train()
+        return results
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    @property
+    def checkpoint_root(self) -> str:
+        return os.path.join(self.out_dir, "checkpoints")
+
+    def _generator_metadata(self) -> dict:
+        cfg = self.cfg
+        return {
+            "step": self.step,
+            "eps_generate": cfg.eps_generate,
+            "eps_bg_generate": cfg.eps_bg_generate,
+            "objective": cfg.objective,
+            "train_config": cfg.to_dict(),
+        }
+
+    def save_checkpoint(self) -> str:
+        """Write ``checkpoints/step_N`` as a whole (temp dir + rename), then point
+        ``checkpoints/latest`` at it; older checkpoints beyond ``keep_checkpoints`` go."""
+        name = f"step_{self.step:08d}"
+        final = os.path.join(self.checkpoint_root, name)
+        tmp = final + f".tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        save_generator(
+            self.generator,
+            self.gen_config,
+            os.path.join(tmp, "generator"),
+            self._generator_metadata(),
+        )
+        safetensors.torch.save_file(
+            {k: v.contiguous() for k, v in self.surrogate.state_dict().items()},
+            os.path.join(tmp, "surrogate.safetensors"),
+        )
+        state = {
+            "step": self.step,
+            "stage": self.stage,
+            "opt_surrogate": self.opt_surrogate.state_dict(),
+            "opt_generator": self.opt_generator.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        io.atomic_write_bytes(name.encode(), os.path.join(self.checkpoint_root, "latest"))
+        kept = sorted(d for d in os.listdir(self.checkpoint_root) if d.startswith("step_"))
+        for old in kept[: -self.cfg.keep_checkpoints]:
+            if old != name and ".tmp-" not in old:
+                shutil.rmtree(os.path.join(self.checkpoint_root, old), ignore_errors=True)
+        return final
+
+    def load_checkpoint(self) -> bool:
+        """Resume from ``checkpoints/latest``; False if there is none."""
+        pointer = os.path.join(self.checkpoint_root, "latest")
+        if not os.path.exists(pointer):
+            return False
+        with open(pointer) as f:
+            path = os.path.join(self.checkpoint_root, f.read().strip())
+        state = torch.load(
+            os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=True
+        )
+        weights = safetensors.torch.load_file(
+            os.path.join(path, "generator", "model.safetensors"), device=str(self.ctx.device)
+        )
+        self.generator.load_state_dict(weights)
+        self.surrogate.load_state_dict(
+            safetensors.torch.load_file(
+                os.path.join(path, "surrogate.safetensors"), device=str(self.ctx.device)
+            )
+        )
+        self.step = state["step"]
+        self._enter_stage(state["stage"])
+        self.opt_surrogate.load_state_dict(state["opt_surrogate"])
+        self.opt_generator.load_state_dict(state["opt_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        return True
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _log(self, writer, row: dict) -> None:
+        row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+        writer.writerow(row)
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if isinstance(value, float):
+                    self.tensorboard.add_scalar(key, value, row["step"])
+
+    def _open_logs(self, resume: bool):
+        """metrics.csv (appended to on resume) and a TensorBoard writer, on rank 0."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(os.path.join(self.out_dir, "train_config.json"), "w") as f:
+            json.dump(self.cfg.to_dict(), f, indent=2)
+        path = os.path.join(self.out_dir, "metrics.csv")
+        append = resume and os.path.exists(path)
+        csv_file = open(path, "a" if append else "w", newline="")
+        writer = csv.DictWriter(csv_file, fieldnames=METRIC_COLUMNS)
+        if not append:
+            writer.writeheader()
+        return csv_file, writer, SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
+
+    def _log(self, row: dict) -> None:
+        self.csv_writer.writerow(
+            {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
+        )
+        self.csv_file.flush()
+        for key, value in row.items():
+            if isinstance(value, float):
+                self.tensorboard.add_scalar(key, value, row["step"])
+
+    def run(self, resume: bool = False) -> dict:
+        """Train to the end of the schedule; returns a summary (and writes ``generator/``)."""
+        cfg, ctx = self.cfg, self.ctx
+        if resume and self.load_checkpoint():
+            logger.info("resumed from step %d", self.step)
+        self._enter_stage(self._stage_for(self.step))
+        self.generator.train()
+        self.surrogate.train()
+        if ctx.is_main:
+            self.csv_file, self.csv_writer, self.tensorboard = self._open_logs(resume)
+        bar = tqdm(
+            total=self.schedule.total, initial=self.step, disable=not ctx.is_main, unit="step"
+        )
+        steps = {
+            "pretrain": self._pretrain_step,
+            "surrogate": self._surrogate_step,
+            "generator": self._generator_step,
+        }
+        started, start_step = time.perf_counter(), self.step
+        batches = self._batches()
+        try:
+            while self.step < self.schedule.total:
+                phase = self.schedule.phase(self.step)
+                if self._stage_for(self.step) != self.stage:
+                    self._enter_stage(self._stage_for(self.step))
+                    batches = self._batches()
+                lr = self._base_lr(self.stage) * self.schedule.lr_factor(self.step, cfg.lr_gamma)
+                for opt in (self.opt_surrogate, self.opt_generator):
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                loss = steps[phase](*next(batches))
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(phase=phase, loss=f"{loss:.4f}")
+                done = self.step == self.schedule.total
+                evaluate = ctx.is_main and (self.step % cfg.val_every == 0 or done)
+                if ctx.is_main and (evaluate or self.step % cfg.log_every == 0):
+                    row = {
+                        "step": self.step,
+                        "stage": self.stage,
+                        "phase": phase,
+                        "loss": loss,
+                        "lr": lr,
+                    }
+                    elapsed = time.perf_counter() - started
+                    row["samples_per_s"] = (
+                        (self.step - start_step) * cfg.batch_size * ctx.world_size / elapsed
+                    )
+                    if evaluate:
+                        row.update(self.evaluate())
+                        bar.write(
+                            f"step {self.step}: "
+                            + ", ".join(
+                                f"{k} {v:.3f}" for k, v in row.items() if k.startswith("iou")
+                            )
+                        )
+                    self._log(row)
+                if self.step % cfg.checkpoint_every == 0 or done:
+                    if ctx.is_main:
+                        self.save_checkpoint()
+                    distributed.barrier(ctx)
+        finally:
+            bar.close()
+            if ctx.is_main:
+                self.csv_file.close()
+                self.tensorboard.close()
+        return self._finish(time.perf_counter() - started) if ctx.is_main else {}
+
+    def _finish(self, wall_s: float) -> dict:
+        """Write the final generator and ``summary.json``; returns the summary."""
+        summary = {"steps": self.step, "wall_s": round(wall_s, 1), **self.evaluate()}
+        summary["generator"] = os.path.join(self.out_dir, "generator")
+        summary["skipped_pairs"] = {p.mask: why for p, why in self.train_data.skipped.items()}
+        save_generator(
+            self.generator, self.gen_config, summary["generator"], self._generator_metadata()
+        )
+        with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        return summary
+
+
+def train(cfg: TrainConfig, out_dir: str, resume: bool = False) -> dict:
+    """Run one training (single process, or one rank under ``torchrun``)."""
+    ctx = distributed.setup(cfg.device)
+    try:
+        return Trainer(cfg, out_dir, ctx).run(resume=resume)
+    finally:
+        distributed.teardown(ctx)
