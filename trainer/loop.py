@@ -46,7 +46,9 @@ METRIC_COLUMNS = (
     "step",
     "stage",
     "phase",
-    "loss",
+    "loss_pretrain",
+    "loss_surrogate",
+    "loss_generator",
     "lr",
     "samples_per_s",
     "iou_train_clean",
@@ -457,7 +459,7 @@ class Trainer:
                         "step": self.step,
                         "stage": self.stage,
                         "phase": phase,
-                        "loss": loss,
+                        f"loss_{phase}": loss,
                         "lr": lr,
                     }
                     elapsed = time.perf_counter() - started

@@ -67,7 +67,8 @@ generator_configs: dict[str, SamConfig] = {
     "vit_b": _sam_config("vit_b", 768, 12, 12, (2, 5, 8, 11)),
     "vit_l": _sam_config("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": _sam_config("vit_h", 1280, 32, 16, (7, 15, 23, 31)),
-    # Small enough to train from scratch on one GPU; no SAM weights exist for it.
+    # Small enough to train on a CPU and ship inside the package (no SAM weights exist
+    # for it): a 192-dim, 4-block ViT and a 128-dim decoder.
     "tiny": SamConfig(
         name="tiny",
         img_size=256,
@@ -76,6 +77,8 @@ generator_configs: dict[str, SamConfig] = {
         encoder_num_heads=3,
         encoder_global_attn_indexes=(1, 3),
         encoder_window_size=8,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=1024,
         freeze_backbone=False,
     ),
 }
