@@ -54,6 +54,7 @@ class TrainConfig:
     importance_ratio: float = 0.75
     prompt_points: int = 10
     scale_range: tuple = (0.1, 2.0)
+    object_context: tuple | None = None  # e.g. (1.2, 3.0): object-centred crops first
     hflip: bool = True
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # bf16 autocast on GPU
@@ -74,6 +75,8 @@ class TrainConfig:
         if isinstance(self.data, str):
             self.data = [self.data]
         self.scale_range = tuple(self.scale_range)
+        if self.object_context is not None:
+            self.object_context = tuple(self.object_context)
 
     def generator_config(self) -> SamConfig:
         config = _sam_config(self.generator)

@@ -176,19 +176,45 @@ def resize_and_pad(image: torch.Tensor, mask: torch.Tensor, side: int, scale: fl
     return F.pad(image, pad), F.pad(mask, pad)
 
 
+def object_crop(image, mask, context: float):
+    """A square crop around the mask's bounding box, ``context`` times its longest side.
+
+    Makes scenes with many small objects look like interactive-segmentation sets, where
+    the object fills much of the frame. image: 3xHxW, mask: 1xHxW (non-empty).
+    """
+    ys, xs = torch.nonzero(mask[0], as_tuple=True)
+    y0, y1, x0, x1 = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
+    h, w = mask.shape[-2:]
+    side = min(max(h, w), max(8, round(context * max(y1 - y0, x1 - x0))))
+    top = min(max(0, (y0 + y1 - side) // 2), max(0, h - side))
+    left = min(max(0, (x0 + x1 - side) // 2), max(0, w - side))
+    return image[:, top : top + side, left : left + side], mask[
+        :, top : top + side, left : left + side
+    ]
+
+
 class PairDataset(Dataset):
     """(image 3xSxS in [0, 1], mask 1xSxS in {0, 1}) at side S, augmented when training.
 
-    Augmentation: horizontal flip and large-scale jitter (longest side scaled to
-    ``scale_range`` x S, then cropped or padded to S). Unreadable pairs are logged once,
-    counted in ``skipped`` and replaced by the next pair.
+    Augmentation: optionally an object-centred crop (``object_context``: the crop side
+    is drawn from that range times the object's size), horizontal flip and large-scale
+    jitter (longest side scaled to ``scale_range`` x S, then cropped or padded to S).
+    Unreadable pairs are logged once, counted in ``skipped`` and replaced by the next pair.
     """
 
-    def __init__(self, pairs, side: int, augment: bool, scale_range=(0.1, 2.0), hflip=True):
+    def __init__(
+        self,
+        pairs,
+        side: int,
+        augment: bool,
+        scale_range=(0.1, 2.0),
+        hflip=True,
+        object_context=None,
+    ):
         if not pairs:
             raise ValueError("no (image, mask) pairs to train on")
         self.pairs, self.side, self.augment = list(pairs), side, augment
-        self.scale_range, self.hflip = scale_range, hflip
+        self.scale_range, self.hflip, self.object_context = scale_range, hflip, object_context
         self.skipped: dict = {}
 
     def __len__(self) -> int:
@@ -234,9 +260,13 @@ class PairDataset(Dataset):
                     self.skipped[pair] = str(error)
         else:
             raise ValueError("no readable (image, mask) pair in the training data")
+        rng = random.Random(torch.randint(0, 2**31, ()).item())
+        if self.object_context:
+            low, high = self.object_context
+            context = rng.uniform(low, high) if self.augment else (low + high) / 2
+            image, mask = object_crop(image, mask, context)
         if not self.augment:
             return resize_and_pad(image, mask, self.side)
-        rng = random.Random(torch.randint(0, 2**31, ()).item())
         if self.hflip and rng.random() < 0.5:
             image, mask = image.flip(-1), mask.flip(-1)
         return self._jitter(image, mask, rng)

@@ -114,13 +114,20 @@ class Trainer:
         pairs = [p for spec in cfg.data for p in load_pairs(spec)]
         train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction)
         self.train_data = PairDataset(
-            train_pairs, self.side, augment=True, scale_range=cfg.scale_range, hflip=cfg.hflip
+            train_pairs,
+            self.side,
+            augment=True,
+            scale_range=cfg.scale_range,
+            hflip=cfg.hflip,
+            object_context=cfg.object_context,
         )
-        self.eval_sets = {
-            "train": PairDataset(train_pairs[: cfg.val_images], self.side, augment=False),
+        self.eval_sets = {  # fixed images, no augmentation
+            name: PairDataset(
+                pairs[: cfg.val_images], self.side, False, object_context=cfg.object_context
+            )
+            for name, pairs in (("train", train_pairs), ("val", val_pairs))
+            if pairs
         }
-        if val_pairs:
-            self.eval_sets["val"] = PairDataset(val_pairs[: cfg.val_images], self.side, False)
         self.sampler = DistributedSampler(
             self.train_data,
             num_replicas=ctx.world_size,
