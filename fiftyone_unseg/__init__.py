@@ -5,3 +5,11 @@ The public SDK lives here; the FiftyOne plugin is a thin layer in
 """
 
 __version__ = "0.1.0"
+
+# The functions shadow their modules' names on purpose (``fiftyone_unseg.protect(...)``);
+# the modules stay importable as ``from fiftyone_unseg.protect import ...``.
+from fiftyone_unseg.checkpoint import load_generator, save_generator  # noqa: E402
+from fiftyone_unseg.protect import protect, restore  # noqa: E402
+from fiftyone_unseg.visualize import visualize_noise  # noqa: E402
+
+__all__ = ["load_generator", "protect", "restore", "save_generator", "visualize_noise"]

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from fractions import Fraction
 
+import fiftyone as fo
 from tqdm import tqdm
 
 from fiftyone_unseg import sample_data
+from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, protect, restore
 
 
 def _tqdm_progress(desc: str):
@@ -49,6 +52,123 @@ def _cmd_sample_data(args) -> int:
     return 0
 
 
+def _budget(text: str) -> float:
+    """An L-infinity budget in [0, 1], written as a fraction (8/255) or a float (0.03)."""
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or fraction like 8/255") from e
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]; write budgets like 8/255")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``i/n`` -> (i, n)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shard like 0/4") from e
+    return index, count
+
+
+def _collection(args):
+    """The dataset named by ``--dataset``, or its saved view ``--view``."""
+    if not fo.dataset_exists(args.dataset):
+        raise ValueError(f"dataset {args.dataset!r} does not exist")
+    dataset = fo.load_dataset(args.dataset)
+    if args.view:
+        if not dataset.has_saved_view(args.view):
+            raise ValueError(
+                f"dataset {args.dataset!r} has no saved view {args.view!r} "
+                f"(saved views: {dataset.list_saved_views() or 'none'})"
+            )
+        return dataset.load_saved_view(args.view)
+    return dataset
+
+
+def _cmd_protect(args) -> int:
+    if args.classes and args.per_instance:
+        raise ValueError("choose --classes or --per-instance, not both")
+    try:
+        summary = protect(
+            _collection(args),
+            args.label_field,
+            generator=args.generator,
+            eps=args.eps,
+            eps_bg=args.eps_bg,
+            prompt=args.classes or ("instance" if args.per_instance else "all"),
+            output_dir=args.output_dir,
+            image_format=args.format,
+            jpeg_quality=args.quality,
+            replace_filepath=args.replace_filepath,
+            batch_size=args.batch_size,
+            device=args.device,
+            shard=args.shard,
+            overwrite=args.overwrite,
+            progress=_tqdm_progress("protect"),
+        )
+    except FileNotFoundError as e:  # no default generator installed, or a wrong --generator
+        raise ValueError(str(e)) from e
+    for failure in summary["failures"]:
+        print(f"failed {failure['id']} {failure['filepath']}: {failure['reason']}", file=sys.stderr)
+    print(
+        f"Protected {summary['protected']} of {summary['total']} samples "
+        f"({summary['skipped']} already protected, {summary['no_segments']} without segments, "
+        f"{summary['failed']} failed) in {summary['seconds']:.1f} s; files in "
+        f"{summary['output_dir']}; run {summary['run_key']!r}"
+    )
+    return 1 if summary["failed"] else 0
+
+
+def _cmd_restore(args) -> int:
+    summary = restore(_collection(args), delete_protected=args.delete_protected)
+    print(
+        f"Restored {summary['restored']} originals ({summary['unchanged']} unchanged, "
+        f"{summary['deleted']} protected files deleted)"
+    )
+    return 0
+
+
+def _add_protect_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "protect",
+        help="write protected (unlearnable) copies of a dataset's images",
+        description="Exit status 1 if any sample failed (rerun to retry only those).",
+    )
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--view", help="a saved view of the dataset to protect")
+    p.add_argument(
+        "--label-field", required=True, help="Segmentation, Detections or Polylines field"
+    )
+    p.add_argument("--generator", help="generator checkpoint folder (default: the shipped one)")
+    p.add_argument("--eps", type=_budget, default=DEFAULT_EPS, help="object budget (8/255)")
+    p.add_argument("--eps-bg", type=_budget, default=DEFAULT_EPS_BG, help="background (2/255)")
+    p.add_argument("--classes", nargs="+", help="prompt with these classes only")
+    p.add_argument("--per-instance", action="store_true", help="one prompt per segment")
+    p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    p.add_argument("--output-dir", help="default: <FiftyOne dataset dir>/unseg-protected/<dataset>")
+    p.add_argument(
+        "--replace-filepath",
+        action="store_true",
+        help="make protected images the samples' filepath (undo: unseg restore)",
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
+    p.add_argument("--shard", type=_shard, help="i/n: this process's share of the samples")
+    p.add_argument("--overwrite", action="store_true", help="protect already protected samples")
+    p.set_defaults(func=_cmd_protect)
+
+    p = subparsers.add_parser("restore", help="put original images back as the samples' filepath")
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--view", help="a saved view of the dataset")
+    p.add_argument(
+        "--delete-protected", action="store_true", help="also delete the protected files"
+    )
+    p.set_defaults(func=_cmd_restore)
+
+
 def add_commands(subparsers) -> None:
     """Register the library's verbs on an ``argparse`` sub-parser collection."""
     p = subparsers.add_parser(
@@ -69,6 +189,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--dir", default=None, help="where to write the image and mask files")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.set_defaults(func=_cmd_sample_data)
+    _add_protect_commands(subparsers)
 
 
 def build_parser(extra_commands=()) -> argparse.ArgumentParser:

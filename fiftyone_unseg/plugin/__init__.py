@@ -1,8 +1,9 @@
 """The ``@unseg/unseg`` FiftyOne plugin: thin operators over the SDK."""
 
 from fiftyone_unseg.plugin.data import LoadSampleDataset
+from fiftyone_unseg.plugin.protect import ProtectSamples, RestoreOriginals, VisualizeNoise
 
-OPERATORS = (LoadSampleDataset,)
+OPERATORS = (LoadSampleDataset, ProtectSamples, RestoreOriginals, VisualizeNoise)
 
 
 def register(p):

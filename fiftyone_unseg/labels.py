@@ -1,0 +1,178 @@
+"""Object masks from FiftyOne label fields: what the generator is prompted with.
+
+A label field is rasterised into a *segment map*: an HxW integer array, 0 for
+background and 1..K for the K segments. Segments are
+
+- ``fo.Segmentation``: one per class value present in the mask (semantic masks
+  have no instances); masks of another resolution are resized (nearest);
+- ``fo.Detections``: one per detection, its instance mask pasted into its box;
+  a detection without a mask fills its whole box (the best extent available);
+- ``fo.Polylines``: one per polyline, always rasterised as a filled polygon
+  (segmentation outlines are regions, whatever their ``filled`` flag says).
+
+Later segments overwrite earlier ones where they overlap. Rasterisation uses
+FiftyOne's own ``to_segmentation`` helpers, so it matches what the App draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import fiftyone as fo
+import numpy as np
+
+SUPPORTED_TYPES = (fo.Segmentation, fo.Detections, fo.Polylines)
+PROMPT_MODES = ("all", "instance")
+_LIST_FIELDS = {fo.Detections: "detections", fo.Polylines: "polylines"}
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Which segments of which label field prompt the generator.
+
+    mode: "all" (union of all segments), "classes" (union of ``classes``) or
+    "instance" (one prompt per segment). ``values`` are the Segmentation pixel
+    values of ``classes``.
+    """
+
+    label_field: str
+    label_type: type
+    mode: str
+    classes: tuple[str, ...] = ()
+    values: frozenset[int] = frozenset()
+
+    @property
+    def name(self) -> str:
+        """The mode as recorded on protected samples: all, instance or classes:a,b."""
+        return f"classes:{','.join(self.classes)}" if self.mode == "classes" else self.mode
+
+
+def supported_label_fields(samples) -> list[str]:
+    """Names of the top-level label fields of a supported type, sorted."""
+    schema = samples.get_field_schema(embedded_doc_type=SUPPORTED_TYPES)
+    return sorted(schema)
+
+
+def label_type(samples, label_field: str) -> type:
+    """The label class of ``label_field``; ValueError if missing or unsupported."""
+    field = samples.get_field(label_field)
+    if field is None:
+        raise ValueError(
+            f"label field {label_field!r} does not exist; label fields of a supported type: "
+            f"{supported_label_fields(samples) or 'none'}"
+        )
+    doc_type = getattr(field, "document_type", None)
+    if doc_type not in SUPPORTED_TYPES:
+        raise ValueError(
+            f"label field {label_field!r} holds {getattr(doc_type, '__name__', type(field).__name__)}"
+            f"; supported are {', '.join(t.__name__ for t in SUPPORTED_TYPES)} "
+            f"(fields here: {supported_label_fields(samples) or 'none'})"
+        )
+    return doc_type
+
+
+def _mask_targets(samples, label_field: str) -> dict:
+    """Pixel value -> class name of a Segmentation field (integers; RGB hex as 0xRRGGBB)."""
+    targets = samples.get_mask_targets(label_field) or {}
+    return {_target_value(k): v for k, v in targets.items()}
+
+
+def _target_value(key) -> int:
+    return int(key[1:], 16) if isinstance(key, str) and key.startswith("#") else int(key)
+
+
+def class_names(samples, label_field: str) -> list[str]:
+    """The class names a prompt can choose from: mask targets or the labels present."""
+    kind = label_type(samples, label_field)
+    if kind is fo.Segmentation:
+        return [
+            name for value, name in sorted(_mask_targets(samples, label_field).items()) if value
+        ]
+    return sorted(samples.distinct(f"{label_field}.{_LIST_FIELDS[kind]}.label"))
+
+
+def resolve_prompt(samples, label_field: str, prompt="all") -> PromptSpec:
+    """Check ``prompt`` ("all", "instance" or a list of class names) against the field.
+
+    Segmentation class names resolve through the dataset's mask targets; a name
+    that is an integer string is taken as a pixel value.
+    """
+    kind = label_type(samples, label_field)
+    if isinstance(prompt, str):
+        if prompt not in PROMPT_MODES:
+            raise ValueError(f"prompt must be one of {PROMPT_MODES} or a list of class names")
+        return PromptSpec(label_field, kind, prompt)
+    classes = tuple(sorted(set(prompt)))
+    if not classes:
+        raise ValueError("prompt: the list of class names is empty")
+    known = class_names(samples, label_field)
+    unknown = [
+        c for c in classes if c not in known and not (kind is fo.Segmentation and c.isdigit())
+    ]
+    if unknown:
+        raise ValueError(
+            f"classes {unknown} do not occur in {label_field!r}; available: {known or 'none'}"
+        )
+    values = frozenset()
+    if kind is fo.Segmentation:
+        by_name = {name: value for value, name in _mask_targets(samples, label_field).items()}
+        values = frozenset(by_name[c] if c in by_name else int(c) for c in classes)
+    return PromptSpec(label_field, kind, "classes", classes, values)
+
+
+def segment_map(label, height: int, width: int, spec: PromptSpec) -> np.ndarray:
+    """Rasterise the segments of ``label`` chosen by ``spec`` at HxW.
+
+    Returns an HxW integer array: 0 background, 1..K the K segments.
+    """
+    if label is None:
+        return np.zeros((height, width), np.uint8)
+    if isinstance(label, fo.Segmentation):
+        return _semantic_segments(label, height, width, spec)
+    items = getattr(label, _LIST_FIELDS[type(label)])
+    if spec.mode == "classes":
+        items = [item for item in items if item.label in spec.classes]
+    ids = np.zeros((height, width), _id_type(len(items)))
+    for k, item in enumerate(items, start=1):
+        _shape(item).to_segmentation(mask=ids, target=k)
+    return ids
+
+
+def present_values(array: np.ndarray) -> list[int]:
+    """The distinct non-zero values of a non-negative integer array, sorted."""
+    if array.dtype.itemsize <= 2:  # counting is O(size), sorting is not
+        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel())) if v]
+    return [int(v) for v in np.unique(array) if v]
+
+
+def _id_type(count: int) -> type:
+    """The integer type of a map of ``count`` segments."""
+    return np.uint16 if count < 2**16 else np.int32
+
+
+def _shape(item):
+    """A Detection / Polyline whose rendering fills its region (see module docstring)."""
+    if isinstance(item, fo.Polyline):
+        return fo.Polyline(points=item.points, closed=True, filled=True)
+    if item.has_mask:
+        return item
+    return fo.Detection(bounding_box=item.bounding_box, mask=np.ones((1, 1), bool))
+
+
+def _semantic_segments(label, height: int, width: int, spec: PromptSpec) -> np.ndarray:
+    mask = label.get_mask()
+    if mask is None:
+        return np.zeros((height, width), np.uint8)
+    if mask.ndim == 3:  # RGB mask: one integer per colour, as in the mask targets
+        rgb = mask.astype(np.int32)
+        mask = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    present = present_values(mask)
+    if spec.mode == "classes":
+        present = [v for v in present if v in spec.values]
+    ids = np.zeros(mask.shape, _id_type(len(present)))
+    for k, value in enumerate(present, start=1):
+        ids[mask == value] = k
+    if ids.shape != (height, width):
+        ids = cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
+    return ids

@@ -1,0 +1,211 @@
+"""Operators that protect samples, restore originals and show the noise."""
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from fiftyone_unseg.checkpoint import DEFAULT_GENERATOR_DIR, WEIGHTS_FILE
+from fiftyone_unseg.labels import class_names, supported_label_fields
+from fiftyone_unseg.plugin.progress import app_progress
+from fiftyone_unseg.protect import protect, restore
+from fiftyone_unseg.visualize import visualize_noise
+
+PROMPTS = {
+    "all": "All segments (union; the reference's default)",
+    "classes": "Only some classes",
+    "instance": "Each segment with its own prompt",
+}
+
+
+def _config(name: str, label: str, description: str) -> foo.OperatorConfig:
+    return foo.OperatorConfig(
+        name=name,
+        label=label,
+        description=description,
+        icon="/assets/icon.svg",
+        dynamic=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
+    )
+
+
+def _error(inputs, name: str, message: str) -> None:
+    """Show ``message`` in the form and block execution."""
+    prop = inputs.view(name, types.Error(label=message))
+    prop.invalid = True
+    prop.error_message = message
+
+
+def _finish(ctx, summary: dict) -> dict:
+    if not ctx.delegated:
+        ctx.trigger("reload_dataset")
+    return {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
+
+
+class ProtectSamples(foo.Operator):
+    """Write protected copies of the target samples' images (``fiftyone_unseg.protect``)."""
+
+    @property
+    def config(self):
+        return _config(
+            "protect_samples",
+            "UnSeg: protect samples",
+            "Make images unlearnable with bounded noise from the UnSeg generator",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Protect")
+        form = types.Property(inputs, view=types.View(label="UnSeg: protect samples"))
+        fields = supported_label_fields(ctx.dataset) if ctx.dataset else []
+        if not fields:
+            _error(inputs, "no_fields", "No Segmentation, Detections or Polylines field to prompt")
+            return form
+        field_choices = types.Dropdown(label="Label field (prompts and object budget)")
+        for name in fields:
+            field_choices.add_choice(name, label=name)
+        inputs.enum("label_field", fields, default=fields[0], required=True, view=field_choices)
+        self._prompt_inputs(ctx, inputs, ctx.params.get("label_field") or fields[0])
+        inputs.float("eps", label="Object budget (/255)", default=8.0, min=0.01, max=64.0)
+        inputs.float("eps_bg", label="Background budget (/255)", default=2.0, min=0.0, max=64.0)
+        eps, eps_bg = ctx.params.get("eps"), ctx.params.get("eps_bg")
+        if eps is not None and eps_bg is not None and eps_bg > eps:
+            _error(inputs, "budget_order", "The background budget must not exceed the object one")
+        inputs.enum(
+            "image_format",
+            ["png", "jpg"],
+            default="png",
+            label="Output format (PNG is lossless; JPEG weakens the noise)",
+            view=types.RadioGroup(),
+        )
+        if ctx.params.get("image_format") == "jpg":
+            inputs.int("jpeg_quality", label="JPEG quality", default=95, min=1, max=100)
+        inputs.bool(
+            "replace_filepath",
+            default=False,
+            label="Make the protected images the samples' filepath (undo: restore originals)",
+        )
+        inputs.bool("overwrite", default=False, label="Protect already protected samples again")
+        inputs.str(
+            "generator",
+            label="Generator checkpoint folder (empty: the shipped default)",
+            default="",
+        )
+        if not ctx.params.get("generator") and not (DEFAULT_GENERATOR_DIR / WEIGHTS_FILE).is_file():
+            _error(inputs, "no_generator", "No default generator installed: give a checkpoint")
+        return form
+
+    @staticmethod
+    def _prompt_inputs(ctx, inputs, label_field: str) -> None:
+        modes = types.RadioGroup(label="Prompt")
+        for mode, label in PROMPTS.items():
+            modes.add_choice(mode, label=label)
+        inputs.enum("prompt", list(PROMPTS), default="all", view=modes)
+        if ctx.params.get("prompt") != "classes":
+            return
+        names = class_names(ctx.dataset, label_field)
+        choices = types.Dropdown(multiple=True, label="Classes")
+        for name in names:
+            choices.add_choice(name, label=name)
+        inputs.list("classes", types.String(), required=True, view=choices)
+        if not names:
+            _error(inputs, "no_classes", f"{label_field!r} has no class names to choose from")
+
+    def execute(self, ctx):
+        params = ctx.params
+        prompt = params.get("prompt", "all")
+        summary = protect(
+            ctx.target_view(),
+            params["label_field"],
+            generator=params.get("generator") or None,
+            eps=params.get("eps", 8.0) / 255,
+            eps_bg=params.get("eps_bg", 2.0) / 255,
+            prompt=params.get("classes") if prompt == "classes" else prompt,
+            image_format=params.get("image_format", "png"),
+            jpeg_quality=params.get("jpeg_quality", 95),
+            replace_filepath=params.get("replace_filepath", False),
+            overwrite=params.get("overwrite", False),
+            progress=app_progress(ctx, "images"),
+        )
+        return _finish(ctx, summary)
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        for name in ("protected", "skipped", "no_segments", "failed"):
+            outputs.int(name, label=name.replace("_", " ").capitalize())
+        outputs.str("output_dir", label="Protected images in")
+        return types.Property(outputs)
+
+
+class RestoreOriginals(foo.Operator):
+    """Put the original images back as the samples' filepath (``fiftyone_unseg.restore``)."""
+
+    @property
+    def config(self):
+        return _config(
+            "restore_originals",
+            "UnSeg: restore originals",
+            "Undo 'replace filepath': the original images become the samples' filepath again",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Restore")
+        inputs.bool("delete_protected", default=False, label="Also delete the protected images")
+        return types.Property(inputs, view=types.View(label="UnSeg: restore originals"))
+
+    def execute(self, ctx):
+        summary = restore(
+            ctx.target_view(), delete_protected=ctx.params.get("delete_protected", False)
+        )
+        return _finish(ctx, summary)
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        for name in ("restored", "unchanged", "deleted"):
+            outputs.int(name, label=name.capitalize())
+        return types.Property(outputs)
+
+
+class VisualizeNoise(foo.Operator):
+    """Heatmaps (and amplified images) of the added noise (``fiftyone_unseg.visualize_noise``)."""
+
+    @property
+    def config(self):
+        return _config(
+            "visualize_noise",
+            "UnSeg: visualize noise",
+            "Show where and how much noise protection added, as heatmaps",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Visualize")
+        inputs.str("heatmap_field", label="Heatmap field", default="unseg_noise", required=True)
+        inputs.bool(
+            "amplified", default=False, label="Also store an amplified noise image (media field)"
+        )
+        if ctx.params.get("amplified"):
+            inputs.str("amplified_field", default="unseg_noise_image", label="Media field")
+        if not ctx.dataset.has_field("protected_filepath"):
+            _error(inputs, "not_protected", "No sample is protected yet: run 'protect samples'")
+        return types.Property(inputs, view=types.View(label="UnSeg: visualize noise"))
+
+    def execute(self, ctx):
+        params = ctx.params
+        summary = visualize_noise(
+            ctx.target_view(),
+            heatmap_field=params.get("heatmap_field", "unseg_noise"),
+            amplified_field=(
+                params.get("amplified_field", "unseg_noise_image")
+                if params.get("amplified")
+                else None
+            ),
+            progress=app_progress(ctx, "images"),
+        )
+        return _finish(ctx, summary)
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        for name in ("visualized", "not_protected", "failed"):
+            outputs.int(name, label=name.replace("_", " ").capitalize())
+        return types.Property(outputs)

@@ -1,0 +1,125 @@
+"""Show where and how much noise protection added, as FiftyOne heatmaps and images."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import fiftyone as fo
+import numpy as np
+from PIL import Image
+
+from fiftyone_unseg.io import atomic_write_image, read_rgb
+from fiftyone_unseg.protect import DEFAULT_EPS, failure, optional_values
+
+logger = logging.getLogger(__name__)
+_CHUNK = 32  # samples per database update
+_WORKERS = max(2, min(8, os.cpu_count() or 2))
+
+
+def visualize_noise(
+    samples,
+    heatmap_field: str = "unseg_noise",
+    amplified_field: str | None = None,
+    amplification: float | None = None,
+    progress=None,
+) -> dict:
+    """Store the noise of each protected sample for the App.
+
+    heatmap_field: a ``fo.Heatmap`` whose map is a PNG with, per pixel, the noise
+      magnitude max over channels |protected - original| in 1/255 units (exact for
+      8-bit originals), and ``range`` [0, eps * 255]: the App colours it relative to
+      the sample's object budget (full scale = eps).
+    amplified_field: if given, a media field (added to the App's media fields) with
+      an image of the noise itself, mid-grey + (protected - original) * amplification;
+      the default amplification, 0.5 / eps, makes the budget fill 0..255.
+    progress: optional ``progress(done, total)`` callable.
+
+    Files go to ``noise/`` next to each protected image, named after it. Samples
+    without a protected image are skipped and counted. Returns ``visualized``,
+    ``not_protected``, ``failed`` and ``failures`` (sample id, path, reason).
+    """
+    jobs = _jobs(samples)
+    not_protected = len(samples) - len(jobs)
+    if not_protected:
+        logger.warning(
+            "%d of %d samples have no protected image (run protect first); skipped",
+            not_protected,
+            len(samples),
+        )
+    summary = {"visualized": 0, "not_protected": not_protected, "failed": 0, "failures": []}
+    dataset = samples._dataset
+    if amplified_field and amplified_field not in dataset.app_config.media_fields:
+        dataset.app_config.media_fields.append(amplified_field)
+        dataset.save()
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        for start in range(0, len(jobs), _CHUNK):
+            chunk = jobs[start : start + _CHUNK]
+            futures = [
+                pool.submit(_visualize_one, *job, amplified_field is not None, amplification)
+                for job in chunk
+            ]
+            heatmaps, images = {}, {}
+            for (sample_id, original, _, _), future in zip(chunk, futures):
+                if future.exception() is not None:
+                    summary["failures"].append(failure(sample_id, original, future.exception()))
+                    continue
+                heatmaps[sample_id], images[sample_id] = future.result()
+            if heatmaps:
+                dataset.set_values(heatmap_field, heatmaps, key_field="id")
+            if heatmaps and amplified_field:
+                dataset.set_values(amplified_field, images, key_field="id")
+            summary["visualized"] += len(heatmaps)
+            if progress is not None:
+                progress(start + len(chunk), len(jobs))
+    summary["failed"] = len(summary["failures"])
+    return summary
+
+
+def _jobs(samples) -> list[tuple[str, str, str, float]]:
+    """(sample id, original path, protected path, eps) of each protected sample."""
+    ids, filepaths = samples.values(["id", "filepath"])
+    protected, originals, eps = (
+        optional_values(samples, f)
+        for f in ("protected_filepath", "original_filepath", "unseg.eps")
+    )
+    return [
+        (i, o or f, p, e or DEFAULT_EPS)
+        for i, f, p, o, e in zip(ids, filepaths, protected, originals, eps)
+        if p
+    ]
+
+
+def _visualize_one(
+    sample_id: str,
+    original_path: str,
+    protected_path: str,
+    eps: float,
+    amplified: bool,
+    amplification: float | None,
+) -> tuple[fo.Heatmap, str | None]:
+    """Write the magnitude map (and the amplified noise image) of one sample."""
+    original, protected = read_rgb(original_path), read_rgb(protected_path)
+    if original.shape != protected.shape:
+        raise ValueError(
+            f"{protected_path} is {protected.shape[:2]}, its original {original.shape[:2]}"
+        )
+    noise = protected - original  # HxWx3 in [-1, 1]
+    folder = os.path.join(os.path.dirname(protected_path), "noise")
+    stem = os.path.splitext(os.path.basename(protected_path))[0]
+    magnitude = np.abs(noise).max(axis=2)
+    map_path = os.path.join(folder, f"{stem}-magnitude.png")
+    atomic_write_image(Image.fromarray(_to_uint8(magnitude)), map_path)
+    heatmap = fo.Heatmap(map_path=map_path, range=[0.0, eps * 255])
+    if not amplified:
+        return heatmap, None
+    image_path = os.path.join(folder, f"{stem}-amplified.png")
+    scaled = 0.5 + noise * (amplification or 0.5 / eps)
+    atomic_write_image(Image.fromarray(_to_uint8(np.clip(scaled, 0, 1))), image_path)
+    return heatmap, image_path
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> the nearest uint8 in 0..255."""
+    return np.rint(values * 255).astype(np.uint8)

@@ -1,0 +1,498 @@
+"""Protecting datasets: budgets, files, labels, runs, shards, CLI and operators (CPU, small)."""
+
+import hashlib
+import importlib
+import os
+import re
+import subprocess
+import sys
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import numpy as np
+import pytest
+import torch
+from fiftyone.operators.executor import ExecutionError
+from PIL import Image
+from skimage.metrics import structural_similarity
+from test_modeling import MICRO
+
+from fiftyone_unseg import cli, protect, restore
+from fiftyone_unseg.checkpoint import save_generator
+from fiftyone_unseg.io import read_rgb
+from fiftyone_unseg.labels import resolve_prompt, segment_map
+from fiftyone_unseg.modeling import build_noise_generator
+from fiftyone_unseg.protect import Frame, default_output_dir, protected_name, shard_of
+
+protect_module = importlib.import_module("fiftyone_unseg.protect")
+EPS, EPS_BG = 8 / 255, 2 / 255
+TOL = 0.5 / 255 + 1e-6  # one rounding step for originals that are not 8-bit
+RECT = (16, 40, 20, 52)  # y0, y1, x0, x1 of the object in the scenes below
+OTHER = (44, 58, 4, 16)  # a second object, class "other"
+
+
+@pytest.fixture(scope="module")
+def generators(tmp_path_factory) -> dict:
+    """Checkpoints of a random MICRO generator and of one whose tanh saturates (+-1)."""
+    root = tmp_path_factory.mktemp("generators")
+    torch.manual_seed(0)
+    model = build_noise_generator(MICRO)
+    save_generator(model, MICRO, root / "random")
+    with torch.no_grad():
+        for mlp in model.mask_decoder.noise_mlps:
+            mlp.layers[-1].weight.mul_(1e4)
+            mlp.layers[-1].bias.mul_(1e4)
+    save_generator(model, MICRO, root / "saturated")
+    return {name: str(root / name) for name in ("random", "saturated")}
+
+
+def _box(rect, height, width) -> np.ndarray:
+    y0, y1, x0, x1 = rect
+    mask = np.zeros((height, width), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def _texture(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Mid-range noise, so the budget is never cut by clamping at 0 or 1."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(40, 216, (height, width, 3), dtype=np.uint8)
+
+
+def _labels(folder, height: int = 64, width: int = 64) -> dict:
+    """The two objects of a scene in every supported label form."""
+    semantic = (_box(RECT, height, width) + 2 * _box(OTHER, height, width)).astype(np.uint8)
+    mask_path = os.path.join(folder, f"semantic-{height}x{width}.png")
+    Image.fromarray(semantic).save(mask_path)
+
+    def rel(rect):
+        y0, y1, x0, x1 = rect
+        return [x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height]
+
+    def corners(rect):  # filled polygons include their boundary pixels
+        y0, y1, x0, x1 = rect[0], rect[1] - 1, rect[2], rect[3] - 1
+        return [[(x0 / width, y0 / height), (x1 / width, y0 / height),
+                 (x1 / width, y1 / height), (x0 / width, y1 / height)]]  # fmt: skip
+
+    def detection(rect, label, masked=True):
+        y0, y1, x0, x1 = rect
+        mask = np.ones((y1 - y0, x1 - x0), bool) if masked else None
+        return fo.Detection(label=label, bounding_box=rel(rect), mask=mask)
+
+    return {
+        "seg_db": fo.Segmentation(mask=semantic),
+        "seg_path": fo.Segmentation(mask_path=mask_path),
+        "dets": fo.Detections(detections=[detection(RECT, "thing"), detection(OTHER, "other")]),
+        "boxes": fo.Detections(
+            detections=[detection(RECT, "thing", False), detection(OTHER, "other", False)]
+        ),
+        "polys": fo.Polylines(
+            polylines=[
+                fo.Polyline(label="thing", points=corners(RECT), closed=True, filled=False),
+                fo.Polyline(label="other", points=corners(OTHER), closed=True, filled=False),
+            ]
+        ),
+    }
+
+
+def _dataset(name: str, folder, images: dict, labels: bool = True) -> fo.Dataset:
+    """A dataset of ``images`` (file name -> PIL image), each with the scene's labels."""
+    os.makedirs(folder, exist_ok=True)
+    dataset = fo.Dataset(name, overwrite=True)
+    dataset.mask_targets = {
+        "seg_db": {1: "thing", 2: "other"},
+        "seg_path": {1: "thing", 2: "other"},
+    }
+    samples = []
+    for file_name, image in images.items():
+        path = os.path.join(folder, file_name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        image.save(path)
+        fields = _labels(str(folder)) if labels else {}
+        samples.append(fo.Sample(filepath=path, **fields))
+    dataset.add_samples(samples, progress=False)
+    return dataset
+
+
+def _scene_dataset(name: str, folder, count: int = 3) -> fo.Dataset:
+    images = {f"scene{i}.png": Image.fromarray(_texture(64, 64, i)) for i in range(count)}
+    return _dataset(name, folder, images)
+
+
+def _noise(sample) -> np.ndarray:
+    """HxWx3 protected - original, in [0, 1] units."""
+    original = sample.original_filepath if sample.has_field("original_filepath") else None
+    return read_rgb(sample.protected_filepath) - read_rgb(original or sample.filepath)
+
+
+def _hashes(paths) -> dict:
+    return {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths}
+
+
+def test_frame_maps_to_model_and_back():
+    frame = Frame(48, 80, 64)
+    assert frame.region() == (38, 64)
+    ramp = torch.linspace(0, 1, 80).expand(1, 48, 80)
+    model_input = frame.to_model(ramp)
+    assert model_input.shape == (1, 64, 64) and not model_input[:, 38:].any()
+    back = frame.from_model(model_input)
+    assert back.shape == (1, 48, 80)
+    assert (back - ramp)[:, 2:-2, 2:-2].abs().max() < 0.02
+    prompt = frame.prompt(np.ones((48, 80), bool))
+    assert prompt.shape == (1, 16, 16)
+    assert prompt[0, :10].all() and not prompt[0, 10:].any()  # 48 * 16 / 80 = 9.6 rows
+
+
+def test_banded_ssim_equals_skimage(monkeypatch):
+    monkeypatch.setattr(protect_module, "_BAND_ROWS", 16)
+    original = _texture(50, 40).astype(np.float32) / 255
+    protected = np.clip(
+        original * 255 + np.random.default_rng(1).integers(-8, 9, original.shape), 0, 255
+    )
+    protected = protected.astype(np.uint8)
+    expected = structural_similarity(
+        original, protected.astype(np.float32) / 255, channel_axis=2, data_range=1.0
+    )
+    assert protect_module._ssim(original, protected) == pytest.approx(expected, abs=1e-6)
+
+
+def test_names_are_unique_per_sample_and_stay_in_the_folder():
+    assert protected_name("/data/x/ evil name?.JPG", "5f1d", "png") == "_evil_name_-5f1d.png"
+    assert protected_name("../../.bashrc", "5f1d", "jpg") == "bashrc-5f1d.jpg"
+    assert protected_name("/data/..", "5f1d", "png") == "image-5f1d.png"
+    assert protected_name("a/img.png", "1", "png") != protected_name("b/img.png", "2", "png")
+    assert sorted({shard_of(f"{i:024x}", 3) for i in range(30)}) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("field", ["seg_db", "seg_path", "dets", "boxes", "polys"])
+def test_every_label_type_rasterises_its_objects(tmp_path, field):
+    dataset = _scene_dataset(f"raster-{field}", tmp_path, count=1)
+    label = dataset.first()[field]
+    spec = resolve_prompt(dataset, field, "all")
+    expected = _box(RECT, 64, 64) | _box(OTHER, 64, 64)
+    assert np.array_equal(segment_map(label, 64, 64, spec) > 0, expected)
+    only_thing = segment_map(label, 64, 64, resolve_prompt(dataset, field, ["thing"])) > 0
+    assert np.array_equal(only_thing, _box(RECT, 64, 64))
+    resized = segment_map(label, 128, 128, spec) > 0  # masks follow the image size
+    assert resized.sum() == pytest.approx(4 * expected.sum(), rel=0.1)
+
+
+def test_rgb_segmentation_masks_use_hex_mask_targets(tmp_path):
+    dataset = _scene_dataset("rgb-masks", tmp_path, count=1)
+    rgb = np.zeros((32, 32, 3), np.uint8)  # half the image size: resized to it
+    rgb[8:20, 10:26] = (255, 0, 0)
+    rgb[22:29, 2:8] = (0, 0, 255)
+    dataset.set_values("rgb", [fo.Segmentation(mask=rgb)])
+    dataset.mask_targets = {**dataset.mask_targets, "rgb": {"#ff0000": "thing", "#0000ff": "sky"}}
+    dataset.save()
+    spec = resolve_prompt(dataset, "rgb", ["thing"])
+    assert spec.values == {0xFF0000}
+    segments = segment_map(dataset.first().rgb, 64, 64, spec)
+    assert np.array_equal(segments > 0, _box(RECT, 64, 64))
+
+
+def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, monkeypatch):
+    monkeypatch.setattr(protect_module, "_BAND_ROWS", 24)  # several bands per image
+    rgb = _texture(64, 96)
+    gray = Image.fromarray(_texture(64, 64)[..., 0])
+    rgba = Image.fromarray(np.dstack([_texture(64, 80), np.full((64, 80), 128, np.uint8)]))
+    deep = Image.fromarray(_texture(80, 64)[..., 0].astype(np.uint16) * 257).convert("I;16")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the file is stored 64 wide x 72 high, shown 72 x 64
+    images = {
+        "wide.png": Image.fromarray(rgb),
+        "gray.png": gray,
+        "rgba.png": rgba,
+        "deep.png": deep,
+        "tiny.png": Image.fromarray(_texture(5, 7)),
+        "cmyk.jpg": Image.fromarray(_texture(64, 64)).convert("CMYK"),
+    }
+    dataset = _dataset("budgets", tmp_path, images)
+    rotated = tmp_path / "rotated.jpg"
+    Image.fromarray(_texture(72, 64)).save(rotated, exif=exif, quality=95)
+    dataset.add_sample(fo.Sample(filepath=str(rotated), **_labels(str(tmp_path), 64, 72)))
+    before = _hashes(dataset.values("filepath"))
+
+    summary = protect(dataset, "seg_db", generator=generators["saturated"], eps=EPS, eps_bg=EPS_BG)
+
+    assert summary["protected"] == len(dataset) and summary["failed"] == 0
+    assert _hashes(dataset.values("filepath")) == before
+    for sample in dataset:
+        noise = np.abs(_noise(sample)).max(axis=2)
+        height, width = noise.shape
+        objects = segment_map(sample.seg_db, height, width, resolve_prompt(dataset, "seg_db"))
+        inside, outside = noise[objects > 0], noise[objects == 0]
+        assert inside.max() <= EPS + TOL and outside.max() <= EPS_BG + TOL, sample.filepath
+        assert sample.unseg.linf == pytest.approx(noise.max(), abs=TOL)
+        if min(height, width) >= 32:  # saturated noise reaches both budgets
+            assert inside.max() >= EPS - TOL and outside.max() >= EPS_BG - TOL, sample.filepath
+            assert 30 < sample.unseg.psnr < 60 and 0.5 < sample.unseg.ssim < 1
+    assert dataset.first().unseg.num_segments == 2 and dataset.first().unseg.had_segments
+
+
+@pytest.mark.parametrize("field", ["seg_path", "dets", "boxes", "polys"])
+def test_object_budget_follows_each_label_type(tmp_path, generators, field):
+    dataset = _scene_dataset(f"types-{field}", tmp_path, count=1)
+    protect(dataset, field, generator=generators["saturated"], prompt=["thing"])
+    noise = np.abs(_noise(dataset.first())).max(axis=2)
+    thing, other = _box(RECT, 64, 64), _box(OTHER, 64, 64)
+    assert noise[thing].max() >= EPS - TOL and noise[~thing].max() <= EPS_BG + TOL
+    assert noise[other].max() <= EPS_BG + TOL  # not a chosen class: background budget
+    assert dataset.first().unseg.prompt == "classes:thing"
+
+
+class AreaNoise(torch.nn.Module):
+    """A stand-in generator whose noise shows its prompt: 2 * (prompt area fraction) - 1."""
+
+    img_size = MICRO.img_size
+    generator_id = "area-noise"
+
+    def encode(self, images):
+        return images, images
+
+    def decode(self, embeddings, early_features, mask_prompts):
+        value = 2 * mask_prompts.mean(dim=(1, 2, 3)) - 1
+        return value.view(-1, 1, 1, 1).expand(-1, 3, *mask_prompts.shape[-2:]), None
+
+
+def test_instance_mode_gives_each_segment_its_own_noise(tmp_path):
+    dataset = _scene_dataset("instances", tmp_path, count=1)
+    # Prompt cells are 4 px; the union covers 57 of 256 cells, RECT 48, OTHER 9.
+    union, thing, other = (2 * cells / 256 - 1 for cells in (57, 48, 9))
+    inner_thing, inner_other = (slice(20, 36), slice(24, 48)), (slice(48, 54), slice(8, 12))
+    far = (slice(0, 8), slice(56, 64))
+    cases = {"all": (union, union, union), "instance": (thing, other, union)}
+    for prompt, (in_thing, in_other, background) in cases.items():
+        protect(dataset, "dets", generator=AreaNoise(), prompt=prompt)
+        noise = _noise(dataset.first())
+        assert dataset.first().unseg.prompt == prompt
+        assert np.allclose(noise[inner_thing], in_thing * EPS, atol=TOL)
+        assert np.allclose(noise[inner_other], in_other * EPS, atol=TOL)
+        assert np.allclose(noise[far], background * EPS_BG, atol=TOL)
+
+
+def test_samples_without_segments_get_background_noise_only(tmp_path, generators):
+    dataset = _scene_dataset("empty", tmp_path, count=2)
+    dataset.set_values("dets", [None, fo.Detections()])
+    summary = protect(dataset, "dets", generator=generators["saturated"])
+    assert summary["no_segments"] == 2 and summary["protected"] == 2
+    for sample in dataset:
+        noise = np.abs(_noise(sample))
+        assert EPS_BG - TOL <= noise.max() <= EPS_BG + TOL
+        assert not sample.unseg.had_segments and sample.unseg.num_segments == 0
+
+
+def test_unreadable_images_are_reported_and_skipped(tmp_path, generators):
+    dataset = _scene_dataset("broken", tmp_path, count=1)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "garbage.png").write_bytes(b"not an image at all")
+    broken = [str(tmp_path / n) for n in ("missing.png", "empty.png", "garbage.png")]
+    dataset.add_samples([fo.Sample(filepath=p) for p in broken])
+    summary = protect(dataset, "dets", generator=generators["random"])
+    assert summary["protected"] == 1 and summary["failed"] == 3
+    reasons = {f["filepath"]: f["reason"] for f in summary["failures"]}
+    assert set(reasons) == set(broken)
+    assert "not found" in reasons[broken[0]] and "empty" in reasons[broken[1]]
+    assert "cannot decode" in reasons[broken[2]]
+    ids = {f["id"] for f in summary["failures"]}
+    assert ids == set(dataset.match(fo.ViewField("protected_filepath") == None).values("id"))  # noqa: E711
+
+
+def test_png_jpeg_and_same_names_in_two_folders(tmp_path, generators):
+    image = Image.fromarray(_texture(64, 64))
+    dataset = _dataset("formats", tmp_path, {"a/img.png": image, "b/img.png": image})
+    protect(dataset, "dets", generator=generators["random"])
+    paths = dataset.values("protected_filepath")
+    assert len(set(paths)) == 2 and all(Image.open(p).format == "PNG" for p in paths)
+    assert all(os.path.dirname(p) == default_output_dir(dataset) for p in paths)
+    assert "protected_filepath" in dataset.app_config.media_fields
+    protect(dataset, "dets", generator=generators["random"], image_format="jpg", jpeg_quality=90)
+    jpegs = dataset.values("protected_filepath")
+    assert all(Image.open(p).format == "JPEG" and p.endswith(".jpg") for p in jpegs)
+    assert dataset.first().unseg.format == "jpg" and dataset.first().unseg.quality == 90
+    again = protect(dataset, "dets", generator=generators["random"], image_format="jpg",
+                    jpeg_quality=90, overwrite=True)  # fmt: skip
+    assert (again["protected"], again["failed"]) == (2, 0)  # its own JPEGs are recognised
+
+
+def test_rerun_skips_overwrite_redoes_and_interrupted_runs_resume(tmp_path, generators):
+    dataset = _scene_dataset("rerun", tmp_path)
+    calls = []
+    first = protect(dataset, "dets", generator=generators["random"], batch_size=2,
+                    progress=lambda done, total: calls.append((done, total)))  # fmt: skip
+    assert calls[0] == (0, 3) and calls[-1] == (3, 3) and calls == sorted(calls)
+    times = {p: os.stat(p).st_mtime_ns for p in dataset.values("protected_filepath")}
+    again = protect(dataset, "dets", generator=generators["random"])
+    assert (first["protected"], again["protected"], again["skipped"]) == (3, 0, 3)
+    assert times == {p: os.stat(p).st_mtime_ns for p in times}
+    assert (
+        protect(dataset, "dets", generator=generators["random"], eps_bg=1 / 255)["protected"] == 3
+    )
+    assert (
+        protect(dataset, "dets", generator=generators["random"], overwrite=True)["protected"] == 3
+    )
+    # A run killed after writing a file but before recording it: the file is its own, redone.
+    dataset.set_values("unseg", {dataset.first().id: None}, key_field="id")
+    resumed = protect(dataset, "dets", generator=generators["random"])
+    assert (resumed["protected"], resumed["skipped"], resumed["failed"]) == (1, 2, 0)
+
+
+def test_files_the_run_did_not_write_are_never_overwritten(tmp_path, generators):
+    dataset = _scene_dataset("foreign", tmp_path, count=2)
+    sample = dataset.first()
+    target = os.path.join(
+        default_output_dir(dataset), protected_name(sample.filepath, sample.id, "png")
+    )
+    os.makedirs(os.path.dirname(target))
+    Image.fromarray(_texture(8, 8)).save(target)
+    before = _hashes([target])
+    summary = protect(dataset, "dets", generator=generators["random"])
+    assert summary["protected"] == 1 and summary["failures"][0]["id"] == sample.id
+    assert "not written for this sample" in summary["failures"][0]["reason"]
+    assert _hashes([target]) == before
+
+
+def test_replace_filepath_and_restore_round_trip(tmp_path, generators):
+    dataset = _scene_dataset("replace", tmp_path)
+    originals = dataset.values("filepath")
+    before = _hashes(originals)
+    unprotected = dataset.match(fo.ViewField("protected_filepath") == None)  # noqa: E711
+    protect(unprotected, "seg_db", generator=generators["random"], replace_filepath=True)
+    assert len(unprotected) == 0 and dataset.values("original_filepath") == originals
+    assert dataset.values("filepath") == dataset.values("protected_filepath")
+    assert {"filepath", "protected_filepath", "original_filepath"} <= set(
+        dataset.app_config.media_fields
+    )
+    # Protecting again reads the originals, not the protected images.
+    protect(dataset, "seg_db", generator=generators["random"], eps=4 / 255, replace_filepath=True)
+    assert dataset.values("original_filepath") == originals
+    assert all(np.abs(_noise(s)).max() <= 4 / 255 + TOL for s in dataset)
+
+    assert restore(dataset) == {"restored": 3, "unchanged": 0, "deleted": 0}
+    assert restore(dataset) == {"restored": 0, "unchanged": 3, "deleted": 0}
+    protected = dataset.values("protected_filepath")
+    assert dataset.values("filepath") == originals and all(map(os.path.isfile, protected))
+    assert restore(dataset, delete_protected=True)["deleted"] == 3
+    assert not any(map(os.path.exists, protected)) and dataset.count("protected_filepath") == 0
+    assert _hashes(originals) == before
+
+
+def test_run_is_recorded_with_config_and_counts(tmp_path, generators):
+    dataset = _scene_dataset("runs", tmp_path)
+    protect(dataset.limit(2), "dets", generator=generators["random"], run_key="first")
+    assert "first" in dataset.list_runs(method="unseg.protect")
+    info = dataset.get_run_info("first")
+    assert info.config.label_field == "dets" and info.config.eps == EPS
+    results = dataset.load_run_results("first")
+    assert (results.protected, results.skipped, results.failed, results.total) == (2, 0, 0, 2)
+    assert len(dataset.load_run_view("first")) == 2
+
+
+def test_invalid_requests_name_the_problem(tmp_path, generators):
+    dataset = _scene_dataset("invalid", tmp_path, count=1)
+    dataset.set_values("kind", [fo.Classification(label="x")])
+    cases = [
+        ({"label_field": "nope"}, "'nope' does not exist"),
+        ({"label_field": "kind"}, "'kind' holds Classification"),
+        ({"label_field": "dets", "prompt": ["unicorn"]}, r"\['unicorn'\] do not occur"),
+        ({"label_field": "dets", "eps": 2.0}, "budgets must satisfy"),
+        ({"label_field": "dets", "eps_bg": 0.1}, "budgets must satisfy"),
+        ({"label_field": "dets", "image_format": "gif"}, "image_format"),
+        ({"label_field": "dets", "shard": (2, 2)}, "shard"),
+        ({"label_field": "dets", "run_key": "my-run"}, "run_key must be a Python identifier"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            protect(dataset, generator=generators["random"], **kwargs)
+    with pytest.raises(ValueError, match="no samples"):
+        protect(dataset.limit(0), "dets", generator=generators["random"])
+
+
+@pytest.mark.slow
+def test_cli_two_shard_processes_protect_every_sample_exactly_once(tmp_path, generators, unseg):
+    dataset = _scene_dataset("shards", tmp_path, count=10)
+    originals = dataset.values("filepath")
+    command = [os.path.join(os.path.dirname(sys.executable), "unseg"), "protect"]
+    args = ["--dataset", "shards", "--label-field", "seg_path", "--generator",
+            generators["saturated"], "--eps", "4/255", "--eps-bg", "0.004", "--classes", "thing",
+            "--format", "jpg", "--quality", "90", "--replace-filepath", "--batch-size", "3"]  # fmt: skip
+    procs = [
+        subprocess.Popen([*command, *args, "--shard", f"{i}/2"], stdout=subprocess.PIPE, text=True)
+        for i in (0, 1)
+    ]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outputs
+    counts = [
+        re.search(r"Protected (\d+) of (\d+) samples \(0 already", o).groups() for o in outputs
+    ]
+    assert sum(int(done) for done, _ in counts) == 10 and all(d == t for d, t in counts)
+    dataset.reload()
+    protected = dataset.values("protected_filepath")
+    assert len(set(protected)) == 10 and dataset.values("filepath") == protected
+    assert {"unseg_protect_shard0of2", "unseg_protect_shard1of2"} <= set(dataset.list_runs())
+    facts = dataset.first().unseg
+    assert (facts.eps, facts.prompt, facts.format) == (
+        pytest.approx(4 / 255),
+        "classes:thing",
+        "jpg",
+    )
+    assert "Restored 10 originals" in unseg("restore", "--dataset", "shards").stdout
+    dataset.reload()
+    assert dataset.values("filepath") == originals
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    _scene_dataset("cli-errors", tmp_path, count=1)
+    parser = cli.build_parser()
+    assert cli.run(parser, ["protect", "--dataset", "cli-errors", "--label-field", "nope"]) == 2
+    assert "'nope' does not exist" in capsys.readouterr().err
+    assert cli.run(parser, ["protect", "--dataset", "absent", "--label-field", "dets"]) == 2
+    assert "dataset 'absent' does not exist" in capsys.readouterr().err
+    args = ["protect", "--dataset", "cli-errors", "--view", "nope", "--label-field", "dets"]
+    assert cli.run(parser, args) == 2 and "no saved view 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["protect", "--dataset", "x", "--label-field", "y", "--eps", "8"])
+
+
+def test_operators_protect_and_restore(tmp_path, generators):
+    dataset = _scene_dataset("operators", tmp_path)
+    result = foo.execute_operator(
+        "@unseg/unseg/protect_samples",
+        ctx={
+            "dataset": dataset.name,
+            "params": {
+                "label_field": "polys",
+                "generator": generators["random"],
+                "prompt": "classes",
+                "classes": ["other"],
+                "eps": 6.0,
+                "replace_filepath": True,
+            },
+        },
+    )
+    assert result.error is None, result.error
+    assert result.result["protected"] == 3 and result.result["failed"] == 0
+    dataset.reload()
+    assert dataset.first().unseg.eps == pytest.approx(6 / 255)
+    assert dataset.first().unseg.prompt == "classes:other"
+    restored = foo.execute_operator(
+        "@unseg/unseg/restore_originals", ctx={"dataset": dataset.name, "params": {}}
+    )
+    assert restored.error is None and restored.result["restored"] == 3
+
+
+def test_protect_operator_form_rejects_what_cannot_run(tmp_path, generators):
+    dataset = _dataset("no-labels", tmp_path, {"a.png": Image.fromarray(_texture(8, 8))}, False)
+    scenes = _scene_dataset("bad-budget", tmp_path / "scenes", count=1)
+    bad_budget = {"label_field": "dets", "eps": 2.0, "eps_bg": 4.0}
+    cases = [
+        (dataset.name, {}, "No Segmentation, Detections or Polylines field"),
+        (scenes.name, bad_budget, "must not exceed the object one"),
+        (scenes.name, {"label_field": "dets", "eps": 100.0}, "less than 64"),
+    ]
+    for name, params, message in cases:
+        params = {"generator": generators["random"], **params}
+        with pytest.raises(ExecutionError, match=message):
+            foo.execute_operator(
+                "@unseg/unseg/protect_samples", ctx={"dataset": name, "params": params}
+            )
