@@ -33,13 +33,12 @@ import fiftyone.core.media as fom
 import fiftyone.core.runs as fors
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from segment_anything.utils.transforms import ResizeLongestSide
 from skimage.metrics import structural_similarity
 
 from fiftyone_unseg.checkpoint import load_generator
+from fiftyone_unseg.geometry import Frame
 from fiftyone_unseg.io import atomic_write_bytes, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_map
 from fiftyone_unseg.modeling import NoiseGenerator
@@ -72,52 +71,6 @@ _DECODE_CHUNK = 64  # prompts decoded at once (instance mode can have many per i
 _PNG_COMPRESS_LEVEL = 1  # noisy images barely compress: ~1.3x faster than 6, ~8% larger
 _SSIM_WINDOW = 7  # skimage's default window
 _WORKERS = max(2, min(8, os.cpu_count() or 2))
-
-
-@dataclasses.dataclass(frozen=True)
-class Frame:
-    """The geometry between an HxW image and the generator's SxS input, in one place.
-
-    To the model, SAM's preprocessing: resize so the long side is S
-    (``ResizeLongestSide.get_preprocess_shape``; bilinear, antialiased, as its
-    ``apply_image_torch``, which in segment-anything 1.0 reads the size from the
-    wrong dimensions of a BxCxHxW tensor), zero-pad bottom/right to SxS. This is
-    padding to a max(H, W) square and resizing to S, up to rounding of the short
-    side. Back, SAM's ``Sam.postprocess_masks``: upsample to SxS, crop the image
-    region, resize to HxW, its exact inverse.
-    """
-
-    height: int
-    width: int
-    size: int
-
-    def region(self, size: int | None = None) -> tuple[int, int]:
-        """(h, w) of the image inside the padded NxN frame (N = ``size`` or S)."""
-        return ResizeLongestSide.get_preprocess_shape(self.height, self.width, size or self.size)
-
-    def to_model(self, image: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        """CxHxW -> CxNxN (N = ``size`` or S): long side resized to N, padded bottom/right."""
-        n = size or self.size
-        h, w = self.region(n)
-        resized = F.interpolate(
-            image[None], (h, w), mode="bilinear", align_corners=False, antialias=True
-        )
-        return F.pad(resized[0], (0, n - w, 0, n - h))
-
-    def prompt(self, mask: np.ndarray) -> torch.Tensor:
-        """HxW bool -> 1x(S/4)x(S/4) in {0, 1}: the mask at the mask-prompt resolution."""
-        resized = self.to_model(torch.from_numpy(mask)[None].to(torch.float32), self.size // 4)
-        return (resized > 0.5).to(torch.float32)
-
-    def from_model(self, noise: torch.Tensor) -> torch.Tensor:
-        """CxNxN in the padded model frame (any N, e.g. the generator's S/4) -> CxHxW."""
-        full = F.interpolate(
-            noise[None], (self.size, self.size), mode="bilinear", align_corners=False
-        )
-        h, w = self.region()
-        return F.interpolate(
-            full[..., :h, :w], (self.height, self.width), mode="bilinear", align_corners=False
-        )[0]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,10 +20,10 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.utils.transforms import ResizeLongestSide
 from torch.utils.data import Dataset
 
 from fiftyone_unseg import folders, io
+from fiftyone_unseg.geometry import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +165,17 @@ def split_pairs(pairs: list, val_fraction: float) -> tuple:
 
 
 def resize_and_pad(image: torch.Tensor, mask: torch.Tensor, side: int, scale: float = 1.0):
-    """Resize so the longest side is ``scale * side``, then pad bottom/right to ``side``.
+    """Resize so the longest side is ``scale * side`` (the model's geometry, see
+    :class:`~fiftyone_unseg.geometry.Frame`), then pad bottom/right to at least ``side``.
 
-    image: 3xHxW, mask: 1xHxW -> 3 x max(side, h') x max(side, w') and the mask alike.
+    image: 3xHxW, mask: 1xHxW -> 3xNxN and 1xNxN in {0, 1}, N = max(side, scale * side).
     """
-    image = ResizeLongestSide(max(1, round(scale * side))).apply_image_torch(image[None])[0]
-    nh, nw = image.shape[-2:]
-    mask = F.interpolate(mask[None], (nh, nw), mode="nearest")[0]
-    pad = (0, max(0, side - nw), 0, max(0, side - nh))
-    return F.pad(image, pad), F.pad(mask, pad)
+    frame = Frame(image.shape[-2], image.shape[-1], side)
+    n = max(1, round(scale * side))
+    pad = (0, max(0, side - n), 0, max(0, side - n))
+    image = F.pad(frame.to_model(image, n), pad)
+    mask = F.pad((frame.to_model(mask, n) > 0.5).float(), pad)
+    return image, mask
 
 
 def object_crop(image, mask, context: float):
