@@ -273,3 +273,18 @@ def test_bad_pairs_are_skipped_and_reported(tmp_path):
     reasons = {os.path.basename(p.image): why for p, why in data.skipped.items()}
     assert set(reasons) == {"corrupt.jpg", "mismatch.jpg"}
     assert "cannot decode" in reasons["corrupt.jpg"] and "16x16" in reasons["mismatch.jpg"]
+
+
+def test_resize_and_pad_keeps_aspect_ratio():
+    from trainer.data import resize_and_pad
+
+    image = torch.rand(3, 100, 200)
+    mask = torch.zeros(1, 100, 200)
+    mask[:, 20:60, 50:150] = 1
+    img, m = resize_and_pad(image, mask, 64)
+    assert img.shape == (3, 64, 64) and m.shape == (1, 64, 64)
+    assert img[:, 33:].abs().sum() == 0  # the 2:1 image fills the top 32 rows only
+    ys, xs = torch.nonzero(m[0], as_tuple=True)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (6, 18, 16, 47)
+    big, _ = resize_and_pad(image, mask, 64, scale=1.5)
+    assert big.shape == (3, 96, 96)
