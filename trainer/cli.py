@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
-from fiftyone_unseg import cli as library_cli
-from trainer.config import load_config, shipped_configs
+# The bundled mongod (6.0) makes FiftyOne print a deprecation notice on every start;
+# users who set the variable themselves keep their choice.
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+
+from fiftyone_unseg import cli as library_cli  # noqa: E402
+from trainer.config import load_config, shipped_configs  # noqa: E402
 
 
 def _cmd_train(args) -> int:
