@@ -203,7 +203,8 @@ def test_torchrun_two_cpu_processes(tmp_path):
 def test_shipped_configs_and_overrides():
     cfg = load_config("tiny", max_steps=5, device="cpu", batch_size=None)
     assert cfg.max_steps == 5 and cfg.device == "cpu" and cfg.batch_size == 4
-    assert cfg.generator_config().freeze_backbone and cfg.pretrain_steps > 0
+    assert cfg.generator_config().img_size == 256 and cfg.surrogate_config().img_size == 128
+    assert load_config("tiny", freeze_backbone=True).generator_config().freeze_backbone
     vit_b = load_config("vit_b")
     assert vit_b.generator_config().img_size == 1024 and vit_b.surrogate_config().img_size == 512
     assert (vit_b.surrogate_phase, vit_b.generator_phase, vit_b.epochs) == (1, 3, 27)
