@@ -26,7 +26,7 @@ test: lint
 	$(PY) -m pytest tests
 
 demo: install
-	$(PY) -m fiftyone_unseg.demo
+	$(PY) examples/demo.py
 
 bench: install
 	$(PY) benchmarks/run_all.py
