@@ -56,17 +56,6 @@ def main() -> int:
         "--overwrite",
         *(["--generator", generator] if generator else []),
     )
-    unseg(
-        "evaluate",
-        "--dataset",
-        DATASET,
-        "--label-field",
-        "instances",
-        "--semantic-field",
-        "ground_truth",
-        "--baselines",
-        "random",
-    )
     print(
         f"\nDone. Look at it in the FiftyOne App:\n  .venv/bin/fiftyone app launch {DATASET}\n"
         "then switch the grid's media field to 'protected_filepath' to see protected images."
