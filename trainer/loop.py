@@ -372,9 +372,8 @@ class Trainer:
             return False
         with open(pointer) as f:
             path = os.path.join(self.checkpoint_root, f.read().strip())
-        state = torch.load(
-            os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=True
-        )
+        state_file = os.path.join(path, "trainer_state.pt")
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
         weights = safetensors.torch.load_file(
             os.path.join(path, "generator", "model.safetensors"), device=str(self.ctx.device)
         )
