@@ -12,4 +12,21 @@ from fiftyone_unseg.checkpoint import load_generator, save_generator  # noqa: E4
 from fiftyone_unseg.protect import protect, restore  # noqa: E402
 from fiftyone_unseg.visualize import visualize_noise  # noqa: E402
 
-__all__ = ["load_generator", "protect", "restore", "save_generator", "visualize_noise"]
+__all__ = [
+    "evaluate_protection",
+    "load_generator",
+    "protect",
+    "restore",
+    "save_generator",
+    "visualize_noise",
+]
+
+
+def __getattr__(name: str):
+    """``evaluate_protection`` is imported on first use: the audit pulls in its victims'
+    libraries (torchvision models, matplotlib), which ``import fiftyone_unseg`` need not."""
+    if name == "evaluate_protection":
+        from fiftyone_unseg.audit import evaluate_protection
+
+        return evaluate_protection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,9 @@ import fiftyone as fo
 from tqdm import tqdm
 
 from fiftyone_unseg import sample_data
+from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
+from fiftyone_unseg.audit.baselines import BASELINES
+from fiftyone_unseg.audit.victims import VICTIMS
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, protect, restore
 
 
@@ -169,6 +172,100 @@ def _add_protect_commands(subparsers) -> None:
     p.set_defaults(func=_cmd_restore)
 
 
+def _per_victim(values: list[str] | None) -> int | dict | None:
+    """``["5"]`` -> 5 (every victim); ``["yolo=30", "sam=8"]`` -> {"yolo": 30, "sam": 8}."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return int(values[0])
+    try:
+        return {name: int(value) for name, value in (v.split("=") for v in values)}
+    except ValueError as e:
+        raise ValueError(f"{values}: give one number or victim=number pairs") from e
+
+
+def _cmd_evaluate(args) -> int:
+    report = evaluate_protection(
+        _collection(args),
+        args.label_field,
+        victims=args.victims,
+        semantic_field=args.semantic_field,
+        protected_field=None if args.protected_field == "none" else args.protected_field,
+        baselines=args.baselines,
+        countermeasure=args.countermeasure,
+        eps=args.eps,
+        eps_bg=args.eps_bg,
+        split_tags=args.split_tags or None,
+        train_fraction=args.train_fraction,
+        epochs=_per_victim(args.epochs),
+        image_size=_per_victim(args.image_size),
+        seed=args.seed,
+        device=args.device,
+        yolo_weights=args.yolo_weights,
+        sam_checkpoint=args.sam_checkpoint,
+        semantic_weights=args.semantic_weights,
+        output_dir=args.output_dir,
+        run_key=args.run_key,
+        progress=_tqdm_progress("epochs"),
+    )
+    print(report.table())
+    print(
+        f"Trained on {report.num_train} samples (images ~{report.image_side} px; px: the "
+        f"victims' size), tested on {report.num_test} clean ones ({report.split}) in "
+        f"{report.seconds:.0f} s; chart {report.chart_path}; "
+        f"report {report.report_path}; run {report.run_key!r}"
+    )
+    return 0
+
+
+def _add_evaluate_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="audit protection: train victims on clean vs protected images, test on clean ones",
+        description=(
+            "yolo and sam learn the instances of --label-field (Detections with masks, "
+            "Polylines, or a Segmentation's connected class regions); semantic learns "
+            "--semantic-field, else class maps painted from --label-field."
+        ),
+    )
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--view", help="a saved view of the dataset to audit")
+    p.add_argument("--label-field", required=True, help="instances for yolo / sam, e.g. instances")
+    p.add_argument("--semantic-field", help="Segmentation field for the semantic victim")
+    p.add_argument("--victims", nargs="+", choices=VICTIMS, default=list(VICTIMS))
+    p.add_argument(
+        "--protected-field",
+        default="protected_filepath",
+        help="field of the protected images ('none': compare baselines only)",
+    )
+    p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=[])
+    p.add_argument("--countermeasure", help="jpeg:75, blur:1.0, downscale:0.5 or grayscale")
+    p.add_argument(
+        "--eps", type=_budget, default=DEFAULT_EPS, help="baselines' object budget where unrecorded"
+    )
+    p.add_argument("--eps-bg", type=_budget, default=DEFAULT_EPS_BG, help="and background budget")
+    p.add_argument(
+        "--split-tags",
+        nargs=2,
+        default=["train", "test"],
+        metavar=("TRAIN", "TEST"),
+        help="tags of the splits; without them a random split",
+    )
+    p.add_argument("--train-fraction", type=float, default=0.7, help="of the random split")
+    p.add_argument("--epochs", nargs="+", help="N for every victim, or victim=N ...")
+    p.add_argument("--image-size", nargs="+", help="N for every victim, or victim=N ...")
+    p.add_argument("--yolo-weights", help="local Ultralytics .pt to start from")
+    p.add_argument("--sam-checkpoint", help="local official SAM .pth to fine-tune")
+    p.add_argument("--semantic-weights", help="local LRASPP / MobileNetV3-Large state dict")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--output-dir", help="default: <FiftyOne dataset dir>/unseg-audit/<dataset>/<key>"
+    )
+    p.add_argument("--run-key", default=DEFAULT_RUN_KEY)
+    p.set_defaults(func=_cmd_evaluate)
+
+
 def add_commands(subparsers) -> None:
     """Register the library's verbs on an ``argparse`` sub-parser collection."""
     p = subparsers.add_parser(
@@ -190,6 +287,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.set_defaults(func=_cmd_sample_data)
     _add_protect_commands(subparsers)
+    _add_evaluate_command(subparsers)
 
 
 def build_parser(extra_commands=()) -> argparse.ArgumentParser:

@@ -8,7 +8,13 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.plugins as fop
 
-OPERATORS = {"load_sample_dataset", "protect_samples", "restore_originals", "visualize_noise"}
+OPERATORS = {
+    "load_sample_dataset",
+    "protect_samples",
+    "restore_originals",
+    "visualize_noise",
+    "evaluate_protection",
+}
 
 
 def _fiftyone_cli(*args):

@@ -1,9 +1,16 @@
 """The ``@unseg/unseg`` FiftyOne plugin: thin operators over the SDK."""
 
+from fiftyone_unseg.plugin.audit import EvaluateProtection
 from fiftyone_unseg.plugin.data import LoadSampleDataset
 from fiftyone_unseg.plugin.protect import ProtectSamples, RestoreOriginals, VisualizeNoise
 
-OPERATORS = (LoadSampleDataset, ProtectSamples, RestoreOriginals, VisualizeNoise)
+OPERATORS = (
+    LoadSampleDataset,
+    ProtectSamples,
+    RestoreOriginals,
+    VisualizeNoise,
+    EvaluateProtection,
+)
 
 
 def register(p):

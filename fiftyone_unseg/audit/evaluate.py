@@ -1,0 +1,342 @@
+"""The audit: train each victim on clean and on protected images, test both on clean ones."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import fiftyone as fo
+import numpy as np
+from PIL import Image
+
+from fiftyone_unseg.audit.baselines import BASELINES
+from fiftyone_unseg.audit.countermeasures import Countermeasure
+from fiftyone_unseg.audit.report import (
+    METHOD,
+    ProtectionReport,
+    VictimResult,
+    load_report,
+    record_run,
+    write_report,
+)
+from fiftyone_unseg.audit.splits import split_samples
+from fiftyone_unseg.audit.targets import Targets, resolve_targets
+from fiftyone_unseg.audit.training import Example, Settings
+from fiftyone_unseg.audit.variants import CLEAN, PROTECTED, clean_paths, training_images
+from fiftyone_unseg.audit.victims import VICTIMS, make_victim
+from fiftyone_unseg.io import atomic_write_image, read_rgb
+from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG
+
+DEFAULT_RUN_KEY = "unseg_audit"
+
+
+def evaluate_protection(
+    samples,
+    label_field: str,
+    victims=VICTIMS,
+    semantic_field: str | None = None,
+    protected_field: str | None = "protected_filepath",
+    baselines=(),
+    countermeasure: str | None = None,
+    eps: float = DEFAULT_EPS,
+    eps_bg: float = DEFAULT_EPS_BG,
+    split_tags=("train", "test"),
+    train_fraction: float = 0.7,
+    epochs: int | dict | None = None,
+    image_size: int | dict | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    yolo_weights: str | None = None,
+    sam_checkpoint: str | None = None,
+    semantic_weights: str | None = None,
+    output_dir: str | None = None,
+    run_key: str = DEFAULT_RUN_KEY,
+    progress=None,
+) -> ProtectionReport:
+    """Measure how much protection hurts models trained on the data.
+
+    Each victim trains once per variant of the training images, with the same settings
+    and seed: ``clean`` (the originals), ``protected`` (the images in ``protected_field``)
+    and each of ``baselines`` ("random": uniform noise, "pattern": a mask-aligned tile
+    shortcut, both at the samples' protection budgets, see
+    :mod:`fiftyone_unseg.audit.baselines`). Every model is tested on the CLEAN test images.
+
+    Arguments:
+      samples: a FiftyOne dataset or view.
+      label_field: the instances for ``yolo`` and ``sam`` (Detections with masks,
+        Polylines, or a Segmentation whose class regions' connected components are the
+        instances); also the class maps for ``semantic`` unless ``semantic_field`` is given
+        (see :mod:`fiftyone_unseg.audit.targets`).
+      victims: any of "yolo" (Ultralytics YOLOv8n-seg, mask mAP), "sam" (box-prompted SAM,
+        mean mask IoU), "semantic" (torchvision LRASPP-MobileNetV3, mIoU).
+      semantic_field: a Segmentation field for the semantic victim.
+      protected_field: the field holding each training sample's protected image; None
+        compares the baselines with clean training only.
+      baselines: any of "random", "pattern".
+      countermeasure: applied to the protected and baseline training images (never to
+        clean ones): "jpeg:75", "blur:1.0", "downscale:0.5" or "grayscale".
+      eps, eps_bg: the baselines' budgets for samples without recorded protection budgets.
+      split_tags: (train tag, test tag); without both tags present (or with None), a
+        random split with ``train_fraction`` for training, seeded by ``seed``.
+      epochs, image_size: one int for every victim or a dict victim -> int; the rest keep
+        the victim's defaults: yolo 60 epochs at 256 px, sam 100 at 128 px (with a SAM
+        checkpoint 4 at its own size), semantic 30 on random 256 px crops of the images at
+        their own resolution. Victims that resize images down also blur fine noise away:
+        compare ``px`` in the report with the images' size (``image_side``).
+      seed, device: training seed (the same for every variant) and torch device.
+      yolo_weights, sam_checkpoint, semantic_weights: optional local starting weights.
+      output_dir: training images, models, predictions and the report; default
+        ``<fo.config.default_dataset_dir>/unseg-audit/<dataset>/<run_key>``.
+      run_key: key of the FiftyOne run; prefixes the prediction fields
+        (``<run_key>_<victim>_<variant>``, on the test samples only) and evaluation keys
+        (the field name + ``_eval``). A rerun with the same key replaces them.
+      progress: optional ``progress(done, total)`` callable, in training epochs.
+
+    Returns the :class:`ProtectionReport`, also written to ``report.json`` + ``report.png``
+    in ``output_dir`` and recorded as the run ``run_key`` (:func:`load_report`).
+    """
+    started = time.monotonic()
+    victims, baselines = _check(victims, baselines, protected_field, run_key)
+    measure = Countermeasure.parse(countermeasure)
+    targets = resolve_targets(samples, label_field, semantic_field)
+    split = split_samples(samples, split_tags, train_fraction, seed)
+    models = {
+        name: make_victim(name, yolo_weights, sam_checkpoint, semantic_weights) for name in victims
+    }
+    settings = {
+        name: _settings(name, model.defaults(), epochs, image_size, seed, device)
+        for name, model in models.items()
+    }
+    dataset = samples._dataset
+    folder = os.path.abspath(output_dir or default_output_dir(dataset.name, run_key))
+    _forget(dataset, run_key)
+    variants = [CLEAN] + ([PROTECTED] if protected_field else []) + list(baselines)
+    images = training_images(
+        samples,
+        split.train_ids,
+        targets,
+        variants,
+        os.path.join(folder, "train-images"),
+        protected_field,
+        measure,
+        eps,
+        eps_bg,
+        seed,
+    )
+    train_labels = _labels(samples, split.train_ids, targets)
+    test_view = dataset.select(split.test_ids, ordered=True)
+    test_paths = clean_paths(samples, split.test_ids)
+    test_examples = [
+        Example(i, test_paths[i], labels)
+        for i, labels in zip(split.test_ids, _labels(samples, split.test_ids, targets))
+    ]
+    needed = {victim.labels for victim in models.values()}
+    ground_truth = _ground_truth(test_view, test_examples, targets, needed, run_key, folder)
+
+    done, total = 0, sum(s.epochs for s in settings.values()) * len(variants)
+
+    def on_epoch() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    train = {
+        variant: [Example(i, images[variant][i], x) for i, x in zip(split.train_ids, train_labels)]
+        for variant in variants
+    }
+    results = [
+        _audit_victim(
+            name,
+            victim,
+            settings[name],
+            train,
+            test_examples,
+            test_view,
+            ground_truth[victim.labels],
+            targets,
+            os.path.join(folder, name),
+            run_key,
+            on_epoch,
+        )
+        for name, victim in models.items()
+    ]
+    report = ProtectionReport(
+        run_key=run_key,
+        dataset=dataset.name,
+        split=split.source,
+        num_train=len(split.train_ids),
+        num_test=len(split.test_ids),
+        protected_field=protected_field,
+        countermeasure=None if measure is None else str(measure),
+        baselines=tuple(baselines),
+        results=results,
+        folder=folder,
+        image_side=_median_side(images[CLEAN].values()),
+        seconds=time.monotonic() - started,
+    )
+    write_report(report)
+    config = {
+        "label_field": label_field,
+        "semantic_field": semantic_field,
+        "victims": list(victims),
+        "protected_field": protected_field,
+        "baselines": list(baselines),
+        "countermeasure": report.countermeasure,
+        "eps": eps,
+        "eps_bg": eps_bg,
+        "split": split.source,
+        "seed": seed,
+        "device": device,
+        "settings": {name: _public(s) for name, s in settings.items()},
+        "weights": {
+            "yolo": yolo_weights,
+            "sam": sam_checkpoint,
+            "semantic": semantic_weights,
+        },
+        "ground_truth": ground_truth,
+        "folder": folder,
+    }
+    record_run(samples, report, config)
+    return report
+
+
+def _audit_victim(
+    name, victim, settings, train, test, test_view, gt_field, targets, folder, run_key, on_epoch
+) -> VictimResult:
+    """Train ``victim`` once per variant (``train``: variant -> examples), predict the clean
+    ``test`` examples, store the predictions and score them against ``gt_field``."""
+    started = time.monotonic()
+    result = VictimResult(name, victim.metric, settings=_public(settings))
+    for variant, examples in train.items():
+        work = os.path.join(folder, variant)
+        model = victim.train(examples, targets, settings, work, on_epoch)
+        predictions = victim.predict(
+            model, test, targets, settings, os.path.join(work, "predictions")
+        )
+        pred_field = f"{run_key}_{name}_{variant}"
+        ids = [example.sample_id for example in test]
+        test_view._dataset.set_values(pred_field, dict(zip(ids, predictions)), key_field="id")
+        eval_key = f"{pred_field}_eval"
+        score, chance = victim.score(test_view, pred_field, gt_field, eval_key, targets)
+        result.scores[variant], result.chance = float(score), float(chance)
+        result.fields[variant], result.eval_keys[variant] = pred_field, eval_key
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _median_side(paths) -> int:
+    """The median long side of the images at ``paths``, in pixels."""
+    sides = []
+    for path in paths:
+        with Image.open(path) as image:
+            sides.append(max(image.size))
+    return int(np.median(sides))
+
+
+def default_output_dir(dataset_name: str, run_key: str) -> str:
+    """``<fo.config.default_dataset_dir>/unseg-audit/<dataset>/<run_key>``."""
+    safe = re.sub(r"[^\w.-]+", "_", dataset_name).lstrip(".") or "dataset"
+    return os.path.join(fo.config.default_dataset_dir, "unseg-audit", safe, run_key)
+
+
+def _check(victims, baselines, protected_field, run_key) -> tuple[tuple, tuple]:
+    """Validate the choices; returns victims and baselines as tuples without repeats."""
+    victims = tuple(dict.fromkeys([victims] if isinstance(victims, str) else victims))
+    baselines = tuple(dict.fromkeys([baselines] if isinstance(baselines, str) else baselines))
+    unknown = [v for v in victims if v not in VICTIMS]
+    if unknown or not victims:
+        raise ValueError(f"victims must be some of {', '.join(VICTIMS)}; got {list(victims)}")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+    if not protected_field and not baselines:
+        raise ValueError(
+            "nothing to compare with clean training: give a protected field or baselines"
+        )
+    if not re.fullmatch(r"[A-Za-z_]\w*", run_key):
+        raise ValueError(f"run_key must be letters, digits and underscores, got {run_key!r}")
+    return victims, baselines
+
+
+def _settings(name, defaults, epochs, image_size, seed, device) -> Settings:
+    """The victim's defaults, overridden by ``epochs`` / ``image_size`` (int or dict)."""
+    values = dict(defaults)
+    for key, given in (("epochs", epochs), ("image_size", image_size)):
+        value = given.get(name) if isinstance(given, dict) else given
+        if value is not None:
+            if int(value) < 1:
+                raise ValueError(f"{key} must be positive, got {value} for {name}")
+            values[key] = int(value)
+    return Settings(seed=seed, device=device, **values)
+
+
+def _public(settings: Settings) -> dict:
+    return {k: getattr(settings, k) for k in ("epochs", "image_size", "batch_size", "lr")}
+
+
+def _labels(samples, ids, targets: Targets) -> list[dict]:
+    """Per sample of ``ids``: label field -> label."""
+    view = samples.select(ids, ordered=True)
+    columns = [view.values(field) for field in targets.fields]
+    return [dict(zip(targets.fields, labels)) for labels in zip(*columns)]
+
+
+def _ground_truth(view, examples, targets: Targets, needed, run_key: str, folder: str) -> dict:
+    """The fields the predictions are scored against, per target kind in ``needed``.
+
+    The label fields themselves where they have the victims' label type; otherwise the
+    derived targets, written on the test samples as ``<run_key>_gt_instances``
+    (Detections) and ``<run_key>_gt_semantic`` (Segmentation, values 1..K).
+    """
+    fields = {
+        "instances": targets.label_field if targets.label_type is fo.Detections else None,
+        "semantic": targets.semantic_field
+        or (targets.label_field if targets.label_type is fo.Segmentation else None),
+    }
+    fields = {kind: field for kind, field in fields.items() if kind in needed}
+    if all(fields.values()):
+        return fields
+    instances, semantic = {}, {}
+    for example in examples:
+        height, width = read_rgb(example.image_path).shape[:2]
+        if "instances" in fields and fields["instances"] is None:
+            masks, classes = targets.instances(example.labels, height, width)
+            instances[example.sample_id] = fo.Detections(
+                detections=[
+                    fo.Detection.from_mask(m, label=targets.instance_classes[c])
+                    for m, c in zip(masks, classes)
+                ]
+            )
+        if "semantic" in fields and fields["semantic"] is None:
+            path = os.path.join(folder, "gt-semantic", f"{example.sample_id}.png")
+            class_map = targets.semantic(example.labels, height, width)
+            atomic_write_image(Image.fromarray(class_map), path)
+            semantic[example.sample_id] = fo.Segmentation(mask_path=path)
+    dataset = view._dataset
+    for kind, values in (("instances", instances), ("semantic", semantic)):
+        if values:
+            fields[kind] = f"{run_key}_gt_{kind}"
+            dataset.set_values(fields[kind], values, key_field="id")
+    return fields
+
+
+def _forget(dataset, run_key: str) -> None:
+    """Delete the fields and evaluations of an earlier audit with this key."""
+    if run_key not in dataset.list_runs():
+        return
+    if run_key not in dataset.list_runs(method=METHOD):
+        raise ValueError(f"run key {run_key!r} belongs to another kind of run; choose another")
+    previous = load_report(dataset, run_key)
+    for result in previous.results:
+        for eval_key in result.eval_keys.values():
+            if dataset.has_evaluation(eval_key):
+                dataset.delete_evaluation(eval_key)
+        for field in result.fields.values():
+            if dataset.has_sample_field(field):
+                dataset.delete_sample_field(field)
+    for kind in ("instances", "semantic"):
+        if dataset.has_sample_field(f"{run_key}_gt_{kind}"):
+            dataset.delete_sample_field(f"{run_key}_gt_{kind}")
+    dataset.delete_run(run_key)

@@ -1,0 +1,125 @@
+"""The training images of each variant, as files the victims read.
+
+- ``clean``: the original images, as they are;
+- ``protected``: the images in the protected field (``protected_filepath``);
+- a baseline (``random``, ``pattern``): the original plus that noise at the sample's
+  protection budgets (its ``unseg.eps`` / ``unseg.eps_bg`` when protected, else the
+  defaults), eps on the union of its instances, eps_bg elsewhere.
+
+A counter-measure applies to every variant but ``clean``. Images that change are
+written losslessly as ``<folder>/<variant>/<sample id>.png``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fiftyone_unseg.audit.baselines import BASELINES
+from fiftyone_unseg.audit.countermeasures import Countermeasure
+from fiftyone_unseg.audit.targets import Targets
+from fiftyone_unseg.io import atomic_write_image, read_rgb
+from fiftyone_unseg.modeling import NoiseGenerator
+from fiftyone_unseg.protect import optional_values
+
+CLEAN = "clean"
+PROTECTED = "protected"
+
+
+def clean_paths(samples, ids) -> dict[str, str]:
+    """Sample id -> its original image (``original_filepath`` where protection replaced
+    ``filepath``)."""
+    view = samples.select(ids, ordered=True)
+    originals = optional_values(view, "original_filepath")
+    return {i: o or f for i, f, o in zip(view.values("id"), view.values("filepath"), originals)}
+
+
+def protected_paths(samples, ids, protected_field: str) -> dict[str, str]:
+    """Sample id -> its protected image; ValueError if any sample has none."""
+    view = samples.select(ids, ordered=True)
+    if not samples.has_field(protected_field):
+        raise ValueError(
+            f"no field {protected_field!r}: protect the training samples first "
+            "(fiftyone_unseg.protect / unseg protect), or pass no protected field to "
+            "compare baselines only"
+        )
+    paths = dict(zip(view.values("id"), view.values(protected_field)))
+    missing = [i for i, p in paths.items() if not p or not os.path.isfile(p)]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(paths)} training samples have no protected image in "
+            f"{protected_field!r} (e.g. sample {missing[0]}): protect them first"
+        )
+    return paths
+
+
+def training_images(
+    samples,
+    ids,
+    targets: Targets,
+    variants,
+    folder: str,
+    protected_field: str | None = None,
+    countermeasure: Countermeasure | None = None,
+    eps: float = 8 / 255,
+    eps_bg: float = 2 / 255,
+    seed: int = 0,
+) -> dict[str, dict[str, str]]:
+    """Variant -> (sample id -> training image path) for the samples ``ids``."""
+    clean = clean_paths(samples, ids)
+    out = {variant: {} for variant in variants}
+    out[CLEAN] = clean
+    sources = {
+        variant: BASELINES[variant](seed=seed) for variant in variants if variant in BASELINES
+    }
+    protected = protected_paths(samples, ids, protected_field) if PROTECTED in variants else {}
+    view = samples.select(ids, ordered=True)
+    budgets = zip(
+        _or_default(optional_values(view, "unseg.eps"), eps),
+        _or_default(optional_values(view, "unseg.eps_bg"), eps_bg),
+    )
+    labels = zip(*(view.values(field) for field in targets.fields))
+    for sample_id, sample_labels, (sample_eps, sample_eps_bg) in zip(ids, labels, budgets):
+        if sample_id in protected:
+            out[PROTECTED][sample_id] = _write(
+                protected[sample_id], None, countermeasure, folder, PROTECTED, sample_id
+            )
+        if not sources:
+            continue
+        image = read_rgb(clean[sample_id])
+        masks, _ = targets.instances(dict(zip(targets.fields, sample_labels)), *image.shape[:2])
+        objects = torch.from_numpy(masks.any(0))[None, None].float()
+        tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
+        for variant, source in sources.items():
+            noise = source(tensor, objects)
+            perturbed = NoiseGenerator.perturb(tensor, noise, objects, sample_eps, sample_eps_bg)
+            out[variant][sample_id] = _write(
+                None, _to_uint8(perturbed[0]), countermeasure, folder, variant, sample_id
+            )
+    return out
+
+
+def _or_default(values: list, default: float) -> list[float]:
+    return [default if v is None else v for v in values]
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """3xHxW in [0, 1] -> HxWx3 uint8."""
+    return image.mul(255).round().clamp(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def _write(path, image, countermeasure, folder: str, variant: str, sample_id: str) -> str:
+    """The image file to train on: ``path`` itself when nothing changes it, else a new PNG
+    of ``image`` (or of ``path``'s pixels) after the counter-measure."""
+    if countermeasure is None and image is None:
+        return path
+    if image is None:
+        image = _to_uint8(torch.from_numpy(read_rgb(path)).permute(2, 0, 1))
+    if countermeasure is not None:
+        image = countermeasure(image)
+    target = os.path.join(folder, variant, f"{sample_id}.png")
+    atomic_write_image(Image.fromarray(image), target)
+    return target

@@ -1,0 +1,258 @@
+"""Interactive segmentation: SAM fine-tuned with box prompts (the paper's SAM-HQ task).
+
+From scratch it is the ``tiny`` layout (192-dim, 4-block ViT) at the audit's image
+size; an official SAM checkpoint (``sam_vit_b_01ec64.pth``, ...) given as a local
+file is fine-tuned at its own size. Every instance of a training image is a
+training prompt (its tight box); the loss is BCE + Dice on the masks. Metric: mean
+IoU of the box-prompted masks with the clean test instances; the trivial predictor
+fills the box.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import fiftyone as fo
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from fiftyone_unseg.audit.training import Settings, fit, load_image
+from fiftyone_unseg.audit.victims.base import Victim, box_fill_iou, evaluate_instances
+from fiftyone_unseg.modeling import (
+    BatchedMaskDecoder,
+    PromptableSegmenter,
+    SamConfig,
+    build_sam_modules,
+    generator_configs,
+    hyper_dot,
+    load_sam_weights,
+)
+
+MAX_PROMPTS = 16  # instances per training image and step; more are subsampled
+SCALE_JITTER = (0.8, 1.25)  # zoom range of the training augmentation
+
+
+class BoxPromptedSam(PromptableSegmenter):
+    """SAM's layout with its full mask decoder (so official checkpoints load), predicting
+    the single-mask output (SAM's ``multimask_output=False``) for box prompts."""
+
+    def forward(
+        self, images: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor
+    ) -> torch.Tensor:
+        """images Bx3xSxS in [0, 1]; boxes Nx4 xyxy in input pixels; owners N, the image
+        index of each box -> mask logits Nx1x(S/4)x(S/4)."""
+        embeddings = self.image_encoder(self.normalize(images))[owners]
+        sparse, dense = self.embed_prompts(len(owners), boxes=boxes)
+        decoder = self.mask_decoder
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
+        hs, upscaled = decoder.run_transformer(
+            tokens, embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense
+        )
+        return hyper_dot(decoder.output_hypernetworks_mlps[:1], hs[:, 1:2], upscaled)
+
+
+def build_box_prompted_sam(
+    config: SamConfig, checkpoint: str | os.PathLike | None = None
+) -> BoxPromptedSam:
+    """A :class:`BoxPromptedSam` with layout ``config``, randomly initialised or loaded from
+    an official SAM state dict (``weights_only``; see :func:`load_sam_weights`)."""
+    image_encoder, prompt_encoder, decoder_kwargs = build_sam_modules(config)
+    model = BoxPromptedSam(
+        image_encoder, prompt_encoder, BatchedMaskDecoder(num_multimask_outputs=3, **decoder_kwargs)
+    )
+    model.config = config
+    if checkpoint is not None:
+        load_sam_weights(model, checkpoint)
+    return model
+
+
+def checkpoint_config(path: str | os.PathLike) -> SamConfig:
+    """The :data:`generator_configs` layout of an official SAM checkpoint, by its encoder's
+    width and depth (read memory-mapped, ``weights_only``)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"SAM checkpoint not found: {path} (a local file; nothing is downloaded)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        patch = state["image_encoder.patch_embed.proj.weight"]
+        pos = state["image_encoder.pos_embed"]
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not an official SAM state dict ({e})") from e
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    for config in generator_configs.values():
+        if (config.encoder_embed_dim, config.encoder_depth) == (patch.shape[0], depth):
+            return dataclasses.replace(config, img_size=pos.shape[1] * patch.shape[-1])
+    raise ValueError(f"{path}: no known SAM layout has width {patch.shape[0]} and depth {depth}")
+
+
+def bce_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean BCE + soft Dice loss of mask logits and binary targets (both NxHxW)."""
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").flatten(1)
+    probs, targets = logits.sigmoid().flatten(1), targets.flatten(1)
+    dice = 1 - (2 * (probs * targets).sum(1) + 1) / (probs.sum(1) + targets.sum(1) + 1)
+    return (bce.mean(1) + dice).mean()
+
+
+class SamVictim(Victim):
+    name = "sam"
+    metric = "box-prompted mask IoU"
+    labels = "instances"
+
+    def __init__(self, checkpoint: str | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.config = checkpoint_config(checkpoint) if checkpoint else None
+
+    def defaults(self) -> dict:
+        if self.config is not None:  # fine-tuning: the checkpoint's size, a gentle rate
+            return {"epochs": 4, "image_size": self.config.img_size, "batch_size": 2, "lr": 1e-5}
+        return {"epochs": 100, "image_size": 128, "batch_size": 8, "lr": 1e-3}
+
+    def _build(self, settings: Settings) -> BoxPromptedSam:
+        if settings.image_size % 16:
+            raise ValueError(
+                f"SAM's image size must be a multiple of 16, got {settings.image_size}"
+            )
+        config = dataclasses.replace(
+            self.config or generator_configs["tiny"], img_size=settings.image_size
+        )
+        torch.manual_seed(settings.seed)
+        return build_box_prompted_sam(config, self.checkpoint).to(settings.device)
+
+    def train(self, examples, targets, settings, folder, on_epoch):
+        size = settings.image_size
+        images, masks = [], []
+        for example in examples:
+            image, frame, full = load_image(example.image_path, size)
+            instance_masks, _ = targets.instances(example.labels, *full.shape[:2])
+            if len(instance_masks):
+                images.append(image)
+                masks.append(frame.to_model(torch.from_numpy(instance_masks).float()) > 0.5)
+        if not images:
+            raise ValueError("no training image has an instance to prompt")
+        model = self._build(settings)
+        images = torch.stack(images)
+        generator = torch.Generator().manual_seed(settings.seed)
+
+        def loss_fn(indices, flips):
+            chosen = [
+                masks[i][torch.randperm(len(masks[i]), generator=generator)[:MAX_PROMPTS]]
+                for i in indices.tolist()
+            ]
+            owners = torch.cat([torch.full((len(m),), b) for b, m in enumerate(chosen)])
+            batch, targets_ = _jitter(
+                images[indices].float().div(255),
+                torch.cat(chosen)[:, None].float(),
+                owners,
+                flips,
+                generator,
+            )
+            visible = targets_.flatten(1).any(1)
+            if not visible.any():  # every object zoomed out of view: nothing to learn
+                return torch.zeros((), requires_grad=True)
+            targets_, owners = targets_[visible], owners[visible]
+            boxes = _boxes(targets_[:, 0])
+            device = settings.device
+            logits = model(batch.to(device), boxes.to(device), owners.to(device))
+            logits = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
+            return bce_dice(logits[:, 0], targets_[:, 0].float().to(settings.device))
+
+        return fit(model, len(images), loss_fn, settings, on_epoch)
+
+    @torch.inference_mode()
+    def predict(self, model, examples, targets, settings, folder):
+        labels = []
+        for example in examples:
+            image, frame, full = load_image(example.image_path, settings.image_size)
+            height, width = full.shape[:2]
+            gt_masks, classes = targets.instances(example.labels, height, width)
+            if not len(gt_masks):
+                labels.append(fo.Detections())
+                continue
+            boxes = _model_boxes(gt_masks, settings.image_size).to(settings.device)
+            batch = image[None].float().div(255).to(settings.device)
+            owners = torch.zeros(len(boxes), dtype=torch.long, device=settings.device)
+            logits = model(batch, boxes, owners)
+            pred_masks = (frame.from_model(logits[:, 0].cpu()) > 0).numpy()
+            labels.append(
+                fo.Detections(
+                    detections=[
+                        _detection(pred, gt, targets.instance_classes[c])
+                        for pred, gt, c in zip(pred_masks, gt_masks, classes)
+                    ]
+                )
+            )
+        return labels
+
+    def score(self, view, pred_field, gt_field, eval_key, targets):
+        evaluate_instances(view, pred_field, gt_field, eval_key, compute_mAP=False)
+        ious = view.values(f"{pred_field}.detections.iou", unwind=True)
+        return (float(np.mean(ious)) if ious else 0.0), box_fill_iou(view, gt_field)
+
+
+def _jitter(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    owners: torch.Tensor,
+    flips: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale jitter and flips, alike for images Bx3xSxS and masks Nx1xSxS (``owners``: the
+    image of each mask): zoom by a random factor in :data:`SCALE_JITTER` about a random
+    centre that keeps the view inside the image (zoom in) or the image inside the view
+    (zoom out, zero padding); mirror where ``flips``. Returns (images, masks > 0.5)."""
+    batch = images.shape[0]
+    scale = torch.empty(batch).uniform_(*SCALE_JITTER, generator=generator)
+    shift = (torch.rand(batch, 2, generator=generator) * 2 - 1) * (1 - 1 / scale).abs()[:, None]
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0] = torch.where(flips, -1.0, 1.0) / scale
+    theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, align_corners=False)
+    return images, F.grid_sample(masks, grid[owners], align_corners=False) > 0.5
+
+
+def _boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight xyxy boxes Nx4 (end-exclusive pixels) of non-empty NxHxW bool masks."""
+    cols, rows = masks.any(1), masks.any(2)
+    xs, ys = torch.arange(masks.shape[2]), torch.arange(masks.shape[1])
+    big = max(masks.shape[1:])
+    return torch.stack(
+        [
+            torch.where(cols, xs, big).amin(1),
+            torch.where(rows, ys, big).amin(1),
+            torch.where(cols, xs, -1).amax(1) + 1,
+            torch.where(rows, ys, -1).amax(1) + 1,
+        ],
+        1,
+    ).float()
+
+
+def _extent(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Tight integer box (x0, y0, x1, y1), end-exclusive, of a non-empty HxW mask."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _model_boxes(masks: np.ndarray, size: int) -> torch.Tensor:
+    """Tight boxes Kx4 of KxHxW masks, in the SxS model frame (SAM's ResizeLongestSide)."""
+    boxes = np.array([_extent(m) for m in masks], np.float32)
+    return torch.from_numpy(ResizeLongestSide(size).apply_boxes(boxes, masks.shape[1:])).float()
+
+
+def _detection(pred: np.ndarray, gt: np.ndarray, label: str) -> fo.Detection:
+    """The predicted mask inside the prompt (the ground truth's box), with its IoU."""
+    x0, y0, x1, y1 = _extent(gt)
+    height, width = gt.shape
+    crop = pred[y0:y1, x0:x1]
+    inside = np.zeros_like(pred)
+    inside[y0:y1, x0:x1] = crop
+    union = np.logical_or(inside, gt).sum()
+    return fo.Detection(
+        label=label,
+        bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
+        mask=crop,
+        iou=float(np.logical_and(inside, gt).sum() / union),
+    )

@@ -1,0 +1,167 @@
+"""Instance segmentation: Ultralytics YOLO, trained on the data in YOLO format.
+
+By default ``yolov8n-seg.yaml`` is built from scratch (no download); a local ``.pt``
+(an Ultralytics checkpoint, which Ultralytics unpickles: pass only files you trust)
+starts from those weights. Training runs offline: CPU-safe settings, no plots, and
+the font Ultralytics' dataset check would fetch for plots is not fetched. Metric:
+COCO-style mask mAP@[.5:.95] from FiftyOne's ``evaluate_detections``; trivial: 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from fiftyone_unseg.audit.victims.base import Victim, evaluate_instances
+from fiftyone_unseg.io import read_rgb
+
+DEFAULT_MODEL = "yolov8n-seg.yaml"
+CONFIDENCE = 0.01  # lowest prediction score kept (mAP integrates over the scores)
+MAX_DETECTIONS = 100
+
+
+def _ultralytics():
+    """Import Ultralytics offline (its online check runs at import) and undo the global
+    patches its import applies to ``PIL.Image.open`` (on a file Pillow cannot identify it
+    tries to pip-install an HEIF plugin) and ``torch.save``, so other code in the process
+    behaves as before."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    image_open, torch_save = Image.open, torch.save
+    import ultralytics
+    import ultralytics.data.utils
+
+    Image.open, torch.save = image_open, torch_save
+    return ultralytics
+
+
+@contextlib.contextmanager
+def _quiet_offline():
+    """For the duration: Ultralytics' logging at WARNING and its font fetch disabled; after,
+    torch's thread count as it was (Ultralytics sets it to cores - 1 for CPU training)."""
+    ultralytics = _ultralytics()
+    logger = ultralytics.utils.LOGGER
+    level, check_font = logger.level, ultralytics.data.utils.check_font
+    threads = torch.get_num_threads()
+    logger.setLevel(logging.WARNING)
+    ultralytics.data.utils.check_font = lambda *args, **kwargs: None
+    try:
+        yield ultralytics
+    finally:
+        logger.setLevel(level)
+        ultralytics.data.utils.check_font = check_font
+        torch.set_num_threads(threads)
+
+
+class YoloVictim(Victim):
+    name = "yolo"
+    metric = "mask mAP"
+    labels = "instances"
+
+    def __init__(self, weights: str | None = None) -> None:
+        if weights is not None and not (os.path.isfile(weights) and weights.endswith(".pt")):
+            raise ValueError(f"YOLO weights must be a local .pt file, got {weights}")
+        self.weights = weights
+
+    def defaults(self) -> dict:
+        return {"epochs": 60, "image_size": 256, "batch_size": 16, "lr": None}
+
+    def train(self, examples, targets, settings, folder, on_epoch):
+        data = write_yolo_dataset(os.path.join(folder, "data"), examples, targets)
+        with _quiet_offline() as ultralytics:
+            model = ultralytics.YOLO(self.weights or DEFAULT_MODEL, task="segment")
+            model.add_callback("on_train_epoch_end", lambda _trainer: on_epoch())
+            model.train(
+                data=data,
+                epochs=settings.epochs,
+                imgsz=settings.image_size,
+                batch=settings.batch_size,
+                device=settings.device,
+                seed=settings.seed,
+                deterministic=True,
+                workers=0,
+                amp=False,
+                plots=False,
+                val=False,
+                verbose=False,
+                project=folder,
+                name="train",
+                exist_ok=True,
+                **({} if settings.lr is None else {"optimizer": "AdamW", "lr0": settings.lr}),
+            )
+        return model
+
+    def predict(self, model, examples, targets, settings, folder):
+        import fiftyone.utils.ultralytics as fouu
+
+        labels = []
+        with _quiet_offline():
+            for example in examples:
+                result = model.predict(
+                    example.image_path,
+                    imgsz=settings.image_size,
+                    device=settings.device,
+                    conf=CONFIDENCE,
+                    max_det=MAX_DETECTIONS,
+                    verbose=False,
+                )[0]
+                labels.append(fouu.to_instances(result))
+        return labels
+
+    def score(self, view, pred_field, gt_field, eval_key, targets):
+        return evaluate_instances(view, pred_field, gt_field, eval_key, compute_mAP=True).mAP(), 0.0
+
+
+def write_yolo_dataset(folder: str, examples, targets) -> str:
+    """Write ``examples`` as a YOLO segmentation dataset; returns its ``dataset.yaml``.
+
+    Images are linked as ``images/train/<sample id><ext>``; each instance becomes one
+    polygon row (its largest outer contour) of ``labels/train/<sample id>.txt``. The
+    first image doubles as the (required) validation split.
+    """
+    for split in ("train", "val"):
+        os.makedirs(os.path.join(folder, "images", split), exist_ok=True)
+        os.makedirs(os.path.join(folder, "labels", split), exist_ok=True)
+    for k, example in enumerate(examples):
+        image = read_rgb(example.image_path)
+        masks, classes = targets.instances(example.labels, *image.shape[:2])
+        rows = [_polygon_row(mask, c) for mask, c in zip(masks, classes)]
+        ext = os.path.splitext(example.image_path)[1]
+        for split in ("train", "val") if k == 0 else ("train",):
+            link = os.path.join(folder, "images", split, example.sample_id + ext)
+            if os.path.lexists(link):
+                os.remove(link)
+            os.symlink(os.path.abspath(example.image_path), link)
+            with open(os.path.join(folder, "labels", split, example.sample_id + ".txt"), "w") as f:
+                f.write("".join(row for row in rows if row))
+    config = {
+        "path": os.path.abspath(folder),
+        "train": "images/train",
+        "val": "images/val",
+        "names": dict(enumerate(targets.instance_classes)),
+    }
+    path = os.path.join(folder, "dataset.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
+def _polygon_row(mask: np.ndarray, class_index: int) -> str:
+    """``class x1 y1 x2 y2 ...`` (normalised) for the mask's largest outer contour."""
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    if not contours:
+        return ""
+    contour = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
+    if len(contour) < 3:
+        return ""
+    height, width = mask.shape
+    contour /= (width, height)
+    return f"{class_index} " + " ".join(f"{v:.6f}" for v in contour.ravel()) + "\n"

@@ -1,0 +1,133 @@
+"""Operator that audits protection strength (``fiftyone_unseg.evaluate_protection``)."""
+
+import base64
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
+from fiftyone_unseg.audit.baselines import BASELINES
+from fiftyone_unseg.audit.countermeasures import KINDS
+from fiftyone_unseg.audit.victims import VICTIMS
+from fiftyone_unseg.labels import supported_label_fields
+from fiftyone_unseg.plugin.progress import app_progress
+
+COUNTERMEASURE_VALUES = {
+    "jpeg": ("JPEG quality", 75.0),
+    "blur": ("Blur sigma (px)", 1.0),
+    "downscale": ("Downscale factor", 0.5),
+}
+
+
+def _error(inputs, name: str, message: str) -> None:
+    """Show ``message`` in the form and block execution with it."""
+    prop = inputs.view(name, types.Error(label=message))
+    prop.invalid, prop.error_message = True, message
+
+
+def _choices(inputs, name: str, values, label: str, default, multiple: bool = False) -> None:
+    """A dropdown of ``values`` (the empty value reads "none")."""
+    view = types.Dropdown(label=label, multiple=multiple)
+    for value in values:
+        view.add_choice(value, label=value or "none")
+    if multiple:
+        inputs.list(name, types.String(), default=default, view=view)
+    else:
+        inputs.enum(name, list(values), default=default, view=view)
+
+
+class EvaluateProtection(foo.Operator):
+    """Train victims on clean vs protected images and test them on clean ones."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="evaluate_protection",
+            label="UnSeg: evaluate protection",
+            description="Audit: train segmentation models on clean vs protected data",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx, action_description="Audit")
+        form = types.Property(inputs, view=types.View(label="UnSeg: evaluate protection"))
+        fields = supported_label_fields(ctx.dataset)
+        if not fields:
+            _error(inputs, "no_fields", "No Segmentation, Detections or Polylines field")
+            return form
+        _choices(inputs, "label_field", fields, "Label field (instances)", fields[0])
+        semantic = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
+        label = "Semantic field (none: class maps from the label field)"
+        _choices(inputs, "semantic_field", ["", *semantic], label, "")
+        _choices(inputs, "victims", VICTIMS, "Victims", list(VICTIMS), multiple=True)
+        protected = ctx.dataset.has_field("protected_filepath")
+        inputs.bool("use_protected", default=protected, label="Train on the protected images")
+        if ctx.params.get("use_protected", protected):
+            inputs.str("protected_field", default="protected_filepath", label="Protected field")
+        _choices(inputs, "baselines", list(BASELINES), "Baselines", [], multiple=True)
+        if not ctx.params.get("use_protected", protected) and not ctx.params.get("baselines"):
+            _error(inputs, "nothing", "Choose the protected images or a baseline to compare")
+        _choices(inputs, "countermeasure", ["none", *KINDS], "Counter-measure", "none")
+        kind = ctx.params.get("countermeasure", "none")
+        if kind in COUNTERMEASURE_VALUES:
+            label, default = COUNTERMEASURE_VALUES[kind]
+            inputs.float("countermeasure_value", label=label, default=default)
+        inputs.float("eps", label="Baselines' object budget (/255)", default=8.0, min=0.01)
+        inputs.float("eps_bg", label="Baselines' background budget (/255)", default=2.0, min=0)
+        inputs.int("epochs", label="Epochs (0: each victim's default)", default=0, min=0)
+        inputs.int("image_size", label="Image size (0: each victim's default)", default=0, min=0)
+        inputs.int("seed", label="Seed", default=0)
+        inputs.str("device", label="Device", default="cpu")
+        inputs.str("run_key", label="Run key", default=DEFAULT_RUN_KEY)
+        return form
+
+    def execute(self, ctx):
+        params = ctx.params
+        kind = params.get("countermeasure", "none")
+        if kind in COUNTERMEASURE_VALUES:
+            kind = f"{kind}:{params.get('countermeasure_value', COUNTERMEASURE_VALUES[kind][1])}"
+        report = evaluate_protection(
+            ctx.target_view(),
+            params["label_field"],
+            victims=params.get("victims") or VICTIMS,
+            semantic_field=params.get("semantic_field") or None,
+            protected_field=(
+                params.get("protected_field", "protected_filepath")
+                if params.get("use_protected", True)
+                else None
+            ),
+            baselines=params.get("baselines") or (),
+            countermeasure=kind,
+            eps=params.get("eps", 8.0) / 255,
+            eps_bg=params.get("eps_bg", 2.0) / 255,
+            epochs=params.get("epochs") or None,
+            image_size=params.get("image_size") or None,
+            seed=params.get("seed", 0),
+            device=params.get("device", "cpu"),
+            run_key=params.get("run_key", DEFAULT_RUN_KEY),
+            progress=app_progress(ctx, "epochs"),
+        )
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        with open(report.chart_path, "rb") as f:
+            chart = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+        return {
+            "table": report.table(),
+            "chart": chart,
+            "chart_path": report.chart_path,
+            "run_key": report.run_key,
+        }
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("table", label="Protection report", view=types.MarkdownView())
+        outputs.str("chart", label="Clean vs protected", view=types.ImageView())
+        outputs.str("chart_path", label="Chart file")
+        outputs.str("run_key", label="Run key (dataset.load_run_results)")
+        return types.Property(outputs)
