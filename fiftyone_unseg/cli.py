@@ -20,13 +20,13 @@ from fiftyone_unseg.audit.victims import VICTIMS
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, protect, restore
 
 
-def _tqdm_progress(desc: str):
+def _tqdm_progress(desc: str, unit: str = "img"):
     bar = None
 
     def update(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="img")
+            bar = tqdm(total=total, desc=desc, unit=unit)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
@@ -206,7 +206,7 @@ def _cmd_evaluate(args) -> int:
         semantic_weights=args.semantic_weights,
         output_dir=args.output_dir,
         run_key=args.run_key,
-        progress=_tqdm_progress("epochs"),
+        progress=_tqdm_progress("victim training", unit="epoch"),
     )
     print(report.table())
     print(

@@ -214,6 +214,32 @@ def test_shipped_configs_and_overrides():
         TrainConfig(objective="maximise")
 
 
+def test_surrogate_learning_rate_is_its_own(tmp_path):
+    t = Trainer(
+        micro_config(surrogate_lr=0.0),
+        str(tmp_path),
+        distributed.Context(0, 1, torch.device("cpu")),
+    )
+    surrogate = {k: v.clone() for k, v in t.surrogate.state_dict().items()}
+    head = [p.clone() for p in t.generator.noise_head_parameters()]
+    t.run()
+    assert all(torch.equal(v, t.surrogate.state_dict()[k]) for k, v in surrogate.items())
+    assert any(not torch.equal(a, b) for a, b in zip(head, t.generator.noise_head_parameters()))
+
+
+def test_cli_sets_any_config_field(tmp_path, capsys):
+    from trainer.cli import main
+
+    cfg_path = tmp_path / "micro.json"
+    cfg_path.write_text(json.dumps(micro_config().to_dict()))
+    out = tmp_path / "run"
+    args = ["train", "--config", str(cfg_path), "--out", str(out), "--set", "max_steps=2"]
+    assert main([*args, "--set", "log_every=1"]) == 0
+    assert [int(r["step"]) for r in _metrics(out)] == [1, 2]
+    assert main([*args, "--set", "learning_rate=1"]) == 2
+    assert "unknown training config keys: ['learning_rate']" in capsys.readouterr().err
+
+
 def test_prompts_follow_the_mask():
     masks = torch.zeros(2, 1, 64, 64)
     masks[0, 0, 10:30, 20:50] = 1

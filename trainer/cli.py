@@ -27,6 +27,12 @@ def _cmd_train(args) -> int:
         "seed": args.seed,
         "num_workers": args.num_workers,
     }
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     cfg = load_config(args.config, **overrides)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     summary = train(cfg, args.out, resume=args.resume)
@@ -64,6 +70,12 @@ def add_train_command(subparsers) -> None:
     p.add_argument("--num-workers", type=int, help="data-loading workers per process")
     p.add_argument("--sam-checkpoint", help="official SAM weights (local path) for vit_* configs")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other config field, repeatable, VALUE as JSON (e.g. --set pretrain_steps=600)",
+    )
     p.set_defaults(func=_cmd_train)
 
 

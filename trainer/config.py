@@ -45,6 +45,7 @@ class TrainConfig:
     epochs: int = 27
     max_steps: int | None = None  # caps the bilevel steps (after pretraining)
     lr: float = 1e-4
+    surrogate_lr: float | None = None  # None: the same as lr
     lr_drop_at: int = 20  # in ``unit``s of the bilevel stage
     lr_gamma: float = 0.1
     batch_size: int = 4  # per process

@@ -143,7 +143,8 @@ class Trainer:
                 f"{cfg.batch_size} per process x {ctx.world_size} processes"
             )
         self.schedule = self._schedule()
-        self.opt_surrogate = torch.optim.Adam(self.surrogate.parameters(), lr=cfg.lr)
+        self.surrogate_lr = cfg.lr if cfg.surrogate_lr is None else cfg.surrogate_lr
+        self.opt_surrogate = torch.optim.Adam(self.surrogate.parameters(), lr=self.surrogate_lr)
         self.opt_generator = None
         self.stage = None
         self.step = 0
@@ -450,10 +451,14 @@ class Trainer:
                 if self._stage_for(self.step) != self.stage:
                     self._enter_stage(self._stage_for(self.step))
                     batches = self._batches()
-                lr = self._base_lr(self.stage) * self.schedule.lr_factor(self.step, cfg.lr_gamma)
-                for opt in (self.opt_surrogate, self.opt_generator):
+                factor = self.schedule.lr_factor(self.step, cfg.lr_gamma)
+                lr = self._base_lr(self.stage) * factor
+                for opt, value in (
+                    (self.opt_generator, lr),
+                    (self.opt_surrogate, self.surrogate_lr * factor),
+                ):
                     for group in opt.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = value
                 loss = steps[phase](*next(batches))
                 self.step += 1
                 bar.update(1)
