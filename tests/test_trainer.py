@@ -150,7 +150,15 @@ def _metrics(out) -> list:
 def test_training_runs_end_to_end_and_resumes(tmp_path):
     out = str(tmp_path / "run")
     ctx = distributed.Context(0, 1, torch.device("cpu"))
-    cfg = micro_config(pretrain_steps=2, max_steps=4, checkpoint_every=2, log_every=1, val_every=3)
+    cfg = micro_config(
+        pretrain_steps=2,
+        max_steps=4,
+        checkpoint_every=2,
+        log_every=1,
+        val_every=3,
+        eot=["jpeg", "blur", "downscale", "grayscale"],
+        eot_p=1.0,
+    )
     summary = Trainer(cfg, out, ctx).run()
     assert summary["steps"] == 6 and os.path.isdir(summary["generator"])
     rows = _metrics(out)
@@ -315,3 +323,30 @@ def test_resize_and_pad_keeps_aspect_ratio():
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (6, 18, 16, 47)
     big, _ = resize_and_pad(image, mask, 64, scale=1.5)
     assert big.shape == (3, 96, 96)
+
+
+def test_simulated_countermeasures_match_the_real_ones_and_pass_gradients():
+    """The trainer's differentiable JPEG / blur / downscale follow the audit's real ones."""
+    from fiftyone_unseg.audit.countermeasures import Countermeasure
+    from fiftyone_unseg.sample_data import make_scene
+    from trainer import eot
+
+    image = make_scene(0, 3, 128).image
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255).requires_grad_(True)
+    for simulated, real in (
+        (eot.jpeg(x, 75), "jpeg:75"),
+        (eot.blur(x, 1.0), "blur:1.0"),
+        (eot.downscale(x, 0.5), "downscale:0.5"),
+        (eot.grayscale(x), "grayscale"),
+    ):
+        actual = Countermeasure.parse(real)(image).astype(float)
+        ours = simulated[0].detach().permute(1, 2, 0).numpy() * 255
+        change = np.abs(actual - image).mean()
+        assert np.abs(ours - actual).mean() < 0.35 * change, real
+        (grad,) = torch.autograd.grad(simulated.sum(), x)
+        assert grad.abs().mean() > 0.1, real
+    torch.manual_seed(0)
+    assert torch.equal(eot.random_countermeasure(x, ["blur"], p=0.0), x)
+    assert not torch.equal(eot.random_countermeasure(x, ["blur"], p=1.0), x)
+    with pytest.raises(ValueError, match="eot counter-measures"):
+        TrainConfig(eot=["sharpen"])

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from fiftyone_unseg.modeling import SamConfig, generator_configs
+from trainer.eot import KINDS as EOT_KINDS
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 OBJECTIVES = ("label_modification", "error_minimisation")
@@ -55,6 +56,8 @@ class TrainConfig:
     importance_ratio: float = 0.75
     prompt_points: int = 10
     scale_range: tuple = (0.1, 2.0)
+    eot: list = field(default_factory=list)  # counter-measures simulated in training
+    eot_p: float = 0.5  # share of perturbed images that go through one of them
     object_context: tuple | None = None  # e.g. (1.2, 3.0): object-centred crops first
     hflip: bool = True
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -73,6 +76,9 @@ class TrainConfig:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
         if self.surrogate_phase < 1 or self.generator_phase < 1:
             raise ValueError("surrogate_phase and generator_phase must be at least 1")
+        unknown = sorted(set(self.eot) - set(EOT_KINDS))
+        if unknown:
+            raise ValueError(f"eot counter-measures must be some of {EOT_KINDS}, got {unknown}")
         if isinstance(self.data, str):
             self.data = [self.data]
         self.scale_range = tuple(self.scale_range)

@@ -31,6 +31,7 @@ from fiftyone_unseg.modeling import NoiseGenerator, build_noise_generator
 from trainer import distributed
 from trainer.config import TrainConfig
 from trainer.data import PairDataset, load_pairs, split_pairs
+from trainer.eot import random_countermeasure
 from trainer.losses import mask_iou, mask_loss
 from trainer.prompts import (
     Prompts,
@@ -232,11 +233,15 @@ class Trainer:
             logits, targets, cfg.num_points, cfg.oversample_ratio, cfg.importance_ratio
         )
 
-    def _perturb_for_surrogate(self, generator, images, masks, prompts: Prompts):
+    def _perturb_for_surrogate(self, generator, images, masks, prompts: Prompts, eot=True):
+        """Perturbed images at the surrogate's size (through a random counter-measure of
+        ``cfg.eot`` with probability ``cfg.eot_p`` when ``eot``) and its masks."""
         noise = generator(images, **generator_inputs(prompts, self.side))
         perturbed = NoiseGenerator.perturb(
             images, noise, masks, self.cfg.eps_train, self.cfg.eps_bg_train
         )
+        if eot:
+            perturbed = random_countermeasure(perturbed, self.cfg.eot, self.cfg.eot_p)
         if self.surrogate_side != self.side:
             perturbed = F.interpolate(
                 perturbed, size=(self.surrogate_side,) * 2, mode="bilinear", antialias=True
@@ -301,7 +306,7 @@ class Trainer:
                 prompts = Prompts(boxes=boxes_from_masks(masks), masks=masks)
                 with self._autocast():
                     x_p, s_masks = self._perturb_for_surrogate(
-                        self.generator, images, masks, prompts
+                        self.generator, images, masks, prompts, eot=False
                     )
                     x_c = F.interpolate(
                         images, size=(self.surrogate_side,) * 2, mode="bilinear", antialias=True
