@@ -19,7 +19,6 @@ from fiftyone_unseg.modeling import build_noise_generator
 
 EPS = 8 / 255
 TOL = 0.5 / 255 + 1e-6  # one rounding step
-HAS_PYCOCOTOOLS = importlib.util.find_spec("pycocotools") is not None
 
 
 def _example(name: str):
@@ -61,11 +60,7 @@ def scenes() -> fo.Dataset:
     "data_format, options",
     [
         ("coco", ["--polylines"]),
-        pytest.param(
-            "coco",
-            [],
-            marks=pytest.mark.skipif(not HAS_PYCOCOTOOLS, reason="FiftyOne needs pycocotools"),
-        ),
+        ("coco", []),
         ("segmentation-dir", []),
     ],
 )
