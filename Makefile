@@ -4,6 +4,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.unseg-installed
+# The browser test (tests/test_e2e.py) drives Debian's Chromium: Playwright cannot download its own.
+CHROMIUM := /usr/bin/chromium
 # pip prints one warning per missing local index folder on these machines; hide only those.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
@@ -13,10 +15,14 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | $(QUIET_PIP)
 	$(PY) -m pip install -q -e '.[dev]' 2>&1 | $(QUIET_PIP)
-	$(PY) -c "import torch, torchvision, fiftyone, segment_anything, ultralytics"
+	$(PY) -c "import torch, torchvision, fiftyone, segment_anything, ultralytics, playwright"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get update -q && apt-get install -y -q chromium chromium-driver \
+		|| echo "Could not install Debian's chromium (root needed): tests/test_e2e.py will fail"
 
 lint: install
 	$(VENV)/bin/ruff check .

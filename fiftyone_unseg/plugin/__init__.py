@@ -1,7 +1,8 @@
-"""The ``@unseg/unseg`` FiftyOne plugin: thin operators over the SDK."""
+"""The ``@unseg/unseg`` FiftyOne plugin: thin operators and a panel over the SDK."""
 
 from fiftyone_unseg.plugin.audit import EvaluateProtection
 from fiftyone_unseg.plugin.data import LoadSampleDataset
+from fiftyone_unseg.plugin.panel import UnSegPanel
 from fiftyone_unseg.plugin.protect import ProtectSamples, RestoreOriginals, VisualizeNoise
 
 OPERATORS = (
@@ -10,6 +11,7 @@ OPERATORS = (
     RestoreOriginals,
     VisualizeNoise,
     EvaluateProtection,
+    UnSegPanel,
 )
 
 

@@ -1,0 +1,168 @@
+"""The UnSeg panel: the dataset's protection state, the latest audit and the operators."""
+
+import base64
+import os
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from fiftyone_unseg.summary import protection_summary
+
+PLUGIN = "@unseg/unseg"
+AUDIT_HIDDEN = ("countermeasure", "px", "seconds")  # audit columns the panel leaves out
+ACTIONS = (
+    ("protect_samples", "Protect", "shield"),
+    ("visualize_noise", "Noise", "grain"),
+    ("evaluate_protection", "Audit", "assessment"),
+    ("restore_originals", "Restore", "restore"),
+)
+
+
+class UnSegPanel(foo.Panel):
+    """Shows :func:`fiftyone_unseg.summary.protection_summary` of the current dataset."""
+
+    @property
+    def config(self):
+        return foo.PanelConfig(
+            name="unseg_panel",
+            label="UnSeg",
+            icon="/assets/icon.svg",
+            surfaces="grid",
+            help_markdown="Protection state of this dataset; buttons open the UnSeg operators.",
+        )
+
+    def on_load(self, ctx):
+        self.refresh(ctx)
+
+    def on_change_dataset(self, ctx):
+        self.refresh(ctx)
+
+    def refresh(self, ctx):
+        """Compute the summary and put it into the panel's state and data."""
+        summary = protection_summary(ctx.dataset)
+        ctx.panel.state.headline = _headline(summary)
+        ctx.panel.state.settings = [_setting_row(s) for s in summary["settings"]]
+        ctx.panel.state.has_protection = bool(summary["num_protected"])
+        ctx.panel.data.psnr_plot = _histogram(summary["psnr"]) if summary["psnr"] else []
+        audit = summary["audit"]
+        rows = audit["rows"] if audit else []
+        ctx.panel.state.audit_title = _audit_title(audit)
+        ctx.panel.state.audit_columns = (
+            [c for c in rows[0] if c not in AUDIT_HIDDEN] if rows else []
+        )
+        ctx.panel.state.audit_table = [{k: _cell(v) for k, v in row.items()} for row in rows]
+        ctx.panel.data.audit_chart = _data_uri(audit["chart_path"]) if audit else None
+
+    def open_operator(self, ctx):
+        """Prompt for the operator named by the button; refresh the panel when it ran."""
+        name = ctx.params["operator"]
+        ctx.prompt(f"{PLUGIN}/{name}", on_success=self.refresh)
+
+    def render(self, ctx):
+        panel = types.Object()
+        panel.md(ctx.panel.state.headline or "", name="headline")
+        actions = panel.h_stack("actions", gap=1, align_x="left")
+        for name, label, icon in ACTIONS:
+            actions.btn(
+                name,
+                label=label,
+                icon=icon,
+                variant="contained" if name == "protect_samples" else "outlined",
+                on_click=self.open_operator,
+                params={"operator": name},
+            )
+        actions.btn("refresh", label="Refresh", icon="refresh", on_click=self.refresh)
+        if ctx.panel.state.has_protection:
+            settings = types.TableView()
+            for key, label in (
+                ("generator_id", "Generator"),
+                ("eps", "eps (/255)"),
+                ("eps_bg", "eps bg (/255)"),
+                ("label_field", "Label field"),
+                ("prompt", "Prompt"),
+                ("format", "Format"),
+                ("count", "Samples"),
+            ):
+                settings.add_column(key, label=label)
+            panel.list("settings", types.Object(), view=settings, label="Protection settings")
+            panel.plot(
+                "psnr_plot",
+                label="PSNR of the protected images",
+                layout={
+                    "height": 240,
+                    "margin": {"t": 10, "b": 40, "l": 40, "r": 10},
+                    "xaxis": {"title": "PSNR (dB)"},
+                    "yaxis": {"title": "samples", "rangemode": "tozero"},
+                    "bargap": 0.05,
+                },
+            )
+        panel.md(ctx.panel.state.audit_title or "", name="audit_title")
+        if ctx.panel.state.audit_columns:
+            table = types.TableView()
+            for column in ctx.panel.state.audit_columns:
+                table.add_column(column, label=column.replace("_", " "))
+            panel.list("audit_table", types.Object(), view=table)
+            panel.view("audit_chart", types.ImageView(alt="Clean vs protected"))
+        return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
+
+
+def _headline(summary: dict) -> str:
+    n, total = summary["num_protected"], summary["num_samples"]
+    if not n:
+        return f"**0 of {total}** samples protected. Run *Protect samples* to start."
+    parts = [f"**{n} of {total}** samples protected"]
+    if summary["num_replaced"]:
+        parts.append(f"{summary['num_replaced']} replace their originals")
+    if summary["no_segments"]:
+        parts.append(f"{summary['no_segments']} without segments (background budget only)")
+    psnr = summary["psnr"]
+    if psnr:
+        parts.append(
+            f"PSNR median {psnr['median']:.1f} dB (min {psnr['min']:.1f}, max {psnr['max']:.1f})"
+        )
+    if summary["linf_max"] is not None:
+        parts.append(f"L-inf max {summary['linf_max'] * 255:.2f}/255")
+    if summary["ssim_mean"] is not None:
+        parts.append(f"SSIM mean {summary['ssim_mean']:.3f}")
+    parts.append(f"{summary['num_visualized']} with noise heatmaps")
+    return " · ".join(parts)
+
+
+def _setting_row(setting: dict) -> dict:
+    row = {k: _cell(v) for k, v in setting.items()}
+    for key in ("eps", "eps_bg"):
+        row[key] = f"{setting[key] * 255:.2f}"
+    return row
+
+
+def _histogram(psnr: dict) -> list[dict]:
+    edges = psnr["edges"]
+    centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+    return [{"type": "bar", "x": centres, "y": psnr["counts"], "name": "PSNR (dB)"}]
+
+
+def _audit_title(audit) -> str:
+    if not audit:
+        return (
+            "**Audit**: none yet. *Evaluate protection* trains models on clean vs protected data."
+        )
+    title = f"**Latest audit** `{audit['run_key']}` ({audit['timestamp']} UTC)"
+    countermeasure = audit["rows"][0]["countermeasure"] if audit["rows"] else None
+    if countermeasure:
+        title += f", counter-measure `{countermeasure}`"
+    return title + ": scores on clean test images after training on each variant"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _data_uri(path: str) -> str | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode()
