@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 from fiftyone_unseg import evaluate_protection, protect  # noqa: E402
 from fiftyone_unseg.checkpoint import load_generator  # noqa: E402
+from fiftyone_unseg.cli import tqdm_progress  # noqa: E402
 from fiftyone_unseg.sample_data import create_sample_dataset  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256, help="scene side in pixels")
     parser.add_argument("--victims", nargs="+", default=["yolo", "sam", "semantic"])
     parser.add_argument("--stress-victim", default="semantic")
+    parser.add_argument("--stress", nargs="*", choices=list(STRESS), default=list(STRESS))
     parser.add_argument("--epochs", type=int, help="for every victim (default: theirs)")
     parser.add_argument("--quick", action="store_true", help="12 scenes, 2 epochs: a smoke run")
     parser.add_argument("--out", default=os.path.join(RESULTS, "effectiveness.json"))
@@ -79,12 +81,12 @@ def run(args) -> dict:
         styles=tuple(args.styles.split("+")),
         overwrite=True,
     )
-    protect(dataset, "instances", generator=generator)
+    protect(dataset, "instances", generator=generator, progress=tqdm_progress("protect"))
     psnr = dataset.values("unseg.psnr")
     ssim = dataset.values("unseg.ssim")
     audit = evaluate_protection(
         dataset, "instances", victims=args.victims, baselines=("random", "pattern"),
-        epochs=args.epochs,
+        epochs=args.epochs, progress=tqdm_progress("audit", unit="epoch"),
     )  # fmt: skip
     victims = {}
     for result in audit.results:
@@ -101,7 +103,8 @@ def run(args) -> dict:
             "settings": result.settings,
         }
     stress = {}
-    for name, countermeasure in STRESS.items():
+    for name in args.stress:
+        countermeasure = STRESS[name]
         report = evaluate_protection(
             dataset,
             "instances",
@@ -110,6 +113,7 @@ def run(args) -> dict:
             countermeasure=countermeasure,
             epochs=args.epochs,
             run_key=f"stress_{name}",
+            progress=tqdm_progress(f"stress {name}", unit="epoch"),
         )
         result = report.results[0]
         stress[name] = {

@@ -1,8 +1,9 @@
 """``make demo``: the whole flow on sample data, as the commands a user would type.
 
 1. create a sample dataset;  2. get a generator (the shipped default, or a quick
-one trained here);  3. protect the dataset;  4. point to the App.
-(The victim audit joins the demo when ``unseg evaluate`` lands.)
+one trained here);  3. protect the dataset;  4. a quick victim audit: models
+trained on clean vs protected vs random-noise images, tested on clean ones (the
+table is printed);  5. point to the App.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 DATASET = "unseg-demo"
 UNSEG = os.path.join(os.path.dirname(sys.executable), "unseg")
 RUN_DIR = os.path.join("runs", "demo-generator")
+AUDIT_VICTIMS = ("semantic", "sam", "yolo")
 
 
 def unseg(*args: str) -> None:
@@ -56,9 +58,22 @@ def main() -> int:
         "--overwrite",
         *(["--generator", generator] if generator else []),
     )
+    unseg(
+        "evaluate",
+        "--dataset",
+        DATASET,
+        "--label-field",
+        "instances",
+        "--victims",
+        *AUDIT_VICTIMS,
+        "--baselines",
+        "random",
+    )
     print(
         f"\nDone. Look at it in the FiftyOne App:\n  .venv/bin/fiftyone app launch {DATASET}\n"
-        "then switch the grid's media field to 'protected_filepath' to see protected images."
+        "then switch the grid's media field to 'protected_filepath' to see protected images,\n"
+        "open the UnSeg panel (+ next to the Samples tab) for the protection state and the "
+        "audit table, and the test samples' unseg_audit_* fields for each model's predictions."
     )
     return 0
 

@@ -20,7 +20,8 @@ from fiftyone_unseg.audit.victims import VICTIMS
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, protect, restore
 
 
-def _tqdm_progress(desc: str, unit: str = "img"):
+def tqdm_progress(desc: str, unit: str = "img"):
+    """A ``progress(done, total)`` callable that drives a tqdm bar."""
     bar = None
 
     def update(done: int, total: int) -> None:
@@ -43,7 +44,7 @@ def _cmd_sample_data(args) -> int:
         styles=args.styles,
         dataset_dir=args.dir,
         overwrite=args.overwrite,
-        progress=_tqdm_progress("scenes"),
+        progress=tqdm_progress("scenes"),
     )
     counts = dataset.count_sample_tags()
     splits = ", ".join(f"{counts.get(s, 0)} {s}" for s, _ in sample_data.SPLITS)
@@ -109,7 +110,7 @@ def _cmd_protect(args) -> int:
             device=args.device,
             shard=args.shard,
             overwrite=args.overwrite,
-            progress=_tqdm_progress("protect"),
+            progress=tqdm_progress("protect"),
         )
     except FileNotFoundError as e:  # no default generator installed, or a wrong --generator
         raise ValueError(str(e)) from e
@@ -206,7 +207,7 @@ def _cmd_evaluate(args) -> int:
         semantic_weights=args.semantic_weights,
         output_dir=args.output_dir,
         run_key=args.run_key,
-        progress=_tqdm_progress("victim training", unit="epoch"),
+        progress=tqdm_progress("victim training", unit="epoch"),
     )
     print(report.table())
     print(
