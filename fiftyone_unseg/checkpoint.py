@@ -82,8 +82,10 @@ def load_generator(
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{config_path} is not a valid generator config: {error!r}") from error
 
-    model = build_noise_generator(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with torch.device("meta"):  # shapes only: a hostile config allocates nothing
+        expected = {
+            k: tuple(v.shape) for k, v in build_noise_generator(config).state_dict().items()
+        }
     mismatches = _compare_shapes(expected, _tensor_shapes(weights))
     if mismatches:
         raise ValueError(
@@ -97,6 +99,7 @@ def load_generator(
             f"{weights} has id {generator_id} but {config_path} records "
             f"{info.get('generator_id')}: the files come from different saves or were modified"
         )
+    model = build_noise_generator(config)
     model.load_state_dict(load_file(weights))
     model.generator_id = generator_id
     return model.to(device).eval()

@@ -43,12 +43,31 @@ class Frame:
         resized = self.to_model(torch.from_numpy(mask)[None].to(torch.float32), self.size // 4)
         return (resized > 0.5).to(torch.float32)
 
-    def from_model(self, noise: torch.Tensor) -> torch.Tensor:
-        """CxNxN in the padded model frame (any N, e.g. the generator's S/4) -> CxHxW."""
+    def from_model(self, noise: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """CxNxN in the padded model frame (any N, e.g. the generator's S/4) -> CxHxW, or
+        only the output ``rows`` of it (Cx(rows)xW: large images are done in bands, so the
+        full-resolution result never has to exist at once)."""
         full = F.interpolate(
             noise[None], (self.size, self.size), mode="bilinear", align_corners=False
         )
         h, w = self.region()
-        return F.interpolate(
-            full[..., :h, :w], (self.height, self.width), mode="bilinear", align_corners=False
-        )[0]
+        crop = full[0, :, :h, :w]
+        rows = rows or slice(0, self.height)
+        across = _bilinear_weights(w, self.width, slice(0, self.width))  # W x w
+        down = _bilinear_weights(h, self.height, rows)  # rows x h
+        return torch.einsum("rh,chw,xw->crx", down, crop, across)
+
+
+def _bilinear_weights(size_in: int, size_out: int, rows: slice) -> torch.Tensor:
+    """The ``rows`` of the (size_out x size_in) matrix of torch's bilinear resize
+    (``align_corners=False``), so that a resize is a product with it."""
+    out = torch.arange(rows.start, rows.stop, dtype=torch.float64)
+    src = ((out + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
+    low = src.floor().long().clamp(max=size_in - 1)
+    high = (low + 1).clamp(max=size_in - 1)
+    frac = (src - low).to(torch.float32)
+    weights = torch.zeros(len(out), size_in)
+    index = torch.arange(len(out))
+    weights[index, low] += 1 - frac
+    weights[index, high] += frac
+    return weights

@@ -1,32 +1,118 @@
-"""Image files in and out: robust reading, atomic writing."""
+"""Image files in and out: robust reading, atomic writing, files marked with their owner."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import os
 import tempfile
 
 import numpy as np
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+MARKER_KEY = "unseg-sample-id"
+# Write errors that no other file of the run would escape: stop instead of trying the rest.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+_TEMP_SUFFIX = ".unseg-tmp"
 
 
-def atomic_write_bytes(data: bytes, path: str) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+def atomic_write_bytes(data: bytes, path: str, replace: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    The bytes go to a hidden temporary file next to ``path`` (``.<name>.<random>.unseg-tmp``,
+    see :func:`stale_temp_files`), synced, then moved to ``path``. With ``replace=False``
+    the move fails with FileExistsError if ``path`` appeared meanwhile (a hard link, where
+    the filesystem has them).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    name = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
             os.remove(tmp)
-        raise
+
+
+def _publish_new(tmp: str, path: str) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists (link + unlink: no overwrite)."""
+    try:
+        os.link(tmp, path)
+    except OSError as error:  # no hard links here (some network / FUSE filesystems)
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "file exists", path) from error
+        os.replace(tmp, path)
+
+
+def stale_temp_files(folder: str) -> dict[str, list[str]]:
+    """Temporary files that :func:`atomic_write_bytes` left in ``folder`` (a killed
+    process), by the name of the file they were for."""
+    found: dict[str, list[str]] = {}
+    if not os.path.isdir(folder):
+        return found
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX):
+            target = entry.name[1 : -len(_TEMP_SUFFIX)].rsplit(".", 1)[0]
+            found.setdefault(target, []).append(entry.path)
+    return found
+
+
+def check_writable(folder: str) -> None:
+    """Create ``folder`` if needed and check a file can be written there; ValueError if not."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-", suffix=_TEMP_SUFFIX)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"cannot write to the output folder {folder}: {error.strerror}") from error
+
+
+def try_lock(path: str) -> int | None:
+    """Take the exclusive lock file ``path`` without waiting: its descriptor, or None when
+    another process holds it. The kernel releases it if the process dies, even on SIGKILL."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for _ in range(3):  # the holder may unlink the file between our open and our lock
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    return None
+
+
+def unlock(fd: int, path: str) -> None:
+    """Release a lock taken with :func:`try_lock` and remove its file."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+
+
+def is_output_error(error: BaseException) -> bool:
+    """True for write errors of the output folder itself (full, read-only, no permission)."""
+    return isinstance(error, OSError) and error.errno in OUTPUT_ERRNOS
 
 
 def atomic_write_image(image: Image.Image, path: str, quality: int = 95) -> None:
@@ -40,6 +126,49 @@ def atomic_write_image(image: Image.Image, path: str, quality: int = 95) -> None
     else:
         image.save(buf, fmt)
     atomic_write_bytes(buf.getvalue(), path)
+
+
+def encode_marked(
+    image: np.ndarray, owner: str, image_format: str = "png", quality: int | None = None
+) -> bytes:
+    """PNG (fast compression) or JPEG bytes of an HxW[x3] uint8 image, marked with ``owner``
+    (a sample id) so that :func:`marker` recognises the file as written for it."""
+    buf = io.BytesIO()
+    if image_format == "jpg":
+        comment = f"{MARKER_KEY}={owner}"
+        Image.fromarray(image).save(buf, "JPEG", quality=quality, subsampling=0, comment=comment)
+    else:
+        info = PngInfo()
+        info.add_text(MARKER_KEY, owner)
+        Image.fromarray(image).save(buf, "PNG", pnginfo=info, compress_level=1)
+    return buf.getvalue()
+
+
+def marker(path: str) -> str | None:
+    """The owner a file was written for by :func:`encode_marked`; None for any other file."""
+    try:
+        with Image.open(path) as im:
+            if MARKER_KEY in im.info:
+                return im.info[MARKER_KEY]
+            comment = im.info.get("comment", b"").decode(errors="replace")
+    except OSError:
+        return None
+    prefix = f"{MARKER_KEY}="
+    return comment[len(prefix) :] if comment.startswith(prefix) else None
+
+
+def write_owned(data: bytes, path: str, owner: str) -> None:
+    """Write ``data`` atomically to ``path`` unless that would overwrite a file not written
+    for ``owner``: a foreign file or a symbolic link stays as it is (ValueError)."""
+    if os.path.islink(path):
+        raise ValueError(f"{path} is a symbolic link; left as it is")
+    exists = os.path.lexists(path)
+    if exists and marker(path) != owner:
+        raise ValueError(f"{path} exists and was not written for this sample; left as it is")
+    try:
+        atomic_write_bytes(data, path, replace=exists)
+    except FileExistsError as error:
+        raise ValueError(f"{path} appeared while writing; left as it is") from error
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -61,18 +190,31 @@ def read_rgb(path: str) -> np.ndarray:
                 scale = 65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0
                 arr = np.clip(arr / scale, 0, 1)
                 return np.repeat(arr[..., None], 3, axis=-1)
-            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.float32)
+            rgb /= 255.0  # in place: a large image is not held twice as floats
+            return rgb
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: cannot decode image ({e})") from e
+
+
+def image_pixels(path: str) -> int:
+    """Width x height from the file header (nothing decoded); 0 if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.width * im.height
+    except (OSError, SyntaxError, Image.DecompressionBombError, ValueError):
+        return 0
 
 
 def read_mask(path: str) -> np.ndarray:
     """Read a mask image as an HxW integer array (values as stored)."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: mask file not found")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: mask file is empty (0 bytes)")
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
-    except OSError as e:
+    except (OSError, SyntaxError) as e:
         raise ValueError(f"{path}: cannot decode mask ({e})") from e
     return arr[..., 0] if arr.ndim == 3 else arr

@@ -4,7 +4,8 @@ A label field is rasterised into a *segment map*: an HxW integer array, 0 for
 background and 1..K for the K segments. Segments are
 
 - ``fo.Segmentation``: one per class value present in the mask (semantic masks
-  have no instances); masks of another resolution are resized (nearest);
+  have no instances); masks of another size are stretched over the image (nearest),
+  as the App draws them (:func:`fit_mask`);
 - ``fo.Detections``: one per detection, its instance mask pasted into its box;
   a detection without a mask fills its whole box (the best extent available);
 - ``fo.Polylines``: one per polyline, always rasterised as a filled polygon
@@ -160,8 +161,25 @@ def _shape(item):
     return fo.Detection(bounding_box=item.bounding_box, mask=np.ones((1, 1), bool))
 
 
+def load_mask(label) -> np.ndarray | None:
+    """A Segmentation's mask (in the database or at ``mask_path``); ValueError naming the
+    mask file if it cannot be read."""
+    try:
+        return label.get_mask()
+    except Exception as error:  # PIL / OpenCV / eta raise many kinds
+        raise ValueError(f"cannot read the mask {label.mask_path}: {error}") from error
+
+
+def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``mask`` (HxW integers) at the image's HxW: resized (nearest) when its size differs,
+    whatever its aspect ratio, as the App stretches masks over their image."""
+    if mask.shape[:2] == (height, width):
+        return mask
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
 def _semantic_segments(label, height: int, width: int, spec: PromptSpec) -> np.ndarray:
-    mask = label.get_mask()
+    mask = load_mask(label)
     if mask is None:
         return np.zeros((height, width), np.uint8)
     if mask.ndim == 3:  # RGB mask: one integer per colour, as in the mask targets
@@ -173,6 +191,4 @@ def _semantic_segments(label, height: int, width: int, spec: PromptSpec) -> np.n
     ids = np.zeros(mask.shape, _id_type(len(present)))
     for k, value in enumerate(present, start=1):
         ids[mask == value] = k
-    if ids.shape != (height, width):
-        ids = cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
-    return ids
+    return fit_mask(ids, height, width)

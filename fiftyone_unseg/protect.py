@@ -14,7 +14,16 @@ One image on its way from ``unseg protect`` to the written file:
    sample and written atomically; then the sample's fields are set, in batches.
 
 Reading the next batch and writing the previous one run in worker threads while
-the generator runs.
+the generator runs. Batches hold at most ``_BATCH_PIXELS`` pixels (and ``batch_size``
+images); an image larger than that is done alone, with nothing read ahead or written
+behind, so memory stays bounded by the largest image. Noise is upsampled and composed
+in bands of rows.
+
+Reliability (docs/RELIABILITY.md): a process protects a sample only while it holds the
+sample's lock file (see :func:`_lock_path`), so concurrent runs never work on one sample
+at once; a file is only written where none exists or where the file was written for
+that sample (:func:`fiftyone_unseg.io.write_owned`); a full or read-only output folder
+stops the run.
 """
 
 from __future__ import annotations
@@ -34,12 +43,12 @@ import fiftyone.core.runs as fors
 import numpy as np
 import torch
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from skimage.metrics import structural_similarity
 
+from fiftyone_unseg import io as uio
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.geometry import Frame
-from fiftyone_unseg.io import atomic_write_bytes, read_rgb
+from fiftyone_unseg.io import encode_marked, marker, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_map
 from fiftyone_unseg.modeling import NoiseGenerator
 
@@ -47,7 +56,6 @@ DEFAULT_EPS = 8 / 255
 DEFAULT_EPS_BG = 2 / 255
 DEFAULT_RUN_KEY = "unseg_protect"
 FORMATS = ("png", "jpg")
-MARKER_KEY = "unseg-sample-id"
 # The facts stored in each protected sample's ``unseg`` field.
 FACT_FIELDS = {
     "generator_id": fo.StringField,
@@ -67,8 +75,8 @@ FACT_FIELDS = {
 SETTINGS = ("generator_id", "label_field", "prompt", "eps", "eps_bg", "format", "quality")
 
 _BAND_ROWS = 1024  # large images are composed and measured in bands of rows
+_BATCH_PIXELS = 16_000_000  # pixels per batch; a larger image is done alone
 _DECODE_CHUNK = 64  # prompts decoded at once (instance mode can have many per image)
-_PNG_COMPRESS_LEVEL = 1  # noisy images barely compress: ~1.3x faster than 6, ~8% larger
 _SSIM_WINDOW = 7  # skimage's default window
 _WORKERS = max(2, min(8, os.cpu_count() or 2))
 
@@ -80,6 +88,7 @@ class _Task:
     id: str
     source: str
     target: str
+    pixels: int  # width x height (0: unknown), to bound the pixels in flight
 
 
 @dataclasses.dataclass
@@ -149,11 +158,14 @@ def protect(
     ``psnr`` (dB) and ``ssim`` against the original, ``had_segments`` and
     ``num_segments``. Samples without segments get background noise only. Samples
     already protected with the same settings, whose file exists, are skipped.
-    Unreadable images are reported and skipped.
+    Unreadable images are reported and skipped. Samples that another process is
+    protecting at the same time are left to it (``busy``). A full or read-only output
+    folder stops the run (``stopped``; the samples not done are failures).
 
     Returns a summary: ``total``, ``protected``, ``skipped``, ``no_segments`` (of the
-    protected, those without segments), ``failed``, ``failures`` (sample id, path
-    and reason), ``output_dir``, ``run_key``, ``seconds``.
+    protected, those without segments), ``busy``, ``failed``, ``failures`` (sample id,
+    path and reason), ``stopped`` (why the run stopped early, else None),
+    ``output_dir``, ``run_key``, ``seconds``.
     """
     started = time.monotonic()
     image_format = _check_options(
@@ -176,6 +188,7 @@ def protect(
     }
     dataset = samples._dataset
     output_dir = os.path.abspath(output_dir or default_output_dir(dataset))
+    uio.check_writable(output_dir)
     _prepare_dataset(dataset, replace_filepath)
     view = _shard_view(samples, shard)
     ids, tasks = _plan(view, settings, output_dir, overwrite)
@@ -187,15 +200,18 @@ def protect(
         if progress is not None:
             progress(skipped + done, total)
 
-    outcome = _run(model, tasks, view, spec, settings, batch_size, device, report)
+    run = _Run(model, view, spec, settings, overwrite, device, report)
+    run.protect(tasks, batch_size)
     _sync_filepaths(dataset, set(ids), replace_filepath)
     summary = {
         "total": total,
-        "protected": outcome["protected"],
-        "skipped": skipped,
-        "no_segments": outcome["no_segments"],
-        "failed": len(outcome["failures"]),
-        "failures": outcome["failures"],
+        "protected": run.protected,
+        "skipped": skipped + run.skipped,
+        "no_segments": run.no_segments,
+        "busy": run.busy,
+        "failed": len(run.failures),
+        "failures": run.failures,
+        "stopped": run.stopped,
         "output_dir": output_dir,
         "run_key": run_key if shard is None else f"{run_key}_shard{shard[0]}of{shard[1]}",
         "seconds": round(time.monotonic() - started, 3),
@@ -230,7 +246,7 @@ def restore(samples, delete_protected: bool = False) -> dict:
     if delete_protected:
         protected = {i: p for i, p in zip(ids, optional_values(samples, "protected_filepath")) if p}
         for sample_id, path in protected.items():
-            if os.path.isfile(path) and _marker(path) == sample_id:
+            if os.path.isfile(path) and marker(path) == sample_id:
                 os.remove(path)
                 deleted += 1
         for field in ("protected_filepath", "unseg"):
@@ -252,7 +268,7 @@ def protected_name(source: str, sample_id: str, image_format: str) -> str:
 
 def failure(sample_id: str, path: str, error: BaseException) -> dict:
     """A failed sample as summaries report it; ValueErrors carry their own message."""
-    reason = str(error) if isinstance(error, ValueError) else repr(error)
+    reason = str(error) if isinstance(error, (ValueError, OSError)) else repr(error)
     return {"id": sample_id, "filepath": path, "reason": reason}
 
 
@@ -337,8 +353,9 @@ def optional_values(samples, field: str) -> list:
 
 def _plan(view, settings: dict, output_dir: str, overwrite: bool) -> tuple[list, list[_Task]]:
     """The ids of the samples in ``view`` and, as tasks, those that need protecting."""
-    ids, filepaths, protected, *previous = view.values(
-        ["id", "filepath", "protected_filepath", *(f"unseg.{k}" for k in SETTINGS)]
+    ids, filepaths, protected, widths, heights, *previous = view.values(
+        ["id", "filepath", "protected_filepath", "metadata.width", "metadata.height"]
+        + [f"unseg.{k}" for k in SETTINGS]
     )
     originals = optional_values(view, "original_filepath")
     current = tuple(settings[k] for k in SETTINGS)
@@ -349,43 +366,168 @@ def _plan(view, settings: dict, output_dir: str, overwrite: bool) -> tuple[list,
             continue
         source = originals[i] or filepaths[i]
         name = protected_name(source, sample_id, settings["format"])
-        tasks.append(_Task(sample_id, source, os.path.join(output_dir, name)))
+        pixels = (widths[i] or 0) * (heights[i] or 0)
+        tasks.append(_Task(sample_id, source, os.path.join(output_dir, name), pixels))
     return ids, tasks
 
 
-def _run(model, tasks, view, spec, settings, batch_size, device, report) -> dict:
-    """Protect ``tasks`` in batches: read ahead, generate, write behind, record.
+def _batches(tasks: list[_Task], batch_size: int):
+    """Consecutive batches of at most ``batch_size`` tasks and ``_BATCH_PIXELS`` pixels
+    (a larger image alone); sizes without metadata are read from the file headers."""
+    batch, pixels = [], 0
+    for task in tasks:
+        size = task.pixels or uio.image_pixels(task.source)
+        if batch and (len(batch) == batch_size or pixels + size > _BATCH_PIXELS):
+            yield batch, pixels
+            batch, pixels = [], 0
+        batch.append(task)
+        pixels += size
+    if batch:
+        yield batch, pixels
 
-    While the generator runs on batch k, workers read batch k+1 and write batch k-1.
-    """
-    outcome = {"protected": 0, "no_segments": 0, "failures": []}
-    batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
-    with ThreadPoolExecutor(_WORKERS) as pool:
 
-        def read(batch):
-            ids, labels = view.select([t.id for t in batch]).values(["id", spec.label_field])
-            found = dict(zip(ids, labels))
-            return [(t, pool.submit(_load, t, found, spec, model.img_size)) for t in batch]
+def _lock_path(dataset, sample_id: str) -> str:
+    """The lock file of a sample: per dataset, whatever the output folder."""
+    root = os.path.join(fo.config.default_dataset_dir, "unseg-protected", ".locks")
+    return os.path.join(root, _safe_name(dataset.name), sample_id)
 
-        reading = read(batches[0]) if batches else []
-        writing = []
-        for k in range(len(batches)):
-            loaded, current = [], []
+
+class _Run:
+    """One protect run over its tasks: locks, pipeline, records and counts."""
+
+    def __init__(self, model, view, spec, settings, overwrite, device, report):
+        self.model, self.view, self.spec, self.settings = model, view, spec, settings
+        self.overwrite, self.device, self.report = overwrite, device, report
+        self.dataset = view._dataset
+        self.protected = self.skipped = self.no_segments = self.busy = 0
+        self.failures: list[dict] = []
+        self.stopped: str | None = None
+        self.locks: dict[str, int] = {}
+        self.stale: dict[str, list[str]] = {}
+
+    def protect(self, tasks: list[_Task], batch_size: int) -> None:
+        """Read ahead, generate, write behind; a batch over ``_BATCH_PIXELS`` runs alone.
+
+        While the generator runs on batch k, workers read batch k+1 and write batch k-1.
+        """
+        if tasks:
+            self.stale = uio.stale_temp_files(os.path.dirname(tasks[0].target))
+        batches = _batches(tasks, batch_size)
+        try:
+            with ThreadPoolExecutor(_WORKERS) as pool:
+                self._pipeline(pool, batches)
+        finally:
+            for sample_id in list(self.locks):
+                self._release(sample_id)
+        for batch, _ in batches:  # left when the output folder failed
+            self._not_attempted(batch)
+
+    def _not_attempted(self, tasks: list[_Task]) -> None:
+        self.failures += [failure(t.id, t.source, ValueError(self.stopped)) for t in tasks]
+
+    def _pipeline(self, pool, batches) -> None:
+        current = next(batches, None)
+        reading = self._start(pool, current[0]) if current else []
+        writing: list = []
+        while current is not None and not self.stopped:
+            loaded = []
             for task, future in reading:
                 if future.exception() is None:
                     loaded.append(future.result())
                 else:
-                    current.append((task, future))
-            reading = read(batches[k + 1]) if k + 1 < len(batches) else []
-            noises = _generate(model, loaded, device) if loaded else []
-            current += [
-                (item.task, pool.submit(_write, item, noise, settings))
+                    self._fail(task, future.exception())
+            following = next(batches, None)
+            alone = max(current[1], following[1] if following else 0) > _BATCH_PIXELS
+            if alone:  # nothing else in memory while a large batch is processed
+                self._record(writing)
+                writing = []
+            reading = self._start(pool, following[0]) if following and not alone else []
+            noises = _generate(self.model, loaded, self.device) if loaded else []
+            written = [
+                (item.task, pool.submit(_write, item, noise, self.settings))
                 for item, noise in zip(loaded, noises)
             ]
-            _record(view._dataset, writing, outcome, report)
-            writing = current
-        _record(view._dataset, writing, outcome, report)
-    return outcome
+            del loaded, noises
+            self._record(writing)
+            writing = written
+            if alone and following:
+                self._record(writing)
+                writing = []
+                if self.stopped:
+                    self._not_attempted(following[0])
+                else:
+                    reading = self._start(pool, following[0])
+            current = following
+        self._record(writing)
+        for task, _ in reading:  # read while the output folder failed
+            self._fail(task, ValueError(self.stopped))
+
+    def _start(self, pool, batch: list[_Task]) -> list[tuple[_Task, Future]]:
+        """Lock the batch's samples, drop those another run did meanwhile, start reading."""
+        mine = []
+        for task in batch:
+            lock = uio.try_lock(_lock_path(self.dataset, task.id))
+            if lock is None:
+                self.busy += 1
+            else:
+                self.locks[task.id] = lock
+                mine.append(task)
+        if not mine:
+            return []
+        fields = ["id", self.spec.label_field, "protected_filepath"]
+        ids, labels, paths, *previous = self.view.select([t.id for t in mine]).values(
+            fields + [f"unseg.{k}" for k in SETTINGS]
+        )
+        found = dict(zip(ids, labels))
+        current = tuple(self.settings[k] for k in SETTINGS)
+        recorded = {}
+        for i, sample_id in enumerate(ids):
+            recorded[sample_id] = tuple(column[i] for column in previous)
+            if recorded[sample_id] == current and paths[i] and not self.overwrite:
+                if os.path.isfile(paths[i]):  # another run protected it since the plan
+                    self.skipped += 1
+                    self._release(sample_id)
+        mine = [t for t in mine if t.id in self.locks]
+        # The facts must never describe another file: clear them before replacing it.
+        stale = {t.id: None for t in mine if any(v is not None for v in recorded.get(t.id, ()))}
+        if stale:
+            self.dataset.set_values("unseg", stale, key_field="id")
+        for task in mine:
+            for path in self.stale.pop(os.path.basename(task.target), []):
+                if os.path.lexists(path):
+                    os.remove(path)  # a killed run's partial file for this sample
+        return [(t, pool.submit(_load, t, found, self.spec, self.model.img_size)) for t in mine]
+
+    def _fail(self, task: _Task, error: BaseException) -> None:
+        self.failures.append(failure(task.id, task.source, error))
+        if uio.is_output_error(error) and not self.stopped:
+            self.stopped = f"not attempted: {os.path.dirname(task.target)}: {error.strerror}"
+        self._release(task.id)
+
+    def _release(self, sample_id: str) -> None:
+        uio.unlock(self.locks.pop(sample_id), _lock_path(self.dataset, sample_id))
+
+    def _record(self, writing: list[tuple[_Task, Future]]) -> None:
+        """Wait for written files, set their samples' fields in two bulk updates, unlock,
+        report."""
+        if not writing:
+            return
+        facts = {}
+        for task, future in writing:
+            if future.exception() is None:
+                facts[task.id] = (task.target, future.result())
+            else:
+                self._fail(task, future.exception())
+        if facts:
+            paths = {i: path for i, (path, _) in facts.items()}
+            docs = {i: fo.DynamicEmbeddedDocument(**f) for i, (_, f) in facts.items()}
+            self.dataset.set_values("protected_filepath", paths, key_field="id")
+            self.dataset.set_values("unseg", docs, key_field="id")
+        for sample_id in facts:
+            self._release(sample_id)
+        self.protected += len(facts)
+        self.no_segments += sum(not f["had_segments"] for _, f in facts.values())
+        self.report(self.protected + self.skipped + self.busy + len(self.failures))
 
 
 def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
@@ -434,15 +576,12 @@ def _generate(model: NoiseGenerator, batch: list[_Loaded], device) -> list[torch
 
 def _write(item: _Loaded, noise: torch.Tensor, settings: dict) -> dict:
     """Compose, measure, encode and write one protected image; returns its facts."""
-    target = item.task.target
-    if os.path.exists(target) and _marker(target) != item.task.id:
-        raise ValueError(f"{target} exists and was not written for this sample; left as it is")
     protected = _compose(item, noise, settings["eps"], settings["eps_bg"])
-    data = _encode(protected, settings["format"], settings["quality"], item.task.id)
+    data = encode_marked(protected, item.task.id, settings["format"], settings["quality"])
     if settings["format"] == "jpg":  # measure what was written
         protected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     facts = _measure(item.image, protected)
-    atomic_write_bytes(data, target)
+    uio.write_owned(data, item.task.target, item.task.id)
     return {
         **settings,
         **facts,
@@ -453,12 +592,12 @@ def _write(item: _Loaded, noise: torch.Tensor, settings: dict) -> dict:
 
 def _compose(item: _Loaded, noise: torch.Tensor, eps: float, eps_bg: float) -> np.ndarray:
     """The protected image, HxWx3 uint8: clamp(original + noise * eps map), in row bands."""
-    full = item.frame.from_model(noise)  # 3xHxW
     out = np.empty(item.image.shape, np.uint8)
     for rows in _bands(item.frame.height):
         image = torch.from_numpy(item.image[rows]).permute(2, 0, 1)[None]
         objects = torch.from_numpy(item.objects[rows])[None, None]
-        perturbed = NoiseGenerator.perturb(image, full[None, :, rows], objects, eps, eps_bg)
+        full = item.frame.from_model(noise, rows)[None]  # 3 x rows x W
+        perturbed = NoiseGenerator.perturb(image, full, objects, eps, eps_bg)
         out[rows] = perturbed[0].mul_(255).round_().permute(1, 2, 0).to(torch.uint8).numpy()
     return out
 
@@ -506,53 +645,6 @@ def _bands(height: int) -> list[slice]:
     if len(edges) > 2 and edges[-1] - edges[-2] < 16:
         del edges[-2]
     return [slice(a, b) for a, b in zip(edges, edges[1:])]
-
-
-def _encode(image: np.ndarray, image_format: str, quality: int | None, sample_id: str) -> bytes:
-    """PNG or JPEG bytes of an HxWx3 uint8 image, marked with the sample id."""
-    buf = io.BytesIO()
-    if image_format == "jpg":
-        comment = f"{MARKER_KEY}={sample_id}"
-        Image.fromarray(image).save(buf, "JPEG", quality=quality, subsampling=0, comment=comment)
-    else:
-        info = PngInfo()
-        info.add_text(MARKER_KEY, sample_id)
-        Image.fromarray(image).save(buf, "PNG", pnginfo=info, compress_level=_PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
-
-
-def _marker(path: str) -> str | None:
-    """The sample id a protected file was written for; None for any other file."""
-    try:
-        with Image.open(path) as im:
-            if MARKER_KEY in im.info:
-                return im.info[MARKER_KEY]
-            comment = im.info.get("comment", b"").decode(errors="replace")
-    except OSError:
-        return None
-    prefix = f"{MARKER_KEY}="
-    return comment[len(prefix) :] if comment.startswith(prefix) else None
-
-
-def _record(dataset, writing: list[tuple[_Task, Future]], outcome: dict, report) -> None:
-    """Wait for written files, set their samples' fields in two bulk updates, report."""
-    if not writing:
-        return
-    facts = {}
-    for task, future in writing:
-        error = future.exception()
-        if error is None:
-            facts[task.id] = (task.target, future.result())
-        else:
-            outcome["failures"].append(failure(task.id, task.source, error))
-    if facts:
-        paths = {i: path for i, (path, _) in facts.items()}
-        docs = {i: fo.DynamicEmbeddedDocument(**f) for i, (_, f) in facts.items()}
-        dataset.set_values("protected_filepath", paths, key_field="id")
-        dataset.set_values("unseg", docs, key_field="id")
-    outcome["protected"] += len(facts)
-    outcome["no_segments"] += sum(not f["had_segments"] for _, f in facts.values())
-    report(outcome["protected"] + len(outcome["failures"]))
 
 
 def _sync_filepaths(dataset, ids: set, replace_filepath: bool) -> None:

@@ -8,9 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import fiftyone as fo
 import numpy as np
-from PIL import Image
 
-from fiftyone_unseg.io import atomic_write_image, read_rgb
+from fiftyone_unseg.io import encode_marked, is_output_error, read_rgb, write_owned
 from fiftyone_unseg.protect import DEFAULT_EPS, failure, optional_values
 
 logger = logging.getLogger(__name__)
@@ -36,9 +35,12 @@ def visualize_noise(
       the default amplification, 0.5 / eps, makes the budget fill 0..255.
     progress: optional ``progress(done, total)`` callable.
 
-    Files go to ``noise/`` next to each protected image, named after it. Samples
-    without a protected image are skipped and counted. Returns ``visualized``,
-    ``not_protected``, ``failed`` and ``failures`` (sample id, path, reason).
+    Files go to ``noise/`` next to each protected image, named after it and marked with
+    the sample id; a file there that was not written for the sample is left as it is
+    (the sample fails). Samples without a protected image are skipped and counted;
+    unreadable images fail and the rest go on; a full or read-only folder stops the
+    run (``stopped``). Returns ``visualized``, ``not_protected``, ``failed``,
+    ``failures`` (sample id, path, reason) and ``stopped``.
     """
     jobs = _jobs(samples)
     not_protected = len(samples) - len(jobs)
@@ -48,7 +50,13 @@ def visualize_noise(
             not_protected,
             len(samples),
         )
-    summary = {"visualized": 0, "not_protected": not_protected, "failed": 0, "failures": []}
+    summary = {
+        "visualized": 0,
+        "not_protected": not_protected,
+        "failed": 0,
+        "failures": [],
+        "stopped": None,
+    }
     dataset = samples._dataset
     if amplified_field and amplified_field not in dataset.app_config.media_fields:
         dataset.app_config.media_fields.append(amplified_field)
@@ -56,14 +64,22 @@ def visualize_noise(
     with ThreadPoolExecutor(_WORKERS) as pool:
         for start in range(0, len(jobs), _CHUNK):
             chunk = jobs[start : start + _CHUNK]
+            if summary["stopped"]:
+                error = ValueError(summary["stopped"])
+                summary["failures"] += [failure(job[0], job[1], error) for job in chunk]
+                continue
             futures = [
                 pool.submit(_visualize_one, *job, amplified_field is not None, amplification)
                 for job in chunk
             ]
             heatmaps, images = {}, {}
-            for (sample_id, original, _, _), future in zip(chunk, futures):
-                if future.exception() is not None:
-                    summary["failures"].append(failure(sample_id, original, future.exception()))
+            for (sample_id, original, protected, _), future in zip(chunk, futures):
+                error = future.exception()
+                if error is not None:
+                    summary["failures"].append(failure(sample_id, original, error))
+                    if is_output_error(error):
+                        folder = os.path.join(os.path.dirname(protected), "noise")
+                        summary["stopped"] = f"not attempted: {folder}: {error.strerror}"
                     continue
                 heatmaps[sample_id], images[sample_id] = future.result()
             if heatmaps:
@@ -110,13 +126,14 @@ def _visualize_one(
     stem = os.path.splitext(os.path.basename(protected_path))[0]
     magnitude = np.abs(noise).max(axis=2)
     map_path = os.path.join(folder, f"{stem}-magnitude.png")
-    atomic_write_image(Image.fromarray(_to_uint8(magnitude)), map_path)
+    write_owned(encode_marked(_to_uint8(magnitude), sample_id), map_path, sample_id)
     heatmap = fo.Heatmap(map_path=map_path, range=[0.0, eps * 255])
     if not amplified:
         return heatmap, None
     image_path = os.path.join(folder, f"{stem}-amplified.png")
     scaled = 0.5 + noise * (amplification or 0.5 / eps)
-    atomic_write_image(Image.fromarray(_to_uint8(np.clip(scaled, 0, 1))), image_path)
+    amplified_image = _to_uint8(np.clip(scaled, 0, 1))
+    write_owned(encode_marked(amplified_image, sample_id), image_path, sample_id)
     return heatmap, image_path
 
 

@@ -20,16 +20,19 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from fiftyone_unseg import folders, io
 from fiftyone_unseg.geometry import Frame
+from fiftyone_unseg.labels import load_mask
 
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = os.environ.get("UNSEG_CACHE_DIR") or os.path.join(
     os.path.expanduser("~"), ".cache", "unseg"
 )
+_ORIENTATION = 0x0112  # EXIF tag; 5..8 turn the image by 90 degrees
 _MASK_DIR_NAMES = {"images": "masks", "im": "gt", "image": "mask", "imgs": "masks", "img": "gt"}
 
 
@@ -53,7 +56,6 @@ def _sample_source(spec: str) -> list:
 def _fiftyone_source(spec: str) -> list:
     """Export each instance / class region of a FiftyOne dataset as a binary mask file."""
     import fiftyone as fo
-    from PIL import Image
 
     parts = spec.split(":")[1:]
     name, _, saved_view = parts[0].partition("@")
@@ -78,7 +80,12 @@ def _fiftyone_source(spec: str) -> list:
         label = sample[field]
         if label is None:
             continue
-        for k, mask in enumerate(_label_masks(label, sample.filepath)):
+        try:
+            masks = _label_masks(label, sample.filepath)
+        except ValueError as error:
+            logger.warning("skipping sample %s (%s): %s", sample.id, sample.filepath, error)
+            continue
+        for k, mask in enumerate(masks):
             path = os.path.join(root, folders.instance_mask_name(sample.id, k))
             if not os.path.exists(path):
                 io.atomic_write_image(Image.fromarray(mask.astype(np.uint8) * 255), path)
@@ -98,14 +105,13 @@ def _label_masks(label, filepath: str) -> list:
     import fiftyone as fo
 
     if isinstance(label, fo.Segmentation):
-        seg = label.get_mask()
+        seg = load_mask(label)
+        if seg is None:
+            return []
         if seg.ndim == 3:
             seg = seg[..., 0]
         return [seg == v for v in np.unique(seg) if v != 0]
-    from PIL import Image
-
-    with Image.open(filepath) as im:
-        w, h = im.size
+    w, h = image_size(filepath)
     masks = []
     for det in label.detections:
         if det.mask is None and det.mask_path is None:
@@ -132,22 +138,27 @@ def _folder_sets(root: str) -> list:
 
 
 def load_pairs(spec: str) -> list:
-    """All (image, mask) pairs of one data source (see the module docstring)."""
+    """All (image, mask) pairs of one data source (see the module docstring); ValueError
+    naming the source if it has none."""
     if spec.startswith("sample:"):
-        return _sample_source(spec)
-    if spec.startswith("fiftyone:"):
-        return _fiftyone_source(spec)
-    if ":" in spec and not os.path.isdir(spec):
+        pairs = _sample_source(spec)
+    elif spec.startswith("fiftyone:"):
+        pairs = _fiftyone_source(spec)
+    elif ":" in spec and not os.path.isdir(spec):
         image_dir, mask_dir = spec.split(":", 1)
-        return folders.find_pairs(image_dir, mask_dir)
-    if not os.path.isdir(spec):
+        pairs = folders.find_pairs(image_dir, mask_dir)
+    elif not os.path.isdir(spec):
         raise ValueError(
             f"data source {spec!r} is not a folder, 'IMAGES:MASKS', sample: or fiftyone:"
         )
-    sets = _folder_sets(spec)
-    if not sets:
-        raise ValueError(f"{spec}: found no image/mask folder pairs (e.g. images/ + masks/)")
-    return [p for image_dir, mask_dir in sets for p in folders.find_pairs(image_dir, mask_dir)]
+    else:
+        sets = _folder_sets(spec)
+        if not sets:
+            raise ValueError(f"{spec}: found no image/mask folder pairs (e.g. images/ + masks/)")
+        pairs = [p for images, masks in sets for p in folders.find_pairs(images, masks)]
+    if not pairs:
+        raise ValueError(f"data source {spec!r} has no (image, mask) pairs")
+    return pairs
 
 
 def split_pairs(pairs: list, val_fraction: float) -> tuple:
@@ -195,13 +206,42 @@ def object_crop(image, mask, context: float):
     ]
 
 
+def image_size(path: str, kind: str = "image", oriented: bool = True) -> tuple[int, int]:
+    """(width, height) from the file header, EXIF rotation applied if ``oriented``;
+    ValueError naming the file if it is missing, empty or not an image."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: {kind} file not found")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: {kind} file is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            turned = oriented and im.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
+            return im.size[::-1] if turned else im.size
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path}: cannot decode {kind} ({error})") from error
+
+
+def _header_problem(pair) -> str | None:
+    """What makes a pair unusable, from its files' headers; None if nothing does."""
+    try:
+        (iw, ih), (mw, mh) = image_size(pair.image), image_size(pair.mask, "mask", False)
+    except ValueError as error:
+        return str(error)
+    if (iw, ih) != (mw, mh):
+        return f"{pair.mask}: mask is {mw}x{mh} but image {pair.image} is {iw}x{ih}"
+    return None
+
+
 class PairDataset(Dataset):
     """(image 3xSxS in [0, 1], mask 1xSxS in {0, 1}) at side S, augmented when training.
 
     Augmentation: optionally an object-centred crop (``object_context``: the crop side
     is drawn from that range times the object's size), horizontal flip and large-scale
     jitter (longest side scaled to ``scale_range`` x S, then cropped or padded to S).
-    Unreadable pairs are logged once, counted in ``skipped`` and replaced by the next pair.
+    Pairs whose files are missing, empty, not images or of different sizes are found
+    up front (file headers only); pairs that fail to decode later (truncated files, empty
+    masks) are found when read. Each is logged once with the file and the problem,
+    recorded in ``skipped`` (pair -> reason) and replaced by the next pair.
     """
 
     def __init__(
@@ -215,9 +255,18 @@ class PairDataset(Dataset):
     ):
         if not pairs:
             raise ValueError("no (image, mask) pairs to train on")
-        self.pairs, self.side, self.augment = list(pairs), side, augment
+        self.side, self.augment = side, augment
         self.scale_range, self.hflip, self.object_context = scale_range, hflip, object_context
         self.skipped: dict = {}
+        self.pairs = []
+        for pair in pairs:
+            problem = _header_problem(pair)
+            if problem is None:
+                self.pairs.append(pair)
+            else:
+                self._skip(pair, problem)
+        if not self.pairs:
+            raise ValueError(f"none of the {len(pairs)} (image, mask) pairs is readable")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -233,6 +282,11 @@ class PairDataset(Dataset):
         if not mask.any():
             raise ValueError(f"{pair.mask}: mask is empty")
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)[None].float()
+
+    def _skip(self, pair, reason: str) -> None:
+        if pair not in self.skipped:
+            logger.warning("skipping %s", reason)
+            self.skipped[pair] = reason
 
     def _jitter(self, image, mask, rng: random.Random):
         for _ in range(5):
@@ -257,9 +311,7 @@ class PairDataset(Dataset):
                 image, mask = self._read(pair)
                 break
             except ValueError as error:
-                if pair not in self.skipped:
-                    logger.warning("skipping %s", error)
-                    self.skipped[pair] = str(error)
+                self._skip(pair, str(error))
         else:
             raise ValueError("no readable (image, mask) pair in the training data")
         rng = random.Random(torch.randint(0, 2**31, ()).item())

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from fiftyone_unseg import io
 from fiftyone_unseg.checkpoint import save_generator
 from fiftyone_unseg.modeling import NoiseGenerator, build_noise_generator
+from fiftyone_unseg.modeling.build import load_state_file
 from trainer import distributed
 from trainer.config import TrainConfig
 from trainer.data import PairDataset, load_pairs, split_pairs
@@ -379,7 +380,7 @@ class Trainer:
         with open(pointer) as f:
             path = os.path.join(self.checkpoint_root, f.read().strip())
         state_file = os.path.join(path, "trainer_state.pt")
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        state = load_state_file(state_file, "trainer state")
         weights = safetensors.torch.load_file(
             os.path.join(path, "generator", "model.safetensors"), device=str(self.ctx.device)
         )
@@ -414,11 +415,12 @@ class Trainer:
         with open(os.path.join(self.out_dir, "train_config.json"), "w") as f:
             json.dump(self.cfg.to_dict(), f, indent=2)
         path = os.path.join(self.out_dir, "metrics.csv")
-        append = resume and os.path.exists(path)
+        append = resume and os.path.exists(path) and os.path.getsize(path) > 0
         csv_file = open(path, "a" if append else "w", newline="")
         writer = csv.DictWriter(csv_file, fieldnames=METRIC_COLUMNS)
         if not append:
             writer.writeheader()
+            csv_file.flush()  # a run killed before its first row still leaves the header
         return csv_file, writer, SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
 
     def _log(self, row: dict) -> None:

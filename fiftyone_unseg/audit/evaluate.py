@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -20,15 +21,16 @@ from fiftyone_unseg.audit.report import (
     record_run,
     write_report,
 )
-from fiftyone_unseg.audit.splits import split_samples
+from fiftyone_unseg.audit.splits import Split, split_samples
 from fiftyone_unseg.audit.targets import Targets, resolve_targets
 from fiftyone_unseg.audit.training import Example, Settings
 from fiftyone_unseg.audit.variants import CLEAN, PROTECTED, clean_paths, training_images
 from fiftyone_unseg.audit.victims import VICTIMS, make_victim
 from fiftyone_unseg.io import atomic_write_image, read_rgb
-from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG
+from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, failure
 
 DEFAULT_RUN_KEY = "unseg_audit"
+logger = logging.getLogger(__name__)
 
 
 def evaluate_protection(
@@ -93,6 +95,9 @@ def evaluate_protection(
         (the field name + ``_eval``). A rerun with the same key replaces them.
       progress: optional ``progress(done, total)`` callable, in training epochs.
 
+    Samples whose clean or protected image cannot be read are left out of both splits,
+    logged and listed in the report's ``skipped`` (sample id, file, reason).
+
     Returns the :class:`ProtectionReport`, also written to ``report.json`` + ``report.png``
     in ``output_dir`` and recorded as the run ``run_key`` (:func:`load_report`).
     """
@@ -100,7 +105,9 @@ def evaluate_protection(
     victims, baselines = _check(victims, baselines, protected_field, run_key)
     measure = Countermeasure.parse(countermeasure)
     targets = resolve_targets(samples, label_field, semantic_field)
-    split = split_samples(samples, split_tags, train_fraction, seed)
+    split, skipped = _readable(
+        samples, split_samples(samples, split_tags, train_fraction, seed), protected_field
+    )
     models = {
         name: make_victim(name, yolo_weights, sam_checkpoint, semantic_weights) for name in victims
     }
@@ -175,6 +182,7 @@ def evaluate_protection(
         folder=folder,
         image_side=_median_side(images[CLEAN].values()),
         seconds=time.monotonic() - started,
+        skipped=skipped,
     )
     write_report(report)
     config = {
@@ -224,6 +232,37 @@ def _audit_victim(
         result.fields[variant], result.eval_keys[variant] = pred_field, eval_key
     result.seconds = time.monotonic() - started
     return result
+
+
+def _readable(samples, split: Split, protected_field: str | None) -> tuple[Split, list[dict]]:
+    """``split`` without the samples whose images cannot be read, and those samples."""
+    ids = split.train_ids + split.test_ids
+    paths = {i: [p] for i, p in clean_paths(samples, ids).items()}
+    if protected_field and samples.has_field(protected_field):
+        view = samples.select(split.train_ids)
+        for sample_id, path in zip(view.values("id"), view.values(protected_field)):
+            if path and os.path.isfile(path):  # missing ones: protected_paths explains
+                paths[sample_id].append(path)
+    skipped = []
+    for sample_id in ids:
+        for path in paths[sample_id]:
+            try:
+                read_rgb(path)
+            except ValueError as error:
+                skipped.append(failure(sample_id, path, error))
+                logger.warning("skipping sample %s: %s", sample_id, error)
+                break
+    if not skipped:
+        return split, []
+    bad = {s["id"] for s in skipped}
+    train = tuple(i for i in split.train_ids if i not in bad)
+    test = tuple(i for i in split.test_ids if i not in bad)
+    if not train or not test:
+        raise ValueError(
+            f"{len(bad)} samples have unreadable images ({skipped[0]['reason']}, ...): "
+            "no training or no test samples are left"
+        )
+    return Split(train, test, split.source), skipped
 
 
 def _median_side(paths) -> int:

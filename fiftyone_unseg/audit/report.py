@@ -64,6 +64,7 @@ class ProtectionReport:
     folder: str
     image_side: int = 0
     seconds: float = 0.0
+    skipped: list = field(default_factory=list)  # unreadable samples: id, filepath, reason
 
     @property
     def chart_path(self) -> str:

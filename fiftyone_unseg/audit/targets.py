@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import fiftyone as fo
 import numpy as np
 from scipy import ndimage
 
-from fiftyone_unseg.labels import PromptSpec, label_type, segment_map
+from fiftyone_unseg.labels import PromptSpec, fit_mask, label_type, load_mask, segment_map
 
 MIN_COMPONENT_PIXELS = 16  # smaller connected components of a class region are not instances
 MAX_CLASSES = 254  # class maps are uint8; 255 marks pixels a loss ignores
@@ -92,7 +91,7 @@ class Targets:
     def _class_map(self, label, field: str, height: int, width: int) -> np.ndarray:
         """A Segmentation's mask as an HxW uint8 class map (nearest-resized to HxW); values
         not among ``semantic_values`` are background."""
-        mask = None if label is None else label.get_mask()
+        mask = None if label is None else load_mask(label)
         if mask is None:
             return np.zeros((height, width), np.uint8)
         if mask.ndim == 3:
@@ -100,9 +99,7 @@ class Targets:
         out = np.zeros(mask.shape, np.uint8)
         for k, value in enumerate(self.semantic_values, start=1):
             out[mask == value] = k
-        if out.shape != (height, width):
-            out = cv2.resize(out, (width, height), interpolation=cv2.INTER_NEAREST)
-        return out
+        return fit_mask(out, height, width)
 
 
 def resolve_targets(samples, label_field: str, semantic_field: str | None = None) -> Targets:

@@ -193,15 +193,7 @@ def load_sam_weights(generator: NoiseGenerator, path: str | os.PathLike) -> None
             f"SAM checkpoint not found: {path}. It must be a local file (e.g. "
             "sam_vit_b_01ec64.pth from the segment-anything release); nothing is downloaded."
         )
-    try:
-        if str(path).endswith(".safetensors"):
-            state = safetensors.torch.load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, safetensors.SafetensorError) as error:
-        raise ValueError(f"{path} is not a plain SAM state dict: {error}") from error
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a SAM state dict")
+    state = load_state_file(path, "SAM state dict")
     state = {k: v for k, v in state.items() if k.startswith(SAM_PREFIXES)}
     head = tuple(f"mask_decoder.{name}." for name in NoiseMaskDecoder.NOISE_HEAD)
     expected = {k: v for k, v in generator.state_dict().items() if not k.startswith(head)}
@@ -221,6 +213,29 @@ def load_sam_weights(generator: NoiseGenerator, path: str | os.PathLike) -> None
             f"The file seems to be for {_guess_sam_config(state)}."
         )
     generator.load_state_dict(state, strict=False)
+
+
+def load_state_file(path: str | os.PathLike, what: str = "state dict") -> dict:
+    """A dict of tensors (and plain values) from ``.safetensors`` or a torch pickle read
+    with ``weights_only=True``: no code in the file runs. ValueError naming the file for
+    anything else (a pickle of other objects, a corrupt or truncated file)."""
+    try:
+        if str(path).endswith(".safetensors"):
+            state = safetensors.torch.load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, safetensors.SafetensorError) as error:
+        lines = str(error).strip().splitlines() or [repr(error)]
+        detail = next((line for line in lines if "unsupported global" in line.lower()), lines[0])
+        if "weights_only" in detail:  # torch's advice to unpickle anyway: not ours to give
+            detail = "it holds objects other than tensors"
+        raise ValueError(
+            f"{path} is not a plain {what} (only tensors are loaded, never pickled code): "
+            f"{detail.split('. Please')[0].strip()}"
+        ) from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a {what}")
+    return state
 
 
 def _describe(config: SamConfig | None) -> str:

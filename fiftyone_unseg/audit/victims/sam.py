@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 
 import fiftyone as fo
 import numpy as np
@@ -78,7 +79,7 @@ def checkpoint_config(path: str | os.PathLike) -> SamConfig:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         patch = state["image_encoder.patch_embed.proj.weight"]
         pos = state["image_encoder.pos_embed"]
-    except (RuntimeError, KeyError, TypeError) as e:
+    except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not an official SAM state dict ({e})") from e
     depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
     for config in generator_configs.values():

@@ -17,7 +17,6 @@ import os
 
 import fiftyone as fo
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -26,6 +25,7 @@ from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 from fiftyone_unseg.audit.training import fit, flip
 from fiftyone_unseg.audit.victims.base import Victim
 from fiftyone_unseg.io import atomic_write_image, read_rgb
+from fiftyone_unseg.modeling.build import load_state_file
 from fiftyone_unseg.modeling.promptable import PIXEL_MEAN, PIXEL_STD
 
 IGNORE = 255  # class-map value outside the image (padding): no loss
@@ -154,15 +154,7 @@ def _random_crop(
 def _load_weights(model: torch.nn.Module, path: str) -> None:
     """Load an LRASPP or a MobileNetV3-Large classification state dict (``weights_only``)
     into ``model``, keeping tensors whose shapes differ (the classifier) as initialised."""
-    try:
-        if path.endswith(".safetensors"):
-            state = safetensors.torch.load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a plain state dict: {e}") from e
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    state = load_state_file(path)
     state = {
         k.replace("features.", "backbone.", 1) if k.startswith("features.") else k: v
         for k, v in state.items()

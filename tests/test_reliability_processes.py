@@ -1,0 +1,127 @@
+"""Real processes: protect and train killed with SIGKILL and re-run, and two protect runs
+on overlapping views at once (docs/RELIABILITY.md)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from PIL import Image
+from test_protect import _dataset, _hashes, _texture, generators  # noqa: F401
+from test_trainer import _metrics, micro_config
+
+from fiftyone_unseg import io
+from fiftyone_unseg.checkpoint import load_generator
+from fiftyone_unseg.protect import default_output_dir, protected_name
+
+UNSEG = os.path.join(os.path.dirname(sys.executable), "unseg")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _start(*args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [UNSEG, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it ended first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"finished before it could be killed:\n{proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _check_protected(dataset) -> list[str]:
+    """Every recorded protected file is complete and written for its sample."""
+    dataset.reload()
+    paths = []
+    for sample_id, path in zip(*dataset.values(["id", "protected_filepath"])):
+        if path:
+            with Image.open(path) as image:
+                image.load()  # raises for a partial file
+            assert io.marker(path) == sample_id
+            paths.append(path)
+    return paths
+
+
+@pytest.mark.slow
+def test_protect_killed_mid_run_then_rerun_protects_each_sample_once(tmp_path, generators):  # noqa: F811
+    images = {f"k{i:02d}.jpg": Image.fromarray(_texture(384, 384, i)) for i in range(24)}
+    dataset = _dataset("killed", tmp_path, images)
+    originals = _hashes(dataset.values("filepath"))
+    output = default_output_dir(dataset)
+    args = ["protect", "--dataset", "killed", "--label-field", "dets", "--batch-size", "2",
+            "--generator", generators["random"], "--replace-filepath"]  # fmt: skip
+
+    def some_written() -> bool:
+        return os.path.isdir(output) and sum(n.endswith(".png") for n in os.listdir(output)) >= 4
+
+    _kill_when(_start(*args), some_written)
+    assert 0 < len(_check_protected(dataset)) < 24
+    undone = dataset.match(fo.ViewField("protected_filepath") == None).first()  # noqa: E711
+    name = protected_name(undone.filepath, undone.id, "png")
+    with open(os.path.join(output, f".{name}.abc123.unseg-tmp"), "wb") as partial:
+        partial.write(b"\x89PNG half")  # what a kill during its write leaves
+    rerun = subprocess.run([UNSEG, *args], capture_output=True, text=True, env=ENV, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert re.search(r"Protected \d+ of 24 samples \([1-9]\d* already protected", rerun.stdout)
+    paths = _check_protected(dataset)
+    assert len(set(paths)) == 24 and dataset.values("filepath") == dataset.values(
+        "protected_filepath"
+    )
+    assert sorted(os.listdir(output)) == sorted(os.path.basename(p) for p in paths)
+    assert _hashes(originals) == originals
+
+
+@pytest.mark.slow
+def test_training_killed_mid_run_resumes_from_the_last_complete_checkpoint(tmp_path):
+    config = tmp_path / "micro.json"
+    config.write_text(json.dumps(micro_config(max_steps=400, checkpoint_every=3).to_dict()))
+    out = tmp_path / "run"
+    latest = out / "checkpoints" / "latest"
+    _kill_when(_start("train", "--config", str(config), "--out", str(out)), latest.exists)
+    step = int(latest.read_text().split("_")[1])
+    checkpoints = out / "checkpoints"
+    (checkpoints / f"step_{step + 3:08d}.tmp-1").mkdir()  # a save the kill interrupted
+    (checkpoints / f"step_{step + 3:08d}.tmp-1" / "trainer_state.pt").write_bytes(b"PK\x03")
+    args = ["--config", str(config), "--out", str(out), "--max-steps", str(step + 4)]
+    resumed = subprocess.run(
+        [UNSEG, "train", *args, "--resume"], capture_output=True, text=True, env=ENV, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {step}" in resumed.stderr
+    assert f"Trained {step + 4} steps" in resumed.stdout
+    assert load_generator(out / "generator").generator_id
+    assert _metrics(out)[-1]["step"] == str(step + 4)
+
+
+@pytest.mark.slow
+def test_two_runs_on_overlapping_views_leave_each_sample_consistent(tmp_path, generators):  # noqa: F811
+    images = {f"c{i:02d}.png": Image.fromarray(_texture(256, 256, i)) for i in range(16)}
+    dataset = _dataset("concurrent", tmp_path, images)
+    dataset.save_view("first", dataset.limit(11))
+    dataset.save_view("last", dataset.skip(5))
+    common = ["--dataset", "concurrent", "--label-field", "dets", "--batch-size", "2",
+              "--generator", generators["random"]]  # fmt: skip
+    runs = [
+        _start("protect", *common, "--view", "first", "--eps", "8/255"),
+        _start("protect", *common, "--view", "last", "--eps", "4/255", "--eps-bg", "1/255"),
+    ]
+    outputs = [proc.communicate(timeout=300) for proc in runs]
+    assert all(proc.returncode == 0 for proc in runs), outputs
+    dataset.reload()
+    assert len(set(_check_protected(dataset))) == 16
+    for sample in dataset:  # the recorded facts describe the file on disk
+        noise = np.abs(io.read_rgb(sample.protected_filepath) - io.read_rgb(sample.filepath))
+        assert noise.max() == pytest.approx(sample.unseg.linf, abs=1e-6)
+        assert noise.max() <= sample.unseg.eps + 1e-6
