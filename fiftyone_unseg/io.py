@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import io
 import os
 import tempfile
@@ -83,7 +82,10 @@ def check_writable(folder: str) -> None:
 
 def try_lock(path: str) -> int | None:
     """Take the exclusive lock file ``path`` without waiting: its descriptor, or None when
-    another process holds it. The kernel releases it if the process dies, even on SIGKILL."""
+    another process holds it. The kernel releases it if the process dies, even on SIGKILL.
+    POSIX only (``flock``)."""
+    import fcntl
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
     for _ in range(3):  # the holder may unlink the file between our open and our lock
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
