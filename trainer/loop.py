@@ -399,14 +399,6 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def _log(self, writer, row: dict) -> None:
-        row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
-        writer.writerow(row)
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if isinstance(value, float):
-                    self.tensorboard.add_scalar(key, value, row["step"])
-
     def _open_logs(self, resume: bool):
         """metrics.csv (appended to on resume) and a TensorBoard writer, on rank 0."""
         from torch.utils.tensorboard import SummaryWriter
