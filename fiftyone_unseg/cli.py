@@ -116,13 +116,16 @@ def _cmd_protect(args) -> int:
         raise ValueError(str(e)) from e
     for failure in summary["failures"]:
         print(f"failed {failure['id']} {failure['filepath']}: {failure['reason']}", file=sys.stderr)
+    busy = f", {summary['busy']} left to another run" if summary["busy"] else ""
     print(
         f"Protected {summary['protected']} of {summary['total']} samples "
         f"({summary['skipped']} already protected, {summary['no_segments']} without segments, "
-        f"{summary['failed']} failed) in {summary['seconds']:.1f} s; files in "
+        f"{summary['failed']} failed{busy}) in {summary['seconds']:.1f} s; files in "
         f"{summary['output_dir']}; run {summary['run_key']!r}"
     )
-    return 1 if summary["failed"] else 0
+    if summary["stopped"]:
+        print(f"stopped early: {summary['stopped']}; run again to finish", file=sys.stderr)
+    return 1 if summary["failed"] or summary["stopped"] else 0
 
 
 def _cmd_restore(args) -> int:
