@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 # pip prints one warning per missing local index folder on these machines; hide only those.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean default-generator
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,12 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# Retrain the shipped default generator (fiftyone_unseg/weights/default/MODEL_CARD.md).
+default-generator: install
+	OMP_NUM_THREADS=1 $(VENV)/bin/unseg train --config tiny --out runs/default
+	cp runs/default/generator/model.safetensors runs/default/generator/config.json \
+		fiftyone_unseg/weights/default/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

@@ -145,12 +145,12 @@ def table(results: dict) -> str:
 
     lines = [
         f"generator {results['generator']}, held-out scenes {results['dataset']}",
-        f"{'victim':<10} {'metric':<10} {'clean':>6} {'prot.':>6} {'ratio':>6} "
+        f"{'victim':<10} {'metric':<22} {'clean':>6} {'prot.':>6} {'ratio':>6} "
         f"{'random':>7} {'pattern':>8}",
     ]
     for name, v in results["victims"].items():
         lines.append(
-            f"{name:<10} {v['metric']:<10} {fmt(v['clean']):>6} {fmt(v['protected']):>6} "
+            f"{name:<10} {v['metric']:<22} {fmt(v['clean']):>6} {fmt(v['protected']):>6} "
             f"{fmt(v['ratio']):>6} {fmt(v['random_ratio']):>7} {fmt(v['pattern_ratio']):>8}"
         )
     lines.append(f"mean PSNR {results['psnr']:.2f} dB, mean SSIM {results['ssim']:.4f}")

@@ -16,7 +16,9 @@ import sys
 DATASET = "unseg-demo"
 UNSEG = os.path.join(os.path.dirname(sys.executable), "unseg")
 RUN_DIR = os.path.join("runs", "demo-generator")
-AUDIT_VICTIMS = ("semantic", "sam", "yolo")
+# The quickest victim that clearly beats chance on the sample scenes; add "sam" and
+# "yolo" (about 2.5 min per training each here) for the full audit.
+AUDIT_VICTIMS = ("semantic",)
 
 
 def unseg(*args: str) -> None:

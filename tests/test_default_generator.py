@@ -1,0 +1,74 @@
+"""The generator that ships with the package is the one its model card describes."""
+
+import json
+import os
+import re
+
+import numpy as np
+import torch
+
+from fiftyone_unseg.checkpoint import (
+    CONFIG_FILE,
+    DEFAULT_GENERATOR_DIR,
+    WEIGHTS_FILE,
+    load_generator,
+)
+from fiftyone_unseg.modeling import NoiseGenerator
+from fiftyone_unseg.sample_data import make_scene
+from trainer.config import TrainConfig, load_config
+
+CARD = DEFAULT_GENERATOR_DIR / "MODEL_CARD.md"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _plain(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(cfg.to_dict()))
+
+
+def _card() -> str:
+    return CARD.read_text()
+
+
+def test_default_generator_loads_and_is_small():
+    model = load_generator()
+    assert model.config.name == "tiny" and model.img_size == 256
+    assert (DEFAULT_GENERATOR_DIR / WEIGHTS_FILE).stat().st_size < 25 * 2**20
+    assert model.generator_id in _card()
+
+
+def test_card_names_the_command_and_config_that_made_the_weights():
+    info = json.loads((DEFAULT_GENERATOR_DIR / CONFIG_FILE).read_text())
+    trained = _plain(TrainConfig.from_dict(info["metadata"]["train_config"]))
+    command = re.search(r"```\n(unseg train [^\n]+)\n```", _card()).group(1)
+    config = re.search(r"--config (\S+)", command).group(1)
+    sets = dict(item.split("=", 1) for item in re.findall(r"--set (\S+)", command))
+    described = _plain(load_config(config, **{k: json.loads(v) for k, v in sets.items()}))
+    machine = {"device", "num_workers"}  # where it ran, not what it is
+    assert {k: v for k, v in described.items() if k not in machine} == {
+        k: v for k, v in trained.items() if k not in machine
+    }
+    assert f"{info['metadata']['step']} steps" in _card()
+
+
+def test_card_quotes_the_committed_benchmark():
+    results = json.loads(open(os.path.join(REPO, "benchmarks/results/effectiveness.json")).read())
+    assert results["generator"] == load_generator().generator_id
+    card = _card()
+    for name, victim in results["victims"].items():
+        assert f"{victim['ratio']:.2f}" in card, name
+    assert f"{results['psnr']:.1f}" in card
+
+
+def test_default_noise_is_bounded_and_follows_the_mask():
+    model = load_generator()
+    scene = make_scene(7, 0, 256, "studio")
+    image = torch.from_numpy(scene.image).permute(2, 0, 1)[None].float() / 255
+    mask = torch.from_numpy(np.any(np.stack(scene.instance_masks), axis=0)).float()[None, None]
+    prompt = torch.nn.functional.interpolate(mask, size=64, mode="nearest")
+    with torch.no_grad():
+        noise = model(image, mask_prompts=prompt)
+        protected = NoiseGenerator.perturb(image, noise, mask, 8 / 255, 2 / 255)
+    delta = (protected - image).abs()
+    inside, outside = delta[mask.expand_as(delta) > 0], delta[mask.expand_as(delta) == 0]
+    assert inside.max() <= 8 / 255 + 1e-6 and outside.max() <= 2 / 255 + 1e-6
+    assert inside.mean() > 2 * outside.mean()
