@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .io import FILE_MODE
 from .modeling import NoiseGenerator, SamConfig, build_noise_generator
 
 WEIGHTS_FILE = "model.safetensors"
@@ -53,6 +54,8 @@ def save_generator(
         }
         config_tmp.write_text(json.dumps(info, indent=2))
         _fsync(config_tmp)
+        for tmp in (weights_tmp, config_tmp):  # mkstemp's files are private (0600)
+            tmp.chmod(FILE_MODE)
         os.replace(weights_tmp, directory / WEIGHTS_FILE)
         os.replace(config_tmp, directory / CONFIG_FILE)
     finally:

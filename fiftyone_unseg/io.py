@@ -18,6 +18,16 @@ OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES
 _TEMP_SUFFIX = ".unseg-tmp"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# What open() would give a new file (mkstemp's temporary files are private, 0600).
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(data: bytes, path: str, replace: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
 
@@ -31,6 +41,7 @@ def atomic_write_bytes(data: bytes, path: str, replace: bool = True) -> None:
     name = os.path.basename(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=_TEMP_SUFFIX)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

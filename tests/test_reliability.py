@@ -426,3 +426,17 @@ def test_checkpoint_whose_config_does_not_fit_its_tensors_is_refused_before_buil
         ValueError, match="does not match the tensors.*missing image_encoder.blocks"
     ):
         load_generator(tmp_path / "gen")
+
+
+def test_written_files_get_the_usual_permissions_not_private_temp_ones(tmp_path):
+    """Atomic writes go through mkstemp (0600); outputs must be readable like open()'s."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    io.atomic_write_bytes(b"x", str(tmp_path / "out.bin"))
+    save_generator(build_noise_generator(MICRO), MICRO, tmp_path / "gen")
+    for path in (
+        tmp_path / "out.bin",
+        tmp_path / "gen/model.safetensors",
+        tmp_path / "gen/config.json",
+    ):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
