@@ -17,32 +17,23 @@ afterwards. Prints a table and writes ``benchmarks/results/effectiveness.json``:
     python benchmarks/effectiveness.py --generator runs/x/generator --quick
 """
 
+# isort: off
+import sandbox  # first: FiftyOne must see its private database
+# isort: on
+
+import argparse
+import json
 import os
-import tempfile
-import uuid
+import sys
+import time
 
-os.environ["FIFTYONE_DATABASE_NAME"] = f"unseg-bench-{uuid.uuid4().hex[:8]}"
-_TMP = tempfile.mkdtemp(prefix="unseg-bench-")
-os.environ["FIFTYONE_DEFAULT_DATASET_DIR"] = _TMP
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+import numpy as np
+from machine import machine_facts
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import fiftyone as fo  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fiftyone_unseg import evaluate_protection, protect  # noqa: E402
-from fiftyone_unseg.checkpoint import load_generator  # noqa: E402
-from fiftyone_unseg.cli import tqdm_progress  # noqa: E402
-from fiftyone_unseg.sample_data import create_sample_dataset  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import machine_facts  # noqa: E402
+from fiftyone_unseg import evaluate_protection, protect
+from fiftyone_unseg.checkpoint import load_generator
+from fiftyone_unseg.cli import tqdm_progress
+from fiftyone_unseg.sample_data import create_sample_dataset
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 STRESS = {"jpeg75": "jpeg:75", "blur1": "blur:1.0", "half_scale": "downscale:0.5"}
@@ -168,8 +159,7 @@ def main(argv=None) -> int:
     try:
         results = run(args)
     finally:
-        fo.core.odm.get_db_client().drop_database(fo.config.database_name)
-        shutil.rmtree(_TMP, ignore_errors=True)
+        sandbox.cleanup()
     print(table(results))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -9,31 +9,21 @@ shows each one's best round (least disturbed by other load on the machine). Prin
 table and writes ``benchmarks/results/protect_throughput.json``.
 """
 
+# isort: off
+import sandbox  # first: FiftyOne must see its private database
+# isort: on
+
+import json
 import os
-import tempfile
-import uuid
+import time
 
-os.environ["FIFTYONE_DATABASE_NAME"] = f"unseg-bench-{uuid.uuid4().hex[:8]}"
-_TMP = tempfile.mkdtemp(prefix="unseg-bench-")
-os.environ["FIFTYONE_DEFAULT_DATASET_DIR"] = _TMP
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+import torch
+from machine import machine_facts
 
-import json  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import fiftyone as fo  # noqa: E402
-import torch  # noqa: E402
-
-from fiftyone_unseg import protect  # noqa: E402
-from fiftyone_unseg.checkpoint import load_generator, save_generator  # noqa: E402
-from fiftyone_unseg.modeling import build_noise_generator, generator_configs  # noqa: E402
-from fiftyone_unseg.sample_data import create_sample_dataset  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import machine_facts  # noqa: E402
+from fiftyone_unseg import protect
+from fiftyone_unseg.checkpoint import load_generator, save_generator
+from fiftyone_unseg.modeling import build_noise_generator, generator_configs
+from fiftyone_unseg.sample_data import create_sample_dataset
 
 NUM_IMAGES = 32
 IMAGE_SIZE = 512
@@ -68,7 +58,7 @@ def pipeline_seconds(dataset, generator_dir: str, batch_size: int) -> float:
 def main() -> None:
     torch.manual_seed(0)
     config = generator_configs["tiny"]
-    generator_dir = os.path.join(_TMP, "generator")
+    generator_dir = os.path.join(sandbox.TMP, "generator")
     save_generator(build_noise_generator(config), config, generator_dir)
     dataset = create_sample_dataset("bench", num=NUM_IMAGES, size=IMAGE_SIZE, overwrite=True)
     protect(dataset.limit(BATCH_SIZE), "ground_truth", generator=generator_dir)  # warm-up
@@ -127,5 +117,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        fo.core.odm.get_db_client().drop_database(fo.config.database_name)
-        shutil.rmtree(_TMP, ignore_errors=True)
+        sandbox.cleanup()

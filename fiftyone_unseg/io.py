@@ -184,16 +184,21 @@ def write_owned(data: bytes, path: str, owner: str) -> None:
         raise ValueError(f"{path} appeared while writing; left as it is") from error
 
 
+def check_file(path: str, kind: str = "image") -> None:
+    """ValueError naming ``path`` if it is missing or empty (``kind``: "image", "mask")."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: {kind} file not found")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: {kind} file is empty (0 bytes)")
+
+
 def read_rgb(path: str) -> np.ndarray:
     """Read any image as HxWx3 float32 RGB in [0, 1], EXIF orientation applied.
 
     Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit files are converted.
     Raises ``ValueError`` naming the file for missing, empty or undecodable files.
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: file not found")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: file is empty (0 bytes)")
+    check_file(path)
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -221,10 +226,7 @@ def image_pixels(path: str) -> int:
 
 def read_mask(path: str) -> np.ndarray:
     """Read a mask image as an HxW integer array (values as stored)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: mask file not found")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: mask file is empty (0 bytes)")
+    check_file(path, "mask")
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)

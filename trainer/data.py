@@ -209,10 +209,7 @@ def object_crop(image, mask, context: float):
 def image_size(path: str, kind: str = "image", oriented: bool = True) -> tuple[int, int]:
     """(width, height) from the file header, EXIF rotation applied if ``oriented``;
     ValueError naming the file if it is missing, empty or not an image."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: {kind} file not found")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: {kind} file is empty (0 bytes)")
+    io.check_file(path, kind)
     try:
         with Image.open(path) as im:
             turned = oriented and im.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
