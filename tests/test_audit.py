@@ -313,26 +313,32 @@ def test_invalid_requests_name_the_problem(sample_dataset):
         evaluate_protection(sample_dataset, "nope")
 
 
-def test_clean_training_beats_the_trivial_predictor():
-    """The smallest budget measured to hold over seeds: the semantic victim on 32 studio
-    scenes at 128 px (a random 22 / 10 split), 15 epochs: clean mIoU 0.22-0.26 where
-    predicting background everywhere scores 0.12-0.13. (At 64 px its 1/8-resolution
-    output cannot resolve the objects; the box-prompted SAM trained from scratch needs far
-    more steps to beat filling the box.)"""
-    dataset = _dataset("audit-learns", num=32, seed=0, size=128, styles=("studio",))
+# Budgets that learn on 32 studio scenes at 128 px (a random 22 / 10 split). Semantic,
+# 15 epochs (the smallest measured to hold over seeds): clean mIoU 0.22-0.26 where
+# predicting background everywhere scores 0.12-0.13; at 64 px its 1/8-resolution output
+# cannot resolve the objects. YOLO, 100 epochs of 3 batches: mask mAP 0.19 where no
+# prediction scores 0 (30 epochs: still 0). (The box-prompted SAM trained from scratch
+# needs far more steps than a test can afford to beat filling the box.)
+LEARNS = {"semantic": (15, 0.05), "yolo": (100, 0.05)}
+
+
+@pytest.mark.parametrize("victim", sorted(LEARNS))
+def test_clean_training_beats_the_trivial_predictor(victim):
+    epochs, margin = LEARNS[victim]
+    dataset = _dataset(f"audit-learns-{victim}", num=32, seed=0, size=128, styles=("studio",))
     report = evaluate_protection(
         dataset,
         "instances",
-        victims=["semantic"],
+        victims=[victim],
         protected_field=None,
         baselines=["pattern"],
         split_tags=None,
-        epochs=15,
+        epochs=epochs,
         image_size=128,
         run_key="learns",
     )
     (result,) = report.results
-    assert result.scores["clean"] > result.chance + 0.05, (result.scores, result.chance)
+    assert result.scores["clean"] > result.chance + margin, (result.scores, result.chance)
 
 
 def test_sdk_export_is_lazy_and_complete():

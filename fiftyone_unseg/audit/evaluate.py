@@ -83,7 +83,7 @@ def evaluate_protection(
         random split with ``train_fraction`` for training, seeded by ``seed``.
       epochs, image_size: one int for every victim or a dict victim -> int; the rest keep
         the victim's defaults: yolo 60 epochs at 256 px, sam 100 at 128 px (with a SAM
-        checkpoint 4 at its own size), semantic 30 on random 256 px crops of the images at
+        checkpoint 4 at its own size), semantic 90 on random 256 px crops of the images at
         their own resolution. Victims that resize images down also blur fine noise away:
         compare ``px`` in the report with the images' size (``image_side``).
       seed, device: training seed (the same for every variant) and torch device.

@@ -9,6 +9,12 @@ images; metric: mIoU over the classes
 present in the clean test split (ground truth or prediction), background included,
 from FiftyOne's pixel confusion matrix. The trivial predictor says "background"
 everywhere.
+
+The default 90 epochs train it close to convergence, as an unauthorised trainer would:
+on 41 held-out sample scenes (``benchmarks/effectiveness.py``'s set) after 30 epochs
+clean, uniform-noise and fixed-pattern training all scored alike (mIoU 0.457, 0.385,
+0.380), after 90 epochs the victim is better (0.570), uniform noise leaves it so (0.546)
+and the mask-aligned pattern shortcut shows (0.374).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ class SemanticVictim(Victim):
         self.weights = weights
 
     def defaults(self) -> dict:
-        return {"epochs": 30, "image_size": 256, "batch_size": 4, "lr": 1e-3}
+        return {"epochs": 90, "image_size": 256, "batch_size": 4, "lr": 1e-3}
 
     def _build(self, num_classes: int, settings) -> torch.nn.Module:
         torch.manual_seed(settings.seed)

@@ -5,6 +5,11 @@ By default ``yolov8n-seg.yaml`` is built from scratch (no download); a local ``.
 starts from those weights. Training runs offline: CPU-safe settings, no plots, and
 the font Ultralytics' dataset check would fetch for plots is not fetched. Metric:
 COCO-style mask mAP@[.5:.95] from FiftyOne's ``evaluate_detections``; trivial: 0.
+
+The optimiser steps once per batch (``nbs`` = batch size): Ultralytics' default
+accumulates gradients up to a nominal batch of 64, which on a few dozen images leaves
+a handful of steps per run (clean mAP 0.04 on the 41-scene benchmark split with batch
+16, 0.24 with batch 8 and no accumulation).
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ class YoloVictim(Victim):
         self.weights = weights
 
     def defaults(self) -> dict:
-        return {"epochs": 60, "image_size": 256, "batch_size": 16, "lr": None}
+        return {"epochs": 60, "image_size": 256, "batch_size": 8, "lr": None}
 
     def train(self, examples, targets, settings, folder, on_epoch):
         data = write_yolo_dataset(os.path.join(folder, "data"), examples, targets)
@@ -82,6 +87,7 @@ class YoloVictim(Victim):
                 epochs=settings.epochs,
                 imgsz=settings.image_size,
                 batch=settings.batch_size,
+                nbs=settings.batch_size,  # one optimiser step per batch, no accumulation
                 device=settings.device,
                 seed=settings.seed,
                 deterministic=True,
