@@ -55,9 +55,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="default: the tiny config's")
     parser.add_argument("--out", default=os.path.join(RESULTS, "train_throughput.json"))
     args = parser.parse_args()
-    overrides = {} if args.batch_size is None else {"batch_size": args.batch_size}
     cfg = load_config(
-        "tiny", device=args.device, data=["sample:64:0:photo+texture:384"], **overrides
+        "tiny",
+        device=args.device,
+        data=["sample:64:0:photo+texture:384"],
+        batch_size=args.batch_size,  # None keeps the config's
     )
     ctx = distributed.setup(cfg.device)
     with tempfile.TemporaryDirectory() as out:

@@ -319,12 +319,11 @@ def test_invalid_requests_name_the_problem(sample_dataset):
 # cannot resolve the objects. YOLO, 100 epochs of 3 batches: mask mAP 0.19 where no
 # prediction scores 0 (30 epochs: still 0). (The box-prompted SAM trained from scratch
 # needs far more steps than a test can afford to beat filling the box.)
-LEARNS = {"semantic": (15, 0.05), "yolo": (100, 0.05)}
+LEARNS_EPOCHS = {"semantic": 15, "yolo": 100}
 
 
-@pytest.mark.parametrize("victim", sorted(LEARNS))
+@pytest.mark.parametrize("victim", sorted(LEARNS_EPOCHS))
 def test_clean_training_beats_the_trivial_predictor(victim):
-    epochs, margin = LEARNS[victim]
     dataset = _dataset(f"audit-learns-{victim}", num=32, seed=0, size=128, styles=("studio",))
     report = evaluate_protection(
         dataset,
@@ -333,12 +332,12 @@ def test_clean_training_beats_the_trivial_predictor(victim):
         protected_field=None,
         baselines=["pattern"],
         split_tags=None,
-        epochs=epochs,
+        epochs=LEARNS_EPOCHS[victim],
         image_size=128,
         run_key="learns",
     )
     (result,) = report.results
-    assert result.scores["clean"] > result.chance + margin, (result.scores, result.chance)
+    assert result.scores["clean"] > result.chance + 0.05, (result.scores, result.chance)
 
 
 def test_sdk_export_is_lazy_and_complete():

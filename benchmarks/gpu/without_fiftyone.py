@@ -28,9 +28,6 @@ class _Unavailable:
     def __call__(self, *args, **kwargs):
         raise RuntimeError(f"{self._name} is not available: FiftyOne is not installed here")
 
-    def __mro_entries__(self, bases):
-        return (object,)
-
 
 class _StubModule(types.ModuleType):
     def __getattr__(self, attr: str):
@@ -54,12 +51,10 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
-def install(force: bool = False) -> bool:
-    """Serve stubs when FiftyOne is missing (or always, with ``force``); True if serving."""
-    if not force and importlib.util.find_spec("fiftyone") is not None:
-        return False
-    sys.meta_path.insert(0, _StubFinder())
-    return True
+def install(force: bool = False) -> None:
+    """Serve stubs when FiftyOne is missing (or always, with ``force``)."""
+    if force or importlib.util.find_spec("fiftyone") is None:
+        sys.meta_path.insert(0, _StubFinder())
 
 
 install(force="--force-stub" in sys.argv)

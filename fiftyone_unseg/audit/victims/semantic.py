@@ -11,7 +11,7 @@ from FiftyOne's pixel confusion matrix. The trivial predictor says "background"
 everywhere.
 
 The default 90 epochs train it close to convergence, as an unauthorised trainer would:
-on 41 held-out sample scenes (``benchmarks/effectiveness.py``'s set) after 30 epochs
+on the 37 training scenes of ``benchmarks/effectiveness.py``'s held-out set, after 30 epochs
 clean, uniform-noise and fixed-pattern training all scored alike (mIoU 0.457, 0.385,
 0.380), after 90 epochs the victim is better (0.570), uniform noise leaves it so (0.546)
 and the mask-aligned pattern shortcut shows (0.374).

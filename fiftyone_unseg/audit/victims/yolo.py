@@ -8,7 +8,7 @@ COCO-style mask mAP@[.5:.95] from FiftyOne's ``evaluate_detections``; trivial: 0
 
 The optimiser steps once per batch (``nbs`` = batch size): Ultralytics' default
 accumulates gradients up to a nominal batch of 64, which on a few dozen images leaves
-a handful of steps per run (clean mAP 0.04 on the 41-scene benchmark split with batch
+a handful of steps per run (clean mAP 0.04 on the 37-scene benchmark split with batch
 16, 0.24 with batch 8 and no accumulation).
 """
 
