@@ -15,6 +15,8 @@ afterwards. Prints a table and writes ``benchmarks/results/effectiveness.json``:
 
     python benchmarks/effectiveness.py                      # the shipped default
     python benchmarks/effectiveness.py --generator runs/x/generator --quick
+    python benchmarks/effectiveness.py --stress             # the main audit only, then
+    python benchmarks/effectiveness.py --victims --update   # add the stress tests to it
 """
 
 # isort: off
@@ -48,12 +50,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--styles", default="clutter+studio", help="held-out scene styles, joined by +"
     )
     parser.add_argument("--size", type=int, default=256, help="scene side in pixels")
-    parser.add_argument("--victims", nargs="+", default=["yolo", "sam", "semantic"])
+    parser.add_argument("--victims", nargs="*", default=["yolo", "sam", "semantic"])
     parser.add_argument("--stress-victim", default="semantic")
     parser.add_argument("--stress", nargs="*", choices=list(STRESS), default=list(STRESS))
     parser.add_argument("--epochs", type=int, help="for every victim (default: theirs)")
     parser.add_argument("--quick", action="store_true", help="12 scenes, 2 epochs: a smoke run")
     parser.add_argument("--out", default=os.path.join(RESULTS, "effectiveness.json"))
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep what --out holds (same generator and scenes) and replace only what "
+        "this run measures (its victims and stress tests)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.num, args.epochs = 12, 2
@@ -75,12 +83,14 @@ def run(args) -> dict:
     protect(dataset, "instances", generator=generator, progress=tqdm_progress("protect"))
     psnr = dataset.values("unseg.psnr")
     ssim = dataset.values("unseg.ssim")
-    audit = evaluate_protection(
-        dataset, "instances", victims=args.victims, baselines=("random", "pattern"),
-        epochs=args.epochs, progress=tqdm_progress("audit", unit="epoch"),
-    )  # fmt: skip
+    results = []
+    if args.victims:
+        results = evaluate_protection(
+            dataset, "instances", victims=args.victims, baselines=("random", "pattern"),
+            epochs=args.epochs, progress=tqdm_progress("audit", unit="epoch"),
+        ).results  # fmt: skip
     victims = {}
-    for result in audit.results:
+    for result in results:
         victims[result.victim] = {
             "metric": result.metric,
             "clean": result.scores["clean"],
@@ -154,12 +164,26 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``old`` with the victims and stress tests that ``new`` measured replaced."""
+    for key in ("generator", "dataset", "eps", "eps_bg"):
+        if old.get(key) != new[key]:
+            raise SystemExit(f"--update: {key} differs ({old.get(key)} here, {new[key]} now)")
+    merged = dict(old, victims={**old["victims"], **new["victims"]})
+    merged["stress"] = {**old["stress"], **new["stress"]}
+    merged["seconds"] = old["seconds"] + new["seconds"]
+    return merged
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         results = run(args)
     finally:
         sandbox.cleanup()
+    if args.update and os.path.exists(args.out):
+        with open(args.out) as f:
+            results = merge(json.load(f), results)
     print(table(results))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

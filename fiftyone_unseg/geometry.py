@@ -71,3 +71,55 @@ def _bilinear_weights(size_in: int, size_out: int, rows: slice) -> torch.Tensor:
     weights[index, low] += 1 - frac
     weights[index, high] += frac
     return weights
+
+
+def box_crops(
+    boxes: torch.Tensor,
+    size: int,
+    context: torch.Tensor | float,
+    shift: torch.Tensor | None = None,
+    flips: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Square views of an SxS frame centred on boxes, as affine maps for ``F.affine_grid``.
+
+    boxes: Nx4 xyxy in frame pixels; context: the crop side as a multiple of each box's
+    long side (N or one float); shift: Nx2 offsets of the centre in crop sides; flips:
+    N bool, mirror those crops left-right. Returns theta Nx2x3 mapping crop coordinates
+    to frame coordinates (both normalised to [-1, 1]).
+    """
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)
+    side = torch.as_tensor(context, dtype=torch.float32) * wh.amax(1)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    if shift is not None:
+        centre = centre + shift * side[:, None]
+    theta = torch.zeros(len(boxes), 2, 3)
+    theta[:, 0, 0] = side / size
+    theta[:, 1, 1] = side / size
+    if flips is not None:
+        theta[:, 0, 0] = torch.where(flips, -theta[:, 0, 0], theta[:, 0, 0])
+    theta[:, :, 2] = 2 * centre / size - 1
+    return theta
+
+
+def crop(frames: torch.Tensor, theta: torch.Tensor, side: int) -> torch.Tensor:
+    """NxCxSxS frames -> NxCx(side)x(side) views ``theta`` (bilinear; zeros outside)."""
+    grid = F.affine_grid(theta, [len(frames), frames.shape[1], side, side], align_corners=False)
+    return F.grid_sample(frames, grid, align_corners=False)
+
+
+def uncrop(crops: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+    """The inverse of :func:`crop`: NxCxAxA views -> NxCxSxS frames (zeros outside the
+    views)."""
+    linear = theta[:, :, :2].inverse()
+    inverse = torch.cat([linear, -linear @ theta[:, :, 2:]], 2)
+    return crop(crops, inverse, size)
+
+
+def boxes_in_crops(boxes: torch.Tensor, theta: torch.Tensor, size: int, side: int) -> torch.Tensor:
+    """Nx4 xyxy boxes in frame pixels -> the same boxes in pixels of their ``side``-pixel
+    views ``theta`` (mirrored views keep x0 < x1)."""
+    corners = boxes.view(-1, 2, 2) * (2 / size) - 1  # N x corner x (x, y), normalised
+    scale, offset = theta[:, :, :2].diagonal(dim1=1, dim2=2), theta[:, :, 2]
+    in_view = (corners - offset[:, None]) / scale[:, None]
+    pixels = (in_view + 1) * (side / 2)
+    return torch.cat([pixels.amin(1), pixels.amax(1)], 1)

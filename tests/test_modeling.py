@@ -16,6 +16,7 @@ from fiftyone_unseg.modeling import (
     SamConfig,
     build_noise_generator,
     load_sam_weights,
+    noise_decoder,
 )
 
 MICRO = SamConfig(
@@ -236,3 +237,31 @@ def test_missing_files_and_default_generator(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "DEFAULT_GENERATOR_DIR", tmp_path / "default")
     with pytest.raises(FileNotFoundError, match="unseg train --config tiny"):
         load_generator()
+
+
+def test_highpass_noise_ignores_flat_offsets_and_survives_saving(images, tmp_path, monkeypatch):
+    config = dataclasses.replace(MICRO, noise_highpass=5)
+    model, plain = build_noise_generator(config), build_noise_generator(MICRO)
+    plain.load_state_dict(model.state_dict())
+
+    def noise(generator):
+        with torch.no_grad():
+            return generator.decode(*generator.encode(images), **_prompts(1))[0]
+
+    before = {"highpass": noise(model), "plain": noise(plain)}
+    real = noise_decoder.hyper_dot  # now shift every noise logit by a constant
+    monkeypatch.setattr(
+        noise_decoder,
+        "hyper_dot",
+        lambda mlps, tokens, x: real(mlps, tokens, x) + (2.0 if len(mlps) == 3 else 0.0),
+    )
+    assert torch.allclose(noise(model), before["highpass"], atol=1e-5)
+    assert not torch.allclose(noise(plain), before["plain"], atol=1e-2)
+    monkeypatch.undo()
+    save_generator(model, config, tmp_path / "gen", {})
+    loaded = load_generator(tmp_path / "gen")
+    assert loaded.config.noise_highpass == 5
+    with torch.no_grad():
+        assert torch.equal(loaded(images, **_prompts(1)), model(images, **_prompts(1)))
+    with pytest.raises(ValueError, match="odd kernel"):
+        build_noise_generator(dataclasses.replace(MICRO, noise_highpass=4))

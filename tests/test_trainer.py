@@ -234,7 +234,7 @@ def test_trainer_runs_where_fiftyone_is_missing(tmp_path):
 
 def test_shipped_configs_and_overrides():
     cfg = load_config("tiny", max_steps=5, device="cpu", batch_size=None)
-    assert cfg.max_steps == 5 and cfg.device == "cpu" and cfg.batch_size == 4
+    assert cfg.max_steps == 5 and cfg.device == "cpu" and cfg.batch_size == 8
     assert cfg.generator_config().img_size == 256 and cfg.surrogate_config().img_size == 128
     assert load_config("tiny", freeze_backbone=True).generator_config().freeze_backbone
     vit_b = load_config("vit_b")
@@ -374,3 +374,29 @@ def test_simulated_countermeasures_match_the_real_ones_and_pass_gradients():
     assert not torch.equal(eot.random_countermeasure(x, ["blur"], p=1.0), x)
     with pytest.raises(ValueError, match="eot counter-measures"):
         TrainConfig(eot=["sharpen"])
+
+
+def test_surrogate_restarts_from_fresh_weights_when_asked(tmp_path):
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    cfg = micro_config(max_steps=8, surrogate_reset_every=1, log_every=1)
+    t = Trainer(cfg, str(tmp_path / "a"), ctx)
+    starts = {}
+    reset = t._reset_surrogate
+
+    def recording_reset(block):
+        reset(block)
+        starts[block] = {k: v.clone() for k, v in t.surrogate.state_dict().items()}
+
+    t._reset_surrogate = recording_reset
+    t.run()
+    assert sorted(starts) == [1]  # blocks 0 and 1 of 2 + 2 steps; block 0 is fresh anyway
+    # The restart is a newly initialised surrogate: the same on every process (seeded by
+    # the block), not the weights block 0 trained.
+    again = Trainer(cfg, str(tmp_path / "b"), ctx)
+    again._reset_surrogate(1)
+    assert all(torch.equal(v, again.surrogate.state_dict()[k]) for k, v in starts[1].items())
+    trained = t.surrogate.state_dict()
+    assert any(not torch.equal(v, trained[k]) for k, v in starts[1].items())
+    assert not t.opt_surrogate.state or all(
+        s["step"] <= 2 for s in t.opt_surrogate.state.values()
+    )  # its optimiser restarted with it (2 surrogate steps since)

@@ -29,6 +29,7 @@ class TrainConfig:
     generator: str | dict = "tiny"  # a registry name or a SamConfig dict
     sam_checkpoint: str | None = None  # official SAM weights for vit_* (local path)
     freeze_backbone: bool | None = None  # None: the generator config's own setting
+    noise_highpass: int | None = None  # None: the generator config's own setting
     pretrain_steps: int = 0  # train the generator's SAM part as a segmenter first
     pretrain_lr: float = 1e-4
     surrogate: str | dict = "tiny"
@@ -44,6 +45,7 @@ class TrainConfig:
     surrogate_phase: int = 1
     generator_phase: int = 3
     epochs: int = 27
+    surrogate_reset_every: int = 0  # blocks; > 0 re-initialises the surrogate that often
     max_steps: int | None = None  # caps the bilevel steps (after pretraining)
     lr: float = 1e-4
     surrogate_lr: float | None = None  # None: the same as lr
@@ -87,8 +89,9 @@ class TrainConfig:
 
     def generator_config(self) -> SamConfig:
         config = _sam_config(self.generator)
-        if self.freeze_backbone is not None:
-            config = dataclasses.replace(config, freeze_backbone=self.freeze_backbone)
+        for name in ("freeze_backbone", "noise_highpass"):
+            if getattr(self, name) is not None:
+                config = dataclasses.replace(config, **{name: getattr(self, name)})
         return config
 
     def surrogate_config(self) -> SamConfig:

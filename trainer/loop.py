@@ -87,6 +87,14 @@ class Schedule:
     def total(self) -> int:
         return self.pretrain + self.bilevel
 
+    def block(self, step: int) -> int:
+        """Index of the surrogate + generator block of a bilevel step (-1 in pretraining)."""
+        return (
+            -1
+            if step < self.pretrain
+            else (step - self.pretrain) // (self.surrogate + self.generator)
+        )
+
     def phase(self, step: int) -> str:
         if step < self.pretrain:
             return "pretrain"
@@ -225,6 +233,24 @@ class Trainer:
     def _autocast(self):
         enabled = self.cfg.amp and self.ctx.device.type == "cuda"
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _starts_reset_block(self, step: int) -> bool:
+        """Whether ``step`` opens a block whose surrogate starts afresh
+        (``cfg.surrogate_reset_every``)."""
+        every, block = self.cfg.surrogate_reset_every, self.schedule.block(step)
+        first_step = self.schedule.pretrain + block * (
+            self.schedule.surrogate + self.schedule.generator
+        )
+        return every > 0 and block > 0 and block % every == 0 and step == first_step
+
+    def _reset_surrogate(self, block: int) -> None:
+        """Re-initialise the surrogate (the same weights on every process) and its optimiser,
+        so the generator's noise must be learnable from scratch, not by one co-adapted model."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed + 1000 + block)
+            fresh = build_surrogate(self.cfg.surrogate_config())
+        self.surrogate.load_state_dict(fresh.state_dict())
+        self.opt_surrogate = torch.optim.Adam(self.surrogate.parameters(), lr=self.surrogate_lr)
 
     # -- steps --------------------------------------------------------------------------
 
@@ -450,6 +476,8 @@ class Trainer:
                 if self._stage_for(self.step) != self.stage:
                     self._enter_stage(self._stage_for(self.step))
                     batches = self._batches()
+                if self._starts_reset_block(self.step):
+                    self._reset_surrogate(self.schedule.block(self.step))
                 factor = self.schedule.lr_factor(self.step, cfg.lr_gamma)
                 lr = self._base_lr(self.stage) * factor
                 for opt, value in (

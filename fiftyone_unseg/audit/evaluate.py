@@ -82,9 +82,9 @@ def evaluate_protection(
       split_tags: (train tag, test tag); without both tags present (or with None), a
         random split with ``train_fraction`` for training, seeded by ``seed``.
       epochs, image_size: one int for every victim or a dict victim -> int; the rest keep
-        the victim's defaults: yolo 60 epochs at 256 px, sam 100 at 128 px (with a SAM
-        checkpoint 4 at its own size), semantic 90 on random 256 px crops of the images at
-        their own resolution. Victims that resize images down also blur fine noise away:
+        the victim's defaults: yolo 60 epochs at 256 px, sam 20 on 128 px object-centred
+        crops (with a SAM checkpoint 4 on whole images at its own size), semantic 90 on
+        random 256 px crops of the images at their own resolution. Victims that resize images down also blur fine noise away:
         compare ``px`` in the report with the images' size (``image_side``).
       seed, device: training seed (the same for every variant) and torch device.
       yolo_weights, sam_checkpoint, semantic_weights: optional local starting weights.

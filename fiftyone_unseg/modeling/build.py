@@ -25,6 +25,9 @@ class SamConfig:
 
     freeze_backbone: freeze SAM's parameters after building, leaving only the noise head
     trainable (the UnSeg set-up on top of pretrained SAM weights).
+    noise_highpass: odd kernel size (in pixels of the noise head's 1/4-resolution output)
+    of a local mean subtracted from the noise logits before tanh, a frequency prior that
+    turns flat colour shifts into texture; 0 keeps the paper's head.
     """
 
     name: str
@@ -41,6 +44,7 @@ class SamConfig:
     decoder_mlp_dim: int = 2048
     decoder_num_heads: int = 8
     freeze_backbone: bool = True
+    noise_highpass: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -132,7 +136,10 @@ def _build_noise_generator(
         image_encoder=image_encoder,
         prompt_encoder=prompt_encoder,
         mask_decoder=NoiseMaskDecoder(
-            vit_dim=config.encoder_embed_dim, num_multimask_outputs=3, **decoder_kwargs
+            vit_dim=config.encoder_embed_dim,
+            highpass=config.noise_highpass,
+            num_multimask_outputs=3,
+            **decoder_kwargs,
         ),
     )
     generator.config = config

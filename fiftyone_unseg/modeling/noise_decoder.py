@@ -1,6 +1,7 @@
 """SAM's mask decoder extended with UnSeg's HQ-SAM-style noise head."""
 
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MLP
 from torch import nn
@@ -18,6 +19,8 @@ class NoiseMaskDecoder(BatchedMaskDecoder):
 
     Arguments:
       vit_dim (int): channel dimension of the image encoder's ViT blocks (early feature).
+      highpass (int): if > 0, the odd kernel size of a local mean subtracted from the noise
+        logits before tanh (see ``SamConfig.noise_highpass``).
       **kwargs: the parent's arguments (``transformer_dim``, ``transformer``, ...).
     """
 
@@ -29,8 +32,11 @@ class NoiseMaskDecoder(BatchedMaskDecoder):
         "upscaled_proj",
     )
 
-    def __init__(self, *, vit_dim: int, **kwargs) -> None:
+    def __init__(self, *, vit_dim: int, highpass: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
+        if highpass < 0 or (highpass and highpass % 2 == 0):
+            raise ValueError(f"noise_highpass must be 0 or an odd kernel size, got {highpass}")
+        self.highpass = highpass
         dim = self.transformer_dim
         self.noise_tokens = nn.Embedding(NUM_NOISE_TOKENS, dim)
         self.noise_mlps = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(NUM_NOISE_TOKENS))
@@ -87,7 +93,16 @@ class NoiseMaskDecoder(BatchedMaskDecoder):
             + self.upscaled_proj(upscaled)
         )
         noise_tokens = hs[:, first_noise : first_noise + NUM_NOISE_TOKENS]
-        return torch.tanh(hyper_dot(self.noise_mlps, noise_tokens, fused)), mask_logits
+        noise_logits = hyper_dot(self.noise_mlps, noise_tokens, fused)
+        if self.highpass:
+            noise_logits = noise_logits - F.avg_pool2d(
+                noise_logits,
+                self.highpass,
+                stride=1,
+                padding=self.highpass // 2,
+                count_include_pad=False,
+            )
+        return torch.tanh(noise_logits), mask_logits
 
 
 def _upsample_4x(in_dim: int, mid_dim: int, out_dim: int) -> nn.Sequential:
