@@ -400,3 +400,26 @@ def test_surrogate_restarts_from_fresh_weights_when_asked(tmp_path):
     assert not t.opt_surrogate.state or all(
         s["step"] <= 2 for s in t.opt_surrogate.state.values()
     )  # its optimiser restarted with it (2 surrogate steps since)
+
+
+def test_resume_after_a_crash_logs_each_step_once_and_clears_stale_temp_dirs(tmp_path):
+    out = str(tmp_path / "run")
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    cfg = micro_config(max_steps=6, checkpoint_every=4, log_every=1)
+    crashing = Trainer(cfg, out, ctx)
+    real_step = crashing._surrogate_step
+
+    def crash_in_step_6(images, masks):
+        if crashing.step == 5:  # checkpoint 4 written, rows 1-5 logged
+            os.makedirs(os.path.join(crashing.checkpoint_root, "step_00000006.tmp-999999"))
+            raise KeyboardInterrupt
+        return real_step(images, masks)
+
+    crashing._surrogate_step = crash_in_step_6
+    with pytest.raises(KeyboardInterrupt):
+        crashing.run()
+    assert [int(r["step"]) for r in _metrics(out)] == [1, 2, 3, 4, 5]
+    summary = Trainer(cfg, out, ctx).run(resume=True)  # resumes at 4: step 5 runs again
+    assert summary["steps"] == 6
+    assert [int(r["step"]) for r in _metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert not [d for d in os.listdir(os.path.join(out, "checkpoints")) if ".tmp-" in d]

@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import time
+from io import StringIO
 
 import safetensors.torch
 import torch
@@ -369,7 +370,10 @@ class Trainer:
         name = f"step_{self.step:08d}"
         final = os.path.join(self.checkpoint_root, name)
         tmp = final + f".tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isdir(self.checkpoint_root):  # ours, or left by a run that was killed
+            for stale in os.listdir(self.checkpoint_root):
+                if ".tmp-" in stale:
+                    shutil.rmtree(os.path.join(self.checkpoint_root, stale), ignore_errors=True)
         os.makedirs(tmp)
         save_generator(
             self.generator,
@@ -426,7 +430,8 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------
 
     def _open_logs(self, resume: bool):
-        """metrics.csv (appended to on resume) and a TensorBoard writer, on rank 0."""
+        """metrics.csv (appended to on resume, after dropping the rows of steps past the
+        checkpoint, which are run again) and a TensorBoard writer, on rank 0."""
         from torch.utils.tensorboard import SummaryWriter
 
         os.makedirs(self.out_dir, exist_ok=True)
@@ -434,6 +439,14 @@ class Trainer:
             json.dump(self.cfg.to_dict(), f, indent=2)
         path = os.path.join(self.out_dir, "metrics.csv")
         append = resume and os.path.exists(path) and os.path.getsize(path) > 0
+        if append:
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+            text = StringIO()
+            writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+            io.atomic_write_bytes(text.getvalue().encode(), path)
         csv_file = open(path, "a" if append else "w", newline="")
         writer = csv.DictWriter(csv_file, fieldnames=METRIC_COLUMNS)
         if not append:
