@@ -373,6 +373,14 @@ def test_audit_leaves_out_unreadable_samples_and_names_unreadable_masks(tmp_path
     lost = {"seg_db": fo.Segmentation(mask_path=str(tmp_path / "lost.png"))}
     with pytest.raises(ValueError, match="cannot read the mask .*lost.png"):
         targets.semantic(lost, 64, 64)
+    # A sample whose mask file is gone is left out of the audit and named, like a bad image.
+    sample = dataset[ids[0]]
+    sample["seg_db"] = lost["seg_db"]
+    sample.save()
+    targets = resolve_targets(dataset, "seg_db")
+    split, skipped = _readable(dataset, Split((ids[0], ids[2]), (ids[3],), "test"), None, targets)
+    assert split.train_ids == (ids[2],) and [s["id"] for s in skipped] == [ids[0]]
+    assert "cannot read the mask" in skipped[0]["reason"] and "lost.png" in skipped[0]["filepath"]
 
 
 def test_pickled_code_never_runs_anywhere_a_checkpoint_is_loaded(tmp_path, generators, unseg):  # noqa: F811

@@ -27,6 +27,7 @@ from fiftyone_unseg.audit.training import Example, Settings
 from fiftyone_unseg.audit.variants import CLEAN, PROTECTED, clean_paths, training_images
 from fiftyone_unseg.audit.victims import VICTIMS, make_victim
 from fiftyone_unseg.io import atomic_write_image, read_rgb
+from fiftyone_unseg.labels import load_mask
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, failure
 
 DEFAULT_RUN_KEY = "unseg_audit"
@@ -106,7 +107,7 @@ def evaluate_protection(
     measure = Countermeasure.parse(countermeasure)
     targets = resolve_targets(samples, label_field, semantic_field)
     split, skipped = _readable(
-        samples, split_samples(samples, split_tags, train_fraction, seed), protected_field
+        samples, split_samples(samples, split_tags, train_fraction, seed), protected_field, targets
     )
     models = {
         name: make_victim(name, yolo_weights, sam_checkpoint, semantic_weights) for name in victims
@@ -234,8 +235,11 @@ def _audit_victim(
     return result
 
 
-def _readable(samples, split: Split, protected_field: str | None) -> tuple[Split, list[dict]]:
-    """``split`` without the samples whose images cannot be read, and those samples."""
+def _readable(
+    samples, split: Split, protected_field: str | None, targets: Targets | None = None
+) -> tuple[Split, list[dict]]:
+    """``split`` without the samples whose images (or, of ``targets``' Segmentation fields,
+    masks on disk) cannot be read, and those samples."""
     ids = split.train_ids + split.test_ids
     paths = {i: [p] for i, p in clean_paths(samples, ids).items()}
     if protected_field and samples.has_field(protected_field):
@@ -252,6 +256,17 @@ def _readable(samples, split: Split, protected_field: str | None) -> tuple[Split
                 skipped.append(failure(sample_id, path, error))
                 logger.warning("skipping sample %s: %s", sample_id, error)
                 break
+    for field in _mask_fields(targets):
+        view = samples.select(ids)
+        unread = {s["id"] for s in skipped}
+        for sample_id, label in zip(view.values("id"), view.values(field)):
+            if sample_id in unread or label is None or label.mask_path is None:
+                continue
+            try:
+                load_mask(label)
+            except ValueError as error:
+                skipped.append(failure(sample_id, label.mask_path, error))
+                logger.warning("skipping sample %s: %s", sample_id, error)
     if not skipped:
         return split, []
     bad = {s["id"] for s in skipped}
@@ -263,6 +278,14 @@ def _readable(samples, split: Split, protected_field: str | None) -> tuple[Split
             "no training or no test samples are left"
         )
     return Split(train, test, split.source), skipped
+
+
+def _mask_fields(targets: Targets | None) -> list[str]:
+    """The Segmentation fields among ``targets``' label fields."""
+    if targets is None:
+        return []
+    own = [targets.label_field] if targets.label_type is fo.Segmentation else []
+    return own + ([targets.semantic_field] if targets.semantic_field else [])
 
 
 def _median_side(paths) -> int:

@@ -145,7 +145,10 @@ def _segmentation_classes(samples, field: str) -> tuple[tuple[int, ...], tuple[s
         return tuple(v for v, _ in pairs), tuple(n for _, n in pairs)
     found = set()
     for label in samples.values(field):
-        mask = None if label is None else label.get_mask()
+        try:
+            mask = None if label is None else load_mask(label)
+        except ValueError:  # the audit leaves such samples out and names them
+            continue
         if mask is not None:
             found.update(int(v) for v in np.unique(mask) if v)
     values = tuple(sorted(found))
