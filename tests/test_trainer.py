@@ -13,7 +13,7 @@ from PIL import Image
 
 from fiftyone_unseg import checkpoint, folders
 from fiftyone_unseg.modeling import NoiseGenerator
-from trainer import distributed, prompts
+from trainer import distributed, prompts, surrogate
 from trainer.config import TrainConfig, load_config
 from trainer.data import PairDataset, load_pairs
 from trainer.loop import Trainer, generator_inputs
@@ -59,9 +59,15 @@ def micro_config(**overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.fixture
-def trainer(tmp_path):
-    t = Trainer(micro_config(), str(tmp_path), distributed.Context(0, 1, torch.device("cpu")))
+@pytest.fixture(params=["sam", "cnn"])
+def trainer(tmp_path, request):
+    """A micro trainer in its bilevel stage, with a SAM-layout or a U-Net surrogate."""
+    surrogate = MICRO if request.param == "sam" else "cnn"
+    t = Trainer(
+        micro_config(surrogate=surrogate),
+        str(tmp_path),
+        distributed.Context(0, 1, torch.device("cpu")),
+    )
     t._enter_stage("bilevel")
     return t
 
@@ -106,6 +112,25 @@ def test_generator_steps_lower_generator_objective(trainer):
     for k, v in trainer.surrogate.state_dict().items():  # the surrogate stayed frozen
         assert torch.equal(v, surrogate_before[k]), k
     assert torch.equal(trainer.generator.image_encoder.patch_embed.proj.weight, frozen_before)
+
+
+def test_cnn_surrogate_sees_prompts_drawn_in_its_frame():
+    images = torch.zeros(2, 3, 32, 32)
+    boxes = torch.tensor([[4.0, 8.0, 12.0, 20.0], [0.0, 0.0, 32.0, 32.0]])
+    points = (torch.tensor([[[10.0, 10.0], [0.0, 0.0]]] * 2), torch.tensor([[1, -1], [0, 1]]))
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[0, 0, :2, :2] = 1
+    maps = surrogate.prompt_maps(prompts.Prompts(boxes, points, masks), images)
+    assert maps[0, 0].sum() == 8 * 12 and maps[0, 0, 8:20, 4:12].all() and maps[1, 0].all()
+    assert maps[0, 1, 10, 10] == 1 and maps[0, 1, 8:13, 8:13].eq(1).all()  # positive, 5x5
+    assert maps[0, 1, 0, 0] == 0  # padding (-1) is not drawn
+    assert maps[1, 1, 10, 10] == -1 and maps[1, 1, 0, 0] == 1  # negative, positive
+    assert maps[0, 2, :8, :8].all() and maps[0, 2].sum() == 64 and maps[1, 2].sum() == 0
+    model = surrogate.ConvSurrogate(32)
+    logits = model(images, prompts.Prompts(boxes=boxes))
+    assert logits.shape == (2, 1, 32, 32)
+    with_points = model(images, prompts.Prompts(boxes=boxes, points=points))
+    assert not torch.allclose(logits, with_points)  # the prompts reach the output
 
 
 def test_noise_respects_budget_and_mask(trainer):

@@ -32,7 +32,7 @@ class TrainConfig:
     noise_highpass: int | None = None  # None: the generator config's own setting
     pretrain_steps: int = 0  # train the generator's SAM part as a segmenter first
     pretrain_lr: float = 1e-4
-    surrogate: str | dict = "tiny"
+    surrogate: str | dict = "tiny"  # a SAM layout (registry name or dict), or "cnn"
     surrogate_img_size: int | None = None  # None: the surrogate config's img_size
     data: list = field(default_factory=lambda: ["sample:400:0"])
     val_fraction: float = 0.1

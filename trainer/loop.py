@@ -41,7 +41,7 @@ from trainer.prompts import (
     sample_generator_prompts,
     sample_surrogate_prompts,
 )
-from trainer.surrogate import build_surrogate
+from trainer.surrogate import make_surrogate
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Trainer:
         self.generator = build_noise_generator(
             dataclasses.replace(self.gen_config, freeze_backbone=False), cfg.sam_checkpoint
         ).to(ctx.device)
-        self.surrogate = build_surrogate(cfg.surrogate_config()).to(ctx.device)
+        self.surrogate = self._new_surrogate().to(ctx.device)
         self.side = self.generator.img_size
         self.surrogate_side = self.surrogate.img_size
 
@@ -235,6 +235,10 @@ class Trainer:
         enabled = self.cfg.amp and self.ctx.device.type == "cuda"
         return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
 
+    def _new_surrogate(self):
+        cfg = self.cfg
+        return make_surrogate(cfg.surrogate, cfg.surrogate_img_size, cfg.surrogate_config)
+
     def _starts_reset_block(self, step: int) -> bool:
         """Whether ``step`` opens a block whose surrogate starts afresh
         (``cfg.surrogate_reset_every``)."""
@@ -249,7 +253,7 @@ class Trainer:
         so the generator's noise must be learnable from scratch, not by one co-adapted model."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed + 1000 + block)
-            fresh = build_surrogate(self.cfg.surrogate_config())
+            fresh = self._new_surrogate()
         self.surrogate.load_state_dict(fresh.state_dict())
         self.opt_surrogate = torch.optim.Adam(self.surrogate.parameters(), lr=self.surrogate_lr)
 
