@@ -17,8 +17,8 @@ DATASET = "unseg-demo"
 UNSEG = os.path.join(os.path.dirname(sys.executable), "unseg")
 RUN_DIR = os.path.join("runs", "demo-generator")
 # The victim that separates protection from noise best on the sample scenes (about 3 min
-# per training here, 3 trainings); add "yolo" (about 2 min each) and "sam" (about 1 min
-# each, but from scratch it does not beat filling the box) for the full audit.
+# per training here, 3 trainings); add "yolo" (about 2 min each) and "sam" (about 1 to 2
+# min each) for the full audit.
 AUDIT_VICTIMS = ("semantic",)
 
 
