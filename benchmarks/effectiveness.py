@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stress-victim", default="semantic")
     parser.add_argument("--stress", nargs="*", choices=list(STRESS), default=list(STRESS))
     parser.add_argument("--epochs", type=int, help="for every victim (default: theirs)")
+    parser.add_argument("--seeds", type=int, default=1, help="trainings per variant (mean, sd)")
     parser.add_argument("--quick", action="store_true", help="12 scenes, 2 epochs: a smoke run")
     parser.add_argument("--out", default=os.path.join(RESULTS, "effectiveness.json"))
     parser.add_argument(
@@ -87,7 +88,7 @@ def run(args) -> dict:
     if args.victims:
         results = evaluate_protection(
             dataset, "instances", victims=args.victims, baselines=("random", "pattern"),
-            epochs=args.epochs, progress=tqdm_progress("audit", unit="epoch"),
+            epochs=args.epochs, seeds=args.seeds, progress=tqdm_progress("audit", unit="epoch"),
         ).results  # fmt: skip
     victims = {}
     for result in results:
@@ -101,6 +102,7 @@ def run(args) -> dict:
             "ratio": result.ratio("protected"),
             "random_ratio": result.ratio("random"),
             "pattern_ratio": result.ratio("pattern"),
+            "spread": result.spread,
             "settings": result.settings,
         }
     stress = {}
@@ -113,6 +115,7 @@ def run(args) -> dict:
             baselines=("pattern",),
             countermeasure=countermeasure,
             epochs=args.epochs,
+            seeds=args.seeds,
             run_key=f"stress_{name}",
             progress=tqdm_progress(f"stress {name}", unit="epoch"),
         )

@@ -204,6 +204,7 @@ def _cmd_evaluate(args) -> int:
         epochs=_per_victim(args.epochs),
         image_size=_per_victim(args.image_size),
         seed=args.seed,
+        seeds=args.seeds,
         device=args.device,
         yolo_weights=args.yolo_weights,
         sam_checkpoint=args.sam_checkpoint,
@@ -263,6 +264,9 @@ def _add_evaluate_command(subparsers) -> None:
     p.add_argument("--semantic-weights", help="local LRASPP / MobileNetV3-Large state dict")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds", type=int, default=1, help="trainings per victim and variant (mean and sd)"
+    )
     p.add_argument(
         "--output-dir", help="default: <FiftyOne dataset dir>/unseg-audit/<dataset>/<key>"
     )

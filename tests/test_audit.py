@@ -297,6 +297,38 @@ def test_baselines_counter_measure_random_split_and_derived_instances(sample_dat
     assert not any(k.startswith("derived_sam") for k in dataset.list_evaluations())
 
 
+def test_several_seeds_give_mean_and_spread_and_keep_the_first_seeds_predictions(
+    sample_dataset,
+):
+    dataset = sample_dataset.clone("audit-seeds")
+    report = evaluate_protection(
+        dataset,
+        "ground_truth",
+        victims=["semantic"],
+        protected_field=None,
+        baselines=["pattern"],
+        epochs=1,
+        image_size=SIZE,
+        seeds=2,
+        run_key="seeds",
+    )
+    (result,) = report.results
+    for variant in ("clean", "pattern"):
+        runs = result.runs[variant]
+        assert len(runs) == 2 and result.scores[variant] == pytest.approx(np.mean(runs))
+        assert result.spread[variant] == pytest.approx(np.std(runs, ddof=1))
+        assert os.path.isdir(os.path.join(report.folder, "semantic", f"{variant}-seed1"))
+    assert {"clean_sd", "pattern_sd"} <= set(report.rows()[0]) and "clean sd" in report.table()
+    assert dataset.has_field("seeds_semantic_clean")
+    assert not [f for f in dataset.get_field_schema() if "seed1" in f]
+    assert not [k for k in dataset.list_evaluations() if "seed1" in k]
+    assert load_report(dataset, "seeds").results[0].spread == result.spread
+    with pytest.raises(ValueError, match="seeds"):
+        evaluate_protection(
+            dataset, "ground_truth", protected_field=None, baselines=["random"], seeds=0
+        )
+
+
 def test_invalid_requests_name_the_problem(sample_dataset):
     cases = [
         ({"victims": ["dino"]}, "victims"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -49,6 +50,7 @@ def evaluate_protection(
     epochs: int | dict | None = None,
     image_size: int | dict | None = None,
     seed: int = 0,
+    seeds: int = 1,
     device: str = "cpu",
     yolo_weights: str | None = None,
     sam_checkpoint: str | None = None,
@@ -88,6 +90,10 @@ def evaluate_protection(
         random 256 px crops of the images at their own resolution. Victims that resize images down also blur fine noise away:
         compare ``px`` in the report with the images' size (``image_side``).
       seed, device: training seed (the same for every variant) and torch device.
+      seeds: train each victim and variant this many times (seeds ``seed``, ``seed + 1``,
+        ...) and report the mean score and its spread (sample standard deviation): a
+        single victim training can move by several points. Predictions and evaluations of
+        the first seed are kept.
       yolo_weights, sam_checkpoint, semantic_weights: optional local starting weights.
       output_dir: training images, models, predictions and the report; default
         ``<fo.config.default_dataset_dir>/unseg-audit/<dataset>/<run_key>``.
@@ -104,6 +110,8 @@ def evaluate_protection(
     """
     started = time.monotonic()
     victims, baselines = _check(victims, baselines, protected_field, run_key)
+    if int(seeds) != seeds or seeds < 1:
+        raise ValueError(f"seeds must be a whole number of trainings, at least 1; got {seeds}")
     measure = Countermeasure.parse(countermeasure)
     targets = resolve_targets(samples, label_field, semantic_field)
     split, skipped = _readable(
@@ -142,7 +150,7 @@ def evaluate_protection(
     needed = {victim.labels for victim in models.values()}
     ground_truth = _ground_truth(test_view, test_examples, targets, needed, run_key, folder)
 
-    done, total = 0, sum(s.epochs for s in settings.values()) * len(variants)
+    done, total = 0, sum(s.epochs for s in settings.values()) * len(variants) * seeds
 
     def on_epoch() -> None:
         nonlocal done
@@ -166,6 +174,7 @@ def evaluate_protection(
             targets,
             os.path.join(folder, name),
             run_key,
+            seeds,
             on_epoch,
         )
         for name, victim in models.items()
@@ -197,6 +206,7 @@ def evaluate_protection(
         "eps_bg": eps_bg,
         "split": split.source,
         "seed": seed,
+        "seeds": seeds,
         "device": device,
         "settings": {name: _public(s) for name, s in settings.items()},
         "weights": {
@@ -212,25 +222,38 @@ def evaluate_protection(
 
 
 def _audit_victim(
-    name, victim, settings, train, test, test_view, gt_field, targets, folder, run_key, on_epoch
-) -> VictimResult:
-    """Train ``victim`` once per variant (``train``: variant -> examples), predict the clean
-    ``test`` examples, store the predictions and score them against ``gt_field``."""
+    name, victim, settings, train, test, test_view, gt_field, targets, folder, run_key, seeds,
+    on_epoch,
+) -> VictimResult:  # fmt: skip
+    """Train ``victim`` ``seeds`` times per variant (``train``: variant -> examples), predict
+    the clean ``test`` examples, store the first seed's predictions and score each seed's
+    against ``gt_field``."""
     started = time.monotonic()
     result = VictimResult(name, victim.metric, settings=_public(settings))
+    dataset, ids = test_view._dataset, [example.sample_id for example in test]
     for variant, examples in train.items():
-        work = os.path.join(folder, variant)
-        model = victim.train(examples, targets, settings, work, on_epoch)
-        predictions = victim.predict(
-            model, test, targets, settings, os.path.join(work, "predictions")
-        )
         pred_field = f"{run_key}_{name}_{variant}"
-        ids = [example.sample_id for example in test]
-        test_view._dataset.set_values(pred_field, dict(zip(ids, predictions)), key_field="id")
-        eval_key = f"{pred_field}_eval"
-        score, chance = victim.score(test_view, pred_field, gt_field, eval_key, targets)
-        result.scores[variant], result.chance = float(score), float(chance)
-        result.fields[variant], result.eval_keys[variant] = pred_field, eval_key
+        scores = []
+        for k in range(seeds):
+            work = os.path.join(folder, variant if k == 0 else f"{variant}-seed{k}")
+            run = dataclasses.replace(settings, seed=settings.seed + k)
+            model = victim.train(examples, targets, run, work, on_epoch)
+            predictions = victim.predict(
+                model, test, targets, run, os.path.join(work, "predictions")
+            )
+            field = pred_field if k == 0 else f"{pred_field}_seed{k}"
+            dataset.set_values(field, dict(zip(ids, predictions)), key_field="id")
+            score, chance = victim.score(test_view, field, gt_field, f"{field}_eval", targets)
+            scores.append(float(score))
+            result.chance = float(chance)
+            if k > 0:  # only its score is kept
+                dataset.delete_evaluation(f"{field}_eval")
+                dataset.delete_sample_field(field)
+        result.scores[variant] = float(np.mean(scores))
+        if seeds > 1:
+            result.runs[variant] = scores
+            result.spread[variant] = float(np.std(scores, ddof=1))
+        result.fields[variant], result.eval_keys[variant] = pred_field, f"{pred_field}_eval"
     result.seconds = time.monotonic() - started
     return result
 

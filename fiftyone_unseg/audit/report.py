@@ -27,7 +27,10 @@ _COLORS = {"clean": "#4c72b0", "protected": "#c44e52", "random": "#8c8c8c", "pat
 class VictimResult:
     """One victim's scores on the clean test split, per training variant.
 
-    scores: variant ("clean", "protected", "random", "pattern") -> metric in [0, 1].
+    scores: variant ("clean", "protected", "random", "pattern") -> metric in [0, 1] (the
+      mean over seeds when the audit ran several).
+    spread / runs: with several seeds, variant -> sample standard deviation / each seed's
+      score (empty with one seed).
     chance: the metric of a trivial predictor (see the victim's module).
     fields / eval_keys: variant -> prediction field / FiftyOne evaluation key.
     settings: epochs, image_size, batch_size, lr it trained with.
@@ -36,6 +39,8 @@ class VictimResult:
     victim: str
     metric: str
     scores: dict = field(default_factory=dict)
+    spread: dict = field(default_factory=dict)
+    runs: dict = field(default_factory=dict)
     chance: float | None = None
     seconds: float = 0.0
     fields: dict = field(default_factory=dict)
@@ -81,15 +86,19 @@ class ProtectionReport:
     def rows(self) -> list[dict]:
         """One dict per victim: victim, metric, clean, protected, ratio, <baseline>,
         <baseline>_ratio, chance, countermeasure, px (the victim's image size), seconds
-        (only the columns that ran)."""
+        (only the columns that ran); with several seeds also <variant>_sd after each
+        variant's mean."""
         rows = []
         for r in self.results:
-            row = {"victim": r.victim, "metric": r.metric, "clean": r.scores.get("clean")}
-            if self.protected_field:
-                row.update(protected=r.scores.get("protected"), ratio=r.ratio("protected"))
-            for name in self.baselines:
-                row[name] = r.scores.get(name)
-                row[f"{name}_ratio"] = r.ratio(name)
+            row = {"victim": r.victim, "metric": r.metric}
+            for variant in self.variants:
+                row[variant] = r.scores.get(variant)
+                if r.spread:
+                    row[f"{variant}_sd"] = r.spread.get(variant)
+                if variant != "clean":
+                    row["ratio" if variant == "protected" else f"{variant}_ratio"] = r.ratio(
+                        variant
+                    )
             row.update(
                 chance=r.chance,
                 countermeasure=self.countermeasure,
@@ -137,8 +146,10 @@ def write_report(report: ProtectionReport) -> None:
 
 
 def _chart_png(report: ProtectionReport) -> bytes:
-    """Grouped bars: per victim, its metric after training on each variant."""
+    """Grouped bars: per victim, its metric after training on each variant (with error
+    bars of one standard deviation over seeds, when there were several)."""
     results = report.results
+    report_has_spread = any(r.spread for r in results)
     variants = report.variants
     figure = Figure(figsize=(1.6 + 1.2 * max(len(results), 1) * len(variants) / 2, 3.6), dpi=100)
     FigureCanvasAgg(figure)
@@ -147,7 +158,8 @@ def _chart_png(report: ProtectionReport) -> bytes:
     for k, variant in enumerate(variants):
         xs = [i + (k - (len(variants) - 1) / 2) * width for i in range(len(results))]
         heights = [r.scores.get(variant) or 0.0 for r in results]
-        axes.bar(xs, heights, width, label=variant, color=_COLORS.get(variant))
+        errors = [r.spread.get(variant, 0.0) for r in results] if report_has_spread else None
+        axes.bar(xs, heights, width, yerr=errors, label=variant, color=_COLORS.get(variant))
     axes.set_xticks(range(len(results)), [f"{r.victim}\n{r.metric}" for r in results], fontsize=8)
     axes.set_ylim(0, 1)
     axes.set_ylabel("score on clean test images")

@@ -83,6 +83,13 @@ class EvaluateProtection(foo.Operator):
         inputs.int("epochs", label="Epochs (0: each victim's default)", default=0, min=0)
         inputs.int("image_size", label="Image size (0: each victim's default)", default=0, min=0)
         inputs.int("seed", label="Seed", default=0)
+        inputs.int(
+            "seeds",
+            label="Trainings per victim and variant",
+            description="Several give the mean and spread of each score (and take longer)",
+            default=1,
+            min=1,
+        )
         inputs.str("device", label="Device", default="cpu")
         inputs.str("run_key", label="Run key", default=DEFAULT_RUN_KEY)
         return form
@@ -109,6 +116,7 @@ class EvaluateProtection(foo.Operator):
             epochs=params.get("epochs") or None,
             image_size=params.get("image_size") or None,
             seed=params.get("seed", 0),
+            seeds=params.get("seeds") or 1,
             device=params.get("device", "cpu"),
             run_key=params.get("run_key", DEFAULT_RUN_KEY),
             progress=app_progress(ctx, "epochs"),
