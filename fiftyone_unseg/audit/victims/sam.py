@@ -230,8 +230,9 @@ class SamVictim(Victim):
         return labels
 
     def _predict_logits(self, model, image, boxes, settings):
-        """Mask logits Kx1xNxN in the NxN frame of ``image`` (3xNxN uint8) for the boxes
-        Kx4 (frame pixels): from object-centred crops, or the whole frame with a checkpoint."""
+        """Mask logits for the boxes Kx4 (pixels of ``image``, a 3xNxN uint8 frame): Kx1xNxN
+        from object-centred crops, or with a checkpoint Kx1x(N/4)x(N/4) from the whole
+        frame."""
         device, size = settings.device, settings.image_size
         frame = image[None].float().div(255)
         owners = torch.zeros(len(boxes), dtype=torch.long)
