@@ -87,8 +87,9 @@ def evaluate_protection(
       epochs, image_size: one int for every victim or a dict victim -> int; the rest keep
         the victim's defaults: yolo 60 epochs at 256 px, sam 20 on 128 px object-centred
         crops (with a SAM checkpoint 4 on whole images at its own size), semantic 90 on
-        random 256 px crops of the images at their own resolution. Victims that resize images down also blur fine noise away:
-        compare ``px`` in the report with the images' size (``image_side``).
+        random 256 px crops of the images at their own resolution. Victims that resize
+        images down also blur fine noise away: compare ``px`` in the report with the
+        images' size (``image_side``).
       seed, device: training seed (the same for every variant) and torch device.
       seeds: train each victim and variant this many times (seeds ``seed``, ``seed + 1``,
         ...) and report the mean score and its spread (sample standard deviation): a
