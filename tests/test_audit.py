@@ -25,7 +25,13 @@ from fiftyone_unseg.audit.training import Example
 from fiftyone_unseg.audit.variants import training_images
 from fiftyone_unseg.audit.victims.sam import SamVictim, build_box_prompted_sam, checkpoint_config
 from fiftyone_unseg.audit.victims.semantic import miou
-from fiftyone_unseg.audit.victims.yolo import write_yolo_dataset
+from fiftyone_unseg.audit.victims.yolo import (
+    DEFAULT_MODEL,
+    YoloVictim,
+    _quiet_offline,
+    _ultralytics,
+    write_yolo_dataset,
+)
 from fiftyone_unseg.geometry import box_crops, boxes_in_crops, crop, uncrop
 from fiftyone_unseg.modeling import generator_configs
 
@@ -491,3 +497,36 @@ def test_audit_of_images_protected_by_the_generator(sample_dataset, tmp_path):
     )
     assert diff.max() <= 8
     assert set(report.results[0].scores) == {"clean", "protected", "pattern"}
+
+
+def test_yolo_weights_load_restricted_so_a_strangers_file_runs_nothing(protected, tmp_path):
+    official = str(tmp_path / "yolo-seg.pt")
+    _ultralytics().YOLO(DEFAULT_MODEL, task="segment").save(official)  # the official format
+    report = evaluate_protection(
+        protected,
+        "instances",
+        victims=["yolo"],
+        yolo_weights=official,
+        run_key="yolo_weights",
+        **TINY,
+    )
+    assert 0 <= report.results[0].scores["clean"] <= 1
+    assert protected.get_run_info("yolo_weights").config.weights["yolo"] == official
+
+    ran = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return open, (str(ran), "w")
+
+    stranger = str(tmp_path / "stranger.pt")
+    torch.save({"model": Payload()}, stranger)
+    with pytest.raises(ValueError, match="stranger.pt are refused"):
+        YoloVictim(stranger)
+    # A file swapped in after the check is refused by Ultralytics' own loader too.
+    with _quiet_offline() as ultralytics, pytest.raises(TypeError, match="outside the supported"):
+        ultralytics.YOLO(stranger, task="segment")
+    assert not ran.exists()
+    torch.save({"model": {"weight": torch.zeros(1)}}, stranger)
+    with pytest.raises(ValueError, match="hold no Ultralytics model"):
+        YoloVictim(stranger)

@@ -1,8 +1,10 @@
 """Instance segmentation: Ultralytics YOLO, trained on the data in YOLO format.
 
 By default ``yolov8n-seg.yaml`` is built from scratch (no download); a local ``.pt``
-(an Ultralytics checkpoint, which Ultralytics unpickles: pass only files you trust)
-starts from those weights. Training runs offline: CPU-safe settings, no plots, and
+(an Ultralytics checkpoint) starts from those weights. Checkpoints are only ever
+loaded with Ultralytics' restricted loader (``torch.load(weights_only=True)`` and an
+allow-list of torch and Ultralytics layer classes), so a file from a stranger cannot
+run code: one that references anything else is refused. Training runs offline: CPU-safe settings, no plots, and
 the font Ultralytics' dataset check would fetch for plots is not fetched. Metric:
 COCO-style mask mAP@[.5:.95] from FiftyOne's ``evaluate_detections``; trivial: 0.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 
 import cv2
 import numpy as np
@@ -48,20 +51,44 @@ def _ultralytics():
 
 @contextlib.contextmanager
 def _quiet_offline():
-    """For the duration: Ultralytics' logging at WARNING and its font fetch disabled; after,
-    torch's thread count as it was (Ultralytics sets it to cores - 1 for CPU training)."""
+    """For the duration: Ultralytics' logging at WARNING, its font fetch disabled and every
+    checkpoint it loads loaded restricted (its ``SAFE_LOAD`` switch, read at each load);
+    after, all as it was, and torch's thread count too (Ultralytics sets it to cores - 1
+    for CPU training)."""
     ultralytics = _ultralytics()
+    import ultralytics.nn.tasks as tasks
+
+    if not tasks._SafeLoad.SUPPORTED:  # its restricted loading needs torch >= 2.6
+        raise RuntimeError("Ultralytics cannot load checkpoints restricted with this torch")
     logger = ultralytics.utils.LOGGER
-    level, check_font = logger.level, ultralytics.data.utils.check_font
+    level, check_font, safe_load = logger.level, ultralytics.data.utils.check_font, tasks.SAFE_LOAD
     threads = torch.get_num_threads()
     logger.setLevel(logging.WARNING)
     ultralytics.data.utils.check_font = lambda *args, **kwargs: None
+    tasks.SAFE_LOAD = True
     try:
         yield ultralytics
     finally:
         logger.setLevel(level)
         ultralytics.data.utils.check_font = check_font
+        tasks.SAFE_LOAD = safe_load
         torch.set_num_threads(threads)
+
+
+def check_weights(path: str) -> None:
+    """Raise ValueError unless ``path`` is a local Ultralytics ``.pt`` that loads restricted
+    (only allow-listed torch and Ultralytics classes; nothing in it runs)."""
+    if not (os.path.isfile(path) and path.endswith(".pt")):
+        raise ValueError(f"YOLO weights must be a local .pt file, got {path}")
+    with _quiet_offline() as ultralytics:
+        try:
+            checkpoint, _ = ultralytics.nn.tasks.torch_safe_load(path, safe_only=True)
+        except (TypeError, ModuleNotFoundError, pickle.UnpicklingError) as error:
+            raise ValueError(f"YOLO weights {path} are refused: {error}") from error
+    if not isinstance(checkpoint, dict) or not isinstance(
+        checkpoint.get("ema") or checkpoint.get("model"), torch.nn.Module
+    ):
+        raise ValueError(f"YOLO weights {path} hold no Ultralytics model ('model' or 'ema')")
 
 
 class YoloVictim(Victim):
@@ -70,8 +97,8 @@ class YoloVictim(Victim):
     labels = "instances"
 
     def __init__(self, weights: str | None = None) -> None:
-        if weights is not None and not (os.path.isfile(weights) and weights.endswith(".pt")):
-            raise ValueError(f"YOLO weights must be a local .pt file, got {weights}")
+        if weights is not None:
+            check_weights(weights)
         self.weights = weights
 
     def defaults(self) -> dict:
