@@ -1,24 +1,55 @@
 """A private FiftyOne database and data folder for one benchmark process.
 
 Import it before ``fiftyone``: it points FiftyOne at a database named
-``unseg-bench-<random>`` and a temporary folder (:data:`TMP`); :func:`cleanup`
-drops and removes both.
+``unseg-bench-<host>-<pid>-<random>`` and a temporary folder (:data:`TMP`) named
+alike; :func:`cleanup` drops and removes both, and those left by benchmark processes
+of this host that no longer run (killed before their own cleanup).
 """
 
+import glob
+import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 
-os.environ["FIFTYONE_DATABASE_NAME"] = f"unseg-bench-{uuid.uuid4().hex[:8]}"
-TMP = tempfile.mkdtemp(prefix="unseg-bench-")
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_PREFIX = f"unseg-bench-{_HOST}-"  # then <pid>-<random>
+
+os.environ["FIFTYONE_DATABASE_NAME"] = f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+TMP = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
 os.environ["FIFTYONE_DEFAULT_DATASET_DIR"] = TMP
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
 
+def _orphaned(name: str) -> bool:
+    """Whether ``name`` (a database or folder base name) belongs to a benchmark process of
+    this host that is gone."""
+    if not name.startswith(_PREFIX):
+        return False
+    pid = name[len(_PREFIX) :].split("-")[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def cleanup() -> None:
     import fiftyone as fo
 
-    fo.core.odm.get_db_client().drop_database(fo.config.database_name)
+    client = fo.core.odm.get_db_client()
+    client.drop_database(fo.config.database_name)
     shutil.rmtree(TMP, ignore_errors=True)
+    for name in client.list_database_names():
+        if _orphaned(name):
+            client.drop_database(name)
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"{_PREFIX}*")):
+        if _orphaned(os.path.basename(folder)):
+            shutil.rmtree(folder, ignore_errors=True)
