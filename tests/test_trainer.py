@@ -259,7 +259,7 @@ def test_trainer_runs_where_fiftyone_is_missing(tmp_path):
 
 def test_shipped_configs_and_overrides():
     cfg = load_config("tiny", max_steps=5, device="cpu", batch_size=None)
-    assert cfg.max_steps == 5 and cfg.device == "cpu" and cfg.batch_size == 8
+    assert cfg.max_steps == 5 and cfg.device == "cpu" and cfg.batch_size == 16
     assert cfg.generator_config().img_size == 256 and cfg.surrogate_config().img_size == 128
     assert load_config("tiny", freeze_backbone=True).generator_config().freeze_backbone
     vit_b = load_config("vit_b")
