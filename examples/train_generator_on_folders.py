@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=300, help="bilevel training steps")
     p.add_argument("--phase-steps", type=int, help="steps per surrogate / generator phase")
     p.add_argument("--batch-size", type=int, help="default: the config's")
+    p.add_argument(
+        "--pretrain-steps", type=int, help="segmenter pretraining steps (default: the config's)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--protect", metavar="IMAGES_DIR:MASKS_DIR", help="protect these images")
     p.add_argument("--name", default="unseg-folders-example", help="dataset for --protect")
@@ -79,6 +82,7 @@ def main(argv=None) -> int:
         surrogate_phase=args.phase_steps,
         generator_phase=args.phase_steps,
         batch_size=args.batch_size,
+        pretrain_steps=args.pretrain_steps,
         device=args.device,
     )
     summary = train(cfg, args.out)

@@ -112,6 +112,7 @@ def test_train_generator_on_folders(tmp_path, capsys):
     pairs = f"{folder / 'images'}:{folder / 'masks'}"
     out = tmp_path / "run"
     argv = ["--data", pairs, "--out", str(out), "--max-steps", "4", "--phase-steps", "2"]
+    argv += ["--pretrain-steps", "4", "--batch-size", "2"]
     argv += ["--device", "cpu", "--protect", pairs, "--name", "examples-folders"]
 
     assert _example("train_generator_on_folders").main(argv) == 0
