@@ -1,12 +1,12 @@
 """Instance segmentation: Ultralytics YOLO, trained on the data in YOLO format.
 
-By default ``yolov8n-seg.yaml`` is built from scratch (no download); a local ``.pt``
-(an Ultralytics checkpoint) starts from those weights. Checkpoints are only ever
-loaded with Ultralytics' restricted loader (``torch.load(weights_only=True)`` and an
-allow-list of torch and Ultralytics layer classes), so a file from a stranger cannot
-run code: one that references anything else is refused. Training runs offline: CPU-safe settings, no plots, and
-the font Ultralytics' dataset check would fetch for plots is not fetched. Metric:
-COCO-style mask mAP@[.5:.95] from FiftyOne's ``evaluate_detections``; trivial: 0.
+By default ``yolov8n-seg.yaml`` is built from scratch (no download); a local ``.pt`` (an
+Ultralytics checkpoint) starts from those weights. Checkpoints are only ever loaded with
+Ultralytics' restricted loader (``torch.load(weights_only=True)`` and an allow-list of
+torch and Ultralytics layer classes), so a file from a stranger cannot run code: one
+that references anything else is refused. Training runs offline: CPU-safe settings, no
+plots, and the font Ultralytics' dataset check would fetch for plots is not fetched.
+Metric: COCO-style mask mAP@[.5:.95] from FiftyOne's ``evaluate_detections``; trivial: 0.
 
 The optimiser steps once per batch (``nbs`` = batch size): Ultralytics' default
 accumulates gradients up to a nominal batch of 64, which on a few dozen images leaves
