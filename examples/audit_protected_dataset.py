@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-field", required=True, help="instances the victims learn")
     p.add_argument("--semantic-field", help="Segmentation field for the semantic victim")
     p.add_argument("--victims", nargs="+", choices=VICTIMS, default=list(VICTIMS))
-    p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES))
+    p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=["random", "pattern"])
     p.add_argument("--countermeasure", help="jpeg:75, blur:1.0, downscale:0.5 or grayscale")
     p.add_argument("--epochs", type=int, help="for every victim (default: each victim's own)")
     p.add_argument("--image-size", type=int, help="for every victim (default: each one's own)")

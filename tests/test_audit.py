@@ -146,6 +146,22 @@ def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
         assert (pattern[:-8][same] == pattern[8:][same]).all()  # the tile repeats every 8 rows
 
 
+def test_no_noise_baseline_is_the_clean_image_through_the_countermeasure(sample_dataset, tmp_path):
+    split = split_samples(sample_dataset)
+    ids = split.train_ids[:3]
+    targets = resolve_targets(sample_dataset, "instances")
+    plain = training_images(sample_dataset, ids, targets, ["clean", "none"], str(tmp_path / "a"))
+    blur = Countermeasure.parse("blur:1")
+    blurred = training_images(
+        sample_dataset, ids, targets, ["clean", "none"], str(tmp_path / "b"), countermeasure=blur
+    )
+    for sample_id in ids:
+        clean = _uint8(sample_dataset[sample_id].filepath).astype(np.uint8)
+        assert np.array_equal(_uint8(plain["none"][sample_id]), clean)
+        assert np.array_equal(_uint8(blurred["none"][sample_id]), blur(clean))
+        assert blurred["clean"][sample_id] == sample_dataset[sample_id].filepath  # never touched
+
+
 def test_countermeasures_do_what_they_say():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
@@ -457,7 +473,7 @@ def test_operator_runs_the_audit(sample_dataset):
                 "label_field": "instances",
                 "victims": ["semantic"],
                 "use_protected": False,
-                "baselines": ["random"],
+                "baselines": ["random", "none"],
                 "countermeasure": "downscale",
                 "countermeasure_value": 0.5,
                 "epochs": 1,
@@ -470,7 +486,9 @@ def test_operator_runs_the_audit(sample_dataset):
     assert "| semantic | mIoU |" in result.result["table"]
     assert result.result["chart"].startswith("data:image/png;base64,")
     dataset.reload()
-    assert load_report(dataset, "from_operator").countermeasure == "downscale:0.5"
+    report = load_report(dataset, "from_operator")
+    assert report.countermeasure == "downscale:0.5"
+    assert set(report.results[0].scores) == {"clean", "random", "none"}
     nothing = {"label_field": "instances", "use_protected": False, "baselines": []}
     with pytest.raises(ExecutionError, match="protected images or a baseline"):
         foo.execute_operator(

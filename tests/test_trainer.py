@@ -15,7 +15,7 @@ from fiftyone_unseg import checkpoint, folders
 from fiftyone_unseg.modeling import NoiseGenerator
 from trainer import distributed, prompts, surrogate
 from trainer.config import TrainConfig, load_config
-from trainer.data import PairDataset, load_pairs
+from trainer.data import PairDataset, load_pairs, split_pairs
 from trainer.loop import Trainer, generator_inputs
 from trainer.losses import mask_loss, uncertain_points
 
@@ -343,6 +343,22 @@ def test_folder_sets_and_fiftyone_sources(tmp_path, sample_dataset):
     )
     with pytest.raises(ValueError, match="must hold instance masks"):
         load_pairs("fiftyone:unseg-test-samples:style")
+
+
+def test_validation_split_is_the_same_wherever_the_data_lies(tmp_path):
+    names = [f"set/images/{k:03d}.png" for k in range(200)]
+    here = [folders.Pair(str(tmp_path / "a" / n), "") for n in names]
+    there = [folders.Pair(str(tmp_path / "b" / "deeper" / n), "") for n in names]
+    train, val = split_pairs(here, 0.25)
+    moved_train, moved_val = split_pairs(there, 0.25)
+    assert [p.image[-7:] for p in val] == [p.image[-7:] for p in moved_val]
+    assert 30 < len(val) < 70 and len(train) + len(val) == 200
+    # Removing other images leaves each remaining image on its side.
+    kept = here[::2]
+    assert split_pairs(kept, 0.25)[1] == [p for p in val if p in kept]
+    # Another set name is another draw.
+    other = [folders.Pair(str(tmp_path / "a" / n.replace("set", "other")), "") for n in names]
+    assert [p.image[-7:] for p in split_pairs(other, 0.25)[1]] != [p.image[-7:] for p in val]
 
 
 def test_bad_pairs_are_skipped_and_reported(tmp_path):

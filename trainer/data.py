@@ -162,10 +162,13 @@ def load_pairs(spec: str) -> list:
 
 
 def split_pairs(pairs: list, val_fraction: float) -> tuple:
-    """(train, val) split by image, stable under adding or removing other images."""
+    """(train, val) split by image, stable under adding or removing other images and the
+    same wherever the data lies: an image's side depends only on the last three parts of
+    its path (e.g. ``seed0-n200-photo+texture-384/images/scene_00001.png``)."""
 
     def is_val(pair) -> bool:
-        h = int(hashlib.sha1(os.path.abspath(pair.image).encode()).hexdigest()[:8], 16)
+        key = "/".join(os.path.normpath(os.path.abspath(pair.image)).split(os.sep)[-3:])
+        h = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
         return h / 0xFFFFFFFF < val_fraction
 
     val = [p for p in pairs if is_val(p)]

@@ -9,7 +9,9 @@ contract of the generator's output, so the same
   model should learn through it (the floor any protection must beat);
 - :class:`PatternNoise`: a fixed mask-aligned shortcut, one random +-1 tile repeated
   over object pixels and another over the background; cheap and strong, but
-  high-frequency (see METHOD.md, "Beyond the paper").
+  high-frequency (see METHOD.md, "Beyond the paper");
+- :class:`NoNoise`: zero noise, i.e. the clean images; with a counter-measure it
+  measures what the counter-measure alone costs a victim.
 """
 
 from __future__ import annotations
@@ -50,4 +52,18 @@ class PatternNoise:
         return torch.where(mask_prompts > 0.5, obj, bg)
 
 
-BASELINES = {"random": RandomNoise, "pattern": PatternNoise}
+class NoNoise:
+    """Zero noise: the clean images, passed like every baseline through the audit's
+    counter-measure."""
+
+    name = "none"
+
+    def __init__(self, seed: int = 0) -> None:
+        del seed  # nothing random
+
+    def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor) -> torch.Tensor:
+        """images Bx3xHxW, mask_prompts Bx1xHxW -> zeros Bx3xHxW."""
+        return torch.zeros_like(images)
+
+
+BASELINES = {"random": RandomNoise, "pattern": PatternNoise, "none": NoNoise}

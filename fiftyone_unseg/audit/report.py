@@ -20,14 +20,20 @@ from matplotlib.figure import Figure
 from fiftyone_unseg.io import atomic_write_bytes
 
 METHOD = "unseg.evaluate_protection"
-_COLORS = {"clean": "#4c72b0", "protected": "#c44e52", "random": "#8c8c8c", "pattern": "#dd8452"}
+_COLORS = {
+    "clean": "#4c72b0",
+    "protected": "#c44e52",
+    "random": "#8c8c8c",
+    "pattern": "#dd8452",
+    "none": "#55a868",
+}
 
 
 @dataclass
 class VictimResult:
     """One victim's scores on the clean test split, per training variant.
 
-    scores: variant ("clean", "protected", "random", "pattern") -> metric in [0, 1] (the
+    scores: variant ("clean", "protected", "random", "pattern", "none") -> metric in [0, 1] (the
       mean over seeds when the audit ran several).
     spread / runs: with several seeds, variant -> sample standard deviation / each seed's
       score (empty with one seed).

@@ -26,15 +26,24 @@ def _error(inputs, name: str, message: str) -> None:
     prop.invalid, prop.error_message = True, message
 
 
+_BASELINE_LABELS = {
+    "random": "random (uniform noise)",
+    "pattern": "pattern (mask-aligned tiles)",
+    "none": "none (clean images through the counter-measure)",
+}
+
+
 def _choices(inputs, name: str, values, label: str, default, multiple: bool = False) -> None:
-    """A dropdown of ``values`` (the empty value reads "none")."""
+    """A dropdown of ``values``: a list (each shown as itself, the empty value as "none")
+    or a dict value -> shown label."""
+    labels = values if isinstance(values, dict) else {v: v or "none" for v in values}
     view = types.Dropdown(label=label, multiple=multiple)
-    for value in values:
-        view.add_choice(value, label=value or "none")
+    for value, shown in labels.items():
+        view.add_choice(value, label=shown)
     if multiple:
         inputs.list(name, types.String(), default=default, view=view)
     else:
-        inputs.enum(name, list(values), default=default, view=view)
+        inputs.enum(name, list(labels), default=default, view=view)
 
 
 class EvaluateProtection(foo.Operator):
@@ -70,7 +79,8 @@ class EvaluateProtection(foo.Operator):
         inputs.bool("use_protected", default=protected, label="Train on the protected images")
         if ctx.params.get("use_protected", protected):
             inputs.str("protected_field", default="protected_filepath", label="Protected field")
-        _choices(inputs, "baselines", list(BASELINES), "Baselines", [], multiple=True)
+        labels = {name: _BASELINE_LABELS.get(name, name) for name in BASELINES}
+        _choices(inputs, "baselines", labels, "Baselines", [], multiple=True)
         if not ctx.params.get("use_protected", protected) and not ctx.params.get("baselines"):
             _error(inputs, "nothing", "Choose the protected images or a baseline to compare")
         _choices(inputs, "countermeasure", ["none", *KINDS], "Counter-measure", "none")
