@@ -355,6 +355,7 @@ def test_invalid_requests_name_the_problem(sample_dataset):
     cases = [
         ({"victims": ["dino"]}, "victims"),
         ({"baselines": ["gaussian"]}, "baselines"),
+        ({"baselines": ["none"]}, "give a countermeasure"),
         ({"countermeasure": "sharpen"}, "countermeasure"),
         ({"protected_field": None}, "nothing to compare"),
         ({"run_key": "has space"}, "run_key"),
@@ -490,10 +491,15 @@ def test_operator_runs_the_audit(sample_dataset):
     assert report.countermeasure == "downscale:0.5"
     assert set(report.results[0].scores) == {"clean", "random", "none"}
     nothing = {"label_field": "instances", "use_protected": False, "baselines": []}
-    with pytest.raises(ExecutionError, match="protected images or a baseline"):
-        foo.execute_operator(
-            "@unseg/unseg/evaluate_protection", ctx={"dataset": dataset.name, "params": nothing}
-        )
+    no_measure = {"label_field": "instances", "use_protected": False, "baselines": ["none"]}
+    for params, message in (
+        (nothing, "protected images or a baseline"),
+        (no_measure, "'none' baseline needs a counter-measure"),
+    ):
+        with pytest.raises(ExecutionError, match=message):
+            foo.execute_operator(
+                "@unseg/unseg/evaluate_protection", ctx={"dataset": dataset.name, "params": params}
+            )
 
 
 def test_audit_of_images_protected_by_the_generator(sample_dataset, tmp_path):

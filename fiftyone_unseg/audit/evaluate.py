@@ -111,10 +111,10 @@ def evaluate_protection(
     in ``output_dir`` and recorded as the run ``run_key`` (:func:`load_report`).
     """
     started = time.monotonic()
-    victims, baselines = _check(victims, baselines, protected_field, run_key)
+    measure = Countermeasure.parse(countermeasure)
+    victims, baselines = _check(victims, baselines, protected_field, measure, run_key)
     if int(seeds) != seeds or seeds < 1:
         raise ValueError(f"seeds must be a whole number of trainings, at least 1; got {seeds}")
-    measure = Countermeasure.parse(countermeasure)
     targets = resolve_targets(samples, label_field, semantic_field)
     split, skipped = _readable(
         samples, split_samples(samples, split_tags, train_fraction, seed), protected_field, targets
@@ -328,7 +328,7 @@ def default_output_dir(dataset_name: str, run_key: str) -> str:
     return os.path.join(fo.config.default_dataset_dir, "unseg-audit", safe, run_key)
 
 
-def _check(victims, baselines, protected_field, run_key) -> tuple[tuple, tuple]:
+def _check(victims, baselines, protected_field, measure, run_key) -> tuple[tuple, tuple]:
     """Validate the choices; returns victims and baselines as tuples without repeats."""
     victims = tuple(dict.fromkeys([victims] if isinstance(victims, str) else victims))
     baselines = tuple(dict.fromkeys([baselines] if isinstance(baselines, str) else baselines))
@@ -338,6 +338,11 @@ def _check(victims, baselines, protected_field, run_key) -> tuple[tuple, tuple]:
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+    if "none" in baselines and measure is None:
+        raise ValueError(
+            "the 'none' baseline is the clean images through the counter-measure: give a "
+            "countermeasure, or leave 'none' out (without one it would train clean twice)"
+        )
     if not protected_field and not baselines:
         raise ValueError(
             "nothing to compare with clean training: give a protected field or baselines"

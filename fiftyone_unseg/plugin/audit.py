@@ -11,6 +11,7 @@ from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.countermeasures import KINDS
 from fiftyone_unseg.audit.victims import VICTIMS
 from fiftyone_unseg.labels import supported_label_fields
+from fiftyone_unseg.plugin.forms import form_error
 from fiftyone_unseg.plugin.progress import app_progress
 
 COUNTERMEASURE_VALUES = {
@@ -18,12 +19,6 @@ COUNTERMEASURE_VALUES = {
     "blur": ("Blur sigma (px)", 1.0),
     "downscale": ("Downscale factor", 0.5),
 }
-
-
-def _error(inputs, name: str, message: str) -> None:
-    """Show ``message`` in the form and block execution with it."""
-    prop = inputs.view(name, types.Error(label=message))
-    prop.invalid, prop.error_message = True, message
 
 
 _BASELINE_LABELS = {
@@ -68,7 +63,7 @@ class EvaluateProtection(foo.Operator):
         form = types.Property(inputs, view=types.View(label="UnSeg: evaluate protection"))
         fields = supported_label_fields(ctx.dataset)
         if not fields:
-            _error(inputs, "no_fields", "No Segmentation, Detections or Polylines field")
+            form_error(inputs, "no_fields", "No Segmentation, Detections or Polylines field")
             return form
         _choices(inputs, "label_field", fields, "Label field (instances)", fields[0])
         semantic = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
@@ -82,9 +77,11 @@ class EvaluateProtection(foo.Operator):
         labels = {name: _BASELINE_LABELS.get(name, name) for name in BASELINES}
         _choices(inputs, "baselines", labels, "Baselines", [], multiple=True)
         if not ctx.params.get("use_protected", protected) and not ctx.params.get("baselines"):
-            _error(inputs, "nothing", "Choose the protected images or a baseline to compare")
+            form_error(inputs, "nothing", "Choose the protected images or a baseline to compare")
         _choices(inputs, "countermeasure", ["none", *KINDS], "Counter-measure", "none")
         kind = ctx.params.get("countermeasure", "none")
+        if kind == "none" and "none" in (ctx.params.get("baselines") or []):
+            form_error(inputs, "no_countermeasure", "The 'none' baseline needs a counter-measure")
         if kind in COUNTERMEASURE_VALUES:
             label, default = COUNTERMEASURE_VALUES[kind]
             inputs.float("countermeasure_value", label=label, default=default)

@@ -5,6 +5,7 @@ import fiftyone.operators.types as types
 
 from fiftyone_unseg.checkpoint import DEFAULT_GENERATOR_DIR, WEIGHTS_FILE
 from fiftyone_unseg.labels import class_names, supported_label_fields
+from fiftyone_unseg.plugin.forms import form_error
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.protect import protect, restore
 from fiftyone_unseg.visualize import visualize_noise
@@ -26,13 +27,6 @@ def _config(name: str, label: str, description: str) -> foo.OperatorConfig:
         allow_immediate_execution=True,
         allow_delegated_execution=True,
     )
-
-
-def _error(inputs, name: str, message: str) -> None:
-    """Show ``message`` in the form and block execution."""
-    prop = inputs.view(name, types.Error(label=message))
-    prop.invalid = True
-    prop.error_message = message
 
 
 def _finish(ctx, summary: dict) -> dict:
@@ -58,7 +52,9 @@ class ProtectSamples(foo.Operator):
         form = types.Property(inputs, view=types.View(label="UnSeg: protect samples"))
         fields = supported_label_fields(ctx.dataset) if ctx.dataset else []
         if not fields:
-            _error(inputs, "no_fields", "No Segmentation, Detections or Polylines field to prompt")
+            form_error(
+                inputs, "no_fields", "No Segmentation, Detections or Polylines field to prompt"
+            )
             return form
         field_choices = types.Dropdown(label="Label field (prompts and object budget)")
         for name in fields:
@@ -69,7 +65,9 @@ class ProtectSamples(foo.Operator):
         inputs.float("eps_bg", label="Background budget (/255)", default=2.0, min=0.0, max=64.0)
         eps, eps_bg = ctx.params.get("eps"), ctx.params.get("eps_bg")
         if eps is not None and eps_bg is not None and eps_bg > eps:
-            _error(inputs, "budget_order", "The background budget must not exceed the object one")
+            form_error(
+                inputs, "budget_order", "The background budget must not exceed the object one"
+            )
         inputs.enum(
             "image_format",
             ["png", "jpg"],
@@ -91,7 +89,7 @@ class ProtectSamples(foo.Operator):
             default="",
         )
         if not ctx.params.get("generator") and not (DEFAULT_GENERATOR_DIR / WEIGHTS_FILE).is_file():
-            _error(inputs, "no_generator", "No default generator installed: give a checkpoint")
+            form_error(inputs, "no_generator", "No default generator installed: give a checkpoint")
         return form
 
     @staticmethod
@@ -108,7 +106,7 @@ class ProtectSamples(foo.Operator):
             choices.add_choice(name, label=name)
         inputs.list("classes", types.String(), required=True, view=choices)
         if not names:
-            _error(inputs, "no_classes", f"{label_field!r} has no class names to choose from")
+            form_error(inputs, "no_classes", f"{label_field!r} has no class names to choose from")
 
     def execute(self, ctx):
         params = ctx.params
@@ -187,7 +185,7 @@ class VisualizeNoise(foo.Operator):
         if ctx.params.get("amplified"):
             inputs.str("amplified_field", default="unseg_noise_image", label="Media field")
         if not ctx.dataset.has_field("protected_filepath"):
-            _error(inputs, "not_protected", "No sample is protected yet: run 'protect samples'")
+            form_error(inputs, "not_protected", "No sample is protected yet: run 'protect samples'")
         return types.Property(inputs, view=types.View(label="UnSeg: visualize noise"))
 
     def execute(self, ctx):
