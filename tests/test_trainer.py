@@ -424,7 +424,7 @@ def test_simulated_countermeasures_match_the_real_ones_and_pass_gradients():
 
 def test_surrogate_restarts_from_fresh_weights_when_asked(tmp_path):
     ctx = distributed.Context(0, 1, torch.device("cpu"))
-    cfg = micro_config(max_steps=8, surrogate_reset_every=1, log_every=1)
+    cfg = micro_config(max_steps=8, surrogate_reset_every=1, log_every=1, lr_drop_at=4)
     t = Trainer(cfg, str(tmp_path / "a"), ctx)
     starts = {}
     reset = t._reset_surrogate
@@ -446,6 +446,15 @@ def test_surrogate_restarts_from_fresh_weights_when_asked(tmp_path):
     assert not t.opt_surrogate.state or all(
         s["step"] <= 2 for s in t.opt_surrogate.state.values()
     )  # its optimiser restarted with it (2 surrogate steps since)
+    # After the drop at bilevel step 4 the generator learns 10x slower; each fresh
+    # surrogate still learns at its full rate (at a tenth, one learnt nothing in 150 steps).
+    assert t.opt_generator.param_groups[0]["lr"] == pytest.approx(cfg.lr * cfg.lr_gamma)
+    assert t.opt_surrogate.param_groups[0]["lr"] == pytest.approx(t.surrogate_lr)
+    steady = Trainer(micro_config(max_steps=8, lr_drop_at=4), str(tmp_path / "c"), ctx)
+    steady.run()
+    assert steady.opt_surrogate.param_groups[0]["lr"] == pytest.approx(
+        steady.surrogate_lr * cfg.lr_gamma
+    )
 
 
 def test_resume_after_a_crash_logs_each_step_once_and_clears_stale_temp_dirs(tmp_path):

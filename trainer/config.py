@@ -45,11 +45,12 @@ class TrainConfig:
     surrogate_phase: int = 1
     generator_phase: int = 3
     epochs: int = 27
-    surrogate_reset_every: int = 0  # blocks; > 0 re-initialises the surrogate that often
+    # blocks; > 0 re-initialises the surrogate that often (its lr then never drops)
+    surrogate_reset_every: int = 0
     max_steps: int | None = None  # caps the bilevel steps (after pretraining)
     lr: float = 1e-4
     surrogate_lr: float | None = None  # None: the same as lr
-    lr_drop_at: int = 20  # in ``unit``s of the bilevel stage
+    lr_drop_at: int = 20  # in ``unit``s of the bilevel stage; lr *= lr_gamma from then on
     lr_gamma: float = 0.1
     batch_size: int = 4  # per process
     num_workers: int = 0

@@ -497,9 +497,12 @@ class Trainer:
                     self._reset_surrogate(self.schedule.block(self.step))
                 factor = self.schedule.lr_factor(self.step, cfg.lr_gamma)
                 lr = self._base_lr(self.stage) * factor
+                # A surrogate that restarts from fresh weights must learn as fast as the
+                # first one did: only a surrogate that trains on keeps the decay.
+                surrogate_factor = 1.0 if cfg.surrogate_reset_every else factor
                 for opt, value in (
                     (self.opt_generator, lr),
-                    (self.opt_surrogate, self.surrogate_lr * factor),
+                    (self.opt_surrogate, self.surrogate_lr * surrogate_factor),
                 ):
                     for group in opt.param_groups:
                         group["lr"] = value
