@@ -56,6 +56,9 @@ def test_card_quotes_the_committed_benchmark():
     card = _card()
     for name, victim in results["victims"].items():
         assert f"{victim['ratio']:.2f}" in card, name
+    for name, stress in results["stress"].items():
+        for key in ("ratio", "pattern_ratio", "countermeasure_ratio"):
+            assert f"{stress[key]:.2f}" in card, (name, key)
     assert f"{results['psnr']:.1f}" in card
 
 
