@@ -167,12 +167,13 @@ def split_pairs(pairs: list, val_fraction: float) -> tuple:
     its path (e.g. ``seed0-n200-photo+texture-384/images/scene_00001.png``)."""
 
     def is_val(pair) -> bool:
-        key = "/".join(os.path.normpath(os.path.abspath(pair.image)).split(os.sep)[-3:])
+        key = "/".join(os.path.abspath(pair.image).split(os.sep)[-3:])
         h = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
         return h / 0xFFFFFFFF < val_fraction
 
-    val = [p for p in pairs if is_val(p)]
-    train = [p for p in pairs if not is_val(p)]
+    sides = [is_val(p) for p in pairs]
+    val = [p for p, side in zip(pairs, sides) if side]
+    train = [p for p, side in zip(pairs, sides) if not side]
     if not train:
         raise ValueError("no training pairs left after the validation split")
     return train, val
