@@ -10,6 +10,10 @@ and is tested on clean ones. Two scene sets:
 - ``benchmark``: the held-out scenes of ``benchmarks/effectiveness.py``, to report the
   chosen draw and the spread across draws with the numbers of the model card.
 
+One victim training per generator and set measures a draw only roughly: on 60 scenes a
+generator's ratio can move by 0.1 from one set to the other. ``--num`` and ``--seeds``
+narrow that, at their cost in time.
+
 Runs in a private FiftyOne database and temporary folder. Prints a table (one row per
 generator, then mean, sample sd, min and max of each ratio, then the draw with the
 lowest validation ratio) and writes ``benchmarks/results/recipe_spread.json``:

@@ -62,6 +62,21 @@ def test_card_quotes_the_committed_benchmark():
     assert f"{results['psnr']:.1f}" in card
 
 
+def test_card_quotes_the_committed_spread_of_its_recipe():
+    path = os.path.join(REPO, "benchmarks/results/recipe_spread.json")
+    results = json.loads(open(path).read())
+    card = _card()
+    assert load_generator().generator_id in results["generators"]
+    for generator_id, row in results["generators"].items():
+        line = next(x for x in card.splitlines() if f"`{generator_id}`" in x and "|" in x)
+        for scenes in ("validation", "benchmark"):
+            if scenes in row:
+                assert f"{row[scenes]['ratio']:.3f}" in line, (generator_id, scenes)
+    spread = results["spread"]["validation"]
+    assert f"mean {spread['mean']:.3f}, sample sd {spread['sd']:.3f}" in card
+    assert "Choosing on validation scenes gave seed" in card and f"`{results['chosen']}`" in card
+
+
 def test_default_noise_is_bounded_and_follows_the_mask():
     model = load_generator()
     scene = make_scene(7, 0, 256, "studio")
