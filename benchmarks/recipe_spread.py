@@ -45,6 +45,7 @@ from machine import machine_facts
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import tqdm_progress
+from fiftyone_unseg.io import atomic_write_bytes
 from fiftyone_unseg.sample_data import create_sample_dataset
 
 SETS = {
@@ -205,10 +206,7 @@ def main(argv=None) -> int:
     results["seconds"] = time.monotonic() - started
     print(table(results))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, args.out)
+    atomic_write_bytes(json.dumps(results, indent=2).encode(), args.out)
     print(f"wrote {args.out}")
     return 0
 
