@@ -261,6 +261,40 @@ def test_trainer_runs_where_fiftyone_is_missing(tmp_path):
     assert checkpoint.load_generator(str(tmp_path / "out" / "generator")).generator_id
 
 
+def test_fullscale_gpu_check_trains_resumes_and_reports(tmp_path):
+    """benchmarks/gpu/fullscale.sh (the vit_b check on a lent GPU) run at CPU size with a
+    micro config: STEPS steps, then a resume for PHASE more, and samples/s of both phases."""
+    cfg_path = tmp_path / "micro.json"
+    cfg_path.write_text(json.dumps(micro_config().to_dict()))
+    out, run_dir = tmp_path / "report", tmp_path / "run"
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {
+        **os.environ,
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+        "OMP_NUM_THREADS": "1",
+        "OUT": str(out),
+        "RUN_DIR": str(run_dir),
+        "CONFIG": str(cfg_path),
+        "DEVICE": "cpu",
+        "STEPS": "4",
+        "PHASE": "2",
+        "BATCH": "2",
+        "DATA": DATA,
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu/fullscale.sh"], cwd=root, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = (out / "summary.txt").read_text()
+    assert "max-steps 4 : rc 0" in summary and "max-steps 6 --resume: rc 0" in summary, summary
+    assert "surrogate  samples/s" in summary and "generator  samples/s" in summary, summary
+    assert "last step logged: 6" in summary
+    assert "resumed from step 4" in (out / "train.log").read_text()
+    steps = [int(r["step"]) for r in _metrics(run_dir)]
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # one row per step logged
+
+
 def test_shipped_configs_and_overrides():
     cfg = load_config("tiny", max_steps=5, device="cpu", batch_size=None)
     assert cfg.max_steps == 5 and cfg.device == "cpu" and cfg.batch_size == 16
