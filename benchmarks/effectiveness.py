@@ -37,6 +37,7 @@ from machine import machine_facts
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import tqdm_progress
+from fiftyone_unseg.io import atomic_write_bytes
 from fiftyone_unseg.sample_data import create_sample_dataset
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -204,9 +205,7 @@ def main(argv=None) -> int:
         with open(args.out) as f:
             results = merge(json.load(f), results)
     print(table(results))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    atomic_write_bytes(json.dumps(results, indent=2).encode(), args.out)
     print(f"wrote {args.out}")
     return 0
 

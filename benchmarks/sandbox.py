@@ -23,6 +23,10 @@ os.environ["FIFTYONE_DEFAULT_DATASET_DIR"] = TMP
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
+from fiftyone_unseg import database  # noqa: E402  (FiftyOne must see the settings above)
+
+database.connect()  # benchmarks started side by side would race to start MongoDB
+
 
 def _orphaned(name: str) -> bool:
     """Whether ``name`` (a database or folder base name) belongs to a benchmark process of

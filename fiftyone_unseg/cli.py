@@ -13,7 +13,7 @@ from fractions import Fraction
 import fiftyone as fo
 from tqdm import tqdm
 
-from fiftyone_unseg import sample_data
+from fiftyone_unseg import database, sample_data
 from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.victims import VICTIMS
@@ -312,6 +312,8 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
 def run(parser: argparse.ArgumentParser, argv=None) -> int:
     """Parse ``argv`` and run the chosen verb; user errors exit with status 2."""
     args = parser.parse_args(argv)
+    if getattr(args, "needs_database", True):
+        database.connect()
     try:
         return args.func(args)
     except ValueError as e:

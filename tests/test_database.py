@@ -1,8 +1,10 @@
 """FiftyOne on an external MongoDB given by FIFTYONE_DATABASE_URI."""
 
+import fcntl
 import os
 import socket
 import subprocess
+import sys
 import time
 
 import fiftyone.core.config as focn
@@ -65,3 +67,38 @@ def test_sample_data_lands_in_external_database(external_mongod, unseg):
 
 def test_tests_never_use_the_default_database():
     assert focn.load_config().database_name != "fiftyone"
+
+
+def test_unseg_waits_for_the_process_that_starts_the_database():
+    """Processes started together must not each start MongoDB (voxel51/fiftyone#2062): the
+    CLI connects under a per-user lock, so while another process holds it, it waits."""
+    from fiftyone_unseg import database
+
+    unseg = os.path.join(os.path.dirname(sys.executable), "unseg")
+    lock_path = os.path.realpath(database.start_lock_path())
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.Popen(
+            [unseg, "restore", "--dataset", "no-such-dataset"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        fds = f"/proc/{proc.pid}/fd"
+        deadline = time.monotonic() + 120
+        while not any(os.path.realpath(os.path.join(fds, fd)) == lock_path for fd in _listdir(fds)):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "unseg never opened the lock"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert proc.poll() is None  # waiting on the lock, not connected
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "no-such-dataset" in err, err
+
+
+def _listdir(path: str) -> list:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:  # the process is gone
+        return []

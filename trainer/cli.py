@@ -76,7 +76,7 @@ def add_train_command(subparsers) -> None:
         metavar="KEY=VALUE",
         help="any other config field, repeatable, VALUE as JSON (e.g. --set pretrain_steps=600)",
     )
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, needs_database=False)  # only fiftyone: data connect
 
 
 def main(argv=None) -> int:

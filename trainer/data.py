@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from fiftyone_unseg import folders, io
+from fiftyone_unseg import database, folders, io
 from fiftyone_unseg.geometry import Frame
 from fiftyone_unseg.labels import load_mask
 
@@ -59,6 +59,7 @@ def _fiftyone_source(spec: str) -> list:
 
     parts = spec.split(":")[1:]
     name, _, saved_view = parts[0].partition("@")
+    database.connect()
     dataset = fo.load_dataset(name)
     view = dataset.load_saved_view(saved_view) if saved_view else dataset
     field = parts[1] if len(parts) > 1 else None
