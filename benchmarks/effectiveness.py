@@ -18,6 +18,7 @@ afterwards. Prints a table and writes ``benchmarks/results/effectiveness.json``:
     python benchmarks/effectiveness.py --generator runs/x/generator --quick
     python benchmarks/effectiveness.py --stress             # the main audit only, then
     python benchmarks/effectiveness.py --victims --update   # add the stress tests to it
+    python benchmarks/effectiveness.py --victims --stress blur1 --victim-seed 1 --out x.json
 """
 
 # isort: off
@@ -65,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stress", nargs="*", choices=list(STRESS), default=list(STRESS))
     parser.add_argument("--epochs", type=int, help="for every victim (default: theirs)")
     parser.add_argument("--seeds", type=int, default=1, help="trainings per variant (mean, sd)")
+    parser.add_argument(
+        "--victim-seed", type=int, default=0, help="seed of the first training of each variant"
+    )
     parser.add_argument("--quick", action="store_true", help="12 scenes, 2 epochs: a smoke run")
     parser.add_argument("--out", default=os.path.join(RESULTS, "effectiveness.json"))
     parser.add_argument(
@@ -99,7 +103,8 @@ def run(args) -> dict:
     if args.victims:
         results = evaluate_protection(
             dataset, "instances", victims=args.victims, baselines=("random", "pattern"),
-            epochs=args.epochs, seeds=args.seeds, progress=tqdm_progress("audit", unit="epoch"),
+            epochs=args.epochs, seed=args.victim_seed, seeds=args.seeds,
+            progress=tqdm_progress("audit", unit="epoch"),
         ).results  # fmt: skip
     victims = {}
     for result in results:
@@ -126,6 +131,7 @@ def run(args) -> dict:
             baselines=("pattern", "none"),
             countermeasure=countermeasure,
             epochs=args.epochs,
+            seed=args.victim_seed,
             seeds=args.seeds,
             run_key=f"stress_{name}",
             progress=tqdm_progress(f"stress {name}", unit="epoch"),
@@ -151,6 +157,7 @@ def run(args) -> dict:
         "psnr": float(np.mean([p for p in psnr if p is not None])),
         "ssim": float(np.mean([s for s in ssim if s is not None])),
         "stress": stress,
+        "victim_seed": args.victim_seed,
         "seconds": time.monotonic() - started,
         "machine": machine_facts(),
     }
@@ -186,7 +193,8 @@ def table(results: dict) -> str:
 
 def merge(old: dict, new: dict) -> dict:
     """``old`` with the victims and stress tests that ``new`` measured replaced."""
-    for key in ("generator", "dataset", "eps", "eps_bg"):
+    old = {"victim_seed": 0, **old}  # files from before --victim-seed
+    for key in ("generator", "dataset", "eps", "eps_bg", "victim_seed"):
         if old.get(key) != new[key]:
             raise SystemExit(f"--update: {key} differs ({old.get(key)} here, {new[key]} now)")
     merged = dict(old, victims={**old["victims"], **new["victims"]})

@@ -1,5 +1,6 @@
 """The generator that ships with the package is the one its model card describes."""
 
+import glob
 import json
 import os
 import re
@@ -42,12 +43,15 @@ def test_card_names_the_command_and_config_that_made_the_weights():
     command = re.search(r"```\n(unseg train [^\n]+)\n```", _card()).group(1)
     config = re.search(r"--config (\S+)", command).group(1)
     sets = dict(item.split("=", 1) for item in re.findall(r"--set (\S+)", command))
+    sets.update(re.findall(r"--(seed) (\d+)", command))
     described = _plain(load_config(config, **{k: json.loads(v) for k, v in sets.items()}))
     machine = {"device", "num_workers"}  # where it ran, not what it is
     assert {k: v for k, v in described.items() if k not in machine} == {
         k: v for k, v in trained.items() if k not in machine
     }
     assert f"{info['metadata']['step']} steps" in _card()
+    recipe = re.sub(r" --out \S+", "", command).removeprefix("unseg train")
+    assert f"/unseg train{recipe} --out" in open(os.path.join(REPO, "Makefile")).read()
 
 
 def test_card_quotes_the_committed_benchmark():
@@ -60,6 +64,16 @@ def test_card_quotes_the_committed_benchmark():
         for key in ("ratio", "pattern_ratio", "countermeasure_ratio"):
             assert f"{stress[key]:.2f}" in card, (name, key)
     assert f"{results['psnr']:.1f}" in card
+    for path in glob.glob(
+        os.path.join(REPO, "benchmarks/results/effectiveness_*_victim_seed*.json")
+    ):
+        other = json.loads(open(path).read())  # the same stress tests at other victim seeds
+        assert other["generator"] == results["generator"], path
+        seed = other["victim_seed"]
+        for name, stress in other["stress"].items():
+            row = next(x for x in card.splitlines() if x.startswith(f"| {seed} |"))
+            for key in ("ratio", "pattern_ratio", "countermeasure_ratio"):
+                assert f"{stress[key]:.2f}" in row, (path, name, key)
 
 
 def test_card_quotes_the_committed_spread_of_its_recipe():
