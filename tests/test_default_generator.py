@@ -71,7 +71,7 @@ def test_card_quotes_the_committed_benchmark():
         assert other["generator"] == results["generator"], path
         seed = other["victim_seed"]
         for name, stress in other["stress"].items():
-            row = next(x for x in card.splitlines() if x.startswith(f"| {seed} |"))
+            row = next(x for x in card.splitlines() if x.startswith(f"| {seed} | {name} |"))
             for key in ("ratio", "pattern_ratio", "countermeasure_ratio"):
                 assert f"{stress[key]:.2f}" in row, (path, name, key)
 
