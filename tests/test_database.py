@@ -84,9 +84,8 @@ def test_unseg_waits_for_the_process_that_starts_the_database():
             stderr=subprocess.PIPE,
             text=True,
         )
-        fds = f"/proc/{proc.pid}/fd"
         deadline = time.monotonic() + 120
-        while not any(os.path.realpath(os.path.join(fds, fd)) == lock_path for fd in _listdir(fds)):
+        while lock_path not in _open_files(proc.pid):
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "unseg never opened the lock"
             time.sleep(0.05)
@@ -97,8 +96,16 @@ def test_unseg_waits_for_the_process_that_starts_the_database():
     assert proc.returncode == 2 and "no-such-dataset" in err, err
 
 
-def _listdir(path: str) -> list:
+def _open_files(pid: int) -> set:
+    """The paths that process ``pid`` holds open now (fds may close while we look)."""
+    folder, paths = f"/proc/{pid}/fd", set()
     try:
-        return os.listdir(path)
+        fds = os.listdir(folder)
     except FileNotFoundError:  # the process is gone
-        return []
+        return paths
+    for fd in fds:
+        try:
+            paths.add(os.path.realpath(os.readlink(os.path.join(folder, fd))))
+        except OSError:  # closed meanwhile
+            pass
+    return paths
