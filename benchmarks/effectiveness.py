@@ -1,24 +1,27 @@
 """How much protection hurts models trained on protected data, against baselines.
 
 On a held-out sample dataset (a seed and scene styles the default generator never
-saw in training), protect every image with the generator, then audit with every
-victim of ``unseg evaluate``: clean, protected, uniform random noise and the
-fixed mask-aligned pattern at the same budgets, all tested on clean images. Then
-the stress tests: one victim trained on protected, pattern and clean images after a
+saw in training), protect every image with the generator (and ``protect``'s class
+keys, ``--class-mix``), then audit with every victim of ``unseg evaluate``: clean,
+protected, uniform random noise, the fixed mask-aligned pattern and the class pattern
+(class keys alone) at the same budgets, all tested on clean images. Then the stress
+tests: one victim trained on protected, pattern, class-pattern and clean images after a
 counter-measure (JPEG 75, Gaussian blur sigma 1, half-scale down/up); the clean row
 (``countermeasure_ratio``) is what the counter-measure alone costs.
 
 Runs in a private FiftyOne database and temporary folder that are removed
 afterwards. Prints a table and writes ``benchmarks/results/effectiveness.json``:
 ``{"victims": {name: {"metric", "clean", "protected", "ratio", "random_ratio",
-"pattern_ratio"}}, "psnr", "ssim", "stress": {name: {"victim", "ratio",
-"pattern_ratio", "countermeasure_ratio"}}}`` plus the settings and machine facts.
+"pattern_ratio", "class_pattern_ratio"}}, "psnr", "ssim", "stress": {name: {"victim",
+"ratio", "pattern_ratio", "class_pattern_ratio", "countermeasure_ratio"}}}`` plus the
+settings and machine facts.
 
     python benchmarks/effectiveness.py                      # the shipped default
     python benchmarks/effectiveness.py --generator runs/x/generator --quick
     python benchmarks/effectiveness.py --stress             # the main audit only, then
     python benchmarks/effectiveness.py --victims --update   # add the stress tests to it
     python benchmarks/effectiveness.py --victims --stress blur1 --victim-seed 1 --out x.json
+    python benchmarks/effectiveness.py --class-mix 0 --out y.json   # the generator alone
 """
 
 # isort: off
@@ -39,6 +42,7 @@ from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import tqdm_progress
 from fiftyone_unseg.io import atomic_write_bytes
+from fiftyone_unseg.protect import DEFAULT_CLASS_MIX
 from fiftyone_unseg.sample_data import create_sample_dataset
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -54,6 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--styles", default="clutter+studio", help="held-out scene styles, joined by +"
     )
     parser.add_argument("--size", type=int, default=256, help="scene side in pixels")
+    parser.add_argument(
+        "--class-mix",
+        type=float,
+        default=DEFAULT_CLASS_MIX,
+        help="protect's class_mix (share of the secret class textures; 0: the generator alone)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -96,13 +106,20 @@ def run(args) -> dict:
         styles=tuple(args.styles.split("+")),
         overwrite=True,
     )
-    protect(dataset, "instances", generator=generator, progress=tqdm_progress("protect"))
+    protect(
+        dataset,
+        "instances",
+        generator=generator,
+        class_mix=args.class_mix,
+        progress=tqdm_progress("protect"),
+    )
     psnr = dataset.values("unseg.psnr")
     ssim = dataset.values("unseg.ssim")
     results = []
     if args.victims:
         results = evaluate_protection(
-            dataset, "instances", victims=args.victims, baselines=("random", "pattern"),
+            dataset, "instances", victims=args.victims,
+            baselines=("random", "pattern", "class_pattern"),
             epochs=args.epochs, seed=args.victim_seed, seeds=args.seeds,
             progress=tqdm_progress("audit", unit="epoch"),
         ).results  # fmt: skip
@@ -114,10 +131,12 @@ def run(args) -> dict:
             "protected": result.scores["protected"],
             "random": result.scores["random"],
             "pattern": result.scores["pattern"],
+            "class_pattern": result.scores["class_pattern"],
             "chance": result.chance,
             "ratio": result.ratio("protected"),
             "random_ratio": result.ratio("random"),
             "pattern_ratio": result.ratio("pattern"),
+            "class_pattern_ratio": result.ratio("class_pattern"),
             "spread": result.spread,
             "settings": result.settings,
         }
@@ -128,7 +147,7 @@ def run(args) -> dict:
             dataset,
             "instances",
             victims=[args.stress_victim],
-            baselines=("pattern", "none"),
+            baselines=("pattern", "class_pattern", "none"),
             countermeasure=countermeasure,
             epochs=args.epochs,
             seed=args.victim_seed,
@@ -143,9 +162,11 @@ def run(args) -> dict:
             "clean": result.scores["clean"],
             "protected": result.scores["protected"],
             "pattern": result.scores["pattern"],
+            "class_pattern": result.scores["class_pattern"],
             "clean_countermeasure": result.scores["none"],
             "ratio": result.ratio("protected"),
             "pattern_ratio": result.ratio("pattern"),
+            "class_pattern_ratio": result.ratio("class_pattern"),
             "countermeasure_ratio": result.ratio("none"),
         }
     return {
@@ -153,6 +174,7 @@ def run(args) -> dict:
         "dataset": {"num": args.num, "seed": args.seed, "styles": args.styles, "size": args.size},
         "eps": dataset.first()["unseg"]["eps"],
         "eps_bg": dataset.first()["unseg"]["eps_bg"],
+        "class_mix": args.class_mix,
         "victims": victims,
         "psnr": float(np.mean([p for p in psnr if p is not None])),
         "ssim": float(np.mean([s for s in ssim if s is not None])),
@@ -168,33 +190,37 @@ def table(results: dict) -> str:
         return "  n/a" if x is None else f"{x:5.3f}"
 
     lines = [
-        f"generator {results['generator']}, held-out scenes {results['dataset']}",
+        f"generator {results['generator']}, class mix {results['class_mix']}, "
+        f"held-out scenes {results['dataset']}",
         f"{'victim':<10} {'metric':<22} {'clean':>6} {'prot.':>6} {'ratio':>6} "
-        f"{'random':>7} {'pattern':>8}",
+        f"{'random':>7} {'pattern':>8} {'cl.pat.':>8}",
     ]
     for name, v in results["victims"].items():
         lines.append(
             f"{name:<10} {v['metric']:<22} {fmt(v['clean']):>6} {fmt(v['protected']):>6} "
-            f"{fmt(v['ratio']):>6} {fmt(v['random_ratio']):>7} {fmt(v['pattern_ratio']):>8}"
+            f"{fmt(v['ratio']):>6} {fmt(v['random_ratio']):>7} {fmt(v['pattern_ratio']):>8} "
+            f"{fmt(v.get('class_pattern_ratio')):>8}"
         )
     lines.append(f"mean PSNR {results['psnr']:.2f} dB, mean SSIM {results['ssim']:.4f}")
-    lines.append(f"{'stress':<12} {'victim':<10} {'ratio':>6} {'pattern':>8} {'clean':>6}")
+    lines.append(
+        f"{'stress':<12} {'victim':<10} {'ratio':>6} {'pattern':>8} {'cl.pat.':>8} {'clean':>6}"
+    )
     for name, s in results["stress"].items():
         lines.append(
             f"{name:<12} {s['victim']:<10} {fmt(s['ratio']):>6} {fmt(s['pattern_ratio']):>8} "
-            f"{fmt(s.get('countermeasure_ratio')):>6}"
+            f"{fmt(s.get('class_pattern_ratio')):>8} {fmt(s.get('countermeasure_ratio')):>6}"
         )
     lines.append(
-        "ratio = protected/clean metric, random/pattern = the baselines' ratios; under "
-        "stress, clean = clean images through the counter-measure"
+        "ratio = protected/clean metric, random/pattern/cl.pat. (class pattern) = the "
+        "baselines' ratios; under stress, clean = clean images through the counter-measure"
     )
     return "\n".join(lines)
 
 
 def merge(old: dict, new: dict) -> dict:
     """``old`` with the victims and stress tests that ``new`` measured replaced."""
-    old = {"victim_seed": 0, **old}  # files from before --victim-seed
-    for key in ("generator", "dataset", "eps", "eps_bg", "victim_seed"):
+    old = {"victim_seed": 0, "class_mix": 0.0, **old}  # files from before those options
+    for key in ("generator", "dataset", "eps", "eps_bg", "class_mix", "victim_seed"):
         if old.get(key) != new[key]:
             raise SystemExit(f"--update: {key} differs ({old.get(key)} here, {new[key]} now)")
     merged = dict(old, victims={**old["victims"], **new["victims"]})

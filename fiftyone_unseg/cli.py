@@ -17,7 +17,7 @@ from fiftyone_unseg import database, sample_data
 from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.victims import VICTIMS
-from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, protect, restore
+from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG, protect, restore
 
 
 def tqdm_progress(desc: str, unit: str = "img"):
@@ -67,6 +67,17 @@ def _budget(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    """A share in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from e
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
+
+
 def _shard(text: str) -> tuple[int, int]:
     """``i/n`` -> (i, n)."""
     try:
@@ -111,6 +122,8 @@ def _cmd_protect(args) -> int:
             shard=args.shard,
             overwrite=args.overwrite,
             progress=tqdm_progress("protect"),
+            class_mix=args.class_mix,
+            class_key=args.class_key,
         )
     except FileNotFoundError as e:  # no default generator installed, or a wrong --generator
         raise ValueError(str(e)) from e
@@ -153,6 +166,13 @@ def _add_protect_commands(subparsers) -> None:
     p.add_argument("--eps-bg", type=_budget, default=DEFAULT_EPS_BG, help="background (2/255)")
     p.add_argument("--classes", nargs="+", help="prompt with these classes only")
     p.add_argument("--per-instance", action="store_true", help="one prompt per segment")
+    p.add_argument(
+        "--class-mix",
+        type=_share,
+        default=DEFAULT_CLASS_MIX,
+        help=f"share of each class's secret texture in its noise, 0 for none ({DEFAULT_CLASS_MIX})",
+    )
+    p.add_argument("--class-key", help="secret of the class textures (default: per dataset)")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality")
     p.add_argument("--output-dir", help="default: <FiftyOne dataset dir>/unseg-protected/<dataset>")

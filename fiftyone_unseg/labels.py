@@ -34,7 +34,8 @@ class PromptSpec:
 
     mode: "all" (union of all segments), "classes" (union of ``classes``) or
     "instance" (one prompt per segment). ``values`` are the Segmentation pixel
-    values of ``classes``.
+    values of ``classes``; ``value_names`` the (pixel value, class name) pairs of its
+    mask targets.
     """
 
     label_field: str
@@ -42,6 +43,7 @@ class PromptSpec:
     mode: str
     classes: tuple[str, ...] = ()
     values: frozenset[int] = frozenset()
+    value_names: tuple[tuple[int, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -100,10 +102,15 @@ def resolve_prompt(samples, label_field: str, prompt="all") -> PromptSpec:
     that is an integer string is taken as a pixel value.
     """
     kind = label_type(samples, label_field)
+    names = (
+        tuple(sorted(_mask_targets(samples, label_field).items()))
+        if kind is fo.Segmentation
+        else ()
+    )
     if isinstance(prompt, str):
         if prompt not in PROMPT_MODES:
             raise ValueError(f"prompt must be one of {PROMPT_MODES} or a list of class names")
-        return PromptSpec(label_field, kind, prompt)
+        return PromptSpec(label_field, kind, prompt, value_names=names)
     classes = tuple(sorted(set(prompt)))
     if not classes:
         raise ValueError("prompt: the list of class names is empty")
@@ -119,7 +126,7 @@ def resolve_prompt(samples, label_field: str, prompt="all") -> PromptSpec:
     if kind is fo.Segmentation:
         by_name = {name: value for value, name in _mask_targets(samples, label_field).items()}
         values = frozenset(by_name[c] if c in by_name else int(c) for c in classes)
-    return PromptSpec(label_field, kind, "classes", classes, values)
+    return PromptSpec(label_field, kind, "classes", classes, values, names)
 
 
 def segment_map(label, height: int, width: int, spec: PromptSpec) -> np.ndarray:
@@ -127,8 +134,14 @@ def segment_map(label, height: int, width: int, spec: PromptSpec) -> np.ndarray:
 
     Returns an HxW integer array: 0 background, 1..K the K segments.
     """
+    return segment_classes(label, height, width, spec)[0]
+
+
+def segment_classes(label, height: int, width: int, spec: PromptSpec) -> tuple[np.ndarray, list]:
+    """:func:`segment_map` and the class name of each segment (K names; a Segmentation
+    value without a mask target is named by its value)."""
     if label is None:
-        return np.zeros((height, width), np.uint8)
+        return np.zeros((height, width), np.uint8), []
     if isinstance(label, fo.Segmentation):
         return _semantic_segments(label, height, width, spec)
     items = getattr(label, _LIST_FIELDS[type(label)])
@@ -137,7 +150,7 @@ def segment_map(label, height: int, width: int, spec: PromptSpec) -> np.ndarray:
     ids = np.zeros((height, width), _id_type(len(items)))
     for k, item in enumerate(items, start=1):
         _shape(item).to_segmentation(mask=ids, target=k)
-    return ids
+    return ids, [str(item.label) for item in items]
 
 
 def present_values(array: np.ndarray) -> list[int]:
@@ -178,10 +191,10 @@ def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-def _semantic_segments(label, height: int, width: int, spec: PromptSpec) -> np.ndarray:
+def _semantic_segments(label, height: int, width: int, spec: PromptSpec) -> tuple:
     mask = load_mask(label)
     if mask is None:
-        return np.zeros((height, width), np.uint8)
+        return np.zeros((height, width), np.uint8), []
     if mask.ndim == 3:  # RGB mask: one integer per colour, as in the mask targets
         rgb = mask.astype(np.int32)
         mask = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
@@ -191,4 +204,5 @@ def _semantic_segments(label, height: int, width: int, spec: PromptSpec) -> np.n
     ids = np.zeros(mask.shape, _id_type(len(present)))
     for k, value in enumerate(present, start=1):
         ids[mask == value] = k
-    return fit_mask(ids, height, width)
+    names = dict(spec.value_names)
+    return fit_mask(ids, height, width), [names.get(v, str(v)) for v in present]

@@ -47,13 +47,15 @@ from skimage.metrics import structural_similarity
 
 from fiftyone_unseg import io as uio
 from fiftyone_unseg.checkpoint import load_generator
+from fiftyone_unseg.class_keys import ClassKeys
 from fiftyone_unseg.geometry import Frame
 from fiftyone_unseg.io import encode_marked, marker, read_rgb
-from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_map
+from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
 from fiftyone_unseg.modeling import NoiseGenerator
 
 DEFAULT_EPS = 8 / 255
 DEFAULT_EPS_BG = 2 / 255
+DEFAULT_CLASS_MIX = 0.5
 DEFAULT_RUN_KEY = "unseg_protect"
 FORMATS = ("png", "jpg")
 # The facts stored in each protected sample's ``unseg`` field.
@@ -65,6 +67,8 @@ FACT_FIELDS = {
     "eps_bg": fo.FloatField,
     "format": fo.StringField,
     "quality": fo.IntField,
+    "class_mix": fo.FloatField,
+    "class_key": fo.StringField,
     "linf": fo.FloatField,
     "psnr": fo.FloatField,
     "ssim": fo.FloatField,
@@ -72,7 +76,17 @@ FACT_FIELDS = {
     "num_segments": fo.IntField,
 }
 # A sample protected with the same values of these is not protected again.
-SETTINGS = ("generator_id", "label_field", "prompt", "eps", "eps_bg", "format", "quality")
+SETTINGS = (
+    "generator_id",
+    "label_field",
+    "prompt",
+    "eps",
+    "eps_bg",
+    "format",
+    "quality",
+    "class_mix",
+    "class_key",
+)
 
 _BAND_ROWS = 1024  # large images are composed and measured in bands of rows
 _BATCH_PIXELS = 16_000_000  # pixels per batch; a larger image is done alone
@@ -98,6 +112,8 @@ class _Loaded:
     task: _Task
     image: np.ndarray  # HxWx3 float32 in [0, 1]
     objects: np.ndarray  # HxW bool: union of the prompt segments
+    segments: np.ndarray  # HxW integers: 0 background, k the k-th prompt segment
+    names: list  # the class name of each segment
     frame: Frame
     model_input: torch.Tensor  # 3xSxS
     prompts: torch.Tensor  # Kx1x(S/4)x(S/4): the union, then one per segment in instance mode
@@ -121,6 +137,8 @@ def protect(
     overwrite: bool = False,
     progress=None,
     run_key: str = DEFAULT_RUN_KEY,
+    class_mix: float = DEFAULT_CLASS_MIX,
+    class_key: str | None = None,
 ) -> dict:
     """Write a protected copy of every image in ``samples``; originals are never touched.
 
@@ -151,10 +169,16 @@ def protect(
       progress: optional ``progress(done, total)`` callable.
       run_key: key of the FiftyOne run recorded on the dataset (``_shard<i>of<n>`` is
         appended for shards).
+      class_mix: share of the noise on each segment that is its class's secret texture
+        (the background gets one too), the rest the generator's noise; 0 turns class
+        keys off. See :mod:`fiftyone_unseg.class_keys`.
+      class_key: the secret the class textures are drawn from; default: derived from the
+        dataset's database id, so every run and shard on this dataset uses the same one.
+        Only its fingerprint is recorded.
 
     Each protected sample gets ``protected_filepath`` and an ``unseg`` document:
     the settings (``generator_id``, ``label_field``, ``prompt``, ``eps``, ``eps_bg``,
-    ``format``, ``quality``) and the measured ``linf`` (in [0, 1], like the budgets),
+    ``format``, ``quality``, ``class_mix``, ``class_key``: the key's fingerprint) and the measured ``linf`` (in [0, 1], like the budgets),
     ``psnr`` (dB) and ``ssim`` against the original, ``had_segments`` and
     ``num_segments``. Samples without segments get background noise only. Samples
     already protected with the same settings, whose file exists, are skipped.
@@ -177,6 +201,10 @@ def protect(
         raise ValueError("nothing to protect: the collection has no samples")
     spec = resolve_prompt(samples, label_field, prompt)
     model = _load_model(generator, device)
+    dataset = samples._dataset
+    keys = None
+    if class_mix:
+        keys = ClassKeys(class_key or f"unseg-dataset-{dataset._doc.id}", class_mix)
     settings = {
         "generator_id": model.generator_id,
         "label_field": label_field,
@@ -185,8 +213,9 @@ def protect(
         "eps_bg": float(eps_bg),
         "format": image_format,
         "quality": jpeg_quality if image_format == "jpg" else None,
+        "class_mix": keys.mix if keys else 0.0,
+        "class_key": keys.fingerprint if keys else None,
     }
-    dataset = samples._dataset
     output_dir = os.path.abspath(output_dir or default_output_dir(dataset))
     uio.check_writable(output_dir)
     _prepare_dataset(dataset, replace_filepath)
@@ -200,7 +229,7 @@ def protect(
         if progress is not None:
             progress(skipped + done, total)
 
-    run = _Run(model, view, spec, settings, overwrite, device, report)
+    run = _Run(model, view, spec, settings, keys, overwrite, device, report)
     run.protect(tasks, batch_size)
     _sync_filepaths(dataset, set(ids), replace_filepath)
     summary = {
@@ -361,7 +390,7 @@ def _plan(view, settings: dict, output_dir: str, overwrite: bool) -> tuple[list,
     current = tuple(settings[k] for k in SETTINGS)
     tasks = []
     for i, sample_id in enumerate(ids):
-        done = tuple(column[i] for column in previous) == current
+        done = _recorded(previous, i) == current
         if done and not overwrite and protected[i] and os.path.isfile(protected[i]):
             continue
         source = originals[i] or filepaths[i]
@@ -369,6 +398,15 @@ def _plan(view, settings: dict, output_dir: str, overwrite: bool) -> tuple[list,
         pixels = (widths[i] or 0) * (heights[i] or 0)
         tasks.append(_Task(sample_id, source, os.path.join(output_dir, name), pixels))
     return ids, tasks
+
+
+def _recorded(columns: list, i: int) -> tuple:
+    """The :data:`SETTINGS` recorded on the i-th sample (samples protected before class
+    keys existed had them off)."""
+    values = dict(zip(SETTINGS, (column[i] for column in columns)))
+    if values["generator_id"] is not None and values["class_mix"] is None:
+        values["class_mix"] = 0.0
+    return tuple(values.values())
 
 
 def _batches(tasks: list[_Task], batch_size: int):
@@ -395,8 +433,9 @@ def _lock_path(dataset, sample_id: str) -> str:
 class _Run:
     """One protect run over its tasks: locks, pipeline, records and counts."""
 
-    def __init__(self, model, view, spec, settings, overwrite, device, report):
+    def __init__(self, model, view, spec, settings, keys, overwrite, device, report):
         self.model, self.view, self.spec, self.settings = model, view, spec, settings
+        self.keys = keys
         self.overwrite, self.device, self.report = overwrite, device, report
         self.dataset = view._dataset
         self.protected = self.skipped = self.no_segments = self.busy = 0
@@ -444,7 +483,7 @@ class _Run:
             reading = self._start(pool, following[0]) if following and not alone else []
             noises = _generate(self.model, loaded, self.device) if loaded else []
             written = [
-                (item.task, pool.submit(_write, item, noise, self.settings))
+                (item.task, pool.submit(_write, item, noise, self.settings, self.keys))
                 for item, noise in zip(loaded, noises)
             ]
             del loaded, noises
@@ -482,7 +521,7 @@ class _Run:
         current = tuple(self.settings[k] for k in SETTINGS)
         recorded = {}
         for i, sample_id in enumerate(ids):
-            recorded[sample_id] = tuple(column[i] for column in previous)
+            recorded[sample_id] = _recorded(previous, i)
             if recorded[sample_id] == current and paths[i] and not self.overwrite:
                 if os.path.isfile(paths[i]):  # another run protected it since the plan
                     self.skipped += 1
@@ -537,14 +576,24 @@ def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
         raise ValueError("the sample left the view during the run")
     image = read_rgb(task.source)
     frame = Frame(image.shape[0], image.shape[1], size)
-    segments = segment_map(labels[task.id], frame.height, frame.width, spec)
+    segments, names = segment_classes(labels[task.id], frame.height, frame.width, spec)
     objects = segments > 0
     present = present_values(segments)
     prompts = [frame.prompt(objects)]
     if spec.mode == "instance":
         prompts += [frame.prompt(segments == k) for k in present]
     model_input = frame.to_model(torch.from_numpy(image).permute(2, 0, 1))
-    return _Loaded(task, image, objects, frame, model_input, torch.stack(prompts), len(present))
+    return _Loaded(
+        task,
+        image,
+        objects,
+        segments,
+        names,
+        frame,
+        model_input,
+        torch.stack(prompts),
+        len(present),
+    )
 
 
 @torch.inference_mode()
@@ -574,9 +623,9 @@ def _generate(model: NoiseGenerator, batch: list[_Loaded], device) -> list[torch
     return combined
 
 
-def _write(item: _Loaded, noise: torch.Tensor, settings: dict) -> dict:
+def _write(item: _Loaded, noise: torch.Tensor, settings: dict, keys: ClassKeys | None) -> dict:
     """Compose, measure, encode and write one protected image; returns its facts."""
-    protected = _compose(item, noise, settings["eps"], settings["eps_bg"])
+    protected = _compose(item, noise, settings["eps"], settings["eps_bg"], keys)
     data = encode_marked(protected, item.task.id, settings["format"], settings["quality"])
     if settings["format"] == "jpg":  # measure what was written
         protected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
@@ -590,13 +639,19 @@ def _write(item: _Loaded, noise: torch.Tensor, settings: dict) -> dict:
     }
 
 
-def _compose(item: _Loaded, noise: torch.Tensor, eps: float, eps_bg: float) -> np.ndarray:
-    """The protected image, HxWx3 uint8: clamp(original + noise * eps map), in row bands."""
+def _compose(
+    item: _Loaded, noise: torch.Tensor, eps: float, eps_bg: float, keys: ClassKeys | None = None
+) -> np.ndarray:
+    """The protected image, HxWx3 uint8: clamp(original + noise * eps map), in row bands;
+    ``keys`` mix the class textures into the noise first."""
     out = np.empty(item.image.shape, np.uint8)
     for rows in _bands(item.frame.height):
         image = torch.from_numpy(item.image[rows]).permute(2, 0, 1)[None]
         objects = torch.from_numpy(item.objects[rows])[None, None]
-        full = item.frame.from_model(noise, rows)[None]  # 3 x rows x W
+        full = item.frame.from_model(noise, rows)  # 3 x rows x W
+        if keys is not None:
+            full = keys.apply(full, item.segments[rows], item.names, rows.start)
+        full = full[None]
         perturbed = NoiseGenerator.perturb(image, full, objects, eps, eps_bg)
         out[rows] = perturbed[0].mul_(255).round_().permute(1, 2, 0).to(torch.uint8).numpy()
     return out

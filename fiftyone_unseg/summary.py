@@ -11,7 +11,7 @@ from fiftyone_unseg.audit.report import METHOD, load_report
 from fiftyone_unseg.protect import optional_values
 
 # The settings that tell protection runs apart, in the order the panel lists them.
-SETTING_KEYS = ("generator_id", "eps", "eps_bg", "label_field", "prompt", "format")
+SETTING_KEYS = ("generator_id", "eps", "eps_bg", "class_mix", "label_field", "prompt", "format")
 
 
 def protection_summary(samples, heatmap_field: str = "unseg_noise", bins: int = 20) -> dict:

@@ -17,7 +17,7 @@ from scipy import ndimage
 import fiftyone_unseg
 from fiftyone_unseg import sample_data
 from fiftyone_unseg.audit import ProtectionReport, evaluate_protection, load_report
-from fiftyone_unseg.audit.baselines import PatternNoise, RandomNoise
+from fiftyone_unseg.audit.baselines import ClassPatternNoise, PatternNoise, RandomNoise
 from fiftyone_unseg.audit.countermeasures import Countermeasure
 from fiftyone_unseg.audit.splits import split_samples
 from fiftyone_unseg.audit.targets import resolve_targets
@@ -120,6 +120,25 @@ def test_baseline_noises_pattern_is_mask_aligned_and_repeats():
     assert torch.equal(RandomNoise(seed=1)(images, masks), noise)
 
 
+def test_class_pattern_gives_each_class_one_tile_in_every_image():
+    images = torch.rand(2, 3, 32, 32)
+    classes = torch.zeros(2, 1, 32, 32, dtype=torch.int64)
+    classes[0, :, 0:16, 0:16] = 1  # class 0 top left in the first image,
+    classes[1, :, 16:32, 16:32] = 1  # bottom right in the second,
+    classes[0, :, 16:32, 16:32] = 2  # where the first image has class 1
+    pattern = ClassPatternNoise(seed=3)(images, classes > 0, classes)
+    assert set(pattern.unique().tolist()) == {-1.0, 1.0}
+    first = pattern[0, :, 0:8, 0:8]
+    assert torch.equal(pattern[1, :, 16:24, 16:24], first)  # the class, wherever it is
+    assert torch.equal(pattern[0, :, 8:16, 8:16], first)  # tiled
+    assert not torch.equal(pattern[0, :, 16:24, 16:24], first)  # another class
+    assert not torch.equal(pattern[1, :, 0:8, 0:8], first)  # the background
+    assert torch.equal(ClassPatternNoise(seed=3)(images, classes > 0, classes), pattern)
+    assert not torch.equal(ClassPatternNoise(seed=4)(images, classes > 0, classes), pattern)
+    with pytest.raises(ValueError, match="class map"):
+        ClassPatternNoise()(images, classes > 0)
+
+
 def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
     dataset = sample_dataset.clone("audit-budgets")
     split = split_samples(dataset)
@@ -128,7 +147,11 @@ def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
     dataset.set_values("unseg", facts, key_field="id", dynamic=True)  # as protect records them
     targets = resolve_targets(dataset, "instances")
     paths = training_images(
-        dataset, split.train_ids, targets, ["clean", "random", "pattern"], str(tmp_path)
+        dataset,
+        split.train_ids,
+        targets,
+        ["clean", "random", "pattern", "class_pattern"],
+        str(tmp_path),
     )
     for sample_id in split.train_ids:
         sample = dataset[sample_id]
@@ -136,7 +159,7 @@ def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
         masks, _ = targets.instances({"instances": sample.instances}, *clean.shape[:2])
         objects = masks.any(0)
         eps, eps_bg = (4, 1) if sample_id == first else (8, 2)
-        for variant in ("random", "pattern"):
+        for variant in ("random", "pattern", "class_pattern"):
             diff = np.abs(_uint8(paths[variant][sample_id]) - clean)
             assert diff[objects].max() <= eps and diff[~objects].max() <= eps_bg
             assert diff[objects].max() == eps  # the budget is used

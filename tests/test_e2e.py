@@ -22,6 +22,7 @@ from fiftyone_unseg import protect, sample_data, visualize_noise
 from fiftyone_unseg.audit.report import ProtectionReport, VictimResult, record_run, write_report
 from fiftyone_unseg.checkpoint import save_generator
 from fiftyone_unseg.modeling import build_noise_generator
+from fiftyone_unseg.protect import DEFAULT_CLASS_MIX
 from fiftyone_unseg.summary import protection_summary
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts", "e2e")
@@ -91,6 +92,7 @@ def test_protection_summary_counts_settings_psnr_heatmaps_and_latest_audit(tmp_p
             "generator_id": generator_id,
             "eps": pytest.approx(8 / 255),
             "eps_bg": pytest.approx(2 / 255),
+            "class_mix": DEFAULT_CLASS_MIX,
             "label_field": "instances",
             "prompt": "all",
             "format": "png",
@@ -100,6 +102,7 @@ def test_protection_summary_counts_settings_psnr_heatmaps_and_latest_audit(tmp_p
             "generator_id": generator_id,
             "eps": pytest.approx(4 / 255),
             "eps_bg": pytest.approx(2 / 255),
+            "class_mix": DEFAULT_CLASS_MIX,
             "label_field": "ground_truth",
             "prompt": "all",
             "format": "png",

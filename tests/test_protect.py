@@ -19,6 +19,7 @@ from test_modeling import MICRO
 
 from fiftyone_unseg import cli, protect, restore
 from fiftyone_unseg.checkpoint import save_generator
+from fiftyone_unseg.class_keys import ClassKeys
 from fiftyone_unseg.io import read_rgb
 from fiftyone_unseg.labels import resolve_prompt, segment_map
 from fiftyone_unseg.modeling import build_noise_generator
@@ -263,12 +264,61 @@ def test_instance_mode_gives_each_segment_its_own_noise(tmp_path):
     far = (slice(0, 8), slice(56, 64))
     cases = {"all": (union, union, union), "instance": (thing, other, union)}
     for prompt, (in_thing, in_other, background) in cases.items():
-        protect(dataset, "dets", generator=AreaNoise(), prompt=prompt)
+        protect(dataset, "dets", generator=AreaNoise(), prompt=prompt, class_mix=0)
         noise = _noise(dataset.first())
         assert dataset.first().unseg.prompt == prompt
         assert np.allclose(noise[inner_thing], in_thing * EPS, atol=TOL)
         assert np.allclose(noise[inner_other], in_other * EPS, atol=TOL)
         assert np.allclose(noise[far], background * EPS_BG, atol=TOL)
+
+
+def test_class_keys_give_each_class_one_texture_in_every_image(tmp_path):
+    dataset = _scene_dataset("class-keys", tmp_path, count=2)
+    inner_thing, inner_other = (slice(16, 40), slice(20, 52)), (slice(44, 58), slice(4, 16))
+    far = (slice(0, 8), slice(56, 64))
+
+    def textures(field, **options):
+        protect(dataset, field, generator=AreaNoise(), overwrite=True, **options)
+        out = []
+        for sample in dataset:
+            noise = _noise(sample)
+            out.append([noise[inner_thing] / EPS, noise[inner_other] / EPS, noise[far] / EPS_BG])
+        return out
+
+    first, second = textures("dets", class_mix=1.0, class_key="k1")
+    for region, again in zip(first, second):  # one texture per class, whatever the image
+        assert np.allclose(np.abs(region), 1, atol=0.07) and np.allclose(region, again, atol=0.07)
+    thing, other, background = first
+    # The same 8x8 tile phase (image rows and columns 0 mod 8) in each region:
+    tiles = {"thing": thing[0:8, 4:12], "other": other[4:12, 4:12], "bg": background[:8, :8]}
+    assert np.abs(tiles["thing"] - tiles["other"]).mean() > 0.5  # classes differ
+    assert np.abs(tiles["thing"] - tiles["bg"]).mean() > 0.5  # the background too
+    assert np.allclose(tiles["thing"], thing[8:16, 12:20], atol=0.07)  # tiled from the origin
+    # Segmentation classes are named by the mask targets: the same textures.
+    assert np.allclose(textures("seg_db", class_mix=1.0, class_key="k1")[0][0], thing, atol=0.07)
+    assert not np.allclose(textures("dets", class_mix=1.0, class_key="k2")[0][0], thing, atol=0.5)
+    # A mix keeps the generator's part (AreaNoise: 2 * 57/256 - 1 on every object pixel).
+    mixed = textures("dets", class_mix=0.25, class_key="k1")[0][0]
+    assert np.allclose(mixed, 0.75 * (2 * 57 / 256 - 1) + 0.25 * thing, atol=0.07)
+    recorded = dataset.first().unseg
+    assert recorded.class_mix == 0.25 and recorded.class_key == ClassKeys("k1", 1).fingerprint
+    assert "k1" not in repr(recorded.to_dict())  # the key itself is never stored
+
+
+def test_class_keys_default_to_one_key_per_dataset_and_a_new_key_reprotects(tmp_path):
+    dataset = _scene_dataset("class-key-default", tmp_path, count=1)
+    other = _scene_dataset("class-key-other", tmp_path / "other", count=1)
+    protect(dataset, "dets", generator=AreaNoise(), class_mix=1.0)
+    protect(other, "dets", generator=AreaNoise(), class_mix=1.0)
+    key = dataset.first().unseg.class_key
+    assert key and key != other.first().unseg.class_key  # a secret per dataset
+    assert protect(dataset, "dets", generator=AreaNoise(), class_mix=1.0)["skipped"] == 1
+    summary = protect(dataset, "dets", generator=AreaNoise(), class_mix=1.0, class_key="mine")
+    assert summary["protected"] == 1 and dataset.first().unseg.class_key != key
+    summary = protect(dataset, "dets", generator=AreaNoise(), class_mix=0)
+    assert summary["protected"] == 1 and dataset.first().unseg.class_key is None
+    with pytest.raises(ValueError, match="class_mix"):
+        protect(dataset, "dets", generator=AreaNoise(), class_mix=1.5)
 
 
 def test_samples_without_segments_get_background_noise_only(tmp_path, generators):
@@ -415,7 +465,8 @@ def test_cli_two_shard_processes_protect_every_sample_exactly_once(tmp_path, gen
     command = [os.path.join(os.path.dirname(sys.executable), "unseg"), "protect"]
     args = ["--dataset", "shards", "--label-field", "seg_path", "--generator",
             generators["saturated"], "--eps", "4/255", "--eps-bg", "0.004", "--classes", "thing",
-            "--format", "jpg", "--quality", "90", "--replace-filepath", "--batch-size", "3"]  # fmt: skip
+            "--format", "jpg", "--quality", "90", "--replace-filepath", "--batch-size", "3",
+            "--class-mix", "0.75"]  # fmt: skip
     procs = [
         subprocess.Popen([*command, *args, "--shard", f"{i}/2"], stdout=subprocess.PIPE, text=True)
         for i in (0, 1)
@@ -430,6 +481,8 @@ def test_cli_two_shard_processes_protect_every_sample_exactly_once(tmp_path, gen
     protected = dataset.values("protected_filepath")
     assert len(set(protected)) == 10 and dataset.values("filepath") == protected
     assert {"unseg_protect_shard0of2", "unseg_protect_shard1of2"} <= set(dataset.list_runs())
+    assert set(dataset.values("unseg.class_mix")) == {0.75}
+    assert len(set(dataset.values("unseg.class_key"))) == 1  # both shards drew one key
     facts = dataset.first().unseg
     assert (facts.eps, facts.prompt, facts.format) == (
         pytest.approx(4 / 255),
@@ -452,6 +505,8 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert cli.run(parser, args) == 2 and "no saved view 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["protect", "--dataset", "x", "--label-field", "y", "--eps", "8"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["protect", "--dataset", "x", "--label-field", "y", "--class-mix", "2"])
 
 
 def test_operators_protect_and_restore(tmp_path, generators):
@@ -466,6 +521,7 @@ def test_operators_protect_and_restore(tmp_path, generators):
                 "prompt": "classes",
                 "classes": ["other"],
                 "eps": 6.0,
+                "class_mix": 0.25,
                 "replace_filepath": True,
             },
         },
@@ -475,6 +531,7 @@ def test_operators_protect_and_restore(tmp_path, generators):
     dataset.reload()
     assert dataset.first().unseg.eps == pytest.approx(6 / 255)
     assert dataset.first().unseg.prompt == "classes:other"
+    assert dataset.first().unseg.class_mix == 0.25
     restored = foo.execute_operator(
         "@unseg/unseg/restore_originals", ctx={"dataset": dataset.name, "params": {}}
     )

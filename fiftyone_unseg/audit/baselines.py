@@ -1,6 +1,6 @@
 """Reference noises to compare a protection against, at the same budgets.
 
-Each source maps images and their object masks to a noise in [-1, 1], the
+Each source maps images, their object masks and class maps to a noise in [-1, 1], the
 contract of the generator's output, so the same
 :meth:`~fiftyone_unseg.modeling.NoiseGenerator.perturb` scales it by the budgets
 (eps on object pixels, eps_bg elsewhere):
@@ -10,6 +10,9 @@ contract of the generator's output, so the same
 - :class:`PatternNoise`: a fixed mask-aligned shortcut, one random +-1 tile repeated
   over object pixels and another over the background; cheap and strong, but
   high-frequency (see METHOD.md, "Beyond the paper");
+- :class:`ClassPatternNoise`: class keys alone (:mod:`fiftyone_unseg.class_keys` at
+  ``class_mix`` 1): one texture per class and one for the background, the same in every
+  image; what protection's class keys give without the generator;
 - :class:`NoNoise`: zero noise, i.e. the clean images; with a counter-measure it
   measures what the counter-measure alone costs a victim.
 """
@@ -17,6 +20,8 @@ contract of the generator's output, so the same
 from __future__ import annotations
 
 import torch
+
+from fiftyone_unseg.class_keys import ClassKeys
 
 
 class RandomNoise:
@@ -27,7 +32,7 @@ class RandomNoise:
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor, classes=None):
         """images Bx3xHxW in [0, 1], mask_prompts Bx1xHxW -> noise Bx3xHxW in [-1, 1]."""
         noise = torch.rand(images.shape, generator=self.generator, dtype=images.dtype)
         return noise * 2 - 1
@@ -43,13 +48,36 @@ class PatternNoise:
         generator = torch.Generator().manual_seed(seed)
         self.tiles = torch.randint(0, 2, (2, 3, tile, tile), generator=generator) * 2.0 - 1
 
-    def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor, classes=None):
         """images Bx3xHxW in [0, 1], mask_prompts Bx1xHxW -> noise Bx3xHxW in {-1, 1}."""
         height, width = images.shape[-2:]
         tile = self.tiles.shape[-1]
         rows, cols = -(-height // tile), -(-width // tile)
         obj, bg = (t.repeat(1, rows, cols)[:, :height, :width].to(images.dtype) for t in self.tiles)
         return torch.where(mask_prompts > 0.5, obj, bg)
+
+
+class ClassPatternNoise:
+    """One +-1 texture per class and one for the background (:class:`ClassKeys` drawn
+    from the seed), tiled from the image origin."""
+
+    name = "class_pattern"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.keys = ClassKeys(f"audit-baseline-{seed}", mix=1.0)
+
+    def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor, classes=None):
+        """images Bx3xHxW, mask_prompts Bx1xHxW, classes Bx1xHxW integers (0 background,
+        k + 1 for class k) -> noise Bx3xHxW in {-1, 1}."""
+        if classes is None:
+            raise ValueError("the class pattern needs each image's class map")
+        names = [str(k) for k in range(int(classes.max()))]
+        return torch.stack(
+            [
+                self.keys.apply(torch.zeros_like(im), c[0].numpy(), names)
+                for im, c in zip(images, classes)
+            ]
+        )
 
 
 class NoNoise:
@@ -61,9 +89,14 @@ class NoNoise:
     def __init__(self, seed: int = 0) -> None:
         del seed  # nothing random
 
-    def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor, classes=None):
         """images Bx3xHxW, mask_prompts Bx1xHxW -> zeros Bx3xHxW."""
         return torch.zeros_like(images)
 
 
-BASELINES = {"random": RandomNoise, "pattern": PatternNoise, "none": NoNoise}
+BASELINES = {
+    "random": RandomNoise,
+    "pattern": PatternNoise,
+    "class_pattern": ClassPatternNoise,
+    "none": NoNoise,
+}

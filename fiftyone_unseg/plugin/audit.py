@@ -24,6 +24,7 @@ COUNTERMEASURE_VALUES = {
 _BASELINE_LABELS = {
     "random": "random (uniform noise)",
     "pattern": "pattern (mask-aligned tiles)",
+    "class_pattern": "class pattern (one tile per class: class keys alone)",
     "none": "none (clean images through the counter-measure)",
 }
 

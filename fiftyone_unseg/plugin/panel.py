@@ -78,6 +78,7 @@ class UnSegPanel(foo.Panel):
                 ("generator_id", "Generator"),
                 ("eps", "eps (/255)"),
                 ("eps_bg", "eps bg (/255)"),
+                ("class_mix", "Class mix"),
                 ("label_field", "Label field"),
                 ("prompt", "Prompt"),
                 ("format", "Format"),

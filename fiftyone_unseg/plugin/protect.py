@@ -7,7 +7,7 @@ from fiftyone_unseg.checkpoint import DEFAULT_GENERATOR_DIR, WEIGHTS_FILE
 from fiftyone_unseg.labels import class_names, supported_label_fields
 from fiftyone_unseg.plugin.forms import form_error
 from fiftyone_unseg.plugin.progress import app_progress
-from fiftyone_unseg.protect import protect, restore
+from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, protect, restore
 from fiftyone_unseg.visualize import visualize_noise
 
 PROMPTS = {
@@ -68,6 +68,13 @@ class ProtectSamples(foo.Operator):
             form_error(
                 inputs, "budget_order", "The background budget must not exceed the object one"
             )
+        inputs.float(
+            "class_mix",
+            label="Class key: share of each class's secret texture in its noise (0: none)",
+            default=DEFAULT_CLASS_MIX,
+            min=0.0,
+            max=1.0,
+        )
         inputs.enum(
             "image_format",
             ["png", "jpg"],
@@ -123,6 +130,7 @@ class ProtectSamples(foo.Operator):
             replace_filepath=params.get("replace_filepath", False),
             overwrite=params.get("overwrite", False),
             progress=app_progress(ctx, "images"),
+            class_mix=params.get("class_mix", DEFAULT_CLASS_MIX),
         )
         return _finish(ctx, summary)
 

@@ -1,0 +1,78 @@
+"""Class keys: a secret per-class texture mixed into the noise.
+
+UnSeg's generator is class-agnostic: its noise tells a victim *where* objects are,
+not *what* they are, so a victim that must name classes still learns the objects'
+content (on the sample scenes, YOLO and the semantic model lose nothing to a perfect
+object/background shortcut). A class key adds the missing part: every class name gets
+a fixed random +-1 texture drawn from a secret key, and on each object pixel a share
+``mix`` of the noise is its class's texture (the background has a texture of its own),
+the rest the generator's noise. The result stays in [-1, 1], so the budgets hold.
+
+Textures are tiles of ``8 x 8`` cells of ``cell`` pixels, laid from the image origin at
+full resolution, so one class carries the same texture in every image of a dataset.
+Only :attr:`ClassKeys.fingerprint` is recorded on protected samples, never the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+TILE_CELLS = 8
+
+
+class ClassKeys:
+    """Per-class textures drawn from ``key``, mixed into noise with weight ``mix``."""
+
+    def __init__(self, key: str, mix: float, cell: int = 1) -> None:
+        if not 0 < mix <= 1:
+            raise ValueError(f"class_mix must be in (0, 1], got {mix}")
+        if not key:
+            raise ValueError("the class key must be a non-empty string")
+        self.key, self.mix, self.cell = key, float(mix), int(cell)
+        self._textures: dict[str | None, torch.Tensor] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        """First 12 hex digits of the key's SHA-256: names the key without revealing it."""
+        return hashlib.sha256(self.key.encode()).hexdigest()[:12]
+
+    @property
+    def period(self) -> int:
+        """Side of one texture tile in pixels."""
+        return TILE_CELLS * self.cell
+
+    def texture(self, name: str | None) -> torch.Tensor:
+        """The 3 x period x period +-1 texture of class ``name`` (None: the background)."""
+        if name in self._textures:
+            return self._textures[name]
+        label = "\0background" if name is None else f"class:{name}"
+        seed = hashlib.sha256(f"{self.key}\0{label}".encode()).digest()[:8]
+        generator = torch.Generator().manual_seed(int.from_bytes(seed, "little") >> 1)
+        cells = torch.randint(0, 2, (3, TILE_CELLS, TILE_CELLS), generator=generator) * 2.0 - 1
+        texture = cells.repeat_interleave(self.cell, 1).repeat_interleave(self.cell, 2)
+        self._textures[name] = texture
+        return texture
+
+    def apply(
+        self, noise: torch.Tensor, classes: np.ndarray, names: list, first_row: int = 0
+    ) -> torch.Tensor:
+        """Mix the class textures into ``noise``.
+
+        noise: 3 x R x W in [-1, 1], rows ``first_row`` .. ``first_row + R`` of an image;
+        classes: R x W integers, 0 for background and k for ``names[k - 1]``.
+        Returns 3 x R x W in [-1, 1].
+        """
+        rows, width = classes.shape
+        period = self.period
+        ys = (torch.arange(rows) + first_row) % period
+        xs = torch.arange(width) % period
+        index = torch.from_numpy(classes.astype(np.int64))
+        keyed = torch.zeros_like(noise)
+        for k in np.unique(classes):
+            tile = self.texture(None if k == 0 else str(names[k - 1])).to(noise.dtype)
+            where = index == int(k)
+            keyed = torch.where(where, tile[:, ys][:, :, xs], keyed)
+        return (1 - self.mix) * noise + self.mix * keyed
