@@ -1,27 +1,27 @@
 """How much protection hurts models trained on protected data, against baselines.
 
 On a held-out sample dataset (a seed and scene styles the default generator never
-saw in training), protect every image with the generator (and ``protect``'s class
-keys, ``--class-mix``), then audit with every victim of ``unseg evaluate``: clean,
-protected, uniform random noise, the fixed mask-aligned pattern and the class pattern
-(class keys alone) at the same budgets, all tested on clean images. Then the stress
-tests: one victim trained on protected, pattern, class-pattern and clean images after a
+saw in training), protect every image with the generator (``--class-mix``: with
+``protect``'s class keys), then audit with every victim of ``unseg evaluate``: clean,
+protected, uniform random noise and the fixed mask-aligned pattern at the same budgets
+(``--class-pattern``: also one tile per class), all tested on clean images. Then the
+stress tests: one victim trained on protected, pattern and clean images after a
 counter-measure (JPEG 75, Gaussian blur sigma 1, half-scale down/up); the clean row
 (``countermeasure_ratio``) is what the counter-measure alone costs.
 
 Runs in a private FiftyOne database and temporary folder that are removed
 afterwards. Prints a table and writes ``benchmarks/results/effectiveness.json``:
 ``{"victims": {name: {"metric", "clean", "protected", "ratio", "random_ratio",
-"pattern_ratio", "class_pattern_ratio"}}, "psnr", "ssim", "stress": {name: {"victim",
-"ratio", "pattern_ratio", "class_pattern_ratio", "countermeasure_ratio"}}}`` plus the
-settings and machine facts.
+"pattern_ratio"}}, "psnr", "ssim", "stress": {name: {"victim", "ratio",
+"pattern_ratio", "countermeasure_ratio"}}}`` (and ``class_pattern_ratio`` with
+``--class-pattern``) plus the settings and machine facts.
 
     python benchmarks/effectiveness.py                      # the shipped default
     python benchmarks/effectiveness.py --generator runs/x/generator --quick
     python benchmarks/effectiveness.py --stress             # the main audit only, then
     python benchmarks/effectiveness.py --victims --update   # add the stress tests to it
     python benchmarks/effectiveness.py --victims --stress blur1 --victim-seed 1 --out x.json
-    python benchmarks/effectiveness.py --class-mix 0 --out y.json   # the generator alone
+    python benchmarks/effectiveness.py --class-mix 0.5 --class-pattern --out y.json
 """
 
 # isort: off
@@ -63,6 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=float,
         default=DEFAULT_CLASS_MIX,
         help="protect's class_mix (share of the secret class textures; 0: the generator alone)",
+    )
+    parser.add_argument(
+        "--class-pattern",
+        action="store_true",
+        help="add the class_pattern baseline (one tile per class) to every audit",
     )
     parser.add_argument(
         "--threads",
@@ -116,10 +121,11 @@ def run(args) -> dict:
     psnr = dataset.values("unseg.psnr")
     ssim = dataset.values("unseg.ssim")
     results = []
+    extra = ("class_pattern",) if args.class_pattern else ()
     if args.victims:
         results = evaluate_protection(
             dataset, "instances", victims=args.victims,
-            baselines=("random", "pattern", "class_pattern"),
+            baselines=("random", "pattern", *extra),
             epochs=args.epochs, seed=args.victim_seed, seeds=args.seeds,
             progress=tqdm_progress("audit", unit="epoch"),
         ).results  # fmt: skip
@@ -131,14 +137,13 @@ def run(args) -> dict:
             "protected": result.scores["protected"],
             "random": result.scores["random"],
             "pattern": result.scores["pattern"],
-            "class_pattern": result.scores["class_pattern"],
             "chance": result.chance,
             "ratio": result.ratio("protected"),
             "random_ratio": result.ratio("random"),
             "pattern_ratio": result.ratio("pattern"),
-            "class_pattern_ratio": result.ratio("class_pattern"),
             "spread": result.spread,
             "settings": result.settings,
+            **_extra(result, extra),
         }
     stress = {}
     for name in args.stress:
@@ -147,7 +152,7 @@ def run(args) -> dict:
             dataset,
             "instances",
             victims=[args.stress_victim],
-            baselines=("pattern", "class_pattern", "none"),
+            baselines=("pattern", *extra, "none"),
             countermeasure=countermeasure,
             epochs=args.epochs,
             seed=args.victim_seed,
@@ -162,12 +167,11 @@ def run(args) -> dict:
             "clean": result.scores["clean"],
             "protected": result.scores["protected"],
             "pattern": result.scores["pattern"],
-            "class_pattern": result.scores["class_pattern"],
             "clean_countermeasure": result.scores["none"],
             "ratio": result.ratio("protected"),
             "pattern_ratio": result.ratio("pattern"),
-            "class_pattern_ratio": result.ratio("class_pattern"),
             "countermeasure_ratio": result.ratio("none"),
+            **_extra(result, extra),
         }
     return {
         "generator": generator.generator_id,
@@ -183,6 +187,14 @@ def run(args) -> dict:
         "seconds": time.monotonic() - started,
         "machine": machine_facts(),
     }
+
+
+def _extra(result, baselines) -> dict:
+    """Scores and ratios of the optional baselines."""
+    out = {}
+    for name in baselines:
+        out[name], out[f"{name}_ratio"] = result.scores[name], result.ratio(name)
+    return out
 
 
 def table(results: dict) -> str:

@@ -1,12 +1,14 @@
-"""Class keys: a secret per-class texture mixed into the noise.
+"""Class keys: a secret per-class texture mixed into the noise (opt-in).
 
 UnSeg's generator is class-agnostic: its noise tells a victim *where* objects are,
-not *what* they are, so a victim that must name classes still learns the objects'
-content (on the sample scenes, YOLO and the semantic model lose nothing to a perfect
-object/background shortcut). A class key adds the missing part: every class name gets
-a fixed random +-1 texture drawn from a secret key, and on each object pixel a share
+not *what* they are. A class key adds a shortcut to the class: every class name gets a
+fixed random +-1 texture drawn from a secret key, and on each object pixel a share
 ``mix`` of the noise is its class's texture (the background has a texture of its own),
-the rest the generator's noise. The result stays in [-1, 1], so the budgets hold.
+the rest the generator's noise. The result stays in [-1, 1], so the budgets hold. On
+the sample scenes it helps little (see the default generator's MODEL_CARD.md, "Class
+keys"), and a fixed texture per class can be estimated from the protected images and
+subtracted by anyone who knows the method; the audit's ``class_pattern`` baseline uses
+the same textures alone.
 
 Textures are tiles of ``8 x 8`` cells of ``cell`` pixels, laid from the image origin at
 full resolution, so one class carries the same texture in every image of a dataset.

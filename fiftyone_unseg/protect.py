@@ -55,7 +55,7 @@ from fiftyone_unseg.modeling import NoiseGenerator
 
 DEFAULT_EPS = 8 / 255
 DEFAULT_EPS_BG = 2 / 255
-DEFAULT_CLASS_MIX = 0.5
+DEFAULT_CLASS_MIX = 0.0
 DEFAULT_RUN_KEY = "unseg_protect"
 FORMATS = ("png", "jpg")
 # The facts stored in each protected sample's ``unseg`` field.
@@ -170,8 +170,8 @@ def protect(
       run_key: key of the FiftyOne run recorded on the dataset (``_shard<i>of<n>`` is
         appended for shards).
       class_mix: share of the noise on each segment that is its class's secret texture
-        (the background gets one too), the rest the generator's noise; 0 turns class
-        keys off. See :mod:`fiftyone_unseg.class_keys`.
+        (the background gets one too), the rest the generator's noise; 0 (default): the
+        generator's noise alone. See :mod:`fiftyone_unseg.class_keys`.
       class_key: the secret the class textures are drawn from; default: derived from the
         dataset's database id, so every run and shard on this dataset uses the same one.
         Only its fingerprint is recorded.

@@ -20,6 +20,7 @@ from trainer.config import TrainConfig, load_config
 
 CARD = DEFAULT_GENERATOR_DIR / "MODEL_CARD.md"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "results")
 
 
 def _plain(cfg: TrainConfig) -> dict:
@@ -58,22 +59,27 @@ def test_card_quotes_the_committed_benchmark():
     results = json.loads(open(os.path.join(REPO, "benchmarks/results/effectiveness.json")).read())
     assert results["generator"] == load_generator().generator_id
     card = _card()
+    assert f"class_mix={results.get('class_mix', 0.0)}" in card  # the protection measured
     for name, victim in results["victims"].items():
-        assert f"{victim['ratio']:.2f}" in card, name
+        row = next(x for x in card.splitlines() if x.startswith(f"| {name} ("))
+        for key in ("ratio", "random_ratio", "pattern_ratio", "class_pattern_ratio"):
+            assert key not in victim or f"{victim[key]:.2f}" in row, (name, key)
     for name, stress in results["stress"].items():
-        for key in ("ratio", "pattern_ratio", "countermeasure_ratio"):
-            assert f"{stress[key]:.2f}" in card, (name, key)
+        row = next(x for x in card.splitlines() if x.startswith(f"| `{stress['countermeasure']}`"))
+        for key in ("ratio", "pattern_ratio", "class_pattern_ratio", "countermeasure_ratio"):
+            assert key not in stress or f"{stress[key]:.2f}" in row, (name, key)
     assert f"{results['psnr']:.1f}" in card
-    for path in glob.glob(
-        os.path.join(REPO, "benchmarks/results/effectiveness_*_victim_seed*.json")
-    ):
-        other = json.loads(open(path).read())  # the same stress tests at other victim seeds
+    others = ("effectiveness_*_victim_seed*.json", "effectiveness_class_mix*.json")
+    for path in (p for name in others for p in glob.glob(os.path.join(RESULTS, name))):
+        other = json.loads(open(path).read())  # other victim seeds, other class mixes
         assert other["generator"] == results["generator"], path
-        seed = other["victim_seed"]
-        for name, stress in other["stress"].items():
-            row = next(x for x in card.splitlines() if x.startswith(f"| {seed} | {name} |"))
-            for key in ("ratio", "pattern_ratio", "countermeasure_ratio"):
-                assert f"{stress[key]:.2f}" in row, (path, name, key)
+        start = f"| {other.get('class_mix', 0.0)} | {other['victim_seed']} |"
+        tests = {**other["victims"], **other["stress"]}
+        for name, result in tests.items():
+            row = next(x for x in card.splitlines() if x.startswith(f"{start} {name} |"))
+            for key in ("ratio", "pattern_ratio", "class_pattern_ratio", "countermeasure_ratio"):
+                if key in result:
+                    assert f"{result[key]:.2f}" in row, (path, name, key)
 
 
 def test_card_quotes_the_committed_spread_of_its_recipe():

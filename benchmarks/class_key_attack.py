@@ -1,0 +1,154 @@
+"""Can someone who knows the method remove class keys without knowing the key?
+
+On the effectiveness benchmark's held-out scenes, protect with the default generator and
+``--class-mix``, then play an adversary who knows everything but the key (8x8 tiles from
+the image origin, the mix, the budgets) and has the labels they are about to train on:
+for each class and tile phase, the mean high-pass residual (image minus a Gaussian blur
+of sigma 1) over the protected training images estimates the sign of the class's
+texture; they subtract ``mix x budget x sign`` and train a victim on the result, tested
+on clean images as in the audit (clean and attacked training).
+
+Prints how often the estimated signs match the true textures and the victim's ratio
+(attacked / clean), and writes ``benchmarks/results/class_key_attack.json``.
+
+    python benchmarks/class_key_attack.py --victim semantic
+"""
+
+# isort: off
+import sandbox  # first: FiftyOne must see its private database
+# isort: on
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from machine import machine_facts
+from PIL import Image
+from scipy import ndimage
+
+from fiftyone_unseg import evaluate_protection, protect
+from fiftyone_unseg.audit.targets import resolve_targets
+from fiftyone_unseg.class_keys import TILE_CELLS, ClassKeys
+from fiftyone_unseg.cli import tqdm_progress
+from fiftyone_unseg.io import atomic_write_bytes, atomic_write_image, read_rgb
+from fiftyone_unseg.sample_data import create_sample_dataset
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--victim", default="semantic")
+    parser.add_argument("--class-mix", type=float, default=0.5)
+    parser.add_argument("--num", type=int, default=60, help="held-out scenes")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=int, help="victim epochs (default: its own)")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "class_key_attack.json"))
+    return parser.parse_args(argv)
+
+
+def class_maps(dataset, targets) -> dict:
+    """Sample id -> HxW class map (0 background, k + 1 for instance class k)."""
+    maps = {}
+    for sample in dataset.select_fields(targets.label_field):
+        width, height = Image.open(sample.filepath).size
+        masks, classes = targets.instances(
+            {targets.label_field: sample[targets.label_field]}, height, width
+        )
+        class_map = np.zeros((height, width), np.int64)
+        for mask, k in zip(masks, classes):
+            class_map[mask] = k + 1
+        maps[sample.id] = class_map
+    return maps
+
+
+def _phases(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.meshgrid(np.arange(height) % TILE_CELLS, np.arange(width) % TILE_CELLS, indexing="ij")
+
+
+def estimate_signs(images: list, maps: list, num_classes: int) -> np.ndarray:
+    """(num_classes + 1) x 8 x 8 x 3 signs of the mean high-pass residual per class and phase."""
+    sums = np.zeros((num_classes + 1, TILE_CELLS, TILE_CELLS, 3))
+    for image, class_map in zip(images, maps):
+        residual = image - ndimage.gaussian_filter(image, (1, 1, 0))
+        rows, cols = _phases(*class_map.shape)
+        np.add.at(sums, (class_map, rows, cols), residual)
+    return np.sign(sums)
+
+
+def run(args) -> dict:
+    started = time.monotonic()
+    torch.set_num_threads(args.threads)
+    dataset = create_sample_dataset(
+        "bench-class-key-attack", num=args.num, seed=1234, size=256,
+        styles=("clutter", "studio"), overwrite=True,
+    )  # fmt: skip
+    protect(dataset, "instances", class_mix=args.class_mix, progress=tqdm_progress("protect"))
+    targets = resolve_targets(dataset, "instances")
+    maps = class_maps(dataset, targets)
+    protected = {i: read_rgb(p) for i, p in zip(*dataset.values(["id", "protected_filepath"]))}
+    train = dataset.match_tags("train").values("id")
+    signs = estimate_signs(
+        [protected[i] for i in train], [maps[i] for i in train], len(targets.instance_classes)
+    )
+    keys = ClassKeys(f"unseg-dataset-{dataset._doc.id}", args.class_mix)  # protect's default
+    names = [None, *targets.instance_classes]
+    truth = np.stack([keys.texture(n).permute(1, 2, 0).numpy() for n in names])
+    agreement = {
+        str(n or "background"): float(a) for n, a in zip(names, (signs == truth).mean((1, 2, 3)))
+    }
+    eps, eps_bg = dataset.first()["unseg"]["eps"], dataset.first()["unseg"]["eps_bg"]
+    folder = os.path.join(sandbox.TMP, "attacked")
+    attacked = {}
+    for sample_id, image in protected.items():
+        class_map = maps[sample_id]
+        rows, cols = _phases(*class_map.shape)
+        amplitude = args.class_mix * np.where(class_map > 0, eps, eps_bg)[..., None]
+        cleaned = np.clip(image - amplitude * signs[class_map, rows, cols], 0, 1)
+        attacked[sample_id] = os.path.join(folder, f"{sample_id}.png")
+        pixels = (cleaned * 255).round().astype(np.uint8)
+        atomic_write_image(Image.fromarray(pixels), attacked[sample_id])
+    dataset.set_values("attacked_filepath", attacked, key_field="id")
+    report = evaluate_protection(
+        dataset, "instances", victims=[args.victim], protected_field="attacked_filepath",
+        epochs=args.epochs, progress=tqdm_progress("audit", unit="epoch"),
+    )  # fmt: skip
+    result = report.results[0]
+    return {
+        "victim": args.victim,
+        "class_mix": args.class_mix,
+        "dataset": {"num": args.num, "seed": 1234, "styles": "clutter+studio", "size": 256},
+        "sign_agreement": agreement,
+        "clean": result.scores["clean"],
+        "attacked": result.scores["protected"],
+        "attacked_ratio": result.ratio("protected"),
+        "seconds": time.monotonic() - started,
+        "machine": machine_facts(),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        results = run(args)
+    finally:
+        sandbox.cleanup()
+    agreement = ", ".join(f"{k} {v:.3f}" for k, v in results["sign_agreement"].items())
+    print(f"estimated texture signs that match the key: {agreement}")
+    print(f"{'victim':<10} {'clean':>6} {'attacked':>9} {'ratio':>6}")
+    print(
+        f"{results['victim']:<10} {results['clean']:6.3f} {results['attacked']:9.3f} "
+        f"{results['attacked_ratio']:6.3f}"
+    )
+    print("(compare the ratio with the protected one in effectiveness_class_mix*.json)")
+    atomic_write_bytes(json.dumps(results, indent=2).encode(), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
