@@ -110,3 +110,10 @@ def test_default_noise_is_bounded_and_follows_the_mask():
     inside, outside = delta[mask.expand_as(delta) > 0], delta[mask.expand_as(delta) == 0]
     assert inside.max() <= 8 / 255 + 1e-6 and outside.max() <= 2 / 255 + 1e-6
     assert inside.mean() > 2 * outside.mean()
+
+
+def test_card_quotes_the_class_key_attack():
+    results = json.loads(open(os.path.join(RESULTS, "class_key_attack.json")).read())
+    line = next(x for x in _card().splitlines() if "class_key_attack.json" in x and "|" in x)
+    assert f"{results['attacked_ratio']:.2f}" in line
+    assert f"{min(results['sign_agreement'].values()):.2f}" in line
