@@ -317,6 +317,8 @@ def test_class_keys_default_to_one_key_per_dataset_and_a_new_key_reprotects(tmp_
     assert summary["protected"] == 1 and dataset.first().unseg.class_key != key
     summary = protect(dataset, "dets", generator=AreaNoise(), class_mix=0)
     assert summary["protected"] == 1 and dataset.first().unseg.class_key is None
+    dataset.set_values("unseg.class_mix", [None])  # as protected before class keys existed
+    assert protect(dataset, "dets", generator=AreaNoise())["skipped"] == 1
     with pytest.raises(ValueError, match="class_mix"):
         protect(dataset, "dets", generator=AreaNoise(), class_mix=1.5)
 
