@@ -133,10 +133,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        results = run(args)
-    finally:
-        sandbox.cleanup()
+    results = sandbox.measure(run, args)
     agreement = ", ".join(f"{k} {v:.3f}" for k, v in results["sign_agreement"].items())
     print(f"estimated texture signs that match the key: {agreement}")
     print(f"{'victim':<10} {'clean':>6} {'attacked':>9} {'ratio':>6}")

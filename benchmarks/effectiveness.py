@@ -243,10 +243,7 @@ def merge(old: dict, new: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        results = run(args)
-    finally:
-        sandbox.cleanup()
+    results = sandbox.measure(run, args)
     if args.update and os.path.exists(args.out):
         with open(args.out) as f:
             results = merge(json.load(f), results)

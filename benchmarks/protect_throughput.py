@@ -114,7 +114,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        sandbox.cleanup()
+    sandbox.measure(main)

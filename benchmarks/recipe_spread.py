@@ -178,10 +178,7 @@ def table(results: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-    try:
-        rows = measure(args)
-    finally:
-        sandbox.cleanup()
+    rows = sandbox.measure(measure, args)
     results = {
         "victim": args.victim,
         "epochs": args.epochs,

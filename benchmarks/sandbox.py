@@ -45,6 +45,14 @@ def _orphaned(name: str) -> bool:
     return False
 
 
+def measure(run, *args):
+    """``run(*args)``, then :func:`cleanup` whatever happens."""
+    try:
+        return run(*args)
+    finally:
+        cleanup()
+
+
 def cleanup() -> None:
     import fiftyone as fo
 
