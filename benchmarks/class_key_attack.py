@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.audit.targets import resolve_targets
-from fiftyone_unseg.class_keys import TILE_CELLS, ClassKeys
+from fiftyone_unseg.class_keys import TILE, ClassKeys, default_class_key
 from fiftyone_unseg.cli import tqdm_progress
 from fiftyone_unseg.io import atomic_write_bytes, atomic_write_image, read_rgb
 from fiftyone_unseg.sample_data import create_sample_dataset
@@ -51,28 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def class_maps(dataset, targets) -> dict:
-    """Sample id -> HxW class map (0 background, k + 1 for instance class k)."""
-    maps = {}
-    for sample in dataset.select_fields(targets.label_field):
-        width, height = Image.open(sample.filepath).size
-        masks, classes = targets.instances(
-            {targets.label_field: sample[targets.label_field]}, height, width
-        )
-        class_map = np.zeros((height, width), np.int64)
-        for mask, k in zip(masks, classes):
-            class_map[mask] = k + 1
-        maps[sample.id] = class_map
-    return maps
-
-
 def _phases(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.meshgrid(np.arange(height) % TILE_CELLS, np.arange(width) % TILE_CELLS, indexing="ij")
+    return np.meshgrid(np.arange(height) % TILE, np.arange(width) % TILE, indexing="ij")
 
 
 def estimate_signs(images: list, maps: list, num_classes: int) -> np.ndarray:
     """(num_classes + 1) x 8 x 8 x 3 signs of the mean high-pass residual per class and phase."""
-    sums = np.zeros((num_classes + 1, TILE_CELLS, TILE_CELLS, 3))
+    sums = np.zeros((num_classes + 1, TILE, TILE, 3))
     for image, class_map in zip(images, maps):
         residual = image - ndimage.gaussian_filter(image, (1, 1, 0))
         rows, cols = _phases(*class_map.shape)
@@ -89,13 +74,16 @@ def run(args) -> dict:
     )  # fmt: skip
     protect(dataset, "instances", class_mix=args.class_mix, progress=tqdm_progress("protect"))
     targets = resolve_targets(dataset, "instances")
-    maps = class_maps(dataset, targets)
     protected = {i: read_rgb(p) for i, p in zip(*dataset.values(["id", "protected_filepath"]))}
+    maps = {
+        s.id: targets.instance_class_map({"instances": s.instances}, *protected[s.id].shape[:2])
+        for s in dataset.select_fields("instances")
+    }
     train = dataset.match_tags("train").values("id")
     signs = estimate_signs(
         [protected[i] for i in train], [maps[i] for i in train], len(targets.instance_classes)
     )
-    keys = ClassKeys(f"unseg-dataset-{dataset._doc.id}", args.class_mix)  # protect's default
+    keys = ClassKeys(default_class_key(dataset), args.class_mix)
     names = [None, *targets.instance_classes]
     truth = np.stack([keys.texture(n).permute(1, 2, 0).numpy() for n in names])
     agreement = {

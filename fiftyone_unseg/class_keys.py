@@ -10,8 +10,8 @@ keys"), and a fixed texture per class can be estimated from the protected images
 subtracted by anyone who knows the method; the audit's ``class_pattern`` baseline uses
 the same textures alone.
 
-Textures are tiles of ``8 x 8`` cells of ``cell`` pixels, laid from the image origin at
-full resolution, so one class carries the same texture in every image of a dataset.
+Textures are 8 x 8 pixel tiles laid from the image origin at full resolution, so one
+class carries the same texture in every image of a dataset.
 Only :attr:`ClassKeys.fingerprint` is recorded on protected samples, never the key.
 """
 
@@ -22,18 +22,24 @@ import hashlib
 import numpy as np
 import torch
 
-TILE_CELLS = 8
+TILE = 8  # texture side in pixels
+
+
+def default_class_key(dataset) -> str:
+    """The key ``protect`` uses without one: from the dataset's database id, so every run
+    and shard on a dataset draws the same textures."""
+    return f"unseg-dataset-{dataset._doc.id}"
 
 
 class ClassKeys:
     """Per-class textures drawn from ``key``, mixed into noise with weight ``mix``."""
 
-    def __init__(self, key: str, mix: float, cell: int = 1) -> None:
+    def __init__(self, key: str, mix: float) -> None:
         if not 0 < mix <= 1:
             raise ValueError(f"class_mix must be in (0, 1], got {mix}")
         if not key:
             raise ValueError("the class key must be a non-empty string")
-        self.key, self.mix, self.cell = key, float(mix), int(cell)
+        self.key, self.mix = key, float(mix)
         self._textures: dict[str | None, torch.Tensor] = {}
 
     @property
@@ -41,20 +47,14 @@ class ClassKeys:
         """First 12 hex digits of the key's SHA-256: names the key without revealing it."""
         return hashlib.sha256(self.key.encode()).hexdigest()[:12]
 
-    @property
-    def period(self) -> int:
-        """Side of one texture tile in pixels."""
-        return TILE_CELLS * self.cell
-
     def texture(self, name: str | None) -> torch.Tensor:
-        """The 3 x period x period +-1 texture of class ``name`` (None: the background)."""
+        """The 3 x TILE x TILE +-1 texture of class ``name`` (None: the background)."""
         if name in self._textures:
             return self._textures[name]
         label = "\0background" if name is None else f"class:{name}"
         seed = hashlib.sha256(f"{self.key}\0{label}".encode()).digest()[:8]
         generator = torch.Generator().manual_seed(int.from_bytes(seed, "little") >> 1)
-        cells = torch.randint(0, 2, (3, TILE_CELLS, TILE_CELLS), generator=generator) * 2.0 - 1
-        texture = cells.repeat_interleave(self.cell, 1).repeat_interleave(self.cell, 2)
+        texture = torch.randint(0, 2, (3, TILE, TILE), generator=generator) * 2.0 - 1
         self._textures[name] = texture
         return texture
 
@@ -68,9 +68,8 @@ class ClassKeys:
         Returns 3 x R x W in [-1, 1].
         """
         rows, width = classes.shape
-        period = self.period
-        ys = (torch.arange(rows) + first_row) % period
-        xs = torch.arange(width) % period
+        ys = (torch.arange(rows) + first_row) % TILE
+        xs = torch.arange(width) % TILE
         index = torch.from_numpy(classes.astype(np.int64))
         keyed = torch.zeros_like(noise)
         for k in np.unique(classes):

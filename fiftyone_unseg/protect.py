@@ -47,7 +47,7 @@ from skimage.metrics import structural_similarity
 
 from fiftyone_unseg import io as uio
 from fiftyone_unseg.checkpoint import load_generator
-from fiftyone_unseg.class_keys import ClassKeys
+from fiftyone_unseg.class_keys import ClassKeys, default_class_key
 from fiftyone_unseg.geometry import Frame
 from fiftyone_unseg.io import encode_marked, marker, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
@@ -111,7 +111,6 @@ class _Loaded:
 
     task: _Task
     image: np.ndarray  # HxWx3 float32 in [0, 1]
-    objects: np.ndarray  # HxW bool: union of the prompt segments
     segments: np.ndarray  # HxW integers: 0 background, k the k-th prompt segment
     names: list  # the class name of each segment
     frame: Frame
@@ -178,8 +177,9 @@ def protect(
 
     Each protected sample gets ``protected_filepath`` and an ``unseg`` document:
     the settings (``generator_id``, ``label_field``, ``prompt``, ``eps``, ``eps_bg``,
-    ``format``, ``quality``, ``class_mix``, ``class_key``: the key's fingerprint) and the measured ``linf`` (in [0, 1], like the budgets),
-    ``psnr`` (dB) and ``ssim`` against the original, ``had_segments`` and
+    ``format``, ``quality``, ``class_mix``, ``class_key``: the key's fingerprint) and
+    the measured ``linf`` (in [0, 1], like the budgets), ``psnr`` (dB) and ``ssim``
+    against the original, ``had_segments`` and
     ``num_segments``. Samples without segments get background noise only. Samples
     already protected with the same settings, whose file exists, are skipped.
     Unreadable images are reported and skipped. Samples that another process is
@@ -204,7 +204,7 @@ def protect(
     dataset = samples._dataset
     keys = None
     if class_mix:
-        keys = ClassKeys(class_key or f"unseg-dataset-{dataset._doc.id}", class_mix)
+        keys = ClassKeys(class_key or default_class_key(dataset), class_mix)
     settings = {
         "generator_id": model.generator_id,
         "label_field": label_field,
@@ -577,22 +577,13 @@ def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
     image = read_rgb(task.source)
     frame = Frame(image.shape[0], image.shape[1], size)
     segments, names = segment_classes(labels[task.id], frame.height, frame.width, spec)
-    objects = segments > 0
     present = present_values(segments)
-    prompts = [frame.prompt(objects)]
+    prompts = [frame.prompt(segments > 0)]
     if spec.mode == "instance":
         prompts += [frame.prompt(segments == k) for k in present]
     model_input = frame.to_model(torch.from_numpy(image).permute(2, 0, 1))
     return _Loaded(
-        task,
-        image,
-        objects,
-        segments,
-        names,
-        frame,
-        model_input,
-        torch.stack(prompts),
-        len(present),
+        task, image, segments, names, frame, model_input, torch.stack(prompts), len(present)
     )
 
 
@@ -647,7 +638,7 @@ def _compose(
     out = np.empty(item.image.shape, np.uint8)
     for rows in _bands(item.frame.height):
         image = torch.from_numpy(item.image[rows]).permute(2, 0, 1)[None]
-        objects = torch.from_numpy(item.objects[rows])[None, None]
+        objects = torch.from_numpy(item.segments[rows] > 0)[None, None]
         full = item.frame.from_model(noise, rows)  # 3 x rows x W
         if keys is not None:
             full = keys.apply(full, item.segments[rows], item.names, rows.start)

@@ -79,8 +79,8 @@ def evaluate_protection(
       semantic_field: a Segmentation field for the semantic victim.
       protected_field: the field holding each training sample's protected image; None
         compares the baselines with clean training only.
-      baselines: any of "random", "pattern", "class_pattern", "none" (the clean images again: with a
-        ``countermeasure``, what the counter-measure alone costs).
+      baselines: any of "random", "pattern", "class_pattern", "none" (the clean images
+        again: with a ``countermeasure``, what the counter-measure alone costs).
       countermeasure: applied to the protected and baseline training images (never to
         clean ones): "jpeg:75", "blur:1.0", "downscale:0.5" or "grayscale".
       eps, eps_bg: the baselines' budgets for samples without recorded protection budgets.

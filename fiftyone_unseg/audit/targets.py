@@ -68,6 +68,15 @@ class Targets:
             return np.zeros((0, height, width), bool), np.zeros(0, np.int64)
         return np.stack(masks), np.array(classes, np.int64)
 
+    def instance_class_map(self, labels: dict, height: int, width: int) -> np.ndarray:
+        """HxW int64 map of the instances' classes: 0 background, k + 1 for class k (later
+        instances over earlier ones)."""
+        masks, classes = self.instances(labels, height, width)
+        class_map = np.zeros((height, width), np.int64)
+        for mask, k in zip(masks, classes):
+            class_map[mask] = k + 1
+        return class_map
+
     def semantic(self, labels: dict, height: int, width: int) -> np.ndarray:
         """HxW uint8 class map: 0 background, k+1 for ``semantic_classes[k]``."""
         if self.semantic_field or self.label_type is fo.Segmentation:

@@ -2,8 +2,8 @@
 
 - ``clean``: the original images, as they are;
 - ``protected``: the images in the protected field (``protected_filepath``);
-- a baseline (``random``, ``pattern``, ``class_pattern``): the original plus that noise at the sample's
-  protection budgets (its ``unseg.eps`` / ``unseg.eps_bg`` when protected, else the
+- a baseline (``random``, ``pattern``, ``class_pattern``): the original plus that noise
+  at the sample's protection budgets (its ``unseg.eps`` / ``unseg.eps_bg`` when protected, else the
   defaults), eps on the union of its instances, eps_bg elsewhere.
 
 A counter-measure applies to every variant but ``clean``. Images that change are
@@ -90,16 +90,13 @@ def training_images(
         if not sources:
             continue
         image = read_rgb(clean[sample_id])
-        masks, classes = targets.instances(
-            dict(zip(targets.fields, sample_labels)), *image.shape[:2]
-        )
-        class_map = np.zeros(image.shape[:2], np.int64)
-        for mask, k in zip(masks, classes):  # later instances over earlier ones
-            class_map[mask] = k + 1
-        objects = torch.from_numpy(masks.any(0))[None, None].float()
+        labels = dict(zip(targets.fields, sample_labels))
+        classes = torch.from_numpy(targets.instance_class_map(labels, *image.shape[:2]))
+        classes = classes[None, None]
+        objects = (classes > 0).float()
         tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
         for variant, source in sources.items():
-            noise = source(tensor, objects, torch.from_numpy(class_map)[None, None])
+            noise = source(tensor, objects, classes)
             perturbed = NoiseGenerator.perturb(tensor, noise, objects, sample_eps, sample_eps_bg)
             out[variant][sample_id] = _write(
                 None, _to_uint8(perturbed[0]), countermeasure, folder, variant, sample_id
