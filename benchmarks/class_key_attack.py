@@ -24,6 +24,7 @@ import os
 import sys
 import time
 
+import held_out
 import numpy as np
 import torch
 from machine import machine_facts
@@ -35,7 +36,6 @@ from fiftyone_unseg.audit.targets import resolve_targets
 from fiftyone_unseg.class_keys import TILE, ClassKeys, default_class_key
 from fiftyone_unseg.cli import tqdm_progress
 from fiftyone_unseg.io import atomic_write_bytes, atomic_write_image, read_rgb
-from fiftyone_unseg.sample_data import create_sample_dataset
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--victim", default="semantic")
     parser.add_argument("--class-mix", type=float, default=0.5)
-    parser.add_argument("--num", type=int, default=60, help="held-out scenes")
+    held_out.add_arguments(parser)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, help="victim epochs (default: its own)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "class_key_attack.json"))
@@ -68,10 +68,7 @@ def estimate_signs(images: list, maps: list, num_classes: int) -> np.ndarray:
 def run(args) -> dict:
     started = time.monotonic()
     torch.set_num_threads(args.threads)
-    dataset = create_sample_dataset(
-        "bench-class-key-attack", num=args.num, seed=1234, size=256,
-        styles=("clutter", "studio"), overwrite=True,
-    )  # fmt: skip
+    dataset = held_out.create("bench-class-key-attack", args)
     protect(dataset, "instances", class_mix=args.class_mix, progress=tqdm_progress("protect"))
     targets = resolve_targets(dataset, "instances")
     protected = {i: read_rgb(p) for i, p in zip(*dataset.values(["id", "protected_filepath"]))}
@@ -109,7 +106,7 @@ def run(args) -> dict:
     return {
         "victim": args.victim,
         "class_mix": args.class_mix,
-        "dataset": {"num": args.num, "seed": 1234, "styles": "clutter+studio", "size": 256},
+        "dataset": held_out.describe(args),
         "sign_agreement": agreement,
         "clean": result.scores["clean"],
         "attacked": result.scores["protected"],

@@ -34,6 +34,7 @@ import os
 import sys
 import time
 
+import held_out
 import numpy as np
 import torch
 from machine import machine_facts
@@ -43,7 +44,6 @@ from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import tqdm_progress
 from fiftyone_unseg.io import atomic_write_bytes
 from fiftyone_unseg.protect import DEFAULT_CLASS_MIX
-from fiftyone_unseg.sample_data import create_sample_dataset
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 STRESS = {"jpeg75": "jpeg:75", "blur1": "blur:1.0", "half_scale": "downscale:0.5"}
@@ -52,12 +52,7 @@ STRESS = {"jpeg75": "jpeg:75", "blur1": "blur:1.0", "half_scale": "downscale:0.5
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generator", help="checkpoint directory (default: the shipped one)")
-    parser.add_argument("--num", type=int, default=60, help="held-out scenes")
-    parser.add_argument("--seed", type=int, default=1234, help="held-out scene seed")
-    parser.add_argument(
-        "--styles", default="clutter+studio", help="held-out scene styles, joined by +"
-    )
-    parser.add_argument("--size", type=int, default=256, help="scene side in pixels")
+    held_out.add_arguments(parser)
     parser.add_argument(
         "--class-mix",
         type=float,
@@ -103,14 +98,7 @@ def run(args) -> dict:
     started = time.monotonic()
     torch.set_num_threads(args.threads)
     generator = load_generator(args.generator)
-    dataset = create_sample_dataset(
-        "bench-effectiveness",
-        num=args.num,
-        seed=args.seed,
-        size=args.size,
-        styles=tuple(args.styles.split("+")),
-        overwrite=True,
-    )
+    dataset = held_out.create("bench-effectiveness", args)
     protect(
         dataset,
         "instances",
@@ -175,7 +163,7 @@ def run(args) -> dict:
         }
     return {
         "generator": generator.generator_id,
-        "dataset": {"num": args.num, "seed": args.seed, "styles": args.styles, "size": args.size},
+        "dataset": held_out.describe(args),
         "eps": dataset.first()["unseg"]["eps"],
         "eps_bg": dataset.first()["unseg"]["eps_bg"],
         "class_mix": args.class_mix,

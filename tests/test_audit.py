@@ -150,7 +150,7 @@ def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
         dataset,
         split.train_ids,
         targets,
-        ["clean", "random", "pattern", "class_pattern"],
+        ["clean", "random", "random_flat", "pattern", "class_pattern"],
         str(tmp_path),
     )
     for sample_id in split.train_ids:
@@ -163,6 +163,11 @@ def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
             diff = np.abs(_uint8(paths[variant][sample_id]) - clean)
             assert diff[objects].max() <= eps and diff[~objects].max() <= eps_bg
             assert diff[objects].max() == eps  # the budget is used
+        flat = np.abs(_uint8(paths["random_flat"][sample_id]) - clean)
+        assert flat.max() <= eps and flat[~objects].max() == eps  # eps on the background too
+        unclipped = ((clean > eps) & (clean < 255 - eps)).all(-1)
+        mean_obj, mean_bg = flat[objects & unclipped].mean(), flat[~objects & unclipped].mean()
+        assert abs(mean_obj - mean_bg) < 0.1 * eps  # its amplitude does not outline objects
         pattern = _uint8(paths["pattern"][sample_id]) - clean
         unclipped = (clean > 10) & (clean < 245)
         same = objects[:-8] & objects[8:] & unclipped[:-8].all(-1) & unclipped[8:].all(-1)

@@ -3,10 +3,14 @@
 Each source maps images, their object masks and class maps to a noise in [-1, 1], the
 contract of the generator's output, so the same
 :meth:`~fiftyone_unseg.modeling.NoiseGenerator.perturb` scales it by the budgets
-(eps on object pixels, eps_bg elsewhere):
+(eps on object pixels, eps_bg elsewhere; eps everywhere for a source whose
+``mask_aligned`` is False):
 
 - :class:`RandomNoise`: uniform in [-1, 1], independent per pixel and channel; a
   model should learn through it (the floor any protection must beat);
+- :class:`FlatRandomNoise`: the same noise at the object budget on every pixel. Under
+  mask-aligned budgets the noise's amplitude alone outlines the objects, a weak shortcut
+  of its own; this one has none, so it tells that outline's cost from the noise's;
 - :class:`PatternNoise`: a fixed mask-aligned shortcut, one random +-1 tile repeated
   over object pixels and another over the background; cheap and strong, but
   high-frequency (see METHOD.md, "Beyond the paper");
@@ -28,6 +32,7 @@ class RandomNoise:
     """Uniform noise; calls draw from one generator seeded with ``seed``."""
 
     name = "random"
+    mask_aligned = True
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
@@ -38,11 +43,19 @@ class RandomNoise:
         return noise * 2 - 1
 
 
+class FlatRandomNoise(RandomNoise):
+    """:class:`RandomNoise` scaled by the object budget on every pixel."""
+
+    name = "random_flat"
+    mask_aligned = False
+
+
 class PatternNoise:
     """Two random +-1 tiles (3 x tile x tile, seeded), tiled from the image origin: the
     first where ``mask_prompts`` > 0.5, the second elsewhere."""
 
     name = "pattern"
+    mask_aligned = True
 
     def __init__(self, tile: int = 8, seed: int = 0) -> None:
         generator = torch.Generator().manual_seed(seed)
@@ -62,6 +75,7 @@ class ClassPatternNoise:
     from the seed), tiled from the image origin."""
 
     name = "class_pattern"
+    mask_aligned = True
 
     def __init__(self, seed: int = 0) -> None:
         self.keys = ClassKeys(f"audit-baseline-{seed}", mix=1.0)
@@ -85,6 +99,7 @@ class NoNoise:
     counter-measure."""
 
     name = "none"
+    mask_aligned = True
 
     def __init__(self, seed: int = 0) -> None:
         del seed  # nothing random
@@ -96,6 +111,7 @@ class NoNoise:
 
 BASELINES = {
     "random": RandomNoise,
+    "random_flat": FlatRandomNoise,
     "pattern": PatternNoise,
     "class_pattern": ClassPatternNoise,
     "none": NoNoise,

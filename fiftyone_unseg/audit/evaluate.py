@@ -63,9 +63,9 @@ def evaluate_protection(
 
     Each victim trains once per variant of the training images, with the same settings
     and seed: ``clean`` (the originals), ``protected`` (the images in ``protected_field``)
-    and each of ``baselines`` ("random": uniform noise, "pattern": a mask-aligned tile
-    shortcut, "class_pattern": one tile per class, all at the samples' protection
-    budgets, see
+    and each of ``baselines`` ("random": uniform noise, "random_flat": the same at the
+    object budget on every pixel, "pattern": a mask-aligned tile shortcut,
+    "class_pattern": one tile per class, all at the samples' protection budgets, see
     :mod:`fiftyone_unseg.audit.baselines`). Every model is tested on the CLEAN test images.
 
     Arguments:
@@ -79,7 +79,7 @@ def evaluate_protection(
       semantic_field: a Segmentation field for the semantic victim.
       protected_field: the field holding each training sample's protected image; None
         compares the baselines with clean training only.
-      baselines: any of "random", "pattern", "class_pattern", "none" (the clean images
+      baselines: any of "random", "random_flat", "pattern", "class_pattern", "none" (the clean images
         again: with a ``countermeasure``, what the counter-measure alone costs).
       countermeasure: applied to the protected and baseline training images (never to
         clean ones): "jpeg:75", "blur:1.0", "downscale:0.5" or "grayscale".

@@ -2,9 +2,10 @@
 
 - ``clean``: the original images, as they are;
 - ``protected``: the images in the protected field (``protected_filepath``);
-- a baseline (``random``, ``pattern``, ``class_pattern``): the original plus that noise
-  at the sample's protection budgets (its ``unseg.eps`` / ``unseg.eps_bg`` when protected, else the
-  defaults), eps on the union of its instances, eps_bg elsewhere.
+- a baseline (``random``, ``random_flat``, ``pattern``, ``class_pattern``): the original
+  plus that noise at the sample's protection budgets (its ``unseg.eps`` / ``unseg.eps_bg``
+  when protected, else the defaults), eps on the union of its instances, eps_bg elsewhere
+  (``random_flat``: eps everywhere).
 
 A counter-measure applies to every variant but ``clean``. Images that change are
 written losslessly as ``<folder>/<variant>/<sample id>.png``.
@@ -97,7 +98,10 @@ def training_images(
         tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
         for variant, source in sources.items():
             noise = source(tensor, objects, classes)
-            perturbed = NoiseGenerator.perturb(tensor, noise, objects, sample_eps, sample_eps_bg)
+            budget_mask = objects if source.mask_aligned else torch.ones_like(objects)
+            perturbed = NoiseGenerator.perturb(
+                tensor, noise, budget_mask, sample_eps, sample_eps_bg
+            )
             out[variant][sample_id] = _write(
                 None, _to_uint8(perturbed[0]), countermeasure, folder, variant, sample_id
             )

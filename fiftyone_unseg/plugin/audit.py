@@ -23,6 +23,7 @@ COUNTERMEASURE_VALUES = {
 
 _BASELINE_LABELS = {
     "random": "random (uniform noise)",
+    "random_flat": "random flat (uniform noise at the object budget everywhere)",
     "pattern": "pattern (mask-aligned tiles)",
     "class_pattern": "class pattern (one tile per class: class keys alone)",
     "none": "none (clean images through the counter-measure)",
