@@ -55,3 +55,42 @@ def test_a_killed_benchmarks_database_and_folder_go_with_the_next_cleanup():
         alive.wait()
         client.drop_database(alive_db)
         shutil.rmtree(alive_tmp, ignore_errors=True)
+
+
+# Flat grey images whose class maps (random squares) they do not show: only the noise can
+# tell a surrogate the classes. Prints the surrogate's pixel accuracy on clean and on
+# perturbed images, the largest |noise| and the background's share of pixels.
+MIN_MIN = """
+import sys, argparse
+sys.path.insert(0, {benchmarks!r})
+import sandbox
+import torch
+from sample_wise_em import error_minimising_noise
+torch.manual_seed(0)
+classes = torch.zeros(8, 32, 32, dtype=torch.long)
+for i in range(8):
+    r, c = torch.randint(0, 16, (2,)).tolist()
+    classes[i, r : r + 16, c : c + 16] = 1 + i % 2
+images = torch.full((8, 3, 32, 32), 0.5)
+args = argparse.Namespace(rounds=20, surrogate_steps=10, noise_steps=5, step=0.15, batch=4,
+                          lr=1e-3)
+noise, accuracy = error_minimising_noise(images, (classes > 0).float()[:, None], classes, 3,
+                                         0, args)
+sandbox.cleanup()
+print(accuracy["clean"], accuracy["perturbed"], float(noise.abs().max()),
+      float((classes == 0).float().mean()))
+"""
+
+
+def test_sample_wise_error_minimising_noise_teaches_the_surrogate_what_images_do_not_show():
+    out = subprocess.run(
+        [sys.executable, "-c", MIN_MIN.format(benchmarks=BENCHMARKS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    clean, perturbed, largest, background = map(float, out.stdout.split()[-4:])
+    assert largest <= 1.0  # within the budgets
+    assert clean <= background + 0.02  # grey images: at best the majority class
+    assert perturbed > clean + 0.15  # the noise carries the classes
