@@ -19,7 +19,6 @@ import sandbox  # first: FiftyOne must see its private database
 # isort: on
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ import time
 import held_out
 import numpy as np
 import torch
-from machine import machine_facts
+from machine import machine_facts, publish
 from PIL import Image
 from scipy import ndimage
 
@@ -35,7 +34,7 @@ from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.audit.targets import resolve_targets
 from fiftyone_unseg.class_keys import TILE, ClassKeys, default_class_key
 from fiftyone_unseg.cli import tqdm_progress
-from fiftyone_unseg.io import atomic_write_bytes, atomic_write_image, read_rgb
+from fiftyone_unseg.io import atomic_write_image, read_rgb
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -116,19 +115,23 @@ def run(args) -> dict:
     }
 
 
+def table(results: dict) -> str:
+    agreement = ", ".join(f"{k} {v:.3f}" for k, v in results["sign_agreement"].items())
+    return "\n".join(
+        [
+            f"estimated texture signs that match the key: {agreement}",
+            f"{'victim':<10} {'clean':>6} {'attacked':>9} {'ratio':>6}",
+            f"{results['victim']:<10} {results['clean']:6.3f} {results['attacked']:9.3f} "
+            f"{results['attacked_ratio']:6.3f}",
+            "(compare the ratio with the protected one in effectiveness_class_mix*.json)",
+        ]
+    )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     results = sandbox.measure(run, args)
-    agreement = ", ".join(f"{k} {v:.3f}" for k, v in results["sign_agreement"].items())
-    print(f"estimated texture signs that match the key: {agreement}")
-    print(f"{'victim':<10} {'clean':>6} {'attacked':>9} {'ratio':>6}")
-    print(
-        f"{results['victim']:<10} {results['clean']:6.3f} {results['attacked']:9.3f} "
-        f"{results['attacked_ratio']:6.3f}"
-    )
-    print("(compare the ratio with the protected one in effectiveness_class_mix*.json)")
-    atomic_write_bytes(json.dumps(results, indent=2).encode(), args.out)
-    print(f"wrote {args.out}")
+    publish(results, table(results), args.out)
     return 0
 
 

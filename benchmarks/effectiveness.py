@@ -37,12 +37,11 @@ import time
 import held_out
 import numpy as np
 import torch
-from machine import machine_facts
+from machine import machine_facts, publish
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import tqdm_progress
-from fiftyone_unseg.io import atomic_write_bytes
 from fiftyone_unseg.protect import DEFAULT_CLASS_MIX
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -235,9 +234,7 @@ def main(argv=None) -> int:
     if args.update and os.path.exists(args.out):
         with open(args.out) as f:
             results = merge(json.load(f), results)
-    print(table(results))
-    atomic_write_bytes(json.dumps(results, indent=2).encode(), args.out)
-    print(f"wrote {args.out}")
+    publish(results, table(results), args.out)
     return 0
 
 

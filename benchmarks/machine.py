@@ -1,9 +1,12 @@
-"""Machine facts printed and stored with every benchmark."""
+"""What every benchmark stores: the machine's facts, and its results file."""
 
+import json
 import os
 import platform
 
 import torch
+
+from fiftyone_unseg.io import atomic_write_bytes
 
 
 def machine_facts() -> dict:
@@ -21,3 +24,10 @@ def machine_facts() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
     }
+
+
+def publish(results: dict, table: str, path: str) -> None:
+    """Print ``table``, then write ``results`` as JSON to ``path`` atomically."""
+    print(table)
+    atomic_write_bytes(json.dumps(results, indent=2).encode(), path)
+    print(f"wrote {path}")

@@ -20,18 +20,16 @@ import sandbox  # first: FiftyOne must see its private database
 # isort: on
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import held_out
 import torch
-from machine import machine_facts
+from machine import machine_facts, publish
 
 from fiftyone_unseg import evaluate_protection
 from fiftyone_unseg.cli import tqdm_progress
-from fiftyone_unseg.io import atomic_write_bytes
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -106,9 +104,7 @@ def table(results: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     results = sandbox.measure(run, args)
-    print(table(results))
-    atomic_write_bytes(json.dumps(results, indent=2).encode(), args.out)
-    print(f"wrote {args.out}")
+    publish(results, table(results), args.out)
     return 0
 
 

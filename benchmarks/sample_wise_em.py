@@ -21,7 +21,6 @@ import sandbox  # first: FiftyOne must see its private database
 # isort: on
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -31,7 +30,7 @@ import held_out
 import numpy as np
 import torch
 import torch.nn.functional as F
-from machine import machine_facts
+from machine import machine_facts, publish
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
@@ -39,7 +38,7 @@ from tqdm import tqdm
 from fiftyone_unseg import evaluate_protection
 from fiftyone_unseg.audit.targets import resolve_targets
 from fiftyone_unseg.cli import tqdm_progress
-from fiftyone_unseg.io import atomic_write_bytes, atomic_write_image, read_rgb
+from fiftyone_unseg.io import atomic_write_image, read_rgb
 from fiftyone_unseg.modeling import NoiseGenerator
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG
 
@@ -233,9 +232,7 @@ def table(results: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     results = sandbox.measure(run, args)
-    print(table(results))
-    atomic_write_bytes(json.dumps(results, indent=2).encode(), args.out)
-    print(f"wrote {args.out}")
+    publish(results, table(results), args.out)
     return 0
 
 
