@@ -4,7 +4,8 @@ On a held-out sample dataset (a seed and scene styles the default generator neve
 saw in training), protect every image with the generator (``--class-mix``: with
 ``protect``'s class keys), then audit with every victim of ``unseg evaluate``: clean,
 protected, uniform random noise and the fixed mask-aligned pattern at the same budgets
-(``--class-pattern``: also one tile per class), all tested on clean images. Then the
+(``--class-pattern``: also one tile per class; ``--random-flat``: also the uniform noise
+at the object budget on every pixel), all tested on clean images. Then the
 stress tests: one victim trained on protected, pattern and clean images after a
 counter-measure (JPEG 75, Gaussian blur sigma 1, half-scale down/up); the clean row
 (``countermeasure_ratio``) is what the counter-measure alone costs.
@@ -13,8 +14,8 @@ Runs in a private FiftyOne database and temporary folder that are removed
 afterwards. Prints a table and writes ``benchmarks/results/effectiveness.json``:
 ``{"victims": {name: {"metric", "clean", "protected", "ratio", "random_ratio",
 "pattern_ratio"}}, "psnr", "ssim", "stress": {name: {"victim", "ratio",
-"pattern_ratio", "countermeasure_ratio"}}}`` (and ``class_pattern_ratio`` with
-``--class-pattern``) plus the settings and machine facts.
+"pattern_ratio", "countermeasure_ratio"}}}`` (and ``class_pattern_ratio`` /
+``random_flat_ratio`` with those options) plus the settings and machine facts.
 
     python benchmarks/effectiveness.py                      # the shipped default
     python benchmarks/effectiveness.py --generator runs/x/generator --quick
@@ -64,6 +65,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="add the class_pattern baseline (one tile per class) to every audit",
     )
     parser.add_argument(
+        "--random-flat",
+        action="store_true",
+        help="add the random_flat baseline (uniform noise at the object budget everywhere) "
+        "to the victims' audit",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -109,10 +116,11 @@ def run(args) -> dict:
     ssim = dataset.values("unseg.ssim")
     results = []
     extra = ("class_pattern",) if args.class_pattern else ()
+    flat = ("random_flat",) if args.random_flat else ()
     if args.victims:
         results = evaluate_protection(
             dataset, "instances", victims=args.victims,
-            baselines=("random", "pattern", *extra),
+            baselines=("random", "pattern", *extra, *flat),
             epochs=args.epochs, seed=args.victim_seed, seeds=args.seeds,
             progress=tqdm_progress("audit", unit="epoch"),
         ).results  # fmt: skip
@@ -130,7 +138,7 @@ def run(args) -> dict:
             "pattern_ratio": result.ratio("pattern"),
             "spread": result.spread,
             "settings": result.settings,
-            **_extra(result, extra),
+            **_extra(result, extra + flat),
         }
     stress = {}
     for name in args.stress:
@@ -192,13 +200,13 @@ def table(results: dict) -> str:
         f"generator {results['generator']}, class mix {results['class_mix']}, "
         f"held-out scenes {results['dataset']}",
         f"{'victim':<10} {'metric':<22} {'clean':>6} {'prot.':>6} {'ratio':>6} "
-        f"{'random':>7} {'pattern':>8} {'cl.pat.':>8}",
+        f"{'random':>7} {'pattern':>8} {'cl.pat.':>8} {'flat':>6}",
     ]
     for name, v in results["victims"].items():
         lines.append(
             f"{name:<10} {v['metric']:<22} {fmt(v['clean']):>6} {fmt(v['protected']):>6} "
             f"{fmt(v['ratio']):>6} {fmt(v['random_ratio']):>7} {fmt(v['pattern_ratio']):>8} "
-            f"{fmt(v.get('class_pattern_ratio')):>8}"
+            f"{fmt(v.get('class_pattern_ratio')):>8} {fmt(v.get('random_flat_ratio')):>6}"
         )
     lines.append(f"mean PSNR {results['psnr']:.2f} dB, mean SSIM {results['ssim']:.4f}")
     lines.append(
@@ -210,8 +218,9 @@ def table(results: dict) -> str:
             f"{fmt(s.get('class_pattern_ratio')):>8} {fmt(s.get('countermeasure_ratio')):>6}"
         )
     lines.append(
-        "ratio = protected/clean metric, random/pattern/cl.pat. (class pattern) = the "
-        "baselines' ratios; under stress, clean = clean images through the counter-measure"
+        "ratio = protected/clean metric; random, pattern, cl.pat. (class pattern), flat "
+        "(random flat) = the baselines' ratios; under stress, clean = clean images through "
+        "the counter-measure"
     )
     return "\n".join(lines)
 
