@@ -133,3 +133,17 @@ def test_card_quotes_the_random_noise_controls():
             assert f"{run['clean']:.3f}" in row, (path, start)
             for key in ("random_ratio", "random_flat_ratio"):
                 assert f"{run[key]:.2f}" in row, (path, start, key)
+
+
+def test_card_quotes_the_sample_wise_error_minimising_bound():
+    results = json.loads(open(os.path.join(RESULTS, "sample_wise_em.json")).read())
+    scenes = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
+    assert results["dataset"] == scenes  # the effectiveness benchmark's scenes
+    card = _card().splitlines()
+    for variant in results["variants"]:
+        start = f"| min-min, reset every {variant['reset_every']} "
+        row = next(x for x in card if x.startswith(start))
+        assert f"{variant['ratio']:.2f}" in row and f"{variant['psnr']:.1f} dB" in row
+        assert f"{variant['clean']:.3f}" in row and f"{variant['protected']:.3f}" in row
+        accuracy = variant["surrogate_accuracy"]
+        assert f"{accuracy['clean']:.3f} / {accuracy['perturbed']:.3f}" in row
