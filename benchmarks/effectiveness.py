@@ -23,6 +23,7 @@ afterwards. Prints a table and writes ``benchmarks/results/effectiveness.json``:
     python benchmarks/effectiveness.py --victims --update   # add the stress tests to it
     python benchmarks/effectiveness.py --victims --stress blur1 --victim-seed 1 --out x.json
     python benchmarks/effectiveness.py --class-mix 0.5 --class-pattern --out y.json
+    python benchmarks/effectiveness.py --victims semantic --stress --eps-bg 8/255 --out z.json
 """
 
 # isort: off
@@ -42,8 +43,8 @@ from machine import machine_facts, publish
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
-from fiftyone_unseg.cli import tqdm_progress
-from fiftyone_unseg.protect import DEFAULT_CLASS_MIX
+from fiftyone_unseg.cli import budget_arg, tqdm_progress
+from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 STRESS = {"jpeg75": "jpeg:75", "blur1": "blur:1.0", "half_scale": "downscale:0.5"}
@@ -53,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generator", help="checkpoint directory (default: the shipped one)")
     held_out.add_arguments(parser)
+    parser.add_argument("--eps", type=budget_arg, default=DEFAULT_EPS, help="object budget")
+    parser.add_argument(
+        "--eps-bg", type=budget_arg, default=DEFAULT_EPS_BG, help="background budget"
+    )
     parser.add_argument(
         "--class-mix",
         type=float,
@@ -109,6 +114,8 @@ def run(args) -> dict:
         dataset,
         "instances",
         generator=generator,
+        eps=args.eps,
+        eps_bg=args.eps_bg,
         class_mix=args.class_mix,
         progress=tqdm_progress("protect"),
     )

@@ -56,7 +56,7 @@ def _cmd_sample_data(args) -> int:
     return 0
 
 
-def _budget(text: str) -> float:
+def budget_arg(text: str) -> float:
     """An L-infinity budget in [0, 1], written as a fraction (8/255) or a float (0.03)."""
     try:
         value = float(Fraction(text))
@@ -162,8 +162,8 @@ def _add_protect_commands(subparsers) -> None:
         "--label-field", required=True, help="Segmentation, Detections or Polylines field"
     )
     p.add_argument("--generator", help="generator checkpoint folder (default: the shipped one)")
-    p.add_argument("--eps", type=_budget, default=DEFAULT_EPS, help="object budget (8/255)")
-    p.add_argument("--eps-bg", type=_budget, default=DEFAULT_EPS_BG, help="background (2/255)")
+    p.add_argument("--eps", type=budget_arg, default=DEFAULT_EPS, help="object budget (8/255)")
+    p.add_argument("--eps-bg", type=budget_arg, default=DEFAULT_EPS_BG, help="background (2/255)")
     p.add_argument("--classes", nargs="+", help="prompt with these classes only")
     p.add_argument("--per-instance", action="store_true", help="one prompt per segment")
     p.add_argument(
@@ -266,9 +266,14 @@ def _add_evaluate_command(subparsers) -> None:
     p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=[])
     p.add_argument("--countermeasure", help="jpeg:75, blur:1.0, downscale:0.5 or grayscale")
     p.add_argument(
-        "--eps", type=_budget, default=DEFAULT_EPS, help="baselines' object budget where unrecorded"
+        "--eps",
+        type=budget_arg,
+        default=DEFAULT_EPS,
+        help="baselines' object budget where unrecorded",
     )
-    p.add_argument("--eps-bg", type=_budget, default=DEFAULT_EPS_BG, help="and background budget")
+    p.add_argument(
+        "--eps-bg", type=budget_arg, default=DEFAULT_EPS_BG, help="and background budget"
+    )
     p.add_argument(
         "--split-tags",
         nargs=2,
