@@ -124,15 +124,22 @@ def test_card_quotes_the_random_noise_controls():
     scenes = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
     paths = glob.glob(os.path.join(RESULTS, "random_budget*.json"))
     assert paths
+    runs = []
     for path in paths:
         results = json.loads(open(path).read())
         assert results["dataset"] == scenes, path  # the effectiveness benchmark's scenes
-        for run in results["runs"]:
-            start = f"| {run['victim']} | {run['victim_seed']} |"
-            row = next(x for x in card if x.startswith(start))
-            assert f"{run['clean']:.3f}" in row, (path, start)
-            for key in ("random_ratio", "random_flat_ratio"):
-                assert f"{run[key]:.2f}" in row, (path, start, key)
+        runs += [(path, run) for run in results["runs"]]
+    for path in glob.glob(os.path.join(RESULTS, "effectiveness_*_victim_seed*.json")):
+        results = json.loads(open(path).read())  # main audits run with --random-flat
+        for name, victim in results["victims"].items():
+            if "random_flat_ratio" in victim:
+                runs.append((path, dict(victim, victim=name, victim_seed=results["victim_seed"])))
+    for path, run in runs:
+        start = f"| {run['victim']} | {run['victim_seed']} |"
+        row = next(x for x in card if x.startswith(start))
+        assert f"{run['clean']:.3f}" in row, (path, start)
+        for key in ("random_ratio", "random_flat_ratio"):
+            assert f"{run[key]:.2f}" in row, (path, start, key)
 
 
 def test_card_quotes_the_sample_wise_error_minimising_bound():
