@@ -154,3 +154,18 @@ def test_card_quotes_the_sample_wise_error_minimising_bound():
         assert f"{variant['clean']:.3f}" in row and f"{variant['protected']:.3f}" in row
         accuracy = variant["surrogate_accuracy"]
         assert f"{accuracy['clean']:.3f} / {accuracy['perturbed']:.3f}" in row
+
+
+def test_card_quotes_the_protection_at_one_budget_everywhere():
+    card = _card().splitlines()
+    paths = glob.glob(os.path.join(RESULTS, "effectiveness_flat_budget*.json"))
+    assert paths
+    for path in paths:
+        results = json.loads(open(path).read())
+        assert results["eps_bg"] == results["eps"], path
+        start = f"| {round(results['eps'] * 255)}/255 everywhere | {results['victim_seed']} |"
+        row = next(x for x in card if x.startswith(start))
+        victim = results["victims"]["semantic"]
+        assert f"{victim['clean']:.3f}" in row and f"{results['psnr']:.1f} dB" in row
+        for key in ("ratio", "random_ratio", "pattern_ratio"):
+            assert f"{victim[key]:.2f}" in row, (path, key)
