@@ -24,6 +24,7 @@ afterwards. Prints a table and writes ``benchmarks/results/effectiveness.json``:
     python benchmarks/effectiveness.py --victims --stress blur1 --victim-seed 1 --out x.json
     python benchmarks/effectiveness.py --class-mix 0.5 --class-pattern --out y.json
     python benchmarks/effectiveness.py --victims semantic --stress --eps-bg 8/255 --out z.json
+    python benchmarks/effectiveness.py --generator runs/x/generator --baselines --stress ...
 """
 
 # isort: off
@@ -63,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=float,
         default=DEFAULT_CLASS_MIX,
         help="protect's class_mix (share of the secret class textures; 0: the generator alone)",
+    )
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["random", "pattern"],
+        help="the victims' baselines (leave some out to measure only the protection of "
+        "another generator at the same settings)",
     )
     parser.add_argument(
         "--class-pattern",
@@ -124,10 +132,11 @@ def run(args) -> dict:
     results = []
     extra = ("class_pattern",) if args.class_pattern else ()
     flat = ("random_flat",) if args.random_flat else ()
+    baselines = (*args.baselines, *extra, *flat)
     if args.victims:
         results = evaluate_protection(
             dataset, "instances", victims=args.victims,
-            baselines=("random", "pattern", *extra, *flat),
+            baselines=baselines,
             epochs=args.epochs, seed=args.victim_seed, seeds=args.seeds,
             progress=tqdm_progress("audit", unit="epoch"),
         ).results  # fmt: skip
@@ -137,15 +146,11 @@ def run(args) -> dict:
             "metric": result.metric,
             "clean": result.scores["clean"],
             "protected": result.scores["protected"],
-            "random": result.scores["random"],
-            "pattern": result.scores["pattern"],
             "chance": result.chance,
             "ratio": result.ratio("protected"),
-            "random_ratio": result.ratio("random"),
-            "pattern_ratio": result.ratio("pattern"),
             "spread": result.spread,
             "settings": result.settings,
-            **_extra(result, extra + flat),
+            **_extra(result, baselines),
         }
     stress = {}
     for name in args.stress:
@@ -192,7 +197,7 @@ def run(args) -> dict:
 
 
 def _extra(result, baselines) -> dict:
-    """Scores and ratios of the optional baselines."""
+    """Scores and ratios of the baselines."""
     out = {}
     for name in baselines:
         out[name], out[f"{name}_ratio"] = result.scores[name], result.ratio(name)
@@ -212,7 +217,7 @@ def table(results: dict) -> str:
     for name, v in results["victims"].items():
         lines.append(
             f"{name:<10} {v['metric']:<22} {fmt(v['clean']):>6} {fmt(v['protected']):>6} "
-            f"{fmt(v['ratio']):>6} {fmt(v['random_ratio']):>7} {fmt(v['pattern_ratio']):>8} "
+            f"{fmt(v['ratio']):>6} {fmt(v.get('random_ratio')):>7} {fmt(v.get('pattern_ratio')):>8} "
             f"{fmt(v.get('class_pattern_ratio')):>8} {fmt(v.get('random_flat_ratio')):>6}"
         )
     lines.append(f"mean PSNR {results['psnr']:.2f} dB, mean SSIM {results['ssim']:.4f}")
