@@ -88,7 +88,7 @@ def test_card_quotes_the_committed_spread_of_its_recipe():
     card = _card()
     assert load_generator().generator_id in results["generators"]
     for generator_id, row in results["generators"].items():
-        line = next(x for x in card.splitlines() if f"`{generator_id}`" in x and "|" in x)
+        line = next(x for x in card.splitlines() if f"| `{generator_id}` |" in x)
         for scenes in ("validation", "benchmark"):
             if scenes in row:
                 assert f"{row[scenes]['ratio']:.3f}" in line, (generator_id, scenes)
@@ -158,14 +158,17 @@ def test_card_quotes_the_sample_wise_error_minimising_bound():
 
 def test_card_quotes_the_protection_at_one_budget_everywhere():
     card = _card().splitlines()
-    paths = glob.glob(os.path.join(RESULTS, "effectiveness_flat_budget*.json"))
-    assert paths
-    for path in paths:
+    scenes = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
+    shipped = glob.glob(os.path.join(RESULTS, "effectiveness_flat_budget*.json"))
+    trained_flat = glob.glob(os.path.join(RESULTS, "flat_trained", "*.json"))
+    assert shipped and trained_flat
+    for path in shipped + trained_flat:
         results = json.loads(open(path).read())
-        assert results["eps_bg"] == results["eps"], path
-        start = f"| {round(results['eps'] * 255)}/255 everywhere | {results['victim_seed']} |"
-        row = next(x for x in card if x.startswith(start))
-        victim = results["victims"]["semantic"]
-        assert f"{victim['clean']:.3f}" in row and f"{results['psnr']:.1f} dB" in row
-        for key in ("ratio", "random_ratio", "pattern_ratio"):
-            assert f"{victim[key]:.2f}" in row, (path, key)
+        assert results["eps_bg"] == results["eps"] and results["dataset"] == scenes, path
+        assert (results["generator"] == load_generator().generator_id) == (path in shipped)
+        for name, victim in results["victims"].items():
+            start, key = f"| `{results['generator']}`", f"| {name} | {results['victim_seed']} |"
+            row = next(x for x in card if x.startswith(start) and key in x)
+            assert f"{victim['clean']:.3f}" in row and f"{results['psnr']:.1f} dB" in row
+            for ratio in ("ratio", "random_ratio", "pattern_ratio"):
+                assert ratio not in victim or f"{victim[ratio]:.2f}" in row, (path, name, ratio)
