@@ -166,9 +166,14 @@ def test_card_quotes_the_protection_at_one_budget_everywhere():
         results = json.loads(open(path).read())
         assert results["eps_bg"] == results["eps"] and results["dataset"] == scenes, path
         assert (results["generator"] == load_generator().generator_id) == (path in shipped)
+        start, seed = f"| `{results['generator']}`", results["victim_seed"]
         for name, victim in results["victims"].items():
-            start, key = f"| `{results['generator']}`", f"| {name} | {results['victim_seed']} |"
-            row = next(x for x in card if x.startswith(start) and key in x)
+            row = next(x for x in card if x.startswith(start) and f"| {name} | {seed} |" in x)
             assert f"{victim['clean']:.3f}" in row and f"{results['psnr']:.1f} dB" in row
             for ratio in ("ratio", "random_ratio", "pattern_ratio"):
                 assert ratio not in victim or f"{victim[ratio]:.2f}" in row, (path, name, ratio)
+        for stress in results["stress"].values():
+            key = f"| `{stress['countermeasure']}` | {seed} |"
+            row = next(x for x in card if x.startswith(start) and key in x)
+            for ratio in ("ratio", "pattern_ratio", "countermeasure_ratio"):
+                assert f"{stress[ratio]:.2f}" in row, (path, key, ratio)
