@@ -43,6 +43,7 @@ import torch
 from machine import machine_facts, publish
 
 from fiftyone_unseg import evaluate_protection, protect
+from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import budget_arg, tqdm_progress
 from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG
@@ -68,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--baselines",
         nargs="*",
+        choices=list(BASELINES),
         default=["random", "pattern"],
         help="the victims' baselines (leave some out to measure only the protection of "
         "another generator at the same settings)",
