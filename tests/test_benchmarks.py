@@ -1,5 +1,6 @@
-"""The benchmarks' private sandbox (benchmarks/sandbox.py) against a real MongoDB."""
+"""The benchmarks against a real MongoDB: their private sandbox and what their options train."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,3 +95,25 @@ def test_sample_wise_error_minimising_noise_teaches_the_surrogate_what_images_do
     assert largest <= 1.0  # within the budgets
     assert clean <= background + 0.02  # grey images: at best the majority class
     assert perturbed > clean + 0.15  # the noise carries the classes
+
+
+def test_effectiveness_without_baselines_trains_only_clean_and_protected_under_stress(tmp_path):
+    out_file = tmp_path / "effectiveness.json"
+    args = ["--quick", "--victims", "semantic", "--baselines", "--stress", "blur1"]
+    out = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "effectiveness.py"), *args, "--out", out_file],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads(out_file.read_text())
+    victim, stress = results["victims"]["semantic"], results["stress"]["blur1"]
+    assert not {"random_ratio", "pattern_ratio"} & set(victim)
+    assert set(stress) == {"victim", "countermeasure", "clean", "protected", "ratio"}
+    assert stress["countermeasure"] == "blur:1.0"
+    # One thread: the clean model trains identically in both audits, which is what lets
+    # a new generator's audit reuse the baselines of a full run at the same settings.
+    assert stress["clean"] == victim["clean"]
+    assert "blur1" in out.stdout and "n/a" in out.stdout
