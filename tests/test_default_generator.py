@@ -156,6 +156,22 @@ def test_card_quotes_the_sample_wise_error_minimising_bound():
         assert f"{accuracy['clean']:.3f} / {accuracy['perturbed']:.3f}" in row
 
 
+def _assert_card_quotes_audit(card: list, path: str, results: dict) -> None:
+    """Each victim and stress test of an audit of ``path`` has a card row that starts with
+    the generator's id and names the test and victim seed, quoting its scores."""
+    start, seed = f"| `{results['generator']}`", results["victim_seed"]
+    for name, victim in results["victims"].items():
+        row = next(x for x in card if x.startswith(start) and f"| {name} | {seed} |" in x)
+        assert f"{victim['clean']:.3f}" in row and f"{results['psnr']:.1f} dB" in row
+        for ratio in ("ratio", "random_ratio", "pattern_ratio"):
+            assert ratio not in victim or f"{victim[ratio]:.2f}" in row, (path, name, ratio)
+    for stress in results["stress"].values():
+        key = f"| `{stress['countermeasure']}` | {seed} |"
+        row = next(x for x in card if x.startswith(start) and key in x)
+        for ratio in ("ratio", "pattern_ratio", "countermeasure_ratio"):
+            assert ratio not in stress or f"{stress[ratio]:.2f}" in row, (path, key, ratio)
+
+
 def test_card_quotes_the_protection_at_one_budget_everywhere():
     card = _card().splitlines()
     scenes = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
@@ -166,14 +182,18 @@ def test_card_quotes_the_protection_at_one_budget_everywhere():
         results = json.loads(open(path).read())
         assert results["eps_bg"] == results["eps"] and results["dataset"] == scenes, path
         assert (results["generator"] == load_generator().generator_id) == (path in shipped)
-        start, seed = f"| `{results['generator']}`", results["victim_seed"]
-        for name, victim in results["victims"].items():
-            row = next(x for x in card if x.startswith(start) and f"| {name} | {seed} |" in x)
-            assert f"{victim['clean']:.3f}" in row and f"{results['psnr']:.1f} dB" in row
-            for ratio in ("ratio", "random_ratio", "pattern_ratio"):
-                assert ratio not in victim or f"{victim[ratio]:.2f}" in row, (path, name, ratio)
-        for stress in results["stress"].values():
-            key = f"| `{stress['countermeasure']}` | {seed} |"
-            row = next(x for x in card if x.startswith(start) and key in x)
-            for ratio in ("ratio", "pattern_ratio", "countermeasure_ratio"):
-                assert f"{stress[ratio]:.2f}" in row, (path, key, ratio)
+        assert all("pattern_ratio" in s for s in results["stress"].values()), path
+        _assert_card_quotes_audit(card, path, results)
+
+
+def test_card_quotes_the_generators_trained_through_countermeasures():
+    card = _card().splitlines()
+    scenes = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
+    paths = glob.glob(os.path.join(RESULTS, "eot_trained", "*.json"))
+    assert paths
+    for path in paths:
+        results = json.loads(open(path).read())
+        assert (
+            results["dataset"] == scenes and results["generator"] != load_generator().generator_id
+        )
+        _assert_card_quotes_audit(card, path, results)
