@@ -156,16 +156,17 @@ def run(args) -> dict:
             **_extra(result, baselines),
         }
     stress = {}
-    # With --baselines naming nothing, the stress tests too train only clean and protected.
-    under_stress = ("pattern",) if "pattern" in args.baselines else ()
-    under_stress = (*under_stress, *extra, *(("none",) if args.baselines else ()))
+    # Under stress: the pattern when --baselines names it, and clean images through the
+    # counter-measure ("none") unless --baselines names nothing.
+    under_stress = (*(("pattern",) if "pattern" in args.baselines else ()), *extra)
+    through = ("none",) if args.baselines else ()
     for name in args.stress:
         countermeasure = STRESS[name]
         report = evaluate_protection(
             dataset,
             "instances",
             victims=[args.stress_victim],
-            baselines=under_stress,
+            baselines=(*under_stress, *through),
             countermeasure=countermeasure,
             epochs=args.epochs,
             seed=args.victim_seed,
@@ -180,9 +181,9 @@ def run(args) -> dict:
             "clean": result.scores["clean"],
             "protected": result.scores["protected"],
             "ratio": result.ratio("protected"),
-            **_extra(result, [b for b in under_stress if b != "none"]),
+            **_extra(result, under_stress),
         }
-        if "none" in under_stress:  # clean images through the counter-measure
+        if through:
             stress[name]["clean_countermeasure"] = result.scores["none"]
             stress[name]["countermeasure_ratio"] = result.ratio("none")
     return {
