@@ -198,3 +198,33 @@ def test_card_quotes_the_generators_trained_through_countermeasures():
             results["dataset"] == scenes and results["generator"] != load_generator().generator_id
         )
         _assert_card_quotes_audit(card, path, results)
+
+
+def test_readme_quotes_the_budget_trade_off_from_the_committed_audits():
+    """The README's "Budgets" bullet: the shipped generator's semantic ratios at the
+    default and at one budget everywhere, each a mean over the audited victim seeds."""
+    shipped = load_generator().generator_id
+    ratios = {}  # (background budget /255, test) -> {victim seed: ratio}
+    for path in glob.glob(os.path.join(RESULTS, "effectiveness*.json")):
+        results = json.loads(open(path).read())
+        if results["generator"] != shipped or results.get("class_mix"):
+            continue
+        tests = {"semantic": results["victims"].get("semantic")}
+        tests.update({k: v for k, v in results["stress"].items() if v["victim"] == "semantic"})
+        budget = round(results["eps_bg"] * 255)
+        for test, scores in tests.items():
+            if scores:
+                seeds = ratios.setdefault((budget, test), {})
+                seed = results.get("victim_seed") or 0
+                assert seeds.setdefault(seed, scores["ratio"]) == scores["ratio"], path
+    mean = {key: f"{np.mean(list(by_seed.values())):.2f}" for key, by_seed in ratios.items()}
+    assert len(ratios[(8, "jpeg75")]) == 3 and len(ratios[(2, "jpeg75")]) == 1
+    bullet = re.search(
+        r"- \*\*Budgets\*\*.*?(?=\n- )", open(os.path.join(REPO, "README.md")).read(), re.S
+    )
+    text = " ".join(bullet.group(0).split())
+    for test in ("semantic", "jpeg75", "half_scale"):
+        assert f"{mean[(8, test)]} against {mean[(2, test)]}" in text, test
+    flat = json.loads(open(os.path.join(RESULTS, "effectiveness_flat_budget.json")).read())
+    default = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())
+    assert f"{flat['psnr']:.1f} dB" in text and f"{default['psnr']:.1f} dB" in text
