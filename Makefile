@@ -39,7 +39,7 @@ bench: install
 
 # Retrain the shipped default generator (fiftyone_unseg/weights/default/MODEL_CARD.md).
 default-generator: install
-	OMP_NUM_THREADS=1 $(VENV)/bin/unseg train --config tiny --seed 4 --out runs/default
+	OMP_NUM_THREADS=1 $(VENV)/bin/unseg train --config tiny --seed 4 --out runs/default --overwrite
 	cp runs/default/generator/model.safetensors runs/default/generator/config.json \
 		fiftyone_unseg/weights/default/
 

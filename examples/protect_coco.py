@@ -21,12 +21,14 @@ polygon segmentations as filled polygons, which protect the same pixels.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import fiftyone as fo
 from fiftyone import ViewField as F
 
 import fiftyone_unseg as fu
+from fiftyone_unseg import io as uio
 
 LABEL_FIELD = "ground_truth"
 FORMATS = {
@@ -56,11 +58,18 @@ def import_dataset(name: str, images: str, labels: str, data_format: str, polyli
 
 
 def export_protected(dataset, export_dir: str, data_format: str) -> None:
-    """Export the protected images (as the media) with the original labels."""
+    """Export the protected images (as the media) with the original labels, without the
+    marker that tells ``protect`` which sample a file was written for (published, it
+    would tell anyone which images are protected)."""
     protected = dataset.exists("protected_filepath").set_field("filepath", F("protected_filepath"))
     protected.export(
         export_dir=export_dir, dataset_type=FORMATS[data_format], label_field=LABEL_FIELD
     )
+    media = os.path.join(export_dir, "data")
+    for name in os.listdir(media):
+        path = os.path.join(media, name)
+        with open(path, "rb") as f:
+            uio.atomic_write_bytes(uio.unmarked(f.read()), path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", action="append", required=True, help="data source, repeatable")
     p.add_argument("--config", default="tiny", help="shipped config name or a JSON file")
     p.add_argument("--out", default="runs/folders-generator", help="run folder")
+    p.add_argument("--overwrite", action="store_true", help="start over in a used --out")
     p.add_argument("--max-steps", type=int, default=300, help="bilevel training steps")
     p.add_argument("--phase-steps", type=int, help="steps per surrogate / generator phase")
     p.add_argument("--batch-size", type=int, help="default: the config's")
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
         pretrain_steps=args.pretrain_steps,
         device=args.device,
     )
-    summary = train(cfg, args.out)
+    summary = train(cfg, args.out, overwrite=args.overwrite)
     generator = summary["generator"]
     held_out = "val" if "iou_val_clean" in summary else "train"
     print(

@@ -26,8 +26,10 @@ class Frame:
     size: int
 
     def region(self, size: int | None = None) -> tuple[int, int]:
-        """(h, w) of the image inside the padded NxN frame (N = ``size`` or S)."""
-        return ResizeLongestSide.get_preprocess_shape(self.height, self.width, size or self.size)
+        """(h, w) of the image inside the padded NxN frame (N = ``size`` or S); at least one
+        pixel each, however thin the image."""
+        h, w = ResizeLongestSide.get_preprocess_shape(self.height, self.width, size or self.size)
+        return max(1, h), max(1, w)
 
     def to_model(self, image: torch.Tensor, size: int | None = None) -> torch.Tensor:
         """CxHxW -> CxNxN (N = ``size`` or S): long side resized to N, padded bottom/right."""

@@ -67,6 +67,11 @@ def _publish_new(tmp: str, path: str) -> None:
         os.replace(tmp, path)
 
 
+def is_temp_file(name: str) -> bool:
+    """Whether the file ``name`` is a temporary file of :func:`atomic_write_bytes`."""
+    return name.startswith(".") and name.endswith(_TEMP_SUFFIX)
+
+
 def stale_temp_files(folder: str) -> dict[str, list[str]]:
     """Temporary files that :func:`atomic_write_bytes` left in ``folder`` (a killed
     process), by the name of the file they were for."""
@@ -74,21 +79,22 @@ def stale_temp_files(folder: str) -> dict[str, list[str]]:
     if not os.path.isdir(folder):
         return found
     for entry in os.scandir(folder):
-        if entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX):
+        if is_temp_file(entry.name):
             target = entry.name[1 : -len(_TEMP_SUFFIX)].rsplit(".", 1)[0]
             found.setdefault(target, []).append(entry.path)
     return found
 
 
-def check_writable(folder: str) -> None:
-    """Create ``folder`` if needed and check a file can be written there; ValueError if not."""
+def check_writable(folder: str, what: str = "output folder") -> None:
+    """Create ``folder`` if needed and check a file can be written there; ValueError naming
+    it as ``what`` if not."""
     try:
         os.makedirs(folder, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-", suffix=_TEMP_SUFFIX)
         os.close(fd)
         os.remove(probe)
     except OSError as error:
-        raise ValueError(f"cannot write to the output folder {folder}: {error.strerror}") from error
+        raise ValueError(f"cannot write to the {what} {folder}: {error.strerror}") from error
 
 
 def try_lock(path: str) -> int | None:
@@ -170,6 +176,31 @@ def marker(path: str) -> str | None:
     return comment[len(prefix) :] if comment.startswith(prefix) else None
 
 
+def unmarked(data: bytes) -> bytes:
+    """PNG or JPEG bytes of :func:`encode_marked` without the owner marker, the pixels'
+    bytes untouched (for publishing: the marker tells anyone the file is protected).
+    Other bytes are returned as they are."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        out, at = [data[:8]], 8
+        while at < len(data):
+            length = int.from_bytes(data[at : at + 4], "big")
+            chunk = data[at : at + 12 + length]
+            if not (chunk[4:8] == b"tEXt" and chunk[8:].startswith(MARKER_KEY.encode() + b"\0")):
+                out.append(chunk)
+            at += 12 + length
+        return b"".join(out)
+    if data.startswith(b"\xff\xd8"):
+        out, at = [data[:2]], 2
+        while at + 4 <= len(data) and data[at] == 0xFF and data[at + 1] != 0xDA:  # to the scan
+            length = int.from_bytes(data[at + 2 : at + 4], "big")
+            segment = data[at : at + 2 + length]
+            if not (segment[1] == 0xFE and segment[4:].startswith(f"{MARKER_KEY}=".encode())):
+                out.append(segment)
+            at += 2 + length
+        return b"".join(out) + data[at:]
+    return data
+
+
 def write_owned(data: bytes, path: str, owner: str) -> None:
     """Write ``data`` atomically to ``path`` unless that would overwrite a file not written
     for ``owner``: a foreign file or a symbolic link stays as it is (ValueError)."""
@@ -195,7 +226,8 @@ def check_file(path: str, kind: str = "image") -> None:
 def read_rgb(path: str) -> np.ndarray:
     """Read any image as HxWx3 float32 RGB in [0, 1], EXIF orientation applied.
 
-    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit files are converted.
+    Grayscale, palette, RGBA (alpha dropped, as RGB training pipelines read it), CMYK,
+    16-bit and 32-bit float (values in [0, 1] or [0, 255]) files are converted.
     Raises ``ValueError`` naming the file for missing, empty or undecodable files.
     """
     check_file(path)
@@ -208,11 +240,26 @@ def read_rgb(path: str) -> np.ndarray:
                 scale = 65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0
                 arr = np.clip(arr / scale, 0, 1)
                 return np.repeat(arr[..., None], 3, axis=-1)
+            if im.mode == "F":
+                return _float_rgb(np.asarray(im, dtype=np.float32), path)
             rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.float32)
             rgb /= 255.0  # in place: a large image is not held twice as floats
             return rgb
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: cannot decode image ({e})") from e
+
+
+def _float_rgb(gray: np.ndarray, path: str) -> np.ndarray:
+    """A 32-bit float grayscale image as HxWx3 in [0, 1]: values in [0, 1] kept, in
+    [0, 255] scaled; ValueError naming ``path`` for anything else."""
+    low, high = (float(gray.min()), float(gray.max())) if gray.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 255:
+        raise ValueError(
+            f"{path}: float image with values in [{low:g}, {high:g}]; only [0, 1] or "
+            "[0, 255] can be read as intensities (convert it to 8 or 16 bits)"
+        )
+    gray = gray / 255.0 if high > 1 else gray
+    return np.repeat(gray[..., None], 3, axis=-1)
 
 
 def image_pixels(path: str) -> int:
@@ -225,11 +272,19 @@ def image_pixels(path: str) -> int:
 
 
 def read_mask(path: str) -> np.ndarray:
-    """Read a mask image as an HxW integer array (values as stored)."""
+    """Read a mask image as an HxW integer array: values as stored (a palette PNG's
+    indices), an RGB mask's colours as 0xRRGGBB (:func:`colour_values`)."""
     check_file(path, "mask")
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
     except (OSError, SyntaxError) as e:
         raise ValueError(f"{path}: cannot decode mask ({e})") from e
-    return arr[..., 0] if arr.ndim == 3 else arr
+    return colour_values(arr) if arr.ndim == 3 else arr
+
+
+def colour_values(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 (or x4: alpha ignored) 8-bit colours -> HxW int32 0xRRGGBB, the values that
+    FiftyOne's hex mask targets ("#rrggbb") name."""
+    rgb = rgb[..., :3].astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]

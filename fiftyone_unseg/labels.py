@@ -5,7 +5,9 @@ background and 1..K for the K segments. Segments are
 
 - ``fo.Segmentation``: one per class value present in the mask (semantic masks
   have no instances); masks of another size are stretched over the image (nearest),
-  as the App draws them (:func:`fit_mask`);
+  as the App draws them (:func:`fit_mask`). Palette PNGs (VOC's masks) are read as
+  their palette indices, the class values; RGB masks as one value per colour, which
+  hex mask targets ("#rrggbb") name;
 - ``fo.Detections``: one per detection, its instance mask pasted into its box;
   a detection without a mask fills its whole box (the best extent available);
 - ``fo.Polylines``: one per polyline, always rasterised as a filled polygon
@@ -21,7 +23,11 @@ from dataclasses import dataclass
 
 import cv2
 import fiftyone as fo
+import fiftyone.core.fields as fof
 import numpy as np
+from PIL import Image
+
+from fiftyone_unseg.io import colour_values
 
 SUPPORTED_TYPES = (fo.Segmentation, fo.Detections, fo.Polylines)
 PROMPT_MODES = ("all", "instance")
@@ -35,7 +41,7 @@ class PromptSpec:
     mode: "all" (union of all segments), "classes" (union of ``classes``) or
     "instance" (one prompt per segment). ``values`` are the Segmentation pixel
     values of ``classes``; ``value_names`` the (pixel value, class name) pairs of its
-    mask targets.
+    mask targets, which name RGB colours when ``rgb_targets``.
     """
 
     label_field: str
@@ -44,6 +50,7 @@ class PromptSpec:
     classes: tuple[str, ...] = ()
     values: frozenset[int] = frozenset()
     value_names: tuple[tuple[int, str], ...] = ()
+    rgb_targets: bool = False
 
     @property
     def name(self) -> str:
@@ -102,15 +109,14 @@ def resolve_prompt(samples, label_field: str, prompt="all") -> PromptSpec:
     that is an integer string is taken as a pixel value.
     """
     kind = label_type(samples, label_field)
-    names = (
-        tuple(sorted(_mask_targets(samples, label_field).items()))
-        if kind is fo.Segmentation
-        else ()
-    )
+    names, rgb = (), False
+    if kind is fo.Segmentation:
+        names = tuple(sorted(_mask_targets(samples, label_field).items()))
+        rgb = fof.is_rgb_mask_targets(samples.get_mask_targets(label_field) or {})
     if isinstance(prompt, str):
         if prompt not in PROMPT_MODES:
             raise ValueError(f"prompt must be one of {PROMPT_MODES} or a list of class names")
-        return PromptSpec(label_field, kind, prompt, value_names=names)
+        return PromptSpec(label_field, kind, prompt, value_names=names, rgb_targets=rgb)
     classes = tuple(sorted(set(prompt)))
     if not classes:
         raise ValueError("prompt: the list of class names is empty")
@@ -126,7 +132,7 @@ def resolve_prompt(samples, label_field: str, prompt="all") -> PromptSpec:
     if kind is fo.Segmentation:
         by_name = {name: value for value, name in _mask_targets(samples, label_field).items()}
         values = frozenset(by_name[c] if c in by_name else int(c) for c in classes)
-    return PromptSpec(label_field, kind, "classes", classes, values, names)
+    return PromptSpec(label_field, kind, "classes", classes, values, names, rgb)
 
 
 def segment_map(label, height: int, width: int, spec: PromptSpec) -> np.ndarray:
@@ -175,9 +181,13 @@ def _shape(item):
 
 
 def load_mask(label) -> np.ndarray | None:
-    """A Segmentation's mask (in the database or at ``mask_path``); ValueError naming the
-    mask file if it cannot be read."""
+    """A Segmentation's mask (in the database or at ``mask_path``; a palette PNG as its
+    indices, HxW); ValueError naming the mask file if it cannot be read."""
     try:
+        if label.mask is None and label.mask_path is not None:
+            with Image.open(label.mask_path) as image:
+                if image.mode == "P":
+                    return np.asarray(image)
         return label.get_mask()
     except Exception as error:  # PIL / OpenCV / eta raise many kinds
         raise ValueError(f"cannot read the mask {label.mask_path}: {error}") from error
@@ -195,9 +205,16 @@ def _semantic_segments(label, height: int, width: int, spec: PromptSpec) -> tupl
     mask = load_mask(label)
     if mask is None:
         return np.zeros((height, width), np.uint8), []
+    if spec.value_names and (mask.ndim == 3) != spec.rgb_targets:
+        where = label.mask_path or "in the database"
+        raise ValueError(
+            f"the mask {where} is {'RGB' if mask.ndim == 3 else 'single-channel'} but the "
+            f"mask targets of {spec.label_field!r} name "
+            f"{'RGB colours' if spec.rgb_targets else 'integer values'}: give RGB masks hex "
+            "targets ('#rrggbb') and class-index masks (or palette PNGs) integer ones"
+        )
     if mask.ndim == 3:  # RGB mask: one integer per colour, as in the mask targets
-        rgb = mask.astype(np.int32)
-        mask = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        mask = colour_values(mask)
     present = present_values(mask)
     if spec.mode == "classes":
         present = [v for v in present if v in spec.values]

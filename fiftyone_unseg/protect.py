@@ -218,6 +218,10 @@ def protect(
     }
     output_dir = os.path.abspath(output_dir or default_output_dir(dataset))
     uio.check_writable(output_dir)
+    uio.check_writable(
+        os.path.dirname(_lock_path(dataset, "")),
+        "lock folder (under fiftyone's default_dataset_dir, whatever the output folder)",
+    )
     _prepare_dataset(dataset, replace_filepath)
     view = _shard_view(samples, shard)
     ids, tasks = _plan(view, settings, output_dir, overwrite)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import shutil
 from dataclasses import dataclass
 
 import fiftyone as fo
@@ -24,7 +26,7 @@ from skimage import data as skdata
 from skimage import transform
 
 from fiftyone_unseg import folders
-from fiftyone_unseg.io import atomic_write_image
+from fiftyone_unseg.io import atomic_write_image, is_temp_file
 
 CLASSES = ("horse", "coin", "brick", "bush", "rock", "sign")
 """Object classes; semantic label of ``CLASSES[k]`` is ``k + 1`` (0 is background)."""
@@ -302,11 +304,13 @@ def write_scenes(
         out_dir/semantic/scene_00000.png      class map (0 background)
         out_dir/masks/scene_00000__00.png     one binary mask per instance (0 / 255)
 
-    Styles are assigned round-robin. Returns one dict per scene with the paths,
-    the instance labels and the split. ``progress`` is an optional callable
-    ``progress(done, total)``.
+    Styles are assigned round-robin. Scenes an earlier call left in ``out_dir`` are
+    removed first (so no stale mask pairs with a new image); a folder that holds
+    anything else is refused. Returns one dict per scene with the paths, the instance
+    labels and the split. ``progress`` is an optional callable ``progress(done, total)``.
     """
     styles = tuple(styles)
+    _clear_scenes(out_dir)
     records = []
     for i in range(num):
         style = styles[i % len(styles)]
@@ -334,6 +338,39 @@ def write_scenes(
         if progress is not None:
             progress(i + 1, num)
     return records
+
+
+_SCENE_FILES = {
+    "images": r"scene_\d{5}\.jpg",
+    "semantic": r"scene_\d{5}\.png",
+    "masks": r"scene_\d{5}__\d{2}\.png",
+}
+
+
+def _clear_scenes(out_dir: str) -> None:
+    """Remove the scene folders of an earlier :func:`write_scenes` from ``out_dir``;
+    ValueError naming the first other entry if it holds anything else."""
+    if not os.path.isdir(out_dir):
+        return
+    for entry in os.listdir(out_dir):
+        path = os.path.join(out_dir, entry)
+        pattern = _SCENE_FILES.get(entry)
+        foreign = (
+            [path]
+            if pattern is None or not os.path.isdir(path)
+            else [
+                os.path.join(path, f)
+                for f in os.listdir(path)
+                if not re.fullmatch(pattern, f) and not is_temp_file(f)
+            ]
+        )
+        if foreign:
+            raise ValueError(
+                f"{out_dir} holds files that are not generated scenes (e.g. {foreign[0]}); "
+                "write the sample data to an empty or new folder"
+            )
+    for sub in _SCENE_FILES:
+        shutil.rmtree(os.path.join(out_dir, sub), ignore_errors=True)
 
 
 def default_dataset_dir(name: str) -> str:

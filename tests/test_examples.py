@@ -14,7 +14,7 @@ from test_modeling import MICRO
 import fiftyone_unseg as fu
 from fiftyone_unseg import checkpoint, sample_data
 from fiftyone_unseg.audit import DEFAULT_RUN_KEY, load_report
-from fiftyone_unseg.io import read_mask, read_rgb
+from fiftyone_unseg.io import marker, read_mask, read_rgb
 from fiftyone_unseg.modeling import build_noise_generator
 
 EPS = 8 / 255
@@ -88,6 +88,7 @@ def test_protect_coco(tmp_path, generator, scenes, capsys, data_format, options)
     assert sorted(os.listdir(exported / "data")) == sorted(protected)
     for name, path in protected.items():
         assert np.array_equal(read_rgb(str(exported / "data" / name)), read_rgb(path))
+        assert marker(path) is not None and marker(str(exported / "data" / name)) is None
     if data_format == "coco":
         original, copy = (json.loads(p.read_text()) for p in (labels, exported / "labels.json"))
         assert len(copy["annotations"]) == len(original["annotations"]) > 8

@@ -1,5 +1,6 @@
 """The plugin as FiftyOne itself sees it: discovery, listing, running an operator."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -7,6 +8,13 @@ import sys
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.plugins as fop
+import pytest
+from fiftyone.operators.executor import ExecutionContext, ExecutionError
+from test_protect import _scene_dataset, generators  # noqa: F401
+from test_reliability import _fail_writes_after
+
+from fiftyone_unseg.plugin import protect as plugin_protect
+from fiftyone_unseg.plugin.forms import NO_DATASET
 
 OPERATORS = {
     "load_sample_dataset",
@@ -15,6 +23,9 @@ OPERATORS = {
     "visualize_noise",
     "evaluate_protection",
 }
+
+
+PROTECT = "@unseg/unseg/protect_samples"
 
 
 def _fiftyone_cli(*args):
@@ -51,3 +62,58 @@ def test_load_sample_dataset_operator_creates_dataset():
     assert result.result == {"dataset": "from-operator", "num_samples": 3}
     ds = fo.load_dataset("from-operator")
     assert ds.count("instances.detections") > 0 and ds.info["seed"] == 2
+
+
+@pytest.mark.parametrize("name", sorted(OPERATORS - {"load_sample_dataset"}))
+def test_dataset_operators_ask_for_a_dataset_when_none_is_open(name):
+    operator = foo.get_operator(f"@unseg/unseg/{name}")
+    form = operator.resolve_input(ExecutionContext({"params": {}})).to_json()
+    assert list(form["type"]["properties"]) == ["no_dataset"]
+    notice = form["type"]["properties"]["no_dataset"]
+    assert notice["invalid"] and notice["view"]["label"] == NO_DATASET
+    with pytest.raises(ExecutionError, match=NO_DATASET):
+        foo.execute_operator(f"@unseg/unseg/{name}", ctx={"params": {}})
+
+
+def _protect_and_show(dataset, generator: str) -> tuple[dict, dict]:
+    """The protect operator's result on ``dataset`` and its output properties."""
+    params = {"label_field": "dets", "generator": generator}
+    result = foo.execute_operator(PROTECT, ctx={"dataset": dataset.name, "params": params})
+    assert result.error is None, result.error
+    outputs = foo.get_operator(PROTECT).resolve_output(ExecutionContext({"results": result.result}))
+    return result.result, outputs.to_json()["type"]["properties"]
+
+
+def test_protect_operator_lists_failed_samples_and_why(tmp_path, generators, monkeypatch):  # noqa: F811
+    dataset = _scene_dataset("plugin-failures", tmp_path, count=1)
+    missing = [str(tmp_path / f"missing{i}.png") for i in range(2)]
+    dataset.add_samples([fo.Sample(filepath=path) for path in missing])
+    ids = dict(zip(dataset.values("filepath"), dataset.values("id")))
+    monkeypatch.setattr(plugin_protect, "MAX_FAILURES", 1)
+    result, outputs = _protect_and_show(dataset, generators["random"])
+    assert (result["protected"], result["failed"], result["stopped"]) == (1, 2, None)
+    [failure] = result["failures"]
+    assert failure["filepath"] in missing and failure["id"] == ids[failure["filepath"]]
+    assert "not found" in failure["reason"]
+    table = outputs["failures"]["view"]
+    assert table["name"] == "TableView" and table["label"] == "Failures (first 1 of 2)"
+    assert [column["key"] for column in table["columns"]] == ["id", "filepath", "reason"]
+    assert "stopped" not in outputs
+
+
+def test_protect_operator_says_why_it_stopped(tmp_path, generators, monkeypatch):  # noqa: F811
+    dataset = _scene_dataset("plugin-disk-full", tmp_path, count=1)
+    _fail_writes_after(monkeypatch, 0, errno.ENOSPC)
+    result, outputs = _protect_and_show(dataset, generators["random"])
+    assert "No space left on device" in result["stopped"]
+    assert result["failures"][0]["id"] == dataset.first().id
+    warning = outputs["stopped"]["view"]
+    assert warning["name"] == "Warning" and result["stopped"] in warning["label"]
+    assert outputs["failures"]["view"]["label"] == "Failures (1)"
+
+
+def test_protect_operator_runs_on_the_chosen_device(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("plugin-device", tmp_path, count=1)
+    params = {"label_field": "dets", "generator": generators["random"], "device": "nope"}
+    with pytest.raises(ExecutionError, match="device string: nope"):
+        foo.execute_operator(PROTECT, ctx={"dataset": dataset.name, "params": params})

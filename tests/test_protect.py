@@ -20,7 +20,7 @@ from test_modeling import MICRO
 from fiftyone_unseg import cli, protect, restore
 from fiftyone_unseg.checkpoint import save_generator
 from fiftyone_unseg.class_keys import ClassKeys
-from fiftyone_unseg.io import read_rgb
+from fiftyone_unseg.io import read_mask, read_rgb
 from fiftyone_unseg.labels import resolve_prompt, segment_map
 from fiftyone_unseg.modeling import build_noise_generator
 from fiftyone_unseg.protect import Frame, default_output_dir, protected_name, shard_of
@@ -192,6 +192,51 @@ def test_rgb_segmentation_masks_use_hex_mask_targets(tmp_path):
     assert np.array_equal(segments > 0, _box(RECT, 64, 64))
 
 
+def test_palette_masks_are_class_indices_and_mismatched_targets_fail_by_name(tmp_path, generators):
+    dataset = _scene_dataset("palette-masks", tmp_path, count=2)
+    indices = np.zeros((64, 64), np.uint8)
+    indices[RECT[0] : RECT[1], RECT[2] : RECT[3]] = 15  # VOC's "person"
+    indices[OTHER[0] : OTHER[1], OTHER[2] : OTHER[3]] = 255  # VOC's void border
+    palette = Image.fromarray(indices, mode="P")
+    palette.putpalette([v for i in range(256) for v in (i * 7 % 256, 128 * (i % 2), 0)])
+    palette.save(tmp_path / "voc.png")  # read as RGB by FiftyOne, whose red drops "person"
+    first, second = dataset.values("id")
+    dataset.set_values(
+        "voc", {first: fo.Segmentation(mask_path=str(tmp_path / "voc.png"))}, key_field="id"
+    )
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[RECT[0] : RECT[1], RECT[2] : RECT[3]] = (192, 128, 128)
+    dataset.set_values("voc", {second: fo.Segmentation(mask=rgb)}, key_field="id")
+    dataset.mask_targets = {**dataset.mask_targets, "voc": {15: "person", 255: "void"}}
+    dataset.save()
+    spec = resolve_prompt(dataset, "voc", ["person"])
+    segments = segment_map(dataset[first].voc, 64, 64, spec)
+    assert np.array_equal(segments > 0, _box(RECT, 64, 64))
+    summary = protect(dataset, "voc", prompt=["person"], generator=generators["random"])
+    assert summary["protected"] == 1 and summary["failed"] == 1
+    failure = summary["failures"][0]
+    assert failure["id"] == second and "is RGB but the mask targets of 'voc'" in failure["reason"]
+    assert dataset[first].unseg.num_segments == 1
+
+
+def test_float_images_and_rgb_masks_read_as_what_they_show(tmp_path):
+    gray = _texture(16, 24)[..., 0].astype(np.float32)
+    Image.fromarray(gray / 255, "F").save(tmp_path / "unit.tif")
+    Image.fromarray(gray, "F").save(tmp_path / "bytes.tif")
+    Image.fromarray(gray * 4 - 100, "F").save(tmp_path / "signal.tif")
+    for name in ("unit.tif", "bytes.tif"):
+        rgb = read_rgb(str(tmp_path / name))
+        assert rgb.shape == (16, 24, 3) and np.allclose(rgb[..., 1], gray / 255, atol=1e-6)
+    with pytest.raises(ValueError, match=r"signal.tif: float image with values in \[60, 748\]"):
+        read_rgb(str(tmp_path / "signal.tif"))
+    colours = np.zeros((8, 8, 3), np.uint8)
+    colours[:4, :4] = (0, 0, 255)  # red channel 0: lost when only red was read
+    colours[4:, 4:] = (0, 0, 128)
+    Image.fromarray(colours).save(tmp_path / "mask.png")
+    values = read_mask(str(tmp_path / "mask.png"))
+    assert values[0, 0] == 0x0000FF and values[7, 7] == 0x000080 and values[0, 7] == 0
+
+
 def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, monkeypatch):
     monkeypatch.setattr(protect_module, "_BAND_ROWS", 24)  # several bands per image
     rgb = _texture(64, 96)
@@ -206,6 +251,8 @@ def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, mo
         "rgba.png": rgba,
         "deep.png": deep,
         "tiny.png": Image.fromarray(_texture(5, 7)),
+        "sliver.png": Image.fromarray(_texture(2, 600)),  # 0 rows at the prompt's S/4
+        "float.tif": Image.fromarray(_texture(64, 64)[..., 0].astype(np.float32) / 255, "F"),
         "cmyk.jpg": Image.fromarray(_texture(64, 64)).convert("CMYK"),
     }
     dataset = _dataset("budgets", tmp_path, images)

@@ -255,6 +255,33 @@ def test_read_only_output_folder_is_refused_up_front(tmp_path, generators, monke
     assert summary["failed"] == 1 and "Read-only file system" in summary["failures"][0]["reason"]
 
 
+@pytest.mark.parametrize("image_format", ["png", "jpg"])
+def test_unmarked_bytes_keep_the_pixels_and_drop_only_the_owner(tmp_path, image_format):
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    marked = io.encode_marked(pixels, "5f1d" * 6, image_format, quality=90)
+    plain = io.unmarked(marked)
+    for name, data in (("marked", marked), ("plain", plain)):
+        (tmp_path / f"{name}.{image_format}").write_bytes(data)
+    assert io.marker(str(tmp_path / f"marked.{image_format}")) == "5f1d" * 6
+    assert io.marker(str(tmp_path / f"plain.{image_format}")) is None
+    assert io.MARKER_KEY.encode() not in plain and len(plain) < len(marked)
+    assert np.array_equal(
+        io.read_rgb(str(tmp_path / f"plain.{image_format}")),
+        io.read_rgb(str(tmp_path / f"marked.{image_format}")),
+    )
+    assert io.unmarked(b"not an image") == b"not an image"
+
+
+def test_an_unusable_lock_folder_is_refused_up_front(tmp_path, generators, monkeypatch):  # noqa: F811
+    dataset = _dataset("no-locks", tmp_path, {"a.png": GOOD})
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setattr(fo.config, "default_dataset_dir", str(tmp_path / "not-a-folder"))
+    output = tmp_path / "out"
+    with pytest.raises(ValueError, match="cannot write to the lock folder .*not-a-folder"):
+        protect(dataset, "dets", generator=generators["random"], output_dir=str(output))
+    assert not dataset.exists("protected_filepath") and os.listdir(output) == []
+
+
 def test_a_sample_locked_by_another_run_is_left_to_it(tmp_path, generators):  # noqa: F811
     dataset = _dataset("locked", tmp_path, {"a.png": GOOD, "b.png": GOOD})
     first = dataset.first().id

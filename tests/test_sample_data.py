@@ -1,3 +1,5 @@
+import os
+
 import fiftyone as fo
 import numpy as np
 import pytest
@@ -20,6 +22,23 @@ def test_written_files_do_not_depend_on_num(tmp_path):
     many = sample_data.write_scenes(str(tmp_path / "many"), 5, seed=1, size=64)
     for r_few, r_many in zip(few, many):
         assert open(r_few["image"], "rb").read() == open(r_many["image"], "rb").read()
+
+
+def test_rewriting_scenes_leaves_no_stale_pairs_and_refuses_foreign_folders(tmp_path):
+    out = tmp_path / "scenes"
+    sample_data.write_scenes(str(out), 4, seed=1, size=64)
+    records = sample_data.write_scenes(str(out), 2, seed=2, size=64)
+    written = {
+        os.path.relpath(p, out) for r in records for p in (r["image"], r["semantic"], *r["masks"])
+    }
+    on_disk = {os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs}
+    assert on_disk == written
+    pairs = folders.find_pairs(str(out / "images"), str(out / "masks"))
+    assert len({p.image for p in pairs}) == 2
+    (out / "images" / "holiday.jpg").write_bytes(b"a user's photo")
+    with pytest.raises(ValueError, match=r"not generated scenes \(e\.g\. .*holiday\.jpg\)"):
+        sample_data.write_scenes(str(out), 2, seed=1, size=64)
+    assert (out / "images" / "holiday.jpg").read_bytes() == b"a user's photo"
 
 
 @pytest.mark.parametrize("style", sample_data.STYLES)

@@ -1,11 +1,13 @@
 """The bilevel trainer on the CPU with micro models: it learns, checkpoints, resumes, scales."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
+import fiftyone as fo
 import numpy as np
 import pytest
 import torch
@@ -192,9 +194,7 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
     assert [r["phase"] for r in rows] == ["pretrain"] * 2 + ["surrogate"] * 2 + ["generator"] * 2
     assert rows[2]["iou_train_clean"] != "" and rows[2]["iou_val_perturbed"] != ""
     # Resume with a longer schedule: the step count continues from the last checkpoint.
-    longer = micro_config(
-        val_fraction=0.5, pretrain_steps=2, max_steps=8, checkpoint_every=2, log_every=1
-    )
+    longer = dataclasses.replace(cfg, max_steps=8, val_every=1000)
     resumed = Trainer(longer, out, ctx)
     summary = resumed.run(resume=True)
     assert summary["steps"] == 10
@@ -202,6 +202,32 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
     assert steps == list(range(1, 11))
     assert resumed.stage == "bilevel"
     assert all(not p.requires_grad for p in resumed.generator.image_encoder.parameters())
+
+
+def test_a_used_out_folder_is_resumed_with_its_own_config_or_overwritten(tmp_path):
+    out = tmp_path / "run"
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    Trainer(micro_config(max_steps=4, checkpoint_every=2), str(out), ctx).run()
+    # Another training (lr) with a shorter schedule, which would finish on the old weights.
+    other = Trainer(micro_config(max_steps=2, checkpoint_every=2, lr=1e-2), str(out), ctx)
+    with pytest.raises(ValueError, match=r"another config \(lr 0.001 -> 0.01\).*--overwrite"):
+        other.run(resume=True)
+    with pytest.raises(ValueError, match="earlier training.*step_00000004.*--resume.*--overwrite"):
+        other.run()
+    with pytest.raises(ValueError, match="not both"):
+        other.run(resume=True, overwrite=True)
+    assert other.step == 0
+    assert other.run(overwrite=True)["steps"] == 2
+    assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step_00000002"]
+    meta = json.loads(
+        (out / "checkpoints" / "step_00000002" / "generator" / "config.json").read_text()
+    )
+    assert meta["metadata"]["train_config"]["lr"] == 1e-2
+    assert json.loads((out / "train_config.json").read_text())["lr"] == 1e-2
+    assert [int(r["step"]) for r in _metrics(out)] == [2]
+    # Machine, length and logging settings may change on resume.
+    longer = micro_config(max_steps=4, checkpoint_every=4, lr=1e-2, log_every=1, num_workers=1)
+    assert Trainer(longer, str(out), ctx).run(resume=True)["steps"] == 4
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
@@ -307,6 +333,8 @@ def test_shipped_configs_and_overrides():
         TrainConfig.from_dict({"learning_rate": 1})
     with pytest.raises(ValueError, match="objective"):
         TrainConfig(objective="maximise")
+    with pytest.raises(ValueError, match="keep_checkpoints must be at least 1"):
+        TrainConfig(keep_checkpoints=0)
 
 
 def test_surrogate_learning_rate_is_its_own(tmp_path):
@@ -333,6 +361,10 @@ def test_cli_sets_any_config_field(tmp_path, capsys):
     assert [int(r["step"]) for r in _metrics(out)] == [1, 2]
     assert main([*args, "--set", "learning_rate=1"]) == 2
     assert "unknown training config keys: ['learning_rate']" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "--resume, start over with --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert [r["step"] for r in _metrics(out)] == ["2"]
 
 
 def test_prompts_follow_the_mask():
@@ -376,6 +408,40 @@ def test_folder_sets_and_fiftyone_sources(tmp_path, sample_dataset):
     )
     with pytest.raises(ValueError, match="must hold instance masks"):
         load_pairs("fiftyone:unseg-test-samples:style")
+
+
+def test_fiftyone_segmentation_regions_are_colours_at_image_size_and_follow_edits(tmp_path):
+    """RGB / palette masks: one region per colour (not per red value), stretched over the
+    image as protect does, and exported anew when a mask file is edited in place."""
+    image = tmp_path / "image.png"
+    Image.new("RGB", (12, 8)).save(image)
+    colours = np.array([[255, 0, 0], [255, 255, 0], [0, 0, 255]], np.uint8)
+    half = np.repeat(np.arange(3), 2)[None].repeat(4, 0)  # 4x6: thirds of the width
+    rgb_path, palette_path = tmp_path / "rgb.png", tmp_path / "palette.png"
+    Image.fromarray(colours[half]).save(rgb_path)
+    palette = Image.fromarray(np.arange(1, 3).repeat(6)[None].repeat(8, 0).astype(np.uint8), "P")
+    palette.putpalette([0, 0, 0, *colours[:2].ravel()])
+    palette.save(palette_path)
+    dataset = fo.Dataset("trainer-rgb-masks", overwrite=True)
+    dataset.add_samples(
+        [
+            fo.Sample(filepath=str(image), gt=fo.Segmentation(mask_path=str(p)))
+            for p in (rgb_path, palette_path)
+        ]
+    )
+
+    def regions() -> list:
+        pairs = load_pairs("fiftyone:trainer-rgb-masks:gt")
+        assert len(PairDataset(pairs, 32, augment=False).pairs) == len(pairs)  # none skipped
+        masks = [np.asarray(Image.open(p.mask)) > 0 for p in pairs]
+        assert all(m.shape == (8, 12) and m.sum() == 8 * m.all(0).sum() for m in masks)
+        return sorted(tuple(np.flatnonzero(m[0])) for m in masks)
+
+    thirds = [tuple(range(k, k + 4)) for k in (0, 4, 8)]
+    halves = [tuple(range(0, 6)), tuple(range(6, 12))]
+    assert regions() == sorted(thirds + halves)
+    Image.fromarray(colours[half % 2]).save(rgb_path)  # blue becomes red, in place
+    assert regions() == sorted([(0, 1, 2, 3, 8, 9, 10, 11), thirds[1], *halves])
 
 
 def test_validation_split_is_the_same_wherever_the_data_lies(tmp_path):

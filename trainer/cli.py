@@ -35,7 +35,7 @@ def _cmd_train(args) -> int:
             overrides[key] = value
     cfg = load_config(args.config, **overrides)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    summary = train(cfg, args.out, resume=args.resume)
+    summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if summary:
         ious = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith("iou"))
         print(f"Trained {summary['steps']} steps in {summary['wall_s']:.0f} s: {ious}")
@@ -63,7 +63,17 @@ def add_train_command(subparsers) -> None:
         "sample:NUM[:SEED[:STYLES[:SIZE]]]",
     )
     p.add_argument("--out", default="runs/train", help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the training in --out from its newest checkpoint (same config; "
+        "max steps, epochs, device, logging and checkpoint intervals may change)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --out that holds an earlier training, deleting its outputs",
+    )
     p.add_argument("--max-steps", type=int, help="cap on bilevel steps")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, help="per process")

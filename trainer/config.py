@@ -13,6 +13,23 @@ from trainer.eot import KINDS as EOT_KINDS
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 OBJECTIVES = ("label_modification", "error_minimisation")
 UNITS = ("epochs", "steps")
+# What a resumed run may set differently from the run it continues: the machine (a local
+# weights path included; the weights come from the checkpoint), the schedule's length and
+# how often it logs, evaluates and checkpoints.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "device",
+        "num_workers",
+        "sam_checkpoint",
+        "max_steps",
+        "epochs",
+        "log_every",
+        "val_every",
+        "val_images",
+        "checkpoint_every",
+        "keep_checkpoints",
+    }
+)
 
 
 @dataclass
@@ -79,6 +96,11 @@ class TrainConfig:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
         if self.surrogate_phase < 1 or self.generator_phase < 1:
             raise ValueError("surrogate_phase and generator_phase must be at least 1")
+        if self.keep_checkpoints < 1:
+            raise ValueError(
+                "keep_checkpoints must be at least 1 (the newest is what --resume continues "
+                f"from), got {self.keep_checkpoints}"
+            )
         unknown = sorted(set(self.eot) - set(EOT_KINDS))
         if unknown:
             raise ValueError(f"eot counter-measures must be some of {EOT_KINDS}, got {unknown}")
@@ -103,6 +125,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def resume_conflicts(self, saved: dict) -> dict:
+        """key -> (saved value, this value) for each setting in which this config differs
+        from ``saved`` (the config a checkpoint was trained with) other than
+        :data:`RESUMABLE_CHANGES`."""
+        before, now = (
+            json.loads(json.dumps(c.to_dict())) for c in (TrainConfig.from_dict(saved), self)
+        )
+        return {
+            k: (before[k], now[k])
+            for k in now
+            if k not in RESUMABLE_CHANGES and before[k] != now[k]
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

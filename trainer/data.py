@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from fiftyone_unseg import database, folders, io
 from fiftyone_unseg.geometry import Frame
-from fiftyone_unseg.labels import load_mask
+from fiftyone_unseg.labels import present_values, resolve_prompt, segment_map
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,10 @@ def _sample_source(spec: str) -> list:
 
 
 def _fiftyone_source(spec: str) -> list:
-    """Export each instance / class region of a FiftyOne dataset as a binary mask file."""
+    """Export each instance / class region of a FiftyOne dataset as a binary mask file.
+
+    Mask files are named by their content, so labels edited in place are exported anew.
+    """
     import fiftyone as fo
 
     parts = spec.split(":")[1:]
@@ -74,20 +77,22 @@ def _fiftyone_source(spec: str) -> list:
             f"{spec}: field {field!r} must hold instance masks (fo.Detections) or a semantic "
             f"mask (fo.Segmentation); the dataset has {_label_fields(view)}"
         )
-    key = hashlib.sha1(",".join(view.values("id")).encode()).hexdigest()[:12]
-    root = os.path.join(CACHE_DIR, "fiftyone", f"{name}-{field}-{key}")
+    all_segments = resolve_prompt(view, field)
+    root = os.path.join(CACHE_DIR, "fiftyone", f"{name}-{field}")
     pairs = []
     for sample in view.select_fields(field).iter_samples(progress=False):
         label = sample[field]
         if label is None:
             continue
         try:
-            masks = _label_masks(label, sample.filepath)
+            masks = _label_masks(label, sample.filepath, all_segments)
         except ValueError as error:
             logger.warning("skipping sample %s (%s): %s", sample.id, sample.filepath, error)
             continue
-        for k, mask in enumerate(masks):
-            path = os.path.join(root, folders.instance_mask_name(sample.id, k))
+        for mask in masks:
+            content = repr(mask.shape).encode() + np.packbits(mask).tobytes()
+            digest = hashlib.sha1(content).hexdigest()[:16]
+            path = os.path.join(root, f"{sample.id}-{digest}.png")
             if not os.path.exists(path):
                 io.atomic_write_image(Image.fromarray(mask.astype(np.uint8) * 255), path)
             pairs.append(folders.Pair(sample.filepath, path))
@@ -101,26 +106,23 @@ def _label_fields(view) -> dict:
     return {name: f.document_type.__name__ for name, f in schema.items()}
 
 
-def _label_masks(label, filepath: str) -> list:
-    """Full-size binary masks of every instance (Detections) or class region (Segmentation)."""
+def _label_masks(label, filepath: str, spec) -> list:
+    """Non-empty binary masks at the image's size of every instance (Detections) or class
+    region (Segmentation: rasterised by :func:`~fiftyone_unseg.labels.segment_map` with
+    ``spec``, as ``protect`` does: one region per value or RGB colour, masks of another
+    size stretched over the image)."""
     import fiftyone as fo
 
-    if isinstance(label, fo.Segmentation):
-        seg = load_mask(label)
-        if seg is None:
-            return []
-        if seg.ndim == 3:
-            seg = seg[..., 0]
-        return [seg == v for v in np.unique(seg) if v != 0]
     w, h = image_size(filepath)
-    masks = []
-    for det in label.detections:
-        if det.mask is None and det.mask_path is None:
-            continue
-        full = det.to_segmentation(frame_size=(w, h), target=1).get_mask() > 0
-        if full.any():
-            masks.append(full)
-    return masks
+    if isinstance(label, fo.Segmentation):
+        ids = segment_map(label, h, w, spec)
+        return [ids == k for k in present_values(ids)]
+    masks = (
+        det.to_segmentation(frame_size=(w, h), target=1).get_mask() > 0
+        for det in label.detections
+        if det.mask is not None or det.mask_path is not None
+    )
+    return [m for m in masks if m.any()]
 
 
 def _folder_sets(root: str) -> list:

@@ -56,12 +56,3 @@ def teardown(ctx: Context) -> None:
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
-
-
-def mean_across(ctx: Context, values: torch.Tensor) -> torch.Tensor:
-    """The mean of ``values`` over all processes (a no-op in a single process)."""
-    if ctx.distributed:
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= ctx.world_size
-    return values

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from fiftyone_unseg import io
-from fiftyone_unseg.checkpoint import save_generator
+from fiftyone_unseg.checkpoint import CONFIG_FILE, save_generator
 from fiftyone_unseg.modeling import NoiseGenerator, build_noise_generator
 from fiftyone_unseg.modeling.build import load_state_file
 from trainer import distributed
@@ -58,6 +58,15 @@ METRIC_COLUMNS = (
     "iou_train_perturbed",
     "iou_val_clean",
     "iou_val_perturbed",
+)
+# What a training writes to its output folder (``overwrite`` deletes them).
+RUN_OUTPUTS = (
+    "checkpoints",
+    "generator",
+    "tensorboard",
+    "metrics.csv",
+    "summary.json",
+    "train_config.json",
 )
 
 
@@ -406,13 +415,27 @@ class Trainer:
                 shutil.rmtree(os.path.join(self.checkpoint_root, old), ignore_errors=True)
         return final
 
-    def load_checkpoint(self) -> bool:
-        """Resume from ``checkpoints/latest``; False if there is none."""
+    def _latest_checkpoint(self) -> str | None:
+        """The checkpoint ``checkpoints/latest`` names; None if there is none."""
         pointer = os.path.join(self.checkpoint_root, "latest")
         if not os.path.exists(pointer):
-            return False
+            return None
         with open(pointer) as f:
-            path = os.path.join(self.checkpoint_root, f.read().strip())
+            return os.path.join(self.checkpoint_root, f.read().strip())
+
+    def load_checkpoint(self, path: str) -> None:
+        """Resume from the checkpoint at ``path``; ValueError if it was trained with a
+        config that this one must not continue (:meth:`TrainConfig.resume_conflicts`)."""
+        with open(os.path.join(path, "generator", CONFIG_FILE)) as f:
+            saved = json.load(f)["metadata"]["train_config"]
+        conflicts = self.cfg.resume_conflicts(saved)
+        if conflicts:
+            changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in conflicts.items())
+            raise ValueError(
+                f"{path} was trained with another config ({changes}): resume with its "
+                "config, start over with --overwrite (deletes its checkpoints) or choose "
+                "another --out"
+            )
         state_file = os.path.join(path, "trainer_state.pt")
         state = load_state_file(state_file, "trainer state")
         weights = safetensors.torch.load_file(
@@ -429,7 +452,15 @@ class Trainer:
         self.opt_surrogate.load_state_dict(state["opt_surrogate"])
         self.opt_generator.load_state_dict(state["opt_generator"])
         torch.set_rng_state(state["torch_rng"])
-        return True
+
+    def _clear_outputs(self) -> None:
+        """Delete what an earlier training wrote to ``out_dir`` (:data:`RUN_OUTPUTS`)."""
+        for name in RUN_OUTPUTS:
+            path = os.path.join(self.out_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -467,10 +498,27 @@ class Trainer:
             if isinstance(value, float):
                 self.tensorboard.add_scalar(key, value, row["step"])
 
-    def run(self, resume: bool = False) -> dict:
-        """Train to the end of the schedule; returns a summary (and writes ``generator/``)."""
+    def run(self, resume: bool = False, overwrite: bool = False) -> dict:
+        """Train to the end of the schedule; returns a summary (and writes ``generator/``).
+
+        If ``out_dir`` holds checkpoints, ``resume`` continues from the newest and
+        ``overwrite`` deletes the earlier training's outputs first; with neither,
+        ValueError.
+        """
         cfg, ctx = self.cfg, self.ctx
-        if resume and self.load_checkpoint():
+        if resume and overwrite:
+            raise ValueError("choose --resume or --overwrite, not both")
+        if overwrite:
+            if ctx.is_main:
+                self._clear_outputs()
+        elif latest := self._latest_checkpoint():
+            if not resume:
+                raise ValueError(
+                    f"{self.out_dir} holds the checkpoints of an earlier training (newest "
+                    f"{os.path.basename(latest)}): continue it with --resume, start over "
+                    "with --overwrite (deletes them) or choose another --out"
+                )
+            self.load_checkpoint(latest)
             logger.info("resumed from step %d", self.step)
         self._enter_stage(self._stage_for(self.step))
         self.generator.train()
@@ -557,10 +605,11 @@ class Trainer:
         return summary
 
 
-def train(cfg: TrainConfig, out_dir: str, resume: bool = False) -> dict:
-    """Run one training (single process, or one rank under ``torchrun``)."""
+def train(cfg: TrainConfig, out_dir: str, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run one training (single process, or one rank under ``torchrun``); ``resume`` and
+    ``overwrite`` as in :meth:`Trainer.run`."""
     ctx = distributed.setup(cfg.device)
     try:
-        return Trainer(cfg, out_dir, ctx).run(resume=resume)
+        return Trainer(cfg, out_dir, ctx).run(resume=resume, overwrite=overwrite)
     finally:
         distributed.teardown(ctx)

@@ -11,7 +11,7 @@ from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.countermeasures import KINDS
 from fiftyone_unseg.audit.victims import VICTIMS
 from fiftyone_unseg.labels import supported_label_fields
-from fiftyone_unseg.plugin.forms import form_error
+from fiftyone_unseg.plugin.forms import form_error, target_form
 from fiftyone_unseg.plugin.progress import app_progress
 
 COUNTERMEASURE_VALUES = {
@@ -60,9 +60,9 @@ class EvaluateProtection(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        inputs.view_target(ctx, action_description="Audit")
-        form = types.Property(inputs, view=types.View(label="UnSeg: evaluate protection"))
+        inputs, form = target_form(ctx, "UnSeg: evaluate protection", "Audit")
+        if ctx.dataset is None:
+            return form
         fields = supported_label_fields(ctx.dataset)
         if not fields:
             form_error(inputs, "no_fields", "No Segmentation, Detections or Polylines field")

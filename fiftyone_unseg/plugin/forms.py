@@ -2,8 +2,23 @@
 
 import fiftyone.operators.types as types
 
+NO_DATASET = "Open a dataset first"
+
 
 def form_error(inputs, name: str, message: str) -> None:
     """Show ``message`` in the form and block execution with it."""
     prop = inputs.view(name, types.Error(label=message))
     prop.invalid, prop.error_message = True, message
+
+
+def target_form(ctx, label: str, action: str) -> tuple[types.Object, types.Property]:
+    """The inputs and form ``label`` of an operator that does ``action`` to a view target.
+
+    Without an open dataset the form only says so and cannot run: add nothing to it then.
+    """
+    inputs = types.Object()
+    if ctx.dataset is None:
+        form_error(inputs, "no_dataset", NO_DATASET)
+    else:
+        inputs.view_target(ctx, action_description=action)
+    return inputs, types.Property(inputs, view=types.View(label=label))

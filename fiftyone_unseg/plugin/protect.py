@@ -5,7 +5,7 @@ import fiftyone.operators.types as types
 
 from fiftyone_unseg.checkpoint import DEFAULT_GENERATOR_DIR, WEIGHTS_FILE
 from fiftyone_unseg.labels import class_names, supported_label_fields
-from fiftyone_unseg.plugin.forms import form_error
+from fiftyone_unseg.plugin.forms import form_error, target_form
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, protect, restore
 from fiftyone_unseg.visualize import visualize_noise
@@ -15,6 +15,7 @@ PROMPTS = {
     "classes": "Only some classes",
     "instance": "Each segment with its own prompt",
 }
+MAX_FAILURES = 50  # failures a result lists; ``failed`` counts them all
 
 
 def _config(name: str, label: str, description: str) -> foo.OperatorConfig:
@@ -30,9 +31,28 @@ def _config(name: str, label: str, description: str) -> foo.OperatorConfig:
 
 
 def _finish(ctx, summary: dict) -> dict:
+    """``summary`` as the result, with its first ``MAX_FAILURES`` failures; reloads the App."""
     if not ctx.delegated:
         ctx.trigger("reload_dataset")
-    return {k: v for k, v in summary.items() if isinstance(v, int | float | str)}
+    if "failures" in summary:
+        summary = {**summary, "failures": summary["failures"][:MAX_FAILURES]}
+    return summary
+
+
+def _problems(ctx, outputs) -> None:
+    """Why the run stopped early and its listed failures (one row each), if any."""
+    results = ctx.results or {}
+    if results.get("stopped"):
+        message = f"Stopped early: {results['stopped']}; run again to finish"
+        outputs.view("stopped", types.Warning(label=message))
+    failures = results.get("failures")
+    if failures:
+        table = types.TableView()
+        for key, label in (("id", "Sample id"), ("filepath", "File"), ("reason", "Reason")):
+            table.add_column(key, label=label)
+        shown = f"first {len(failures)} of " if len(failures) < results["failed"] else ""
+        label = f"Failures ({shown}{results['failed']})"
+        outputs.list("failures", types.Object(), label=label, view=table)
 
 
 class ProtectSamples(foo.Operator):
@@ -47,10 +67,10 @@ class ProtectSamples(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        inputs.view_target(ctx, action_description="Protect")
-        form = types.Property(inputs, view=types.View(label="UnSeg: protect samples"))
-        fields = supported_label_fields(ctx.dataset) if ctx.dataset else []
+        inputs, form = target_form(ctx, "UnSeg: protect samples", "Protect")
+        if ctx.dataset is None:
+            return form
+        fields = supported_label_fields(ctx.dataset)
         if not fields:
             form_error(
                 inputs, "no_fields", "No Segmentation, Detections or Polylines field to prompt"
@@ -108,6 +128,7 @@ class ProtectSamples(foo.Operator):
         )
         if not ctx.params.get("generator") and not (DEFAULT_GENERATOR_DIR / WEIGHTS_FILE).is_file():
             form_error(inputs, "no_generator", "No default generator installed: give a checkpoint")
+        inputs.str("device", label="Device (cpu, cuda, cuda:N, mps)", default="cpu")
         return form
 
     @staticmethod
@@ -142,6 +163,7 @@ class ProtectSamples(foo.Operator):
             overwrite=params.get("overwrite", False),
             progress=app_progress(ctx, "images"),
             class_mix=params.get("class_mix", DEFAULT_CLASS_MIX),
+            device=params.get("device", "cpu"),
         )
         return _finish(ctx, summary)
 
@@ -150,6 +172,7 @@ class ProtectSamples(foo.Operator):
         for name in ("protected", "skipped", "no_segments", "failed"):
             outputs.int(name, label=name.replace("_", " ").capitalize())
         outputs.str("output_dir", label="Protected images in")
+        _problems(ctx, outputs)
         return types.Property(outputs)
 
 
@@ -165,10 +188,10 @@ class RestoreOriginals(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        inputs.view_target(ctx, action_description="Restore")
-        inputs.bool("delete_protected", default=False, label="Also delete the protected images")
-        return types.Property(inputs, view=types.View(label="UnSeg: restore originals"))
+        inputs, form = target_form(ctx, "UnSeg: restore originals", "Restore")
+        if ctx.dataset is not None:
+            inputs.bool("delete_protected", default=False, label="Also delete the protected images")
+        return form
 
     def execute(self, ctx):
         summary = restore(
@@ -195,8 +218,9 @@ class VisualizeNoise(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs = types.Object()
-        inputs.view_target(ctx, action_description="Visualize")
+        inputs, form = target_form(ctx, "UnSeg: visualize noise", "Visualize")
+        if ctx.dataset is None:
+            return form
         inputs.str("heatmap_field", label="Heatmap field", default="unseg_noise", required=True)
         inputs.bool(
             "amplified", default=False, label="Also store an amplified noise image (media field)"
@@ -205,7 +229,7 @@ class VisualizeNoise(foo.Operator):
             inputs.str("amplified_field", default="unseg_noise_image", label="Media field")
         if not ctx.dataset.has_field("protected_filepath"):
             form_error(inputs, "not_protected", "No sample is protected yet: run 'protect samples'")
-        return types.Property(inputs, view=types.View(label="UnSeg: visualize noise"))
+        return form
 
     def execute(self, ctx):
         params = ctx.params
@@ -225,4 +249,5 @@ class VisualizeNoise(foo.Operator):
         outputs = types.Object()
         for name in ("visualized", "not_protected", "failed"):
             outputs.int(name, label=name.replace("_", " ").capitalize())
+        _problems(ctx, outputs)
         return types.Property(outputs)
