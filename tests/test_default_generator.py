@@ -228,3 +228,23 @@ def test_readme_quotes_the_budget_trade_off_from_the_committed_audits():
     flat = json.loads(open(os.path.join(RESULTS, "effectiveness_flat_budget.json")).read())
     default = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())
     assert f"{flat['psnr']:.1f} dB" in text and f"{default['psnr']:.1f} dB" in text
+
+
+def test_card_quotes_the_victims_trained_on_more_scenes():
+    """Each audit of ``benchmarks/results/victim_scale/`` has a card row: held-out scenes,
+    victim seed, epochs, clean mIoU and the three ratios."""
+    card = _card()
+    main = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
+    paths = glob.glob(os.path.join(RESULTS, "victim_scale", "*.json"))
+    assert len(paths) >= 4
+    for path in paths:
+        results = json.loads(open(path).read())
+        scenes, victim = results["dataset"], results["victims"]["semantic"]
+        assert results["generator"] == load_generator().generator_id, path
+        assert {**scenes, "num": main["num"]} == main and scenes["num"] > main["num"], path
+        row = (
+            f"| {scenes['num']} | {results['victim_seed']} | {victim['settings']['epochs']} | "
+            f"{victim['clean']:.3f} | {victim['ratio']:.2f} | {victim['random_flat_ratio']:.2f} "
+            f"| {victim['pattern_ratio']:.2f} |"
+        )
+        assert row in card, (path, row)
