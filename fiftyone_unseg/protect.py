@@ -219,7 +219,7 @@ def protect(
     output_dir = os.path.abspath(output_dir or default_output_dir(dataset))
     uio.check_writable(output_dir)
     uio.check_writable(
-        os.path.dirname(_lock_path(dataset, "")),
+        _lock_dir(dataset),
         "lock folder (under fiftyone's default_dataset_dir, whatever the output folder)",
     )
     _prepare_dataset(dataset, replace_filepath)
@@ -428,10 +428,15 @@ def _batches(tasks: list[_Task], batch_size: int):
         yield batch, pixels
 
 
-def _lock_path(dataset, sample_id: str) -> str:
-    """The lock file of a sample: per dataset, whatever the output folder."""
+def _lock_dir(dataset) -> str:
+    """The folder of a dataset's lock files: per dataset, whatever the output folder."""
     root = os.path.join(fo.config.default_dataset_dir, "unseg-protected", ".locks")
-    return os.path.join(root, _safe_name(dataset.name), sample_id)
+    return os.path.join(root, _safe_name(dataset.name))
+
+
+def _lock_path(dataset, sample_id: str) -> str:
+    """The lock file of a sample (see :func:`_lock_dir`)."""
+    return os.path.join(_lock_dir(dataset), sample_id)
 
 
 class _Run:
