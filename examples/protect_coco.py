@@ -3,8 +3,9 @@
 Shows the SDK on data in a standard format: FiftyOne's importer reads the images and
 the COCO JSON (polygon or RLE segmentations become instance masks), one call to
 ``fiftyone_unseg.protect`` writes a protected copy of every image (the originals are
-never touched), and FiftyOne's exporter writes the protected images with the same
-labels as a new COCO dataset that can be shared instead of the original.
+never touched), and ``fiftyone_unseg.export_protected`` writes the protected images,
+under the original file names and without the marker that says they are protected,
+with the same labels as a new COCO dataset that can be shared instead of the original.
 
     .venv/bin/python examples/protect_coco.py IMAGES_DIR labels.json
     .venv/bin/python examples/protect_coco.py IMAGES_DIR labels.json --export protected-coco/
@@ -21,14 +22,11 @@ polygon segmentations as filled polygons, which protect the same pixels.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import fiftyone as fo
-from fiftyone import ViewField as F
 
 import fiftyone_unseg as fu
-from fiftyone_unseg import io as uio
 
 LABEL_FIELD = "ground_truth"
 FORMATS = {
@@ -55,21 +53,6 @@ def import_dataset(name: str, images: str, labels: str, data_format: str, polyli
         persistent=True,
         **(options if data_format == "coco" else {}),
     )
-
-
-def export_protected(dataset, export_dir: str, data_format: str) -> None:
-    """Export the protected images (as the media) with the original labels, without the
-    marker that tells ``protect`` which sample a file was written for (published, it
-    would tell anyone which images are protected)."""
-    protected = dataset.exists("protected_filepath").set_field("filepath", F("protected_filepath"))
-    protected.export(
-        export_dir=export_dir, dataset_type=FORMATS[data_format], label_field=LABEL_FIELD
-    )
-    media = os.path.join(export_dir, "data")
-    for name in os.listdir(media):
-        path = os.path.join(media, name)
-        with open(path, "rb") as f:
-            uio.atomic_write_bytes(uio.unmarked(f.read()), path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,7 +94,7 @@ def main(argv=None) -> int:
     for failed in summary["failures"]:
         print(f"  failed: {failed['filepath']}: {failed['reason']}")
     if args.export:
-        export_protected(dataset, args.export, args.format)
+        fu.export_protected(dataset, args.export, args.format, label_field=LABEL_FIELD)
         print(f"Protected copy exported to {args.export}")
     print(f"Compare clean and protected in the App: fiftyone app launch {dataset.name}")
     return 1 if summary["failed"] else 0

@@ -9,11 +9,13 @@ __version__ = "0.1.0"
 # The functions shadow their modules' names on purpose (``fiftyone_unseg.protect(...)``);
 # the modules stay importable as ``from fiftyone_unseg.protect import ...``.
 from fiftyone_unseg.checkpoint import load_generator, save_generator  # noqa: E402
+from fiftyone_unseg.export import export_protected  # noqa: E402
 from fiftyone_unseg.protect import protect, restore  # noqa: E402
 from fiftyone_unseg.visualize import visualize_noise  # noqa: E402
 
 __all__ = [
     "evaluate_protection",
+    "export_protected",
     "load_generator",
     "protect",
     "restore",

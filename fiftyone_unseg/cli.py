@@ -17,6 +17,7 @@ from fiftyone_unseg import database, sample_data
 from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.victims import VICTIMS
+from fiftyone_unseg.export import EXPORT_TYPES, export_protected
 from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG, protect, restore
 
 
@@ -150,6 +151,24 @@ def _cmd_restore(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    summary = export_protected(
+        _collection(args),
+        args.export_dir,
+        dataset_type=args.format,
+        label_field=args.label_field,
+        skip_unprotected=args.skip_unprotected,
+        overwrite=args.overwrite,
+        progress=tqdm_progress("export"),
+    )
+    skipped = f" ({summary['skipped']} unprotected left out)" if summary["skipped"] else ""
+    print(
+        f"Exported {summary['exported']} protected images{skipped} as {args.format} to "
+        f"{summary['export_dir']} in {summary['seconds']:.1f} s"
+    )
+    return 0
+
+
 def _add_protect_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "protect",
@@ -200,6 +219,24 @@ def _add_protect_commands(subparsers) -> None:
         "--delete-protected", action="store_true", help="also delete the protected files"
     )
     p.set_defaults(func=_cmd_restore)
+
+    p = subparsers.add_parser(
+        "export",
+        help="export the protected images under their original names, with labels, to publish",
+        description="Writes the protected copy of the dataset in a standard format, without "
+        "anything that says the images are protected. Samples without a protected copy stop "
+        "the export unless --skip-unprotected.",
+    )
+    p.add_argument("export_dir", help="folder of the export (must be new or empty)")
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--view", help="a saved view of the dataset to export")
+    p.add_argument("--label-field", nargs="*", help="label field(s) to export (none: images only)")
+    p.add_argument("--format", choices=EXPORT_TYPES, default="coco", help="export format")
+    p.add_argument(
+        "--skip-unprotected", action="store_true", help="leave out samples not protected"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty export_dir")
+    p.set_defaults(func=_cmd_export)
 
 
 def _per_victim(values: list[str] | None) -> int | dict | None:

@@ -83,8 +83,9 @@ def test_protect_coco(tmp_path, generator, scenes, capsys, data_format, options)
     assert os.path.dirname(dataset.first().protected_filepath) in output
     assert f"Mean PSNR {dataset.mean('unseg.psnr'):.1f} dB" in output
 
-    # The export holds the protected images with the same labels.
-    protected = {os.path.basename(p): p for p in dataset.values("protected_filepath")}
+    # The export holds the protected images under the originals' names, with the same labels.
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in dataset.values("filepath")]
+    protected = {f"{s}.png": p for s, p in zip(stems, dataset.values("protected_filepath"))}
     assert sorted(os.listdir(exported / "data")) == sorted(protected)
     for name, path in protected.items():
         assert np.array_equal(read_rgb(str(exported / "data" / name)), read_rgb(path))
@@ -94,8 +95,7 @@ def test_protect_coco(tmp_path, generator, scenes, capsys, data_format, options)
         assert len(copy["annotations"]) == len(original["annotations"]) > 8
         assert {i["file_name"] for i in copy["images"]} == set(protected)
     else:
-        for sample in dataset:
-            stem = os.path.splitext(os.path.basename(sample.protected_filepath))[0]
+        for sample, stem in zip(dataset, stems):
             copy = read_mask(str(exported / "labels" / f"{stem}.png"))
             assert np.array_equal(copy, sample.ground_truth.get_mask())
 

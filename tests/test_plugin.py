@@ -21,6 +21,7 @@ OPERATORS = {
     "protect_samples",
     "restore_originals",
     "visualize_noise",
+    "export_protected",
     "evaluate_protection",
 }
 

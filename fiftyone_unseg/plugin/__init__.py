@@ -2,6 +2,7 @@
 
 from fiftyone_unseg.plugin.audit import EvaluateProtection
 from fiftyone_unseg.plugin.data import LoadSampleDataset
+from fiftyone_unseg.plugin.export import ExportProtected
 from fiftyone_unseg.plugin.panel import UnSegPanel
 from fiftyone_unseg.plugin.protect import ProtectSamples, RestoreOriginals, VisualizeNoise
 
@@ -10,6 +11,7 @@ OPERATORS = (
     ProtectSamples,
     RestoreOriginals,
     VisualizeNoise,
+    ExportProtected,
     EvaluateProtection,
     UnSegPanel,
 )

@@ -14,6 +14,7 @@ ACTIONS = (
     ("protect_samples", "Protect", "shield"),
     ("visualize_noise", "Noise", "grain"),
     ("evaluate_protection", "Audit", "assessment"),
+    ("export_protected", "Export", "download"),
     ("restore_originals", "Restore", "restore"),
 )
 

@@ -18,7 +18,7 @@ PROMPTS = {
 MAX_FAILURES = 50  # failures a result lists; ``failed`` counts them all
 
 
-def _config(name: str, label: str, description: str) -> foo.OperatorConfig:
+def operator_config(name: str, label: str, description: str) -> foo.OperatorConfig:
     return foo.OperatorConfig(
         name=name,
         label=label,
@@ -60,7 +60,7 @@ class ProtectSamples(foo.Operator):
 
     @property
     def config(self):
-        return _config(
+        return operator_config(
             "protect_samples",
             "UnSeg: protect samples",
             "Make images unlearnable with bounded noise from the UnSeg generator",
@@ -181,7 +181,7 @@ class RestoreOriginals(foo.Operator):
 
     @property
     def config(self):
-        return _config(
+        return operator_config(
             "restore_originals",
             "UnSeg: restore originals",
             "Undo 'replace filepath': the original images become the samples' filepath again",
@@ -211,7 +211,7 @@ class VisualizeNoise(foo.Operator):
 
     @property
     def config(self):
-        return _config(
+        return operator_config(
             "visualize_noise",
             "UnSeg: visualize noise",
             "Show where and how much noise protection added, as heatmaps",

@@ -1,0 +1,211 @@
+"""Export the protected copy of a dataset, ready to publish instead of the original.
+
+The export holds the protected images under their originals' names (the folders below
+the originals' common folder kept; the extension is the protected file's, since
+re-encoding would change the noise) and the chosen label fields, in any format
+FiftyOne exports. Nothing in it says which images are protected: the owner marker that
+:func:`fiftyone_unseg.protect` writes into each file is stripped (pixel bytes untouched),
+and no ``unseg`` field, original path or noise heatmap goes with the labels.
+
+An export is all or nothing: the images are prepared in a hidden folder next to
+``export_dir``, and a failed export leaves ``export_dir`` as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import fiftyone as fo
+import fiftyone.core.media as fom
+
+from fiftyone_unseg import io as uio
+from fiftyone_unseg.protect import optional_values
+
+# Formats by the names the CLI and the App offer; the SDK takes any ``fo.types`` class too.
+EXPORT_TYPES = {
+    "coco": fo.types.COCODetectionDataset,  # Detections with instance masks, Polylines
+    "segmentation-dir": fo.types.ImageSegmentationDirectory,  # Segmentation (class maps)
+    "yolo": fo.types.YOLOv5Dataset,  # Polylines as YOLO segmentation polygons
+    "fiftyone": fo.types.FiftyOneDataset,  # any label type, as FiftyOne stores it
+    "images": fo.types.ImageDirectory,  # the images alone
+}
+_SHOWN = 5  # samples a refusal names
+
+
+def export_protected(
+    samples,
+    export_dir: str,
+    dataset_type="coco",
+    label_field: str | list[str] | None = None,
+    skip_unprotected: bool = False,
+    overwrite: bool = False,
+    progress=None,
+    **kwargs,
+) -> dict:
+    """Export the protected images of ``samples`` with their labels to ``export_dir``.
+
+    Arguments:
+      samples: a FiftyOne dataset or view, protected with :func:`fiftyone_unseg.protect`.
+      export_dir: the export's folder; it must not exist or be empty unless ``overwrite``
+        (then it is replaced once the new export is complete).
+      dataset_type: a name in :data:`EXPORT_TYPES` or a ``fo.types`` dataset type.
+      label_field: the label field(s) to export; None for the images alone.
+      skip_unprotected: leave out samples without a protected copy; by default they
+        stop the export (a published copy must not contain an original).
+      overwrite: replace an existing, non-empty ``export_dir``.
+      progress: optional ``progress(done, total)`` callable, over the images.
+      kwargs: passed to FiftyOne's exporter (``fo.SampleCollection.export``).
+
+    Returns ``exported``, ``skipped`` (unprotected samples left out), ``export_dir``
+    and ``seconds``. Raises ValueError naming the samples when some have no protected
+    copy, or when a protected file is missing or was not written for its sample.
+    """
+    started = time.monotonic()
+    if samples.media_type != fom.IMAGE:
+        raise ValueError(f"export works on images; this collection holds {samples.media_type}")
+    dataset_type = _dataset_type(dataset_type)
+    fields = [label_field] if isinstance(label_field, str) else list(label_field or [])
+    missing = [f for f in fields if not samples.has_field(f)]
+    if missing:
+        raise ValueError(f"no label field {', '.join(map(repr, missing))} in these samples")
+    export_dir = os.path.abspath(export_dir)
+    if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
+        raise ValueError(f"{export_dir} is not empty: choose another folder or overwrite it")
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise ValueError(f"{export_dir} exists and is not a folder")
+
+    ids, filepaths = samples.values(["id", "filepath"])
+    originals = [o or f for o, f in zip(optional_values(samples, "original_filepath"), filepaths)]
+    protected = optional_values(samples, "protected_filepath")
+    unprotected = [i for i, path in enumerate(protected) if not path]
+    if unprotected and not skip_unprotected:
+        raise ValueError(
+            f"{len(unprotected)} of {len(ids)} samples have no protected copy, e.g. "
+            f"{_name(unprotected, ids, originals)}: protect them first, or skip them"
+        )
+    kept = [i for i in range(len(ids)) if protected[i]]
+    if not kept:
+        raise ValueError("nothing to export: no sample here has a protected copy")
+    _check_owned([ids[i] for i in kept], [protected[i] for i in kept])
+    names = export_names(
+        [originals[i] for i in kept], [os.path.splitext(protected[i])[1] for i in kept]
+    )
+
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(
+        prefix=f".{os.path.basename(export_dir)}.", suffix=".unseg-export", dir=parent
+    )
+    copy = None
+    try:
+        media = os.path.join(work, "media")
+        staged = []
+        for done, (i, name) in enumerate(zip(kept, names), 1):
+            staged.append(os.path.join(media, name))
+            with open(protected[i], "rb") as f:
+                uio.atomic_write_bytes(uio.unmarked(f.read()), staged[-1])
+            if progress is not None:
+                progress(done, len(kept))
+        copy = samples.select([ids[i] for i in kept], ordered=True).select_fields(fields).clone()
+        copy.set_values("filepath", staged)
+        copy.set_values("metadata", [None] * len(staged))
+        _export_in_place(
+            export_dir,
+            os.path.join(work, "replaced"),
+            lambda: copy.export(
+                export_dir=export_dir,
+                dataset_type=dataset_type,
+                label_field=(fields[0] if len(fields) == 1 else fields) or None,
+                export_media="move",
+                rel_dir=media,
+                progress=False,
+                **kwargs,
+            ),
+        )
+    finally:
+        if copy is not None:
+            copy.delete()
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "exported": len(kept),
+        "skipped": len(unprotected),
+        "export_dir": export_dir,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def export_names(originals: list[str], extensions: list[str]) -> list[str]:
+    """The exported file of each image, relative to the export's media folder.
+
+    Each original's path below the originals' common folder, with the protected file's
+    extension (``extensions``, like ".png"); a name already taken (regardless of case,
+    for case-insensitive file systems) gets ``-2``, ``-3``, ... before its extension.
+    """
+    folders = [os.path.dirname(os.path.abspath(path)) for path in originals]
+    try:
+        root = os.path.commonpath(folders)
+    except ValueError:  # different drives: no common folder
+        root = None
+    taken, names = set(), []
+    for path, folder, extension in zip(originals, folders, extensions):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        relative = os.path.relpath(folder, root) if root else "."
+        base = os.path.normpath(os.path.join(relative, stem))
+        name, n = base + extension, 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{base}-{n}{extension}"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def _dataset_type(dataset_type):
+    if isinstance(dataset_type, str):
+        if dataset_type not in EXPORT_TYPES:
+            raise ValueError(
+                f"unknown export format {dataset_type!r}; choose one of {', '.join(EXPORT_TYPES)}"
+            )
+        return EXPORT_TYPES[dataset_type]
+    return dataset_type
+
+
+def _name(indices: list[int], ids: list[str], paths: list[str]) -> str:
+    """The first samples of ``indices`` as ``id (path)``."""
+    shown = ", ".join(f"{ids[i]} ({paths[i]})" for i in indices[:_SHOWN])
+    return shown + (", ..." if len(indices) > _SHOWN else "")
+
+
+def _check_owned(ids: list[str], paths: list[str]) -> None:
+    """ValueError naming the samples whose protected file is gone or not theirs."""
+    problems = []
+    for sample_id, path in zip(ids, paths):
+        if not os.path.isfile(path):
+            problems.append(f"{sample_id}: protected file {path} is missing")
+        elif uio.marker(path) != sample_id:
+            problems.append(f"{sample_id}: {path} was not written for this sample")
+    if problems:
+        more = f" (and {len(problems) - _SHOWN} more)" if len(problems) > _SHOWN else ""
+        raise ValueError(
+            "; ".join(problems[:_SHOWN]) + more + ": protect these samples again (overwrite)"
+        )
+
+
+def _export_in_place(export_dir: str, replaced: str, export) -> None:
+    """Run ``export()`` into ``export_dir``; an existing folder is first moved to
+    ``replaced`` (in the work folder, deleted with it) and moved back if the export
+    fails, so ``export_dir`` holds the old export or the whole new one. Exporters may
+    record their own folder (YOLO's dataset.yaml), so the export is written in place."""
+    existed = os.path.isdir(export_dir)
+    if existed:
+        os.replace(export_dir, replaced)
+    try:
+        export()
+    except BaseException:
+        shutil.rmtree(export_dir, ignore_errors=True)
+        if existed:
+            os.replace(replaced, export_dir)
+        raise

@@ -1,0 +1,82 @@
+"""Operator that exports the protected copy of a dataset to publish."""
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from fiftyone_unseg.export import EXPORT_TYPES, export_protected
+from fiftyone_unseg.plugin.forms import form_error, target_form
+from fiftyone_unseg.plugin.progress import app_progress
+from fiftyone_unseg.plugin.protect import operator_config
+
+FORMAT_LABELS = {
+    "coco": "COCO (instance masks, polygons)",
+    "segmentation-dir": "Image + class-mask folders (semantic)",
+    "yolo": "YOLO (segmentation polygons)",
+    "fiftyone": "FiftyOne dataset (any label type)",
+    "images": "Images only",
+}
+
+
+class ExportProtected(foo.Operator):
+    """Export protected images, under their originals' names, with labels
+    (``fiftyone_unseg.export.export_protected``)."""
+
+    @property
+    def config(self):
+        return operator_config(
+            "export_protected",
+            "UnSeg: export protected copy",
+            "Write the protected images with their labels in a standard format, to publish",
+        )
+
+    def resolve_input(self, ctx):
+        inputs, form = target_form(ctx, "UnSeg: export protected copy", "Export")
+        if ctx.dataset is None:
+            return form
+        if not ctx.dataset.has_field("protected_filepath"):
+            form_error(inputs, "not_protected", "No sample is protected yet: run 'protect samples'")
+            return form
+        formats = types.Dropdown(label="Format")
+        for name, label in FORMAT_LABELS.items():
+            formats.add_choice(name, label=label)
+        inputs.enum("format", list(EXPORT_TYPES), default="coco", required=True, view=formats)
+        fields = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Label))
+        if ctx.params.get("format", "coco") != "images":
+            choices = types.Dropdown(multiple=True, label="Label fields")
+            for name in fields:
+                choices.add_choice(name, label=name)
+            inputs.list("label_fields", types.String(), default=fields[:1], view=choices)
+        inputs.str(
+            "export_dir",
+            label="Export folder (new or empty)",
+            description="On the machine that runs the operator",
+            required=True,
+        )
+        inputs.bool(
+            "skip_unprotected",
+            default=False,
+            label="Leave out samples without a protected copy (otherwise they stop the export)",
+        )
+        inputs.bool("overwrite", default=False, label="Replace the folder if it is not empty")
+        return form
+
+    def execute(self, ctx):
+        params = ctx.params
+        fields = params.get("label_fields") if params.get("format") != "images" else None
+        return export_protected(
+            ctx.target_view(),
+            params["export_dir"],
+            dataset_type=params.get("format", "coco"),
+            label_field=fields or None,
+            skip_unprotected=params.get("skip_unprotected", False),
+            overwrite=params.get("overwrite", False),
+            progress=app_progress(ctx, "images"),
+        )
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("exported", label="Exported")
+        outputs.int("skipped", label="Unprotected, left out")
+        outputs.str("export_dir", label="Export folder")
+        return types.Property(outputs)

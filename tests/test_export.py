@@ -1,0 +1,224 @@
+"""Exporting the protected copy: original names, labels, no marker, all or nothing."""
+
+import json
+import os
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import numpy as np
+import pytest
+import yaml
+from fiftyone.operators.executor import ExecutionContext
+from PIL import Image
+from test_protect import _box, _dataset, _hashes, _scene_dataset, _texture, generators  # noqa: F401
+
+from fiftyone_unseg import export_protected, protect
+from fiftyone_unseg.export import export_names
+from fiftyone_unseg.io import marker, read_mask, unmarked
+
+# Originals in nested folders: a name twice in different folders, a case-only clash.
+ORIGINALS = ("a/scene.jpg", "b/scene.jpg", "a/Scene.png", "a/c/deep.png")
+EXPORTED = ("a/scene.png", "b/scene.png", "a/Scene-2.png", "a/c/deep.png")
+
+
+def _nested_dataset(name: str, folder, generator: str, **protect_args) -> fo.Dataset:
+    images = {rel: Image.fromarray(_texture(64, 64, i)) for i, rel in enumerate(ORIGINALS)}
+    dataset = _dataset(name, folder / "originals", images)
+    protect(dataset, "dets", generator=generator, **protect_args)
+    return dataset
+
+
+def _files(folder) -> set:
+    return {
+        os.path.relpath(os.path.join(root, name), folder)
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+def test_export_names_keep_folders_and_stems_and_never_clash():
+    originals = ["/d/x/a.jpg", "/d/y/a.jpg", "/d/x/A.png", "/d/x/a.tif", "/d/x/z/b.png"]
+    assert export_names(originals, [".png"] * 5) == [
+        "x/a.png",
+        "y/a.png",
+        "x/A-2.png",
+        "x/a-3.png",
+        "x/z/b.png",
+    ]
+    assert export_names(["/d/only.JPG"], [".jpg"]) == ["only.jpg"]
+
+
+@pytest.mark.parametrize("replace_filepath", [False, True])
+def test_export_writes_protected_pixels_under_original_names_with_labels(
+    tmp_path,
+    generators,  # noqa: F811
+    replace_filepath,
+):
+    dataset = _nested_dataset(
+        f"export-{replace_filepath}",
+        tmp_path,
+        generators["random"],
+        replace_filepath=replace_filepath,
+    )
+    originals = [os.path.join(tmp_path, "originals", rel) for rel in ORIGINALS]
+    before = _hashes(originals)
+    datasets = set(fo.list_datasets())
+    protected = dict(zip(dataset.values("id"), dataset.values("protected_filepath")))
+
+    coco = tmp_path / "coco"
+    summary = export_protected(dataset, str(coco), "coco", "dets")
+    assert summary["exported"] == 4 and summary["skipped"] == 0
+    assert _files(coco) == {"labels.json"} | {f"data/{name}" for name in EXPORTED}
+    for sample_id, name in zip(dataset.values("id"), EXPORTED):
+        data = (coco / "data" / name).read_bytes()
+        assert marker(str(coco / "data" / name)) is None
+        with open(protected[sample_id], "rb") as f:
+            assert data == unmarked(f.read())  # the protected pixels' bytes, marker gone
+    scene = np.asarray(Image.open(coco / "data" / "a/c/deep.png"))
+    assert np.abs(scene.astype(int) - _texture(64, 64, 3)).max() > 0  # it is protected
+    labels = (coco / "labels.json").read_text()
+    assert "unseg" not in labels and str(tmp_path / "originals") not in labels
+
+    imported = fo.Dataset.from_dir(
+        dataset_dir=str(coco),
+        dataset_type=fo.types.COCODetectionDataset,
+        label_types="segmentations",
+        label_field="dets",
+    )
+    assert sorted(os.path.relpath(p, coco / "data") for p in imported.values("filepath")) == sorted(
+        EXPORTED
+    )
+    for sample in imported:
+        assert sorted(d.label for d in sample.dets.detections) == ["other", "thing"]
+    imported.delete()
+
+    masks = tmp_path / "masks"
+    export_protected(dataset, str(masks), "segmentation-dir", "seg_path")
+    semantic = (_box((16, 40, 20, 52), 64, 64) + 2 * _box((44, 58, 4, 16), 64, 64)).astype(int)
+    for name in EXPORTED:
+        assert np.array_equal(read_mask(str(masks / "labels" / name)), semantic)
+
+    full = tmp_path / "fiftyone"
+    export_protected(dataset, str(full), "fiftyone", ["dets", "seg_db"])
+    stored = json.loads((full / "samples.json").read_text())["samples"]
+    assert {key for s in stored for key in s if not key.startswith("_")} == {
+        "filepath",
+        "tags",
+        "metadata",
+        "created_at",
+        "last_modified_at",
+        "dets",
+        "seg_db",
+    }  # no unseg facts, protected or original paths
+
+    yolo = tmp_path / "yolo"
+    export_protected(dataset, str(yolo), "yolo", "polys")
+    assert yaml.safe_load((yolo / "dataset.yaml").read_text())["path"] == str(yolo)
+    assert len(list((yolo / "labels" / "val").rglob("*.txt"))) == 4
+
+    assert _hashes(originals) == before
+    assert set(fo.list_datasets()) == datasets  # the working copy is gone
+    assert sorted(os.listdir(tmp_path)) == ["coco", "fiftyone", "masks", "originals", "yolo"]
+
+
+def test_export_refuses_unprotected_or_foreign_files_by_name(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("export-refusals", tmp_path / "scenes", count=2)
+    protect(dataset, "dets", generator=generators["random"])
+    extra = tmp_path / "scenes" / "late.png"
+    Image.fromarray(_texture(64, 64, 9)).save(extra)
+    late = fo.Sample(filepath=str(extra))
+    dataset.add_sample(late)
+
+    with pytest.raises(
+        ValueError, match=rf"1 of 3 samples have no protected copy, e\.g\. {late.id} \({extra}\)"
+    ):
+        export_protected(dataset, str(tmp_path / "out"), "images")
+    assert not (tmp_path / "out").exists()
+    summary = export_protected(dataset, str(tmp_path / "out"), "images", skip_unprotected=True)
+    assert (summary["exported"], summary["skipped"]) == (2, 1)
+    assert _files(tmp_path / "out") == {"scene0.png", "scene1.png"}
+
+    first, second = dataset.head(2)
+    os.remove(first.protected_filepath)
+    Image.fromarray(_texture(64, 64, 5)).save(second.protected_filepath)  # not written by protect
+    with pytest.raises(ValueError) as error:
+        export_protected(dataset, str(tmp_path / "again"), "images", skip_unprotected=True)
+    assert f"{first.id}: protected file {first.protected_filepath} is missing" in str(error.value)
+    assert f"{second.id}: {second.protected_filepath} was not written for this sample" in str(
+        error.value
+    )
+    with pytest.raises(ValueError, match="no label field 'nope'"):
+        export_protected(dataset, str(tmp_path / "again"), "coco", "nope")
+    with pytest.raises(ValueError, match="unknown export format 'voc'; choose one of coco"):
+        export_protected(dataset, str(tmp_path / "again"), "voc", "dets")
+    assert not (tmp_path / "again").exists()
+
+
+def test_export_replaces_a_folder_only_when_asked_and_only_when_complete(
+    tmp_path,
+    generators,  # noqa: F811
+    monkeypatch,
+):
+    dataset = _scene_dataset("export-replace", tmp_path / "scenes", count=2)
+    protect(dataset, "dets", generator=generators["random"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.txt").write_text("an earlier export")
+    with pytest.raises(ValueError, match="is not empty: choose another folder or overwrite it"):
+        export_protected(dataset, str(out), "coco", "dets")
+
+    def fail_halfway(self, export_dir, **kwargs):
+        os.makedirs(export_dir)
+        open(os.path.join(export_dir, "labels.json"), "w").close()
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fo.Dataset, "export", fail_halfway)
+        with pytest.raises(OSError, match="disk full"):
+            export_protected(dataset, str(out), "coco", "dets", overwrite=True)
+    assert _files(out) == {"earlier.txt"}  # the old export, whole
+    assert sorted(os.listdir(tmp_path)) == ["out", "scenes"]  # no work folder left
+
+    export_protected(dataset, str(out), "coco", "dets", overwrite=True)
+    assert _files(out) == {"labels.json", "data/scene0.png", "data/scene1.png"}
+
+
+def test_cli_and_operator_export_the_protected_copy(tmp_path, generators, unseg):  # noqa: F811
+    dataset = _scene_dataset("export-cli", tmp_path / "scenes", count=2)
+    dataset.persistent = True
+    protect(dataset.limit(1), "dets", generator=generators["random"])
+    args = ("--dataset", "export-cli", "--label-field", "dets", "--format", "coco")
+    refused = unseg("export", str(tmp_path / "cli"), *args, check=False)
+    assert refused.returncode == 2
+    assert "1 of 2 samples have no protected copy" in refused.stderr
+    done = unseg("export", str(tmp_path / "cli"), *args, "--skip-unprotected").stdout
+    assert "Exported 1 protected images (1 unprotected left out) as coco" in done
+    assert _files(tmp_path / "cli") == {"labels.json", "data/scene0.png"}
+
+    params = {
+        "format": "segmentation-dir",
+        "label_fields": ["seg_db"],
+        "export_dir": str(tmp_path / "app"),
+    }
+    ctx = {"dataset": "export-cli", "view": dataset.limit(1), "params": params}
+    result = foo.execute_operator("@unseg/unseg/export_protected", ctx=ctx)
+    assert result.error is None, result.error
+    assert (result.result["exported"], result.result["skipped"]) == (1, 0)
+    assert _files(tmp_path / "app") == {"data/scene0.png", "labels/scene0.png"}
+
+
+def test_operator_form_asks_for_protection_first_and_offers_label_fields(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("export-form", tmp_path / "scenes", count=1)
+    operator = foo.get_operator("@unseg/unseg/export_protected")
+
+    def form(**params):
+        ctx = ExecutionContext({"dataset_name": dataset.name, "params": params})
+        return operator.resolve_input(ctx).to_json()["type"]["properties"]
+
+    assert form()["not_protected"]["invalid"]
+    protect(dataset, "dets", generator=generators["random"])
+    fields = form()
+    assert {"format", "label_fields", "export_dir", "skip_unprotected", "overwrite"} <= set(fields)
+    offered = [choice["value"] for choice in fields["label_fields"]["view"]["choices"]]
+    assert offered == ["boxes", "dets", "polys", "seg_db", "seg_path"]
+    assert "label_fields" not in form(format="images")
