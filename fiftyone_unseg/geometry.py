@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
+_BAND_ROWS = 512  # rows of a segment map handled at once
+
 
 @dataclasses.dataclass(frozen=True)
 class Frame:
@@ -40,10 +42,37 @@ class Frame:
         )
         return F.pad(resized[0], (0, n - w, 0, n - h))
 
-    def prompt(self, mask: np.ndarray) -> torch.Tensor:
-        """HxW bool -> 1x(S/4)x(S/4) in {0, 1}: the mask at the mask-prompt resolution."""
-        resized = self.to_model(torch.from_numpy(mask)[None].to(torch.float32), self.size // 4)
-        return (resized > 0.5).to(torch.float32)
+    def prompt(self, segments: np.ndarray) -> torch.Tensor:
+        """HxW bool mask or integer segment map (0: background) -> 1x(S/4)x(S/4) in {0, 1}:
+        the mask at the mask-prompt resolution (cells at least half covered), plus, for
+        each segment that would be left out, its most covered cell: however small a
+        segment is, it is in the prompt."""
+        n = self.size // 4
+        covered = self.to_model(torch.from_numpy(segments > 0)[None].to(torch.float32), n)[0]
+        cells = covered > 0.5
+        h, w = self.region(n)
+        rows = np.minimum((np.arange(self.height) + 0.5) * h / self.height, h - 1).astype(int)
+        cols = np.minimum((np.arange(self.width) + 0.5) * w / self.width, w - 1).astype(int)
+        if segments.dtype == bool:
+            segments = segments.view(np.uint8)
+        on = cells.numpy()
+        bands = [slice(y, y + _BAND_ROWS) for y in range(0, self.height, _BAND_ROWS)]
+        inside = np.zeros(int(segments.max()) + 1, bool)  # segments with a cell on
+        for band in bands:  # in row bands: large images need no more full-size arrays
+            inside[segments[band][on[rows[band]][:, cols]]] = True
+        inside[0] = False
+        keys = []  # segment * N * N + cell, for each pixel of a segment left out
+        for band in bands:
+            y, x = np.nonzero(inside[segments[band]] != (segments[band] > 0))
+            segment = segments[band][y, x].astype(np.int64)
+            keys.append(segment * n * n + rows[band][y] * n + cols[x])
+        found, counts = np.unique(np.concatenate(keys), return_counts=True)
+        if len(found):
+            owner = found // (n * n)
+            best = np.lexsort((-counts, owner))  # per segment, its most covered cell first
+            first = np.r_[True, owner[best][1:] != owner[best][:-1]]
+            cells.view(-1)[torch.from_numpy(found[best][first] % (n * n))] = True
+        return cells[None].to(torch.float32)
 
     def from_model(self, noise: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """CxNxN in the padded model frame (any N, e.g. the generator's S/4) -> CxHxW, or

@@ -233,7 +233,7 @@ def read_rgb(path: str) -> np.ndarray:
     check_file(path)
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # a copy would hold the image twice
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
@@ -242,9 +242,12 @@ def read_rgb(path: str) -> np.ndarray:
                 return np.repeat(arr[..., None], 3, axis=-1)
             if im.mode == "F":
                 return _float_rgb(np.asarray(im, dtype=np.float32), path)
-            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.float32)
-            rgb /= 255.0  # in place: a large image is not held twice as floats
-            return rgb
+            rgb8 = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+        # Pillow's copy is freed before the floats exist, and they are made once, in place.
+        rgb = rgb8.astype(np.float32)
+        del rgb8
+        rgb /= 255.0
+        return rgb
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: cannot decode image ({e})") from e
 

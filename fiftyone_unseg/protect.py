@@ -88,7 +88,7 @@ SETTINGS = (
     "class_key",
 )
 
-_BAND_ROWS = 1024  # large images are composed and measured in bands of rows
+_BAND_PIXELS = 1 << 20  # large images are composed and measured in bands of rows this large
 _BATCH_PIXELS = 16_000_000  # pixels per batch; a larger image is done alone
 _DECODE_CHUNK = 64  # prompts decoded at once (instance mode can have many per image)
 _SSIM_WINDOW = 7  # skimage's default window
@@ -587,7 +587,7 @@ def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
     frame = Frame(image.shape[0], image.shape[1], size)
     segments, names = segment_classes(labels[task.id], frame.height, frame.width, spec)
     present = present_values(segments)
-    prompts = [frame.prompt(segments > 0)]
+    prompts = [frame.prompt(segments)]
     if spec.mode == "instance":
         prompts += [frame.prompt(segments == k) for k in present]
     model_input = frame.to_model(torch.from_numpy(image).permute(2, 0, 1))
@@ -645,7 +645,7 @@ def _compose(
     """The protected image, HxWx3 uint8: clamp(original + noise * eps map), in row bands;
     ``keys`` mix the class textures into the noise first."""
     out = np.empty(item.image.shape, np.uint8)
-    for rows in _bands(item.frame.height):
+    for rows in _bands(item.frame.height, item.frame.width):
         image = torch.from_numpy(item.image[rows]).permute(2, 0, 1)[None]
         objects = torch.from_numpy(item.segments[rows] > 0)[None, None]
         full = item.frame.from_model(noise, rows)  # 3 x rows x W
@@ -660,7 +660,7 @@ def _compose(
 def _measure(original: np.ndarray, protected: np.ndarray) -> dict:
     """L-infinity (in [0, 1]), PSNR (dB, None if identical) and SSIM of the protected image."""
     linf, squared = 0.0, 0.0
-    for rows in _bands(original.shape[0]):
+    for rows in _bands(*original.shape[:2]):
         diff = protected[rows].astype(np.float32) / 255 - original[rows]
         linf = max(linf, float(np.abs(diff).max()))
         squared += float(np.square(diff, dtype=np.float64).sum())
@@ -680,7 +680,7 @@ def _ssim(original: np.ndarray, protected: np.ndarray) -> float | None:
     if min(height, width) < _SSIM_WINDOW:
         return None
     total = 0.0
-    for rows in _bands(height):
+    for rows in _bands(height, width):
         lo, hi = max(rows.start - pad, 0), min(rows.stop + pad, height)
         _, ssim_map = structural_similarity(
             original[lo:hi],
@@ -694,9 +694,11 @@ def _ssim(original: np.ndarray, protected: np.ndarray) -> float | None:
     return total / ((height - 2 * pad) * (width - 2 * pad) * 3)
 
 
-def _bands(height: int) -> list[slice]:
-    """Row slices covering ``height`` rows; none shorter than 16 rows unless the image is."""
-    edges = [*range(0, height, _BAND_ROWS), height]
+def _bands(height: int, width: int) -> list[slice]:
+    """Row slices covering ``height`` rows of ``width`` pixels, about ``_BAND_PIXELS``
+    pixels each; none shorter than 16 rows unless the image is."""
+    step = max(16, _BAND_PIXELS // max(width, 1))
+    edges = [*range(0, height, step), height]
     if len(edges) > 2 and edges[-1] - edges[-2] < 16:
         del edges[-2]
     return [slice(a, b) for a, b in zip(edges, edges[1:])]

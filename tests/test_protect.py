@@ -145,7 +145,7 @@ def test_frame_maps_to_model_and_back():
 
 
 def test_banded_ssim_equals_skimage(monkeypatch):
-    monkeypatch.setattr(protect_module, "_BAND_ROWS", 16)
+    monkeypatch.setattr(protect_module, "_BAND_PIXELS", 16 * 40)  # 16-row bands
     original = _texture(50, 40).astype(np.float32) / 255
     protected = np.clip(
         original * 255 + np.random.default_rng(1).integers(-8, 9, original.shape), 0, 255
@@ -238,7 +238,7 @@ def test_float_images_and_rgb_masks_read_as_what_they_show(tmp_path):
 
 
 def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, monkeypatch):
-    monkeypatch.setattr(protect_module, "_BAND_ROWS", 24)  # several bands per image
+    monkeypatch.setattr(protect_module, "_BAND_PIXELS", 24 * 64)  # several bands per image
     rgb = _texture(64, 96)
     gray = Image.fromarray(_texture(64, 64)[..., 0])
     rgba = Image.fromarray(np.dstack([_texture(64, 80), np.full((64, 80), 128, np.uint8)]))
@@ -317,6 +317,30 @@ def test_instance_mode_gives_each_segment_its_own_noise(tmp_path):
         assert np.allclose(noise[inner_thing], in_thing * EPS, atol=TOL)
         assert np.allclose(noise[inner_other], in_other * EPS, atol=TOL)
         assert np.allclose(noise[far], background * EPS_BG, atol=TOL)
+
+
+def test_segments_smaller_than_a_prompt_cell_are_in_their_prompts(tmp_path):
+    frame = Frame(64, 64, 64)  # 4-pixel prompt cells
+    segments = np.zeros((64, 64), np.uint16)
+    segments[RECT[0] : RECT[1], RECT[2] : RECT[3]] = 1  # 48 whole cells
+    segments[5:7, 5:7] = 2  # a quarter of one cell
+    segments[30, 0:3] = segments[31:33, 2] = 3  # 4 pixels in cell (7, 0), 1 in (8, 0)
+    assert frame.prompt(segments > 0).sum() == 48  # as one mask: cells at least half covered
+    union = frame.prompt(segments)[0]
+    assert union.sum() == 50 and union[1, 1] and union[7, 0] and not union[8, 0]
+    assert frame.prompt(segments == 2)[0].nonzero().tolist() == [[1, 1]]
+
+    dataset = _scene_dataset("tiny-segments", tmp_path, count=1)
+    sample = dataset.first()
+    box = [5 / 64, 5 / 64, 2 / 64, 2 / 64]  # the 2x2 pixels of segment 2 above
+    tiny = fo.Detection(label="tiny", bounding_box=box, mask=np.ones((2, 2), bool))
+    sample.dets.detections.append(tiny)
+    sample.save()
+    task = protect_module._Task(sample.id, sample.filepath, "", 0)
+    spec = resolve_prompt(dataset, "dets", "instance")
+    loaded = protect_module._load(task, {sample.id: sample.dets}, spec, 64)
+    assert loaded.num_segments == 3
+    assert [int(p.sum()) for p in loaded.prompts] == [58, 48, 9, 1]  # union, thing, other, tiny
 
 
 def test_class_keys_give_each_class_one_texture_in_every_image(tmp_path):
