@@ -12,7 +12,7 @@ from fiftyone.operators.executor import ExecutionContext
 from PIL import Image
 from test_protect import _box, _dataset, _hashes, _scene_dataset, _texture, generators  # noqa: F401
 
-from fiftyone_unseg import export_protected, protect
+from fiftyone_unseg import export_protected, protect, visualize_noise
 from fiftyone_unseg.export import export_names
 from fiftyone_unseg.io import marker, read_mask, unmarked
 
@@ -217,6 +217,7 @@ def test_operator_form_asks_for_protection_first_and_offers_label_fields(tmp_pat
 
     assert form()["not_protected"]["invalid"]
     protect(dataset, "dets", generator=generators["random"])
+    visualize_noise(dataset)  # its heatmaps would show the noise: not offered
     fields = form()
     assert {"format", "label_fields", "export_dir", "skip_unprotected", "overwrite"} <= set(fields)
     offered = [choice["value"] for choice in fields["label_fields"]["view"]["choices"]]

@@ -41,7 +41,9 @@ class ExportProtected(foo.Operator):
         for name, label in FORMAT_LABELS.items():
             formats.add_choice(name, label=label)
         inputs.enum("format", list(EXPORT_TYPES), default="coco", required=True, view=formats)
-        fields = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Label))
+        schema = ctx.dataset.get_field_schema(embedded_doc_type=fo.Label)
+        # Heatmaps are left out: the noise heatmaps of visualize_noise would show the noise.
+        fields = sorted(k for k, f in schema.items() if not issubclass(f.document_type, fo.Heatmap))
         if ctx.params.get("format", "coco") != "images":
             choices = types.Dropdown(multiple=True, label="Label fields")
             for name in fields:
