@@ -29,7 +29,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=10
 
 demo: install
 	$(PY) examples/demo.py

@@ -239,7 +239,13 @@ def test_app_runs_operators_and_shows_the_panel(app_url, page, generator, tmp_pa
     page.keyboard.press("`")
     page.locator('[data-cy="operators-browser-search"]').fill("UnSeg")
     browser_list = page.locator('[data-cy="operators-browser"]')
-    for label in ("protect samples", "visualize noise", "restore originals", "evaluate protection"):
+    for label in (
+        "protect samples",
+        "visualize noise",
+        "restore originals",
+        "export protected copy",
+        "evaluate protection",
+    ):
         browser_list.get_by_text(f"UnSeg: {label}", exact=True).wait_for()
     _shot(page, "02-operator-browser")
 
@@ -295,10 +301,21 @@ def test_app_runs_operators_and_shows_the_panel(app_url, page, generator, tmp_pa
     page.wait_for_timeout(1000)
     _shot(page, "07-noise-heatmaps")
 
+    # export_protected from the panel's button: COCO of the field protection used.
+    panel.get_by_role("button", name="Export").click()
+    export_dir = tmp_path / "published"
+    page.get_by_role("dialog").locator('input[type="string"]').fill(str(export_dir))
+    _shot(page, "08-export-form")
+    _execute(page, "Export folder")
+    page.get_by_role("button", name="Close").click()
+    names = sorted(os.path.basename(p) for p in dataset.values("filepath"))
+    assert sorted(os.listdir(export_dir / "data")) == [n.rsplit(".", 1)[0] + ".png" for n in names]
+    assert (export_dir / "labels.json").is_file()
+
     # A recorded audit appears in the panel with its table and chart.
     _record_audit(dataset, "e2e_audit", tmp_path / "audit", 0.62, 0.08)
     panel.get_by_role("button", name="Refresh").click()
     panel.get_by_text("e2e_audit").wait_for()
     panel.get_by_text("mask_mAP").wait_for()
     assert panel.locator('img[src^="data:image/png;base64,"]').count() == 1
-    _shot(page, "08-panel-audit")
+    _shot(page, "09-panel-audit")

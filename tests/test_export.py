@@ -222,4 +222,5 @@ def test_operator_form_asks_for_protection_first_and_offers_label_fields(tmp_pat
     assert {"format", "label_fields", "export_dir", "skip_unprotected", "overwrite"} <= set(fields)
     offered = [choice["value"] for choice in fields["label_fields"]["view"]["choices"]]
     assert offered == ["boxes", "dets", "polys", "seg_db", "seg_path"]
+    assert fields["label_fields"]["default"] == ["dets"]  # the field protection used
     assert "label_fields" not in form(format="images")

@@ -48,7 +48,9 @@ class ExportProtected(foo.Operator):
             choices = types.Dropdown(multiple=True, label="Label fields")
             for name in fields:
                 choices.add_choice(name, label=name)
-            inputs.list("label_fields", types.String(), default=fields[:1], view=choices)
+            used = [f for f in ctx.dataset.distinct("unseg.label_field") if f in fields]
+            default = used[:1] or fields[:1]  # the field protection was prompted with
+            inputs.list("label_fields", types.String(), default=default, view=choices)
         inputs.str(
             "export_dir",
             label="Export folder (new or empty)",
