@@ -10,9 +10,14 @@ with the same labels as a new COCO dataset that can be shared instead of the ori
     .venv/bin/python examples/protect_coco.py IMAGES_DIR labels.json
     .venv/bin/python examples/protect_coco.py IMAGES_DIR labels.json --export protected-coco/
     .venv/bin/python examples/protect_coco.py IMAGES_DIR MASKS_DIR --format segmentation-dir
+    .venv/bin/python examples/protect_coco.py IMAGES_DIR panoptic.json --format coco-panoptic
 
 ``--format segmentation-dir`` reads an image folder and a folder of PNG class maps with
 the same file stems (0 = background), as VOC's ``JPEGImages`` + ``SegmentationClass``.
+``--format coco-panoptic`` reads COCO's panoptic format (also Cityscapes' and ADE20K's
+panoptic sets): the JSON and, next to it, the folder of panoptic PNGs of the same name.
+Things are protected, stuff gets the background budget (the reference's "things"
+mode); ``--all-segments`` protects every labelled pixel. The export is COCO instances.
 Without ``--generator`` the default generator that ships with the package is used;
 ``examples/train_generator_on_folders.py`` trains your own. FiftyOne turns COCO
 segmentations into masks with ``pycocotools``; without it, ``--polylines`` loads
@@ -27,11 +32,14 @@ import sys
 import fiftyone as fo
 
 import fiftyone_unseg as fu
+from fiftyone_unseg.panoptic import load_coco_panoptic
 
 LABEL_FIELD = "ground_truth"
+THINGS_FIELD = "things"  # panoptic sets: the thing segments only
 FORMATS = {
     "coco": fo.types.COCODetectionDataset,
     "segmentation-dir": fo.types.ImageSegmentationDirectory,
+    "coco-panoptic": None,  # fiftyone_unseg.panoptic
 }
 
 
@@ -42,6 +50,10 @@ def import_dataset(name: str, images: str, labels: str, data_format: str, polyli
     """
     if fo.dataset_exists(name):
         fu.restore(fo.load_dataset(name), delete_protected=True)
+    if data_format == "coco-panoptic":
+        return load_coco_panoptic(
+            name, images, labels, label_field=LABEL_FIELD, things_field=THINGS_FIELD, overwrite=True
+        )
     options = {"label_types": "segmentations", "use_polylines": polylines}
     return fo.Dataset.from_dir(
         dataset_type=FORMATS[data_format],
@@ -59,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("images", help="folder of the images")
     p.add_argument("labels", help="COCO JSON file (or, with --format segmentation-dir, masks dir)")
+    p.add_argument(
+        "--all-segments", action="store_true", help="coco-panoptic: protect stuff as objects too"
+    )
     p.add_argument("--format", choices=FORMATS, default="coco", help="layout of the labels")
     p.add_argument("--generator", help="generator checkpoint dir (default: the shipped one)")
     p.add_argument("--name", default="unseg-coco-example", help="FiftyOne dataset to create")
@@ -80,7 +95,9 @@ def main(argv=None) -> int:
         )
         return 2
     dataset = import_dataset(args.name, args.images, args.labels, args.format, args.polylines)
-    summary = fu.protect(dataset, LABEL_FIELD, generator=generator, device=args.device)
+    things = args.format == "coco-panoptic" and not args.all_segments
+    field = THINGS_FIELD if things else LABEL_FIELD
+    summary = fu.protect(dataset, field, generator=generator, device=args.device)
     print(
         f"Protected {summary['protected']} of {summary['total']} images "
         f"({summary['no_segments']} without segments, {summary['failed']} failed) in "
@@ -94,7 +111,8 @@ def main(argv=None) -> int:
     for failed in summary["failures"]:
         print(f"  failed: {failed['filepath']}: {failed['reason']}")
     if args.export:
-        fu.export_protected(dataset, args.export, args.format, label_field=LABEL_FIELD)
+        export_format = "coco" if args.format == "coco-panoptic" else args.format
+        fu.export_protected(dataset, args.export, export_format, label_field=field)
         print(f"Protected copy exported to {args.export}")
     print(f"Compare clean and protected in the App: fiftyone app launch {dataset.name}")
     return 1 if summary["failed"] else 0

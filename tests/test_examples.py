@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import REPO
 from test_modeling import MICRO
+from test_panoptic import _panoptic_set
 
 import fiftyone_unseg as fu
 from fiftyone_unseg import checkpoint, sample_data
@@ -98,6 +99,27 @@ def test_protect_coco(tmp_path, generator, scenes, capsys, data_format, options)
         for sample, stem in zip(dataset, stems):
             copy = read_mask(str(exported / "labels" / f"{stem}.png"))
             assert np.array_equal(copy, sample.ground_truth.get_mask())
+
+
+def test_protect_coco_panoptic_protects_things_and_exports_them(tmp_path, generator, capsys):
+    images, annotations = _panoptic_set(tmp_path)
+    exported = tmp_path / "exported"
+    argv = [images, annotations, "--format", "coco-panoptic", "--generator", generator]
+    assert _example("protect_coco").main([*argv, "--export", str(exported)]) == 0
+    dataset = fo.load_dataset("unseg-coco-example")
+    _assert_protected(dataset)
+    assert dataset.distinct("unseg.label_field") == ["things"]
+    assert dataset.count_values("unseg.had_segments") == {True: 1, False: 1}
+    assert dataset.sum("unseg.num_segments") == 3
+    assert "(1 without segments" in capsys.readouterr().out
+    coco = json.loads((exported / "labels.json").read_text())
+    assert sorted(i["file_name"] for i in coco["images"]) == ["000000.png", "000001.png"]
+    assert len(coco["annotations"]) == 3 and {c["name"] for c in coco["categories"]} >= {"person"}
+
+    assert _example("protect_coco").main([*argv, "--all-segments"]) == 0
+    dataset = fo.load_dataset("unseg-coco-example")
+    assert dataset.distinct("unseg.label_field") == ["ground_truth"]
+    assert dataset.sum("unseg.num_segments") == 5
 
 
 def test_protect_coco_says_when_no_default_generator(tmp_path, monkeypatch, capsys):

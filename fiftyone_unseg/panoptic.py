@@ -1,0 +1,139 @@
+"""Panoptic labels in COCO's panoptic format, as FiftyOne label fields to protect.
+
+FiftyOne has no panoptic label type nor a COCO-panoptic importer. COCO, Cityscapes
+and ADE20K panoptic sets all ship in COCO's panoptic format: a JSON file
+(``images``, ``categories`` with ``isthing``, and per image ``segments_info``) and one
+PNG per image whose colour encodes the segment id (``R + 256 G + 256^2 B``; 0 is void).
+:func:`load_coco_panoptic` turns each image's segments into detections with their
+instance masks, so the segments are what :func:`fiftyone_unseg.protect` prompts with:
+
+- ``label_field`` (default ``panoptic``): every segment, things and stuff, with
+  ``isthing`` and ``iscrowd`` attributes. Protecting it with the default prompt gives
+  every labelled pixel the object budget (the reference's "all segments");
+  ``prompt="instance"`` gives each segment its own noise.
+- ``things_field`` (default ``things``): the thing segments only (countable objects,
+  crowd regions included). Protecting it gives stuff the background budget (the
+  reference's "things" mode); it is also what instance victims learn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import fiftyone as fo
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from fiftyone_unseg.io import check_file
+
+
+def load_coco_panoptic(
+    name: str,
+    images_dir: str,
+    annotations: str,
+    masks_dir: str | None = None,
+    label_field: str = "panoptic",
+    things_field: str | None = "things",
+    overwrite: bool = False,
+    progress=None,
+) -> fo.Dataset:
+    """A persistent FiftyOne dataset ``name`` of a COCO-panoptic set.
+
+    Arguments:
+      images_dir: the folder of the images (``images[].file_name``).
+      annotations: the panoptic JSON file.
+      masks_dir: the folder of the panoptic PNGs (``annotations[].file_name``);
+        default: the JSON's path without ``.json``, COCO's layout
+        (``annotations/panoptic_val2017.json`` and ``annotations/panoptic_val2017/``).
+      label_field, things_field: the fields described in the module docstring
+        (``things_field=None``: none).
+      overwrite: replace an existing dataset of that name.
+      progress: optional ``progress(done, total)`` callable.
+
+    Raises ValueError naming the image for a missing or unreadable PNG, a PNG of
+    another size than its image, or segment ids in a PNG that its ``segments_info``
+    does not list. Images without an annotation get no labels.
+    """
+    with open(annotations) as f:
+        data = json.load(f)
+    masks_dir = masks_dir or os.path.splitext(annotations)[0]
+    categories = {c["id"]: c for c in data["categories"]}
+    by_image = {a["image_id"]: a for a in data.get("annotations", [])}
+    samples = []
+    for done, image in enumerate(data["images"], 1):
+        path = os.path.join(images_dir, image["file_name"])
+        fields = {"metadata": fo.ImageMetadata(width=image["width"], height=image["height"])}
+        if image["id"] in by_image:
+            segments = read_segments(by_image[image["id"]], masks_dir, categories, image)
+            fields[label_field] = fo.Detections(detections=segments)
+            if things_field:
+                things = [d for d in segments if d["isthing"]]
+                fields[things_field] = fo.Detections(detections=things)
+        samples.append(fo.Sample(filepath=path, **fields))
+        if progress is not None:
+            progress(done, len(data["images"]))
+    dataset = fo.Dataset(name, overwrite=overwrite, persistent=True)
+    dataset.add_samples(samples, progress=False)
+    names = sorted({c["name"] for c in categories.values()})
+    dataset.classes = {f: names for f in (label_field, things_field) if f}
+    dataset.info["panoptic_categories"] = list(categories.values())
+    dataset.save()
+    return dataset
+
+
+def read_segments(annotation: dict, masks_dir: str, categories: dict, image: dict) -> list:
+    """The detections of one image's panoptic PNG, in ``segments_info`` order."""
+    png = os.path.join(masks_dir, annotation["file_name"])
+    where = f"{image['file_name']} (panoptic mask {png})"
+    try:
+        check_file(png, "panoptic mask")
+        with Image.open(png) as im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint32)
+    except OSError as e:
+        raise ValueError(f"{where}: cannot read it ({e})") from e
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+    height, width = rgb.shape[:2]
+    if (width, height) != (image["width"], image["height"]):
+        raise ValueError(
+            f"{where}: mask is {width}x{height}, the image {image['width']}x{image['height']}"
+        )
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    present, index = np.unique(ids, return_inverse=True)
+    index = index.reshape(ids.shape)
+    info = {s["id"]: s for s in annotation["segments_info"]}
+    unknown = sorted(int(i) for i in present if i and i not in info)
+    if unknown:
+        raise ValueError(f"{where}: segment ids {unknown[:10]} are not in its segments_info")
+    boxes = ndimage.find_objects(index + 1)  # label k + 1 is the k-th present id
+    detections = []
+    for segment_id, segment in info.items():
+        k = np.searchsorted(present, segment_id)
+        if k == len(present) or present[k] != segment_id:
+            continue  # listed but without pixels
+        rows, cols = boxes[k]
+        category = categories.get(segment["category_id"])
+        if category is None:
+            raise ValueError(
+                f"{where}: segment {segment_id} has category_id {segment['category_id']}, "
+                "which is not in the categories"
+            )
+        box = [
+            cols.start / width,
+            rows.start / height,
+            (cols.stop - cols.start) / width,
+            (rows.stop - rows.start) / height,
+        ]
+        detections.append(
+            fo.Detection(
+                label=category["name"],
+                bounding_box=box,
+                mask=index[rows, cols] == k,
+                isthing=bool(category.get("isthing", 1)),
+                iscrowd=bool(segment.get("iscrowd", 0)),
+                segment_id=int(segment_id),
+            )
+        )
+    return detections

@@ -1,0 +1,114 @@
+"""COCO-panoptic sets as FiftyOne label fields, protected as things or as all segments."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_protect import EPS, EPS_BG, TOL, _noise, _texture, generators  # noqa: F401
+
+from fiftyone_unseg import protect
+from fiftyone_unseg.labels import resolve_prompt, segment_map
+from fiftyone_unseg.panoptic import load_coco_panoptic
+
+CATEGORIES = [
+    {"id": 1, "name": "person", "isthing": 1},
+    {"id": 7, "name": "sky", "isthing": 0},
+    {"id": 9, "name": "road", "isthing": 0},
+]
+# segment id -> (category, iscrowd, rows, cols) of one 48 x 64 image
+SEGMENTS = {
+    1001: (7, 0, slice(0, 24), slice(0, 64)),
+    1002: (9, 0, slice(24, 48), slice(0, 64)),
+    70000: (1, 0, slice(10, 40), slice(8, 20)),  # the id needs all three colour channels
+    70001: (1, 0, slice(12, 30), slice(30, 42)),
+    70002: (1, 1, slice(30, 44), slice(48, 62)),  # a crowd
+}
+
+
+def _panoptic_set(folder, ids=None) -> tuple[str, str]:
+    """Two images, the first with SEGMENTS (void at row 47), the second unannotated."""
+    images, masks = folder / "images", folder / "annotations" / "panoptic_val"
+    images.mkdir(parents=True), masks.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(_texture(48, 64, i)).save(images / f"{i:06d}.jpg", quality=95)
+    segment_ids = np.zeros((48, 64), np.uint32)
+    for segment_id, (_, _, rows, cols) in SEGMENTS.items():
+        segment_ids[rows, cols] = segment_id
+    segment_ids[47] = 0
+    if ids is not None:
+        segment_ids = ids
+    rgb = np.stack([segment_ids % 256, segment_ids // 256 % 256, segment_ids // 65536], -1)
+    Image.fromarray(rgb.astype(np.uint8)).save(masks / "000000.png")
+    info = [{"id": i, "category_id": c, "iscrowd": crowd} for i, (c, crowd, *_) in SEGMENTS.items()]
+    info.append({"id": 5, "category_id": 9, "iscrowd": 0})  # listed, but no pixels
+    data = {
+        "images": [
+            {"id": i, "file_name": f"{i:06d}.jpg", "width": 64, "height": 48} for i in range(2)
+        ],
+        "categories": CATEGORIES,
+        "annotations": [{"image_id": 0, "file_name": "000000.png", "segments_info": info}],
+    }
+    path = folder / "annotations" / "panoptic_val.json"
+    path.write_text(json.dumps(data))
+    return str(images), str(path)
+
+
+def test_segments_become_detections_with_their_exact_masks(tmp_path):
+    images, annotations = _panoptic_set(tmp_path)
+    dataset = load_coco_panoptic("panoptic-load", images, annotations, overwrite=True)
+    first, second = dataset
+    assert second.panoptic is None and second.metadata.width == 64
+    segments = first.panoptic.detections
+    assert [d.segment_id for d in segments] == list(SEGMENTS)  # id 5 has no pixels
+    assert [d.label for d in segments] == ["sky", "road", "person", "person", "person"]
+    assert [(d.isthing, d.iscrowd) for d in segments] == [
+        (False, False),
+        (False, False),
+        (True, False),
+        (True, False),
+        (True, True),
+    ]
+    assert [d.segment_id for d in first.things.detections] == [70000, 70001, 70002]
+    spec = resolve_prompt(dataset, "panoptic", "instance")
+    painted = segment_map(first.panoptic, 48, 64, spec)
+    expected = np.zeros((48, 64), int)
+    for k, (_, _, rows, cols) in enumerate(SEGMENTS.values(), 1):
+        expected[rows, cols] = k
+    expected[47] = 0
+    assert np.array_equal(painted, expected)  # every pixel where the PNG has it
+    assert dataset.classes["things"] == ["person", "road", "sky"]
+
+
+def test_things_get_the_object_budget_and_stuff_the_background_one(tmp_path, generators):  # noqa: F811
+    images, annotations = _panoptic_set(tmp_path)
+    dataset = load_coco_panoptic("panoptic-protect", images, annotations, overwrite=True)
+    protect(dataset, "things", generator=generators["saturated"])
+    sample = dataset.first()
+    noise = np.abs(_noise(sample)).max(axis=2)
+    things = np.zeros((48, 64), bool)
+    for _, _, rows, cols in (s for s in SEGMENTS.values() if s[0] == 1):
+        things[rows, cols] = True
+    things[47] = False
+    assert noise[things].max() >= EPS - TOL and noise[~things].max() <= EPS_BG + TOL
+    protect(dataset, "panoptic", generator=generators["saturated"], prompt="instance")
+    sample.reload()
+    assert sample.unseg.num_segments == 5
+    noise = np.abs(_noise(sample)).max(axis=2)
+    assert (noise[:47] > EPS_BG + TOL).mean() > 0.9 and noise[47].max() <= EPS_BG + TOL  # void row
+
+
+def test_bad_panoptic_masks_are_named(tmp_path):
+    ids = np.full((48, 64), 1001, np.uint32)
+    ids[0, 0] = 424242
+    images, annotations = _panoptic_set(tmp_path, ids=ids)
+    with pytest.raises(ValueError, match=r"000000\.jpg .*segment ids \[424242\] are not in its"):
+        load_coco_panoptic("panoptic-bad", images, annotations, overwrite=True)
+    png = os.path.join(os.path.dirname(annotations), "panoptic_val", "000000.png")
+    Image.new("RGB", (32, 48)).save(png)
+    with pytest.raises(ValueError, match=r"000000\.jpg .*mask is 32x48, the image 64x48"):
+        load_coco_panoptic("panoptic-bad", images, annotations, overwrite=True)
+    os.remove(png)
+    with pytest.raises(ValueError, match=r"000000\.jpg .*panoptic mask file not found"):
+        load_coco_panoptic("panoptic-bad", images, annotations, overwrite=True)
