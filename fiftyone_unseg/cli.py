@@ -230,7 +230,11 @@ def _add_protect_commands(subparsers) -> None:
     p.add_argument("export_dir", help="folder of the export (must be new or empty)")
     p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
     p.add_argument("--view", help="a saved view of the dataset to export")
-    p.add_argument("--label-field", nargs="*", help="label field(s) to export (none: images only)")
+    p.add_argument(
+        "--label-field",
+        nargs="+",
+        help="the label field to export (several: --format fiftyone only; none: --format images)",
+    )
     p.add_argument("--format", choices=EXPORT_TYPES, default="coco", help="export format")
     p.add_argument(
         "--skip-unprotected", action="store_true", help="leave out samples not protected"

@@ -8,7 +8,8 @@ FiftyOne exports. Nothing in it says which images are protected: the owner marke
 and no ``unseg`` field, original path or noise heatmap goes with the labels.
 
 An export is all or nothing: the images are prepared in a hidden folder next to
-``export_dir``, and a failed export leaves ``export_dir`` as it was.
+``export_dir``, and a failed export leaves ``export_dir`` as it was. Masks stored as
+files are exported from the database, so no path to the originals' folders remains.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 
 import fiftyone as fo
 import fiftyone.core.media as fom
+import fiftyone.utils.labels as fou
 
 from fiftyone_unseg import io as uio
 from fiftyone_unseg.protect import optional_values
@@ -33,6 +35,7 @@ EXPORT_TYPES = {
     "images": fo.types.ImageDirectory,  # the images alone
 }
 _SHOWN = 5  # samples a refusal names
+_WORK_SUFFIX = ".unseg-export"
 
 
 def export_protected(
@@ -50,9 +53,11 @@ def export_protected(
     Arguments:
       samples: a FiftyOne dataset or view, protected with :func:`fiftyone_unseg.protect`.
       export_dir: the export's folder; it must not exist or be empty unless ``overwrite``
-        (then it is replaced once the new export is complete).
+        (then it is replaced once the new export is complete). It may not hold any of
+        the samples' originals, protected files or masks.
       dataset_type: a name in :data:`EXPORT_TYPES` or a ``fo.types`` dataset type.
-      label_field: the label field(s) to export; None for the images alone.
+      label_field: the label field to export (several only for the ``fiftyone``
+        format); None for the images alone (``images``), which takes none.
       skip_unprotected: leave out samples without a protected copy; by default they
         stop the export (a published copy must not contain an original).
       overwrite: replace an existing, non-empty ``export_dir``.
@@ -60,26 +65,28 @@ def export_protected(
       kwargs: passed to FiftyOne's exporter (``fo.SampleCollection.export``).
 
     Returns ``exported``, ``skipped`` (unprotected samples left out), ``export_dir``
-    and ``seconds``. Raises ValueError naming the samples when some have no protected
-    copy, or when a protected file is missing or was not written for its sample.
+    and ``seconds``. Raises ValueError, before anything is written, naming the samples
+    when some have no protected copy, or when a protected file is missing or was not
+    written for its sample.
     """
     started = time.monotonic()
     if samples.media_type != fom.IMAGE:
         raise ValueError(f"export works on images; this collection holds {samples.media_type}")
     dataset_type = _dataset_type(dataset_type)
     fields = [label_field] if isinstance(label_field, str) else list(label_field or [])
-    missing = [f for f in fields if not samples.has_field(f)]
-    if missing:
-        raise ValueError(f"no label field {', '.join(map(repr, missing))} in these samples")
+    _check_fields(samples, dataset_type, fields)
     export_dir = os.path.abspath(export_dir)
-    if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
-        raise ValueError(f"{export_dir} is not empty: choose another folder or overwrite it")
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"{export_dir} exists and is not a folder")
+    if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
+        raise ValueError(f"{export_dir} is not empty: choose another folder or overwrite it")
 
-    ids, filepaths = samples.values(["id", "filepath"])
-    originals = [o or f for o, f in zip(optional_values(samples, "original_filepath"), filepaths)]
-    protected = optional_values(samples, "protected_filepath")
+    # Read from the dataset: a view may have left these fields out.
+    ids = samples.values("id")
+    stored = samples._dataset.select(ids, ordered=True)
+    filepaths = stored.values("filepath")
+    originals = [o or f for o, f in zip(optional_values(stored, "original_filepath"), filepaths)]
+    protected = optional_values(stored, "protected_filepath")
     unprotected = [i for i, path in enumerate(protected) if not path]
     if unprotected and not skip_unprotected:
         raise ValueError(
@@ -90,15 +97,12 @@ def export_protected(
     if not kept:
         raise ValueError("nothing to export: no sample here has a protected copy")
     _check_owned([ids[i] for i in kept], [protected[i] for i in kept])
+    _check_outside(export_dir, originals + protected + _mask_paths(samples, fields))
     names = export_names(
         [originals[i] for i in kept], [os.path.splitext(protected[i])[1] for i in kept]
     )
 
-    parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(
-        prefix=f".{os.path.basename(export_dir)}.", suffix=".unseg-export", dir=parent
-    )
+    work = _work_folder(export_dir)
     copy = None
     try:
         media = os.path.join(work, "media")
@@ -109,17 +113,18 @@ def export_protected(
                 uio.atomic_write_bytes(uio.unmarked(f.read()), staged[-1])
             if progress is not None:
                 progress(done, len(kept))
-        copy = samples.select([ids[i] for i in kept], ordered=True).select_fields(fields).clone()
+        copy = _working_copy(samples.select([ids[i] for i in kept], ordered=True), fields)
         copy.set_values("filepath", staged)
         copy.set_values("metadata", [None] * len(staged))
+        copy.compute_metadata(progress=False)  # of the staged files
         _export_in_place(
             export_dir,
-            os.path.join(work, "replaced"),
+            work,
             lambda: copy.export(
                 export_dir=export_dir,
                 dataset_type=dataset_type,
                 label_field=(fields[0] if len(fields) == 1 else fields) or None,
-                export_media="move",
+                export_media=True,  # copied: some exporters read the image after "moving" it
                 rel_dir=media,
                 progress=False,
                 **kwargs,
@@ -173,10 +178,32 @@ def _dataset_type(dataset_type):
     return dataset_type
 
 
+def _check_fields(samples, dataset_type, fields: list[str]) -> None:
+    """ValueError unless ``fields`` exist and suit ``dataset_type``: none for image-only
+    types, one for labelled formats, several only for FiftyOne's own."""
+    missing = [f for f in fields if not samples.has_field(f)]
+    if missing:
+        raise ValueError(f"no label field {', '.join(map(repr, missing))} in these samples")
+    kind = dataset_type if isinstance(dataset_type, type) else type(dataset_type)
+    if issubclass(kind, fo.types.UnlabeledDataset) and fields:
+        raise ValueError(f"{kind.__name__} exports images only: give no label field")
+    if issubclass(kind, fo.types.FiftyOneDataset):
+        return
+    if issubclass(kind, fo.types.LabeledDataset) and len(fields) != 1:
+        raise ValueError(
+            f"{kind.__name__} exports one label field (given: {', '.join(fields) or 'none'}); "
+            "the fiftyone format takes several"
+        )
+
+
 def _name(indices: list[int], ids: list[str], paths: list[str]) -> str:
     """The first samples of ``indices`` as ``id (path)``."""
     shown = ", ".join(f"{ids[i]} ({paths[i]})" for i in indices[:_SHOWN])
-    return shown + (", ..." if len(indices) > _SHOWN else "")
+    return shown + _more(len(indices))
+
+
+def _more(count: int) -> str:
+    return f" (and {count - _SHOWN} more)" if count > _SHOWN else ""
 
 
 def _check_owned(ids: list[str], paths: list[str]) -> None:
@@ -188,24 +215,87 @@ def _check_owned(ids: list[str], paths: list[str]) -> None:
         elif uio.marker(path) != sample_id:
             problems.append(f"{sample_id}: {path} was not written for this sample")
     if problems:
-        more = f" (and {len(problems) - _SHOWN} more)" if len(problems) > _SHOWN else ""
         raise ValueError(
-            "; ".join(problems[:_SHOWN]) + more + ": protect these samples again (overwrite)"
+            "; ".join(problems[:_SHOWN])
+            + _more(len(problems))
+            + ": protect these samples again (overwrite)"
         )
 
 
-def _export_in_place(export_dir: str, replaced: str, export) -> None:
-    """Run ``export()`` into ``export_dir``; an existing folder is first moved to
-    ``replaced`` (in the work folder, deleted with it) and moved back if the export
-    fails, so ``export_dir`` holds the old export or the whole new one. Exporters may
-    record their own folder (YOLO's dataset.yaml), so the export is written in place."""
+def _mask_paths(samples, fields: list[str]) -> list[str]:
+    """The mask files that the exported label fields point to."""
+    paths = []
+    for field in fields:
+        kind = samples.get_field(field).document_type
+        if kind in (fo.Segmentation, fo.Heatmap):
+            attribute = "map_path" if kind is fo.Heatmap else "mask_path"
+            paths += samples.values(f"{field}.{attribute}")
+        elif kind is fo.Detections:
+            paths += samples.values(f"{field}.detections.mask_path", unwind=True)
+    return [p for p in paths if p]
+
+
+def _check_outside(export_dir: str, paths: list[str]) -> None:
+    """ValueError if ``export_dir`` is or holds one of ``paths`` (an overwrite would
+    delete it)."""
+    for path in filter(None, paths):
+        path = os.path.abspath(path)
+        if os.path.commonpath([export_dir, path]) == export_dir:
+            raise ValueError(
+                f"{export_dir} holds {path}, a file of these samples: export elsewhere"
+            )
+
+
+def _working_copy(view, fields: list[str]):
+    """A temporary dataset of ``view``'s ``fields`` alone, masks in the database (no path
+    to the originals' folders), the App showing ``filepath`` only."""
+    copy = view.select_fields(fields).clone()
+    for field in fields:
+        if copy.get_field(field).document_type in (fo.Segmentation, fo.Heatmap, fo.Detections):
+            fou.import_segmentations(copy, field, progress=False)
+    copy.app_config.media_fields = ["filepath"]
+    copy.app_config.grid_media_field = copy.app_config.modal_media_field = "filepath"
+    copy.save()
+    return copy
+
+
+def _work_folder(export_dir: str) -> str:
+    """A hidden folder for the staged images: next to ``export_dir``, or inside it when
+    only an empty ``export_dir`` can be written."""
+    prefix = f".{os.path.basename(export_dir)}."
+    try:
+        os.makedirs(os.path.dirname(export_dir), exist_ok=True)
+        return tempfile.mkdtemp(prefix=prefix, suffix=_WORK_SUFFIX, dir=os.path.dirname(export_dir))
+    except OSError:
+        if not os.path.isdir(export_dir) or os.listdir(export_dir):
+            raise
+        return tempfile.mkdtemp(prefix=prefix, suffix=_WORK_SUFFIX, dir=export_dir)
+
+
+def _export_in_place(export_dir: str, work: str, export) -> None:
+    """Run ``export()`` into ``export_dir`` so that it ends with the old content or the
+    whole new export: a non-empty folder is first moved into ``work`` (deleted with it)
+    and moved back if the export fails; a new or empty one is emptied again. Exporters
+    may record their own folder (YOLO's dataset.yaml), so the export is written in place."""
     existed = os.path.isdir(export_dir)
-    if existed:
+    keep = {os.path.basename(work)} if os.path.dirname(work) == export_dir else set()
+    replaced = os.path.join(work, "replaced")
+    moved = existed and bool(set(os.listdir(export_dir)) - keep)
+    if moved:
         os.replace(export_dir, replaced)
     try:
         export()
     except BaseException:
-        shutil.rmtree(export_dir, ignore_errors=True)
-        if existed:
+        if moved:
+            shutil.rmtree(export_dir, ignore_errors=True)
             os.replace(replaced, export_dir)
+        elif existed:
+            for name in set(os.listdir(export_dir)) - keep:
+                path = os.path.join(export_dir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+        else:
+            shutil.rmtree(export_dir, ignore_errors=True)
         raise

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
-_BAND_ROWS = 512  # rows of a segment map handled at once
+BAND_PIXELS = 1 << 20  # large images are handled in bands of rows about this large
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,15 +50,17 @@ class Frame:
         n = self.size // 4
         covered = self.to_model(torch.from_numpy(segments > 0)[None].to(torch.float32), n)[0]
         cells = covered > 0.5
+        if segments.dtype == bool:
+            if cells.any() or not segments.any():  # one segment, in its prompt (or none)
+                return cells[None].to(torch.float32)
+            segments = segments.view(np.uint8)
         h, w = self.region(n)
         rows = np.minimum((np.arange(self.height) + 0.5) * h / self.height, h - 1).astype(int)
         cols = np.minimum((np.arange(self.width) + 0.5) * w / self.width, w - 1).astype(int)
-        if segments.dtype == bool:
-            segments = segments.view(np.uint8)
         on = cells.numpy()
-        bands = [slice(y, y + _BAND_ROWS) for y in range(0, self.height, _BAND_ROWS)]
+        bands = row_bands(self.height, self.width)  # no more full-size arrays
         inside = np.zeros(int(segments.max()) + 1, bool)  # segments with a cell on
-        for band in bands:  # in row bands: large images need no more full-size arrays
+        for band in bands:
             inside[segments[band][on[rows[band]][:, cols]]] = True
         inside[0] = False
         keys = []  # segment * N * N + cell, for each pixel of a segment left out
@@ -87,6 +89,16 @@ class Frame:
         across = _bilinear_weights(w, self.width, slice(0, self.width))  # W x w
         down = _bilinear_weights(h, self.height, rows)  # rows x h
         return torch.einsum("rh,chw,xw->crx", down, crop, across)
+
+
+def row_bands(height: int, width: int) -> list[slice]:
+    """Row slices covering ``height`` rows of ``width`` pixels, about ``BAND_PIXELS``
+    pixels each; none shorter than 16 rows unless the image is."""
+    step = max(16, BAND_PIXELS // max(width, 1))
+    edges = [*range(0, height, step), height]
+    if len(edges) > 2 and edges[-1] - edges[-2] < 16:
+        del edges[-2]
+    return [slice(a, b) for a, b in zip(edges, edges[1:])]
 
 
 def _bilinear_weights(size_in: int, size_out: int, rows: slice) -> torch.Tensor:

@@ -28,6 +28,8 @@ from scipy import ndimage
 
 from fiftyone_unseg.io import check_file
 
+_CHUNK = 200  # images read before their samples are added (their masks are in memory)
+
 
 def load_coco_panoptic(
     name: str,
@@ -56,26 +58,41 @@ def load_coco_panoptic(
     another size than its image, or segment ids in a PNG that its ``segments_info``
     does not list. Images without an annotation get no labels.
     """
+    if fo.dataset_exists(name) and not overwrite:
+        raise ValueError(f"dataset {name!r} exists: choose another name or overwrite it")
     with open(annotations) as f:
         data = json.load(f)
     masks_dir = masks_dir or os.path.splitext(annotations)[0]
-    categories = {c["id"]: c for c in data["categories"]}
+    categories = {int(c["id"]): c for c in data["categories"]}
+    if things_field:
+        unknown = [c["name"] for c in categories.values() if "isthing" not in c]
+        if unknown:
+            raise ValueError(
+                f"{annotations}: categories {unknown[:10]} do not say whether they are things "
+                "(isthing): load without a things field"
+            )
     by_image = {a["image_id"]: a for a in data.get("annotations", [])}
-    samples = []
-    for done, image in enumerate(data["images"], 1):
-        path = os.path.join(images_dir, image["file_name"])
-        fields = {"metadata": fo.ImageMetadata(width=image["width"], height=image["height"])}
+
+    def sample(image: dict) -> fo.Sample:
+        labels = {"metadata": fo.ImageMetadata(width=image["width"], height=image["height"])}
         if image["id"] in by_image:
             segments = read_segments(by_image[image["id"]], masks_dir, categories, image)
-            fields[label_field] = fo.Detections(detections=segments)
-            if things_field:
-                things = [d for d in segments if d["isthing"]]
-                fields[things_field] = fo.Detections(detections=things)
-        samples.append(fo.Sample(filepath=path, **fields))
-        if progress is not None:
-            progress(done, len(data["images"]))
+            labels[label_field] = fo.Detections(detections=segments)
+            if things_field:  # copies: a label lives in one field
+                things = [d.copy() for d in segments if d["isthing"]]
+                labels[things_field] = fo.Detections(detections=things)
+        return fo.Sample(filepath=os.path.join(images_dir, image["file_name"]), **labels)
+
     dataset = fo.Dataset(name, overwrite=overwrite, persistent=True)
-    dataset.add_samples(samples, progress=False)
+    try:
+        for start in range(0, len(data["images"]), _CHUNK):  # a chunk's masks in memory
+            chunk = data["images"][start : start + _CHUNK]
+            dataset.add_samples([sample(image) for image in chunk], progress=False)
+            if progress is not None:
+                progress(start + len(chunk), len(data["images"]))
+    except BaseException:
+        dataset.delete()
+        raise
     names = sorted({c["name"] for c in categories.values()})
     dataset.classes = {f: names for f in (label_field, things_field) if f}
     dataset.info["panoptic_categories"] = list(categories.values())
@@ -103,7 +120,7 @@ def read_segments(annotation: dict, masks_dir: str, categories: dict, image: dic
     ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
     present, index = np.unique(ids, return_inverse=True)
     index = index.reshape(ids.shape)
-    info = {s["id"]: s for s in annotation["segments_info"]}
+    info = {int(s["id"]): s for s in annotation["segments_info"]}
     unknown = sorted(int(i) for i in present if i and i not in info)
     if unknown:
         raise ValueError(f"{where}: segment ids {unknown[:10]} are not in its segments_info")
@@ -114,7 +131,7 @@ def read_segments(annotation: dict, masks_dir: str, categories: dict, image: dic
         if k == len(present) or present[k] != segment_id:
             continue  # listed but without pixels
         rows, cols = boxes[k]
-        category = categories.get(segment["category_id"])
+        category = categories.get(int(segment["category_id"]))
         if category is None:
             raise ValueError(
                 f"{where}: segment {segment_id} has category_id {segment['category_id']}, "
@@ -131,7 +148,7 @@ def read_segments(annotation: dict, masks_dir: str, categories: dict, image: dic
                 label=category["name"],
                 bounding_box=box,
                 mask=index[rows, cols] == k,
-                isthing=bool(category.get("isthing", 1)),
+                isthing=bool(category["isthing"]) if "isthing" in category else None,
                 iscrowd=bool(segment.get("iscrowd", 0)),
                 segment_id=int(segment_id),
             )

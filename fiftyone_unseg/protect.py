@@ -48,7 +48,7 @@ from skimage.metrics import structural_similarity
 from fiftyone_unseg import io as uio
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.class_keys import ClassKeys, default_class_key
-from fiftyone_unseg.geometry import Frame
+from fiftyone_unseg.geometry import Frame, row_bands
 from fiftyone_unseg.io import encode_marked, marker, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
 from fiftyone_unseg.modeling import NoiseGenerator
@@ -88,7 +88,6 @@ SETTINGS = (
     "class_key",
 )
 
-_BAND_PIXELS = 1 << 20  # large images are composed and measured in bands of rows this large
 _BATCH_PIXELS = 16_000_000  # pixels per batch; a larger image is done alone
 _DECODE_CHUNK = 64  # prompts decoded at once (instance mode can have many per image)
 _SSIM_WINDOW = 7  # skimage's default window
@@ -645,7 +644,7 @@ def _compose(
     """The protected image, HxWx3 uint8: clamp(original + noise * eps map), in row bands;
     ``keys`` mix the class textures into the noise first."""
     out = np.empty(item.image.shape, np.uint8)
-    for rows in _bands(item.frame.height, item.frame.width):
+    for rows in row_bands(item.frame.height, item.frame.width):
         image = torch.from_numpy(item.image[rows]).permute(2, 0, 1)[None]
         objects = torch.from_numpy(item.segments[rows] > 0)[None, None]
         full = item.frame.from_model(noise, rows)  # 3 x rows x W
@@ -660,7 +659,7 @@ def _compose(
 def _measure(original: np.ndarray, protected: np.ndarray) -> dict:
     """L-infinity (in [0, 1]), PSNR (dB, None if identical) and SSIM of the protected image."""
     linf, squared = 0.0, 0.0
-    for rows in _bands(*original.shape[:2]):
+    for rows in row_bands(*original.shape[:2]):
         diff = protected[rows].astype(np.float32) / 255 - original[rows]
         linf = max(linf, float(np.abs(diff).max()))
         squared += float(np.square(diff, dtype=np.float64).sum())
@@ -680,7 +679,7 @@ def _ssim(original: np.ndarray, protected: np.ndarray) -> float | None:
     if min(height, width) < _SSIM_WINDOW:
         return None
     total = 0.0
-    for rows in _bands(height, width):
+    for rows in row_bands(height, width):
         lo, hi = max(rows.start - pad, 0), min(rows.stop + pad, height)
         _, ssim_map = structural_similarity(
             original[lo:hi],
@@ -692,16 +691,6 @@ def _ssim(original: np.ndarray, protected: np.ndarray) -> float | None:
         keep = slice(max(rows.start, pad) - lo, min(rows.stop, height - pad) - lo)
         total += float(ssim_map[keep, pad : width - pad].sum(dtype=np.float64))
     return total / ((height - 2 * pad) * (width - 2 * pad) * 3)
-
-
-def _bands(height: int, width: int) -> list[slice]:
-    """Row slices covering ``height`` rows of ``width`` pixels, about ``_BAND_PIXELS``
-    pixels each; none shorter than 16 rows unless the image is."""
-    step = max(16, _BAND_PIXELS // max(width, 1))
-    edges = [*range(0, height, step), height]
-    if len(edges) > 2 and edges[-1] - edges[-2] < 16:
-        del edges[-2]
-    return [slice(a, b) for a, b in zip(edges, edges[1:])]
 
 
 def _sync_filepaths(dataset, ids: set, replace_filepath: bool) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -98,8 +99,16 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
     for name in EXPORTED:
         assert np.array_equal(read_mask(str(masks / "labels" / name)), semantic)
 
+    instance_masks = tmp_path / "instance-masks"  # Detections painted as class maps
+    export_protected(dataset.select_fields("dets"), str(instance_masks), "segmentation-dir", "dets")
+    assert len(list((instance_masks / "labels").rglob("*.png"))) == 4
+
     full = tmp_path / "fiftyone"
-    export_protected(dataset, str(full), "fiftyone", ["dets", "seg_db"])
+    export_protected(dataset, str(full), "fiftyone", ["dets", "seg_db", "seg_path"])
+    assert str(tmp_path / "originals") not in (full / "samples.json").read_text()
+    assert json.loads((full / "metadata.json").read_text())["app_config"]["media_fields"] == [
+        "filepath"
+    ]
     stored = json.loads((full / "samples.json").read_text())["samples"]
     assert {key for s in stored for key in s if not key.startswith("_")} == {
         "filepath",
@@ -109,6 +118,7 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
         "last_modified_at",
         "dets",
         "seg_db",
+        "seg_path",
     }  # no unseg facts, protected or original paths
 
     yolo = tmp_path / "yolo"
@@ -118,7 +128,14 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
 
     assert _hashes(originals) == before
     assert set(fo.list_datasets()) == datasets  # the working copy is gone
-    assert sorted(os.listdir(tmp_path)) == ["coco", "fiftyone", "masks", "originals", "yolo"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "coco",
+        "fiftyone",
+        "instance-masks",
+        "masks",
+        "originals",
+        "yolo",
+    ]
 
 
 def test_export_refuses_unprotected_or_foreign_files_by_name(tmp_path, generators):  # noqa: F811
@@ -147,6 +164,14 @@ def test_export_refuses_unprotected_or_foreign_files_by_name(tmp_path, generator
     assert f"{second.id}: {second.protected_filepath} was not written for this sample" in str(
         error.value
     )
+    refusals = {
+        ("coco", ("dets", "polys")): "COCODetectionDataset exports one label field",
+        ("coco", None): r"exports one label field \(given: none\)",
+        ("images", "dets"): "ImageDirectory exports images only",
+    }
+    for (data_format, fields), message in refusals.items():
+        with pytest.raises(ValueError, match=message):
+            export_protected(dataset, str(tmp_path / "again"), data_format, fields)
     with pytest.raises(ValueError, match="no label field 'nope'"):
         export_protected(dataset, str(tmp_path / "again"), "coco", "nope")
     with pytest.raises(ValueError, match="unknown export format 'voc'; choose one of coco"):
@@ -182,6 +207,30 @@ def test_export_replaces_a_folder_only_when_asked_and_only_when_complete(
     export_protected(dataset, str(out), "coco", "dets", overwrite=True)
     assert _files(out) == {"labels.json", "data/scene0.png", "data/scene1.png"}
 
+    # A folder holding the samples' files is never replaced: overwriting would delete them.
+    output_dir = os.path.dirname(dataset.first().protected_filepath)
+    for folder in (tmp_path / "scenes", tmp_path, output_dir):
+        with pytest.raises(ValueError, match="a file of these samples: export elsewhere"):
+            export_protected(dataset, str(folder), "coco", "dets", overwrite=True)
+    assert all(
+        os.path.isfile(p) for p in dataset.values("filepath") + dataset.values("protected_filepath")
+    )
+
+    # Where only the (empty) export folder can be written, the images are staged in it.
+    def parent_read_only(*args, dir=None, **kwargs):
+        if dir == str(tmp_path):
+            raise PermissionError(13, "Permission denied", dir)
+        return mkdtemp(*args, dir=dir, **kwargs)
+
+    mkdtemp = tempfile.mkdtemp
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(tempfile, "mkdtemp", parent_read_only)
+    export_protected(dataset, str(empty), "images")
+    assert _files(empty) == {"scene0.png", "scene1.png"}  # no work folder left inside
+    with pytest.raises(PermissionError):
+        export_protected(dataset, str(tmp_path / "new"), "images")
+
 
 def test_cli_and_operator_export_the_protected_copy(tmp_path, generators, unseg):  # noqa: F811
     dataset = _scene_dataset("export-cli", tmp_path / "scenes", count=2)
@@ -197,7 +246,7 @@ def test_cli_and_operator_export_the_protected_copy(tmp_path, generators, unseg)
 
     params = {
         "format": "segmentation-dir",
-        "label_fields": ["seg_db"],
+        "label_field": "seg_db",
         "export_dir": str(tmp_path / "app"),
     }
     ctx = {"dataset": "export-cli", "view": dataset.limit(1), "params": params}
@@ -219,8 +268,10 @@ def test_operator_form_asks_for_protection_first_and_offers_label_fields(tmp_pat
     protect(dataset, "dets", generator=generators["random"])
     visualize_noise(dataset)  # its heatmaps would show the noise: not offered
     fields = form()
-    assert {"format", "label_fields", "export_dir", "skip_unprotected", "overwrite"} <= set(fields)
-    offered = [choice["value"] for choice in fields["label_fields"]["view"]["choices"]]
+    assert {"format", "label_field", "export_dir", "skip_unprotected", "overwrite"} <= set(fields)
+    offered = [choice["value"] for choice in fields["label_field"]["view"]["choices"]]
     assert offered == ["boxes", "dets", "polys", "seg_db", "seg_path"]
-    assert fields["label_fields"]["default"] == ["dets"]  # the field protection used
-    assert "label_fields" not in form(format="images")
+    assert fields["label_field"]["default"] == "dets"  # the field protection used
+    assert fields["label_field"]["view"]["multiple"] is False
+    assert form(format="fiftyone")["label_fields"]["view"]["multiple"] is True
+    assert not {"label_field", "label_fields"} & set(form(format="images"))

@@ -3,6 +3,7 @@
 import json
 import os
 
+import fiftyone as fo
 import numpy as np
 import pytest
 from PIL import Image
@@ -57,6 +58,10 @@ def _panoptic_set(folder, ids=None) -> tuple[str, str]:
 
 def test_segments_become_detections_with_their_exact_masks(tmp_path):
     images, annotations = _panoptic_set(tmp_path)
+    data = json.loads(open(annotations).read())  # ids as strings, as some converters write
+    for segment in data["annotations"][0]["segments_info"]:
+        segment["id"], segment["category_id"] = str(segment["id"]), str(segment["category_id"])
+    open(annotations, "w").write(json.dumps(data))
     dataset = load_coco_panoptic("panoptic-load", images, annotations, overwrite=True)
     first, second = dataset
     assert second.panoptic is None and second.metadata.width == 64
@@ -70,7 +75,9 @@ def test_segments_become_detections_with_their_exact_masks(tmp_path):
         (True, False),
         (True, True),
     ]
-    assert [d.segment_id for d in first.things.detections] == [70000, 70001, 70002]
+    things = first.things.detections
+    assert [d.segment_id for d in things] == [70000, 70001, 70002]
+    assert not {d.id for d in things} & {d.id for d in segments}  # copies, own label ids
     spec = resolve_prompt(dataset, "panoptic", "instance")
     painted = segment_map(first.panoptic, 48, 64, spec)
     expected = np.zeros((48, 64), int)
@@ -112,3 +119,15 @@ def test_bad_panoptic_masks_are_named(tmp_path):
     os.remove(png)
     with pytest.raises(ValueError, match=r"000000\.jpg .*panoptic mask file not found"):
         load_coco_panoptic("panoptic-bad", images, annotations, overwrite=True)
+    assert not fo.dataset_exists("panoptic-bad")  # nothing half-loaded stays
+
+    data = json.loads(open(annotations).read())
+    del data["categories"][1]["isthing"]
+    open(annotations, "w").write(json.dumps(data))
+    with pytest.raises(
+        ValueError, match=r"categories \['sky'\] do not say whether they are things"
+    ):
+        load_coco_panoptic("panoptic-bad", images, annotations, overwrite=True)
+    fo.Dataset("panoptic-taken")
+    with pytest.raises(ValueError, match="dataset 'panoptic-taken' exists"):
+        load_coco_panoptic("panoptic-taken", images, annotations, things_field=None)

@@ -17,7 +17,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 from test_modeling import MICRO
 
-from fiftyone_unseg import cli, protect, restore
+from fiftyone_unseg import cli, geometry, protect, restore
 from fiftyone_unseg.checkpoint import save_generator
 from fiftyone_unseg.class_keys import ClassKeys
 from fiftyone_unseg.io import read_mask, read_rgb
@@ -145,7 +145,7 @@ def test_frame_maps_to_model_and_back():
 
 
 def test_banded_ssim_equals_skimage(monkeypatch):
-    monkeypatch.setattr(protect_module, "_BAND_PIXELS", 16 * 40)  # 16-row bands
+    monkeypatch.setattr(geometry, "BAND_PIXELS", 16 * 40)  # 16-row bands
     original = _texture(50, 40).astype(np.float32) / 255
     protected = np.clip(
         original * 255 + np.random.default_rng(1).integers(-8, 9, original.shape), 0, 255
@@ -238,7 +238,7 @@ def test_float_images_and_rgb_masks_read_as_what_they_show(tmp_path):
 
 
 def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, monkeypatch):
-    monkeypatch.setattr(protect_module, "_BAND_PIXELS", 24 * 64)  # several bands per image
+    monkeypatch.setattr(geometry, "BAND_PIXELS", 24 * 64)  # several bands per image
     rgb = _texture(64, 96)
     gray = Image.fromarray(_texture(64, 64)[..., 0])
     rgba = Image.fromarray(np.dstack([_texture(64, 80), np.full((64, 80), 128, np.uint8)]))

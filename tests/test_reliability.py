@@ -137,7 +137,7 @@ def test_masks_of_another_size_are_stretched_over_the_image_as_the_app_draws_the
 def test_large_images_are_composed_in_bands_with_bounded_memory(tmp_path, generators):  # noqa: F811
     """A real 6000 x 4500 JPEG: the noise is upsampled band by band, so the run's peak
     memory stays under 24 bytes per pixel (its float32 RGB copy alone is 12; measured
-    20.3 here, with Pillow 13 and numpy 2.4)."""
+    19.7 here, with Pillow 13 and numpy 2.4)."""
     frame = Frame(300, 97, 64)
     noise = torch.rand(3, 16, 16)
     full = torch.nn.functional.interpolate(noise[None], (64, 64), mode="bilinear")[..., :64, :21]

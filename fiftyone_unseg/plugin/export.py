@@ -44,13 +44,20 @@ class ExportProtected(foo.Operator):
         schema = ctx.dataset.get_field_schema(embedded_doc_type=fo.Label)
         # Heatmaps are left out: the noise heatmaps of visualize_noise would show the noise.
         fields = sorted(k for k, f in schema.items() if not issubclass(f.document_type, fo.Heatmap))
-        if ctx.params.get("format", "coco") != "images":
-            choices = types.Dropdown(multiple=True, label="Label fields")
-            for name in fields:
-                choices.add_choice(name, label=name)
+        data_format = ctx.params.get("format", "coco")
+        if data_format != "images":
             used = [f for f in ctx.dataset.distinct("unseg.label_field") if f in fields]
             default = used[:1] or fields[:1]  # the field protection was prompted with
-            inputs.list("label_fields", types.String(), default=default, view=choices)
+            several = data_format == "fiftyone"
+            choices = types.Dropdown(
+                multiple=several, label="Label fields" if several else "Label field"
+            )
+            for name in fields:
+                choices.add_choice(name, label=name)
+            if several:
+                inputs.list("label_fields", types.String(), default=default, view=choices)
+            else:
+                inputs.enum("label_field", fields, default=(default or [None])[0], view=choices)
         inputs.str(
             "export_dir",
             label="Export folder (new or empty)",
@@ -67,11 +74,14 @@ class ExportProtected(foo.Operator):
 
     def execute(self, ctx):
         params = ctx.params
-        fields = params.get("label_fields") if params.get("format") != "images" else None
+        data_format = params.get("format", "coco")
+        fields = {"images": None, "fiftyone": params.get("label_fields")}.get(
+            data_format, params.get("label_field")
+        )
         return export_protected(
             ctx.target_view(),
             params["export_dir"],
-            dataset_type=params.get("format", "coco"),
+            dataset_type=data_format,
             label_field=fields or None,
             skip_unprotected=params.get("skip_unprotected", False),
             overwrite=params.get("overwrite", False),
