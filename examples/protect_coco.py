@@ -39,8 +39,8 @@ THINGS_FIELD = "things"  # panoptic sets: the thing segments only
 FORMATS = {
     "coco": fo.types.COCODetectionDataset,
     "segmentation-dir": fo.types.ImageSegmentationDirectory,
-    "coco-panoptic": None,  # fiftyone_unseg.panoptic
 }
+PANOPTIC = "coco-panoptic"  # read by fiftyone_unseg.panoptic: FiftyOne has no importer
 
 
 def import_dataset(name: str, images: str, labels: str, data_format: str, polylines: bool):
@@ -50,7 +50,7 @@ def import_dataset(name: str, images: str, labels: str, data_format: str, polyli
     """
     if fo.dataset_exists(name):
         fu.restore(fo.load_dataset(name), delete_protected=True)
-    if data_format == "coco-panoptic":
+    if data_format == PANOPTIC:
         return load_coco_panoptic(
             name, images, labels, label_field=LABEL_FIELD, things_field=THINGS_FIELD, overwrite=True
         )
@@ -74,7 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--all-segments", action="store_true", help="coco-panoptic: protect stuff as objects too"
     )
-    p.add_argument("--format", choices=FORMATS, default="coco", help="layout of the labels")
+    p.add_argument(
+        "--format", choices=[*FORMATS, PANOPTIC], default="coco", help="layout of the labels"
+    )
     p.add_argument("--generator", help="generator checkpoint dir (default: the shipped one)")
     p.add_argument("--name", default="unseg-coco-example", help="FiftyOne dataset to create")
     p.add_argument("--export", metavar="DIR", help="export the protected copy here, same format")
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
         )
         return 2
     dataset = import_dataset(args.name, args.images, args.labels, args.format, args.polylines)
-    things = args.format == "coco-panoptic" and not args.all_segments
+    things = args.format == PANOPTIC and not args.all_segments
     field = THINGS_FIELD if things else LABEL_FIELD
     summary = fu.protect(dataset, field, generator=generator, device=args.device)
     print(
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
     for failed in summary["failures"]:
         print(f"  failed: {failed['filepath']}: {failed['reason']}")
     if args.export:
-        export_format = "coco" if args.format == "coco-panoptic" else args.format
+        export_format = "coco" if args.format == PANOPTIC else args.format
         fu.export_protected(dataset, args.export, export_format, label_field=field)
         print(f"Protected copy exported to {args.export}")
     print(f"Compare clean and protected in the App: fiftyone app launch {dataset.name}")
