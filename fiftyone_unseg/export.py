@@ -115,8 +115,7 @@ def export_protected(
                 progress(done, len(kept))
         copy = _working_copy(samples.select([ids[i] for i in kept], ordered=True), fields)
         copy.set_values("filepath", staged)
-        copy.set_values("metadata", [None] * len(staged))
-        copy.compute_metadata(progress=False)  # of the staged files
+        copy.compute_metadata(overwrite=True, progress=False)  # of the staged files
         _export_in_place(
             export_dir,
             work,
@@ -223,7 +222,7 @@ def _check_owned(ids: list[str], paths: list[str]) -> None:
 
 
 def _mask_paths(samples, fields: list[str]) -> list[str]:
-    """The mask files that the exported label fields point to."""
+    """The mask files that the exported label fields point to (None where in the database)."""
     paths = []
     for field in fields:
         kind = samples.get_field(field).document_type
@@ -232,7 +231,7 @@ def _mask_paths(samples, fields: list[str]) -> list[str]:
             paths += samples.values(f"{field}.{attribute}")
         elif kind is fo.Detections:
             paths += samples.values(f"{field}.detections.mask_path", unwind=True)
-    return [p for p in paths if p]
+    return paths
 
 
 def _check_outside(export_dir: str, paths: list[str]) -> None:

@@ -5,7 +5,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_unseg.export import EXPORT_TYPES, export_protected
-from fiftyone_unseg.plugin.forms import form_error, target_form
+from fiftyone_unseg.plugin.forms import require_protection, target_form
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.plugin.protect import operator_config
 
@@ -34,8 +34,7 @@ class ExportProtected(foo.Operator):
         inputs, form = target_form(ctx, "UnSeg: export protected copy", "Export")
         if ctx.dataset is None:
             return form
-        if not ctx.dataset.has_field("protected_filepath"):
-            form_error(inputs, "not_protected", "No sample is protected yet: run 'protect samples'")
+        if not require_protection(ctx, inputs):
             return form
         formats = types.Dropdown(label="Format")
         for name, label in FORMAT_LABELS.items():

@@ -3,6 +3,7 @@
 import fiftyone.operators.types as types
 
 NO_DATASET = "Open a dataset first"
+NOT_PROTECTED = "No sample is protected yet: run 'protect samples'"
 
 
 def form_error(inputs, name: str, message: str) -> None:
@@ -22,3 +23,11 @@ def target_form(ctx, label: str, action: str) -> tuple[types.Object, types.Prope
     else:
         inputs.view_target(ctx, action_description=action)
     return inputs, types.Property(inputs, view=types.View(label=label))
+
+
+def require_protection(ctx, inputs) -> bool:
+    """Whether the dataset has protected samples; if not, the form says so and cannot run."""
+    if ctx.dataset.has_field("protected_filepath"):
+        return True
+    form_error(inputs, "not_protected", NOT_PROTECTED)
+    return False

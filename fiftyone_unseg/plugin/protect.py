@@ -5,7 +5,7 @@ import fiftyone.operators.types as types
 
 from fiftyone_unseg.checkpoint import DEFAULT_GENERATOR_DIR, WEIGHTS_FILE
 from fiftyone_unseg.labels import class_names, supported_label_fields
-from fiftyone_unseg.plugin.forms import form_error, target_form
+from fiftyone_unseg.plugin.forms import form_error, require_protection, target_form
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, protect, restore
 from fiftyone_unseg.visualize import visualize_noise
@@ -227,8 +227,7 @@ class VisualizeNoise(foo.Operator):
         )
         if ctx.params.get("amplified"):
             inputs.str("amplified_field", default="unseg_noise_image", label="Media field")
-        if not ctx.dataset.has_field("protected_filepath"):
-            form_error(inputs, "not_protected", "No sample is protected yet: run 'protect samples'")
+        require_protection(ctx, inputs)
         return form
 
     def execute(self, ctx):
