@@ -308,7 +308,8 @@ def _add_evaluate_command(subparsers) -> None:
     p.add_argument(
         "--protected-field",
         default="protected_filepath",
-        help="field of the protected images ('none': compare baselines only)",
+        help="field of the protected images ('none': baselines only, or with no baselines "
+        "clean training alone, to check that the victims learn at these settings)",
     )
     p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=[])
     p.add_argument("--countermeasure", help="jpeg:75, blur:1.0, downscale:0.5 or grayscale")

@@ -10,7 +10,7 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 import torch
-from fiftyone.operators.executor import ExecutionError
+from fiftyone.operators.executor import ExecutionContext, ExecutionError
 from PIL import Image
 from scipy import ndimage
 
@@ -385,7 +385,6 @@ def test_invalid_requests_name_the_problem(sample_dataset):
         ({"baselines": ["gaussian"]}, "baselines"),
         ({"baselines": ["none"]}, "give a countermeasure"),
         ({"countermeasure": "sharpen"}, "countermeasure"),
-        ({"protected_field": None}, "nothing to compare"),
         ({"run_key": "has space"}, "run_key"),
         ({"epochs": 0}, "epochs"),
         ({}, "protected_filepath"),  # not protected yet
@@ -444,14 +443,15 @@ def test_clean_training_beats_the_trivial_predictor(victim):
         "instances",
         victims=[victim],
         protected_field=None,
-        baselines=["pattern"],
         split_tags=None,
         epochs=LEARNS_EPOCHS[victim],
         image_size=128,
         run_key="learns",
     )
     (result,) = report.results
+    assert set(result.scores) == {"clean"}  # a calibration run: clean training alone
     assert result.scores["clean"] > result.chance + 0.05, (result.scores, result.chance)
+    assert "ratio" not in report.table() and "| clean |" in report.table()
 
 
 def test_sdk_export_is_lazy_and_complete():
@@ -518,16 +518,17 @@ def test_operator_runs_the_audit(sample_dataset):
     report = load_report(dataset, "from_operator")
     assert report.countermeasure == "downscale:0.5"
     assert set(report.results[0].scores) == {"clean", "random", "none"}
-    nothing = {"label_field": "instances", "use_protected": False, "baselines": []}
     no_measure = {"label_field": "instances", "use_protected": False, "baselines": ["none"]}
-    for params, message in (
-        (nothing, "protected images or a baseline"),
-        (no_measure, "'none' baseline needs a counter-measure"),
-    ):
-        with pytest.raises(ExecutionError, match=message):
-            foo.execute_operator(
-                "@unseg/unseg/evaluate_protection", ctx={"dataset": dataset.name, "params": params}
-            )
+    with pytest.raises(ExecutionError, match="'none' baseline needs a counter-measure"):
+        foo.execute_operator(
+            "@unseg/unseg/evaluate_protection", ctx={"dataset": dataset.name, "params": no_measure}
+        )
+    operator = foo.get_operator("@unseg/unseg/evaluate_protection")
+    clean_only = {"label_field": "instances", "use_protected": False, "baselines": []}
+    ctx = ExecutionContext({"dataset_name": dataset.name, "params": clean_only})
+    fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert "Clean training only" in fields["clean_only"]["view"]["label"]
+    assert not any(field.get("invalid") for field in fields.values())
 
 
 def test_audit_of_images_protected_by_the_generator(sample_dataset, tmp_path):

@@ -79,7 +79,13 @@ class EvaluateProtection(foo.Operator):
         labels = {name: _BASELINE_LABELS.get(name, name) for name in BASELINES}
         _choices(inputs, "baselines", labels, "Baselines", [], multiple=True)
         if not ctx.params.get("use_protected", protected) and not ctx.params.get("baselines"):
-            form_error(inputs, "nothing", "Choose the protected images or a baseline to compare")
+            inputs.view(
+                "clean_only",
+                types.Notice(
+                    label="Clean training only: shows whether the victims learn this data "
+                    "at these settings (compare the clean score with chance)"
+                ),
+            )
         _choices(inputs, "countermeasure", ["none", *KINDS], "Counter-measure", "none")
         kind = ctx.params.get("countermeasure", "none")
         if kind == "none" and "none" in (ctx.params.get("baselines") or []):
