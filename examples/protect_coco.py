@@ -17,7 +17,8 @@ the same file stems (0 = background), as VOC's ``JPEGImages`` + ``SegmentationCl
 ``--format coco-panoptic`` reads COCO's panoptic format (also Cityscapes' and ADE20K's
 panoptic sets): the JSON and, next to it, the folder of panoptic PNGs of the same name.
 Things are protected, stuff gets the background budget (the reference's "things"
-mode); ``--all-segments`` protects every labelled pixel. The export is COCO instances.
+mode); ``--all-segments`` protects every labelled pixel. The export is in COCO's
+panoptic format again, with every segment, things and stuff.
 Without ``--generator`` the default generator that ships with the package is used;
 ``examples/train_generator_on_folders.py`` trains your own. FiftyOne turns COCO
 segmentations into masks with ``pycocotools``; without it, ``--polylines`` loads
@@ -40,7 +41,7 @@ FORMATS = {
     "coco": fo.types.COCODetectionDataset,
     "segmentation-dir": fo.types.ImageSegmentationDirectory,
 }
-PANOPTIC = "coco-panoptic"  # read by fiftyone_unseg.panoptic: FiftyOne has no importer
+PANOPTIC = "coco-panoptic"  # fiftyone_unseg.panoptic: FiftyOne has no such format
 
 
 def import_dataset(name: str, images: str, labels: str, data_format: str, polylines: bool):
@@ -54,16 +55,22 @@ def import_dataset(name: str, images: str, labels: str, data_format: str, polyli
         return load_coco_panoptic(
             name, images, labels, label_field=LABEL_FIELD, things_field=THINGS_FIELD, overwrite=True
         )
-    options = {"label_types": "segmentations", "use_polylines": polylines}
+    options = {"label_field": LABEL_FIELD}
+    if data_format == "coco":  # the image ids too: the export keeps them
+        options = {
+            "label_types": "segmentations",
+            "use_polylines": polylines,
+            "include_id": True,
+            "label_field": {"segmentations": LABEL_FIELD, "coco_id": "coco_id"},
+        }
     return fo.Dataset.from_dir(
         dataset_type=FORMATS[data_format],
         data_path=images,
         labels_path=labels,
-        label_field=LABEL_FIELD,
         name=name,
         overwrite=True,
         persistent=True,
-        **(options if data_format == "coco" else {}),
+        **options,
     )
 
 
@@ -113,8 +120,8 @@ def main(argv=None) -> int:
     for failed in summary["failures"]:
         print(f"  failed: {failed['filepath']}: {failed['reason']}")
     if args.export:
-        export_format = "coco" if args.format == PANOPTIC else args.format
-        fu.export_protected(dataset, args.export, export_format, label_field=field)
+        # a panoptic set is published whole: every segment, not just the protected field
+        fu.export_protected(dataset, args.export, args.format, label_field=LABEL_FIELD)
         print(f"Protected copy exported to {args.export}")
     print(f"Compare clean and protected in the App: fiftyone app launch {dataset.name}")
     return 1 if summary["failed"] else 0

@@ -24,17 +24,20 @@ import fiftyone.core.media as fom
 import fiftyone.utils.labels as fou
 
 from fiftyone_unseg import io as uio
+from fiftyone_unseg.panoptic import COCOPanopticDataset
 from fiftyone_unseg.protect import optional_values
 
 # Formats by the names the CLI and the App offer; the SDK takes any ``fo.types`` class too.
 EXPORT_TYPES = {
     "coco": fo.types.COCODetectionDataset,  # Detections with instance masks, Polylines
+    "coco-panoptic": COCOPanopticDataset,  # Detections / Polylines as non-overlapping segments
     "segmentation-dir": fo.types.ImageSegmentationDirectory,  # Segmentation (class maps)
     "yolo": fo.types.YOLOv5Dataset,  # Polylines as YOLO segmentation polygons
     "fiftyone": fo.types.FiftyOneDataset,  # any label type, as FiftyOne stores it
     "images": fo.types.ImageDirectory,  # the images alone
 }
 _SHOWN = 5  # samples a refusal names
+_IMAGE_ID = "coco_id"  # the image ids of COCO imports, kept by COCO exports
 _WORK_SUFFIX = ".unseg-export"
 
 
@@ -116,6 +119,8 @@ def export_protected(
         copy = _working_copy(samples.select([ids[i] for i in kept], ordered=True), fields)
         copy.set_values("filepath", staged)
         copy.compute_metadata(overwrite=True, progress=False)  # of the staged files
+        if issubclass(_kind(dataset_type), fo.types.COCODetectionDataset) and _has_ids(copy):
+            kwargs.setdefault("coco_id", _IMAGE_ID)
         _export_in_place(
             export_dir,
             work,
@@ -183,7 +188,7 @@ def _check_fields(samples, dataset_type, fields: list[str]) -> None:
     missing = [f for f in fields if not samples.has_field(f)]
     if missing:
         raise ValueError(f"no label field {', '.join(map(repr, missing))} in these samples")
-    kind = dataset_type if isinstance(dataset_type, type) else type(dataset_type)
+    kind = _kind(dataset_type)
     if issubclass(kind, fo.types.UnlabeledDataset) and fields:
         raise ValueError(f"{kind.__name__} exports images only: give no label field")
     if issubclass(kind, fo.types.FiftyOneDataset):
@@ -193,6 +198,15 @@ def _check_fields(samples, dataset_type, fields: list[str]) -> None:
             f"{kind.__name__} exports one label field (given: {', '.join(fields) or 'none'}); "
             "the fiftyone format takes several"
         )
+
+
+def _kind(dataset_type) -> type:
+    return dataset_type if isinstance(dataset_type, type) else type(dataset_type)
+
+
+def _has_ids(samples) -> bool:
+    """Whether every sample has a COCO image id (a COCO exporter skips those without)."""
+    return samples.has_field(_IMAGE_ID) and None not in samples.values(_IMAGE_ID)
 
 
 def _name(indices: list[int], ids: list[str], paths: list[str]) -> str:
@@ -246,9 +260,9 @@ def _check_outside(export_dir: str, paths: list[str]) -> None:
 
 
 def _working_copy(view, fields: list[str]):
-    """A temporary dataset of ``view``'s ``fields`` alone, masks in the database (no path
-    to the originals' folders), the App showing ``filepath`` only."""
-    copy = view.select_fields(fields).clone()
+    """A temporary dataset of ``view``'s ``fields`` alone (and COCO image ids), masks in
+    the database (no path to the originals' folders), the App showing ``filepath`` only."""
+    copy = view.select_fields(fields + [_IMAGE_ID] * view.has_field(_IMAGE_ID)).clone()
     for field in fields:
         if copy.get_field(field).document_type in (fo.Segmentation, fo.Heatmap, fo.Detections):
             fou.import_segmentations(copy, field, progress=False)

@@ -73,6 +73,11 @@ def test_protect_coco(tmp_path, generator, scenes, capsys, data_format, options)
     source, exported = tmp_path / "source", tmp_path / "exported"
     scenes.export(export_dir=str(source), dataset_type=fo_type, label_field=label_field)
     labels = source / ("labels.json" if data_format == "coco" else "labels")
+    if data_format == "coco":  # image ids that numbering the images would not give
+        original = json.loads(labels.read_text())
+        for item in original["images"] + original["annotations"]:
+            item["image_id" if "image_id" in item else "id"] += 100
+        labels.write_text(json.dumps(original))
     argv = [str(source / "data"), str(labels), "--format", data_format, "--generator", generator]
     argv += ["--name", f"examples-{data_format}", "--export", str(exported), *options]
 
@@ -95,13 +100,17 @@ def test_protect_coco(tmp_path, generator, scenes, capsys, data_format, options)
         original, copy = (json.loads(p.read_text()) for p in (labels, exported / "labels.json"))
         assert len(copy["annotations"]) == len(original["annotations"]) > 8
         assert {i["file_name"] for i in copy["images"]} == set(protected)
+        ids = [{i["file_name"][:-4]: i["id"] for i in d["images"]} for d in (original, copy)]
+        assert ids[0] == ids[1] and min(ids[1].values()) > 100  # the images keep their ids
     else:
         for sample, stem in zip(dataset, stems):
             copy = read_mask(str(exported / "labels" / f"{stem}.png"))
             assert np.array_equal(copy, sample.ground_truth.get_mask())
 
 
-def test_protect_coco_panoptic_protects_things_and_exports_them(tmp_path, generator, capsys):
+def test_protect_coco_panoptic_protects_things_and_exports_every_segment(
+    tmp_path, generator, capsys
+):
     images, annotations = _panoptic_set(tmp_path)
     exported = tmp_path / "exported"
     argv = [images, annotations, "--format", "coco-panoptic", "--generator", generator]
@@ -112,9 +121,9 @@ def test_protect_coco_panoptic_protects_things_and_exports_them(tmp_path, genera
     assert dataset.count_values("unseg.had_segments") == {True: 1, False: 1}
     assert dataset.sum("unseg.num_segments") == 3
     assert "(1 without segments" in capsys.readouterr().out
-    coco = json.loads((exported / "labels.json").read_text())
-    assert sorted(i["file_name"] for i in coco["images"]) == ["000000.png", "000001.png"]
-    assert len(coco["annotations"]) == 3 and {c["name"] for c in coco["categories"]} >= {"person"}
+    panoptic = json.loads((exported / "panoptic.json").read_text())  # in its own format
+    assert sorted(i["file_name"] for i in panoptic["images"]) == ["000000.png", "000001.png"]
+    assert len(panoptic["annotations"][0]["segments_info"]) == 5  # stuff too
 
     assert _example("protect_coco").main([*argv, "--all-segments"]) == 0
     dataset = fo.load_dataset("unseg-coco-example")

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 from test_protect import EPS, EPS_BG, TOL, _noise, _texture, generators  # noqa: F401
 
-from fiftyone_unseg import protect
+from fiftyone_unseg import export_protected, protect
+from fiftyone_unseg.io import read_rgb, unmarked
 from fiftyone_unseg.labels import resolve_prompt, segment_map
-from fiftyone_unseg.panoptic import load_coco_panoptic
+from fiftyone_unseg.panoptic import id_colours, load_coco_panoptic, segment_ids
 
 CATEGORIES = [
     {"id": 1, "name": "person", "isthing": 1},
@@ -131,3 +132,80 @@ def test_bad_panoptic_masks_are_named(tmp_path):
     fo.Dataset("panoptic-taken")
     with pytest.raises(ValueError, match="dataset 'panoptic-taken' exists"):
         load_coco_panoptic("panoptic-taken", images, annotations, things_field=None)
+
+
+def _painted(sample, field="panoptic") -> np.ndarray:
+    return segment_map(sample[field], 48, 64, resolve_prompt(sample._dataset, field, "instance"))
+
+
+def test_a_protected_panoptic_set_is_exported_in_its_own_format_and_reads_back(
+    tmp_path,
+    generators,  # noqa: F811
+):
+    images, annotations = _panoptic_set(tmp_path)
+    dataset = load_coco_panoptic("panoptic-export", images, annotations, overwrite=True)
+    protect(dataset, "things", generator=generators["random"])
+    out = tmp_path / "published"
+    export_protected(dataset, str(out), "coco-panoptic", label_field="panoptic")
+
+    data = json.loads((out / "panoptic.json").read_text())
+    assert data["categories"] == CATEGORIES  # ids and isthing as loaded
+    assert [(i["id"], i["file_name"]) for i in data["images"]] == [
+        (0, "000000.png"),
+        (1, "000001.png"),
+    ]
+    (annotation,) = data["annotations"]  # the second image has none, as in the source
+    assert (annotation["image_id"], annotation["file_name"]) == (0, "000000.png")
+    segments = annotation["segments_info"]
+    assert [s["id"] for s in segments] == list(SEGMENTS)  # the source's segment ids
+    assert [(s["category_id"], s["iscrowd"]) for s in segments] == [
+        (c, crowd) for c, crowd, *_ in SEGMENTS.values()
+    ]
+    png = np.asarray(Image.open(out / "panoptic" / "000000.png").convert("RGB"))
+    ids = segment_ids(png)
+    for segment in segments:
+        where = np.argwhere(ids == segment["id"])
+        assert segment["area"] == len(where)
+        (y0, x0), (y1, x1) = where.min(0), where.max(0) + 1
+        assert segment["bbox"] == [x0, y0, x1 - x0, y1 - y0]
+    first = dataset.first()
+    published = (out / "data" / "000000.png").read_bytes()
+    assert published == unmarked(open(first.protected_filepath, "rb").read())
+
+    back = load_coco_panoptic("panoptic-back", str(out / "data"), str(out / "panoptic.json"))
+    assert back.first().coco_id == 0 and back.info["panoptic_categories"] == CATEGORIES
+    assert np.array_equal(_painted(back.first()), _painted(first))  # every segment's pixels
+    assert np.array_equal(read_rgb(back.first().filepath), read_rgb(first.protected_filepath))
+
+
+def test_any_masked_detections_export_as_panoptic_segments(tmp_path, generators):  # noqa: F811
+    Image.fromarray(_texture(48, 64)).save(tmp_path / "scene.png")
+    box = [0.0, 0.0, 0.5, 0.5]  # 32 x 24 pixels
+    dets = [
+        fo.Detection(label="cat", bounding_box=box, mask=np.ones((24, 32), bool), iscrowd=True),
+        fo.Detection(label="dog", bounding_box=box, mask=np.ones((24, 32), bool)),  # covers it
+        fo.Detection(label="sky", bounding_box=[0.5, 0.5, 0.5, 0.5], isthing=False),  # no mask
+    ]
+    dataset = fo.Dataset("panoptic-generic")
+    dataset.add_sample(
+        fo.Sample(filepath=str(tmp_path / "scene.png"), dets=fo.Detections(detections=dets))
+    )
+    protect(dataset, "dets", generator=generators["random"])
+    export_protected(dataset, str(tmp_path / "out"), "coco-panoptic", label_field="dets")
+    data = json.loads((tmp_path / "out" / "panoptic.json").read_text())
+    assert data["categories"] == [
+        {"id": 1, "name": "cat", "isthing": 1},
+        {"id": 2, "name": "dog", "isthing": 1},
+        {"id": 3, "name": "sky", "isthing": 0},
+    ]
+    assert data["images"][0]["id"] == 1  # no COCO ids: numbered
+    segments = data["annotations"][0]["segments_info"]
+    assert [(s["id"], s["category_id"], s["area"]) for s in segments] == [(2, 2, 768), (3, 3, 768)]
+    ids = segment_ids(np.asarray(Image.open(tmp_path / "out" / "panoptic" / "scene.png")))
+    assert (ids[:24, :32] == 2).all() and (ids[24:, 32:] == 3).all()
+    assert (ids[:24, 32:] == 0).all()  # void where no label is
+
+
+def test_segment_id_colours_round_trip():
+    ids = np.array([[0, 1, 255, 256], [65535, 65536, 70000, 2**24 - 1]])
+    assert np.array_equal(segment_ids(id_colours(ids)), ids)

@@ -11,6 +11,7 @@ from fiftyone_unseg.plugin.protect import operator_config
 
 FORMAT_LABELS = {
     "coco": "COCO (instance masks, polygons)",
+    "coco-panoptic": "COCO panoptic (segment-id PNGs + JSON)",
     "segmentation-dir": "Image + class-mask folders (semantic)",
     "yolo": "YOLO (segmentation polygons)",
     "fiftyone": "FiftyOne dataset (any label type)",
