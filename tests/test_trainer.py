@@ -442,6 +442,14 @@ def test_fiftyone_segmentation_regions_are_colours_at_image_size_and_follow_edit
     assert regions() == sorted(thirds + halves)
     Image.fromarray(colours[half % 2]).save(rgb_path)  # blue becomes red, in place
     assert regions() == sorted([(0, 1, 2, 3, 8, 9, 10, 11), thirds[1], *halves])
+    cache = os.path.dirname(load_pairs("fiftyone:trainer-rgb-masks:gt")[0].mask)
+    assert len(os.listdir(cache)) == 4  # the masks of the old colours are gone
+    other = fo.Sample(filepath=str(image), gt=fo.Segmentation(mask_path=str(palette_path)))
+    dataset.add_sample(other)
+    dataset.limit(1).set_field("gt", None).save()  # the first sample loses its label
+    pairs = load_pairs("fiftyone:trainer-rgb-masks:gt")
+    assert sorted(os.listdir(cache)) == sorted(os.path.basename(p.mask) for p in pairs)
+    assert len(pairs) == 4  # the first sample's masks are gone with its label
 
 
 def test_validation_split_is_the_same_wherever_the_data_lies(tmp_path):

@@ -56,7 +56,8 @@ def _sample_source(spec: str) -> list:
 def _fiftyone_source(spec: str) -> list:
     """Export each instance / class region of a FiftyOne dataset as a binary mask file.
 
-    Mask files are named by their content, so labels edited in place are exported anew.
+    Mask files are named by their content, so labels edited in place are exported anew;
+    the files of this view's samples that no longer match a label are deleted.
     """
     import fiftyone as fo
 
@@ -96,7 +97,22 @@ def _fiftyone_source(spec: str) -> list:
             if not os.path.exists(path):
                 io.atomic_write_image(Image.fromarray(mask.astype(np.uint8) * 255), path)
             pairs.append(folders.Pair(sample.filepath, path))
+    _prune(root, set(view.values("id")), {os.path.basename(p.mask) for p in pairs})
     return pairs
+
+
+def _prune(root: str, sample_ids: set, current: set) -> None:
+    """Delete the mask files ``<sample id>-<digest>.png`` in ``root`` of ``sample_ids``
+    that are not in ``current`` (labels edited or removed since they were written)."""
+    if not os.path.isdir(root):
+        return
+    for name in os.listdir(root):
+        stem, ext = os.path.splitext(name)
+        if ext == ".png" and stem.split("-")[0] in sample_ids and name not in current:
+            try:
+                os.remove(os.path.join(root, name))
+            except FileNotFoundError:  # another process pruned it first
+                pass
 
 
 def _label_fields(view) -> dict:
