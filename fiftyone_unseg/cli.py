@@ -7,6 +7,7 @@ one-line summary.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from fractions import Fraction
 
@@ -19,6 +20,8 @@ from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.victims import VICTIMS
 from fiftyone_unseg.export import EXPORT_TYPES, export_protected
 from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG, protect, restore
+from fiftyone_unseg.summary import protection_summary, summary_markdown
+from fiftyone_unseg.visualize import visualize_noise
 
 
 def tqdm_progress(desc: str, unit: str = "img"):
@@ -169,6 +172,35 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_visualize(args) -> int:
+    summary = visualize_noise(
+        _collection(args),
+        heatmap_field=args.heatmap_field,
+        amplified_field=args.amplified_field,
+        amplification=args.amplification,
+        progress=tqdm_progress("visualize"),
+    )
+    for failure in summary["failures"]:
+        print(f"failed {failure['id']} {failure['filepath']}: {failure['reason']}", file=sys.stderr)
+    amplified = f" and {args.amplified_field!r}" if args.amplified_field else ""
+    print(
+        f"Stored the noise of {summary['visualized']} samples in {args.heatmap_field!r}"
+        f"{amplified} ({summary['not_protected']} not protected, {summary['failed']} failed)"
+    )
+    if summary["stopped"]:
+        print(f"stopped early: {summary['stopped']}; run again to finish", file=sys.stderr)
+    return 1 if summary["failed"] or summary["stopped"] else 0
+
+
+def _cmd_status(args) -> int:
+    summary = protection_summary(_collection(args), heatmap_field=args.heatmap_field)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(summary_markdown(summary))
+    return 0
+
+
 def _add_protect_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "protect",
@@ -241,6 +273,29 @@ def _add_protect_commands(subparsers) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty export_dir")
     p.set_defaults(func=_cmd_export)
+
+    p = subparsers.add_parser(
+        "visualize",
+        help="store each protected sample's noise as a heatmap (and an amplified image) for the App",
+    )
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--view", help="a saved view of the dataset")
+    p.add_argument("--heatmap-field", default="unseg_noise", help="fo.Heatmap field to write")
+    p.add_argument("--amplified-field", help="also a media field of the amplified noise image")
+    p.add_argument(
+        "--amplification", type=float, help="noise gain of that image (default: 0.5 / eps)"
+    )
+    p.set_defaults(func=_cmd_visualize)
+
+    p = subparsers.add_parser(
+        "status",
+        help="what the App's UnSeg panel shows: protected samples, settings, quality, last audit",
+    )
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--view", help="a saved view of the dataset")
+    p.add_argument("--heatmap-field", default="unseg_noise", help="the noise heatmaps' field")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_status)
 
 
 def _per_victim(values: list[str] | None) -> int | dict | None:

@@ -7,11 +7,21 @@ from collections import Counter
 
 import numpy as np
 
-from fiftyone_unseg.audit.report import METHOD, load_report
+from fiftyone_unseg.audit.report import METHOD, load_report, table_cell
 from fiftyone_unseg.protect import optional_values
 
 # The settings that tell protection runs apart, in the order the panel lists them.
 SETTING_KEYS = ("generator_id", "eps", "eps_bg", "class_mix", "label_field", "prompt", "format")
+SETTING_LABELS = {
+    "generator_id": "Generator",
+    "eps": "eps (/255)",
+    "eps_bg": "eps bg (/255)",
+    "class_mix": "Class mix",
+    "label_field": "Label field",
+    "prompt": "Prompt",
+    "format": "Format",
+    "count": "Samples",
+}
 
 
 def protection_summary(samples, heatmap_field: str = "unseg_noise", bins: int = 20) -> dict:
@@ -85,3 +95,58 @@ def _distribution(values: list, bins: int) -> dict | None:
         "counts": counts.tolist(),
         "edges": edges.tolist(),
     }
+
+
+def headline(summary: dict) -> str:
+    """One Markdown line: how many samples are protected, and their image quality."""
+    n, total = summary["num_protected"], summary["num_samples"]
+    if not n:
+        return f"**0 of {total}** samples protected. Run *Protect samples* to start."
+    parts = [f"**{n} of {total}** samples protected"]
+    if summary["num_replaced"]:
+        parts.append(f"{summary['num_replaced']} replace their originals")
+    if summary["no_segments"]:
+        parts.append(f"{summary['no_segments']} without segments (background budget only)")
+    psnr = summary["psnr"]
+    if psnr:
+        parts.append(
+            f"PSNR median {psnr['median']:.1f} dB (min {psnr['min']:.1f}, max {psnr['max']:.1f})"
+        )
+    if summary["linf_max"] is not None:
+        parts.append(f"L-inf max {summary['linf_max'] * 255:.2f}/255")
+    if summary["ssim_mean"] is not None:
+        parts.append(f"SSIM mean {summary['ssim_mean']:.3f}")
+    parts.append(f"{summary['num_visualized']} with noise heatmaps")
+    return " · ".join(parts)
+
+
+def setting_rows(summary: dict) -> list[dict]:
+    """The summary's settings as display strings (budgets in 1/255)."""
+    rows = []
+    for setting in summary["settings"]:
+        row = {k: table_cell(k, v) for k, v in setting.items()}
+        for key in ("eps", "eps_bg"):
+            row[key] = f"{setting[key] * 255:.2f}"
+        rows.append(row)
+    return rows
+
+
+def summary_markdown(summary: dict) -> str:
+    """The whole summary as Markdown: headline, settings table, latest audit."""
+    lines = [headline(summary)]
+    rows = setting_rows(summary)
+    if rows:
+        keys = [*SETTING_KEYS, "count"]
+        lines += [
+            "",
+            "| " + " | ".join(SETTING_LABELS[k] for k in keys) + " |",
+            "|" + "---|" * len(keys),
+            *("| " + " | ".join(row[k] for k in keys) + " |" for row in rows),
+        ]
+    audit = summary["audit"]
+    if audit:
+        lines += ["", f"Latest audit `{audit['run_key']}` ({audit['timestamp']} UTC):", ""]
+        lines += [audit["table"], "", f"Chart: {audit['chart_path']}"]
+    else:
+        lines += ["", "No protection audit yet (unseg evaluate)."]
+    return "\n".join(lines)

@@ -23,7 +23,7 @@ from fiftyone_unseg.audit.report import ProtectionReport, VictimResult, record_r
 from fiftyone_unseg.checkpoint import save_generator
 from fiftyone_unseg.modeling import build_noise_generator
 from fiftyone_unseg.protect import DEFAULT_CLASS_MIX
-from fiftyone_unseg.summary import protection_summary
+from fiftyone_unseg.summary import protection_summary, summary_markdown
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts", "e2e")
 CHROMIUM = "/usr/bin/chromium"
@@ -120,6 +120,9 @@ def test_protection_summary_counts_settings_psnr_heatmaps_and_latest_audit(tmp_p
     assert audit["rows"][0]["protected"] == pytest.approx(0.1)
     assert audit["rows"][0]["ratio"] == pytest.approx(0.1 / 0.6)
     assert "| yolo | mask_mAP |" in audit["table"] and os.path.isfile(audit["chart_path"])
+    text = summary_markdown(summary)  # what `unseg status` prints
+    assert text.index("| 4 |") < text.index("| 1 |")  # settings, most samples first
+    assert "Latest audit `newer_audit`" in text and audit["table"] in text
 
     view = protection_summary(dataset.select(ids[3:]))
     assert view["num_samples"] == 3 and view["num_protected"] == 2

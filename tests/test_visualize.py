@@ -1,5 +1,7 @@
 """Noise heatmaps and amplified noise images of protected samples."""
 
+import json
+
 import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
@@ -89,3 +91,22 @@ def test_visualize_operator(protected):
     assert result.result["visualized"] == 14 and result.result["not_protected"] == 2
     protected.reload()
     assert protected.count("noise") == 14 and protected.count("unseg_noise_image") == 14
+
+
+def test_cli_visualizes_the_noise_and_reports_the_status(protected, unseg):
+    protected.persistent = True
+    status = json.loads(unseg("status", "--dataset", protected.name, "--json").stdout)
+    assert (status["num_protected"], status["num_visualized"]) == (14, 0)
+    proc = unseg("visualize", "--dataset", protected.name, "--amplified-field", "noise_image")
+    assert "noise of 14 samples in 'unseg_noise' and 'noise_image' (2 not protected" in proc.stdout
+    protected.reload()
+    assert protected.count("unseg_noise") == 14 and protected.count("noise_image") == 14
+    text = unseg("status", "--dataset", protected.name).stdout
+    assert "**14 of 16** samples protected" in text and "14 with noise heatmaps" in text
+    generator_id = protected.first().unseg.generator_id
+    assert f"| {generator_id} | 8.00 | 2.00 |" in text and "| 14 |" in text  # its settings row
+    assert "No protection audit yet" in text
+    broken = protected.exists("protected_filepath").first()
+    open(broken.protected_filepath, "wb").close()
+    failed = unseg("visualize", "--dataset", protected.name, check=False)
+    assert failed.returncode == 1 and broken.id in failed.stderr

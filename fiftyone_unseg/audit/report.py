@@ -122,7 +122,7 @@ class ProtectionReport:
             "| " + " | ".join(h.replace("_", " ") for h in header) + " |",
             "|" + "---|" * len(header),
         ]
-        lines += ["| " + " | ".join(_cell(h, row[h]) for h in header) + " |" for row in rows]
+        lines += ["| " + " | ".join(table_cell(h, row[h]) for h in header) + " |" for row in rows]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -135,7 +135,8 @@ class ProtectionReport:
         return cls(**data)
 
 
-def _cell(column: str, value) -> str:
+def table_cell(column: str, value) -> str:
+    """A value of ``column`` as a table cell: floats to 3 decimals, None as a dash."""
     if value is None:
         return "-"
     if column == "seconds":

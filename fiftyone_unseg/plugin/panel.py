@@ -6,7 +6,8 @@ import os
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_unseg.summary import protection_summary
+from fiftyone_unseg.audit.report import table_cell
+from fiftyone_unseg.summary import SETTING_LABELS, headline, protection_summary, setting_rows
 
 PLUGIN = "@unseg/unseg"
 AUDIT_HIDDEN = ("countermeasure", "px", "seconds")  # audit columns the panel leaves out
@@ -41,8 +42,8 @@ class UnSegPanel(foo.Panel):
     def refresh(self, ctx):
         """Compute the summary and put it into the panel's state and data."""
         summary = protection_summary(ctx.dataset)
-        ctx.panel.state.headline = _headline(summary)
-        ctx.panel.state.settings = [_setting_row(s) for s in summary["settings"]]
+        ctx.panel.state.headline = headline(summary)
+        ctx.panel.state.settings = setting_rows(summary)
         ctx.panel.state.has_protection = bool(summary["num_protected"])
         ctx.panel.data.psnr_plot = _histogram(summary["psnr"]) if summary["psnr"] else []
         audit = summary["audit"]
@@ -51,7 +52,9 @@ class UnSegPanel(foo.Panel):
         ctx.panel.state.audit_columns = (
             [c for c in rows[0] if c not in AUDIT_HIDDEN] if rows else []
         )
-        ctx.panel.state.audit_table = [{k: _cell(v) for k, v in row.items()} for row in rows]
+        ctx.panel.state.audit_table = [
+            {k: table_cell(k, v) for k, v in row.items()} for row in rows
+        ]
         ctx.panel.data.audit_chart = _data_uri(audit["chart_path"]) if audit else None
 
     def open_operator(self, ctx):
@@ -75,16 +78,7 @@ class UnSegPanel(foo.Panel):
         actions.btn("refresh", label="Refresh", icon="refresh", on_click=self.refresh)
         if ctx.panel.state.has_protection:
             settings = types.TableView()
-            for key, label in (
-                ("generator_id", "Generator"),
-                ("eps", "eps (/255)"),
-                ("eps_bg", "eps bg (/255)"),
-                ("class_mix", "Class mix"),
-                ("label_field", "Label field"),
-                ("prompt", "Prompt"),
-                ("format", "Format"),
-                ("count", "Samples"),
-            ):
+            for key, label in SETTING_LABELS.items():
                 settings.add_column(key, label=label)
             panel.list("settings", types.Object(), view=settings, label="Protection settings")
             panel.plot(
@@ -108,35 +102,6 @@ class UnSegPanel(foo.Panel):
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
 
 
-def _headline(summary: dict) -> str:
-    n, total = summary["num_protected"], summary["num_samples"]
-    if not n:
-        return f"**0 of {total}** samples protected. Run *Protect samples* to start."
-    parts = [f"**{n} of {total}** samples protected"]
-    if summary["num_replaced"]:
-        parts.append(f"{summary['num_replaced']} replace their originals")
-    if summary["no_segments"]:
-        parts.append(f"{summary['no_segments']} without segments (background budget only)")
-    psnr = summary["psnr"]
-    if psnr:
-        parts.append(
-            f"PSNR median {psnr['median']:.1f} dB (min {psnr['min']:.1f}, max {psnr['max']:.1f})"
-        )
-    if summary["linf_max"] is not None:
-        parts.append(f"L-inf max {summary['linf_max'] * 255:.2f}/255")
-    if summary["ssim_mean"] is not None:
-        parts.append(f"SSIM mean {summary['ssim_mean']:.3f}")
-    parts.append(f"{summary['num_visualized']} with noise heatmaps")
-    return " · ".join(parts)
-
-
-def _setting_row(setting: dict) -> dict:
-    row = {k: _cell(v) for k, v in setting.items()}
-    for key in ("eps", "eps_bg"):
-        row[key] = f"{setting[key] * 255:.2f}"
-    return row
-
-
 def _histogram(psnr: dict) -> list[dict]:
     edges = psnr["edges"]
     centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
@@ -153,14 +118,6 @@ def _audit_title(audit) -> str:
     if countermeasure:
         title += f", counter-measure `{countermeasure}`"
     return title + ": scores on clean test images after training on each variant"
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
 
 
 def _data_uri(path: str) -> str | None:
