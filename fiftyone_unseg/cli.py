@@ -106,6 +106,18 @@ def _collection(args):
     return dataset
 
 
+def _print_failures(summary: dict) -> None:
+    for failure in summary["failures"]:
+        print(f"failed {failure['id']} {failure['filepath']}: {failure['reason']}", file=sys.stderr)
+
+
+def _exit_status(summary: dict) -> int:
+    """1 if samples failed or the run stopped early (said on stderr), else 0."""
+    if summary["stopped"]:
+        print(f"stopped early: {summary['stopped']}; run again to finish", file=sys.stderr)
+    return 1 if summary["failed"] or summary["stopped"] else 0
+
+
 def _cmd_protect(args) -> int:
     if args.classes and args.per_instance:
         raise ValueError("choose --classes or --per-instance, not both")
@@ -131,8 +143,7 @@ def _cmd_protect(args) -> int:
         )
     except FileNotFoundError as e:  # no default generator installed, or a wrong --generator
         raise ValueError(str(e)) from e
-    for failure in summary["failures"]:
-        print(f"failed {failure['id']} {failure['filepath']}: {failure['reason']}", file=sys.stderr)
+    _print_failures(summary)
     busy = f", {summary['busy']} left to another run" if summary["busy"] else ""
     print(
         f"Protected {summary['protected']} of {summary['total']} samples "
@@ -140,9 +151,7 @@ def _cmd_protect(args) -> int:
         f"{summary['failed']} failed{busy}) in {summary['seconds']:.1f} s; files in "
         f"{summary['output_dir']}; run {summary['run_key']!r}"
     )
-    if summary["stopped"]:
-        print(f"stopped early: {summary['stopped']}; run again to finish", file=sys.stderr)
-    return 1 if summary["failed"] or summary["stopped"] else 0
+    return _exit_status(summary)
 
 
 def _cmd_restore(args) -> int:
@@ -180,16 +189,13 @@ def _cmd_visualize(args) -> int:
         amplification=args.amplification,
         progress=tqdm_progress("visualize"),
     )
-    for failure in summary["failures"]:
-        print(f"failed {failure['id']} {failure['filepath']}: {failure['reason']}", file=sys.stderr)
+    _print_failures(summary)
     amplified = f" and {args.amplified_field!r}" if args.amplified_field else ""
     print(
         f"Stored the noise of {summary['visualized']} samples in {args.heatmap_field!r}"
         f"{amplified} ({summary['not_protected']} not protected, {summary['failed']} failed)"
     )
-    if summary["stopped"]:
-        print(f"stopped early: {summary['stopped']}; run again to finish", file=sys.stderr)
-    return 1 if summary["failed"] or summary["stopped"] else 0
+    return _exit_status(summary)
 
 
 def _cmd_status(args) -> int:
@@ -201,14 +207,19 @@ def _cmd_status(args) -> int:
     return 0
 
 
+def _add_target(p, verb: str | None = None) -> None:
+    """``--dataset`` and ``--view`` (what :func:`_collection` reads)."""
+    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
+    p.add_argument("--view", help="a saved view of the dataset" + (f" to {verb}" if verb else ""))
+
+
 def _add_protect_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "protect",
         help="write protected (unlearnable) copies of a dataset's images",
         description="Exit status 1 if any sample failed (rerun to retry only those).",
     )
-    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
-    p.add_argument("--view", help="a saved view of the dataset to protect")
+    _add_target(p, "protect")
     p.add_argument(
         "--label-field", required=True, help="Segmentation, Detections or Polylines field"
     )
@@ -245,8 +256,7 @@ def _add_protect_commands(subparsers) -> None:
     p.set_defaults(func=_cmd_protect)
 
     p = subparsers.add_parser("restore", help="put original images back as the samples' filepath")
-    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
-    p.add_argument("--view", help="a saved view of the dataset")
+    _add_target(p)
     p.add_argument(
         "--delete-protected", action="store_true", help="also delete the protected files"
     )
@@ -260,8 +270,7 @@ def _add_protect_commands(subparsers) -> None:
         "the export unless --skip-unprotected.",
     )
     p.add_argument("export_dir", help="folder of the export (must be new or empty)")
-    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
-    p.add_argument("--view", help="a saved view of the dataset to export")
+    _add_target(p, "export")
     p.add_argument(
         "--label-field",
         nargs="+",
@@ -278,8 +287,7 @@ def _add_protect_commands(subparsers) -> None:
         "visualize",
         help="store each protected sample's noise as a heatmap (and an amplified image) for the App",
     )
-    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
-    p.add_argument("--view", help="a saved view of the dataset")
+    _add_target(p)
     p.add_argument("--heatmap-field", default="unseg_noise", help="fo.Heatmap field to write")
     p.add_argument("--amplified-field", help="also a media field of the amplified noise image")
     p.add_argument(
@@ -291,8 +299,7 @@ def _add_protect_commands(subparsers) -> None:
         "status",
         help="what the App's UnSeg panel shows: protected samples, settings, quality, last audit",
     )
-    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
-    p.add_argument("--view", help="a saved view of the dataset")
+    _add_target(p)
     p.add_argument("--heatmap-field", default="unseg_noise", help="the noise heatmaps' field")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_status)
@@ -355,8 +362,7 @@ def _add_evaluate_command(subparsers) -> None:
             "--semantic-field, else class maps painted from --label-field."
         ),
     )
-    p.add_argument("--dataset", required=True, help="FiftyOne dataset name")
-    p.add_argument("--view", help="a saved view of the dataset to audit")
+    _add_target(p, "audit")
     p.add_argument("--label-field", required=True, help="instances for yolo / sam, e.g. instances")
     p.add_argument("--semantic-field", help="Segmentation field for the semantic victim")
     p.add_argument("--victims", nargs="+", choices=VICTIMS, default=list(VICTIMS))
