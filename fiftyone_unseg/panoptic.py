@@ -62,7 +62,8 @@ def load_coco_panoptic(
       progress: optional ``progress(done, total)`` callable.
 
     Each sample keeps its image's id as ``coco_id`` and the dataset the categories (ids,
-    ``isthing``) in ``info["panoptic_categories"]``, which an export writes back.
+    ``isthing``) in ``info["panoptic_categories"]``, which an export writes back, and
+    ``label_field`` in ``info["panoptic_field"]``.
 
     Raises ValueError naming the image for a missing or unreadable PNG, a PNG of
     another size than its image, or segment ids in a PNG that its ``segments_info``
@@ -107,6 +108,7 @@ def load_coco_panoptic(
     names = sorted({c["name"] for c in categories.values()})
     dataset.classes = {f: names for f in (label_field, things_field) if f}
     dataset.info["panoptic_categories"] = list(categories.values())
+    dataset.info["panoptic_field"] = label_field  # what a coco-panoptic export offers first
     dataset.save()
     return dataset
 

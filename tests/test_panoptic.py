@@ -4,8 +4,10 @@ import json
 import os
 
 import fiftyone as fo
+import fiftyone.operators as foo
 import numpy as np
 import pytest
+from fiftyone.operators.executor import ExecutionContext
 from PIL import Image
 from test_protect import EPS, EPS_BG, TOL, _noise, _texture, generators  # noqa: F401
 
@@ -171,6 +173,12 @@ def test_a_protected_panoptic_set_is_exported_in_its_own_format_and_reads_back(
     first = dataset.first()
     published = (out / "data" / "000000.png").read_bytes()
     assert published == unmarked(open(first.protected_filepath, "rb").read())
+
+    operator = foo.get_operator("@unseg/unseg/export_protected")
+    for data_format, field in (("coco", "things"), ("coco-panoptic", "panoptic")):
+        ctx = ExecutionContext({"dataset_name": dataset.name, "params": {"format": data_format}})
+        form = operator.resolve_input(ctx).to_json()["type"]["properties"]
+        assert form["label_field"]["default"] == field  # protected field / all segments
 
     back = load_coco_panoptic("panoptic-back", str(out / "data"), str(out / "panoptic.json"))
     assert back.first().coco_id == 0 and back.info["panoptic_categories"] == CATEGORIES

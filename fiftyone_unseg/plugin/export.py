@@ -47,7 +47,9 @@ class ExportProtected(foo.Operator):
         data_format = ctx.params.get("format", "coco")
         if data_format != "images":
             used = [f for f in ctx.dataset.distinct("unseg.label_field") if f in fields]
-            default = used[:1] or fields[:1]  # the field protection was prompted with
+            if data_format == "coco-panoptic":  # all segments, as load_coco_panoptic named them
+                used = [f for f in [ctx.dataset.info.get("panoptic_field")] if f in fields] + used
+            default = used[:1] or fields[:1]  # else the field protection was prompted with
             several = data_format == "fiftyone"
             choices = types.Dropdown(
                 multiple=several, label="Label fields" if several else "Label field"
