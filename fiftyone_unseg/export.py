@@ -24,7 +24,7 @@ import fiftyone.core.media as fom
 import fiftyone.utils.labels as fou
 
 from fiftyone_unseg import io as uio
-from fiftyone_unseg.panoptic import COCOPanopticDataset
+from fiftyone_unseg.panoptic import IMAGE_ID_FIELD, COCOPanopticDataset, unique_image_ids
 from fiftyone_unseg.protect import optional_values
 
 # Formats by the names the CLI and the App offer; the SDK takes any ``fo.types`` class too.
@@ -37,7 +37,8 @@ EXPORT_TYPES = {
     "images": fo.types.ImageDirectory,  # the images alone
 }
 _SHOWN = 5  # samples a refusal names
-_IMAGE_ID = "coco_id"  # the image ids of COCO imports, kept by COCO exports
+# Formats that write the samples' COCO image ids (IMAGE_ID_FIELD) when each has a distinct one.
+_WITH_IMAGE_IDS = (fo.types.COCODetectionDataset, COCOPanopticDataset)
 _WORK_SUFFIX = ".unseg-export"
 
 
@@ -116,11 +117,14 @@ def export_protected(
                 uio.atomic_write_bytes(uio.unmarked(f.read()), staged[-1])
             if progress is not None:
                 progress(done, len(kept))
-        copy = _working_copy(samples.select([ids[i] for i in kept], ordered=True), fields)
+        kind = _kind(dataset_type)
+        view = samples.select([ids[i] for i in kept], ordered=True)
+        copy = _working_copy(view, fields + [IMAGE_ID_FIELD] * issubclass(kind, _WITH_IMAGE_IDS))
         copy.set_values("filepath", staged)
         copy.compute_metadata(overwrite=True, progress=False)  # of the staged files
-        if issubclass(_kind(dataset_type), fo.types.COCODetectionDataset) and _has_ids(copy):
-            kwargs.setdefault("coco_id", _IMAGE_ID)
+        coco = issubclass(kind, fo.types.COCODetectionDataset)
+        if coco and unique_image_ids(copy):  # the panoptic exporter reads them itself
+            kwargs.setdefault("coco_id", IMAGE_ID_FIELD)
         _export_in_place(
             export_dir,
             work,
@@ -204,11 +208,6 @@ def _kind(dataset_type) -> type:
     return dataset_type if isinstance(dataset_type, type) else type(dataset_type)
 
 
-def _has_ids(samples) -> bool:
-    """Whether every sample has a COCO image id (a COCO exporter skips those without)."""
-    return samples.has_field(_IMAGE_ID) and None not in samples.values(_IMAGE_ID)
-
-
 def _name(indices: list[int], ids: list[str], paths: list[str]) -> str:
     """The first samples of ``indices`` as ``id (path)``."""
     shown = ", ".join(f"{ids[i]} ({paths[i]})" for i in indices[:_SHOWN])
@@ -260,11 +259,13 @@ def _check_outside(export_dir: str, paths: list[str]) -> None:
 
 
 def _working_copy(view, fields: list[str]):
-    """A temporary dataset of ``view``'s ``fields`` alone (and COCO image ids), masks in
-    the database (no path to the originals' folders), the App showing ``filepath`` only."""
-    copy = view.select_fields(fields + [_IMAGE_ID] * view.has_field(_IMAGE_ID)).clone()
+    """A temporary dataset of ``view``'s ``fields`` (those it has) alone, masks in the
+    database (no path to the originals' folders), the App showing ``filepath`` only."""
+    fields = [field for field in fields if view.has_field(field)]
+    copy = view.select_fields(fields).clone()
     for field in fields:
-        if copy.get_field(field).document_type in (fo.Segmentation, fo.Heatmap, fo.Detections):
+        kind = getattr(copy.get_field(field), "document_type", None)  # None: not a label
+        if kind in (fo.Segmentation, fo.Heatmap, fo.Detections):
             fou.import_segmentations(copy, field, progress=False)
     copy.app_config.media_fields = ["filepath"]
     copy.app_config.grid_media_field = copy.app_config.modal_media_field = "filepath"

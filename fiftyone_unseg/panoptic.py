@@ -36,6 +36,7 @@ from fiftyone_unseg.io import atomic_write_bytes, check_file
 from fiftyone_unseg.labels import PromptSpec, segment_classes
 
 _CHUNK = 200  # images read before their samples are added (their masks are in memory)
+IMAGE_ID_FIELD = "coco_id"  # the sample field of COCO image ids (FiftyOne's importer names it so)
 
 
 def load_coco_panoptic(
@@ -93,7 +94,7 @@ def load_coco_panoptic(
                 things = [d.copy() for d in segments if d["isthing"]]
                 labels[things_field] = fo.Detections(detections=things)
         path = os.path.join(images_dir, image["file_name"])
-        return fo.Sample(filepath=path, coco_id=image["id"], **labels)
+        return fo.Sample(filepath=path, **{IMAGE_ID_FIELD: image["id"]}, **labels)
 
     dataset = fo.Dataset(name, overwrite=overwrite, persistent=True)
     try:
@@ -197,19 +198,24 @@ class COCOPanopticDatasetExporter(foud.LabeledImageDatasetExporter, foud.ExportP
         <export_dir>/panoptic/<image>.png  the segment ids as colours, 0 void
 
     which :func:`load_coco_panoptic` reads back (``images_dir=data``). Each label is one
-    segment; where labels overlap the later one keeps the pixels, and a label left
-    without pixels is not written. A label's ``segment_id`` attribute is kept when every
-    label of its image has a distinct one, else segments are numbered 1, 2, ...; its
-    ``iscrowd`` attribute is written (0 without one). Categories and image ids are those
-    the dataset was loaded with (``info["panoptic_categories"]``, ``coco_id``) when it
-    has them; new class names get the next free ids, with ``isthing`` from their labels'
-    ``isthing`` attribute (1 without one).
+    segment: a detection needs an instance mask (a box alone is no segment; ValueError
+    naming the image), a polyline is its filled polygon. Where labels overlap the later
+    one keeps the pixels, and a label left without pixels is not written. A label's
+    ``segment_id`` attribute is kept (unless another label of its image has it already);
+    the others get the smallest free ids. Its ``iscrowd`` attribute is written (0
+    without one). A sample whose label is None gets no annotation.
+
+    Image ids are the samples' ``coco_id`` when every sample has a distinct one, else
+    1, 2, ... Categories are ``categories``, else those the dataset was loaded with
+    (``info["panoptic_categories"]`` of :func:`load_coco_panoptic`, or the
+    ``info["categories"]`` of FiftyOne's COCO importer, as things); class names not
+    among them get the next free ids, with ``isthing`` from their labels' ``isthing``
+    attribute (1 without one).
 
     Arguments:
       export_dir, data_path, labels_path, export_media, rel_dir, image_format: as
         FiftyOne's COCO exporter; the PNGs go to ``labels_path`` without ``.json``.
-      categories: a list of ``{"id", "name", "isthing"}`` dicts, instead of the
-        dataset's.
+      categories: a list of ``{"id", "name", "isthing"}`` dicts.
     """
 
     def __init__(
@@ -234,7 +240,7 @@ class COCOPanopticDatasetExporter(foud.LabeledImageDatasetExporter, foud.ExportP
         self.categories = categories
         self.masks_dir = os.path.splitext(labels_path)[0]
         self._media = self._images = self._annotations = self._image_ids = None
-        self._category_ids = self._things = None
+        self._categories = self._category_ids = self._pngs = None
 
     @property
     def requires_image_metadata(self):
@@ -245,7 +251,8 @@ class COCOPanopticDatasetExporter(foud.LabeledImageDatasetExporter, foud.ExportP
         return (fo.Detections, fo.Polylines)
 
     def setup(self):
-        self._images, self._annotations, self._things = [], [], {}
+        self._images, self._annotations, self._pngs = [], [], set()
+        self._use_categories(self.categories or [])
         self._media = foud.ImageExporter(
             self.export_media,
             export_path=self.data_path,
@@ -256,29 +263,31 @@ class COCOPanopticDatasetExporter(foud.LabeledImageDatasetExporter, foud.ExportP
 
     def log_collection(self, sample_collection):
         if self.categories is None:
-            self.categories = sample_collection.info.get("panoptic_categories")
-        self.categories = [dict(c) for c in self.categories or []]
-        self._category_ids = {c["name"]: int(c["id"]) for c in self.categories}
-        if sample_collection.has_field("coco_id"):
-            ids = sample_collection.values(["filepath", "coco_id"])
-            self._image_ids = {path: i for path, i in zip(*ids) if i is not None}
+            info = sample_collection.info
+            loaded = info.get("panoptic_categories") or [
+                {"id": c["id"], "name": c["name"], "isthing": 1} for c in info.get("categories", [])
+            ]
+            self._use_categories(loaded)
+        self._image_ids = unique_image_ids(sample_collection)
 
     def export_sample(self, image_or_path, label, metadata=None):
-        out_path, name = self._media.export(image_or_path)
+        _, name = self._media.export(image_or_path)
         metadata = metadata or fom.ImageMetadata.build_for(image_or_path)
-        image_id = (self._image_ids or {}).get(image_or_path, len(self._images) + 1)
+        ids = self._image_ids
+        image_id = ids[image_or_path] if ids is not None else len(self._images) + 1
         width, height = metadata.width, metadata.height
         self._images.append({"id": image_id, "file_name": name, "width": width, "height": height})
         if label is None:
             return
         items = label.detections if isinstance(label, fo.Detections) else label.polylines
-        spec = PromptSpec("", type(label), "all")
-        index, _ = segment_classes(label, height, width, spec)  # 1..K, later ones on top
-        own = [getattr(item, "segment_id", None) for item in items]
-        if len(set(own)) == len(own) and all(_valid_id(i) for i in own):
-            numbers = np.array([0, *own], np.uint32)
-        else:
-            numbers = np.arange(len(items) + 1, dtype=np.uint32)
+        boxes_only = [i.label for i in items if isinstance(i, fo.Detection) and not i.has_mask]
+        if boxes_only:
+            raise ValueError(
+                f"{name}: detections {boxes_only[:5]} have no instance mask, and a box is no "
+                "panoptic segment: export boxes in the coco format"
+            )
+        index, _ = segment_classes(label, height, width, PromptSpec("", type(label), "all"))
+        numbers = np.array([0, *_segment_numbers(items)], np.uint32)  # 1..K -> segment id
         areas = np.bincount(index.ravel(), minlength=len(items) + 1)
         boxes = ndimage.find_objects(index)
         segments = []
@@ -297,7 +306,7 @@ class COCOPanopticDatasetExporter(foud.LabeledImageDatasetExporter, foud.ExportP
                     "area": int(areas[k]),
                 }
             )
-        png = os.path.splitext(name)[0] + ".png"
+        png = self._png_name(name)
         buffer = io.BytesIO()
         Image.fromarray(id_colours(numbers[index])).save(buffer, format="PNG")
         atomic_write_bytes(buffer.getvalue(), os.path.join(self.masks_dir, png))
@@ -306,29 +315,65 @@ class COCOPanopticDatasetExporter(foud.LabeledImageDatasetExporter, foud.ExportP
         )
 
     def close(self, *args):
-        for name, category_id in self._category_ids.items():
-            if name in self._things:
-                self.categories.append(
-                    {"id": category_id, "name": name, "isthing": self._things[name]}
-                )
         data = {
             "info": {"description": "exported by fiftyone-unseg"},
             "images": self._images,
             "annotations": self._annotations,
-            "categories": self.categories,
+            "categories": self._categories,
         }
         atomic_write_bytes(json.dumps(data).encode(), self.labels_path)
         self._media.close()
+
+    def _use_categories(self, categories: list) -> None:
+        self._categories = [dict(c) for c in categories]
+        self._category_ids = {c["name"]: int(c["id"]) for c in self._categories}
 
     def _category(self, item) -> int:
         """The category id of ``item``'s label; a new name gets the next free id."""
         name = str(item.label)
         if name not in self._category_ids:
-            self._category_ids[name] = max(self._category_ids.values(), default=0) + 1
+            category_id = max(self._category_ids.values(), default=0) + 1
             isthing = getattr(item, "isthing", None)
-            self._things[name] = 1 if isthing is None else int(bool(isthing))
+            isthing = 1 if isthing is None else int(bool(isthing))
+            self._categories.append({"id": category_id, "name": name, "isthing": isthing})
+            self._category_ids[name] = category_id
         return self._category_ids[name]
 
+    def _png_name(self, image_name: str) -> str:
+        """``image_name`` with ``.png``; ``-2``, ``-3``, ... where two images share a stem."""
+        base = os.path.splitext(image_name)[0]
+        png, n = base + ".png", 1
+        while png.lower() in self._pngs:
+            n += 1
+            png = f"{base}-{n}.png"
+        self._pngs.add(png.lower())
+        return png
 
-def _valid_id(value) -> bool:
-    return isinstance(value, (int, np.integer)) and 0 < value < 2**24
+
+def unique_image_ids(samples) -> dict | None:
+    """filepath -> ``coco_id`` of ``samples``, if each has a distinct one, else None."""
+    if not samples.has_field(IMAGE_ID_FIELD):
+        return None
+    paths, ids = samples.values(["filepath", IMAGE_ID_FIELD])
+    if None in ids or len(set(ids)) != len(ids):
+        return None
+    return dict(zip(paths, ids))
+
+
+def _segment_numbers(items) -> list[int]:
+    """A distinct segment id per label: its ``segment_id`` when valid and not taken by an
+    earlier label, else the smallest id no label has."""
+    own = [getattr(item, "segment_id", None) for item in items]
+    valid = [isinstance(i, (int, np.integer)) and 0 < i < 2**24 for i in own]
+    taken, numbers, free = {i for i, ok in zip(own, valid) if ok}, [], 1
+    kept = set()
+    for segment_id, ok in zip(own, valid):
+        if ok and segment_id not in kept:
+            kept.add(segment_id)
+            numbers.append(int(segment_id))
+            continue
+        while free in taken:
+            free += 1
+        taken.add(free)
+        numbers.append(free)
+    return numbers

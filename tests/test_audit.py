@@ -385,6 +385,7 @@ def test_invalid_requests_name_the_problem(sample_dataset):
         ({"baselines": ["gaussian"]}, "baselines"),
         ({"baselines": ["none"]}, "give a countermeasure"),
         ({"countermeasure": "sharpen"}, "countermeasure"),
+        ({"protected_field": None, "countermeasure": "jpeg:75"}, "never to clean ones"),
         ({"run_key": "has space"}, "run_key"),
         ({"epochs": 0}, "epochs"),
         ({}, "protected_filepath"),  # not protected yet
@@ -529,6 +530,11 @@ def test_operator_runs_the_audit(sample_dataset):
     fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
     assert "Clean training only" in fields["clean_only"]["view"]["label"]
     assert not any(field.get("invalid") for field in fields.values())
+    ctx = ExecutionContext(
+        {"dataset_name": dataset.name, "params": {**clean_only, "countermeasure": "jpeg"}}
+    )
+    fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert fields["countermeasure_unused"]["invalid"]  # nothing it would apply to
 
 
 def test_audit_of_images_protected_by_the_generator(sample_dataset, tmp_path):

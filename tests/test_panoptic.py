@@ -187,31 +187,80 @@ def test_a_protected_panoptic_set_is_exported_in_its_own_format_and_reads_back(
 
 
 def test_any_masked_detections_export_as_panoptic_segments(tmp_path, generators):  # noqa: F811
-    Image.fromarray(_texture(48, 64)).save(tmp_path / "scene.png")
-    box = [0.0, 0.0, 0.5, 0.5]  # 32 x 24 pixels
-    dets = [
-        fo.Detection(label="cat", bounding_box=box, mask=np.ones((24, 32), bool), iscrowd=True),
-        fo.Detection(label="dog", bounding_box=box, mask=np.ones((24, 32), bool)),  # covers it
-        fo.Detection(label="sky", bounding_box=[0.5, 0.5, 0.5, 0.5], isthing=False),  # no mask
-    ]
+    corner, quarter = np.ones((24, 32), bool), [0.5, 0.5, 0.5, 0.5]  # 32 x 24 pixel boxes
+
+    def detections(*items) -> fo.Detections:
+        return fo.Detections(detections=[fo.Detection(**item) for item in items])
+
+    # a.jpg and a.png: two images whose names differ only by extension
+    samples = {
+        "a.jpg": detections(
+            {"label": "cat", "bounding_box": [0, 0, 0.5, 0.5], "mask": corner, "iscrowd": True},
+            {"label": "dog", "bounding_box": [0, 0, 0.5, 0.5], "mask": corner},  # covers it
+            {"label": "sky", "bounding_box": quarter, "mask": corner, "isthing": False},
+        ),
+        "a.png": detections(
+            {"label": "dog", "bounding_box": quarter, "mask": corner, "segment_id": 7},
+            {"label": "dog", "bounding_box": [0, 0, 0.5, 0.5], "mask": corner, "segment_id": 7},
+            {"label": "dog", "bounding_box": [0.5, 0, 0.5, 0.5], "mask": corner},
+        ),
+    }
     dataset = fo.Dataset("panoptic-generic")
-    dataset.add_sample(
-        fo.Sample(filepath=str(tmp_path / "scene.png"), dets=fo.Detections(detections=dets))
-    )
+    for k, (name, dets) in enumerate(samples.items()):
+        Image.fromarray(_texture(48, 64, k)).save(tmp_path / name)
+        sample = fo.Sample(filepath=str(tmp_path / name), dets=dets, coco_id=5)  # not distinct
+        dataset.add_sample(sample)
     protect(dataset, "dets", generator=generators["random"])
     export_protected(dataset, str(tmp_path / "out"), "coco-panoptic", label_field="dets")
+
     data = json.loads((tmp_path / "out" / "panoptic.json").read_text())
     assert data["categories"] == [
         {"id": 1, "name": "cat", "isthing": 1},
         {"id": 2, "name": "dog", "isthing": 1},
         {"id": 3, "name": "sky", "isthing": 0},
     ]
-    assert data["images"][0]["id"] == 1  # no COCO ids: numbered
-    segments = data["annotations"][0]["segments_info"]
-    assert [(s["id"], s["category_id"], s["area"]) for s in segments] == [(2, 2, 768), (3, 3, 768)]
-    ids = segment_ids(np.asarray(Image.open(tmp_path / "out" / "panoptic" / "scene.png")))
+    assert [(i["id"], i["file_name"]) for i in data["images"]] == [(1, "a.png"), (2, "a-2.png")]
+    first, second = data["annotations"]
+    assert (first["file_name"], second["file_name"]) == ("a.png", "a-2.png")  # PNGs apart
+    assert [(s["id"], s["category_id"], s["area"]) for s in first["segments_info"]] == [
+        (2, 2, 768),
+        (3, 3, 768),
+    ]
+    ids = segment_ids(np.asarray(Image.open(tmp_path / "out" / "panoptic" / "a.png")))
     assert (ids[:24, :32] == 2).all() and (ids[24:, 32:] == 3).all()
     assert (ids[:24, 32:] == 0).all()  # void where no label is
+    assert [s["id"] for s in second["segments_info"]] == [7, 1, 2]  # 7 kept once, then free ids
+
+    dataset.add_sample(
+        fo.Sample(
+            filepath=str(tmp_path / "a.jpg"),
+            dets=detections({"label": "box", "bounding_box": quarter}),
+        )
+    )
+    protect(dataset, "dets", generator=generators["random"])
+    with pytest.raises(ValueError, match=r"a\.png: detections \['box'\] have no instance mask"):
+        export_protected(dataset[2:], str(tmp_path / "boxes"), "coco-panoptic", label_field="dets")
+    assert not (tmp_path / "boxes").exists()
+
+
+def test_coco_import_categories_and_ids_are_kept(tmp_path, generators):  # noqa: F811
+    """A FiftyOne COCO import (categories in info, ids in coco_id) keeps its ids."""
+    Image.fromarray(_texture(48, 64)).save(tmp_path / "x.png")
+    det = fo.Detection(label="cat", bounding_box=[0, 0, 0.5, 0.5], mask=np.ones((24, 32), bool))
+    dataset = fo.Dataset("panoptic-coco-ids")
+    dataset.add_sample(
+        fo.Sample(
+            filepath=str(tmp_path / "x.png"), dets=fo.Detections(detections=[det]), coco_id=42
+        )
+    )
+    dataset.info["categories"] = [{"id": 17, "name": "cat", "supercategory": "animal"}]
+    dataset.save()
+    protect(dataset, "dets", generator=generators["random"])
+    export_protected(dataset, str(tmp_path / "out"), "coco-panoptic", label_field="dets")
+    data = json.loads((tmp_path / "out" / "panoptic.json").read_text())
+    assert data["categories"] == [{"id": 17, "name": "cat", "isthing": 1}]
+    assert data["images"][0]["id"] == data["annotations"][0]["image_id"] == 42
+    assert data["annotations"][0]["segments_info"][0]["category_id"] == 17
 
 
 def test_segment_id_colours_round_trip():

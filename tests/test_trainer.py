@@ -410,6 +410,20 @@ def test_folder_sets_and_fiftyone_sources(tmp_path, sample_dataset):
         load_pairs("fiftyone:unseg-test-samples:style")
 
 
+def test_fiftyone_sources_of_one_dataset_keep_their_own_masks(sample_dataset):
+    """A saved view's masks are cached apart: loading it prunes nothing the whole
+    dataset's pairs use."""
+    dataset = sample_dataset.clone("trainer-views")
+    label = dataset.distinct("instances.detections.label")[0]
+    dataset.save_view(
+        "one_class", dataset.filter_labels("instances", fo.ViewField("label") == label)
+    )
+    everything = load_pairs("fiftyone:trainer-views:instances")
+    some = load_pairs("fiftyone:trainer-views@one_class:instances")
+    assert 0 < len(some) < len(everything)
+    assert all(os.path.isfile(p.mask) for p in everything + some)
+
+
 def test_fiftyone_segmentation_regions_are_colours_at_image_size_and_follow_edits(tmp_path):
     """RGB / palette masks: one region per colour (not per red value), stretched over the
     image as protect does, and exported anew when a mask file is edited in place."""

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ def _fiftyone_source(spec: str) -> list:
     """Export each instance / class region of a FiftyOne dataset as a binary mask file.
 
     Mask files are named by their content, so labels edited in place are exported anew;
-    the files of this view's samples that no longer match a label are deleted.
+    those of the source's samples that no longer match a label are deleted.
     """
     import fiftyone as fo
 
@@ -79,7 +80,9 @@ def _fiftyone_source(spec: str) -> list:
             f"mask (fo.Segmentation); the dataset has {_label_fields(view)}"
         )
     all_segments = resolve_prompt(view, field)
-    root = os.path.join(CACHE_DIR, "fiftyone", f"{name}-{field}")
+    # one folder per source: pruning one view's files must not touch another's
+    source = f"{name}@{saved_view}" if saved_view else name
+    root = os.path.join(CACHE_DIR, "fiftyone", re.sub(r"[^\w.@-]+", "_", f"{source}-{field}"))
     pairs = []
     for sample in view.select_fields(field).iter_samples(progress=False):
         label = sample[field]

@@ -346,6 +346,11 @@ def _check(victims, baselines, protected_field, measure, run_key) -> tuple[tuple
             "the 'none' baseline is the clean images through the counter-measure: give a "
             "countermeasure, or leave 'none' out (without one it would train clean twice)"
         )
+    if measure is not None and not protected_field and not baselines:
+        raise ValueError(
+            "a counter-measure applies to protected and baseline images, never to clean ones: "
+            "give a protected field or baselines (the 'none' baseline: clean images through it)"
+        )
     if not re.fullmatch(r"[A-Za-z_]\w*", run_key):
         raise ValueError(f"run_key must be letters, digits and underscores, got {run_key!r}")
     return victims, baselines

@@ -170,7 +170,9 @@ def _chart_png(report: ProtectionReport) -> bytes:
     axes.set_xticks(range(len(results)), [f"{r.victim}\n{r.metric}" for r in results], fontsize=8)
     axes.set_ylim(0, 1)
     axes.set_ylabel("score on clean test images")
-    title = "Trained on clean vs protected data"
+    title = (
+        "Trained on clean data" if variants == ["clean"] else "Trained on clean vs protected data"
+    )
     if report.countermeasure:
         title += f" (counter-measure {report.countermeasure})"
     axes.set_title(title, fontsize=10)

@@ -78,7 +78,10 @@ class EvaluateProtection(foo.Operator):
             inputs.str("protected_field", default="protected_filepath", label="Protected field")
         labels = {name: _BASELINE_LABELS.get(name, name) for name in BASELINES}
         _choices(inputs, "baselines", labels, "Baselines", [], multiple=True)
-        if not ctx.params.get("use_protected", protected) and not ctx.params.get("baselines"):
+        clean_only = not ctx.params.get("use_protected", protected) and not ctx.params.get(
+            "baselines"
+        )
+        if clean_only:
             inputs.view(
                 "clean_only",
                 types.Notice(
@@ -90,6 +93,12 @@ class EvaluateProtection(foo.Operator):
         kind = ctx.params.get("countermeasure", "none")
         if kind == "none" and "none" in (ctx.params.get("baselines") or []):
             form_error(inputs, "no_countermeasure", "The 'none' baseline needs a counter-measure")
+        if kind != "none" and clean_only:
+            form_error(
+                inputs,
+                "countermeasure_unused",
+                "A counter-measure applies to protected or baseline images: choose some",
+            )
         if kind in COUNTERMEASURE_VALUES:
             label, default = COUNTERMEASURE_VALUES[kind]
             inputs.float("countermeasure_value", label=label, default=default)
