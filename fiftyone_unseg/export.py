@@ -14,6 +14,7 @@ files are exported from the database, so no path to the originals' folders remai
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import tempfile
@@ -24,13 +25,14 @@ import fiftyone.core.media as fom
 import fiftyone.utils.labels as fou
 
 from fiftyone_unseg import io as uio
-from fiftyone_unseg.panoptic import IMAGE_ID_FIELD, COCOPanopticDataset, unique_image_ids
+from fiftyone_unseg.panoptic import IMAGE_ID_FIELD, unique_image_ids
 from fiftyone_unseg.protect import optional_values
 
 # Formats by the names the CLI and the App offer; the SDK takes any ``fo.types`` class too.
 EXPORT_TYPES = {
     "coco": fo.types.COCODetectionDataset,  # Detections with instance masks, Polylines
-    "coco-panoptic": COCOPanopticDataset,  # Detections / Polylines as non-overlapping segments
+    # Detections / Polylines as non-overlapping segments (imported on first use)
+    "coco-panoptic": "fiftyone_unseg.panoptic_export.COCOPanopticDataset",
     "segmentation-dir": fo.types.ImageSegmentationDirectory,  # Segmentation (class maps)
     "yolo": fo.types.YOLOv5Dataset,  # Polylines as YOLO segmentation polygons
     "fiftyone": fo.types.FiftyOneDataset,  # any label type, as FiftyOne stores it
@@ -38,7 +40,7 @@ EXPORT_TYPES = {
 }
 _SHOWN = 5  # samples a refusal names
 # Formats that write the samples' COCO image ids (IMAGE_ID_FIELD) when each has a distinct one.
-_WITH_IMAGE_IDS = (fo.types.COCODetectionDataset, COCOPanopticDataset)
+_WITH_IMAGE_IDS = ("coco", "coco-panoptic")
 _WORK_SUFFIX = ".unseg-export"
 
 
@@ -119,7 +121,8 @@ def export_protected(
                 progress(done, len(kept))
         kind = _kind(dataset_type)
         view = samples.select([ids[i] for i in kept], ordered=True)
-        copy = _working_copy(view, fields + [IMAGE_ID_FIELD] * issubclass(kind, _WITH_IMAGE_IDS))
+        with_ids = issubclass(kind, tuple(_dataset_type(name) for name in _WITH_IMAGE_IDS))
+        copy = _working_copy(view, fields + [IMAGE_ID_FIELD] * with_ids)
         copy.set_values("filepath", staged)
         copy.compute_metadata(overwrite=True, progress=False)  # of the staged files
         coco = issubclass(kind, fo.types.COCODetectionDataset)
@@ -182,7 +185,10 @@ def _dataset_type(dataset_type):
             raise ValueError(
                 f"unknown export format {dataset_type!r}; choose one of {', '.join(EXPORT_TYPES)}"
             )
-        return EXPORT_TYPES[dataset_type]
+        dataset_type = EXPORT_TYPES[dataset_type]
+        if isinstance(dataset_type, str):  # module.Class
+            module, _, name = dataset_type.rpartition(".")
+            dataset_type = getattr(importlib.import_module(module), name)
     return dataset_type
 
 
