@@ -82,6 +82,23 @@ def test_card_quotes_the_committed_benchmark():
                     assert f"{result[key]:.2f}" in row, (path, name, key)
 
 
+def test_card_quotes_the_benchmark_on_each_cpu():
+    main = os.path.join(RESULTS, "effectiveness.json")
+    paths = [main, *glob.glob(os.path.join(RESULTS, "cross_cpu", "*.json"))]
+    assert len(paths) > 1
+    card = _card()
+    for path in paths:
+        results = json.loads(open(path).read())
+        assert results["generator"] == load_generator().generator_id, path
+        cpu = results["machine"]["cpu"]
+        for name, result in {**results["victims"], **results["stress"]}.items():
+            row = next(x for x in card.splitlines() if x.startswith(f"| {cpu} | {name} |"))
+            assert f"| {result['clean']:.3f} |" in row, (path, name)
+            for key in ("ratio", "random_ratio", "pattern_ratio", "countermeasure_ratio"):
+                if key in result:
+                    assert f"{result[key]:.2f}" in row, (path, name, key)
+
+
 def test_card_quotes_the_committed_spread_of_its_recipe():
     path = os.path.join(REPO, "benchmarks/results/recipe_spread.json")
     results = json.loads(open(path).read())
