@@ -170,12 +170,7 @@ def export_names(originals: list[str], extensions: list[str]) -> list[str]:
         stem = os.path.splitext(os.path.basename(path))[0]
         relative = os.path.relpath(folder, root) if root else "."
         base = os.path.normpath(os.path.join(relative, stem))
-        name, n = base + extension, 1
-        while name.lower() in taken:
-            n += 1
-            name = f"{base}-{n}{extension}"
-        taken.add(name.lower())
-        names.append(name)
+        names.append(uio.unclashed_name(base, extension, taken))
     return names
 
 

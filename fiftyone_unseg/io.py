@@ -291,3 +291,14 @@ def colour_values(rgb: np.ndarray) -> np.ndarray:
     FiftyOne's hex mask targets ("#rrggbb") name."""
     rgb = rgb[..., :3].astype(np.int32)
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def unclashed_name(base: str, extension: str, taken: set) -> str:
+    """``base + extension``, or with ``-2``, ``-3``, ... before the extension when that name
+    is in ``taken`` regardless of case (case-insensitive file systems); added to ``taken``."""
+    name, n = base + extension, 1
+    while name.lower() in taken:
+        n += 1
+        name = f"{base}-{n}{extension}"
+    taken.add(name.lower())
+    return name

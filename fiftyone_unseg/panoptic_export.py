@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fiftyone_unseg.io import atomic_write_bytes
+from fiftyone_unseg.io import atomic_write_bytes, unclashed_name
 from fiftyone_unseg.labels import PromptSpec, segment_classes
 from fiftyone_unseg.panoptic import id_colours, unique_image_ids
 
@@ -147,7 +147,7 @@ class COCOPanopticDatasetExporter(foud.LabeledImageDatasetExporter, foud.ExportP
                     "area": int(areas[k]),
                 }
             )
-        png = self._png_name(name)
+        png = unclashed_name(os.path.splitext(name)[0], ".png", self._pngs)  # stems may repeat
         buffer = io.BytesIO()
         Image.fromarray(id_colours(numbers[index])).save(buffer, format="PNG")
         atomic_write_bytes(buffer.getvalue(), os.path.join(self.masks_dir, png))
@@ -179,16 +179,6 @@ class COCOPanopticDatasetExporter(foud.LabeledImageDatasetExporter, foud.ExportP
             self._categories.append({"id": category_id, "name": name, "isthing": isthing})
             self._category_ids[name] = category_id
         return self._category_ids[name]
-
-    def _png_name(self, image_name: str) -> str:
-        """``image_name`` with ``.png``; ``-2``, ``-3``, ... where two images share a stem."""
-        base = os.path.splitext(image_name)[0]
-        png, n = base + ".png", 1
-        while png.lower() in self._pngs:
-            n += 1
-            png = f"{base}-{n}.png"
-        self._pngs.add(png.lower())
-        return png
 
 
 def _segment_numbers(items) -> list[int]:

@@ -7,11 +7,11 @@ from collections import Counter
 
 import numpy as np
 
-from fiftyone_unseg.audit.report import METHOD, load_report, table_cell
+from fiftyone_unseg.audit.report import METHOD, load_report, markdown_table, table_cell
 from fiftyone_unseg.protect import optional_values
 
-# The settings that tell protection runs apart, in the order the panel lists them.
-SETTING_KEYS = ("generator_id", "eps", "eps_bg", "class_mix", "label_field", "prompt", "format")
+# The settings that tell protection runs apart, and their sample count, with their column
+# labels in the order the panel and `unseg status` list them.
 SETTING_LABELS = {
     "generator_id": "Generator",
     "eps": "eps (/255)",
@@ -22,6 +22,7 @@ SETTING_LABELS = {
     "format": "Format",
     "count": "Samples",
 }
+SETTING_KEYS = tuple(key for key in SETTING_LABELS if key != "count")
 
 
 def protection_summary(samples, heatmap_field: str = "unseg_noise", bins: int = 20) -> dict:
@@ -136,13 +137,11 @@ def summary_markdown(summary: dict) -> str:
     lines = [headline(summary)]
     rows = setting_rows(summary)
     if rows:
-        keys = [*SETTING_KEYS, "count"]
-        lines += [
-            "",
-            "| " + " | ".join(SETTING_LABELS[k] for k in keys) + " |",
-            "|" + "---|" * len(keys),
-            *("| " + " | ".join(row[k] for k in keys) + " |" for row in rows),
-        ]
+        keys = list(SETTING_LABELS)
+        table = markdown_table(
+            [SETTING_LABELS[k] for k in keys], [[r[k] for k in keys] for r in rows]
+        )
+        lines += ["", table]
     audit = summary["audit"]
     if audit:
         lines += ["", f"Latest audit `{audit['run_key']}` ({audit['timestamp']} UTC):", ""]

@@ -118,12 +118,8 @@ class ProtectionReport:
         """The rows as a Markdown table."""
         rows = self.rows()
         header = list(rows[0]) if rows else ["victim"]
-        lines = [
-            "| " + " | ".join(h.replace("_", " ") for h in header) + " |",
-            "|" + "---|" * len(header),
-        ]
-        lines += ["| " + " | ".join(table_cell(h, row[h]) for h in header) + " |" for row in rows]
-        return "\n".join(lines)
+        cells = [[table_cell(h, row[h]) for h in header] for row in rows]
+        return markdown_table([h.replace("_", " ") for h in header], cells)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,6 +129,12 @@ class ProtectionReport:
         data = dict(data, baselines=tuple(data["baselines"]))
         data["results"] = [VictimResult(**r) for r in data["results"]]
         return cls(**data)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of ``header`` and ``rows`` (cells already as text)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def table_cell(column: str, value) -> str:
