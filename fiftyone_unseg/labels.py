@@ -4,7 +4,8 @@ A label field is rasterised into a *segment map*: an HxW integer array, 0 for
 background and 1..K for the K segments. Segments are
 
 - ``fo.Segmentation``: one per class value present in the mask (semantic masks
-  have no instances); masks of another size are stretched over the image (nearest),
+  have no instances), except the background value and the ignore values (see
+  :func:`segment_values`); masks of another size are stretched over the image (nearest),
   as the App draws them (:func:`fit_mask`). Palette PNGs (VOC's masks) are read as
   their palette indices, the class values; RGB masks as one value per colour, which
   hex mask targets ("#rrggbb") name;
@@ -32,6 +33,40 @@ from fiftyone_unseg.io import colour_values
 SUPPORTED_TYPES = (fo.Segmentation, fo.Detections, fo.Polylines)
 PROMPT_MODES = ("all", "instance")
 _LIST_FIELDS = {fo.Detections: "detections", fo.Polylines: "polylines"}
+# Mask-target names that mark a Segmentation's background / its not-a-class pixels.
+BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "__background__"})
+IGNORE_NAMES = frozenset(
+    {"void", "ignore", "ignored", "unlabeled", "unlabelled", "dontcare", "don't care"}
+)
+VOID_VALUE = 255  # the usual "not a class" value (VOC, CamVid, Cityscapes train ids)
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class SegmentValues:
+    """What a Segmentation's pixel values are: ``background`` (the value that is no
+    object, or None when every class is an object) and ``ignore`` (values that are no
+    class at all, such as void: never an object, never scored)."""
+
+    background: int | None = 0
+    ignore: frozenset[int] = frozenset()
+
+    @property
+    def is_default(self) -> bool:
+        """True for FiftyOne's convention: 0 is background, nothing is ignored."""
+        return self.background == 0 and not self.ignore
+
+    def describe(self) -> str:
+        """E.g. ``background=none;ignore=255`` (empty for the default)."""
+        if self.is_default:
+            return ""
+        background = "none" if self.background is None else str(self.background)
+        ignore = ",".join(str(v) for v in sorted(self.ignore)) or "none"
+        return f"background={background};ignore={ignore}"
+
+    def objects(self, values) -> list[int]:
+        """``values`` without the background and the ignore values."""
+        return [v for v in values if v != self.background and v not in self.ignore]
 
 
 @dataclass(frozen=True)
@@ -41,7 +76,8 @@ class PromptSpec:
     mode: "all" (union of all segments), "classes" (union of ``classes``) or
     "instance" (one prompt per segment). ``values`` are the Segmentation pixel
     values of ``classes``; ``value_names`` the (pixel value, class name) pairs of its
-    mask targets, which name RGB colours when ``rgb_targets``.
+    mask targets, which name RGB colours when ``rgb_targets``; ``segment_values`` its
+    background and ignore values.
     """
 
     label_field: str
@@ -51,11 +87,15 @@ class PromptSpec:
     values: frozenset[int] = frozenset()
     value_names: tuple[tuple[int, str], ...] = ()
     rgb_targets: bool = False
+    segment_values: SegmentValues = SegmentValues()
 
     @property
     def name(self) -> str:
-        """The mode as recorded on protected samples: all, instance or classes:a,b."""
-        return f"classes:{','.join(self.classes)}" if self.mode == "classes" else self.mode
+        """The mode as recorded on protected samples: all, instance or classes:a,b, then
+        ``;background=...;ignore=...`` where those differ from FiftyOne's convention."""
+        name = f"classes:{','.join(self.classes)}" if self.mode == "classes" else self.mode
+        roles = self.segment_values.describe()
+        return f"{name};{roles}" if roles else name
 
 
 def supported_label_fields(samples) -> list[str]:
@@ -92,47 +132,94 @@ def _target_value(key) -> int:
     return int(key[1:], 16) if isinstance(key, str) and key.startswith("#") else int(key)
 
 
-def class_names(samples, label_field: str) -> list[str]:
-    """The class names a prompt can choose from: mask targets or the labels present."""
+def class_names(samples, label_field: str, roles: SegmentValues | None = None) -> list[str]:
+    """The class names a prompt can choose from: mask targets (but the background and
+    ignore values ``roles``, default: :func:`segment_values`'s) or the labels present."""
     kind = label_type(samples, label_field)
     if kind is fo.Segmentation:
-        return [
-            name for value, name in sorted(_mask_targets(samples, label_field).items()) if value
-        ]
+        roles = roles or segment_values(samples, label_field)
+        targets = _mask_targets(samples, label_field)
+        return [targets[v] for v in roles.objects(sorted(targets))]
     return sorted(samples.distinct(f"{label_field}.{_LIST_FIELDS[kind]}.label"))
 
 
-def resolve_prompt(samples, label_field: str, prompt="all") -> PromptSpec:
+def segment_values(samples, label_field: str, background=AUTO, ignore=AUTO) -> SegmentValues:
+    """The background and ignore values of a Segmentation field.
+
+    ``background``: a pixel value, None (every class is an object) or "auto": the value
+    whose mask target is named "background" (or "bg"), else 0 unless the mask targets
+    name 0 as a class (CamVid's 0 is sky), in which case there is none. ``ignore``: pixel
+    values or "auto": those whose mask targets are named "void", "ignore", "unlabeled"
+    (...), and 255 when the field has mask targets that do not name it (the void of VOC,
+    CamVid, Cityscapes train ids, Oxford pets). Other label types: the default.
+    """
+    if label_type(samples, label_field) is not fo.Segmentation:
+        return SegmentValues()
+    targets = _mask_targets(samples, label_field)
+    names = {value: str(name).strip().lower() for value, name in targets.items()}
+    if background == AUTO:
+        named = [v for v, n in names.items() if n in BACKGROUND_NAMES]
+        background = named[0] if named else (0 if 0 not in names else None)
+    if ignore == AUTO:
+        ignore = {v for v, n in names.items() if n in IGNORE_NAMES}
+        if targets and VOID_VALUE not in targets:
+            ignore.add(VOID_VALUE)
+    values = SegmentValues(
+        None if background is None else int(background), frozenset(int(v) for v in ignore)
+    )
+    if values.background is not None and values.background in values.ignore:
+        raise ValueError(
+            f"{label_field!r}: value {values.background} cannot be both background and ignored"
+        )
+    return values
+
+
+def resolve_prompt(
+    samples, label_field: str, prompt="all", background=AUTO, ignore=AUTO
+) -> PromptSpec:
     """Check ``prompt`` ("all", "instance" or a list of class names) against the field.
 
     Segmentation class names resolve through the dataset's mask targets; a name
-    that is an integer string is taken as a pixel value.
+    that is an integer string is taken as a pixel value. ``background`` and ``ignore``:
+    see :func:`segment_values`.
     """
     kind = label_type(samples, label_field)
     names, rgb = (), False
+    roles = segment_values(samples, label_field, background, ignore)
     if kind is fo.Segmentation:
         names = tuple(sorted(_mask_targets(samples, label_field).items()))
         rgb = fof.is_rgb_mask_targets(samples.get_mask_targets(label_field) or {})
     if isinstance(prompt, str):
         if prompt not in PROMPT_MODES:
             raise ValueError(f"prompt must be one of {PROMPT_MODES} or a list of class names")
-        return PromptSpec(label_field, kind, prompt, value_names=names, rgb_targets=rgb)
+        return PromptSpec(
+            label_field, kind, prompt, value_names=names, rgb_targets=rgb, segment_values=roles
+        )
     classes = tuple(sorted(set(prompt)))
     if not classes:
         raise ValueError("prompt: the list of class names is empty")
-    known = class_names(samples, label_field)
+    known = class_names(samples, label_field, roles)
     unknown = [
         c for c in classes if c not in known and not (kind is fo.Segmentation and c.isdigit())
     ]
     if unknown:
+        by_name = {name: value for value, name in _mask_targets(samples, label_field).items()}
+        roles_of = {
+            c: "the background value" if by_name[c] == roles.background else "an ignore value"
+            for c in unknown
+            if c in by_name
+        }
+        why = "; ".join(f"{c!r} is {role}" for c, role in roles_of.items())
         raise ValueError(
-            f"classes {unknown} do not occur in {label_field!r}; available: {known or 'none'}"
+            f"classes {unknown} are not object classes of {label_field!r}"
+            f"{f' ({why}: set background / ignore to change that)' if why else ''}; "
+            f"available: {known or 'none'}"
         )
     values = frozenset()
     if kind is fo.Segmentation:
         by_name = {name: value for value, name in _mask_targets(samples, label_field).items()}
         values = frozenset(by_name[c] if c in by_name else int(c) for c in classes)
-    return PromptSpec(label_field, kind, "classes", classes, values, names, rgb)
+    return PromptSpec(label_field, kind, "classes", classes, values, names, rgb, roles)
 
 
 def segment_map(label, height: int, width: int, spec: PromptSpec) -> np.ndarray:
@@ -161,9 +248,14 @@ def segment_classes(label, height: int, width: int, spec: PromptSpec) -> tuple[n
 
 def present_values(array: np.ndarray) -> list[int]:
     """The distinct non-zero values of a non-negative integer array, sorted."""
+    return [v for v in _all_values(array) if v]
+
+
+def _all_values(array: np.ndarray) -> list[int]:
+    """The distinct values of a non-negative integer array, 0 included, sorted."""
     if array.dtype.itemsize <= 2:  # counting is O(size), sorting is not
-        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel())) if v]
-    return [int(v) for v in np.unique(array) if v]
+        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel()))]
+    return [int(v) for v in np.unique(array)]
 
 
 def _id_type(count: int) -> type:
@@ -215,7 +307,7 @@ def _semantic_segments(label, height: int, width: int, spec: PromptSpec) -> tupl
         )
     if mask.ndim == 3:  # RGB mask: one integer per colour, as in the mask targets
         mask = colour_values(mask)
-    present = present_values(mask)
+    present = spec.segment_values.objects(_all_values(mask))
     if spec.mode == "classes":
         present = [v for v in present if v in spec.values]
     ids = np.zeros(mask.shape, _id_type(len(present)))

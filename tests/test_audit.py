@@ -23,7 +23,7 @@ from fiftyone_unseg.audit.splits import split_samples
 from fiftyone_unseg.audit.targets import resolve_targets
 from fiftyone_unseg.audit.training import Example
 from fiftyone_unseg.audit.variants import training_images
-from fiftyone_unseg.audit.victims.sam import SamVictim, build_box_prompted_sam, checkpoint_config
+from fiftyone_unseg.audit.victims.sam import SamVictim, build_prompted_sam, checkpoint_config
 from fiftyone_unseg.audit.victims.semantic import miou
 from fiftyone_unseg.audit.victims.yolo import (
     DEFAULT_MODEL,
@@ -242,13 +242,13 @@ def test_yolo_export_writes_one_polygon_per_instance(sample_dataset, tmp_path):
 def test_sam_victim_loads_official_checkpoints(tmp_path):
     config = generator_configs["tiny"]
     torch.manual_seed(0)
-    official = build_box_prompted_sam(config)
+    official = build_prompted_sam(config)
     path = tmp_path / "sam_tiny.pth"
     torch.save(official.state_dict(), path)
     assert checkpoint_config(path).encoder_embed_dim == config.encoder_embed_dim
     victim = SamVictim(str(path))
     assert victim.defaults()["image_size"] == config.img_size
-    loaded = build_box_prompted_sam(victim.config, path)
+    loaded = build_prompted_sam(victim.config, path)
     for key, value in official.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
     torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")

@@ -26,7 +26,7 @@ from fiftyone_unseg.audit.splits import Split, split_samples
 from fiftyone_unseg.audit.targets import Targets, resolve_targets
 from fiftyone_unseg.audit.training import Example, Settings
 from fiftyone_unseg.audit.variants import CLEAN, PROTECTED, clean_paths, training_images
-from fiftyone_unseg.audit.victims import VICTIMS, make_victim
+from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS, make_victim
 from fiftyone_unseg.io import atomic_write_image, read_rgb
 from fiftyone_unseg.labels import load_mask
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, failure
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 def evaluate_protection(
     samples,
     label_field: str,
-    victims=VICTIMS,
+    victims=DEFAULT_VICTIMS,
     semantic_field: str | None = None,
     protected_field: str | None = "protected_filepath",
     baselines=(),
@@ -58,6 +58,8 @@ def evaluate_protection(
     output_dir: str | None = None,
     run_key: str = DEFAULT_RUN_KEY,
     progress=None,
+    background="auto",
+    ignore="auto",
 ) -> ProtectionReport:
     """Measure how much protection hurts models trained on the data.
 
@@ -75,7 +77,8 @@ def evaluate_protection(
         instances); also the class maps for ``semantic`` unless ``semantic_field`` is given
         (see :mod:`fiftyone_unseg.audit.targets`).
       victims: any of "yolo" (Ultralytics YOLOv8n-seg, mask mAP), "sam" (box-prompted SAM,
-        mean mask IoU), "semantic" (torchvision LRASPP-MobileNetV3, mIoU).
+        mean mask IoU), "sam_point" (SAM prompted with one click per object, mean mask
+        IoU), "semantic" (torchvision LRASPP-MobileNetV3, mIoU).
       semantic_field: a Segmentation field for the semantic victim.
       protected_field: the field holding each training sample's protected image; None
         compares the baselines with clean training only, and without baselines trains
@@ -106,6 +109,10 @@ def evaluate_protection(
         (``<run_key>_<victim>_<variant>``, on the test samples only) and evaluation keys
         (the field name + ``_eval``). A rerun with the same key replaces them.
       progress: optional ``progress(done, total)`` callable, in training epochs.
+      background, ignore: the class-map field's background value and ignore (void)
+        values; "auto" reads them from its mask targets (see
+        :func:`fiftyone_unseg.labels.segment_values`). Void pixels are neither learnt nor
+        scored.
 
     Samples whose clean or protected image cannot be read are left out of both splits,
     logged and listed in the report's ``skipped`` (sample id, file, reason).
@@ -118,7 +125,7 @@ def evaluate_protection(
     victims, baselines = _check(victims, baselines, protected_field, measure, run_key)
     if int(seeds) != seeds or seeds < 1:
         raise ValueError(f"seeds must be a whole number of trainings, at least 1; got {seeds}")
-    targets = resolve_targets(samples, label_field, semantic_field)
+    targets = resolve_targets(samples, label_field, semantic_field, background, ignore)
     split, skipped = _readable(
         samples, split_samples(samples, split_tags, train_fraction, seed), protected_field, targets
     )
@@ -203,6 +210,8 @@ def evaluate_protection(
     config = {
         "label_field": label_field,
         "semantic_field": semantic_field,
+        "background": targets.segment_values.background,
+        "ignore": sorted(targets.segment_values.ignore),
         "victims": list(victims),
         "protected_field": protected_field,
         "baselines": list(baselines),

@@ -8,7 +8,10 @@ names a separate ``Segmentation``, the class maps (semantic victim):
   earlier ones (as :func:`fiftyone_unseg.labels.segment_map` rasterises them); class
   maps paint the instances' classes;
 - ``Segmentation``: the class map is the mask (classes from the mask targets, else
-  the values present); instances are the connected components of each class region.
+  the values present), without its background value and with its ignore values
+  (void) marked :data:`IGNORE`, never learnt nor scored (see
+  :func:`fiftyone_unseg.labels.segment_values`); instances are the connected
+  components of each class region.
 """
 
 from __future__ import annotations
@@ -19,10 +22,20 @@ import fiftyone as fo
 import numpy as np
 from scipy import ndimage
 
-from fiftyone_unseg.labels import PromptSpec, fit_mask, label_type, load_mask, segment_map
+from fiftyone_unseg.labels import (
+    AUTO,
+    PromptSpec,
+    SegmentValues,
+    fit_mask,
+    label_type,
+    load_mask,
+    segment_map,
+    segment_values,
+)
 
 MIN_COMPONENT_PIXELS = 16  # smaller connected components of a class region are not instances
 MAX_CLASSES = 254  # class maps are uint8; 255 marks pixels a loss ignores
+IGNORE = 255  # class-map value of pixels that are no class: no loss, not scored
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,8 @@ class Targets:
     semantic_classes / semantic_values: class k+1 of a class map is ``semantic_classes[k]``,
       stored as pixel value ``semantic_values[k]`` in ``semantic_field`` (or 1..K when
       class maps are painted from the instances).
+    segment_values: the class-map field's background value (class 0; None when every
+      class is an object) and ignore values (:data:`IGNORE` in class maps).
     """
 
     label_field: str
@@ -41,6 +56,7 @@ class Targets:
     instance_classes: tuple[str, ...]
     semantic_classes: tuple[str, ...]
     semantic_values: tuple[int, ...]
+    segment_values: SegmentValues = SegmentValues()
 
     @property
     def fields(self) -> list[str]:
@@ -78,7 +94,8 @@ class Targets:
         return class_map
 
     def semantic(self, labels: dict, height: int, width: int) -> np.ndarray:
-        """HxW uint8 class map: 0 background, k+1 for ``semantic_classes[k]``."""
+        """HxW uint8 class map: 0 background, k+1 for ``semantic_classes[k]``,
+        :data:`IGNORE` for ignore values."""
         if self.semantic_field or self.label_type is fo.Segmentation:
             field = self.semantic_field or self.label_field
             return self._class_map(labels.get(field), field, height, width)
@@ -98,8 +115,8 @@ class Targets:
         return ids, label.detections if self.label_type is fo.Detections else label.polylines
 
     def _class_map(self, label, field: str, height: int, width: int) -> np.ndarray:
-        """A Segmentation's mask as an HxW uint8 class map (nearest-resized to HxW); values
-        not among ``semantic_values`` are background."""
+        """A Segmentation's mask as an HxW uint8 class map (nearest-resized to HxW); ignore
+        values are :data:`IGNORE`, other values not among ``semantic_values`` background."""
         mask = None if label is None else load_mask(label)
         if mask is None:
             return np.zeros((height, width), np.uint8)
@@ -108,11 +125,17 @@ class Targets:
         out = np.zeros(mask.shape, np.uint8)
         for k, value in enumerate(self.semantic_values, start=1):
             out[mask == value] = k
+        for value in self.segment_values.ignore:
+            out[mask == value] = IGNORE
         return fit_mask(out, height, width)
 
 
-def resolve_targets(samples, label_field: str, semantic_field: str | None = None) -> Targets:
-    """Check the fields and collect their classes; ValueError names what is wrong."""
+def resolve_targets(
+    samples, label_field: str, semantic_field: str | None = None, background=AUTO, ignore=AUTO
+) -> Targets:
+    """Check the fields and collect their classes; ValueError names what is wrong.
+    ``background`` and ``ignore`` are those of the class-map field (see
+    :func:`fiftyone_unseg.labels.segment_values`)."""
     kind = label_type(samples, label_field)
     if kind is fo.Segmentation:
         if semantic_field not in (None, label_field):
@@ -123,8 +146,11 @@ def resolve_targets(samples, label_field: str, semantic_field: str | None = None
         semantic_field = None
     elif semantic_field and label_type(samples, semantic_field) is not fo.Segmentation:
         raise ValueError(f"semantic_field {semantic_field!r} must be a Segmentation field")
+    roles = SegmentValues()
+    if kind is fo.Segmentation or semantic_field:
+        roles = segment_values(samples, semantic_field or label_field, background, ignore)
     if kind is fo.Segmentation:
-        values, names = _segmentation_classes(samples, label_field)
+        values, names = _segmentation_classes(samples, label_field, roles)
         instance_classes = names
     else:
         list_field = "detections" if kind is fo.Detections else "polylines"
@@ -132,7 +158,7 @@ def resolve_targets(samples, label_field: str, semantic_field: str | None = None
         declared = samples.get_classes(label_field) if samples.has_classes(label_field) else []
         instance_classes = tuple(declared) + tuple(c for c in present if c not in declared)
         if semantic_field:
-            values, names = _segmentation_classes(samples, semantic_field)
+            values, names = _segmentation_classes(samples, semantic_field, roles)
         else:
             values, names = tuple(range(1, len(instance_classes) + 1)), instance_classes
     if not instance_classes or not names:
@@ -140,18 +166,27 @@ def resolve_targets(samples, label_field: str, semantic_field: str | None = None
     if max(len(names), len(instance_classes)) > MAX_CLASSES:
         raise ValueError(f"the audit supports up to {MAX_CLASSES} classes")
     return Targets(
-        label_field, kind, semantic_field, tuple(instance_classes), tuple(names), tuple(values)
+        label_field,
+        kind,
+        semantic_field,
+        tuple(instance_classes),
+        tuple(names),
+        tuple(values),
+        roles,
     )
 
 
-def _segmentation_classes(samples, field: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """(pixel values, class names) of a Segmentation field's non-background classes."""
+def _segmentation_classes(
+    samples, field: str, roles: SegmentValues
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(pixel values, class names) of a Segmentation field's object classes."""
     targets = samples.get_mask_targets(field)
     if targets:
         if any(isinstance(k, str) and k.startswith("#") for k in targets):
             raise ValueError(f"{field!r} has RGB mask targets; the audit needs integer masks")
-        pairs = sorted((int(k), str(v)) for k, v in targets.items() if int(k) != 0)
-        return tuple(v for v, _ in pairs), tuple(n for _, n in pairs)
+        names = {int(k): str(v) for k, v in targets.items()}
+        values = roles.objects(sorted(names))
+        return tuple(values), tuple(names[v] for v in values)
     found = set()
     for label in samples.values(field):
         try:
@@ -159,8 +194,8 @@ def _segmentation_classes(samples, field: str) -> tuple[tuple[int, ...], tuple[s
         except ValueError:  # the audit leaves such samples out and names them
             continue
         if mask is not None:
-            found.update(int(v) for v in np.unique(mask) if v)
-    values = tuple(sorted(found))
+            found.update(int(v) for v in np.unique(mask))
+    values = tuple(roles.objects(sorted(found)))
     return values, tuple(str(v) for v in values)
 
 
@@ -168,7 +203,7 @@ def _components(class_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Connected components (8-connected) of each class region as instances."""
     masks, classes = [], []
     for k in np.unique(class_map):
-        if k == 0:
+        if k in (0, IGNORE):
             continue
         components, count = ndimage.label(class_map == k, structure=np.ones((3, 3)))
         for c in range(1, count + 1):

@@ -9,7 +9,7 @@ import fiftyone.operators.types as types
 from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.countermeasures import KINDS
-from fiftyone_unseg.audit.victims import VICTIMS
+from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS
 from fiftyone_unseg.labels import supported_label_fields
 from fiftyone_unseg.plugin.forms import form_error, target_form
 from fiftyone_unseg.plugin.progress import app_progress
@@ -71,7 +71,7 @@ class EvaluateProtection(foo.Operator):
         semantic = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
         label = "Semantic field (none: class maps from the label field)"
         _choices(inputs, "semantic_field", ["", *semantic], label, "")
-        _choices(inputs, "victims", VICTIMS, "Victims", list(VICTIMS), multiple=True)
+        _choices(inputs, "victims", VICTIMS, "Victims", list(DEFAULT_VICTIMS), multiple=True)
         protected = ctx.dataset.has_field("protected_filepath")
         inputs.bool("use_protected", default=protected, label="Train on the protected images")
         if ctx.params.get("use_protected", protected):
@@ -126,7 +126,7 @@ class EvaluateProtection(foo.Operator):
         report = evaluate_protection(
             ctx.target_view(),
             params["label_field"],
-            victims=params.get("victims") or VICTIMS,
+            victims=params.get("victims") or DEFAULT_VICTIMS,
             semantic_field=params.get("semantic_field") or None,
             protected_field=(
                 params.get("protected_field", "protected_filepath")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fiftyone_unseg.audit.victims.base import Victim
 
-VICTIMS = ("yolo", "sam", "semantic")
+VICTIMS = ("yolo", "sam", "sam_point", "semantic")
+DEFAULT_VICTIMS = ("yolo", "sam", "semantic")  # sam_point: the second interactive metric
 
 
 def make_victim(
@@ -18,10 +19,10 @@ def make_victim(
         from fiftyone_unseg.audit.victims.yolo import YoloVictim
 
         return YoloVictim(yolo_weights)
-    if name == "sam":
+    if name in ("sam", "sam_point"):
         from fiftyone_unseg.audit.victims.sam import SamVictim
 
-        return SamVictim(sam_checkpoint)
+        return SamVictim(sam_checkpoint, "box" if name == "sam" else "point")
     if name == "semantic":
         from fiftyone_unseg.audit.victims.semantic import SemanticVictim
 
@@ -29,4 +30,4 @@ def make_victim(
     raise ValueError(f"unknown victim {name!r}; choose from {', '.join(VICTIMS)}")
 
 
-__all__ = ["VICTIMS", "Victim", "make_victim"]
+__all__ = ["DEFAULT_VICTIMS", "VICTIMS", "Victim", "make_victim"]

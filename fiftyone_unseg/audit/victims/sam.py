@@ -1,6 +1,7 @@
-"""Interactive segmentation: SAM fine-tuned with box prompts (the paper's SAM-HQ task).
+"""Interactive segmentation: SAM trained with box prompts (the paper's SAM-HQ task, victim
+``sam``) or with one click inside each object (``sam_point``).
 
-From scratch it is the ``tiny`` layout (192-dim, 4-block ViT) trained on object-centred
+Box prompts, from scratch: the ``tiny`` layout (192-dim, 4-block ViT) trained on object-centred
 crops: each instance is seen in a square view around its box (1.2 to 2 times the box's
 long side while training, 1.6 when predicting), resized to the audit's image size, as
 interactive-segmentation sets are object-centred (a 128 px full scene gives a small
@@ -10,6 +11,12 @@ local file is fine-tuned on whole images at its own size, as SAM was pretrained.
 instance of a training image is a training prompt (its tight box); the loss is BCE +
 Dice on the masks. Metric: mean IoU of the box-prompted masks with the clean test
 instances; the trivial predictor fills the box.
+
+Point prompts (a click leaves the object's extent unknown, so no object-centred crops):
+trained on whole images (the ``tiny`` layout from scratch, or a checkpoint), each
+instance prompted with a random pixel of its mask; tested with the innermost pixel of
+each clean test instance (the farthest from its border). Metric: mean mask IoU; the
+trivial predictor is a box of the training instances' median size centred on the click.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import fiftyone as fo
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from fiftyone_unseg.audit.training import Settings, fit, load_image
@@ -45,17 +53,29 @@ PREDICT_CONTEXT = 1.6
 CROP_SOURCE_SCALE = 4  # crops are cut from frames 4x the crop size (512 px for 128)
 
 
-class BoxPromptedSam(PromptableSegmenter):
+PROMPTS = ("box", "point")
+
+
+class PromptedSam(PromptableSegmenter):
     """SAM's layout with its full mask decoder (so official checkpoints load), predicting
-    the single-mask output (SAM's ``multimask_output=False``) for box prompts."""
+    the single-mask output (SAM's ``multimask_output=False``) for one box or one click per
+    object."""
 
     def forward(
-        self, images: torch.Tensor, boxes: torch.Tensor, owners: torch.Tensor
+        self,
+        images: torch.Tensor,
+        owners: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """images Bx3xSxS in [0, 1]; boxes Nx4 xyxy in input pixels; owners N, the image
-        index of each box -> mask logits Nx1x(S/4)x(S/4)."""
+        """images Bx3xSxS in [0, 1]; owners N, the image index of each object; boxes Nx4
+        xyxy or points Nx2 xy (a positive click each), in input pixels -> mask logits
+        Nx1x(S/4)x(S/4)."""
         embeddings = self.image_encoder(self.normalize(images))[owners]
-        sparse, dense = self.embed_prompts(len(owners), boxes=boxes)
+        clicks = None
+        if points is not None:
+            clicks = (points[:, None], torch.ones(len(points), 1, device=points.device))
+        sparse, dense = self.embed_prompts(len(owners), boxes=boxes, points=clicks)
         decoder = self.mask_decoder
         tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
         hs, upscaled = decoder.run_transformer(
@@ -64,13 +84,13 @@ class BoxPromptedSam(PromptableSegmenter):
         return hyper_dot(decoder.output_hypernetworks_mlps[:1], hs[:, 1:2], upscaled)
 
 
-def build_box_prompted_sam(
+def build_prompted_sam(
     config: SamConfig, checkpoint: str | os.PathLike | None = None
-) -> BoxPromptedSam:
-    """A :class:`BoxPromptedSam` with layout ``config``, randomly initialised or loaded from
+) -> PromptedSam:
+    """A :class:`PromptedSam` with layout ``config``, randomly initialised or loaded from
     an official SAM state dict (``weights_only``; see :func:`load_sam_weights`)."""
     image_encoder, prompt_encoder, decoder_kwargs = build_sam_modules(config)
-    model = BoxPromptedSam(
+    model = PromptedSam(
         image_encoder, prompt_encoder, BatchedMaskDecoder(num_multimask_outputs=3, **decoder_kwargs)
     )
     model.config = config
@@ -106,20 +126,30 @@ def bce_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class SamVictim(Victim):
-    name = "sam"
-    metric = "box-prompted mask IoU"
     labels = "instances"
 
-    def __init__(self, checkpoint: str | None = None) -> None:
+    def __init__(self, checkpoint: str | None = None, prompt: str = "box") -> None:
+        if prompt not in PROMPTS:
+            raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
         self.checkpoint = checkpoint
         self.config = checkpoint_config(checkpoint) if checkpoint else None
+        self.prompt = prompt
+        self.name = "sam" if prompt == "box" else "sam_point"
+        self.metric = f"{prompt}-prompted mask IoU"
+
+    @property
+    def on_crops(self) -> bool:
+        """Whether it trains and predicts on object-centred crops (box prompts from scratch)."""
+        return self.checkpoint is None and self.prompt == "box"
 
     def defaults(self) -> dict:
         if self.config is not None:  # fine-tuning: the checkpoint's size, a gentle rate
             return {"epochs": 4, "image_size": self.config.img_size, "batch_size": 2, "lr": 1e-5}
+        if self.prompt == "point":  # whole images
+            return {"epochs": 30, "image_size": 128, "batch_size": 16, "lr": 1e-3}
         return {"epochs": 20, "image_size": 128, "batch_size": 16, "lr": 1e-3}
 
-    def _build(self, settings: Settings) -> BoxPromptedSam:
+    def _build(self, settings: Settings) -> PromptedSam:
         if settings.image_size % 16:
             raise ValueError(
                 f"SAM's image size must be a multiple of 16, got {settings.image_size}"
@@ -128,22 +158,24 @@ class SamVictim(Victim):
             self.config or generator_configs["tiny"], img_size=settings.image_size
         )
         torch.manual_seed(settings.seed)
-        return build_box_prompted_sam(config, self.checkpoint).to(settings.device)
+        return build_prompted_sam(config, self.checkpoint).to(settings.device)
 
     def train(self, examples, targets, settings, folder, on_epoch):
-        if self.checkpoint is None:
+        if self.on_crops:
             return self._train_on_crops(examples, targets, settings, on_epoch)
         size = settings.image_size
-        images, masks = [], []
+        images, masks, extents = [], [], []
         for example in examples:
             image, frame, full = load_image(example.image_path, size)
             instance_masks, _ = targets.instances(example.labels, *full.shape[:2])
             if len(instance_masks):
                 images.append(image)
                 masks.append(frame.to_model(torch.from_numpy(instance_masks).float()) > 0.5)
+                extents += [_relative_size(m) for m in instance_masks]
         if not images:
             raise ValueError("no training image has an instance to prompt")
         model = self._build(settings)
+        model.prior_size = tuple(np.median(extents, axis=0))  # the trivial predictor's box
         images = torch.stack(images)
         generator = torch.Generator().manual_seed(settings.seed)
 
@@ -164,9 +196,15 @@ class SamVictim(Victim):
             if not visible.any():  # every object zoomed out of view: nothing to learn
                 return torch.zeros((), requires_grad=True)
             targets_, owners = targets_[visible], owners[visible]
-            boxes = _boxes(targets_[:, 0])
             device = settings.device
-            logits = model(batch.to(device), boxes.to(device), owners.to(device))
+            prompt = {
+                "boxes" if self.prompt == "box" else "points": (
+                    _boxes(targets_[:, 0])
+                    if self.prompt == "box"
+                    else _random_points(targets_[:, 0], generator)
+                ).to(device)
+            }
+            logits = model(batch.to(device), owners.to(device), **prompt)
             logits = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
             return bce_dice(logits[:, 0], targets_[:, 0].float().to(settings.device))
 
@@ -200,7 +238,7 @@ class SamVictim(Victim):
             targets_ = crop(masks[indices, None].float(), theta, size)[:, 0] > 0.5
             prompts = boxes_in_crops(boxes[indices], theta, source, size)
             device = settings.device
-            logits = model(batch.to(device), prompts.to(device), torch.arange(n, device=device))
+            logits = model(batch.to(device), torch.arange(n, device=device), prompts.to(device))
             logits = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
             return bce_dice(logits[:, 0], targets_.float().to(device))
 
@@ -210,40 +248,51 @@ class SamVictim(Victim):
     def predict(self, model, examples, targets, settings, folder):
         labels = []
         for example in examples:
-            source = settings.image_size * (CROP_SOURCE_SCALE if self.checkpoint is None else 1)
+            source = settings.image_size * (CROP_SOURCE_SCALE if self.on_crops else 1)
             image, frame, full = load_image(example.image_path, source)
             height, width = full.shape[:2]
             gt_masks, classes = targets.instances(example.labels, height, width)
             if not len(gt_masks):
                 labels.append(fo.Detections())
                 continue
-            logits = self._predict_logits(model, image, _model_boxes(gt_masks, source), settings)
-            pred_masks = (frame.from_model(logits[:, 0].cpu()) > 0).numpy()
-            labels.append(
-                fo.Detections(
-                    detections=[
-                        _detection(pred, gt, targets.instance_classes[c])
-                        for pred, gt, c in zip(pred_masks, gt_masks, classes)
-                    ]
-                )
-            )
+            names = [targets.instance_classes[c] for c in classes]
+            if self.prompt == "point":
+                clicks = np.array([_innermost(m) for m in gt_masks], np.float32)
+                points = ResizeLongestSide(source).apply_coords(clicks + 0.5, (height, width))
+                logits = self._predict_logits(model, image, settings, points=points)
+                pred_masks = (frame.from_model(logits[:, 0].cpu()) > 0).numpy()
+                detections = [
+                    _point_detection(pred, gt, name, click, model.prior_size)
+                    for pred, gt, name, click in zip(pred_masks, gt_masks, names, clicks)
+                ]
+            else:
+                boxes = _model_boxes(gt_masks, source)
+                logits = self._predict_logits(model, image, settings, boxes=boxes)
+                pred_masks = (frame.from_model(logits[:, 0].cpu()) > 0).numpy()
+                detections = [
+                    _detection(pred, gt, name)
+                    for pred, gt, name in zip(pred_masks, gt_masks, names)
+                ]
+            labels.append(fo.Detections(detections=detections))
         return labels
 
-    def _predict_logits(self, model, image, boxes, settings):
-        """Mask logits for the boxes Kx4 (pixels of ``image``, a 3xNxN uint8 frame): Kx1xNxN
-        from object-centred crops, or with a checkpoint Kx1x(N/4)x(N/4) from the whole
-        frame."""
+    def _predict_logits(self, model, image, settings, boxes=None, points=None):
+        """Mask logits for the boxes Kx4 or points Kx2 (pixels of ``image``, a 3xNxN uint8
+        frame): Kx1xNxN from object-centred crops, or on whole frames Kx1x(N/4)x(N/4)."""
         device, size = settings.device, settings.image_size
         frame = image[None].float().div(255)
-        owners = torch.zeros(len(boxes), dtype=torch.long)
-        if self.checkpoint is not None:
-            return model(frame.to(device), boxes.to(device), owners.to(device)).cpu()
+        count = len(boxes if boxes is not None else points)
+        owners = torch.zeros(count, dtype=torch.long)
+        if not self.on_crops:
+            prompt = {"boxes": boxes} if boxes is not None else {"points": torch.as_tensor(points)}
+            prompt = {k: v.float().to(device) for k, v in prompt.items()}
+            return model(frame.to(device), owners.to(device), **prompt).cpu()
         source = image.shape[-1]
         theta = box_crops(boxes, source, PREDICT_CONTEXT)
         views = crop(frame[owners], theta, size)
         prompts = boxes_in_crops(boxes, theta, source, size)
         logits = model(
-            views.to(device), prompts.to(device), torch.arange(len(boxes), device=device)
+            views.to(device), torch.arange(len(boxes), device=device), prompts.to(device)
         )
         logits = F.interpolate(logits.cpu(), (size, size), mode="bilinear", align_corners=False)
         return uncrop(logits, theta, source)
@@ -251,7 +300,12 @@ class SamVictim(Victim):
     def score(self, view, pred_field, gt_field, eval_key, targets):
         evaluate_instances(view, pred_field, gt_field, eval_key, compute_mAP=False)
         ious = view.values(f"{pred_field}.detections.iou", unwind=True)
-        return (float(np.mean(ious)) if ious else 0.0), box_fill_iou(view, gt_field)
+        if self.prompt == "point":
+            trivial = view.values(f"{pred_field}.detections.trivial_iou", unwind=True)
+            chance = float(np.mean(trivial)) if trivial else 0.0
+        else:
+            chance = box_fill_iou(view, gt_field)
+        return (float(np.mean(ious)) if ious else 0.0), chance
 
 
 def _jitter(
@@ -293,6 +347,26 @@ def _boxes(masks: torch.Tensor) -> torch.Tensor:
     ).float()
 
 
+def _random_points(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One random pixel (its centre, xy) of each non-empty NxHxW bool mask: Nx2."""
+    width = masks.shape[2]
+    flat = torch.multinomial(masks.flatten(1).float(), 1, generator=generator)[:, 0]
+    return torch.stack([flat % width, flat // width], 1).float() + 0.5
+
+
+def _innermost(mask: np.ndarray) -> tuple[int, int]:
+    """The (x, y) pixel of a non-empty HxW mask farthest from its border (the first such)."""
+    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), mask.shape)
+    return int(x), int(y)
+
+
+def _relative_size(mask: np.ndarray) -> tuple[float, float]:
+    """(width, height) of a non-empty HxW mask's tight box, as shares of the image's."""
+    x0, y0, x1, y1 = _extent(mask)
+    return (x1 - x0) / mask.shape[1], (y1 - y0) / mask.shape[0]
+
+
 def _extent(mask: np.ndarray) -> tuple[int, int, int, int]:
     """Tight integer box (x0, y0, x1, y1), end-exclusive, of a non-empty HxW mask."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
@@ -312,10 +386,36 @@ def _detection(pred: np.ndarray, gt: np.ndarray, label: str) -> fo.Detection:
     crop = pred[y0:y1, x0:x1]
     inside = np.zeros_like(pred)
     inside[y0:y1, x0:x1] = crop
-    union = np.logical_or(inside, gt).sum()
     return fo.Detection(
         label=label,
         bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
         mask=crop,
-        iou=float(np.logical_and(inside, gt).sum() / union),
+        iou=_iou(inside, gt),
     )
+
+
+def _point_detection(pred, gt, label: str, click, prior_size) -> fo.Detection:
+    """The predicted mask (the whole of it: a click does not bound it) with its IoU, and
+    ``trivial_iou``: that of a box of ``prior_size`` (shares of the image) around the
+    click."""
+    height, width = gt.shape
+    x, y = click
+    half_w, half_h = prior_size[0] * width / 2, prior_size[1] * height / 2
+    trivial = np.zeros_like(gt)
+    trivial[
+        max(int(round(y - half_h)), 0) : int(round(y + half_h)) + 1,
+        max(int(round(x - half_w)), 0) : int(round(x + half_w)) + 1,
+    ] = True
+    x0, y0, x1, y1 = _extent(pred) if pred.any() else (x, y, x + 1, y + 1)
+    return fo.Detection(
+        label=label,
+        bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
+        mask=pred[y0:y1, x0:x1],
+        iou=_iou(pred, gt),
+        trivial_iou=_iou(trivial, gt),
+    )
+
+
+def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of two HxW bool masks (gt non-empty)."""
+    return float(np.logical_and(pred, gt).sum() / np.logical_or(pred, gt).sum())

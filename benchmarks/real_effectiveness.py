@@ -1,0 +1,308 @@
+"""How much protection hurts victims trained on real photographs, tested on real held-out ones.
+
+The data are public datasets read from ``--data`` (default ``../shared/data`` beside
+the repo; :mod:`real_data` says what to download when it is missing), imported with
+FiftyOne's own importers. Each victim's training split is protected as ``unseg
+protect`` does (the same :func:`fiftyone_unseg.protect`, default budgets 8/255 on
+objects and 2/255 elsewhere), then audited as ``unseg evaluate`` does
+(:func:`fiftyone_unseg.evaluate_protection`): trained on clean, protected, uniform
+random noise under the same budget map (``random``), the same noise at the object
+budget on every pixel (``random_flat``) and the fixed mask-aligned pattern, each with
+``--seeds`` victim seeds, and tested on the CLEAN held-out images:
+
+- ``semantic``: LRASPP-MobileNetV3 on CamVid, trained on its 367 ``train`` images,
+  tested on its 233 ``test`` images (another drive); mIoU over the 11 classes, void
+  (255) neither learnt nor scored; trivial predictor: the most frequent class.
+- ``yolo``: YOLOv8n-seg from scratch on COCO's ``person`` instances: a from-scratch
+  detector cannot learn 80 classes from 318 photos, but people are in 646 of their
+  instances; trained on the ``coco_mini`` + ``coco_tiny`` photos, tested on
+  ``coco128_seg``; mask mAP (trivial predictor: 0). The owner protects every instance.
+- ``sam_point``: the SAM layout from scratch, prompted with one click inside each
+  object (its innermost pixel) on Oxford pets (two thirds train, every third photo
+  test); mean mask IoU; trivial predictor: the training objects' median-sized box
+  around the click. ``sam`` (box prompts, trivial predictor: the filled box) is the
+  second interactive metric.
+
+Then the stress tests (``--stress``) for the semantic victim: protected, pattern and
+clean images (``none``) through JPEG 75, Gaussian blur sigma 1 and half-scale
+before training. ``ratio`` = protected / clean, ``gain_ratio`` = (protected - chance) /
+(clean - chance), ``spread`` = the largest sample standard deviation over the seeds of
+clean and protected. Writes ``benchmarks/results/real/effectiveness.json``.
+
+    python benchmarks/real_effectiveness.py                         # everything (hours)
+    python benchmarks/real_effectiveness.py --victims semantic --stress
+    python benchmarks/real_effectiveness.py --victims --stress jpeg75 --update
+    python benchmarks/real_effectiveness.py --quick --out /tmp/x.json  # a smoke run
+"""
+
+# isort: off
+import sandbox  # first: FiftyOne must see its private database
+# isort: on
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import real_data
+import torch
+from machine import machine_facts, publish
+
+from fiftyone_unseg import evaluate_protection, protect
+from fiftyone_unseg.checkpoint import load_generator
+from fiftyone_unseg.cli import budget_arg, tqdm_progress
+from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "real")
+STRESS = {"jpeg75": "jpeg:75", "blur1": "blur:1.0", "half_scale": "downscale:0.5"}
+BASELINES = ("random", "random_flat", "pattern")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One victim's real-data task: where its data come from and how it trains."""
+
+    dataset: str  # camvid, coco or pets
+    protect_field: str  # what the owner protects
+    label_field: str  # what the victim learns
+    epochs: int
+    image_size: int
+
+
+TASKS = {
+    "semantic": Task("camvid", "ground_truth", "ground_truth", epochs=12, image_size=128),
+    "yolo": Task("coco", "instances", "person", epochs=40, image_size=320),
+    "sam_point": Task("pets", "ground_truth", "ground_truth", epochs=8, image_size=128),
+    "sam": Task("pets", "ground_truth", "ground_truth", epochs=8, image_size=128),
+}
+QUICK_LIMIT = 8  # images per split with --quick
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="the real data folder (default: ../shared/data)")
+    parser.add_argument("--generator", help="checkpoint directory (default: the shipped one)")
+    parser.add_argument("--eps", type=budget_arg, default=DEFAULT_EPS, help="object budget")
+    parser.add_argument(
+        "--eps-bg", type=budget_arg, default=DEFAULT_EPS_BG, help="background budget"
+    )
+    parser.add_argument(
+        "--victims", nargs="*", choices=list(TASKS), default=["semantic", "yolo", "sam_point"]
+    )
+    parser.add_argument("--stress", nargs="*", choices=list(STRESS), default=list(STRESS))
+    parser.add_argument("--stress-victim", choices=list(TASKS), default="semantic")
+    parser.add_argument("--seeds", type=int, default=2, help="victim trainings per variant")
+    parser.add_argument("--victim-seed", type=int, default=0, help="the first victim seed")
+    parser.add_argument("--epochs", type=int, help="for every victim (default: the task's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_LIMIT} images per split, 1 epoch"
+    )
+    parser.add_argument("--out", default=os.path.join(RESULTS, "effectiveness.json"))
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep what --out holds (same generator and budgets) and replace only what "
+        "this run measures",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs = 1
+    return args
+
+
+def _load(name: str, root: str, limit):
+    if name == "camvid":
+        return real_data.load_camvid(root, limit=limit)
+    if name == "coco":
+        return real_data.load_coco(root, classes=["person"], limit=limit)
+    return real_data.load_pets(root, limit=limit)
+
+
+def run(args) -> dict:
+    """The measurements as the JSON document described in the module docstring."""
+    started = time.monotonic()
+    torch.set_num_threads(args.threads)
+    root = real_data.data_dir(args.data)
+    limit = QUICK_LIMIT if args.quick else None
+    generator = load_generator(args.generator)
+    wanted = set(args.victims) | ({args.stress_victim} if args.stress else set())
+    datasets, quality = {}, {}
+    for name in sorted({TASKS[v].dataset for v in wanted}):
+        dataset = datasets[name] = _load(name, root, limit)
+        field = next(t.protect_field for t in TASKS.values() if t.dataset == name)
+        train = dataset.match_tags("train")
+        protect(
+            train, field, generator=generator, eps=args.eps, eps_bg=args.eps_bg,
+            progress=tqdm_progress(f"protect {name}"),
+        )  # fmt: skip
+        quality[name] = {
+            "psnr": _mean(train.values("unseg.psnr")),
+            "ssim": _mean(train.values("unseg.ssim")),
+            "images": len(train),
+        }
+    victims = {}
+    for victim in args.victims:
+        task = TASKS[victim]
+        result = _audit(datasets[task.dataset], victim, task, BASELINES, None, args)
+        victims[victim] = {"dataset": task.dataset, **_summary(result, BASELINES)}
+    stress = {}
+    for name in args.stress:
+        task = TASKS[args.stress_victim]
+        result = _audit(
+            datasets[task.dataset], args.stress_victim, task, ("pattern", "none"), name, args
+        )
+        row = _summary(result, ("pattern", "none"))
+        stress[name] = {
+            "victim": args.stress_victim,
+            "dataset": task.dataset,
+            "countermeasure": STRESS[name],
+            **row,
+            "countermeasure_ratio": row.pop("none_ratio"),
+        }
+    return {
+        "generator": generator.generator_id,
+        "eps": args.eps,
+        "eps_bg": args.eps_bg,
+        "data": {
+            name: {
+                "train": d.count_sample_tags().get("train"),
+                "test": d.count_sample_tags().get("test"),
+            }
+            for name, d in datasets.items()
+        },  # fmt: skip
+        "victims": victims,
+        "psnr": _mean([q["psnr"] for q in quality.values()]),
+        "ssim": _mean([q["ssim"] for q in quality.values()]),
+        "quality": quality,
+        "stress": stress,
+        "seeds": args.seeds,
+        "victim_seed": args.victim_seed,
+        "quick": args.quick,
+        "seconds": time.monotonic() - started,
+        "machine": machine_facts(),
+    }
+
+
+def _audit(dataset, victim: str, task: Task, baselines, stress, args):
+    run_key = f"real_{victim}" + (f"_{stress}" if stress else "")
+    report = evaluate_protection(
+        dataset,
+        task.label_field,
+        victims=[victim],
+        baselines=baselines,
+        countermeasure=STRESS[stress] if stress else None,
+        epochs=args.epochs or task.epochs,
+        image_size=task.image_size,
+        seed=args.victim_seed,
+        seeds=args.seeds,
+        run_key=run_key,
+        progress=tqdm_progress(run_key, unit="epoch"),
+    )
+    return report.results[0]
+
+
+def _summary(result, baselines) -> dict:
+    """A victim's row: scores, chance, ratios, gain ratio, spread over seeds."""
+    clean, protected, chance = result.scores["clean"], result.scores["protected"], result.chance
+    row = {
+        "metric": result.metric,
+        "clean": clean,
+        "protected": protected,
+        "chance": chance,
+        "ratio": result.ratio("protected"),
+        "gain_ratio": gain_ratio(protected, clean, chance),
+        "spread": max((result.spread.get(v, 0.0) for v in ("clean", "protected")), default=0.0),
+        "runs": result.runs,
+        "settings": result.settings,
+    }
+    for name in baselines:
+        row[name] = result.scores[name]
+        row[f"{name}_ratio"] = result.ratio(name)
+        row[f"{name}_gain_ratio"] = gain_ratio(result.scores[name], clean, chance)
+    return row
+
+
+def gain_ratio(score: float, clean: float, chance: float) -> float | None:
+    """The share of the clean victim's gain over its trivial predictor that ``score`` keeps."""
+    if chance is None or clean <= chance:
+        return None
+    return (score - chance) / (clean - chance)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def table(results: dict) -> str:
+    def fmt(x, width=6):
+        return f"{'n/a':>{width}}" if x is None else f"{x:{width}.3f}"
+
+    lines = [
+        f"generator {results['generator']}, eps {results['eps'] * 255:g}/255 objects, "
+        f"{results['eps_bg'] * 255:g}/255 background; {results['seeds']} victim seeds from "
+        f"{results['victim_seed']}; data {results['data']}",
+        f"{'victim':<10} {'data':<7} {'metric':<22} {'chance':>6} {'clean':>6} {'prot.':>6} "
+        f"{'ratio':>6} {'gain':>6} {'random':>6} {'flat':>6} {'pattern':>7} {'sd':>6}",
+    ]
+    for name, v in results["victims"].items():
+        lines.append(
+            f"{name:<10} {v['dataset']:<7} {v['metric']:<22} {fmt(v['chance'])} "
+            f"{fmt(v['clean'])} {fmt(v['protected'])} {fmt(v['ratio'])} {fmt(v['gain_ratio'])} "
+            f"{fmt(v.get('random_ratio'))} {fmt(v.get('random_flat_ratio'))} "
+            f"{fmt(v.get('pattern_ratio'), 7)} {fmt(v['spread'])}"
+        )
+    for name, q in results["quality"].items():
+        lines.append(
+            f"{name}: mean PSNR {fmt(q['psnr'], 5)} dB, SSIM {fmt(q['ssim'], 5)} "
+            f"over {q['images']} protected training images"
+        )
+    if results["stress"]:
+        lines.append(
+            f"{'stress':<12} {'victim':<10} {'clean':>6} {'ratio':>6} {'gain':>6} "
+            f"{'pattern':>7} {'alone':>6}"
+        )
+    for name, s in results["stress"].items():
+        lines.append(
+            f"{name:<12} {s['victim']:<10} {fmt(s['clean'])} {fmt(s['ratio'])} "
+            f"{fmt(s['gain_ratio'])} {fmt(s.get('pattern_ratio'), 7)} "
+            f"{fmt(s.get('countermeasure_ratio'))}"
+        )
+    lines.append(
+        "ratio = protected/clean; gain = (protected - chance)/(clean - chance); random, flat, "
+        "pattern = the baselines' ratios; sd = largest seed sd of clean and protected; "
+        "stress: alone = clean images through the counter-measure / clean"
+    )
+    return "\n".join(lines)
+
+
+def merge(old: dict, new: dict) -> dict:
+    """``old`` with the victims and stress tests that ``new`` measured replaced."""
+    for key in ("generator", "eps", "eps_bg", "seeds", "victim_seed", "quick"):
+        if old.get(key) != new[key]:
+            raise SystemExit(f"--update: {key} differs ({old.get(key)} there, {new[key]} now)")
+    merged = dict(old)
+    for key in ("victims", "stress", "quality", "data"):
+        merged[key] = {**old.get(key, {}), **new[key]}
+    merged["psnr"] = _mean([q["psnr"] for q in merged["quality"].values()])
+    merged["ssim"] = _mean([q["ssim"] for q in merged["quality"].values()])
+    merged["seconds"] = old["seconds"] + new["seconds"]
+    return merged
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    results = sandbox.measure(run, args)
+    if args.update and os.path.exists(args.out):
+        with open(args.out) as f:
+            results = merge(json.load(f), results)
+    publish(results, table(results), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
