@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 
-# The bundled mongod (6.0) makes FiftyOne print a deprecation notice on every start;
-# users who set the variable themselves keep their choice.
-os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-
-from fiftyone_unseg import cli as library_cli  # noqa: E402
-from trainer.config import load_config, shipped_configs  # noqa: E402
+from fiftyone_unseg import cli as library_cli
 
 
 def _cmd_train(args) -> int:
+    from trainer.config import load_config
     from trainer.loop import train
 
     overrides = {
@@ -26,6 +21,7 @@ def _cmd_train(args) -> int:
         "sam_checkpoint": args.sam_checkpoint,
         "seed": args.seed,
         "num_workers": args.num_workers,
+        "init": args.init,
     }
     for item in args.set or []:
         key, _, value = item.partition("=")
@@ -54,7 +50,9 @@ def add_train_command(subparsers) -> None:
         help="train a noise generator (bilevel, against a surrogate); torchrun for several GPUs",
     )
     p.add_argument(
-        "--config", default="tiny", help=f"shipped config ({', '.join(shipped_configs())}) or JSON"
+        "--config",
+        default="tiny",
+        help="a shipped config (name of a trainer/configs/*.json, e.g. tiny) or a JSON file",
     )
     p.add_argument(
         "--data",
@@ -63,6 +61,11 @@ def add_train_command(subparsers) -> None:
         "sample:NUM[:SEED[:STYLES[:SIZE]]]",
     )
     p.add_argument("--out", default="runs/train", help="output folder")
+    p.add_argument(
+        "--init",
+        help="start from a trained generator: 'default' (the shipped one) or a checkpoint "
+        "folder; with --config adapt, fine-tunes it to --data in minutes on a CPU",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -86,7 +89,9 @@ def add_train_command(subparsers) -> None:
         metavar="KEY=VALUE",
         help="any other config field, repeatable, VALUE as JSON (e.g. --set pretrain_steps=600)",
     )
-    p.set_defaults(func=_cmd_train, needs_database=False)  # only fiftyone: data connect
+    p.set_defaults(  # only fiftyone: data connect
+        func=_cmd_train, needs_database=False, interrupted="add --resume to continue"
+    )
 
 
 def main(argv=None) -> int:

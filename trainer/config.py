@@ -44,6 +44,9 @@ class TrainConfig:
     """
 
     generator: str | dict = "tiny"  # a registry name or a SamConfig dict
+    # start from a trained generator ("default": the shipped one, or a checkpoint folder):
+    # its layout and weights replace ``generator``'s; adapting it to one's own data
+    init: str | None = None
     sam_checkpoint: str | None = None  # official SAM weights for vit_* (local path)
     freeze_backbone: bool | None = None  # None: the generator config's own setting
     noise_highpass: int | None = None  # None: the generator config's own setting
@@ -111,7 +114,7 @@ class TrainConfig:
             self.object_context = tuple(self.object_context)
 
     def generator_config(self) -> SamConfig:
-        config = _sam_config(self.generator)
+        config = init_generator(self.init).config if self.init else _sam_config(self.generator)
         for name in ("freeze_backbone", "noise_highpass"):
             if getattr(self, name) is not None:
                 config = dataclasses.replace(config, **{name: getattr(self, name)})
@@ -146,6 +149,17 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config keys: {unknown}")
         return cls(**data)
+
+
+def init_generator(init: str):
+    """The generator ``init`` names: "default" (the shipped one) or a checkpoint folder,
+    loaded safely (:func:`fiftyone_unseg.checkpoint.load_generator`)."""
+    from fiftyone_unseg.checkpoint import load_generator
+
+    try:
+        return load_generator(None if init == "default" else init)
+    except FileNotFoundError as error:
+        raise ValueError(f"init {init!r}: {error}") from error
 
 
 def _sam_config(spec: str | dict) -> SamConfig:

@@ -31,7 +31,7 @@ from fiftyone_unseg.checkpoint import CONFIG_FILE, save_generator
 from fiftyone_unseg.modeling import NoiseGenerator, build_noise_generator
 from fiftyone_unseg.modeling.build import load_state_file
 from trainer import distributed
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, init_generator
 from trainer.data import PairDataset, load_pairs, split_pairs
 from trainer.eot import random_countermeasure
 from trainer.losses import mask_iou, mask_loss
@@ -127,10 +127,14 @@ class Trainer:
         self.generator = build_noise_generator(
             dataclasses.replace(self.gen_config, freeze_backbone=False), cfg.sam_checkpoint
         ).to(ctx.device)
+        if cfg.init:  # adapting a trained generator: its weights, this run's data
+            self.generator.load_state_dict(init_generator(cfg.init).state_dict())
         self.surrogate = self._new_surrogate().to(ctx.device)
         self.side = self.generator.img_size
         self.surrogate_side = self.surrogate.img_size
 
+        if not cfg.data:
+            raise ValueError("no training data: give --data (folders, fiftyone:DATASET, ...)")
         pairs = [p for spec in cfg.data for p in load_pairs(spec)]
         train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction)
         self.train_data = PairDataset(

@@ -1,0 +1,54 @@
+"""Adapting the shipped generator to one's own data (``unseg train --config adapt``)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from fiftyone_unseg.checkpoint import load_generator
+from trainer import distributed
+from trainer.config import load_config
+from trainer.loop import Trainer
+
+CPU = distributed.Context(0, 1, torch.device("cpu"))
+
+
+def _adapt_config(sample_dataset, **overrides):
+    return load_config(
+        "adapt",
+        data=[f"fiftyone:{sample_dataset.name}:instances"],
+        device="cpu",
+        batch_size=2,
+        surrogate_phase=1,
+        generator_phase=1,
+        max_steps=2,
+        val_images=2,
+        val_every=1000,
+        checkpoint_every=1000,
+        **overrides,
+    )
+
+
+def test_adapting_starts_from_the_default_and_trains_only_its_noise_head(sample_dataset, tmp_path):
+    default = load_generator()
+    cfg = _adapt_config(sample_dataset)
+    assert cfg.init == "default" and cfg.pretrain_steps == 0
+    assert cfg.generator_config() == default.config
+    trainer = Trainer(cfg, str(tmp_path / "run"), CPU)
+    before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+    assert all(torch.equal(v, default.state_dict()[k]) for k, v in before.items())
+    summary = trainer.run()
+    adapted = load_generator(summary["generator"])
+    after = adapted.state_dict()
+    head = {name for name, _ in adapted.named_parameters() if "noise" in name}
+    assert head and any(not torch.equal(before[k], after[k]) for k in head)
+    encoder = [k for k in after if k.startswith("image_encoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert adapted.generator_id != default.generator_id
+
+
+def test_adapting_needs_data_and_an_existing_generator(sample_dataset, tmp_path):
+    with pytest.raises(ValueError, match="no training data: give --data"):
+        Trainer(dataclasses.replace(_adapt_config(sample_dataset), data=[]), str(tmp_path), CPU)
+    with pytest.raises(ValueError, match="init 'nowhere/'"):
+        load_config("adapt", init="nowhere/").generator_config()
