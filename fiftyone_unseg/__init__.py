@@ -4,14 +4,22 @@ The public SDK lives here; the FiftyOne plugin is a thin layer in
 :mod:`fiftyone_unseg.plugin` over these functions.
 """
 
-__version__ = "0.1.0"
+import importlib
+import sys
+import types
 
-# The functions shadow their modules' names on purpose (``fiftyone_unseg.protect(...)``);
-# the modules stay importable as ``from fiftyone_unseg.protect import ...``.
-from fiftyone_unseg.checkpoint import load_generator, save_generator  # noqa: E402
-from fiftyone_unseg.export import export_protected  # noqa: E402
-from fiftyone_unseg.protect import protect, restore  # noqa: E402
-from fiftyone_unseg.visualize import visualize_noise  # noqa: E402
+from fiftyone_unseg import database  # noqa: F401  (quiets FiftyOne's MongoDB notice)
+
+__version__ = "0.1.0"
+_HOMES = {  # the SDK's functions and their modules, imported on first use
+    "evaluate_protection": "audit",
+    "export_protected": "export",
+    "load_generator": "checkpoint",
+    "protect": "protect",
+    "restore": "protect",
+    "save_generator": "checkpoint",
+    "visualize_noise": "visualize",
+}
 
 __all__ = [
     "evaluate_protection",
@@ -25,10 +33,21 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """``evaluate_protection`` is imported on first use: the audit pulls in its victims'
-    libraries (torchvision models, matplotlib), which ``import fiftyone_unseg`` need not."""
-    if name == "evaluate_protection":
-        from fiftyone_unseg.audit import evaluate_protection
+    """The SDK's functions, imported on first use: ``import fiftyone_unseg`` (and the
+    ``unseg`` command's start) need not load FiftyOne, torch or the audit's libraries."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
 
-        return evaluate_protection
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+class _Package(types.ModuleType):
+    """``fiftyone_unseg.protect`` stays the function when its module is imported (Python
+    would set the package's attribute to the module)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _HOMES.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -1,27 +1,30 @@
 """``unseg`` command-line verbs of the library (the trainer adds ``train``).
 
 Every verb is a thin wrapper: parse flags, call one SDK function, print a
-one-line summary.
+one-line summary. FiftyOne, torch and the SDK's modules are imported by the verb that
+runs, so ``--help`` and argument errors come without them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
-from fractions import Fraction
 
-import fiftyone as fo
 from tqdm import tqdm
 
-from fiftyone_unseg import database, sample_data
-from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
-from fiftyone_unseg.audit.baselines import BASELINES
-from fiftyone_unseg.audit.victims import VICTIMS
-from fiftyone_unseg.export import EXPORT_TYPES, export_protected
-from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG, protect, restore
-from fiftyone_unseg.summary import protection_summary, summary_markdown
-from fiftyone_unseg.visualize import visualize_noise
+from fiftyone_unseg import database
+from fiftyone_unseg.settings import (
+    DEFAULT_CLASS_MIX,
+    DEFAULT_EPS,
+    DEFAULT_EPS_BG,
+    parse_budget,
+    visibility_warning,
+)
+
+_open_bars = set()  # of tqdm_progress: closed before an interruption is reported
 
 
 def tqdm_progress(desc: str, unit: str = "img"):
@@ -32,20 +35,38 @@ def tqdm_progress(desc: str, unit: str = "img"):
         nonlocal bar
         if bar is None:
             bar = tqdm(total=total, desc=desc, unit=unit)
+            _open_bars.add(bar)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
+            _open_bars.discard(bar)
 
     return update
 
 
+class _Choices:
+    """argparse choices named by a module attribute, imported only when argparse reads
+    them (a value to check, an error or help to print)."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __iter__(self):
+        return iter(list(getattr(importlib.import_module(self.module), self.name)))
+
+    def __contains__(self, value) -> bool:
+        return value in list(self)
+
+
 def _cmd_sample_data(args) -> int:
+    from fiftyone_unseg import sample_data
+
     dataset = sample_data.create_sample_dataset(
         args.name,
         num=args.num,
         seed=args.seed,
         size=args.size,
-        styles=args.styles,
+        styles=args.styles or sample_data.DEFAULT_STYLES,
         dataset_dir=args.dir,
         overwrite=args.overwrite,
         progress=tqdm_progress("scenes"),
@@ -61,13 +82,15 @@ def _cmd_sample_data(args) -> int:
 
 
 def budget_arg(text: str) -> float:
-    """An L-infinity budget in [0, 1], written as a fraction (8/255) or a float (0.03)."""
+    """A budget as :func:`~fiftyone_unseg.settings.parse_budget` reads it (8/255, or 8 in
+    1/255 units), as a fraction of the image range; above 16/255 a warning on stderr."""
     try:
-        value = float(Fraction(text))
-    except (ValueError, ZeroDivisionError) as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or fraction like 8/255") from e
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]; write budgets like 8/255")
+        value = parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    warning = visibility_warning(value)
+    if warning:
+        print(f"unseg: warning: {warning}", file=sys.stderr)
     return value
 
 
@@ -93,6 +116,8 @@ def _shard(text: str) -> tuple[int, int]:
 
 def _collection(args):
     """The dataset named by ``--dataset``, or its saved view ``--view``."""
+    import fiftyone as fo
+
     if not fo.dataset_exists(args.dataset):
         raise ValueError(f"dataset {args.dataset!r} does not exist")
     dataset = fo.load_dataset(args.dataset)
@@ -119,6 +144,8 @@ def _exit_status(summary: dict) -> int:
 
 
 def _cmd_protect(args) -> int:
+    from fiftyone_unseg.protect import protect
+
     if args.classes and args.per_instance:
         raise ValueError("choose --classes or --per-instance, not both")
     try:
@@ -155,6 +182,8 @@ def _cmd_protect(args) -> int:
 
 
 def _cmd_restore(args) -> int:
+    from fiftyone_unseg.protect import restore
+
     summary = restore(_collection(args), delete_protected=args.delete_protected)
     print(
         f"Restored {summary['restored']} originals ({summary['unchanged']} unchanged, "
@@ -164,6 +193,8 @@ def _cmd_restore(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    from fiftyone_unseg.export import export_protected
+
     summary = export_protected(
         _collection(args),
         args.export_dir,
@@ -182,6 +213,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_visualize(args) -> int:
+    from fiftyone_unseg.visualize import visualize_noise
+
     summary = visualize_noise(
         _collection(args),
         heatmap_field=args.heatmap_field,
@@ -199,6 +232,8 @@ def _cmd_visualize(args) -> int:
 
 
 def _cmd_status(args) -> int:
+    from fiftyone_unseg.summary import protection_summary, summary_markdown
+
     summary = protection_summary(_collection(args), heatmap_field=args.heatmap_field)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -224,7 +259,13 @@ def _add_protect_commands(subparsers) -> None:
         "--label-field", required=True, help="Segmentation, Detections or Polylines field"
     )
     p.add_argument("--generator", help="generator checkpoint folder (default: the shipped one)")
-    p.add_argument("--eps", type=budget_arg, default=DEFAULT_EPS, help="object budget (8/255)")
+    p.add_argument(
+        "--eps",
+        type=budget_arg,
+        default=DEFAULT_EPS,
+        help="object budget: 8/255, or 8 (a plain number counts in 1/255); at most 64/255, "
+        "a warning above 16/255 (default 8/255)",
+    )
     p.add_argument(
         "--eps-bg",
         type=budget_arg,
@@ -253,7 +294,7 @@ def _add_protect_commands(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
     p.add_argument("--shard", type=_shard, help="i/n: this process's share of the samples")
     p.add_argument("--overwrite", action="store_true", help="protect already protected samples")
-    p.set_defaults(func=_cmd_protect)
+    p.set_defaults(func=_cmd_protect, interrupted="re-run the same command to resume")
 
     p = subparsers.add_parser("restore", help="put original images back as the samples' filepath")
     _add_target(p)
@@ -276,7 +317,13 @@ def _add_protect_commands(subparsers) -> None:
         nargs="+",
         help="the label field to export (several: --format fiftyone only; none: --format images)",
     )
-    p.add_argument("--format", choices=EXPORT_TYPES, default="coco", help="export format")
+    p.add_argument(
+        "--format",
+        choices=_Choices("fiftyone_unseg.export", "EXPORT_TYPES"),
+        default="coco",
+        metavar="FORMAT",
+        help="export format: %(choices)s (default %(default)s)",
+    )
     p.add_argument(
         "--skip-unprotected", action="store_true", help="leave out samples not protected"
     )
@@ -318,10 +365,13 @@ def _per_victim(values: list[str] | None) -> int | dict | None:
 
 
 def _cmd_evaluate(args) -> int:
+    from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
+    from fiftyone_unseg.audit.victims import VICTIMS
+
     report = evaluate_protection(
         _collection(args),
         args.label_field,
-        victims=args.victims,
+        victims=args.victims or VICTIMS,
         semantic_field=args.semantic_field,
         protected_field=None if args.protected_field == "none" else args.protected_field,
         baselines=args.baselines,
@@ -339,7 +389,7 @@ def _cmd_evaluate(args) -> int:
         sam_checkpoint=args.sam_checkpoint,
         semantic_weights=args.semantic_weights,
         output_dir=args.output_dir,
-        run_key=args.run_key,
+        run_key=args.run_key or DEFAULT_RUN_KEY,
         progress=tqdm_progress("victim training", unit="epoch"),
     )
     print(report.table())
@@ -365,14 +415,27 @@ def _add_evaluate_command(subparsers) -> None:
     _add_target(p, "audit")
     p.add_argument("--label-field", required=True, help="instances for yolo / sam, e.g. instances")
     p.add_argument("--semantic-field", help="Segmentation field for the semantic victim")
-    p.add_argument("--victims", nargs="+", choices=VICTIMS, default=list(VICTIMS))
+    p.add_argument(
+        "--victims",
+        nargs="+",
+        choices=_Choices("fiftyone_unseg.audit.victims", "VICTIMS"),
+        metavar="VICTIM",
+        help="%(choices)s (default: all)",
+    )
     p.add_argument(
         "--protected-field",
         default="protected_filepath",
         help="field of the protected images ('none': baselines only, or with no baselines "
         "clean training alone, to check that the victims learn at these settings)",
     )
-    p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=[])
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        choices=_Choices("fiftyone_unseg.audit.baselines", "BASELINES"),
+        default=[],
+        metavar="BASELINE",
+        help="%(choices)s",
+    )
     p.add_argument("--countermeasure", help="jpeg:75, blur:1.0, downscale:0.5 or grayscale")
     p.add_argument(
         "--eps",
@@ -404,7 +467,9 @@ def _add_evaluate_command(subparsers) -> None:
     p.add_argument(
         "--output-dir", help="default: <FiftyOne dataset dir>/unseg-audit/<dataset>/<key>"
     )
-    p.add_argument("--run-key", default=DEFAULT_RUN_KEY)
+    p.add_argument(
+        "--run-key", help="key of the run recorded on the dataset (default: unseg_audit)"
+    )
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -421,9 +486,9 @@ def add_commands(subparsers) -> None:
     p.add_argument(
         "--styles",
         nargs="+",
-        default=list(sample_data.DEFAULT_STYLES),
-        choices=sample_data.STYLES,
-        help="scene styles, assigned round-robin",
+        choices=_Choices("fiftyone_unseg.sample_data", "STYLES"),
+        metavar="STYLE",
+        help="scene styles, assigned round-robin: %(choices)s (default: photo and texture)",
     )
     p.add_argument("--dir", default=None, help="where to write the image and mask files")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
@@ -444,12 +509,25 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
 
 
 def run(parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse ``argv`` and run the chosen verb; user errors exit with status 2."""
+    """Parse ``argv`` and run the chosen verb. User errors exit with status 2; Ctrl-C with
+    130 and one line (a verb's ``interrupted`` default says how to go on); a reader that
+    stops reading the output (``| head``) with 141, quietly, as a tool killed by SIGPIPE."""
     args = parser.parse_args(argv)
-    if getattr(args, "needs_database", True):
-        database.connect()
     try:
-        return args.func(args)
+        if getattr(args, "needs_database", True):
+            database.connect()
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe raises here, not at exit
+        return status
     except ValueError as e:
         print(f"unseg {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        while _open_bars:
+            _open_bars.pop().close()
+        hint = getattr(args, "interrupted", None)
+        print(f"unseg {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
+        return 141

@@ -1,6 +1,7 @@
 """FiftyOne on an external MongoDB given by FIFTYONE_DATABASE_URI."""
 
 import fcntl
+import json
 import os
 import socket
 import subprocess
@@ -109,3 +110,69 @@ def _open_files(pid: int) -> set:
         except OSError:  # closed meanwhile
             pass
     return paths
+
+
+@pytest.mark.slow
+def test_a_failed_database_start_is_retried(unseg):
+    """A port inherited from a parent whose database is gone: the first connection fails
+    (after pymongo's 30 s), the next forgets the port and finds or starts the service."""
+    dead = {"FIFTYONE_PRIVATE_DATABASE_PORT": str(_free_port())}
+    proc = unseg("restore", "--dataset", "no-such-dataset", env=dead, check=False)
+    assert "did not start" in proc.stderr and "retrying in 2 s" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "'no-such-dataset' does not exist" in proc.stderr
+
+
+RACE = """
+python -c "import fiftyone as fo; fo.Dataset('d', persistent=True)"  # its service then stops
+for i in 1 2; do (while :; do :; done) & done
+for i in 1 2 3 4; do "$UNSEG" status --dataset d --json >"$OUT/out$i" 2>"$OUT/err$i" & done
+for job in $(jobs -p | tail -n 4); do wait "$job"; echo $? >>"$OUT/codes"; done
+"""
+
+
+@pytest.mark.slow
+def test_processes_started_together_on_a_busy_cpu_all_connect(tmp_path):
+    """Shards, the App, workers and the CLI start together: in a PID namespace (no database
+    service of this user in sight) with a fresh database, 4 ``unseg status`` start at once,
+    on a CPU kept busy, just after the service of the process that made the dataset ends."""
+    if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"]).returncode:
+        pytest.skip("needs unshare --pid (root or user namespaces)")
+    keep = ("FIFTYONE_PRIVATE_DATABASE_PORT", "FIFTYONE_DATABASE_URI")
+    env = {k: v for k, v in os.environ.items() if k not in keep}
+    env.update(
+        FIFTYONE_DATABASE_DIR=str(tmp_path / "db"),
+        FIFTYONE_DATABASE_NAME="unseg-race",
+        TMPDIR=str(tmp_path),
+        OMP_NUM_THREADS="1",
+        OUT=str(tmp_path),
+        UNSEG=os.path.join(os.path.dirname(sys.executable), "unseg"),
+        PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"],
+    )
+    subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c", RACE],
+        env=env,
+        timeout=600,
+        check=True,
+    )
+    errors = [(tmp_path / f"err{i}").read_text() for i in range(1, 5)]
+    assert (tmp_path / "codes").read_text().split() == ["0"] * 4, errors
+    for i in range(1, 5):
+        assert json.loads((tmp_path / f"out{i}").read_text())["num_samples"] == 0
+
+
+def test_python_sessions_do_not_print_mongodbs_oldest_version_notice():
+    """FiftyOne's notice that its bundled MongoDB is the oldest supported came with every
+    ``fo.load_dataset``; importing fiftyone_unseg, before or after fiftyone, drops it."""
+    env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_DATABASE_VALIDATION"}
+
+    def output(code: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
+        assert run.returncode == 0, run.stdout
+        return run.stdout.decode()
+
+    notice = "oldest supported major version"
+    if notice not in output("import fiftyone as fo; fo.list_datasets()"):
+        pytest.skip("this FiftyOne and MongoDB print no such notice")
+    assert notice not in output("import fiftyone as fo, fiftyone_unseg; fo.list_datasets()")

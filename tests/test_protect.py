@@ -12,7 +12,7 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 import torch
-from fiftyone.operators.executor import ExecutionError
+from fiftyone.operators.executor import ExecutionContext, ExecutionError
 from PIL import Image
 from skimage.metrics import structural_similarity
 from test_modeling import MICRO
@@ -518,7 +518,8 @@ def test_invalid_requests_name_the_problem(tmp_path, generators):
         ({"label_field": "nope"}, "'nope' does not exist"),
         ({"label_field": "kind"}, "'kind' holds Classification"),
         ({"label_field": "dets", "prompt": ["unicorn"]}, r"\['unicorn'\] do not occur"),
-        ({"label_field": "dets", "eps": 2.0}, "budgets must satisfy"),
+        ({"label_field": "dets", "eps": 2.0}, r"eps=2 is 510/255 .* \(for 2/255 write 2/255\)"),
+        ({"label_field": "dets", "eps": 1}, "eps=1 is 255/255 of the image range"),
         ({"label_field": "dets", "eps_bg": 0.1}, "budgets must satisfy"),
         ({"label_field": "dets", "image_format": "gif"}, "image_format"),
         ({"label_field": "dets", "shard": (2, 2)}, "shard"),
@@ -577,9 +578,27 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     args = ["protect", "--dataset", "cli-errors", "--view", "nope", "--label-field", "dets"]
     assert cli.run(parser, args) == 2 and "no saved view 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parser.parse_args(["protect", "--dataset", "x", "--label-field", "y", "--eps", "8"])
-    with pytest.raises(SystemExit):
         parser.parse_args(["protect", "--dataset", "x", "--label-field", "y", "--class-mix", "2"])
+
+
+def test_budgets_count_in_255ths_wherever_they_are_typed(capsys):
+    """``--eps 8`` is 8/255 as in the App's form; what reads as a fraction of the range
+    (0.03) or is above 64/255 is refused, and above 16/255 warned about."""
+    parser = cli.build_parser()
+    target = ["--dataset", "x", "--label-field", "y"]
+    for typed, expected in [("8", 8 / 255), ("8/255", 8 / 255), ("1", 1 / 255), ("2", 2 / 255),
+                            ("0.25/255", 0.25 / 255), ("0", 0.0), ("16", 16 / 255)]:  # fmt: skip
+        args = parser.parse_args(["evaluate", *target, "--eps-bg", typed])
+        assert args.eps_bg == pytest.approx(expected), typed
+    assert "warning" not in capsys.readouterr().err
+    for typed, message in [("0.03", "ambiguous: .* 7.65/255 for 0.03 of the range"),
+                           ("65", "outside \\[0, 64/255\\]"), ("-1", "outside"),
+                           ("8/255x", "not a budget like 8/255")]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            parser.parse_args(["evaluate", *target, "--eps", typed])
+        assert re.search(message, capsys.readouterr().err), typed
+    parser.parse_args(["evaluate", *target, "--eps", "24"])
+    assert "24/255 is above 16/255: the noise shows" in capsys.readouterr().err
 
 
 def test_operators_protect_and_restore(tmp_path, generators):
@@ -626,3 +645,9 @@ def test_protect_operator_form_rejects_what_cannot_run(tmp_path, generators):
             foo.execute_operator(
                 "@unseg/unseg/protect_samples", ctx={"dataset": name, "params": params}
             )
+    operator = foo.get_operator("@unseg/unseg/protect_samples")
+    for eps, warned in ((16.0, False), (24.0, True)):  # /255, as --eps counts
+        ctx = ExecutionContext({"dataset_name": scenes.name, "params": {"eps": eps}})
+        fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+        assert ("budget_visible" in fields) == warned
+    assert "24/255 is above 16/255" in fields["budget_visible"]["view"]["label"]

@@ -125,3 +125,42 @@ def test_two_runs_on_overlapping_views_leave_each_sample_consistent(tmp_path, ge
         noise = np.abs(io.read_rgb(sample.protected_filepath) - io.read_rgb(sample.filepath))
         assert noise.max() == pytest.approx(sample.unseg.linf, abs=1e-6)
         assert noise.max() <= sample.unseg.eps + 1e-6
+
+
+def test_ctrl_c_says_how_to_go_on_in_one_line(tmp_path, generators):  # noqa: F811
+    images = {f"i{i:02d}.png": Image.fromarray(_texture(256, 256, i)) for i in range(24)}
+    dataset = _dataset("interrupted", tmp_path, images)
+    output = default_output_dir(dataset)
+    proc = _start("protect", "--dataset", "interrupted", "--label-field", "dets",
+                  "--batch-size", "2", "--generator", generators["random"])  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (os.path.isdir(output) and os.listdir(output)):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.rstrip().endswith("unseg protect: interrupted; re-run the same command to resume")
+
+
+def test_a_reader_that_stops_reading_ends_the_output_quietly():
+    fo.Dataset("piped", persistent=True, overwrite=True)
+    proc = _start("status", "--dataset", "piped", "--json")
+    proc.stdout.close()  # as `| head -1` does once it has its line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and not err, err
+
+
+def test_help_and_argument_errors_load_neither_fiftyone_nor_torch():
+    """``unseg --help`` took 10 s when every verb's modules were imported to build it."""
+    code = (
+        "import sys\nfrom trainer.cli import main\n"
+        "for argv in (['--help'], ['protect', '--help'], ['train', '--help'],"
+        " ['protect', '--dataset', 'd', '--label-field', 'f', '--eps', '0.03']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('loaded:', sorted(m for m in ('fiftyone', 'torch') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert proc.stdout.endswith("loaded: []\n"), proc.stdout[-500:] + proc.stderr[-2000:]
+    assert "'0.03' is ambiguous" in proc.stderr

@@ -7,7 +7,8 @@ from fiftyone_unseg.checkpoint import DEFAULT_GENERATOR_DIR, WEIGHTS_FILE
 from fiftyone_unseg.labels import class_names, supported_label_fields
 from fiftyone_unseg.plugin.forms import form_error, require_protection, target_form
 from fiftyone_unseg.plugin.progress import app_progress
-from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, protect, restore
+from fiftyone_unseg.protect import protect, restore
+from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, MAX_BUDGET, visibility_warning
 from fiftyone_unseg.visualize import visualize_noise
 
 PROMPTS = {
@@ -81,7 +82,9 @@ class ProtectSamples(foo.Operator):
             field_choices.add_choice(name, label=name)
         inputs.enum("label_field", fields, default=fields[0], required=True, view=field_choices)
         self._prompt_inputs(ctx, inputs, ctx.params.get("label_field") or fields[0])
-        inputs.float("eps", label="Object budget (/255)", default=8.0, min=0.01, max=64.0)
+        inputs.float(
+            "eps", label="Object budget (/255)", default=8.0, min=0.01, max=MAX_BUDGET * 255
+        )
         inputs.float(
             "eps_bg",
             label="Background budget (/255)",
@@ -92,13 +95,16 @@ class ProtectSamples(foo.Operator):
             ),
             default=2.0,
             min=0.0,
-            max=64.0,
+            max=MAX_BUDGET * 255,
         )
         eps, eps_bg = ctx.params.get("eps"), ctx.params.get("eps_bg")
         if eps is not None and eps_bg is not None and eps_bg > eps:
             form_error(
                 inputs, "budget_order", "The background budget must not exceed the object one"
             )
+        warning = visibility_warning(max(eps or 0, eps_bg or 0) / 255)
+        if warning:
+            inputs.view("budget_visible", types.Warning(label=warning.capitalize()))
         inputs.float(
             "class_mix",
             label="Class key: share of each class's secret texture in its noise (0: none)",

@@ -1,0 +1,80 @@
+"""The protection settings people type: defaults, the budget unit and its checks.
+
+Budgets are L-infinity bounds on the noise, as fractions of the image range (``8/255``).
+Where people type them (``unseg --eps``, the App's form) a plain number counts in 1/255
+units, so ``8`` is 8/255 everywhere. Nothing heavy is imported here: the CLI's parser and
+the App's form use this module without FiftyOne or torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+DEFAULT_EPS = 8 / 255
+DEFAULT_EPS_BG = 2 / 255
+DEFAULT_CLASS_MIX = 0.0
+MAX_BUDGET = 64 / 255
+"""Budgets above are refused: a quarter of the range, plain to see."""
+VISIBLE_BUDGET = 16 / 255
+"""Budgets above are warned about: twice the paper's object budget, the noise shows."""
+
+
+def in_255(value: float) -> str:
+    """``value`` written in 1/255 units: 0.0314 -> "8/255"."""
+    return f"{value * 255:.4g}/255"
+
+
+def psnr_at(budget: float) -> float:
+    """The PSNR (dB) of noise at the full budget on every pixel (the lowest it can be)."""
+    return 20 * math.log10(1 / budget)
+
+
+def parse_budget(text: str) -> float:
+    """A budget as typed: ``8/255`` (any fraction) or a plain number in 1/255 units
+    (``8`` = 8/255). A plain number in (0, 1) is refused: ``0.03`` reads as a fraction of
+    the range as much as 0.03/255. Raises ``ValueError`` naming the problem."""
+    numerator, slash, denominator = text.strip().partition("/")
+    try:
+        value = float(numerator) / (float(denominator) if slash else 255)
+    except (ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"{text!r} is not a budget like 8/255 or 8 (in 1/255 units)") from e
+    if not slash and 0 < float(numerator) < 1:
+        raise ValueError(
+            f"{text!r} is ambiguous: a plain number counts in 1/255 units; write "
+            f"{text}/255 for that, or {in_255(float(numerator))} for {text} of the range"
+        )
+    if not 0 <= value <= MAX_BUDGET:
+        raise ValueError(f"{text!r} is {in_255(value)}, outside [0, {in_255(MAX_BUDGET)}]")
+    return value
+
+
+def check_budget(value: float, name: str) -> None:
+    """Refuse a budget (a fraction of the range) outside [0, 64/255]; ``name`` says what was
+    given."""
+    if not 0 <= value <= MAX_BUDGET:
+        meant = f" (for {value:g}/255 write {value:g}/255)" if 1 <= value <= 64 else ""
+        raise ValueError(
+            f"{name} is {in_255(value)} of the image range, outside [0, {in_255(MAX_BUDGET)}]: "
+            f"budgets are fractions of the range, e.g. 8/255{meant}"
+        )
+
+
+def check_budgets(eps: float, eps_bg: float) -> None:
+    """Refuse an object budget outside (0, 64/255] or a background budget outside [0, eps]."""
+    check_budget(eps, f"eps={eps:g}")
+    check_budget(eps_bg, f"eps_bg={eps_bg:g}")
+    if eps == 0 or eps_bg > eps:
+        raise ValueError(
+            f"budgets must satisfy 0 <= eps_bg <= eps and eps > 0; got eps={in_255(eps)}, "
+            f"eps_bg={in_255(eps_bg)}"
+        )
+
+
+def visibility_warning(budget: float) -> str | None:
+    """Why ``budget`` shows, if it is above 16/255."""
+    if budget > VISIBLE_BUDGET:
+        return (
+            f"a budget of {in_255(budget)} is above {in_255(VISIBLE_BUDGET)}: the noise shows "
+            f"(PSNR down to {psnr_at(budget):.0f} dB where it is at full budget)"
+        )
+    return None
