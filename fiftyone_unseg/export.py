@@ -22,11 +22,19 @@ import time
 
 import fiftyone as fo
 import fiftyone.core.media as fom
+import fiftyone.utils.data as foud
+import fiftyone.utils.data.exporters as foue
 import fiftyone.utils.labels as fou
 
 from fiftyone_unseg import io as uio
 from fiftyone_unseg.panoptic import IMAGE_ID_FIELD, unique_image_ids
-from fiftyone_unseg.protect import optional_values
+from fiftyone_unseg.protect import (
+    CURRENT,
+    STALE,
+    optional_values,
+    original_paths,
+    protection_states,
+)
 
 # Formats by the names the CLI and the App offer; the SDK takes any ``fo.types`` class too.
 EXPORT_TYPES = {
@@ -64,24 +72,27 @@ def export_protected(
       dataset_type: a name in :data:`EXPORT_TYPES` or a ``fo.types`` dataset type.
       label_field: the label field to export (several only for the ``fiftyone``
         format); None for the images alone (``images``), which takes none.
-      skip_unprotected: leave out samples without a protected copy; by default they
-        stop the export (a published copy must not contain an original).
+      skip_unprotected: leave out samples without a protected copy made from what they
+        hold now (:func:`fiftyone_unseg.protect.protection_states`: none, or a stale one
+        made from an image or label that changed since); by default they stop the
+        export (a published copy must not contain an original, or an old picture).
       overwrite: replace an existing, non-empty ``export_dir``.
       progress: optional ``progress(done, total)`` callable, over the images.
       kwargs: passed to FiftyOne's exporter (``fo.SampleCollection.export``).
 
-    Returns ``exported``, ``skipped`` (unprotected samples left out), ``export_dir``
-    and ``seconds``. Raises ValueError, before anything is written, naming the samples
-    when some have no protected copy, or when a protected file is missing or was not
-    written for its sample.
+    Returns ``exported``, ``skipped`` (unprotected or stale samples left out),
+    ``export_dir`` and ``seconds``. Raises ValueError, before anything is written, naming
+    the samples when some have no current protected copy, or when a protected file is
+    missing or was not written for its sample; and naming the field when the format
+    cannot take its label type.
     """
     started = time.monotonic()
     if samples.media_type != fom.IMAGE:
         raise ValueError(f"export works on images; this collection holds {samples.media_type}")
     dataset_type = _dataset_type(dataset_type)
     fields = [label_field] if isinstance(label_field, str) else list(label_field or [])
-    _check_fields(samples, dataset_type, fields)
     export_dir = os.path.abspath(export_dir)
+    _check_fields(samples, dataset_type, fields, export_dir)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"{export_dir} exists and is not a folder")
     if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
@@ -90,16 +101,22 @@ def export_protected(
     # Read from the dataset: a view may have left these fields out.
     ids = samples.values("id")
     stored = samples._dataset.select(ids, ordered=True)
-    filepaths = stored.values("filepath")
-    originals = [o or f for o, f in zip(optional_values(stored, "original_filepath"), filepaths)]
+    originals = original_paths(stored)
     protected = optional_values(stored, "protected_filepath")
-    unprotected = [i for i, path in enumerate(protected) if not path]
-    if unprotected and not skip_unprotected:
-        raise ValueError(
-            f"{len(unprotected)} of {len(ids)} samples have no protected copy, e.g. "
-            f"{_name(unprotected, ids, originals)}: protect them first, or skip them"
-        )
-    kept = [i for i in range(len(ids)) if protected[i]]
+    states = protection_states(stored)
+    missing = [i for i, state in enumerate(states) if state is None]
+    stale = [i for i, state in enumerate(states) if state == STALE]
+    if (missing or stale) and not skip_unprotected:
+        problems = [
+            f"{len(indices)} of {len(ids)} samples {what}, e.g. {_name(indices, ids, originals)}"
+            for indices, what in (
+                (missing, "have no protected copy"),
+                (stale, "changed since they were protected (their image or label)"),
+            )
+            if indices
+        ]
+        raise ValueError("; ".join(problems) + ": protect them (again), or skip them")
+    kept = [i for i, state in enumerate(states) if state == CURRENT]
     if not kept:
         raise ValueError("nothing to export: no sample here has a protected copy")
     _check_owned([ids[i] for i in kept], [protected[i] for i in kept])
@@ -147,7 +164,7 @@ def export_protected(
         shutil.rmtree(work, ignore_errors=True)
     return {
         "exported": len(kept),
-        "skipped": len(unprotected),
+        "skipped": len(missing) + len(stale),
         "export_dir": export_dir,
         "seconds": round(time.monotonic() - started, 3),
     }
@@ -187,9 +204,10 @@ def _dataset_type(dataset_type):
     return dataset_type
 
 
-def _check_fields(samples, dataset_type, fields: list[str]) -> None:
+def _check_fields(samples, dataset_type, fields: list[str], export_dir: str) -> None:
     """ValueError unless ``fields`` exist and suit ``dataset_type``: none for image-only
-    types, one for labelled formats, several only for FiftyOne's own."""
+    types, one for labelled formats, of a label type its exporter takes, several only for
+    FiftyOne's own."""
     missing = [f for f in fields if not samples.has_field(f)]
     if missing:
         raise ValueError(f"no label field {', '.join(map(repr, missing))} in these samples")
@@ -203,6 +221,29 @@ def _check_fields(samples, dataset_type, fields: list[str]) -> None:
             f"{kind.__name__} exports one label field (given: {', '.join(fields) or 'none'}); "
             "the fiftyone format takes several"
         )
+    if fields:
+        _check_label_type(samples, dataset_type, fields[0], export_dir)
+
+
+def _check_label_type(samples, dataset_type, field: str, export_dir: str) -> None:
+    """ValueError if the exporter of ``dataset_type`` cannot take ``field``'s label type,
+    by FiftyOne's own rule (run here before any work, not when the exporter meets it)."""
+    exporter, _ = foud.build_dataset_exporter(dataset_type, export_dir=export_dir)  # no I/O
+    try:
+        foue._make_label_coercion_functions(field, samples, exporter)
+    except ValueError:
+        schema = samples.get_field(field)
+        label_type = getattr(schema, "document_type", None) or type(schema)
+        accepted = exporter.label_cls
+        if isinstance(accepted, dict):
+            accepted = list(accepted.values())
+        elif not isinstance(accepted, (list, tuple)):
+            accepted = [accepted]
+        names = ", ".join(t.__name__ for t in accepted)
+        raise ValueError(
+            f"{_kind(dataset_type).__name__} cannot export {field!r} ({label_type.__name__} "
+            f"labels); it takes {names}"
+        ) from None
 
 
 def _kind(dataset_type) -> type:

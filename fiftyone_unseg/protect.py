@@ -35,6 +35,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import fiftyone as fo
@@ -52,8 +53,10 @@ from fiftyone_unseg.geometry import Frame, row_bands
 from fiftyone_unseg.io import encode_marked, marker, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
 from fiftyone_unseg.modeling import NoiseGenerator
-from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG, check_budgets
 
+DEFAULT_EPS = 8 / 255
+DEFAULT_EPS_BG = 2 / 255
+DEFAULT_CLASS_MIX = 0.0
 DEFAULT_RUN_KEY = "unseg_protect"
 FORMATS = ("png", "jpg")
 # The facts stored in each protected sample's ``unseg`` field.
@@ -72,6 +75,8 @@ FACT_FIELDS = {
     "ssim": fo.FloatField,
     "had_segments": fo.BooleanField,
     "num_segments": fo.IntField,
+    "source_hash": fo.StringField,
+    "label_hash": fo.StringField,
 }
 # A sample protected with the same values of these is not protected again.
 SETTINGS = (
@@ -85,6 +90,10 @@ SETTINGS = (
     "class_mix",
     "class_key",
 )
+# What protection_states says of a sample's copy (None: it has none).
+CURRENT, STALE = "current", "stale"
+# The attributes of a label (or of its detections / polylines) that its segments are made of.
+_PROMPT_ATTRIBUTES = ("label", "bounding_box", "points", "mask", "mask_path")
 
 _BATCH_PIXELS = 16_000_000  # pixels per batch; a larger image is done alone
 _DECODE_CHUNK = 64  # prompts decoded at once (instance mode can have many per image)
@@ -114,6 +123,7 @@ class _Loaded:
     model_input: torch.Tensor  # 3xSxS
     prompts: torch.Tensor  # Kx1x(S/4)x(S/4): the union, then one per segment in instance mode
     num_segments: int
+    made_from: dict  # source_hash and label_hash: what the copy is made from
 
 
 def protect(
@@ -135,6 +145,8 @@ def protect(
     run_key: str = DEFAULT_RUN_KEY,
     class_mix: float = DEFAULT_CLASS_MIX,
     class_key: str | None = None,
+    background="auto",
+    ignore="auto",
 ) -> dict:
     """Write a protected copy of every image in ``samples``; originals are never touched.
 
@@ -145,8 +157,7 @@ def protect(
         :mod:`fiftyone_unseg.labels` for how each type is rasterised).
       generator: a checkpoint directory, a loaded ``NoiseGenerator``, or None for the
         shipped default.
-      eps, eps_bg: L-infinity budgets on object and background pixels, as fractions of
-        the image range (8/255; at most 64/255, eps_bg <= eps).
+      eps, eps_bg: L-infinity budgets in [0, 1] on object and background pixels.
       prompt: "all" (default, as the reference: one pass prompted with the union of
         all segments), a list of class names (the union of those classes' segments;
         other segments get the background budget), or "instance" (one extra decoder
@@ -172,22 +183,33 @@ def protect(
       class_key: the secret the class textures are drawn from; default: derived from the
         dataset's database id, so every run and shard on this dataset uses the same one.
         Only its fingerprint is recorded.
+      background, ignore: of a Segmentation field, the pixel value that is background
+        (None: every class is an object) and the values that are no class (void): both
+        get the background budget. "auto" reads them from the mask targets (see
+        :func:`fiftyone_unseg.labels.segment_values`); values other than FiftyOne's
+        convention (0 background, nothing ignored) are recorded in ``prompt``.
 
     Each protected sample gets ``protected_filepath`` and an ``unseg`` document:
     the settings (``generator_id``, ``label_field``, ``prompt``, ``eps``, ``eps_bg``,
     ``format``, ``quality``, ``class_mix``, ``class_key``: the key's fingerprint) and
     the measured ``linf`` (in [0, 1], like the budgets), ``psnr`` (dB) and ``ssim``
-    against the original, ``had_segments`` and
-    ``num_segments``. Samples without segments get background noise only. Samples
-    already protected with the same settings, whose file exists, are skipped.
+    against the original, ``had_segments``, ``num_segments``, and what the copy was
+    made from: ``source_hash`` (of the original image file's bytes) and ``label_hash``
+    (of the stored label, see :func:`label_hash`). Samples without segments get
+    background noise only. Samples already protected with the same settings from what
+    they hold now (:func:`protection_states`), whose file exists, are skipped.
     Unreadable images are reported and skipped. Samples that another process is
     protecting at the same time are left to it (``busy``). A full or read-only output
-    folder stops the run (``stopped``; the samples not done are failures).
+    folder stops the run (``stopped``; the samples not done are failures). A re-protected
+    sample's earlier copy, if elsewhere, and its noise images are deleted, and the
+    fields pointing at those cleared.
 
     Returns a summary: ``total``, ``protected``, ``skipped``, ``no_segments`` (of the
     protected, those without segments), ``busy``, ``failed``, ``failures`` (sample id,
     path and reason), ``stopped`` (why the run stopped early, else None),
-    ``output_dir``, ``run_key``, ``seconds``.
+    ``output_dir``, ``run_key``, ``seconds`` and ``state``: how many of the run's
+    samples are protected, stale and unprotected when it ends. It is recorded as the
+    run's results also when the run is interrupted (Ctrl-C), then re-raised.
     """
     started = time.monotonic()
     image_format = _check_options(
@@ -197,7 +219,7 @@ def protect(
         raise ValueError(f"protect works on images; this collection holds {samples.media_type}")
     if len(samples) == 0:
         raise ValueError("nothing to protect: the collection has no samples")
-    spec = resolve_prompt(samples, label_field, prompt)
+    spec = resolve_prompt(samples, label_field, prompt, background, ignore)
     model = _load_model(generator, device)
     dataset = samples._dataset
     keys = None
@@ -224,6 +246,8 @@ def protect(
     view = _shard_view(samples, shard)
     ids, tasks = _plan(view, settings, output_dir, overwrite)
     total, skipped = len(ids), len(ids) - len(tasks)
+    todo = {task.id for task in tasks}
+    _sync_filepaths(dataset, [i for i in ids if i not in todo], replace_filepath)
     if progress is not None:
         progress(skipped, total)
 
@@ -231,30 +255,40 @@ def protect(
         if progress is not None:
             progress(skipped + done, total)
 
-    run = _Run(model, view, spec, settings, keys, overwrite, device, report)
-    run.protect(tasks, batch_size)
-    _sync_filepaths(dataset, set(ids), replace_filepath)
-    summary = {
-        "total": total,
-        "protected": run.protected,
-        "skipped": skipped + run.skipped,
-        "no_segments": run.no_segments,
-        "busy": run.busy,
-        "failed": len(run.failures),
-        "failures": run.failures,
-        "stopped": run.stopped,
-        "output_dir": output_dir,
-        "run_key": run_key if shard is None else f"{run_key}_shard{shard[0]}of{shard[1]}",
-        "seconds": round(time.monotonic() - started, 3),
-    }
-    config = {
-        **settings,
-        "output_dir": output_dir,
-        "replace_filepath": replace_filepath,
-        "shard": shard,
-        "batch_size": batch_size,
-    }
-    _record_run(samples, summary["run_key"], config, summary)
+    run = _Run(model, view, spec, settings, keys, overwrite, replace_filepath, device, report)
+    try:
+        run.protect(tasks, batch_size)
+    except BaseException as error:  # Ctrl-C too: the record says what was done
+        run.stopped = f"interrupted ({type(error).__name__})"
+        raise
+    finally:
+        states = Counter(protection_states(view))
+        summary = {
+            "total": total,
+            "protected": run.protected,
+            "skipped": skipped + run.skipped,
+            "no_segments": run.no_segments,
+            "busy": run.busy,
+            "failed": len(run.failures),
+            "failures": run.failures,
+            "stopped": run.stopped,
+            "output_dir": output_dir,
+            "run_key": run_key if shard is None else f"{run_key}_shard{shard[0]}of{shard[1]}",
+            "seconds": round(time.monotonic() - started, 3),
+            "state": {
+                "protected": states[CURRENT],
+                "stale": states[STALE],
+                "unprotected": states[None],
+            },
+        }
+        config = {
+            **settings,
+            "output_dir": output_dir,
+            "replace_filepath": replace_filepath,
+            "shard": shard,
+            "batch_size": batch_size,
+        }
+        _record_run(samples, summary["run_key"], config, summary)
     return summary
 
 
@@ -262,9 +296,10 @@ def restore(samples, delete_protected: bool = False) -> dict:
     """Put the original images back as ``filepath`` where protection replaced them.
 
     Idempotent. Protected files stay on disk and in ``protected_filepath`` unless
-    ``delete_protected``: then the files this package wrote for these samples are
-    deleted and their ``protected_filepath`` and ``unseg`` fields cleared.
-    Returns counts: ``restored``, ``unchanged``, ``deleted``.
+    ``delete_protected``: then the files this package wrote for these samples (protected
+    copies and their noise images) are deleted, their ``protected_filepath`` and
+    ``unseg`` fields and the fields pointing at their noise images cleared.
+    Returns counts: ``restored``, ``unchanged``, ``deleted`` (protected copies).
     """
     ids = samples.values("id")
     originals = optional_values(samples, "original_filepath")
@@ -273,13 +308,11 @@ def restore(samples, delete_protected: bool = False) -> dict:
     if restored:
         dataset.set_values("filepath", restored, key_field="id")
         dataset.set_values("original_filepath", dict.fromkeys(restored), key_field="id")
+        _refresh_metadata(dataset, restored)
     deleted = 0
     if delete_protected:
         protected = {i: p for i, p in zip(ids, optional_values(samples, "protected_filepath")) if p}
-        for sample_id, path in protected.items():
-            if os.path.isfile(path) and marker(path) == sample_id:
-                os.remove(path)
-                deleted += 1
+        deleted = _discard(dataset, protected)
         for field in ("protected_filepath", "unseg"):
             dataset.set_values(field, dict.fromkeys(protected), key_field="id")
     return {"restored": len(restored), "unchanged": len(ids) - len(restored), "deleted": deleted}
@@ -309,6 +342,96 @@ def shard_of(sample_id: str, num_shards: int) -> int:
     return int.from_bytes(digest[:8], "big") % num_shards
 
 
+def protection_states(samples) -> list[str | None]:
+    """Whether each sample of ``samples`` has a protected copy made from what it holds now.
+
+    The one rule that ``protect``, ``visualize_noise``, ``export_protected`` and the
+    summary (``unseg status``, the App's panel) apply: None without a copy (no
+    ``protected_filepath``, or no ``unseg`` facts: a re-protection clears them first, so
+    a failed one leaves none); :data:`STALE` when the original image file's bytes or the
+    stored label of the recorded field (:func:`label_hash`) differ from what the copy
+    was made from, or the original cannot be read; else :data:`CURRENT`. Copies recorded
+    without hashes (protected before they were recorded) count as current. Read from the
+    dataset, whatever the view filters; hashing reads each original once.
+    """
+    stored = _stored(samples)
+    paths, generators, fields, sources, labels = (
+        optional_values(stored, f)
+        for f in (
+            "protected_filepath",
+            "unseg.generator_id",
+            "unseg.label_field",
+            "unseg.source_hash",
+            "unseg.label_hash",
+        )
+    )
+    states = [CURRENT if path and generator else None for path, generator in zip(paths, generators)]
+    checked = [i for i, state in enumerate(states) if state and (sources[i] or labels[i])]
+    ids, originals = stored.values("id"), original_paths(stored)
+    now = {}
+    for field in {fields[i] for i in checked}:
+        group = [i for i in checked if fields[i] == field]
+        values = optional_values(stored.select([ids[i] for i in group], ordered=True), field)
+        now.update(zip(group, values))
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        source_hashes = pool.map(file_hash, [originals[i] for i in checked])
+        label_hashes = pool.map(label_hash, [now[i] for i in checked])
+        for i, source, label in zip(checked, source_hashes, label_hashes):
+            if source is None or (source, label) != (sources[i], labels[i]):
+                states[i] = STALE
+    return states
+
+
+def original_paths(samples) -> list[str]:
+    """The original image of each sample: ``original_filepath`` where protection replaced
+    the ``filepath``, else the ``filepath``."""
+    originals = optional_values(samples, "original_filepath")
+    return [o or f for o, f in zip(originals, samples.values("filepath"))]
+
+
+def file_hash(path: str) -> str | None:
+    """BLAKE2b (128 bits, hex) of a file's bytes; None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+    except OSError:
+        return None
+
+
+def label_hash(label) -> str:
+    """BLAKE2b (128 bits, hex) of what a label gives the prompt: the class, box, points
+    and mask (a mask file by its bytes) of it or of each of its detections / polylines,
+    in order; not tags, confidences or other attributes."""
+    digest = hashlib.blake2b(digest_size=16)
+    if isinstance(label, fo.Detections):
+        items = label.detections
+    elif isinstance(label, fo.Polylines):
+        items = label.polylines
+    else:
+        items = [label]
+    for item in items:
+        digest.update(type(item).__name__.encode())
+        for name in _PROMPT_ATTRIBUTES:
+            value = getattr(item, name, None)
+            if isinstance(value, np.ndarray):
+                value = (value.dtype.str, value.shape, hashlib.blake2b(value.tobytes()).digest())
+            elif name == "mask_path" and value:
+                value = file_hash(value)
+            digest.update(f"{name}={value!r};".encode())
+    return digest.hexdigest()
+
+
+def noise_paths(protected_path: str) -> tuple[str, str]:
+    """The noise images of a protected copy (:func:`fiftyone_unseg.visualize_noise`): its
+    magnitude map and its amplified noise, in ``noise/`` next to it."""
+    folder = os.path.join(os.path.dirname(protected_path), "noise")
+    stem = os.path.splitext(os.path.basename(protected_path))[0]
+    return (
+        os.path.join(folder, f"{stem}-magnitude.png"),
+        os.path.join(folder, f"{stem}-amplified.png"),
+    )
+
+
 def _safe_name(name: str) -> str:
     """``name`` with anything but letters, digits, ``.``, ``_`` and ``-`` replaced; no
     leading dot, so it can never be a path, a hidden file or ``..``."""
@@ -317,7 +440,11 @@ def _safe_name(name: str) -> str:
 
 def _check_options(eps, eps_bg, image_format, jpeg_quality, batch_size, shard, run_key) -> str:
     """Validate the scalar options; returns the normalised image format."""
-    check_budgets(eps, eps_bg)
+    if not 0 < eps <= 1 or not 0 <= eps_bg <= eps:
+        raise ValueError(
+            f"budgets must satisfy 0 <= eps_bg <= eps <= 1 and eps > 0 (in [0, 1], e.g. "
+            f"8/255); got eps={eps}, eps_bg={eps_bg}"
+        )
     image_format = {"jpeg": "jpg"}.get(image_format.lower(), image_format.lower())
     if image_format not in FORMATS:
         raise ValueError(f"image_format must be one of {FORMATS}, got {image_format!r}")
@@ -371,6 +498,14 @@ def _shard_view(samples, shard):
     return samples.select([i for i in samples.values("id") if shard_of(i, count) == index])
 
 
+def _stored(samples):
+    """``samples`` as the dataset stores them, in their order (a view may filter labels or
+    leave fields out)."""
+    if isinstance(samples, fo.Dataset):
+        return samples
+    return samples._dataset.select(samples.values("id"), ordered=True)
+
+
 def optional_values(samples, field: str) -> list:
     """``samples.values(field)``, or Nones if the field was never declared."""
     if samples.has_field(field):
@@ -380,22 +515,36 @@ def optional_values(samples, field: str) -> list:
 
 def _plan(view, settings: dict, output_dir: str, overwrite: bool) -> tuple[list, list[_Task]]:
     """The ids of the samples in ``view`` and, as tasks, those that need protecting."""
-    ids, filepaths, protected, widths, heights, *previous = view.values(
-        ["id", "filepath", "protected_filepath", "metadata.width", "metadata.height"]
-        + [f"unseg.{k}" for k in SETTINGS]
-    )
-    originals = optional_values(view, "original_filepath")
-    current = tuple(settings[k] for k in SETTINGS)
+    ids, widths, heights = view.values(["id", "metadata.width", "metadata.height"])
+    done = [False] * len(ids) if overwrite else _done(view, settings)
     tasks = []
-    for i, sample_id in enumerate(ids):
-        done = _recorded(previous, i) == current
-        if done and not overwrite and protected[i] and os.path.isfile(protected[i]):
+    for i, (sample_id, source) in enumerate(zip(ids, original_paths(view))):
+        if done[i]:
             continue
-        source = originals[i] or filepaths[i]
         name = protected_name(source, sample_id, settings["format"])
         pixels = (widths[i] or 0) * (heights[i] or 0)
         tasks.append(_Task(sample_id, source, os.path.join(output_dir, name), pixels))
     return ids, tasks
+
+
+def _done(samples, settings: dict) -> list[bool]:
+    """Whether each sample of ``samples`` is protected with ``settings`` from what it holds
+    now (:func:`protection_states`), its file in place: a run skips those."""
+    stored = _stored(samples)
+    ids, paths, *previous = stored.values(
+        ["id", "protected_filepath"] + [f"unseg.{k}" for k in SETTINGS]
+    )
+    current = tuple(settings[k] for k in SETTINGS)
+    candidates = [
+        i
+        for i in range(len(ids))
+        if _recorded(previous, i) == current and paths[i] and os.path.isfile(paths[i])
+    ]
+    states = protection_states(stored.select([ids[i] for i in candidates], ordered=True))
+    done = [False] * len(ids)
+    for i, state in zip(candidates, states):
+        done[i] = state == CURRENT
+    return done
 
 
 def _recorded(columns: list, i: int) -> tuple:
@@ -436,16 +585,20 @@ def _lock_path(dataset, sample_id: str) -> str:
 class _Run:
     """One protect run over its tasks: locks, pipeline, records and counts."""
 
-    def __init__(self, model, view, spec, settings, keys, overwrite, device, report):
+    def __init__(
+        self, model, view, spec, settings, keys, overwrite, replace_filepath, device, report
+    ):
         self.model, self.view, self.spec, self.settings = model, view, spec, settings
         self.keys = keys
-        self.overwrite, self.device, self.report = overwrite, device, report
+        self.overwrite, self.replace_filepath = overwrite, replace_filepath
+        self.device, self.report = device, report
         self.dataset = view._dataset
         self.protected = self.skipped = self.no_segments = self.busy = 0
         self.failures: list[dict] = []
         self.stopped: str | None = None
         self.locks: dict[str, int] = {}
         self.stale: dict[str, list[str]] = {}
+        self.previous: dict[str, str] = {}  # sample id -> its protected copy before this run
 
     def protect(self, tasks: list[_Task], batch_size: int) -> None:
         """Read ahead, generate, write behind; a batch over ``_BATCH_PIXELS`` runs alone.
@@ -516,22 +669,24 @@ class _Run:
                 mine.append(task)
         if not mine:
             return []
-        fields = ["id", self.spec.label_field, "protected_filepath"]
-        ids, labels, paths, *previous = self.view.select([t.id for t in mine]).values(
-            fields + [f"unseg.{k}" for k in SETTINGS]
+        selected = self.view.select([t.id for t in mine])
+        ids, labels = selected.values(["id", self.spec.label_field])
+        stored = _stored(selected)  # the labels as stored: what label_hash records
+        paths, generators, kept = stored.values(
+            ["protected_filepath", "unseg.generator_id", self.spec.label_field]
         )
-        found = dict(zip(ids, labels))
-        current = tuple(self.settings[k] for k in SETTINGS)
-        recorded = {}
-        for i, sample_id in enumerate(ids):
-            recorded[sample_id] = _recorded(previous, i)
-            if recorded[sample_id] == current and paths[i] and not self.overwrite:
-                if os.path.isfile(paths[i]):  # another run protected it since the plan
-                    self.skipped += 1
-                    self._release(sample_id)
+        done = [False] * len(ids) if self.overwrite else _done(stored, self.settings)
+        skipped = [i for i, skip in zip(ids, done) if skip]  # protected by another run meanwhile
+        _sync_filepaths(self.dataset, skipped, self.replace_filepath)
+        for sample_id in skipped:
+            self.skipped += 1
+            self._release(sample_id)
+        found = {i: (label, kept[k]) for k, (i, label) in enumerate(zip(ids, labels))}
         mine = [t for t in mine if t.id in self.locks]
+        self.previous.update((i, path) for i, path in zip(ids, paths) if i in self.locks and path)
         # The facts must never describe another file: clear them before replacing it.
-        stale = {t.id: None for t in mine if any(v is not None for v in recorded.get(t.id, ()))}
+        facts = dict(zip(ids, generators))
+        stale = {t.id: None for t in mine if facts.get(t.id) is not None}
         if stale:
             self.dataset.set_values("unseg", stale, key_field="id")
         for task in mine:
@@ -550,8 +705,8 @@ class _Run:
         uio.unlock(self.locks.pop(sample_id), _lock_path(self.dataset, sample_id))
 
     def _record(self, writing: list[tuple[_Task, Future]]) -> None:
-        """Wait for written files, set their samples' fields in two bulk updates, unlock,
-        report."""
+        """Wait for written files, set their samples' fields in bulk updates, remove what
+        they replace (:func:`_discard`), unlock, report."""
         if not writing:
             return
         facts = {}
@@ -565,6 +720,9 @@ class _Run:
             docs = {i: fo.DynamicEmbeddedDocument(**f) for i, (_, f) in facts.items()}
             self.dataset.set_values("protected_filepath", paths, key_field="id")
             self.dataset.set_values("unseg", docs, key_field="id")
+            _sync_filepaths(self.dataset, list(facts), self.replace_filepath)
+            earlier = {i: self.previous.pop(i) for i in facts if i in self.previous}
+            _discard(self.dataset, earlier, kept=paths)
         for sample_id in facts:
             self._release(sample_id)
         self.protected += len(facts)
@@ -573,20 +731,31 @@ class _Run:
 
 
 def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
-    """Read the image, rasterise its segments (``labels``: id -> label), map both to the
-    model frame."""
+    """Hash what the copy is made from, then read the image, rasterise its segments
+    (``labels``: id -> (label in the view, label as stored)) and map both to the model
+    frame. Hashing first: a file changed meanwhile leaves the copy stale, never current."""
     if task.id not in labels:
         raise ValueError("the sample left the view during the run")
+    label, stored = labels[task.id]
+    made_from = {"source_hash": file_hash(task.source), "label_hash": label_hash(stored)}
     image = read_rgb(task.source)
     frame = Frame(image.shape[0], image.shape[1], size)
-    segments, names = segment_classes(labels[task.id], frame.height, frame.width, spec)
+    segments, names = segment_classes(label, frame.height, frame.width, spec)
     present = present_values(segments)
     prompts = [frame.prompt(segments)]
     if spec.mode == "instance":
         prompts += [frame.prompt(segments == k) for k in present]
     model_input = frame.to_model(torch.from_numpy(image).permute(2, 0, 1))
     return _Loaded(
-        task, image, segments, names, frame, model_input, torch.stack(prompts), len(present)
+        task,
+        image,
+        segments,
+        names,
+        frame,
+        model_input,
+        torch.stack(prompts),
+        len(present),
+        made_from,
     )
 
 
@@ -630,6 +799,7 @@ def _write(item: _Loaded, noise: torch.Tensor, settings: dict, keys: ClassKeys |
         **facts,
         "had_segments": item.num_segments > 0,
         "num_segments": item.num_segments,
+        **item.made_from,
     }
 
 
@@ -688,24 +858,65 @@ def _ssim(original: np.ndarray, protected: np.ndarray) -> float | None:
     return total / ((height - 2 * pad) * (width - 2 * pad) * 3)
 
 
-def _sync_filepaths(dataset, ids: set, replace_filepath: bool) -> None:
-    """Point ``filepath`` at the protected image where it replaces the original.
+def _sync_filepaths(dataset, ids: list, replace_filepath: bool) -> None:
+    """Point ``filepath`` at the protected image where it replaces the original, for the
+    samples ``ids`` (protected in this run or found current), and refresh their metadata.
 
     A sample is replaced when ``original_filepath`` is set; then ``filepath`` always
-    follows ``protected_filepath``. ``replace_filepath`` replaces every protected
-    sample of ``ids`` (the run's samples, whatever its view now matches).
+    follows ``protected_filepath``. ``replace_filepath`` replaces every sample of ``ids``.
     """
-    all_ids, filepaths, protected = dataset.values(["id", "filepath", "protected_filepath"])
-    originals = optional_values(dataset, "original_filepath")
+    if not ids:
+        return
+    view = dataset.select(ids)
+    all_ids, filepaths, protected = view.values(["id", "filepath", "protected_filepath"])
     filepath, original = {}, {}
-    for sample_id, current, new, old in zip(all_ids, filepaths, protected, originals):
-        if sample_id not in ids or not new or current == new or not (replace_filepath or old):
+    for sample_id, current, new, old in zip(
+        all_ids, filepaths, protected, optional_values(view, "original_filepath")
+    ):
+        if not new or current == new or not (replace_filepath or old):
             continue
         if os.path.isfile(new):
             filepath[sample_id], original[sample_id] = new, old or current
     if filepath:
         dataset.set_values("original_filepath", original, key_field="id")
         dataset.set_values("filepath", filepath, key_field="id")
+        _refresh_metadata(dataset, filepath)
+
+
+def _refresh_metadata(dataset, ids) -> None:
+    """Recompute the metadata (size, type, dimensions) of the samples ``ids``, whose
+    ``filepath`` changed."""
+    dataset.select(list(ids)).compute_metadata(overwrite=True, progress=False)
+
+
+def _discard(dataset, copies: dict, kept: dict | None = None) -> int:
+    """Delete what this package wrote for earlier protected copies (sample id -> path):
+    each copy, unless it is the sample's new one in ``kept``, and its noise images; clear
+    the fields pointing at those noise images (heatmaps, media fields). Files not marked
+    for their sample stay. Returns the number of copies deleted."""
+    deleted, noise = 0, {}
+    for sample_id, path in copies.items():
+        noise[sample_id] = set(noise_paths(path))
+        files = sorted(noise[sample_id])
+        if (kept or {}).get(sample_id) != path:
+            files.append(path)
+        for file in files:
+            if os.path.isfile(file) and marker(file) == sample_id:
+                os.remove(file)
+                deleted += file == path
+    if not noise:
+        return deleted
+    view = dataset.select(list(noise))
+    heatmaps = dataset.get_field_schema(embedded_doc_type=fo.Heatmap)
+    fields = [(name, f"{name}.map_path") for name in heatmaps]
+    media = dataset.app_config.media_fields
+    fields += [(name, name) for name in media if name not in heatmaps and view.has_field(name)]
+    for field, path in fields:
+        ids, values = view.values(["id", path])
+        cleared = {i: None for i, value in zip(ids, values) if value in noise[i]}
+        if cleared:
+            dataset.set_values(field, cleared, key_field="id")
+    return deleted
 
 
 def _record_run(samples, run_key: str, config: dict, summary: dict) -> None:

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 
 from fiftyone_unseg.audit.report import METHOD, load_report, markdown_table, table_cell
-from fiftyone_unseg.protect import optional_values
+from fiftyone_unseg.protect import CURRENT, STALE, optional_values, protection_states
 
 # The settings that tell protection runs apart, and their sample count, with their column
 # labels in the order the panel and `unseg status` list them.
@@ -28,10 +28,14 @@ SETTING_KEYS = tuple(key for key in SETTING_LABELS if key != "count")
 def protection_summary(samples, heatmap_field: str = "unseg_noise", bins: int = 20) -> dict:
     """Summarise the protection of ``samples`` (a dataset or view).
 
+    Only samples whose copy was made from what they hold now count as protected
+    (:func:`fiftyone_unseg.protect.protection_states`); the facts below are theirs.
+
     Returns a dict:
-      num_samples, num_protected (samples with a ``protected_filepath``), num_replaced
-      (protected images that are the ``filepath``), no_segments (protected with
-      background noise only), num_visualized (samples with a ``heatmap_field`` heatmap);
+      num_samples, num_protected, num_stale (copies made from an image or label that has
+      changed since: protect again), num_replaced (protected images that are the
+      ``filepath``), no_segments (protected with background noise only), num_visualized
+      (protected samples with a ``heatmap_field`` heatmap);
       settings: one dict per distinct protection setting (``SETTING_KEYS``, budgets in
       [0, 1]) with its sample ``count``, most samples first;
       psnr: None, or ``min``, ``median``, ``mean``, ``max`` (dB) and a histogram
@@ -41,18 +45,27 @@ def protection_summary(samples, heatmap_field: str = "unseg_noise", bins: int = 
       ``timestamp`` (ISO), ``rows`` (``ProtectionReport.rows()``), ``table`` (Markdown)
       and ``chart_path`` (its bar chart PNG).
     """
-    protected = [p for p in optional_values(samples, "protected_filepath") if p]
+    states = protection_states(samples)
+
+    def current(field: str) -> list:  # the values of the protected samples
+        return [v for v, s in zip(optional_values(samples, field), states) if s == CURRENT]
+
+    protected = current("protected_filepath")
     facts = {
-        key: [v for v in optional_values(samples, f"unseg.{key}") if v is not None]
+        key: [v for v in current(f"unseg.{key}") if v is not None]
         for key in ("psnr", "linf", "ssim")
     }
+    visualized = (
+        samples.exists(heatmap_field).values("id") if samples.has_field(heatmap_field) else []
+    )
     return {
         "num_samples": len(samples),
         "num_protected": len(protected),
+        "num_stale": states.count(STALE),
         "num_replaced": len(set(protected) & set(samples.values("filepath"))),
-        "no_segments": optional_values(samples, "unseg.had_segments").count(False),
-        "num_visualized": samples.count(heatmap_field) if samples.has_field(heatmap_field) else 0,
-        "settings": _settings(samples),
+        "no_segments": current("unseg.had_segments").count(False),
+        "num_visualized": len(set(visualized) & set(current("id"))),
+        "settings": _settings([current(f"unseg.{key}") for key in SETTING_KEYS]),
         "psnr": _distribution(facts["psnr"], bins),
         "linf_max": max(facts["linf"], default=None),
         "ssim_mean": float(np.mean(facts["ssim"])) if facts["ssim"] else None,
@@ -77,10 +90,10 @@ def latest_audit(samples) -> dict | None:
     }
 
 
-def _settings(samples) -> list[dict]:
-    """Distinct protection settings of the protected samples, with their counts."""
-    columns = [optional_values(samples, f"unseg.{key}") for key in SETTING_KEYS]
-    counts = Counter(row for row in zip(*columns) if row[0] is not None)
+def _settings(columns: list[list]) -> list[dict]:
+    """Distinct protection settings (``columns``: the protected samples' values of each
+    of ``SETTING_KEYS``), with their counts."""
+    counts = Counter(zip(*columns))
     return [{**dict(zip(SETTING_KEYS, row)), "count": count} for row, count in counts.most_common()]
 
 
@@ -100,10 +113,14 @@ def _distribution(values: list, bins: int) -> dict | None:
 
 def headline(summary: dict) -> str:
     """One Markdown line: how many samples are protected, and their image quality."""
-    n, total = summary["num_protected"], summary["num_samples"]
+    n, total, stale = summary["num_protected"], summary["num_samples"], summary["num_stale"]
+    stale_part = f"{stale} stale (image or label changed since they were protected: protect again)"
     if not n:
-        return f"**0 of {total}** samples protected. Run *Protect samples* to start."
+        start = f"**0 of {total}** samples protected"
+        return f"{start} · {stale_part}" if stale else f"{start}. Run *Protect samples* to start."
     parts = [f"**{n} of {total}** samples protected"]
+    if stale:
+        parts.append(stale_part)
     if summary["num_replaced"]:
         parts.append(f"{summary['num_replaced']} replace their originals")
     if summary["no_segments"]:

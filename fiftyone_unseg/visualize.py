@@ -10,7 +10,15 @@ import fiftyone as fo
 import numpy as np
 
 from fiftyone_unseg.io import encode_marked, is_output_error, read_rgb, write_owned
-from fiftyone_unseg.protect import DEFAULT_EPS, failure, optional_values
+from fiftyone_unseg.protect import (
+    CURRENT,
+    DEFAULT_EPS,
+    failure,
+    noise_paths,
+    optional_values,
+    original_paths,
+    protection_states,
+)
 
 logger = logging.getLogger(__name__)
 _CHUNK = 32  # samples per database update
@@ -37,7 +45,8 @@ def visualize_noise(
 
     Files go to ``noise/`` next to each protected image, named after it and marked with
     the sample id; a file there that was not written for the sample is left as it is
-    (the sample fails). Samples without a protected image are skipped and counted;
+    (the sample fails). Samples without a protected image made from what they hold now
+    (:func:`fiftyone_unseg.protect.protection_states`) are skipped and counted;
     unreadable images fail and the rest go on; a full or read-only folder stops the
     run (``stopped``). Returns ``visualized``, ``not_protected``, ``failed``,
     ``failures`` (sample id, path, reason) and ``stopped``.
@@ -46,7 +55,7 @@ def visualize_noise(
     not_protected = len(samples) - len(jobs)
     if not_protected:
         logger.warning(
-            "%d of %d samples have no protected image (run protect first); skipped",
+            "%d of %d samples have no current protected image (run protect first); skipped",
             not_protected,
             len(samples),
         )
@@ -78,7 +87,7 @@ def visualize_noise(
                 if error is not None:
                     summary["failures"].append(failure(sample_id, original, error))
                     if is_output_error(error):
-                        folder = os.path.join(os.path.dirname(protected), "noise")
+                        folder = os.path.dirname(noise_paths(protected)[0])
                         summary["stopped"] = f"not attempted: {folder}: {error.strerror}"
                     continue
                 heatmaps[sample_id], images[sample_id] = future.result()
@@ -95,15 +104,14 @@ def visualize_noise(
 
 def _jobs(samples) -> list[tuple[str, str, str, float]]:
     """(sample id, original path, protected path, eps) of each protected sample."""
-    ids, filepaths = samples.values(["id", "filepath"])
-    protected, originals, eps = (
-        optional_values(samples, f)
-        for f in ("protected_filepath", "original_filepath", "unseg.eps")
-    )
+    ids = samples.values("id")
+    protected, eps = (optional_values(samples, f) for f in ("protected_filepath", "unseg.eps"))
     return [
-        (i, o or f, p, e or DEFAULT_EPS)
-        for i, f, p, o, e in zip(ids, filepaths, protected, originals, eps)
-        if p
+        (i, o, p, e or DEFAULT_EPS)
+        for i, o, p, e, state in zip(
+            ids, original_paths(samples), protected, eps, protection_states(samples)
+        )
+        if state == CURRENT
     ]
 
 
@@ -122,15 +130,12 @@ def _visualize_one(
             f"{protected_path} is {protected.shape[:2]}, its original {original.shape[:2]}"
         )
     noise = protected - original  # HxWx3 in [-1, 1]
-    folder = os.path.join(os.path.dirname(protected_path), "noise")
-    stem = os.path.splitext(os.path.basename(protected_path))[0]
+    map_path, image_path = noise_paths(protected_path)
     magnitude = np.abs(noise).max(axis=2)
-    map_path = os.path.join(folder, f"{stem}-magnitude.png")
     write_owned(encode_marked(_to_uint8(magnitude), sample_id), map_path, sample_id)
     heatmap = fo.Heatmap(map_path=map_path, range=[0.0, eps * 255])
     if not amplified:
         return heatmap, None
-    image_path = os.path.join(folder, f"{stem}-amplified.png")
     scaled = 0.5 + noise * (amplification or 0.5 / eps)
     amplified_image = _to_uint8(np.clip(scaled, 0, 1))
     write_owned(encode_marked(amplified_image, sample_id), image_path, sample_id)

@@ -195,9 +195,10 @@ def test_visualize_reports_bad_files_and_keeps_going(tmp_path, generators):  # n
     stem = os.path.splitext(os.path.basename(protected[2]))[0]
     Image.new("L", (4, 4)).save(os.path.join(foreign, f"{stem}-magnitude.png"))
     summary = visualize_noise(dataset)
-    assert (summary["visualized"], summary["failed"]) == (1, 3)
+    # ids[1]'s original is gone: its copy can no longer be shown current, so it is left out
+    assert (summary["visualized"], summary["failed"], summary["not_protected"]) == (1, 2, 1)
     reasons = {f["id"]: f["reason"] for f in summary["failures"]}
-    assert "cannot decode image" in reasons[ids[0]] and "file not found" in reasons[ids[1]]
+    assert "cannot decode image" in reasons[ids[0]] and ids[1] not in reasons
     assert "was not written for this sample" in reasons[ids[2]]
     assert dataset.values("unseg_noise")[3] is not None
 

@@ -1,0 +1,163 @@
+"""What a protected copy was made from: stale copies, failed re-protection, leftovers of
+earlier protections, run records, metadata (issue 28)."""
+
+import importlib
+import os
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from PIL import Image
+from test_protect import EPS, TOL, _dataset, _noise, _scene_dataset, _texture, generators  # noqa: F401
+
+from fiftyone_unseg import export_protected, protect, restore, visualize_noise
+from fiftyone_unseg.summary import headline, protection_summary
+
+protect_module = importlib.import_module("fiftyone_unseg.protect")
+
+
+def _counts(samples) -> tuple:
+    summary = protection_summary(samples)
+    return summary["num_protected"], summary["num_stale"]
+
+
+def test_a_changed_original_or_label_makes_its_copy_stale_everywhere(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("stale", tmp_path, count=4)
+    protect(dataset, "dets", generator=generators["random"])
+    edited, relabelled, tagged, legacy = dataset
+    Image.fromarray(_texture(64, 64, 99)).save(edited.filepath)  # changed in place
+    relabelled.dets.detections[0].bounding_box = [0.1, 0.1, 0.3, 0.3]
+    relabelled.save()
+    tagged.dets.detections[0].tags = ["checked"]  # not what the prompt is made of
+    tagged.save()
+    for fact in ("source_hash", "label_hash"):  # protected before the hashes were recorded
+        dataset.set_values(f"unseg.{fact}", {legacy.id: None}, key_field="id")
+
+    assert _counts(dataset) == (2, 2)
+    assert "2 stale" in headline(protection_summary(dataset))
+    with pytest.raises(ValueError) as error:
+        export_protected(dataset, str(tmp_path / "out"), "images")
+    assert "2 of 4 samples" in str(error.value)
+    assert f"{edited.id} ({edited.filepath})" in str(error.value) and relabelled.id in str(
+        error.value
+    )
+    assert "changed since" in str(error.value) and not (tmp_path / "out").exists()
+    summary = export_protected(dataset, str(tmp_path / "out"), "images", skip_unprotected=True)
+    assert (summary["exported"], summary["skipped"]) == (2, 2)
+    assert visualize_noise(dataset)["not_protected"] == 2
+
+    again = protect(dataset, "dets", generator=generators["random"])
+    assert (again["protected"], again["skipped"]) == (2, 2)
+    assert _counts(dataset) == (4, 0)
+    edited.reload()
+    assert np.abs(_noise(edited)).max() <= EPS + TOL  # made from the new picture
+    assert export_protected(dataset, str(tmp_path / "all"), "images")["exported"] == 4
+
+
+def test_a_failed_reprotection_leaves_no_sample_looking_protected(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("failed-again", tmp_path, count=2)
+    protect(dataset, "seg_path", generator=generators["random"])
+    mask_path = dataset.first().seg_path.mask_path
+    open(mask_path, "wb").write(b"not a mask")
+    assert _counts(dataset) == (0, 2)  # the mask changed: stale
+    for overwrite in (False, True):
+        summary = protect(dataset, "seg_path", generator=generators["random"], overwrite=overwrite)
+        assert summary["failed"] == 2 and "cannot read the mask" in summary["failures"][0]["reason"]
+        assert _counts(dataset) == (0, 0)
+    with pytest.raises(ValueError, match="2 of 2 samples have no protected copy"):
+        export_protected(dataset, str(tmp_path / "out"), "images")
+    assert visualize_noise(dataset)["not_protected"] == 2
+    assert dataset.load_run_results("unseg_protect").state == {
+        "protected": 0,
+        "stale": 0,
+        "unprotected": 2,
+    }
+
+
+def test_reprotecting_removes_earlier_copies_and_their_heatmaps(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("leftovers", tmp_path, count=2)
+    protect(dataset, "dets", generator=generators["random"])
+    output_dir = os.path.dirname(dataset.first().protected_filepath)
+    visualize_noise(dataset, amplified_field="noise_image")
+    assert protection_summary(dataset)["num_visualized"] == 2
+
+    protect(dataset, "dets", generator=generators["random"], image_format="jpg")
+    assert dataset.count("unseg_noise") == dataset.count("noise_image") == 0
+    assert protection_summary(dataset)["num_visualized"] == 0
+    paths = dataset.values("protected_filepath")
+    assert sorted(os.listdir(output_dir)) == sorted(
+        [os.path.basename(p) for p in paths] + ["noise"]
+    )
+    assert os.listdir(os.path.join(output_dir, "noise")) == []
+
+    visualize_noise(dataset, amplified_field="noise_image")
+    assert restore(dataset, delete_protected=True)["deleted"] == 2
+    assert dataset.count("unseg_noise") == dataset.count("noise_image") == 0
+    assert [files for _, _, files in os.walk(output_dir)] == [[], []]
+
+
+def test_run_records_count_the_dataset_also_when_interrupted_or_overtaken(
+    tmp_path,
+    generators,  # noqa: F811
+    monkeypatch,
+):
+    dataset = _scene_dataset("records", tmp_path, count=3)
+    generate = protect_module._generate
+    calls = []
+
+    def overtaken(model, batch, device):  # another run protects what this one has not locked
+        if not calls:
+            calls.append(None)  # once: the other run calls this too
+            calls[0] = protect(dataset, "dets", generator=generators["random"])
+        return generate(model, batch, device)
+
+    monkeypatch.setattr(protect_module, "_generate", overtaken)
+    summary = protect(dataset, "dets", generator=generators["random"], batch_size=1)
+    assert (calls[0]["protected"], calls[0]["busy"]) == (1, 2)
+    assert (summary["protected"], summary["skipped"]) == (2, 1)
+    results = dataset.load_run_results("unseg_protect")
+    assert (results.protected, results.skipped) == (2, 1)
+    assert results.state == {"protected": 3, "stale": 0, "unprotected": 0}
+
+    def interrupted(model, batch, device):  # in the third batch: the first one is recorded
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(None)
+        return generate(model, batch, device)
+
+    calls.clear()
+    monkeypatch.setattr(protect_module, "_generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        protect(dataset, "dets", generator=generators["random"], batch_size=1, overwrite=True)
+    results = dataset.load_run_results("unseg_protect")
+    assert results.protected == 1 and "interrupted" in results.stopped
+    assert results.state["protected"] == 1  # the others' facts were cleared before redoing them
+
+
+def test_replacing_the_filepath_keeps_its_metadata_current(tmp_path, generators):  # noqa: F811
+    images = {f"scene{i}.jpg": Image.fromarray(_texture(64, 64, i)) for i in range(2)}
+    dataset = _dataset("metadata", tmp_path, images)
+    dataset.compute_metadata()
+
+    def current():
+        for sample in dataset.select_fields("metadata"):
+            assert sample.metadata.size_bytes == os.path.getsize(sample.filepath)
+            assert (
+                sample.metadata.mime_type == fo.ImageMetadata.build_for(sample.filepath).mime_type
+            )
+
+    protect(dataset, "dets", generator=generators["random"], replace_filepath=True)
+    assert dataset.distinct("metadata.mime_type") == ["image/png"]
+    current()
+    restore(dataset)
+    assert dataset.distinct("metadata.mime_type") == ["image/jpeg"]
+    current()
+
+
+def test_export_refuses_label_types_the_format_cannot_take_before_any_work(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("yolo-segmentation", tmp_path, count=1)
+    protect(dataset, "dets", generator=generators["random"])
+    with pytest.raises(ValueError, match=r"YOLOv5Dataset cannot export 'seg_db' \(Segmentation"):
+        export_protected(dataset, str(tmp_path / "out"), "yolo", "seg_db")
+    assert not (tmp_path / "out").exists()
+    assert export_protected(dataset, str(tmp_path / "out"), "yolo", "dets")["exported"] == 1
