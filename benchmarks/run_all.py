@@ -1,7 +1,8 @@
 """``make bench``: every benchmark, one after another, each in its own process.
 
-Each prints its table and writes ``benchmarks/results/<name>.json``. Extra arguments
-are passed to the effectiveness benchmark (e.g. ``--quick``).
+Each prints its table and writes ``benchmarks/results/<name>.json`` (the real-data one
+``benchmarks/results/real/effectiveness.json``). Extra arguments are passed to the
+effectiveness benchmarks (e.g. ``--quick``).
 """
 
 import os
@@ -9,7 +10,12 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ("protect_throughput.py", "train_throughput.py", "effectiveness.py")
+BENCHMARKS = (
+    "protect_throughput.py",
+    "train_throughput.py",
+    "real_effectiveness.py",
+    "effectiveness.py",
+)
 
 
 def main(argv=None) -> int:
@@ -17,7 +23,7 @@ def main(argv=None) -> int:
     failed = []
     for script in BENCHMARKS:
         print(f"\n=== {script} ===", flush=True)
-        extra = argv if script == "effectiveness.py" else []
+        extra = argv if script.endswith("effectiveness.py") else []
         if subprocess.run([sys.executable, os.path.join(HERE, script), *extra]).returncode:
             failed.append(script)
     if failed:

@@ -156,6 +156,8 @@ def _cmd_protect(args) -> int:
             eps=args.eps,
             eps_bg=args.eps_bg,
             prompt=args.classes or ("instance" if args.per_instance else "all"),
+            background=args.background,
+            ignore="auto" if args.ignore is None else args.ignore,
             output_dir=args.output_dir,
             image_format=args.format,
             jpeg_quality=args.quality,
@@ -248,6 +250,13 @@ def _add_target(p, verb: str | None = None) -> None:
     p.add_argument("--view", help="a saved view of the dataset" + (f" to {verb}" if verb else ""))
 
 
+def _pixel_value(text: str):
+    """A pixel value, "none" (None) or "auto"."""
+    if text in ("none", "auto"):
+        return None if text == "none" else text
+    return int(text)
+
+
 def _add_protect_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "protect",
@@ -275,6 +284,20 @@ def _add_protect_commands(subparsers) -> None:
     )
     p.add_argument("--classes", nargs="+", help="prompt with these classes only")
     p.add_argument("--per-instance", action="store_true", help="one prompt per segment")
+    p.add_argument(
+        "--background",
+        type=_pixel_value,
+        default="auto",
+        help="Segmentation fields: the pixel value that is background, or 'none' when every "
+        "class is an object (default: from the mask targets; 0 unless they name 0 a class)",
+    )
+    p.add_argument(
+        "--ignore",
+        nargs="*",
+        type=int,
+        help="Segmentation fields: pixel values that are no class (void); none after the flag "
+        "for none (default: from the mask targets; 255 unless they name it)",
+    )
     p.add_argument(
         "--class-mix",
         type=_share,

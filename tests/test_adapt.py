@@ -1,7 +1,9 @@
 """Adapting the shipped generator to one's own data (``unseg train --config adapt``)."""
 
 import dataclasses
+import os
 
+import fiftyone.operators as foo
 import pytest
 import torch
 
@@ -52,3 +54,21 @@ def test_adapting_needs_data_and_an_existing_generator(sample_dataset, tmp_path)
         Trainer(dataclasses.replace(_adapt_config(sample_dataset), data=[]), str(tmp_path), CPU)
     with pytest.raises(ValueError, match="init 'nowhere/'"):
         load_config("adapt", init="nowhere/").generator_config()
+
+
+def test_the_app_operator_adapts_in_a_trainer_process_and_reports_progress(
+    sample_dataset, tmp_path
+):
+    out = tmp_path / "adapted"
+    params = {"label_field": "instances", "steps": 2, "output_dir": str(out)}
+    result = foo.execute_operator(
+        "@unseg/unseg/adapt_generator",
+        ctx={"view": sample_dataset.limit(12),
+             "params": params},
+    )  # fmt: skip
+    assert result.error is None, result.error
+    adapted = load_generator(result.result["generator"])
+    assert adapted.config == load_generator().config
+    assert os.path.isfile(out / "metrics.csv") and os.path.isfile(f"{out}.log")
+    assert sample_dataset.has_saved_view("unseg-adapt")  # the view the trainer read
+    assert len(sample_dataset.load_saved_view("unseg-adapt")) == 12

@@ -23,6 +23,7 @@ OPERATORS = {
     "visualize_noise",
     "export_protected",
     "evaluate_protection",
+    "adapt_generator",
 }
 
 

@@ -1,5 +1,6 @@
 """The ``@unseg/unseg`` FiftyOne plugin: thin operators and a panel over the SDK."""
 
+from fiftyone_unseg.plugin.adapt import AdaptGenerator
 from fiftyone_unseg.plugin.audit import EvaluateProtection
 from fiftyone_unseg.plugin.data import LoadSampleDataset
 from fiftyone_unseg.plugin.export import ExportProtected
@@ -13,6 +14,7 @@ OPERATORS = (
     VisualizeNoise,
     ExportProtected,
     EvaluateProtection,
+    AdaptGenerator,
     UnSegPanel,
 )
 

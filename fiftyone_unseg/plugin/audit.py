@@ -11,7 +11,7 @@ from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.countermeasures import KINDS
 from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS
 from fiftyone_unseg.labels import supported_label_fields
-from fiftyone_unseg.plugin.forms import form_error, target_form
+from fiftyone_unseg.plugin.forms import dropdown, form_error, target_form
 from fiftyone_unseg.plugin.progress import app_progress
 
 COUNTERMEASURE_VALUES = {
@@ -28,19 +28,6 @@ _BASELINE_LABELS = {
     "class_pattern": "class pattern (one tile per class: class keys alone)",
     "none": "none (clean images through the counter-measure)",
 }
-
-
-def _choices(inputs, name: str, values, label: str, default, multiple: bool = False) -> None:
-    """A dropdown of ``values``: a list (each shown as itself, the empty value as "none")
-    or a dict value -> shown label."""
-    labels = values if isinstance(values, dict) else {v: v or "none" for v in values}
-    view = types.Dropdown(label=label, multiple=multiple)
-    for value, shown in labels.items():
-        view.add_choice(value, label=shown)
-    if multiple:
-        inputs.list(name, types.String(), default=default, view=view)
-    else:
-        inputs.enum(name, list(labels), default=default, view=view)
 
 
 class EvaluateProtection(foo.Operator):
@@ -67,17 +54,17 @@ class EvaluateProtection(foo.Operator):
         if not fields:
             form_error(inputs, "no_fields", "No Segmentation, Detections or Polylines field")
             return form
-        _choices(inputs, "label_field", fields, "Label field (instances)", fields[0])
+        dropdown(inputs, "label_field", fields, "Label field (instances)", fields[0])
         semantic = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
         label = "Semantic field (none: class maps from the label field)"
-        _choices(inputs, "semantic_field", ["", *semantic], label, "")
-        _choices(inputs, "victims", VICTIMS, "Victims", list(DEFAULT_VICTIMS), multiple=True)
+        dropdown(inputs, "semantic_field", ["", *semantic], label, "")
+        dropdown(inputs, "victims", VICTIMS, "Victims", list(DEFAULT_VICTIMS), multiple=True)
         protected = ctx.dataset.has_field("protected_filepath")
         inputs.bool("use_protected", default=protected, label="Train on the protected images")
         if ctx.params.get("use_protected", protected):
             inputs.str("protected_field", default="protected_filepath", label="Protected field")
         labels = {name: _BASELINE_LABELS.get(name, name) for name in BASELINES}
-        _choices(inputs, "baselines", labels, "Baselines", [], multiple=True)
+        dropdown(inputs, "baselines", labels, "Baselines", [], multiple=True)
         clean_only = not ctx.params.get("use_protected", protected) and not ctx.params.get(
             "baselines"
         )
@@ -89,7 +76,7 @@ class EvaluateProtection(foo.Operator):
                     "at these settings (compare the clean score with chance)"
                 ),
             )
-        _choices(inputs, "countermeasure", ["none", *KINDS], "Counter-measure", "none")
+        dropdown(inputs, "countermeasure", ["none", *KINDS], "Counter-measure", "none")
         kind = ctx.params.get("countermeasure", "none")
         if kind == "none" and "none" in (ctx.params.get("baselines") or []):
             form_error(inputs, "no_countermeasure", "The 'none' baseline needs a counter-measure")

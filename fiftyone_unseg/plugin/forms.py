@@ -31,3 +31,16 @@ def require_protection(ctx, inputs) -> bool:
         return True
     form_error(inputs, "not_protected", NOT_PROTECTED)
     return False
+
+
+def dropdown(inputs, name: str, values, label: str, default, multiple: bool = False) -> None:
+    """A dropdown of ``values``: a list (each shown as itself, the empty value as "none")
+    or a dict value -> shown label."""
+    labels = values if isinstance(values, dict) else {v: v or "none" for v in values}
+    view = types.Dropdown(label=label, multiple=multiple)
+    for value, shown in labels.items():
+        view.add_choice(value, label=shown)
+    if multiple:
+        inputs.list(name, types.String(), default=default, view=view)
+    else:
+        inputs.enum(name, list(labels), default=default, view=view)
