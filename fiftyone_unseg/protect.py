@@ -53,10 +53,8 @@ from fiftyone_unseg.geometry import Frame, row_bands
 from fiftyone_unseg.io import encode_marked, marker, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
 from fiftyone_unseg.modeling import NoiseGenerator
+from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG, check_budgets
 
-DEFAULT_EPS = 8 / 255
-DEFAULT_EPS_BG = 2 / 255
-DEFAULT_CLASS_MIX = 0.0
 DEFAULT_RUN_KEY = "unseg_protect"
 FORMATS = ("png", "jpg")
 # The facts stored in each protected sample's ``unseg`` field.
@@ -157,7 +155,8 @@ def protect(
         :mod:`fiftyone_unseg.labels` for how each type is rasterised).
       generator: a checkpoint directory, a loaded ``NoiseGenerator``, or None for the
         shipped default.
-      eps, eps_bg: L-infinity budgets in [0, 1] on object and background pixels.
+      eps, eps_bg: L-infinity budgets on object and background pixels, as fractions of
+        the image range (8/255; at most 64/255, eps_bg <= eps).
       prompt: "all" (default, as the reference: one pass prompted with the union of
         all segments), a list of class names (the union of those classes' segments;
         other segments get the background budget), or "instance" (one extra decoder
@@ -440,11 +439,7 @@ def _safe_name(name: str) -> str:
 
 def _check_options(eps, eps_bg, image_format, jpeg_quality, batch_size, shard, run_key) -> str:
     """Validate the scalar options; returns the normalised image format."""
-    if not 0 < eps <= 1 or not 0 <= eps_bg <= eps:
-        raise ValueError(
-            f"budgets must satisfy 0 <= eps_bg <= eps <= 1 and eps > 0 (in [0, 1], e.g. "
-            f"8/255); got eps={eps}, eps_bg={eps_bg}"
-        )
+    check_budgets(eps, eps_bg)
     image_format = {"jpeg": "jpg"}.get(image_format.lower(), image_format.lower())
     if image_format not in FORMATS:
         raise ValueError(f"image_format must be one of {FORMATS}, got {image_format!r}")
