@@ -12,6 +12,7 @@ from fiftyone_unseg import database  # noqa: F401  (quiets FiftyOne's MongoDB no
 
 __version__ = "0.1.0"
 _HOMES = {  # the SDK's functions and their modules, imported on first use
+    "adapt_generator": "adapt",
     "evaluate_protection": "audit",
     "export_protected": "export",
     "load_generator": "checkpoint",
@@ -22,6 +23,7 @@ _HOMES = {  # the SDK's functions and their modules, imported on first use
 }
 
 __all__ = [
+    "adapt_generator",
     "evaluate_protection",
     "export_protected",
     "load_generator",
