@@ -9,7 +9,8 @@ texture; they subtract ``mix x budget x sign`` and train a victim on the result,
 on clean images as in the audit (clean and attacked training).
 
 Prints how often the estimated signs match the true textures and the victim's ratio
-(attacked / clean), and writes ``benchmarks/results/class_key_attack.json``.
+(attacked / clean), and writes ``benchmarks/results/history/class_key_attack.json`` (a
+sample-scene experiment of ``docs/GENERATOR_HISTORY.md``).
 
     python benchmarks/class_key_attack.py --victim semantic
 """
@@ -46,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     held_out.add_arguments(parser)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, help="victim epochs (default: its own)")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "class_key_attack.json"))
+    parser.add_argument("--out", default=os.path.join(RESULTS, "history", "class_key_attack.json"))
     return parser.parse_args(argv)
 
 

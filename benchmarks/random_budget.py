@@ -8,7 +8,7 @@ every pixel (``random_flat``), for each victim seed, all tested on clean images.
 ``random_flat`` keeps the ratio near 1 where ``random`` does not, the victim set-up is
 sound and what ``random`` costs is the outline.
 
-Prints a table and writes ``benchmarks/results/random_budget.json``: ``{"runs":
+Prints a table and writes ``benchmarks/results/history/random_budget.json``: ``{"runs":
 [{"victim", "victim_seed", "metric", "clean", "random", "random_flat", "random_ratio",
 "random_flat_ratio"}], "eps", "eps_bg", "dataset"}`` plus machine facts.
 
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--victim-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, help="for every victim (default: theirs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "random_budget.json"))
+    parser.add_argument("--out", default=os.path.join(RESULTS, "history", "random_budget.json"))
     return parser.parse_args(argv)
 
 

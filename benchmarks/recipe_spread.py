@@ -8,7 +8,7 @@ and is tested on clean ones. Two scene sets:
   trainer nor ``benchmarks/effectiveness.py`` sees them, so choosing a draw on them
   does not bias the benchmark.
 - ``benchmark``: the held-out scenes of ``benchmarks/effectiveness.py``, to report the
-  chosen draw and the spread across draws with the numbers of the model card.
+  chosen draw and the spread across draws on the benchmark's own scenes.
 
 One victim training per generator and set measures a draw only roughly: on 60 scenes a
 generator's ratio can move by 0.1 from one set to the other. ``--num`` and ``--seeds``
@@ -16,7 +16,7 @@ narrow that, at their cost in time.
 
 Runs in a private FiftyOne database and temporary folder. Prints a table (one row per
 generator, then mean, sample sd, min and max of each ratio, then the draw with the
-lowest validation ratio) and writes ``benchmarks/results/recipe_spread.json``:
+lowest validation ratio) and writes ``benchmarks/results/history/recipe_spread.json``:
 ``{"victim", "num", "sets": {set: {"seed", "styles"}}, "generators": {id: {"path",
 "training": {surrogate IoUs from the run's summary.json}, set: {"clean", "protected",
 "ratio", "psnr"}}}, "spread": {set: {"mean", "sd", "min", "max", "n"}}, "chosen"}``.
@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num", type=int, default=60, help="scenes per set")
     parser.add_argument("--size", type=int, default=256, help="scene side in pixels")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (results: 1)")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "recipe_spread.json"))
+    parser.add_argument("--out", default=os.path.join(RESULTS, "history", "recipe_spread.json"))
     parser.add_argument(
         "--update", action="store_true", help="keep the generators --out already holds"
     )

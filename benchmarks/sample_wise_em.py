@@ -9,7 +9,7 @@ lower its loss on every image's noise (``--reset-every N``: a fresh surrogate ev
 rounds, as the generator's trainer does). Then the audit's victim trains on clean and on
 those images and is tested on clean images, as in ``effectiveness.py``.
 
-Prints a table and writes ``benchmarks/results/sample_wise_em.json``: ``{"variants":
+Prints a table and writes ``benchmarks/results/history/sample_wise_em.json``: ``{"variants":
 [{"reset_every", "surrogate_accuracy": {"clean", "perturbed"}, "psnr", "victim",
 "clean", "protected", "ratio"}], "settings", "dataset"}`` plus machine facts.
 
@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--victim-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="victim epochs (default: its own)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "sample_wise_em.json"))
+    parser.add_argument("--out", default=os.path.join(RESULTS, "history", "sample_wise_em.json"))
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,5 @@
-"""The generator that ships with the package is the one its model card describes."""
+"""The generator that ships with the package is the one its model card describes, and
+the experiment history (docs/GENERATOR_HISTORY.md) quotes its committed result files."""
 
 import glob
 import json
@@ -21,6 +22,8 @@ from trainer.config import TrainConfig, load_config
 CARD = DEFAULT_GENERATOR_DIR / "MODEL_CARD.md"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
+HISTORY = os.path.join(RESULTS, "history")  # the older results the history doc quotes
+HISTORY_DOC = os.path.join(REPO, "docs", "GENERATOR_HISTORY.md")
 
 
 def _plain(cfg: TrainConfig) -> dict:
@@ -29,6 +32,10 @@ def _plain(cfg: TrainConfig) -> dict:
 
 def _card() -> str:
     return CARD.read_text()
+
+
+def _history() -> str:
+    return open(HISTORY_DOC).read()
 
 
 def test_default_generator_loads_and_is_small():
@@ -55,10 +62,32 @@ def test_card_names_the_command_and_config_that_made_the_weights():
     assert f"/unseg train{recipe} --out" in open(os.path.join(REPO, "Makefile")).read()
 
 
-def test_card_quotes_the_committed_benchmark():
-    results = json.loads(open(os.path.join(REPO, "benchmarks/results/effectiveness.json")).read())
+def test_card_is_at_most_10_kb():
+    size = CARD.stat().st_size
+    assert size <= 10 * 1024, f"MODEL_CARD.md is {size} bytes; the history goes in docs/"
+
+
+def test_card_summarises_the_scene_benchmark_and_points_to_the_history():
+    results = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())
     assert results["generator"] == load_generator().generator_id
     card = _card()
+    for name, victim in results["victims"].items():
+        row = next(x for x in card.splitlines() if x.startswith(f"| {name} ("))
+        assert f"| {victim['clean']:.3f} |" in row, name
+        for key in ("ratio", "random_ratio", "pattern_ratio"):
+            assert f"| {victim[key]:.2f} |" in row, (name, key)
+    text = " ".join(card.split())
+    for stress in results["stress"].values():
+        assert f"{stress['ratio']:.2f}" in text and f"{stress['countermeasure_ratio']:.2f}" in text
+    assert f"Mean PSNR {results['psnr']:.1f} dB" in text
+    assert "docs/GENERATOR_HISTORY.md" in card and os.path.isfile(HISTORY_DOC)
+    assert "benchmarks/results/history/" in card and os.path.isdir(HISTORY)
+
+
+def test_history_quotes_the_committed_benchmark():
+    results = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())
+    assert results["generator"] == load_generator().generator_id
+    card = _history()
     assert f"class_mix={results.get('class_mix', 0.0)}" in card  # the protection measured
     for name, victim in results["victims"].items():
         row = next(x for x in card.splitlines() if x.startswith(f"| {name} ("))
@@ -70,7 +99,9 @@ def test_card_quotes_the_committed_benchmark():
             assert key not in stress or f"{stress[key]:.2f}" in row, (name, key)
     assert f"{results['psnr']:.1f}" in card
     others = ("effectiveness_*_victim_seed*.json", "effectiveness_class_mix*.json")
-    for path in (p for name in others for p in glob.glob(os.path.join(RESULTS, name))):
+    paths = [p for name in others for p in glob.glob(os.path.join(HISTORY, name))]
+    assert len(paths) >= len(others)
+    for path in paths:
         other = json.loads(open(path).read())  # other victim seeds, other class mixes
         assert other["generator"] == results["generator"], path
         start = f"| {other.get('class_mix', 0.0)} | {other['victim_seed']} |"
@@ -82,11 +113,11 @@ def test_card_quotes_the_committed_benchmark():
                     assert f"{result[key]:.2f}" in row, (path, name, key)
 
 
-def test_card_quotes_the_benchmark_on_each_cpu():
+def test_history_quotes_the_benchmark_on_each_cpu():
     main = os.path.join(RESULTS, "effectiveness.json")
-    paths = [main, *glob.glob(os.path.join(RESULTS, "cross_cpu", "*.json"))]
+    paths = [main, *glob.glob(os.path.join(HISTORY, "cross_cpu", "*.json"))]
     assert len(paths) > 1
-    card = _card()
+    card = _history()
     for path in paths:
         results = json.loads(open(path).read())
         assert results["generator"] == load_generator().generator_id, path
@@ -99,10 +130,10 @@ def test_card_quotes_the_benchmark_on_each_cpu():
                     assert f"{result[key]:.2f}" in row, (path, name, key)
 
 
-def test_card_quotes_the_committed_spread_of_its_recipe():
-    path = os.path.join(REPO, "benchmarks/results/recipe_spread.json")
+def test_history_and_card_quote_the_committed_spread_of_its_recipe():
+    path = os.path.join(HISTORY, "recipe_spread.json")
     results = json.loads(open(path).read())
-    card = _card()
+    card = _history()
     assert load_generator().generator_id in results["generators"]
     for generator_id, row in results["generators"].items():
         line = next(x for x in card.splitlines() if f"| `{generator_id}` |" in x)
@@ -112,6 +143,13 @@ def test_card_quotes_the_committed_spread_of_its_recipe():
     spread = results["spread"]["validation"]
     assert f"mean {spread['mean']:.3f}, sample sd {spread['sd']:.3f}" in card
     assert "Choosing on validation scenes gave seed" in card and f"`{results['chosen']}`" in card
+    # the model card's "Seed 4" bullet: the shipped generator is the chosen draw
+    assert results["chosen"] == load_generator().generator_id
+    chosen = results["generators"][results["chosen"]]["validation"]["ratio"]
+    text = " ".join(_card().split())
+    assert (
+        f"(ratio {chosen:.3f}; the draws' mean {spread['mean']:.3f}, sd {spread['sd']:.3f})" in text
+    )
 
 
 def test_default_noise_is_bounded_and_follows_the_mask():
@@ -129,24 +167,24 @@ def test_default_noise_is_bounded_and_follows_the_mask():
     assert inside.mean() > 2 * outside.mean()
 
 
-def test_card_quotes_the_class_key_attack():
-    results = json.loads(open(os.path.join(RESULTS, "class_key_attack.json")).read())
-    line = next(x for x in _card().splitlines() if "class_key_attack.json" in x and "|" in x)
+def test_history_quotes_the_class_key_attack():
+    results = json.loads(open(os.path.join(HISTORY, "class_key_attack.json")).read())
+    line = next(x for x in _history().splitlines() if "class_key_attack.json" in x and "|" in x)
     assert f"{results['attacked_ratio']:.2f}" in line
     assert f"{min(results['sign_agreement'].values()):.2f}" in line
 
 
-def test_card_quotes_the_random_noise_controls():
-    card = _card().splitlines()
+def test_history_quotes_the_random_noise_controls():
+    card = _history().splitlines()
     scenes = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
-    paths = glob.glob(os.path.join(RESULTS, "random_budget*.json"))
+    paths = glob.glob(os.path.join(HISTORY, "random_budget*.json"))
     assert paths
     runs = []
     for path in paths:
         results = json.loads(open(path).read())
         assert results["dataset"] == scenes, path  # the effectiveness benchmark's scenes
         runs += [(path, run) for run in results["runs"]]
-    for path in glob.glob(os.path.join(RESULTS, "effectiveness_*_victim_seed*.json")):
+    for path in glob.glob(os.path.join(HISTORY, "effectiveness_*_victim_seed*.json")):
         results = json.loads(open(path).read())  # main audits run with --random-flat
         for name, victim in results["victims"].items():
             if "random_flat_ratio" in victim:
@@ -159,11 +197,11 @@ def test_card_quotes_the_random_noise_controls():
             assert f"{run[key]:.2f}" in row, (path, start, key)
 
 
-def test_card_quotes_the_sample_wise_error_minimising_bound():
-    results = json.loads(open(os.path.join(RESULTS, "sample_wise_em.json")).read())
+def test_history_quotes_the_sample_wise_error_minimising_bound():
+    results = json.loads(open(os.path.join(HISTORY, "sample_wise_em.json")).read())
     scenes = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
     assert results["dataset"] == scenes  # the effectiveness benchmark's scenes
-    card = _card().splitlines()
+    card = _history().splitlines()
     for variant in results["variants"]:
         start = f"| min-min, reset every {variant['reset_every']} "
         row = next(x for x in card if x.startswith(start))
@@ -173,8 +211,8 @@ def test_card_quotes_the_sample_wise_error_minimising_bound():
         assert f"{accuracy['clean']:.3f} / {accuracy['perturbed']:.3f}" in row
 
 
-def _assert_card_quotes_audit(card: list, path: str, results: dict) -> None:
-    """Each victim and stress test of an audit of ``path`` has a card row that starts with
+def _assert_history_quotes_audit(card: list, path: str, results: dict) -> None:
+    """Each victim and stress test of an audit of ``path`` has a history row that starts with
     the generator's id and names the test and victim seed, quoting its scores."""
     start, seed = f"| `{results['generator']}`", results["victim_seed"]
     for name, victim in results["victims"].items():
@@ -189,11 +227,11 @@ def _assert_card_quotes_audit(card: list, path: str, results: dict) -> None:
             assert ratio not in stress or f"{stress[ratio]:.2f}" in row, (path, key, ratio)
 
 
-def test_card_quotes_the_protection_at_one_budget_everywhere():
-    card = _card().splitlines()
+def test_history_quotes_the_protection_at_one_budget_everywhere():
+    card = _history().splitlines()
     scenes = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
-    shipped = glob.glob(os.path.join(RESULTS, "effectiveness_flat_budget*.json"))
-    trained_flat = glob.glob(os.path.join(RESULTS, "flat_trained", "*.json"))
+    shipped = glob.glob(os.path.join(HISTORY, "effectiveness_flat_budget*.json"))
+    trained_flat = glob.glob(os.path.join(HISTORY, "flat_trained", "*.json"))
     assert shipped and trained_flat
     for path in shipped + trained_flat:
         results = json.loads(open(path).read())
@@ -201,20 +239,20 @@ def test_card_quotes_the_protection_at_one_budget_everywhere():
         assert (results["generator"] == load_generator().generator_id) == (path in shipped)
         for stress in results["stress"].values():  # the full stress audit
             assert {"pattern_ratio", "countermeasure_ratio"} <= set(stress), path
-        _assert_card_quotes_audit(card, path, results)
+        _assert_history_quotes_audit(card, path, results)
 
 
-def test_card_quotes_the_generators_trained_through_countermeasures():
-    card = _card().splitlines()
+def test_history_quotes_the_generators_trained_through_countermeasures():
+    card = _history().splitlines()
     scenes = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
-    paths = glob.glob(os.path.join(RESULTS, "eot_trained", "*.json"))
+    paths = glob.glob(os.path.join(HISTORY, "eot_trained", "*.json"))
     assert paths
     for path in paths:
         results = json.loads(open(path).read())
         assert (
             results["dataset"] == scenes and results["generator"] != load_generator().generator_id
         )
-        _assert_card_quotes_audit(card, path, results)
+        _assert_history_quotes_audit(card, path, results)
 
 
 def test_readme_quotes_the_budget_trade_off_from_the_committed_audits():
@@ -222,7 +260,9 @@ def test_readme_quotes_the_budget_trade_off_from_the_committed_audits():
     default and at one budget everywhere, each a mean over the audited victim seeds."""
     shipped = load_generator().generator_id
     ratios = {}  # (background budget /255, test) -> {victim seed: ratio}
-    for path in glob.glob(os.path.join(RESULTS, "effectiveness*.json")):
+    audits = [os.path.join(RESULTS, "effectiveness.json")]
+    audits += glob.glob(os.path.join(HISTORY, "effectiveness_*.json"))
+    for path in audits:
         results = json.loads(open(path).read())
         if results["generator"] != shipped or results.get("class_mix"):
             continue
@@ -242,17 +282,17 @@ def test_readme_quotes_the_budget_trade_off_from_the_committed_audits():
     text = " ".join(bullet.group(0).split())
     for test in ("semantic", "jpeg75", "half_scale"):
         assert f"{mean[(8, test)]} against {mean[(2, test)]}" in text, test
-    flat = json.loads(open(os.path.join(RESULTS, "effectiveness_flat_budget.json")).read())
+    flat = json.loads(open(os.path.join(HISTORY, "effectiveness_flat_budget.json")).read())
     default = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())
     assert f"{flat['psnr']:.1f} dB" in text and f"{default['psnr']:.1f} dB" in text
 
 
-def test_card_quotes_the_victims_trained_on_more_scenes():
-    """Each audit of ``benchmarks/results/victim_scale/`` has a card row: held-out scenes,
-    victim seed, epochs, clean mIoU and the three ratios."""
-    card = _card()
+def test_history_quotes_the_victims_trained_on_more_scenes():
+    """Each audit of ``benchmarks/results/history/victim_scale/`` has a history row: held-out
+    scenes, victim seed, epochs, clean mIoU and the three ratios."""
+    card = _history()
     main = json.loads(open(os.path.join(RESULTS, "effectiveness.json")).read())["dataset"]
-    paths = glob.glob(os.path.join(RESULTS, "victim_scale", "*.json"))
+    paths = glob.glob(os.path.join(HISTORY, "victim_scale", "*.json"))
     assert len(paths) >= 4
     for path in paths:
         results = json.loads(open(path).read())
