@@ -138,7 +138,7 @@ def load_pets(root: str, name: str = "real-pets", limit=None) -> fo.Dataset:
         labels_path=os.path.join(folder, "masks"),
         label_field="ground_truth",
     )
-    dataset.mask_targets = {"ground_truth": {0: "background", 1: "pet"}}
+    dataset.mask_targets = {"ground_truth": {0: "background", 1: "pet", 255: "void"}}
     dataset.save()
     ids = dataset.sort_by("filepath").values("id")
     test = ids[::PETS_TEST_EVERY]

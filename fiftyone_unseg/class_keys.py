@@ -5,7 +5,7 @@ not *what* they are. A class key adds a shortcut to the class: every class name 
 fixed random +-1 texture drawn from a secret key, and on each object pixel a share
 ``mix`` of the noise is its class's texture (the background has a texture of its own),
 the rest the generator's noise. The result stays in [-1, 1], so the budgets hold. On
-the sample scenes it helps little (see the default generator's MODEL_CARD.md, "Class
+the sample scenes it helps little (see docs/GENERATOR_HISTORY.md, "Class
 keys"), and a fixed texture per class can be estimated from the protected images and
 subtracted by anyone who knows the method; the audit's ``class_pattern`` baseline uses
 the same textures alone.

@@ -150,8 +150,9 @@ def segment_values(samples, label_field: str, background=AUTO, ignore=AUTO) -> S
     whose mask target is named "background" (or "bg"), else 0 unless the mask targets
     name 0 as a class (CamVid's 0 is sky), in which case there is none. ``ignore``: pixel
     values or "auto": those whose mask targets are named "void", "ignore", "unlabeled"
-    (...), and 255 when the field has mask targets that do not name it (the void of VOC,
-    CamVid, Cityscapes train ids, Oxford pets). Other label types: the default.
+    (...), and 255 when there is no background value and the mask targets do not name 255
+    (the void of sets whose 0 is a class: CamVid, Cityscapes train ids). Other label
+    types: the default.
     """
     if label_type(samples, label_field) is not fo.Segmentation:
         return SegmentValues()
@@ -162,7 +163,7 @@ def segment_values(samples, label_field: str, background=AUTO, ignore=AUTO) -> S
         background = named[0] if named else (0 if 0 not in names else None)
     if ignore == AUTO:
         ignore = {v for v, n in names.items() if n in IGNORE_NAMES}
-        if targets and VOID_VALUE not in targets:
+        if background is None and targets and VOID_VALUE not in targets:
             ignore.add(VOID_VALUE)
     values = SegmentValues(
         None if background is None else int(background), frozenset(int(v) for v in ignore)

@@ -1,0 +1,82 @@
+"""The real-data benchmark: its data import, its table and JSON, and what it says without data.
+
+Runs on a few images of ``../shared/data`` at run time (never copied into the repo) and
+skips cleanly where that folder is missing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+BENCHMARKS = os.path.join(REPO, "benchmarks")
+DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+needs_data = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(DATA, "camvid")), reason="no real data at ../shared/data"
+)
+
+
+def _bench(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "real_effectiveness.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=900,
+    )
+
+
+def test_without_data_it_names_the_public_datasets_to_download(tmp_path):
+    proc = _bench("--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.json"))
+    assert proc.returncode != 0 and not os.path.exists(tmp_path / "x.json")
+    for name in ("CamVid", "COCO", "coco-2017", "ECSSD", "Oxford-IIIT Pet", "--data DIR"):
+        assert name in proc.stderr, name
+
+
+@needs_data
+def test_a_quick_run_on_real_photos_writes_the_table_and_json(tmp_path):
+    out = tmp_path / "real.json"
+    proc = _bench(
+        "--quick", "--victims", "semantic", "--stress", "jpeg75", "--seeds", "2",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    row = results["victims"]["semantic"]
+    assert row["dataset"] == "camvid" and row["metric"] == "mIoU"
+    for key in ("random_ratio", "random_flat_ratio", "pattern_ratio", "spread"):
+        assert key in row
+    assert len(row["runs"]["clean"]) == 2  # two victim seeds behind each number
+    if row["gain_ratio"] is not None:
+        expected = (row["protected"] - row["chance"]) / (row["clean"] - row["chance"])
+        assert row["gain_ratio"] == pytest.approx(expected)
+    assert results["data"]["camvid"] == {"train": 8, "test": 8}
+    assert 25 < results["psnr"] < 60 and 0.5 < results["ssim"] <= 1
+    stress = results["stress"]["jpeg75"]
+    assert stress["victim"] == "semantic" and stress["countermeasure"] == "jpeg:75"
+    assert {"ratio", "pattern_ratio", "countermeasure_ratio"} <= set(stress)
+    assert "semantic   camvid" in proc.stdout and "jpeg75" in proc.stdout
+
+
+@needs_data
+def test_real_sets_import_with_fiftyones_importers_and_keep_their_splits():
+    sys.path.insert(0, BENCHMARKS)
+    import real_data
+
+    camvid = real_data.load_camvid(DATA, name="test-real-camvid", limit=3)
+    assert camvid.count_sample_tags() == {"train": 3, "test": 3}
+    assert camvid.mask_targets["ground_truth"][0] == "sky"
+    coco = real_data.load_coco(DATA, name="test-real-coco", classes=["person"], limit=4)
+    assert coco.count_sample_tags() == {"train": 4, "test": 4}
+    train, test = (set(coco.match_tags(t).values("filepath")) for t in ("train", "test"))
+    assert not train & test
+    people = coco.distinct("person.detections.label")
+    assert people == ["person"] and coco.count("instances.detections") > coco.count(
+        "person.detections"
+    )
+    for dataset in (camvid, coco):
+        assert all(p.startswith(DATA) for p in dataset.values("filepath"))  # read in place
+        dataset.delete()
