@@ -33,6 +33,8 @@ clean and protected. Writes ``benchmarks/results/real/effectiveness.json``.
     python benchmarks/real_effectiveness.py --victims semantic --stress
     python benchmarks/real_effectiveness.py --victims --stress jpeg75 --update
     python benchmarks/real_effectiveness.py --quick --out /tmp/x.json  # a smoke run
+    python benchmarks/real_effectiveness.py --generator runs/x/generator --victims semantic \
+        --baselines --stress --out x.json                             # another generator
 """
 
 # isort: off
@@ -94,6 +96,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--stress", nargs="*", choices=list(STRESS), default=list(STRESS))
     parser.add_argument("--stress-victim", choices=list(TASKS), default="semantic")
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        choices=BASELINES,
+        default=list(BASELINES),
+        help="the victims' baselines (fewer: compare another generator at the same seeds)",
+    )
     parser.add_argument("--seeds", type=int, default=2, help="victim trainings per variant")
     parser.add_argument("--victim-seed", type=int, default=0, help="the first victim seed")
     parser.add_argument("--epochs", type=int, help="for every victim (default: the task's)")
@@ -147,15 +156,16 @@ def run(args) -> dict:
     victims = {}
     for victim in args.victims:
         task = TASKS[victim]
-        result = _audit(datasets[task.dataset], victim, task, BASELINES, None, args)
-        victims[victim] = {"dataset": task.dataset, **_summary(result, BASELINES)}
+        result = _audit(datasets[task.dataset], victim, task, args.baselines, None, args)
+        row = _summary(result, args.baselines, args.seeds)
+        victims[victim] = {"dataset": task.dataset, **row}
     stress = {}
     for name in args.stress:
         task = TASKS[args.stress_victim]
         result = _audit(
             datasets[task.dataset], args.stress_victim, task, ("pattern", "none"), name, args
         )
-        row = _summary(result, ("pattern", "none"))
+        row = _summary(result, ("pattern", "none"), args.seeds)
         stress[name] = {
             "victim": args.stress_victim,
             "dataset": task.dataset,
@@ -179,7 +189,6 @@ def run(args) -> dict:
         "ssim": _mean([q["ssim"] for q in quality.values()]),
         "quality": quality,
         "stress": stress,
-        "seeds": args.seeds,
         "victim_seed": args.victim_seed,
         "quick": args.quick,
         "seconds": time.monotonic() - started,
@@ -205,8 +214,8 @@ def _audit(dataset, victim: str, task: Task, baselines, stress, args):
     return report.results[0]
 
 
-def _summary(result, baselines) -> dict:
-    """A victim's row: scores, chance, ratios, gain ratio, spread over seeds."""
+def _summary(result, baselines, seeds: int) -> dict:
+    """A victim's row: scores, chance, ratios, gain ratio, spread over ``seeds`` seeds."""
     clean, protected, chance = result.scores["clean"], result.scores["protected"], result.chance
     row = {
         "metric": result.metric,
@@ -215,6 +224,7 @@ def _summary(result, baselines) -> dict:
         "chance": chance,
         "ratio": result.ratio("protected"),
         "gain_ratio": gain_ratio(protected, clean, chance),
+        "seeds": seeds,
         "spread": max((result.spread.get(v, 0.0) for v in ("clean", "protected")), default=0.0),
         "runs": result.runs,
         "settings": result.settings,
@@ -244,17 +254,17 @@ def table(results: dict) -> str:
 
     lines = [
         f"generator {results['generator']}, eps {results['eps'] * 255:g}/255 objects, "
-        f"{results['eps_bg'] * 255:g}/255 background; {results['seeds']} victim seeds from "
+        f"{results['eps_bg'] * 255:g}/255 background; victim seeds from "
         f"{results['victim_seed']}; data {results['data']}",
         f"{'victim':<10} {'data':<7} {'metric':<22} {'chance':>6} {'clean':>6} {'prot.':>6} "
-        f"{'ratio':>6} {'gain':>6} {'random':>6} {'flat':>6} {'pattern':>7} {'sd':>6}",
+        f"{'ratio':>6} {'gain':>6} {'random':>6} {'flat':>6} {'pattern':>7} {'sd':>6} seeds",
     ]
     for name, v in results["victims"].items():
         lines.append(
             f"{name:<10} {v['dataset']:<7} {v['metric']:<22} {fmt(v['chance'])} "
             f"{fmt(v['clean'])} {fmt(v['protected'])} {fmt(v['ratio'])} {fmt(v['gain_ratio'])} "
             f"{fmt(v.get('random_ratio'))} {fmt(v.get('random_flat_ratio'))} "
-            f"{fmt(v.get('pattern_ratio'), 7)} {fmt(v['spread'])}"
+            f"{fmt(v.get('pattern_ratio'), 7)} {fmt(v['spread'])} {v['seeds']:>5}"
         )
     for name, q in results["quality"].items():
         lines.append(
@@ -264,13 +274,13 @@ def table(results: dict) -> str:
     if results["stress"]:
         lines.append(
             f"{'stress':<12} {'victim':<10} {'clean':>6} {'ratio':>6} {'gain':>6} "
-            f"{'pattern':>7} {'alone':>6}"
+            f"{'pattern':>7} {'alone':>6} {'sd':>6} seeds"
         )
     for name, s in results["stress"].items():
         lines.append(
             f"{name:<12} {s['victim']:<10} {fmt(s['clean'])} {fmt(s['ratio'])} "
             f"{fmt(s['gain_ratio'])} {fmt(s.get('pattern_ratio'), 7)} "
-            f"{fmt(s.get('countermeasure_ratio'))}"
+            f"{fmt(s.get('countermeasure_ratio'))} {fmt(s['spread'])} {s['seeds']:>5}"
         )
     lines.append(
         "ratio = protected/clean; gain = (protected - chance)/(clean - chance); random, flat, "
@@ -282,7 +292,7 @@ def table(results: dict) -> str:
 
 def merge(old: dict, new: dict) -> dict:
     """``old`` with the victims and stress tests that ``new`` measured replaced."""
-    for key in ("generator", "eps", "eps_bg", "seeds", "victim_seed", "quick"):
+    for key in ("generator", "eps", "eps_bg", "victim_seed", "quick"):
         if old.get(key) != new[key]:
             raise SystemExit(f"--update: {key} differs ({old.get(key)} there, {new[key]} now)")
     merged = dict(old)
