@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import os
+import shlex
 import sys
 
 from tqdm import tqdm
@@ -105,6 +106,17 @@ def _share(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is less than 1")
+    return value
+
+
 def _shard(text: str) -> tuple[int, int]:
     """``i/n`` -> (i, n)."""
     try:
@@ -148,9 +160,12 @@ def _cmd_protect(args) -> int:
 
     if args.classes and args.per_instance:
         raise ValueError("choose --classes or --per-instance, not both")
+    samples = _collection(args)
+    if args.limit:  # a preview: N samples spread over the dataset, the same N every time
+        samples = samples.take(args.limit, seed=0)
     try:
         summary = protect(
-            _collection(args),
+            samples,
             args.label_field,
             generator=args.generator,
             eps=args.eps,
@@ -180,7 +195,25 @@ def _cmd_protect(args) -> int:
         f"{summary['failed']} failed{busy}) in {summary['seconds']:.1f} s; files in "
         f"{summary['output_dir']}; run {summary['run_key']!r}"
     )
+    if args.limit:
+        _print_preview(args, summary)
     return _exit_status(summary)
+
+
+def _print_preview(args, summary: dict) -> None:
+    """How visible the preview's noise is, and how to look at it and go on."""
+    from fiftyone_unseg.summary import visibility_line
+
+    target = f"--dataset {shlex.quote(args.dataset)}"
+    if args.view:
+        target += f" --view {shlex.quote(args.view)}"
+    print(f"Preview: {visibility_line(summary['visibility'])}")
+    print(
+        f"Look at them: unseg visualize {target} --amplified-field unseg_noise_image, or "
+        f"open the App (fiftyone app launch {shlex.quote(args.dataset)}) and pick "
+        "protected_filepath as the grid's media field (gear icon)"
+    )
+    print("Protect the rest: the same command without --limit (these samples are skipped)")
 
 
 def _cmd_restore(args) -> int:
@@ -317,6 +350,13 @@ def _add_protect_commands(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
     p.add_argument("--shard", type=_shard, help="i/n: this process's share of the samples")
     p.add_argument("--overwrite", action="store_true", help="protect already protected samples")
+    p.add_argument(
+        "--limit",
+        type=_positive,
+        metavar="N",
+        help="preview: protect only N samples (a seeded random pick, spread over the "
+        "dataset) and say how visible their noise is; a later run without it skips them",
+    )
     p.set_defaults(func=_cmd_protect, interrupted="re-run the same command to resume")
 
     p = subparsers.add_parser("restore", help="put original images back as the samples' filepath")

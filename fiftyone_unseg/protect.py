@@ -206,9 +206,15 @@ def protect(
     Returns a summary: ``total``, ``protected``, ``skipped``, ``no_segments`` (of the
     protected, those without segments), ``busy``, ``failed``, ``failures`` (sample id,
     path and reason), ``stopped`` (why the run stopped early, else None),
-    ``output_dir``, ``run_key``, ``seconds`` and ``state``: how many of the run's
-    samples are protected, stale and unprotected when it ends. It is recorded as the
-    run's results also when the run is interrupted (Ctrl-C), then re-raised.
+    ``output_dir``, ``run_key``, ``seconds``, ``state``: how many of the run's
+    samples are protected, stale and unprotected when it ends, and ``visibility``: of
+    those protected, ``count``, ``psnr_mean`` and ``psnr_min`` (dB) and ``linf_max``
+    (in [0, 1]; None without values). It is recorded as the run's results also when
+    the run is interrupted (Ctrl-C), then re-raised.
+
+    To preview the noise before a whole run, protect a few samples spread over the
+    dataset first: ``protect(dataset.take(20, seed=0), ...)`` (``unseg protect
+    --limit 20``); a later run on the whole dataset skips them.
     """
     started = time.monotonic()
     image_format = _check_options(
@@ -261,7 +267,8 @@ def protect(
         run.stopped = f"interrupted ({type(error).__name__})"
         raise
     finally:
-        states = Counter(protection_states(view))
+        sample_states = protection_states(view)
+        states = Counter(sample_states)
         summary = {
             "total": total,
             "protected": run.protected,
@@ -279,6 +286,7 @@ def protect(
                 "stale": states[STALE],
                 "unprotected": states[None],
             },
+            "visibility": _visibility(view, sample_states),
         }
         config = {
             **settings,
@@ -851,6 +859,23 @@ def _ssim(original: np.ndarray, protected: np.ndarray) -> float | None:
         keep = slice(max(rows.start, pad) - lo, min(rows.stop, height - pad) - lo)
         total += float(ssim_map[keep, pad : width - pad].sum(dtype=np.float64))
     return total / ((height - 2 * pad) * (width - 2 * pad) * 3)
+
+
+def _visibility(view, states: list) -> dict:
+    """How visible the noise of ``view``'s protected copies is (``states``: theirs, from
+    :func:`protection_states`): their ``count``, ``psnr_mean``, ``psnr_min`` and
+    ``linf_max`` (None without values)."""
+    stored = _stored(view)
+    facts = zip(optional_values(stored, "unseg.psnr"), optional_values(stored, "unseg.linf"))
+    current = [fact for fact, state in zip(facts, states) if state == CURRENT]
+    psnr = [p for p, _ in current if p is not None]
+    linf = [x for _, x in current if x is not None]
+    return {
+        "count": len(current),
+        "psnr_mean": float(np.mean(psnr)) if psnr else None,
+        "psnr_min": min(psnr, default=None),
+        "linf_max": max(linf, default=None),
+    }
 
 
 def _sync_filepaths(dataset, ids: list, replace_filepath: bool) -> None:

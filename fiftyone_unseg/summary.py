@@ -138,6 +138,22 @@ def headline(summary: dict) -> str:
     return " · ".join(parts)
 
 
+def visibility_line(visibility: dict) -> str:
+    """One line on how visible a protect run's noise is (its summary's ``visibility``)."""
+    count = visibility["count"]
+    if not count:
+        return "no protected samples to measure"
+    head = f"{count} protected sample{'s' if count != 1 else ''}"
+    parts = []
+    if visibility["psnr_mean"] is not None:
+        parts.append(
+            f"PSNR mean {visibility['psnr_mean']:.1f} dB (min {visibility['psnr_min']:.1f})"
+        )
+    if visibility["linf_max"] is not None:
+        parts.append(f"largest change {visibility['linf_max'] * 255:.1f}/255 per channel (L-inf)")
+    return head + (": " + ", ".join(parts) if parts else "")
+
+
 def setting_rows(summary: dict) -> list[dict]:
     """The summary's settings as display strings (budgets in 1/255)."""
     rows = []

@@ -9,6 +9,7 @@ from fiftyone_unseg.plugin.forms import form_error, require_protection, target_f
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.protect import protect, restore
 from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, MAX_BUDGET, visibility_warning
+from fiftyone_unseg.summary import visibility_line
 from fiftyone_unseg.visualize import visualize_noise
 
 PROMPTS = {
@@ -127,6 +128,16 @@ class ProtectSamples(foo.Operator):
             label="Make the protected images the samples' filepath (undo: restore originals)",
         )
         inputs.bool("overwrite", default=False, label="Protect already protected samples again")
+        inputs.int(
+            "preview",
+            label="Preview first: protect only N samples (0: all)",
+            description=(
+                "N samples spread over the target (the same N each time), to see the noise "
+                "and its PSNR before a whole run; a later run skips them"
+            ),
+            default=0,
+            min=0,
+        )
         inputs.str(
             "generator",
             label="Generator checkpoint folder (empty: the shipped default)",
@@ -156,8 +167,11 @@ class ProtectSamples(foo.Operator):
     def execute(self, ctx):
         params = ctx.params
         prompt = params.get("prompt", "all")
+        samples = ctx.target_view()
+        if params.get("preview"):  # as `unseg protect --limit N`
+            samples = samples.take(params["preview"], seed=0)
         summary = protect(
-            ctx.target_view(),
+            samples,
             params["label_field"],
             generator=params.get("generator") or None,
             eps=params.get("eps", 8.0) / 255,
@@ -178,6 +192,16 @@ class ProtectSamples(foo.Operator):
         for name in ("protected", "skipped", "no_segments", "failed"):
             outputs.int(name, label=name.replace("_", " ").capitalize())
         outputs.str("output_dir", label="Protected images in")
+        visibility = (ctx.results or {}).get("visibility")
+        if visibility:
+            line = visibility_line(visibility)
+            line = line[:1].upper() + line[1:]
+            if ctx.params.get("preview"):
+                line += (
+                    ". To look at them, pick protected_filepath as the grid's media field "
+                    "(gear icon); protecting the rest skips them"
+                )
+            outputs.view("visibility_line", types.Notice(label=line))
         _problems(ctx, outputs)
         return types.Property(outputs)
 
