@@ -59,7 +59,17 @@ from fiftyone_unseg.cli import budget_arg, tqdm_progress
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "real")
-STRESS = {"jpeg75": "jpeg:75", "blur1": "blur:1.0", "half_scale": "downscale:0.5"}
+STRESS = {  # the first three run by default; the rest are the informed attacks
+    "jpeg75": "jpeg:75",
+    "blur1": "blur:1.0",
+    "half_scale": "downscale:0.5",
+    "jpeg90": "jpeg:90",
+    "grayscale": "grayscale",
+    "median3": "median:3",
+    "bilateral": "bilateral:25",
+    "quarter_scale": "downscale:0.25",
+}
+DEFAULT_STRESS = ("jpeg75", "blur1", "half_scale")
 BASELINES = ("random", "random_flat", "pattern")
 
 
@@ -94,7 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--victims", nargs="*", choices=list(TASKS), default=["semantic", "yolo", "sam_point"]
     )
-    parser.add_argument("--stress", nargs="*", choices=list(STRESS), default=list(STRESS))
+    parser.add_argument("--stress", nargs="*", choices=list(STRESS), default=list(DEFAULT_STRESS))
     parser.add_argument("--stress-victim", choices=list(TASKS), default="semantic")
     parser.add_argument(
         "--baselines",

@@ -193,7 +193,7 @@ def test_no_noise_baseline_is_the_clean_image_through_the_countermeasure(sample_
 def test_countermeasures_do_what_they_say():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
-    for text in ("jpeg:75", "blur:1.0", "downscale:0.5", "grayscale"):
+    for text in ("jpeg:75", "blur:1.0", "downscale:0.5", "grayscale", "median:3", "bilateral:25"):
         measure = Countermeasure.parse(text)
         assert str(measure) == text.replace(".0", "")
         out = measure(image)
@@ -201,7 +201,8 @@ def test_countermeasures_do_what_they_say():
         assert np.array_equal(measure(image), out)  # deterministic
     assert Countermeasure.parse(None) is None and Countermeasure.parse("none") is None
     assert Countermeasure.parse("jpeg") == Countermeasure("jpeg", 75.0)
-    for bad in ("jpeg:0", "jpeg:75.5", "blur:-1", "downscale:1.5", "grayscale:2", "sharpen"):
+    bad_ones = ("jpeg:0", "jpeg:75.5", "blur:-1", "downscale:1.5", "grayscale:2", "sharpen")
+    for bad in (*bad_ones, "median:4", "median:1", "bilateral:0"):
         with pytest.raises(ValueError):
             Countermeasure.parse(bad)
 
@@ -218,6 +219,18 @@ def test_countermeasures_do_what_they_say():
     checker = np.indices((32, 32)).sum(0) % 2 * 255
     checker = np.repeat(checker[..., None], 3, -1).astype(np.uint8)
     assert np.abs(Countermeasure.parse("downscale:0.5")(checker).astype(int) - 128).max() <= 1
+
+    # a median keeps an edge and removes isolated +-8 specks; the bilateral filter smooths
+    # fine noise on a flat region and keeps the edge
+    edge = np.zeros((32, 32, 3), np.uint8)
+    edge[:, 16:] = 200
+    specks = edge.copy()
+    specks[5, 5], specks[20, 25] = 8, 192
+    assert np.array_equal(Countermeasure.parse("median:3")(specks), edge)
+    noisy = np.clip(edge + rng.integers(-8, 9, edge.shape), 0, 255).astype(np.uint8)
+    smoothed = Countermeasure.parse("bilateral:25")(noisy).astype(int)
+    assert np.abs(smoothed - edge).mean() < 0.6 * np.abs(noisy.astype(int) - edge).mean()
+    assert smoothed[:, :14].max() < 40 and smoothed[:, 18:].min() > 160
 
     gray = Countermeasure.parse("grayscale")(image).astype(float)
     luma = image.astype(float) @ [0.299, 0.587, 0.114]

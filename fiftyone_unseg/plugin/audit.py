@@ -18,6 +18,8 @@ COUNTERMEASURE_VALUES = {
     "jpeg": ("JPEG quality", 75.0),
     "blur": ("Blur sigma (px)", 1.0),
     "downscale": ("Downscale factor", 0.5),
+    "median": ("Median window (odd px)", 3.0),
+    "bilateral": ("Bilateral colour sigma (/255)", 25.0),
 }
 
 
