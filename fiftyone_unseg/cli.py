@@ -313,7 +313,8 @@ def _add_protect_commands(subparsers) -> None:
         type=budget_arg,
         default=DEFAULT_EPS_BG,
         help="background budget (2/255, the paper's); 8/255 puts the object budget everywhere: "
-        "34 dB instead of 40, stronger and more robust to JPEG and resizing (model card)",
+        "34 dB instead of 40, stronger and more robust to JPEG and resizing on sample scenes "
+        "(docs/GENERATOR_HISTORY.md)",
     )
     p.add_argument("--classes", nargs="+", help="prompt with these classes only")
     p.add_argument("--per-instance", action="store_true", help="one prompt per segment")
@@ -329,7 +330,7 @@ def _add_protect_commands(subparsers) -> None:
         nargs="*",
         type=int,
         help="Segmentation fields: pixel values that are no class (void); none after the flag "
-        "for none (default: from the mask targets; 255 unless they name it)",
+        "for none (default: from the mask targets, and 255 when 0 is a class)",
     )
     p.add_argument(
         "--class-mix",
@@ -499,7 +500,10 @@ def _add_evaluate_command(subparsers) -> None:
         metavar="BASELINE",
         help="%(choices)s",
     )
-    p.add_argument("--countermeasure", help="jpeg:75, blur:1.0, downscale:0.5 or grayscale")
+    p.add_argument(
+        "--countermeasure",
+        help="jpeg:75, blur:1.0, downscale:0.5, grayscale, median:3 or bilateral:25",
+    )
     p.add_argument(
         "--eps",
         type=budget_arg,

@@ -92,7 +92,7 @@ class ProtectSamples(foo.Operator):
             description=(
                 "2 is the paper's setting (about 40 dB). 8, the object budget everywhere, is "
                 "more visible (about 34 dB) but stronger and more robust to JPEG and resizing "
-                "(see the model card)"
+                "(docs/GENERATOR_HISTORY.md)"
             ),
             default=2.0,
             min=0.0,
