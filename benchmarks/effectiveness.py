@@ -32,7 +32,6 @@ import sandbox  # first: FiftyOne must see its private database
 # isort: on
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -40,7 +39,7 @@ import time
 import held_out
 import numpy as np
 import torch
-from machine import machine_facts, publish
+from machine import machine_facts, merge_results
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.audit.baselines import BASELINES
@@ -246,23 +245,12 @@ def table(results: dict) -> str:
 def merge(old: dict, new: dict) -> dict:
     """``old`` with the victims and stress tests that ``new`` measured replaced."""
     old = {"victim_seed": 0, "class_mix": 0.0, **old}  # files from before those options
-    for key in ("generator", "dataset", "eps", "eps_bg", "class_mix", "victim_seed"):
-        if old.get(key) != new[key]:
-            raise SystemExit(f"--update: {key} differs ({old.get(key)} here, {new[key]} now)")
-    merged = dict(old, victims={**old["victims"], **new["victims"]})
-    merged["stress"] = {**old["stress"], **new["stress"]}
-    merged["seconds"] = old["seconds"] + new["seconds"]
-    return merged
+    same = ("generator", "dataset", "eps", "eps_bg", "class_mix", "victim_seed")
+    return merge_results(old, new, same, ("victims", "stress"))
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    results = sandbox.measure(run, args)
-    if args.update and os.path.exists(args.out):
-        with open(args.out) as f:
-            results = merge(json.load(f), results)
-    publish(results, table(results), args.out)
-    return 0
+    return sandbox.measure_and_publish(run, parse_args(argv), merge, table)
 
 
 if __name__ == "__main__":

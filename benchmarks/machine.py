@@ -31,3 +31,16 @@ def publish(results: dict, table: str, path: str) -> None:
     print(table)
     atomic_write_bytes(json.dumps(results, indent=2).encode(), path)
     print(f"wrote {path}")
+
+
+def merge_results(old: dict, new: dict, same: tuple, parts: tuple) -> dict:
+    """``old`` with the entries of its dicts ``parts`` that ``new`` measured replaced; the
+    keys ``same`` must agree (else SystemExit naming the first that differs)."""
+    for key in same:
+        if old.get(key) != new[key]:
+            raise SystemExit(f"--update: {key} differs ({old.get(key)} there, {new[key]} now)")
+    merged = dict(old)
+    for key in parts:
+        merged[key] = {**old.get(key, {}), **new[key]}
+    merged["seconds"] = old["seconds"] + new["seconds"]
+    return merged

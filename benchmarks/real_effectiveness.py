@@ -42,7 +42,6 @@ import sandbox  # first: FiftyOne must see its private database
 # isort: on
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -51,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import real_data
 import torch
-from machine import machine_facts, publish
+from machine import machine_facts, merge_results
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
@@ -302,26 +301,15 @@ def table(results: dict) -> str:
 
 def merge(old: dict, new: dict) -> dict:
     """``old`` with the victims and stress tests that ``new`` measured replaced."""
-    for key in ("generator", "eps", "eps_bg", "victim_seed", "quick"):
-        if old.get(key) != new[key]:
-            raise SystemExit(f"--update: {key} differs ({old.get(key)} there, {new[key]} now)")
-    merged = dict(old)
-    for key in ("victims", "stress", "quality", "data"):
-        merged[key] = {**old.get(key, {}), **new[key]}
+    same = ("generator", "eps", "eps_bg", "victim_seed", "quick")
+    merged = merge_results(old, new, same, ("victims", "stress", "quality", "data"))
     merged["psnr"] = _mean([q["psnr"] for q in merged["quality"].values()])
     merged["ssim"] = _mean([q["ssim"] for q in merged["quality"].values()])
-    merged["seconds"] = old["seconds"] + new["seconds"]
     return merged
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    results = sandbox.measure(run, args)
-    if args.update and os.path.exists(args.out):
-        with open(args.out) as f:
-            results = merge(json.load(f), results)
-    publish(results, table(results), args.out)
-    return 0
+    return sandbox.measure_and_publish(run, parse_args(argv), merge, table)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,22 @@ def measure(run, *args):
         cleanup()
 
 
+def measure_and_publish(run, args, merge, table) -> int:
+    """A benchmark's ``main``: ``run(args)`` in the sandbox; with ``args.update``, the
+    results merged into what ``args.out`` holds (``merge(old, new)``); the table printed
+    and the JSON written."""
+    import json
+
+    from machine import publish
+
+    results = measure(run, args)
+    if args.update and os.path.exists(args.out):
+        with open(args.out) as f:
+            results = merge(json.load(f), results)
+    publish(results, table(results), args.out)
+    return 0
+
+
 def cleanup() -> None:
     import fiftyone as fo
 

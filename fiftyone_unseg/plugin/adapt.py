@@ -4,8 +4,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_unseg.adapt import STEPS, adapt_generator, default_output_dir
-from fiftyone_unseg.labels import supported_label_fields
-from fiftyone_unseg.plugin.forms import dropdown, form_error, target_form
+from fiftyone_unseg.plugin.forms import label_field_form
 from fiftyone_unseg.plugin.progress import app_progress
 
 
@@ -26,14 +25,11 @@ class AdaptGenerator(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs, form = target_form(ctx, "UnSeg: adapt the generator", "Train on")
-        if ctx.dataset is None:
+        inputs, form, ok = label_field_form(
+            ctx, "UnSeg: adapt the generator", "Train on", "Label field (the objects)"
+        )
+        if not ok:
             return form
-        fields = supported_label_fields(ctx.dataset)
-        if not fields:
-            form_error(inputs, "no_fields", "No Segmentation, Detections or Polylines field")
-            return form
-        dropdown(inputs, "label_field", fields, "Label field (the objects)", fields[0])
         inputs.int(
             "steps",
             label="Training steps",

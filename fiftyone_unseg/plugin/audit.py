@@ -10,8 +10,7 @@ from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.countermeasures import KINDS
 from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS
-from fiftyone_unseg.labels import supported_label_fields
-from fiftyone_unseg.plugin.forms import dropdown, form_error, target_form
+from fiftyone_unseg.plugin.forms import dropdown, form_error, label_field_form
 from fiftyone_unseg.plugin.progress import app_progress
 
 COUNTERMEASURE_VALUES = {
@@ -49,14 +48,11 @@ class EvaluateProtection(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs, form = target_form(ctx, "UnSeg: evaluate protection", "Audit")
-        if ctx.dataset is None:
+        inputs, form, ok = label_field_form(
+            ctx, "UnSeg: evaluate protection", "Audit", "Label field (instances)"
+        )
+        if not ok:
             return form
-        fields = supported_label_fields(ctx.dataset)
-        if not fields:
-            form_error(inputs, "no_fields", "No Segmentation, Detections or Polylines field")
-            return form
-        dropdown(inputs, "label_field", fields, "Label field (instances)", fields[0])
         semantic = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
         label = "Semantic field (none: class maps from the label field)"
         dropdown(inputs, "semantic_field", ["", *semantic], label, "")

@@ -25,6 +25,26 @@ def target_form(ctx, label: str, action: str) -> tuple[types.Object, types.Prope
     return inputs, types.Property(inputs, view=types.View(label=label))
 
 
+def label_field_form(ctx, label: str, action: str, field_label: str):
+    """:func:`target_form` with a required dropdown ``label_field`` of the dataset's
+    Segmentation, Detections and Polylines fields; returns (inputs, form, ok): without an
+    open dataset or such a field the form says so and cannot run (ok False)."""
+    from fiftyone_unseg.labels import supported_label_fields
+
+    inputs, form = target_form(ctx, label, action)
+    if ctx.dataset is None:
+        return inputs, form, False
+    fields = supported_label_fields(ctx.dataset)
+    if not fields:
+        form_error(inputs, "no_fields", "No Segmentation, Detections or Polylines field")
+        return inputs, form, False
+    view = types.Dropdown(label=field_label)
+    for name in fields:
+        view.add_choice(name, label=name)
+    inputs.enum("label_field", fields, default=fields[0], required=True, view=view)
+    return inputs, form, True
+
+
 def require_protection(ctx, inputs) -> bool:
     """Whether the dataset has protected samples; if not, the form says so and cannot run."""
     if ctx.dataset.has_field("protected_filepath"):

@@ -4,8 +4,13 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_unseg.checkpoint import DEFAULT_GENERATOR_DIR, WEIGHTS_FILE
-from fiftyone_unseg.labels import class_names, supported_label_fields
-from fiftyone_unseg.plugin.forms import form_error, require_protection, target_form
+from fiftyone_unseg.labels import class_names
+from fiftyone_unseg.plugin.forms import (
+    form_error,
+    label_field_form,
+    require_protection,
+    target_form,
+)
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.protect import protect, restore
 from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, MAX_BUDGET, visibility_warning
@@ -69,19 +74,12 @@ class ProtectSamples(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        inputs, form = target_form(ctx, "UnSeg: protect samples", "Protect")
-        if ctx.dataset is None:
+        inputs, form, ok = label_field_form(
+            ctx, "UnSeg: protect samples", "Protect", "Label field (prompts and object budget)"
+        )
+        if not ok:
             return form
-        fields = supported_label_fields(ctx.dataset)
-        if not fields:
-            form_error(
-                inputs, "no_fields", "No Segmentation, Detections or Polylines field to prompt"
-            )
-            return form
-        field_choices = types.Dropdown(label="Label field (prompts and object budget)")
-        for name in fields:
-            field_choices.add_choice(name, label=name)
-        inputs.enum("label_field", fields, default=fields[0], required=True, view=field_choices)
+        fields = inputs.properties["label_field"].type.values
         self._prompt_inputs(ctx, inputs, ctx.params.get("label_field") or fields[0])
         inputs.float(
             "eps", label="Object budget (/255)", default=8.0, min=0.01, max=MAX_BUDGET * 255
