@@ -55,7 +55,7 @@ from machine import machine_facts, merge_results
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import budget_arg, tqdm_progress
-from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG
+from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "real")
 STRESS = {  # the first three run by default; the rest are the informed attacks
@@ -70,6 +70,7 @@ STRESS = {  # the first three run by default; the rest are the informed attacks
 }
 DEFAULT_STRESS = ("jpeg75", "blur1", "half_scale")
 BASELINES = ("random", "random_flat", "pattern")
+EXTRA_BASELINES = ("class_pattern",)  # one tile per class: the yardstick of class keys
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eps-bg", type=budget_arg, default=DEFAULT_EPS_BG, help="background budget"
     )
     parser.add_argument(
+        "--class-mix",
+        type=float,
+        default=DEFAULT_CLASS_MIX,
+        help="protect's class_mix (share of the secret class textures; 0: the generator alone)",
+    )
+    parser.add_argument(
         "--victims", nargs="*", choices=list(TASKS), default=["semantic", "yolo", "sam_point"]
     )
     parser.add_argument("--stress", nargs="*", choices=list(STRESS), default=list(DEFAULT_STRESS))
@@ -108,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--baselines",
         nargs="*",
-        choices=BASELINES,
+        choices=BASELINES + EXTRA_BASELINES,
         default=list(BASELINES),
         help="the victims' baselines (fewer: compare another generator at the same seeds)",
     )
@@ -155,7 +162,7 @@ def run(args) -> dict:
         train = dataset.match_tags("train")
         protect(
             train, field, generator=generator, eps=args.eps, eps_bg=args.eps_bg,
-            progress=tqdm_progress(f"protect {name}"),
+            class_mix=args.class_mix, progress=tqdm_progress(f"protect {name}"),
         )  # fmt: skip
         quality[name] = {
             "psnr": _mean(train.values("unseg.psnr")),
@@ -186,6 +193,7 @@ def run(args) -> dict:
         "generator": generator.generator_id,
         "eps": args.eps,
         "eps_bg": args.eps_bg,
+        "class_mix": args.class_mix,
         "data": {
             name: {
                 "train": d.count_sample_tags().get("train"),
@@ -262,18 +270,21 @@ def table(results: dict) -> str:
         return f"{'n/a':>{width}}" if x is None else f"{x:{width}.3f}"
 
     lines = [
-        f"generator {results['generator']}, eps {results['eps'] * 255:g}/255 objects, "
-        f"{results['eps_bg'] * 255:g}/255 background; victim seeds from "
+        f"generator {results['generator']}, class mix {results.get('class_mix', 0.0)}, eps "
+        f"{results['eps'] * 255:g}/255 objects, {results['eps_bg'] * 255:g}/255 background; "
+        "victim seeds from "
         f"{results['victim_seed']}; data {results['data']}",
         f"{'victim':<10} {'data':<7} {'metric':<22} {'chance':>6} {'clean':>6} {'prot.':>6} "
-        f"{'ratio':>6} {'gain':>6} {'random':>6} {'flat':>6} {'pattern':>7} {'sd':>6} seeds",
+        f"{'ratio':>6} {'gain':>6} {'random':>6} {'flat':>6} {'pattern':>7} {'cl.pat':>6} "
+        f"{'sd':>6} seeds",
     ]
     for name, v in results["victims"].items():
         lines.append(
             f"{name:<10} {v['dataset']:<7} {v['metric']:<22} {fmt(v['chance'])} "
             f"{fmt(v['clean'])} {fmt(v['protected'])} {fmt(v['ratio'])} {fmt(v['gain_ratio'])} "
             f"{fmt(v.get('random_ratio'))} {fmt(v.get('random_flat_ratio'))} "
-            f"{fmt(v.get('pattern_ratio'), 7)} {fmt(v['spread'])} {v['seeds']:>5}"
+            f"{fmt(v.get('pattern_ratio'), 7)} {fmt(v.get('class_pattern_ratio'))} "
+            f"{fmt(v['spread'])} {v['seeds']:>5}"
         )
     for name, q in results["quality"].items():
         lines.append(
@@ -293,7 +304,8 @@ def table(results: dict) -> str:
         )
     lines.append(
         "ratio = protected/clean; gain = (protected - chance)/(clean - chance); random, flat, "
-        "pattern = the baselines' ratios; sd = largest seed sd of clean and protected; "
+        "pattern, cl.pat (one tile per class) = the baselines' ratios; sd = largest seed sd of "
+        "clean and protected; "
         "stress: alone = clean images through the counter-measure / clean"
     )
     return "\n".join(lines)
@@ -307,8 +319,8 @@ def card_table(results: dict) -> str:
 
     lines = [
         "| victim (data, metric) | chance | clean | protected | ratio | gain ratio | random "
-        "| random flat | pattern | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| random flat | pattern | class pattern | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in results["victims"].items():
         sd = f" (sd {v['spread']:.3f})" if v["seeds"] > 1 else ""
@@ -316,7 +328,8 @@ def card_table(results: dict) -> str:
             f"| {name} ({v['dataset']}, {v['metric']}) | {num(v['chance'], 3)} | "
             f"{num(v['clean'], 3)} | {num(v['protected'], 3)}{sd} | {num(v['ratio'])} | "
             f"{num(v['gain_ratio'])} | {num(v.get('random_ratio'))} | "
-            f"{num(v.get('random_flat_ratio'))} | {num(v.get('pattern_ratio'))} | {v['seeds']} |"
+            f"{num(v.get('random_flat_ratio'))} | {num(v.get('pattern_ratio'))} | "
+            f"{num(v.get('class_pattern_ratio'))} | {v['seeds']} |"
         )
     if results["stress"]:
         lines += [
@@ -336,7 +349,8 @@ def card_table(results: dict) -> str:
 
 def merge(old: dict, new: dict) -> dict:
     """``old`` with the victims and stress tests that ``new`` measured replaced."""
-    same = ("generator", "eps", "eps_bg", "victim_seed", "quick")
+    old = {"class_mix": 0.0, **old}  # files from before the option
+    same = ("generator", "eps", "eps_bg", "class_mix", "victim_seed", "quick")
     merged = merge_results(old, new, same, ("victims", "stress", "quality", "data"))
     merged["psnr"] = _mean([q["psnr"] for q in merged["quality"].values()])
     merged["ssim"] = _mean([q["ssim"] for q in merged["quality"].values()])
