@@ -11,7 +11,7 @@ QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
 DATA ?= ../shared/data
 
-.PHONY: install demo test lint bench clean default-generator real-generator
+.PHONY: install demo test lint bench clean default-generator
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,22 +39,15 @@ demo: install
 bench: install
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
-# Retrain the shipped default generator (fiftyone_unseg/weights/default/MODEL_CARD.md).
+# Retrain the shipped default generator (fiftyone_unseg/weights/default/MODEL_CARD.md) on the
+# training splits of the real photographs in $(DATA) (ECSSD, and CamVid's, the pets' and
+# COCO's training parts through FiftyOne; never a benchmark test image), in a FiftyOne
+# database of its own.
 default-generator: install
-	OMP_NUM_THREADS=1 $(VENV)/bin/unseg train --config tiny --seed 4 --out runs/default --overwrite
+	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
+	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config tiny --seed 4 --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth --data fiftyone:real-coco@train:instances --out runs/default --overwrite
 	cp runs/default/generator/model.safetensors runs/default/generator/config.json \
 		fiftyone_unseg/weights/default/
-
-# The candidate generator trained on real photographs' training splits only (ECSSD, and
-# CamVid's, the pets' and COCO's training parts through FiftyOne; never a benchmark test
-# image), in a FiftyOne database of its own.
-real-generator: install
-	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
-	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train \
-		--config tiny --seed 4 --out runs/real-seed4 --overwrite \
-		--data $(DATA)/ecssd/images:$(DATA)/ecssd/masks \
-		--data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth \
-		--data fiftyone:real-coco@train:instances
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts
