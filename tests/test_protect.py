@@ -338,7 +338,7 @@ def test_segments_smaller_than_a_prompt_cell_are_in_their_prompts(tmp_path):
     sample.save()
     task = protect_module._Task(sample.id, sample.filepath, "", 0)
     spec = resolve_prompt(dataset, "dets", "instance")
-    loaded = protect_module._load(task, {sample.id: sample.dets}, spec, 64)
+    loaded = protect_module._load(task, {sample.id: (sample.dets, sample.dets)}, spec, 64)
     assert loaded.num_segments == 3
     assert [int(p.sum()) for p in loaded.prompts] == [58, 48, 9, 1]  # union, thing, other, tiny
 
@@ -538,7 +538,7 @@ def test_cli_two_shard_processes_protect_every_sample_exactly_once(tmp_path, gen
     originals = dataset.values("filepath")
     command = [os.path.join(os.path.dirname(sys.executable), "unseg"), "protect"]
     args = ["--dataset", "shards", "--label-field", "seg_path", "--generator",
-            generators["saturated"], "--eps", "4/255", "--eps-bg", "0.004", "--classes", "thing",
+            generators["saturated"], "--eps", "4/255", "--eps-bg", "1/255", "--classes", "thing",
             "--format", "jpg", "--quality", "90", "--replace-filepath", "--batch-size", "3",
             "--class-mix", "0.75"]  # fmt: skip
     procs = [
