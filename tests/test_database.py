@@ -113,10 +113,14 @@ def _open_files(pid: int) -> set:
 
 
 @pytest.mark.slow
-def test_a_failed_database_start_is_retried(unseg):
+def test_a_failed_database_start_is_retried(unseg, tmp_path):
     """A port inherited from a parent whose database is gone: the first connection fails
-    (after pymongo's 30 s), the next forgets the port and finds or starts the service."""
-    dead = {"FIFTYONE_PRIVATE_DATABASE_PORT": str(_free_port())}
+    (after pymongo's 30 s), the next forgets the port and starts a service. In a database
+    folder of its own: the service it starts and stops must not be the suite's."""
+    dead = {
+        "FIFTYONE_PRIVATE_DATABASE_PORT": str(_free_port()),
+        "FIFTYONE_DATABASE_DIR": str(tmp_path / "db"),
+    }
     proc = unseg("restore", "--dataset", "no-such-dataset", env=dead, check=False)
     assert "did not start" in proc.stderr and "retrying in 2 s" in proc.stderr, proc.stderr
     assert proc.returncode == 2 and "'no-such-dataset' does not exist" in proc.stderr
