@@ -81,7 +81,7 @@ def test_card_quotes_the_real_data_benchmark_and_points_to_the_history():
     import sys
 
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    from real_effectiveness import card_table
+    from real_report import card_table
 
     results = json.loads(open(os.path.join(RESULTS, "real", "effectiveness.json")).read())
     card = _card()
