@@ -39,13 +39,12 @@ import time
 import held_out
 import numpy as np
 import torch
-from machine import machine_facts, merge_results
+from machine import add_protection_arguments, machine_facts, merge_results
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.checkpoint import load_generator
-from fiftyone_unseg.cli import budget_arg, tqdm_progress
-from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG
+from fiftyone_unseg.cli import tqdm_progress
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 STRESS = {"jpeg75": "jpeg:75", "blur1": "blur:1.0", "half_scale": "downscale:0.5"}
@@ -53,18 +52,8 @@ STRESS = {"jpeg75": "jpeg:75", "blur1": "blur:1.0", "half_scale": "downscale:0.5
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", help="checkpoint directory (default: the shipped one)")
     held_out.add_arguments(parser)
-    parser.add_argument("--eps", type=budget_arg, default=DEFAULT_EPS, help="object budget")
-    parser.add_argument(
-        "--eps-bg", type=budget_arg, default=DEFAULT_EPS_BG, help="background budget"
-    )
-    parser.add_argument(
-        "--class-mix",
-        type=float,
-        default=DEFAULT_CLASS_MIX,
-        help="protect's class_mix (share of the secret class textures; 0: the generator alone)",
-    )
+    add_protection_arguments(parser)
     parser.add_argument(
         "--baselines",
         nargs="*",

@@ -142,7 +142,8 @@ def load_pets(root: str, name: str = "real-pets", limit=None) -> fo.Dataset:
     dataset.save()
     ids = dataset.sort_by("filepath").values("id")
     test = ids[::PETS_TEST_EVERY]
-    train = [i for i in ids if i not in set(test)]
+    held_out = set(test)
+    train = [i for i in ids if i not in held_out]
     for split, chosen in (("train", train), ("test", test)):
         dataset.select(chosen[:limit] if limit else chosen).tag_samples(split)
     return dataset

@@ -50,12 +50,11 @@ from dataclasses import dataclass
 import numpy as np
 import real_data
 import torch
-from machine import machine_facts, merge_results
+from machine import add_protection_arguments, machine_facts, merge_results
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
-from fiftyone_unseg.cli import budget_arg, tqdm_progress
-from fiftyone_unseg.protect import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG
+from fiftyone_unseg.cli import tqdm_progress
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "real")
 STRESS = {  # the first three run by default; the rest are the informed attacks
@@ -96,17 +95,7 @@ QUICK_LIMIT = 8  # images per split with --quick
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="the real data folder (default: ../shared/data)")
-    parser.add_argument("--generator", help="checkpoint directory (default: the shipped one)")
-    parser.add_argument("--eps", type=budget_arg, default=DEFAULT_EPS, help="object budget")
-    parser.add_argument(
-        "--eps-bg", type=budget_arg, default=DEFAULT_EPS_BG, help="background budget"
-    )
-    parser.add_argument(
-        "--class-mix",
-        type=float,
-        default=DEFAULT_CLASS_MIX,
-        help="protect's class_mix (share of the secret class textures; 0: the generator alone)",
-    )
+    add_protection_arguments(parser)
     parser.add_argument(
         "--victims", nargs="*", choices=list(TASKS), default=["semantic", "yolo", "sam_point"]
     )

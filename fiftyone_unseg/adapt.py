@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import subprocess
 import sys
 import time
+
+from fiftyone_unseg.io import safe_name
 
 STEPS = 600  # the adapt config's bilevel steps (about 10 minutes on an idle 2-core CPU)
 ADAPT_VIEW = "unseg-adapt"  # the saved view a view of samples is trained through
@@ -23,7 +24,7 @@ def default_output_dir(dataset_name: str) -> str:
     """``<fo.config.default_dataset_dir>/unseg-generators/<dataset>``."""
     import fiftyone as fo
 
-    safe = re.sub(r"[^\w.-]+", "_", dataset_name).lstrip(".") or "dataset"
+    safe = safe_name(dataset_name, "dataset")
     return os.path.join(fo.config.default_dataset_dir, "unseg-generators", safe)
 
 

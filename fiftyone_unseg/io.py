@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -291,6 +292,13 @@ def colour_values(rgb: np.ndarray) -> np.ndarray:
     FiftyOne's hex mask targets ("#rrggbb") name."""
     rgb = rgb[..., :3].astype(np.int32)
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def safe_name(name: str, empty: str = "image") -> str:
+    """``name`` with anything but letters, digits, ``.``, ``_`` and ``-`` replaced; no
+    leading dot, so it can never be a path, a hidden file or ``..`` (``empty`` if nothing
+    is left)."""
+    return re.sub(r"[^\w.-]+", "_", name).lstrip(".") or empty
 
 
 def unclashed_name(base: str, extension: str, taken: set) -> str:

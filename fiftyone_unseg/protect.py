@@ -33,7 +33,6 @@ import hashlib
 import io
 import math
 import os
-import re
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -328,13 +327,15 @@ def restore(samples, delete_protected: bool = False) -> dict:
 def default_output_dir(dataset) -> str:
     """``<fo.config.default_dataset_dir>/unseg-protected/<dataset name>``: outside the
     originals' folders, so a recursive import of those never picks up protected copies."""
-    return os.path.join(fo.config.default_dataset_dir, "unseg-protected", _safe_name(dataset.name))
+    return os.path.join(
+        fo.config.default_dataset_dir, "unseg-protected", uio.safe_name(dataset.name)
+    )
 
 
 def protected_name(source: str, sample_id: str, image_format: str) -> str:
     """``<stem>-<sample id>.<format>``: unique per sample and a plain file name."""
     stem = os.path.splitext(os.path.basename(source))[0]
-    return f"{_safe_name(stem)[:100]}-{sample_id}.{image_format}"
+    return f"{uio.safe_name(stem)[:100]}-{sample_id}.{image_format}"
 
 
 def failure(sample_id: str, path: str, error: BaseException) -> dict:
@@ -437,12 +438,6 @@ def noise_paths(protected_path: str) -> tuple[str, str]:
         os.path.join(folder, f"{stem}-magnitude.png"),
         os.path.join(folder, f"{stem}-amplified.png"),
     )
-
-
-def _safe_name(name: str) -> str:
-    """``name`` with anything but letters, digits, ``.``, ``_`` and ``-`` replaced; no
-    leading dot, so it can never be a path, a hidden file or ``..``."""
-    return re.sub(r"[^\w.-]+", "_", name).lstrip(".") or "image"
 
 
 def _check_options(eps, eps_bg, image_format, jpeg_quality, batch_size, shard, run_key) -> str:
@@ -577,7 +572,7 @@ def _batches(tasks: list[_Task], batch_size: int):
 def _lock_dir(dataset) -> str:
     """The folder of a dataset's lock files: per dataset, whatever the output folder."""
     root = os.path.join(fo.config.default_dataset_dir, "unseg-protected", ".locks")
-    return os.path.join(root, _safe_name(dataset.name))
+    return os.path.join(root, uio.safe_name(dataset.name))
 
 
 def _lock_path(dataset, sample_id: str) -> str:

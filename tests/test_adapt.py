@@ -59,16 +59,17 @@ def test_adapting_needs_data_and_an_existing_generator(sample_dataset, tmp_path)
 def test_the_app_operator_adapts_in_a_trainer_process_and_reports_progress(
     sample_dataset, tmp_path
 ):
+    dataset = sample_dataset.clone()  # the operator saves a view on it
     out = tmp_path / "adapted"
     params = {"label_field": "instances", "steps": 2, "output_dir": str(out)}
     result = foo.execute_operator(
         "@unseg/unseg/adapt_generator",
-        ctx={"view": sample_dataset.limit(12),
+        ctx={"view": dataset.limit(12),
              "params": params},
     )  # fmt: skip
     assert result.error is None, result.error
     adapted = load_generator(result.result["generator"])
     assert adapted.config == load_generator().config
     assert os.path.isfile(out / "metrics.csv") and os.path.isfile(f"{out}.log")
-    assert sample_dataset.has_saved_view("unseg-adapt")  # the view the trainer read
-    assert len(sample_dataset.load_saved_view("unseg-adapt")) == 12
+    assert dataset.has_saved_view("unseg-adapt")  # the view the trainer read
+    assert len(dataset.load_saved_view("unseg-adapt")) == 12

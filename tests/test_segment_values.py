@@ -131,13 +131,14 @@ def test_clicks_fall_inside_their_objects():
 
 
 def test_point_prompted_sam_scores_against_a_median_box_around_the_click(sample_dataset):
+    dataset = sample_dataset.clone()  # the audit records a run and predictions on it
     report = evaluate_protection(
-        sample_dataset, "instances", victims=["sam_point"], protected_field=None, epochs=1,
+        dataset, "instances", victims=["sam_point"], protected_field=None, epochs=1,
         image_size=64, split_tags=None, run_key="points",
     )  # fmt: skip
     (result,) = report.results
     assert result.metric == "point-prompted mask IoU"
-    view = sample_dataset.exists("points_sam_point_clean")
+    view = dataset.exists("points_sam_point_clean")
     ious = view.values("points_sam_point_clean.detections.iou", unwind=True)
     trivial = view.values("points_sam_point_clean.detections.trivial_iou", unwind=True)
     assert len(ious) == len(trivial) > 0

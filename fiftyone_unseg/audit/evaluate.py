@@ -27,7 +27,7 @@ from fiftyone_unseg.audit.targets import Targets, resolve_targets
 from fiftyone_unseg.audit.training import Example, Settings
 from fiftyone_unseg.audit.variants import CLEAN, PROTECTED, clean_paths, training_images
 from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS, make_victim
-from fiftyone_unseg.io import atomic_write_image, read_rgb
+from fiftyone_unseg.io import atomic_write_image, read_rgb, safe_name
 from fiftyone_unseg.labels import load_mask
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, failure
 
@@ -336,7 +336,7 @@ def _median_side(paths) -> int:
 
 def default_output_dir(dataset_name: str, run_key: str) -> str:
     """``<fo.config.default_dataset_dir>/unseg-audit/<dataset>/<run_key>``."""
-    safe = re.sub(r"[^\w.-]+", "_", dataset_name).lstrip(".") or "dataset"
+    safe = safe_name(dataset_name, "dataset")
     return os.path.join(fo.config.default_dataset_dir, "unseg-audit", safe, run_key)
 
 

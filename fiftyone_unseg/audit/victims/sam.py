@@ -197,13 +197,10 @@ class SamVictim(Victim):
                 return torch.zeros((), requires_grad=True)
             targets_, owners = targets_[visible], owners[visible]
             device = settings.device
-            prompt = {
-                "boxes" if self.prompt == "box" else "points": (
-                    _boxes(targets_[:, 0])
-                    if self.prompt == "box"
-                    else _random_points(targets_[:, 0], generator)
-                ).to(device)
-            }
+            if self.prompt == "box":
+                prompt = {"boxes": _boxes(targets_[:, 0]).to(device)}
+            else:
+                prompt = {"points": _random_points(targets_[:, 0], generator).to(device)}
             logits = model(batch.to(device), owners.to(device), **prompt)
             logits = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
             return bce_dice(logits[:, 0], targets_[:, 0].float().to(settings.device))
