@@ -1,9 +1,13 @@
 """Protection throughput on this machine: the bare generator forward pass against the
 full pipeline (read, rasterise labels, generate, compose, measure, encode, write,
-record), batched and with batch size 1.
+record), batched and with batch size 1; then the pipeline's three stages one image at a
+time on one thread (read: hash, decode, rasterise the labels, map to the model frame;
+generate; write: compose, encode, measure PSNR/SSIM, write atomically), which bound
+what the pipeline can reach: with both stages' workers busy on every core, about
+(read + generate + write) / cores per image.
 
-Uses the ``tiny`` generator config (256 px input) with random weights and 512 px
-sample scenes, in a private FiftyOne database and temporary folder that are
+Uses the shipped default generator (``tiny`` layout, 256 px input) and 512 px sample
+scenes, in a private FiftyOne database and temporary folder that are
 removed afterwards. The three measurements run in turns, ROUNDS times; the table
 shows each one's best round (least disturbed by other load on the machine). Prints a
 table and writes ``benchmarks/results/protect_throughput.json``.
@@ -21,9 +25,11 @@ import torch
 from machine import machine_facts
 
 from fiftyone_unseg import protect
-from fiftyone_unseg.checkpoint import load_generator, save_generator
-from fiftyone_unseg.modeling import build_noise_generator, generator_configs
+from fiftyone_unseg.checkpoint import load_generator
+from fiftyone_unseg.labels import resolve_prompt
+from fiftyone_unseg.protect import _generate, _load, _Task, _write
 from fiftyone_unseg.sample_data import create_sample_dataset
+from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG
 
 NUM_IMAGES = 32
 IMAGE_SIZE = 512
@@ -32,9 +38,9 @@ ROUNDS = 3
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def bare_forward_seconds(generator_dir: str) -> float:
+def bare_forward_seconds() -> float:
     """Seconds for the generator alone on NUM_IMAGES preprocessed inputs, batched."""
-    model = load_generator(generator_dir)
+    model = load_generator(None)
     size = model.img_size
     images = torch.rand(NUM_IMAGES, 3, size, size)
     prompts = (torch.rand(NUM_IMAGES, 1, size // 4, size // 4) > 0.5).float()
@@ -46,41 +52,64 @@ def bare_forward_seconds(generator_dir: str) -> float:
     return time.perf_counter() - start
 
 
-def pipeline_seconds(dataset, generator_dir: str, batch_size: int) -> float:
+def pipeline_seconds(dataset, batch_size: int) -> float:
     """Seconds for ``protect`` on the whole dataset (every sample protected anew)."""
-    summary = protect(
-        dataset, "ground_truth", generator=generator_dir, batch_size=batch_size, overwrite=True
-    )
+    summary = protect(dataset, "ground_truth", batch_size=batch_size, overwrite=True)
     assert summary["protected"] == NUM_IMAGES, summary
     return summary["seconds"]
 
 
+def stage_milliseconds(dataset) -> dict:
+    """Per-image milliseconds of the pipeline's stages, one image at a time, one thread."""
+    model = load_generator(None)
+    spec = resolve_prompt(dataset, "ground_truth")
+    settings = {"eps": DEFAULT_EPS, "eps_bg": DEFAULT_EPS_BG, "format": "png", "quality": None}
+    folder = os.path.join(sandbox.TMP, "stages")
+    os.makedirs(folder, exist_ok=True)
+    ids, paths, labels = dataset.values(["id", "filepath", "ground_truth"])
+    found = {i: (label, label) for i, label in zip(ids, labels)}
+    totals = dict.fromkeys(("read", "generate", "write"), 0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for sample_id, path in zip(ids, paths):
+            task = _Task(sample_id, path, os.path.join(folder, f"{sample_id}.png"), 0)
+            start = time.perf_counter()
+            loaded = _load(task, found, spec, model.img_size)
+            read = time.perf_counter()
+            noise = _generate(model, [loaded], "cpu")[0]
+            generated = time.perf_counter()
+            _write(loaded, noise, settings, None)
+            totals["read"] += read - start
+            totals["generate"] += generated - read
+            totals["write"] += time.perf_counter() - generated
+    finally:
+        torch.set_num_threads(threads)
+    return {stage: 1000 * seconds / len(ids) for stage, seconds in totals.items()}
+
+
 def main() -> None:
-    torch.manual_seed(0)
-    config = generator_configs["tiny"]
-    generator_dir = os.path.join(sandbox.TMP, "generator")
-    save_generator(build_noise_generator(config), config, generator_dir)
+    generator = load_generator(None)
     dataset = create_sample_dataset("bench", num=NUM_IMAGES, size=IMAGE_SIZE, overwrite=True)
-    protect(dataset.limit(BATCH_SIZE), "ground_truth", generator=generator_dir)  # warm-up
+    protect(dataset.limit(BATCH_SIZE), "ground_truth")  # warm-up
 
     measurements = {
-        f"bare forward, batch {BATCH_SIZE}": lambda: bare_forward_seconds(generator_dir),
-        f"pipeline, batch {BATCH_SIZE}": lambda: pipeline_seconds(
-            dataset, generator_dir, BATCH_SIZE
-        ),
-        "pipeline, batch 1": lambda: pipeline_seconds(dataset, generator_dir, 1),
+        f"bare forward, batch {BATCH_SIZE}": bare_forward_seconds,
+        f"pipeline, batch {BATCH_SIZE}": lambda: pipeline_seconds(dataset, BATCH_SIZE),
+        "pipeline, batch 1": lambda: pipeline_seconds(dataset, 1),
     }
     rounds = {what: [] for what in measurements}
     for _ in range(ROUNDS):
         for what, measure in measurements.items():
             rounds[what].append(measure())
     rows = [(what, min(seconds)) for what, seconds in rounds.items()]
+    stages = stage_milliseconds(dataset)
     bare = rows[0][1]
     results = {
         "images": NUM_IMAGES,
         "image_size": IMAGE_SIZE,
-        "generator": config.name,
-        "generator_input": config.img_size,
+        "generator": generator.generator_id,
+        "generator_input": generator.img_size,
         "machine": machine_facts(),
         "rows": [
             {
@@ -92,11 +121,12 @@ def main() -> None:
             }
             for what, seconds in rows
         ],
+        "stage_ms_per_image_one_thread": {k: round(v, 1) for k, v in stages.items()},
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
     print(
-        f"{NUM_IMAGES} sample scenes at {IMAGE_SIZE} px, generator {config.name!r} "
-        f"({config.img_size} px input, random weights); best of {ROUNDS} rounds"
+        f"{NUM_IMAGES} sample scenes at {IMAGE_SIZE} px, default generator "
+        f"{generator.generator_id} ({generator.img_size} px input); best of {ROUNDS} rounds"
     )
     print(
         ", ".join(f"{k} {v}" for k, v in results["machine"].items())
@@ -108,6 +138,13 @@ def main() -> None:
             f"{row['what']:24} {row['seconds']:8.2f} {row['images_per_second']:9.1f} "
             f"{row['overhead_vs_bare_forward']:15.2f}"
         )
+    print(
+        "one image at a time, one thread, ms per image: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+        + f"; the pipeline's floor on {os.cpu_count()} cores: "
+        f"{sum(stages.values()) / os.cpu_count():.1f} ms per image "
+        f"({1000 * os.cpu_count() / sum(stages.values()):.1f} images/s)"
+    )
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "protect_throughput.json"), "w") as f:
         json.dump(results, f, indent=2)

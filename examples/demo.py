@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 DATASET = "unseg-demo"
 UNSEG = os.path.join(os.path.dirname(sys.executable), "unseg")
@@ -24,7 +25,14 @@ AUDIT_VICTIMS = ("semantic",)
 
 def unseg(*args: str) -> None:
     print(f"\n$ unseg {shlex.join(args)}", flush=True)
+    start = time.perf_counter()
     subprocess.run([UNSEG, *args], check=True)
+    print(f"[{args[0]}: {_elapsed(start)}]", flush=True)
+
+
+def _elapsed(start: float) -> str:
+    minutes, seconds = divmod(round(time.perf_counter() - start), 60)
+    return f"{minutes} min {seconds:02d} s"
 
 
 def generator_path() -> str | None:
@@ -49,6 +57,7 @@ def generator_path() -> str | None:
 
 
 def main() -> int:
+    start = time.perf_counter()
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     unseg("sample-data", "--name", DATASET, "--num", "60", "--size", "256", "--overwrite")
     generator = generator_path()
@@ -73,7 +82,7 @@ def main() -> int:
         "random",
     )
     print(
-        f"\nDone. Look at it in the FiftyOne App:\n  .venv/bin/fiftyone app launch {DATASET}\n"
+        f"\nDone in {_elapsed(start)}. Look at it in the FiftyOne App:\n  .venv/bin/fiftyone app launch {DATASET}\n"
         "then switch the grid's media field to 'protected_filepath' to see protected images,\n"
         "open the UnSeg panel (+ next to the Samples tab) for the protection state and the "
         "audit table, and the test samples' unseg_audit_* fields for each model's predictions."

@@ -18,11 +18,19 @@ from safetensors.torch import load_file, save_file
 
 from .io import FILE_MODE
 from .modeling import NoiseGenerator, SamConfig, build_noise_generator
+from .settings import PRESETS
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "fiftyone-unseg-generator"
 DEFAULT_GENERATOR_DIR = Path(__file__).parent / "weights" / "default"
+
+
+def preset_dir(name: str) -> Path:
+    """The folder of a shipped generator (:data:`fiftyone_unseg.settings.PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return DEFAULT_GENERATOR_DIR if name == "default" else DEFAULT_GENERATOR_DIR.with_name(name)
 
 
 def save_generator(
@@ -70,7 +78,8 @@ def load_generator(
 ) -> NoiseGenerator:
     """Load a checkpoint directory (or the ``.safetensors`` file in it) in eval mode.
 
-    ``path=None`` loads the default generator shipped in ``fiftyone_unseg/weights/default/``.
+    ``path=None`` loads the default generator shipped in ``fiftyone_unseg/weights/default/``;
+    a preset's name (``"robust"``), unless a folder of that name exists, its shipped one.
     The returned model has ``.config`` and ``.generator_id`` set. Raises FileNotFoundError
     for missing files and ValueError for anything that is not a matching safetensors
     checkpoint (config/tensor mismatch, pickles, modified files).
@@ -110,12 +119,14 @@ def load_generator(
 
 def _resolve_weights(path: str | os.PathLike | None) -> Path:
     """The tensor file to load for ``path`` (a checkpoint directory or its tensor file)."""
-    if path is None:
-        weights = DEFAULT_GENERATOR_DIR / WEIGHTS_FILE
+    if path is None or (path in PRESETS and not os.path.exists(path)):
+        name = path or "default"
+        weights = preset_dir(name) / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(
-                f"No default generator is installed yet (expected {weights}). Train one with "
-                "`unseg train --config tiny` and pass its output directory as the path."
+                f"No {name} generator is installed yet (expected {weights}). Train one with "
+                f"`unseg train --config {'tiny' if name == 'default' else name}` and pass its "
+                "output directory as the path."
             )
         return weights
     path = Path(path)

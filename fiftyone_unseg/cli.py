@@ -21,6 +21,7 @@ from fiftyone_unseg.settings import (
     DEFAULT_CLASS_MIX,
     DEFAULT_EPS,
     DEFAULT_EPS_BG,
+    PRESETS,
     parse_budget,
     visibility_warning,
 )
@@ -167,7 +168,7 @@ def _cmd_protect(args) -> int:
         summary = protect(
             samples,
             args.label_field,
-            generator=args.generator,
+            generator=args.generator or args.preset,
             eps=args.eps,
             eps_bg=args.eps_bg,
             prompt=args.classes or ("instance" if args.per_instance else "all"),
@@ -300,7 +301,15 @@ def _add_protect_commands(subparsers) -> None:
     p.add_argument(
         "--label-field", required=True, help="Segmentation, Detections or Polylines field"
     )
-    p.add_argument("--generator", help="generator checkpoint folder (default: the shipped one)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--generator", help="generator checkpoint folder (default: the preset's)")
+    source.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="a shipped generator: "
+        + "; ".join(f"{name}: {what}" for name, what in PRESETS.items())
+        + " (README, Presets)",
+    )
     p.add_argument(
         "--eps",
         type=budget_arg,

@@ -7,10 +7,11 @@ import io
 import os
 import re
 import tempfile
+import zlib
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
-from PIL.PngImagePlugin import PngInfo
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 MARKER_KEY = "unseg-sample-id"
@@ -153,15 +154,26 @@ def encode_marked(
 ) -> bytes:
     """PNG (fast compression) or JPEG bytes of an HxW[x3] uint8 image, marked with ``owner``
     (a sample id) so that :func:`marker` recognises the file as written for it."""
-    buf = io.BytesIO()
     if image_format == "jpg":
+        buf = io.BytesIO()
         comment = f"{MARKER_KEY}={owner}"
         Image.fromarray(image).save(buf, "JPEG", quality=quality, subsampling=0, comment=comment)
-    else:
-        info = PngInfo()
-        info.add_text(MARKER_KEY, owner)
-        Image.fromarray(image).save(buf, "PNG", pnginfo=info, compress_level=1)
-    return buf.getvalue()
+        return buf.getvalue()
+    # OpenCV's libpng at zlib level 1 with run-length matching: about twice as fast as
+    # Pillow's level 1 on photographs, and smaller. The marker goes in after the header.
+    pixels = image[..., ::-1] if image.ndim == 3 else image  # OpenCV takes BGR
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY]
+    ok, encoded = cv2.imencode(".png", pixels, params + [cv2.IMWRITE_PNG_STRATEGY_RLE])
+    if not ok:
+        raise ValueError(f"could not encode a {image.shape} image as PNG")
+    data = encoded.tobytes()
+    header_end = 8 + 12 + int.from_bytes(data[8:12], "big")  # signature, then IHDR
+    return data[:header_end] + _png_text_chunk(MARKER_KEY, owner) + data[header_end:]
+
+
+def _png_text_chunk(key: str, value: str) -> bytes:
+    body = b"tEXt" + key.encode("latin-1") + b"\0" + value.encode("latin-1")
+    return (len(body) - 4).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
 
 
 def marker(path: str) -> str | None:

@@ -37,13 +37,13 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import cv2
 import fiftyone as fo
 import fiftyone.core.media as fom
 import fiftyone.core.runs as fors
 import numpy as np
 import torch
 from PIL import Image
-from skimage.metrics import structural_similarity
 
 from fiftyone_unseg import io as uio
 from fiftyone_unseg.checkpoint import load_generator
@@ -152,8 +152,10 @@ def protect(
       label_field: a ``Segmentation``, ``Detections`` or ``Polylines`` field whose
         segments prompt the generator and get the object budget (see
         :mod:`fiftyone_unseg.labels` for how each type is rasterised).
-      generator: a checkpoint directory, a loaded ``NoiseGenerator``, or None for the
-        shipped default.
+      generator: a checkpoint directory, a preset's name (a shipped generator:
+        "default", or "robust" for images that will be re-encoded or resized, see
+        :data:`fiftyone_unseg.settings.PRESETS`), a loaded ``NoiseGenerator``, or None
+        for the shipped default.
       eps, eps_bg: L-infinity budgets on object and background pixels, as fractions of
         the image range (8/255; at most 64/255, eps_bg <= eps).
       prompt: "all" (default, as the reference: one pass prompted with the union of
@@ -458,7 +460,8 @@ def _check_options(eps, eps_bg, image_format, jpeg_quality, batch_size, shard, r
 
 
 def _load_model(generator, device: str) -> NoiseGenerator:
-    """A generator in eval mode on ``device`` from a path, a model or None (the default)."""
+    """A generator in eval mode on ``device`` from a path, a preset's name, a model or None
+    (the default)."""
     if generator is None or isinstance(generator, (str, os.PathLike)):
         return load_generator(generator, device=device)
     if not getattr(generator, "generator_id", None):
@@ -607,7 +610,11 @@ class _Run:
             self.stale = uio.stale_temp_files(os.path.dirname(tasks[0].target))
         batches = _batches(tasks, batch_size)
         try:
-            with ThreadPoolExecutor(_WORKERS) as pool:
+            # Workers' torch operations run on one thread each (the setting is per
+            # thread): many threads' OpenMP teams on few cores would fight the generator.
+            with ThreadPoolExecutor(
+                _WORKERS, initializer=torch.set_num_threads, initargs=(1,)
+            ) as pool:
                 self._pipeline(pool, batches)
         finally:
             for sample_id in list(self.locks):
@@ -835,25 +842,50 @@ def _measure(original: np.ndarray, protected: np.ndarray) -> dict:
 
 
 def _ssim(original: np.ndarray, protected: np.ndarray) -> float | None:
-    """skimage's mean SSIM over RGB (7x7 window, data range 1), in row bands that
-    overlap by the window so the result is exact; None for images under 7 px."""
+    """Mean SSIM over RGB as skimage's ``structural_similarity`` computes it (7x7 uniform
+    window, sample covariance, data range 1, the window's border left out), in row bands
+    that overlap by the window so the result is exact; None for images under 7 px."""
     height, width = original.shape[:2]
     pad = _SSIM_WINDOW // 2
     if min(height, width) < _SSIM_WINDOW:
         return None
     total = 0.0
     for rows in row_bands(height, width):
-        lo, hi = max(rows.start - pad, 0), min(rows.stop + pad, height)
-        _, ssim_map = structural_similarity(
-            original[lo:hi],
-            protected[lo:hi].astype(np.float32) / 255,
-            channel_axis=2,
-            data_range=1.0,
-            full=True,
-        )
-        keep = slice(max(rows.start, pad) - lo, min(rows.stop, height - pad) - lo)
-        total += float(ssim_map[keep, pad : width - pad].sum(dtype=np.float64))
+        lo, hi = max(rows.start, pad) - pad, min(rows.stop, height - pad) + pad
+        if hi - lo >= _SSIM_WINDOW:
+            x = original[lo:hi].astype(np.float32, copy=False)
+            y = protected[lo:hi].astype(np.float32) / 255
+            ssim = _ssim_map(x, y)[pad:-pad, pad : width - pad]
+            total += float(ssim.sum(dtype=np.float64))
     return total / ((height - 2 * pad) * (width - 2 * pad) * 3)
+
+
+def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """SSIM of HxWx3 float32 images in [0, 1] for the 7x7 window around each pixel (valid
+    where the window fits). In place: each full-size temporary costs page faults."""
+    window = (_SSIM_WINDOW, _SSIM_WINDOW)
+    mx, my, xx, yy, xy = (cv2.blur(a, window) for a in (x, y, x * x, y * y, x * y))
+    n = _SSIM_WINDOW**2 / (_SSIM_WINDOW**2 - 1)  # sample covariance
+    c1, c2 = 0.01**2, 0.03**2
+    mxy = mx * my
+    mx *= mx
+    my *= my
+    xx -= mx  # xx, yy, xy: (co)variances, before the sample correction
+    yy -= my
+    xy -= mxy
+    mxy *= 2  # numerator: (2 mx my + c1) (2 cov + c2)
+    mxy += c1
+    xy *= 2 * n
+    xy += c2
+    mxy *= xy
+    mx += my  # denominator: (mx^2 + my^2 + c1) (vx + vy + c2)
+    mx += c1
+    xx += yy
+    xx *= n
+    xx += c2
+    mx *= xx
+    mxy /= mx
+    return mxy
 
 
 def _visibility(view, states: list) -> dict:

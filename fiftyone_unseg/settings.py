@@ -13,6 +13,13 @@ import math
 DEFAULT_EPS = 8 / 255
 DEFAULT_EPS_BG = 2 / 255
 DEFAULT_CLASS_MIX = 0.0
+PRESETS = {
+    "default": "the shipped default generator: the strongest on clean real photographs",
+    "robust": "a generator fine-tuned against JPEG, blur and rescaling (EOT); for data that "
+    "will be re-encoded or resized before training",
+}
+"""Shipped generators by name (``fiftyone_unseg/weights/<name>/``), with what each is for;
+the model cards hold what each measured."""
 MAX_BUDGET = 64 / 255
 """Budgets above are refused: a quarter of the range, plain to see."""
 VISIBLE_BUDGET = 16 / 255

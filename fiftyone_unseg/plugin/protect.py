@@ -3,7 +3,7 @@
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_unseg.checkpoint import DEFAULT_GENERATOR_DIR, WEIGHTS_FILE
+from fiftyone_unseg.checkpoint import WEIGHTS_FILE, preset_dir
 from fiftyone_unseg.labels import class_names
 from fiftyone_unseg.plugin.forms import (
     form_error,
@@ -13,7 +13,7 @@ from fiftyone_unseg.plugin.forms import (
 )
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.protect import protect, restore
-from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, MAX_BUDGET, visibility_warning
+from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, MAX_BUDGET, PRESETS, visibility_warning
 from fiftyone_unseg.summary import visibility_line
 from fiftyone_unseg.visualize import visualize_noise
 
@@ -136,13 +136,20 @@ class ProtectSamples(foo.Operator):
             default=0,
             min=0,
         )
+        presets = types.RadioGroup(label="Preset (a shipped generator)")
+        for name, what in PRESETS.items():
+            presets.add_choice(name, label=name, description=what)
+        inputs.enum("preset", list(PRESETS), default="default", view=presets)
         inputs.str(
             "generator",
-            label="Generator checkpoint folder (empty: the shipped default)",
+            label="Or a generator checkpoint folder (empty: the preset's)",
             default="",
         )
-        if not ctx.params.get("generator") and not (DEFAULT_GENERATOR_DIR / WEIGHTS_FILE).is_file():
-            form_error(inputs, "no_generator", "No default generator installed: give a checkpoint")
+        preset = ctx.params.get("preset") or "default"
+        if not ctx.params.get("generator") and not (preset_dir(preset) / WEIGHTS_FILE).is_file():
+            form_error(
+                inputs, "no_generator", f"No {preset} generator installed: give a checkpoint"
+            )
         inputs.str("device", label="Device (cpu, cuda, cuda:N, mps)", default="cpu")
         return form
 
@@ -171,7 +178,7 @@ class ProtectSamples(foo.Operator):
         summary = protect(
             samples,
             params["label_field"],
-            generator=params.get("generator") or None,
+            generator=params.get("generator") or params.get("preset") or None,
             eps=params.get("eps", 8.0) / 255,
             eps_bg=params.get("eps_bg", 2.0) / 255,
             prompt=params.get("classes") if prompt == "classes" else prompt,
