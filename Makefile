@@ -11,7 +11,7 @@ QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
 DATA ?= ../shared/data
 
-.PHONY: install demo test lint bench clean default-generator
+.PHONY: install demo test lint bench clean default-generator robust-generator
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,6 +48,16 @@ default-generator: install
 	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config tiny --seed 4 --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth --data fiftyone:real-coco@train:instances --out runs/default --overwrite
 	cp runs/default/generator/model.safetensors runs/default/generator/config.json \
 		fiftyone_unseg/weights/default/
+
+# The robust preset's generator (fiftyone_unseg/weights/robust/): the default fine-tuned
+# with expectation over JPEG, blur and rescaling (trainer/configs/robust.json), on the
+# same training splits.
+robust-generator: install
+	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
+	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust --seed 4 --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth --data fiftyone:real-coco@train:instances --out runs/robust --overwrite
+	mkdir -p fiftyone_unseg/weights/robust
+	cp runs/robust/generator/model.safetensors runs/robust/generator/config.json \
+		fiftyone_unseg/weights/robust/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

@@ -39,3 +39,35 @@ def card_table(results: dict) -> str:
             f"{num(s.get('countermeasure_ratio'))} | {s['seeds']} |"
         )
     return "\n".join(lines)
+
+
+def preset_table(presets: dict) -> str:
+    """The markdown table that compares presets (name -> their results, as
+    :func:`card_table` takes them) on the semantic victim: on clean images and after each
+    counter-measure, with the pattern's ratio and the counter-measure's own cost."""
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.2f}"
+
+    names = list(presets)
+    first = presets[names[0]]
+    lines = [
+        "| training images | "
+        + " | ".join(f"`{n}` ratio" for n in names)
+        + " | pattern | counter-measure alone |",
+        "|---|" + "---|" * (len(names) + 2),
+        "| as published | "
+        + " | ".join(num(presets[n]["victims"]["semantic"]["ratio"]) for n in names)
+        + f" | {num(first['victims']['semantic'].get('pattern_ratio'))} | - |",
+    ]
+    for key, s in first["stress"].items():
+        ratios = [presets[n]["stress"].get(key, {}).get("ratio") for n in names]
+        lines.append(
+            f"| `{s['countermeasure']}` | "
+            + " | ".join(num(r) for r in ratios)
+            + f" | {num(s.get('pattern_ratio'))} | {num(s.get('countermeasure_ratio'))} |"
+        )
+    lines.append(
+        "| mean PSNR (dB) | " + " | ".join(f"{presets[n]['psnr']:.1f}" for n in names) + " | | |"
+    )
+    return "\n".join(lines)
