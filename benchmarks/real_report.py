@@ -1,8 +1,19 @@
-"""The model card's real-data table, from ``benchmarks/results/real/effectiveness.json``.
+"""The real-data tables the model cards and the README quote, from
+``benchmarks/results/real/`` (``effectiveness.json``: the default generator;
+``robust.json``: the robust preset's).
 
-Its own module, free of side effects: ``real_effectiveness`` opens a private FiftyOne
-database on import, which a test process must never do.
+Its own module, free of side effects on import: ``real_effectiveness`` opens a private
+FiftyOne database on import, which a test process must never do.
+
+    python benchmarks/real_report.py   # rewrite the tables between their markers
 """
+
+import json
+import os
+import re
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "results", "real")
 
 
 def card_table(results: dict) -> str:
@@ -43,31 +54,67 @@ def card_table(results: dict) -> str:
 
 def preset_table(presets: dict) -> str:
     """The markdown table that compares presets (name -> their results, as
-    :func:`card_table` takes them) on the semantic victim: on clean images and after each
-    counter-measure, with the pattern's ratio and the counter-measure's own cost."""
+    :func:`card_table` takes them) on the semantic victim: each one's ratio (victim seeds)
+    on unaltered images and after each counter-measure, with the pattern's ratio and the
+    counter-measure's own cost (generator-independent: from the first preset that has
+    them)."""
 
     def num(x):
         return "n/a" if x is None else f"{x:.2f}"
 
+    def cell(row):
+        return "n/a" if row is None else f"{row['ratio']:.2f} ({row['seeds']})"
+
+    def first(rows, key):
+        return next((r[key] for r in rows if r and r.get(key) is not None), None)
+
     names = list(presets)
-    first = presets[names[0]]
     lines = [
         "| training images | "
-        + " | ".join(f"`{n}` ratio" for n in names)
+        + " | ".join(f"`{n}` ratio (seeds)" for n in names)
         + " | pattern | counter-measure alone |",
         "|---|" + "---|" * (len(names) + 2),
-        "| as published | "
-        + " | ".join(num(presets[n]["victims"]["semantic"]["ratio"]) for n in names)
-        + f" | {num(first['victims']['semantic'].get('pattern_ratio'))} | - |",
     ]
-    for key, s in first["stress"].items():
-        ratios = [presets[n]["stress"].get(key, {}).get("ratio") for n in names]
+    rows = [presets[n]["victims"].get("semantic") for n in names]
+    lines.append(
+        "| as published | "
+        + " | ".join(cell(r) for r in rows)
+        + f" | {num(first(rows, 'pattern_ratio'))} | - |"
+    )
+    keys = list(dict.fromkeys(k for n in names for k in presets[n]["stress"]))
+    for key in keys:
+        rows = [presets[n]["stress"].get(key) for n in names]
         lines.append(
-            f"| `{s['countermeasure']}` | "
-            + " | ".join(num(r) for r in ratios)
-            + f" | {num(s.get('pattern_ratio'))} | {num(s.get('countermeasure_ratio'))} |"
+            f"| `{first(rows, 'countermeasure')}` | "
+            + " | ".join(cell(r) for r in rows)
+            + f" | {num(first(rows, 'pattern_ratio'))} "
+            f"| {num(first(rows, 'countermeasure_ratio'))} |"
         )
     lines.append(
         "| mean PSNR (dB) | " + " | ".join(f"{presets[n]['psnr']:.1f}" for n in names) + " | | |"
     )
     return "\n".join(lines)
+
+
+def write_tables() -> None:
+    """Rewrite the tables between ``<!-- name -->`` and ``<!-- /name -->`` in the README
+    and the robust preset's model card from the committed results."""
+    results = {
+        name: json.load(open(os.path.join(RESULTS, f"{file}.json")))
+        for name, file in (("default", "effectiveness"), ("robust", "robust"))
+    }
+    tables = {"preset_table": preset_table(results), "robust_table": card_table(results["robust"])}
+    for path in ("README.md", "fiftyone_unseg/weights/robust/MODEL_CARD.md"):
+        path = os.path.join(REPO, path)
+        with open(path) as f:
+            text = f.read()
+        for name, table in tables.items():
+            pattern = rf"(<!-- {name} -->\n).*?(\n<!-- /{name} -->)"
+            text = re.sub(pattern, lambda m, t=table: m.group(1) + t + m.group(2), text, flags=re.S)
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"wrote the tables in {os.path.relpath(path, REPO)}")
+
+
+if __name__ == "__main__":
+    write_tables()

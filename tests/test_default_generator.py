@@ -7,6 +7,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 import torch
 
 from fiftyone_unseg.checkpoint import (
@@ -14,6 +15,7 @@ from fiftyone_unseg.checkpoint import (
     DEFAULT_GENERATOR_DIR,
     WEIGHTS_FILE,
     load_generator,
+    preset_dir,
 )
 from fiftyone_unseg.modeling import NoiseGenerator
 from fiftyone_unseg.sample_data import make_scene
@@ -53,10 +55,15 @@ def _data_root_free(spec: str) -> str:
     return re.sub(r"[^:]*/(ecssd|camvid|coco|pets)/", r"$(DATA)/\1/", spec)
 
 
-def test_card_names_the_command_and_config_that_made_the_weights():
-    info = json.loads((DEFAULT_GENERATOR_DIR / CONFIG_FILE).read_text())
+@pytest.mark.parametrize("preset", ["default", "robust"])
+def test_card_names_the_command_and_config_that_made_the_weights(preset):
+    folder = preset_dir(preset)
+    if not (folder / CONFIG_FILE).is_file():
+        pytest.skip(f"no {preset} generator shipped")
+    info = json.loads((folder / CONFIG_FILE).read_text())
+    card = (folder / "MODEL_CARD.md").read_text()
     trained = _plain(TrainConfig.from_dict(info["metadata"]["train_config"]))
-    command = re.search(r"```\n(unseg train [^\n]+)\n```", _card()).group(1)
+    command = re.search(r"```\n(unseg train [^\n]+)\n```", card).group(1)
     config = re.search(r"--config (\S+)", command).group(1)
     sets = dict(item.split("=", 1) for item in re.findall(r"--set (\S+)", command))
     sets.update(re.findall(r"--(seed) (\d+)", command))
@@ -67,7 +74,7 @@ def test_card_names_the_command_and_config_that_made_the_weights():
     assert {k: v for k, v in described.items() if k not in machine} == {
         k: v for k, v in trained.items() if k not in machine
     }
-    assert f"{info['metadata']['step']} steps" in _card()
+    assert f"{info['metadata']['step']} steps" in card
     recipe = re.sub(r" --out \S+", "", command).removeprefix("unseg train")
     assert f"/unseg train{recipe} --out" in open(os.path.join(REPO, "Makefile")).read()
 

@@ -97,3 +97,25 @@ def test_the_shipped_robust_generator_was_trained_against_countermeasures():
     assert robust.generator_id != load_generator().generator_id
     assert set(info["metadata"]["train_config"]["eot"]) >= {"jpeg", "blur", "downscale"}
     assert robust.config.img_size == load_generator().config.img_size
+
+
+@pytest.mark.skipif(not (SHIPPED / CONFIG_FILE).is_file(), reason="no robust generator shipped")
+def test_the_robust_card_and_the_readme_quote_the_committed_benchmark():
+    import os
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(repo, "benchmarks"))
+    from real_report import card_table, preset_table
+
+    results = os.path.join(repo, "benchmarks", "results", "real")
+    robust = json.loads(open(os.path.join(results, "robust.json")).read())
+    default = json.loads(open(os.path.join(results, "effectiveness.json")).read())
+    assert robust["generator"] == load_generator("robust").generator_id
+    assert default["generator"] == load_generator().generator_id
+    card = (SHIPPED / "MODEL_CARD.md").read_text()
+    assert f"**Generator id `{robust['generator']}`**" in card
+    assert card_table(robust) in card
+    table = preset_table({"default": default, "robust": robust})
+    assert table in card
+    assert table in open(os.path.join(repo, "README.md")).read()
