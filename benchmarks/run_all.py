@@ -12,6 +12,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = (
     "protect_throughput.py",
+    "demo_time.py",
     "train_throughput.py",
     "real_effectiveness.py",
     "effectiveness.py",
