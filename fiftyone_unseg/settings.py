@@ -14,9 +14,10 @@ DEFAULT_EPS = 8 / 255
 DEFAULT_EPS_BG = 2 / 255
 DEFAULT_CLASS_MIX = 0.0
 PRESETS = {
-    "default": "the shipped default generator: the strongest on clean real photographs",
-    "robust": "a generator fine-tuned against JPEG, blur and rescaling (EOT); for data that "
-    "will be re-encoded or resized before training",
+    "default": "the shipped default: CamVid victim at 0.93 of clean, 1.06 after JPEG 75, "
+    "0.61 after a blur, 0.75 after half-scale; 33.4 dB",
+    "robust": "fine-tuned against JPEG, blur and rescaling: 0.81 of clean, 0.94 after "
+    "JPEG 75, 0.65 after a blur, 0.75 after half-scale; 32.7 dB (README, Presets)",
 }
 """Shipped generators by name (``fiftyone_unseg/weights/<name>/``), with what each is for;
 the model cards hold what each measured."""
