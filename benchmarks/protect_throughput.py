@@ -38,9 +38,8 @@ ROUNDS = 3
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def bare_forward_seconds() -> float:
+def bare_forward_seconds(model) -> float:
     """Seconds for the generator alone on NUM_IMAGES preprocessed inputs, batched."""
-    model = load_generator(None)
     size = model.img_size
     images = torch.rand(NUM_IMAGES, 3, size, size)
     prompts = (torch.rand(NUM_IMAGES, 1, size // 4, size // 4) > 0.5).float()
@@ -59,9 +58,8 @@ def pipeline_seconds(dataset, batch_size: int) -> float:
     return summary["seconds"]
 
 
-def stage_milliseconds(dataset) -> dict:
+def stage_milliseconds(dataset, model) -> dict:
     """Per-image milliseconds of the pipeline's stages, one image at a time, one thread."""
-    model = load_generator(None)
     spec = resolve_prompt(dataset, "ground_truth")
     settings = {"eps": DEFAULT_EPS, "eps_bg": DEFAULT_EPS_BG, "format": "png", "quality": None}
     folder = os.path.join(sandbox.TMP, "stages")
@@ -94,7 +92,7 @@ def main() -> None:
     protect(dataset.limit(BATCH_SIZE), "ground_truth")  # warm-up
 
     measurements = {
-        f"bare forward, batch {BATCH_SIZE}": bare_forward_seconds,
+        f"bare forward, batch {BATCH_SIZE}": lambda: bare_forward_seconds(generator),
         f"pipeline, batch {BATCH_SIZE}": lambda: pipeline_seconds(dataset, BATCH_SIZE),
         "pipeline, batch 1": lambda: pipeline_seconds(dataset, 1),
     }
@@ -103,7 +101,7 @@ def main() -> None:
         for what, measure in measurements.items():
             rounds[what].append(measure())
     rows = [(what, min(seconds)) for what, seconds in rounds.items()]
-    stages = stage_milliseconds(dataset)
+    stages = stage_milliseconds(dataset, generator)
     bare = rows[0][1]
     results = {
         "images": NUM_IMAGES,
