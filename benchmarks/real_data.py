@@ -9,6 +9,8 @@ masks where they are (the folder's licences forbid redistribution).
 - :func:`load_coco`: the 446 COCO photos with FiftyOne's COCO importer (instance
   polygons as masks), tagged by ``images[].source``.
 - :func:`load_pets`: Oxford-IIIT pets (one pet per photo; 255 is the trimap's border).
+- :func:`downscale`: point a dataset at copies of its images with a shorter long side
+  (in a folder outside the repo), for victims that train at a small size.
 
 Run as a script, it imports the three into the current FiftyOne database as persistent
 datasets ``real-camvid``, ``real-coco`` and ``real-pets``, each with a saved view
@@ -25,8 +27,12 @@ import json
 import os
 import sys
 
+import cv2
 import fiftyone as fo
 from fiftyone import ViewField as F
+from PIL import Image
+
+from fiftyone_unseg.io import atomic_write_image, read_rgb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
@@ -147,6 +153,30 @@ def load_pets(root: str, name: str = "real-pets", limit=None) -> fo.Dataset:
     for split, chosen in (("train", train), ("test", test)):
         dataset.select(chosen[:limit] if limit else chosen).tag_samples(split)
     return dataset
+
+
+def downscale(samples, max_side: int, folder: str):
+    """Point every sample of ``samples`` (a dataset or view) at a lossless copy of its image whose long side is
+    at most ``max_side`` (area averaging), written to ``folder``. Labels keep working:
+    FiftyOne's boxes and polygons are relative, and masks of another size are stretched
+    over the image. A victim that trains at ``max_side`` then sees the images, and their
+    noise, at their own resolution, as a full-scale victim sees full-scale photos."""
+    os.makedirs(folder, exist_ok=True)
+    for sample in samples.iter_samples(autosave=True, progress=False):
+        image = read_rgb(sample.filepath)
+        height, width = image.shape[:2]
+        scale = max_side / max(height, width)
+        if scale < 1:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        stem = os.path.splitext(os.path.basename(sample.filepath))[0]
+        path = os.path.join(folder, f"{stem}-{sample.id}.png")
+        pixels = (image * 255).round().clip(0, 255).astype("uint8")
+        atomic_write_image(Image.fromarray(pixels), path)
+        sample.filepath = path
+        sample.metadata = None
+    samples.compute_metadata()
+    return samples
 
 
 if __name__ == "__main__":

@@ -23,7 +23,12 @@ from fiftyone_unseg.audit.splits import split_samples
 from fiftyone_unseg.audit.targets import resolve_targets
 from fiftyone_unseg.audit.training import Example
 from fiftyone_unseg.audit.variants import training_images
-from fiftyone_unseg.audit.victims.sam import SamVictim, build_prompted_sam, checkpoint_config
+from fiftyone_unseg.audit.victims.sam import (
+    SamVictim,
+    _point_detection,
+    build_prompted_sam,
+    checkpoint_config,
+)
 from fiftyone_unseg.audit.victims.semantic import miou
 from fiftyone_unseg.audit.victims.yolo import (
     DEFAULT_MODEL,
@@ -274,6 +279,18 @@ def test_miou_and_its_trivial_predictor():
     value, trivial = miou(confusion)
     assert value == pytest.approx((80 / 90 + 10 / 20) / 2)
     assert trivial == pytest.approx((80 / 100) / 2)  # background IoU 80/100, class 1 IoU 0
+
+
+def test_a_point_prompted_victim_that_predicts_nothing_scores_zero():
+    gt = np.zeros((20, 30), bool)
+    gt[5:15, 10:25] = True
+    click = np.array([17.0, 10.0], np.float32)  # as predict passes it: float pixel coordinates
+    empty = _point_detection(np.zeros_like(gt), gt, "pet", click, (0.5, 0.5))
+    assert empty.iou == 0 and empty.mask.shape == (1, 1) and not empty.mask.any()
+    assert empty.bounding_box[:2] == pytest.approx([17 / 30, 10 / 20])
+    assert 0 < empty.trivial_iou < 1  # the median-sized box around the click
+    found = _point_detection(gt.copy(), gt, "pet", click, (0.5, 0.5))
+    assert found.iou == 1 and found.mask.shape == (10, 15)
 
 
 def test_every_victim_trains_clean_and_protected_and_is_tested_on_clean_images(protected):

@@ -4,6 +4,7 @@ Runs on a few images of ``../shared/data`` at run time (never copied into the re
 skips cleanly where that folder is missing.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -41,7 +42,7 @@ def test_a_quick_run_on_real_photos_writes_the_table_and_json(tmp_path):
     out = tmp_path / "real.json"
     proc = _bench(
         "--quick", "--victims", "semantic", "--stress", "jpeg75", "--seeds", "2",
-        "--out", str(out),
+        "--prompt", "instance", "--out", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -54,6 +55,7 @@ def test_a_quick_run_on_real_photos_writes_the_table_and_json(tmp_path):
         expected = (row["protected"] - row["chance"]) / (row["clean"] - row["chance"])
         assert row["gain_ratio"] == pytest.approx(expected)
     assert results["data"]["camvid"] == {"train": 8, "test": 8}
+    assert results["prompt"] == "instance" and "prompt instance" in proc.stdout
     assert 25 < results["psnr"] < 60 and 0.5 < results["ssim"] <= 1
     stress = results["stress"]["jpeg75"]
     assert stress["victim"] == "semantic" and stress["countermeasure"] == "jpeg:75"
@@ -79,4 +81,33 @@ def test_real_sets_import_with_fiftyones_importers_and_keep_their_splits():
     )
     for dataset in (camvid, coco):
         assert all(p.startswith(DATA) for p in dataset.values("filepath"))  # read in place
-        dataset.delete()
+    camvid.delete()
+
+
+@needs_data
+def test_published_copies_are_smaller_lossless_and_keep_labels_aligned(tmp_path):
+    sys.path.insert(0, BENCHMARKS)
+    import real_data
+
+    from fiftyone_unseg.labels import resolve_prompt, segment_map
+
+    coco = real_data.load_coco(DATA, name="test-real-coco-small", limit=2)
+    originals = coco.values("filepath")
+    digests = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in originals]
+    spec = resolve_prompt(coco, "instances")
+
+    def objects(sample):
+        return segment_map(sample.instances, sample.metadata.height, sample.metadata.width, spec)
+
+    coco.compute_metadata()
+    before = [objects(s) for s in coco]
+    real_data.downscale(coco, 160, str(tmp_path))
+    for sample, original, digest, full in zip(coco, originals, digests, before):
+        assert sample.filepath.startswith(str(tmp_path)) and sample.filepath.endswith(".png")
+        assert max(sample.metadata.width, sample.metadata.height) == 160
+        assert hashlib.sha256(open(original, "rb").read()).hexdigest() == digest
+        small = objects(sample)
+        assert small.shape == (sample.metadata.height, sample.metadata.width)
+        # the same objects cover the same share of the picture
+        assert (small > 0).mean() == pytest.approx((full > 0).mean(), abs=0.03)
+    coco.delete()

@@ -403,7 +403,11 @@ def _point_detection(pred, gt, label: str, click, prior_size) -> fo.Detection:
         max(int(round(y - half_h)), 0) : int(round(y + half_h)) + 1,
         max(int(round(x - half_w)), 0) : int(round(x + half_w)) + 1,
     ] = True
-    x0, y0, x1, y1 = _extent(pred) if pred.any() else (x, y, x + 1, y + 1)
+    if pred.any():
+        x0, y0, x1, y1 = _extent(pred)
+    else:  # nothing predicted: an empty mask at the click
+        x0, y0 = min(int(x), width - 1), min(int(y), height - 1)
+        x1, y1 = x0 + 1, y0 + 1
     return fo.Detection(
         label=label,
         bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
