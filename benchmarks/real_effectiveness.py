@@ -90,7 +90,7 @@ class Task:
 TASKS = {
     "semantic": Task("camvid", "ground_truth", "ground_truth", epochs=12, image_size=128),
     "yolo": Task("coco", "instances", "person", epochs=40, image_size=320),
-    "sam_point": Task("pets", "ground_truth", "ground_truth", epochs=8, image_size=128),
+    "sam_point": Task("pets", "ground_truth", "ground_truth", epochs=80, image_size=128),
     "sam": Task("pets", "ground_truth", "ground_truth", epochs=8, image_size=128),
 }
 QUICK_LIMIT = 8  # images per split with --quick

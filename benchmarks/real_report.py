@@ -98,13 +98,18 @@ def preset_table(presets: dict) -> str:
 
 def write_tables() -> None:
     """Rewrite the tables between ``<!-- name -->`` and ``<!-- /name -->`` in the README
-    and the robust preset's model card from the committed results."""
+    and the presets' model cards from the committed results."""
     results = {
         name: json.load(open(os.path.join(RESULTS, f"{file}.json")))
         for name, file in (("default", "effectiveness"), ("robust", "robust"))
     }
-    tables = {"preset_table": preset_table(results), "robust_table": card_table(results["robust"])}
-    for path in ("README.md", "fiftyone_unseg/weights/robust/MODEL_CARD.md"):
+    tables = {
+        "preset_table": preset_table(results),
+        "default_table": card_table(results["default"]),
+        "robust_table": card_table(results["robust"]),
+    }
+    cards = [f"fiftyone_unseg/weights/{name}/MODEL_CARD.md" for name in results]
+    for path in ("README.md", *cards):
         path = os.path.join(REPO, path)
         with open(path) as f:
             text = f.read()
