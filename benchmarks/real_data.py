@@ -156,8 +156,9 @@ def load_pets(root: str, name: str = "real-pets", limit=None) -> fo.Dataset:
 
 
 def downscale(samples, max_side: int, folder: str):
-    """Point every sample of ``samples`` (a dataset or view) at a lossless copy of its image whose long side is
-    at most ``max_side`` (area averaging), written to ``folder``. Labels keep working:
+    """Point every sample of ``samples`` (a dataset or view) at a lossless copy of its
+    image whose long side is at most ``max_side`` (area averaging), written to
+    ``folder``. Labels keep working:
     FiftyOne's boxes and polygons are relative, and masks of another size are stretched
     over the image. A victim that trains at ``max_side`` then sees the images, and their
     noise, at their own resolution, as a full-scale victim sees full-scale photos."""

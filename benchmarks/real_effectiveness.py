@@ -24,7 +24,7 @@ budget on every pixel (``random_flat``) and the fixed mask-aligned pattern, each
   second interactive metric.
 
 COCO and the pets are published at the size their victims train at (320 and 128 px long
-side, :data:`PUBLISHED_SIDE`), so the victims see the noise at the images' own resolution.
+side, ``Task.resizes_images``), so the victims see the noise at the images' own resolution.
 
 Then the stress tests (``--stress``) for the semantic victim: protected, pattern and
 clean images (``none``) through JPEG 75, Gaussian blur sigma 1 and half-scale
@@ -58,6 +58,7 @@ from machine import add_protection_arguments, machine_facts, merge_results
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import tqdm_progress
+from fiftyone_unseg.labels import PROMPT_MODES
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "real")
 STRESS = {  # the first three run by default; the rest are the informed attacks
@@ -85,21 +86,22 @@ class Task:
     label_field: str  # what the victim learns
     epochs: int
     image_size: int
+    # The victim resizes whole images to image_size, so the dataset is published at that
+    # long side: the victim sees the noise at the images' own resolution, as full-scale
+    # victims see full-scale photos (320 px training on 640 px photos would add a
+    # half-scale counter-measure, which the stress rows measure on their own).
+    resizes_images: bool = False
 
 
-TASKS = {
+TASKS = {  # CamVid's semantic victim trains on crops of the full frames
     "semantic": Task("camvid", "ground_truth", "ground_truth", epochs=12, image_size=128),
-    "yolo": Task("coco", "instances", "person", epochs=40, image_size=320),
-    "sam_point": Task("pets", "ground_truth", "ground_truth", epochs=80, image_size=128),
+    "yolo": Task("coco", "instances", "person", epochs=40, image_size=320, resizes_images=True),
+    "sam_point": Task(
+        "pets", "ground_truth", "ground_truth", epochs=80, image_size=128, resizes_images=True
+    ),
     "sam": Task("pets", "ground_truth", "ground_truth", epochs=8, image_size=128),
 }
 QUICK_LIMIT = 8  # images per split with --quick
-# The long side (px) the benchmark publishes each dataset at: the size its victims train
-# at, so that they see the noise at the images' own resolution, as full-scale victims see
-# full-scale photos (training at 320 px on 640 px photos would be a half-scale
-# counter-measure on top, which the stress rows measure on their own). CamVid's semantic
-# victim trains on crops of the full frames.
-PUBLISHED_SIDE = {"coco": 320, "pets": 128}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -129,7 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--prompt",
-        choices=("all", "instance"),
+        choices=PROMPT_MODES,
         default="all",
         help="protect's prompt: one pass on the union of the segments (default) or one "
         "more decoder pass per segment (unseg protect --per-instance)",
@@ -173,8 +175,10 @@ def run(args) -> dict:
     datasets, quality = {}, {}
     for name in sorted({TASKS[v].dataset for v in wanted}):
         dataset = datasets[name] = _load(name, root, limit)
-        if name in PUBLISHED_SIDE:
-            side = PUBLISHED_SIDE[name]
+        tasks = [TASKS[v] for v in wanted if TASKS[v].dataset == name]
+        sides = [t.image_size for t in tasks if t.resizes_images]
+        if sides:
+            side = max(sides)
             published = dataset.match_tags(("train", "test"))
             real_data.downscale(published, side, os.path.join(sandbox.TMP, f"{name}-{side}px"))
         field = next(t.protect_field for t in TASKS.values() if t.dataset == name)

@@ -81,7 +81,7 @@ def test_real_sets_import_with_fiftyones_importers_and_keep_their_splits():
     )
     for dataset in (camvid, coco):
         assert all(p.startswith(DATA) for p in dataset.values("filepath"))  # read in place
-    camvid.delete()
+        dataset.delete()
 
 
 @needs_data
