@@ -511,7 +511,8 @@ def _add_evaluate_command(subparsers) -> None:
     )
     p.add_argument(
         "--countermeasure",
-        help="jpeg:75, blur:1.0, downscale:0.5, grayscale, median:3 or bilateral:25",
+        help="jpeg:75, blur:1.0, downscale:0.5, grayscale, median:3, bilateral:25 or texture:16 "
+        "(an informed attacker's per-class texture, estimated with the labels and subtracted)",
     )
     p.add_argument(
         "--eps",

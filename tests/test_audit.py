@@ -35,6 +35,8 @@ from fiftyone_unseg.audit.victims.yolo import (
     YoloVictim,
     _quiet_offline,
     _ultralytics,
+    trivial_map,
+    trivial_prior,
     write_yolo_dataset,
 )
 from fiftyone_unseg.geometry import box_crops, boxes_in_crops, crop, uncrop
@@ -255,6 +257,34 @@ def test_yolo_export_writes_one_polygon_per_instance(sample_dataset, tmp_path):
             values = row.split()
             assert len(values) >= 7 and len(values) % 2 == 1  # class + >= 3 points, no boxes
             assert all(0 <= float(v) <= 1 for v in values[1:])
+
+
+def _boxes_dataset(name: str, folder, lefts) -> fo.Dataset:
+    """One 40x60 image per left edge, with a single filled 'pet' box there."""
+    dataset = fo.Dataset(name, overwrite=True)
+    for k, left in enumerate(lefts):
+        path = str(folder / f"{name}-{k}.png")
+        Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(path)
+        box = fo.Detection(
+            label="pet", bounding_box=[left, 0.25, 0.3, 0.5], mask=np.ones((20, 18), bool)
+        )
+        dataset.add_sample(fo.Sample(filepath=path, instances=fo.Detections(detections=[box])))
+    dataset.compute_metadata()
+    return dataset
+
+
+def test_yolo_trivial_predictor_is_the_median_training_box(tmp_path):
+    for lefts, expected in (([0.2] * 6, "all"), ([0.0, 0.0, 0.0, 0.7, 0.7, 0.7], "none")):
+        dataset = _boxes_dataset(f"yolo-trivial-{expected}", tmp_path, lefts)
+        targets = resolve_targets(dataset, "instances")
+        examples = [Example(s.id, s.filepath, {"instances": s.instances}) for s in dataset]
+        label, box = trivial_prior(examples, targets)
+        assert label == "pet" and box == pytest.approx([np.median(lefts), 0.25, 0.3, 0.5], abs=0.02)
+        fields = set(dataset.get_field_schema())
+        chance = trivial_map(dataset.view(), "instances", "guess", label, box)
+        # the same box everywhere: found exactly; boxes left and right: the middle hits none
+        assert chance > 0.85 if expected == "all" else chance == 0.0  # (edges: IoU < 0.95)
+        assert set(dataset.get_field_schema()) == fields and not dataset.list_evaluations()
 
 
 def test_sam_victim_loads_official_checkpoints(tmp_path):

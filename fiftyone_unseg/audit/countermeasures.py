@@ -10,7 +10,11 @@ Each is deterministic and maps an HxWx3 uint8 RGB image to one of the same shape
   and keeps edges;
 - ``bilateral:S``: an edge-preserving "purification" (OpenCV's bilateral filter, colour
   sigma S levels of 255, space sigma 2 px, 9 px neighbourhood), as an informed trainer
-  would use against fine noise.
+  would use against fine noise;
+- ``texture:P``: the informed attack of :mod:`.class_texture`: each class's mean
+  texture per phase of a P-pixel grid in the generator's frame, estimated over the
+  training set with its labels, subtracted from every image. It learns from the whole
+  set, so :func:`.variants.training_images` applies it, never ``__call__``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-KINDS = ("jpeg", "blur", "downscale", "grayscale", "median", "bilateral")
-_DEFAULTS = {"jpeg": 75.0, "blur": 1.0, "downscale": 0.5, "median": 3.0, "bilateral": 25.0}
+KINDS = ("jpeg", "blur", "downscale", "grayscale", "median", "bilateral", "texture")
+_DEFAULTS = {
+    "jpeg": 75.0, "blur": 1.0, "downscale": 0.5, "median": 3.0, "bilateral": 25.0, "texture": 16.0
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class Countermeasure:
     @classmethod
     def parse(cls, text: str | None) -> Countermeasure | None:
         """``"jpeg:75"``, ``"blur:1.0"``, ``"downscale:0.5"``, ``"grayscale"``, ``"median:3"``,
-        ``"bilateral:25"`` or a bare kind (its default value); None or "" or "none" for
+        ``"bilateral:25"``, ``"texture:16"`` or a bare kind (its default value); None or "" or "none" for
         none."""
         if not text or text == "none":
             return None
@@ -57,6 +63,7 @@ class Countermeasure:
             "downscale": 0 < number < 1,
             "median": number >= 3 and number == int(number) and int(number) % 2 == 1,
             "bilateral": number > 0,
+            "texture": number >= 2 and number == int(number),
         }[kind]
         if not valid:
             ranges = {
@@ -65,6 +72,7 @@ class Countermeasure:
                 "downscale": "in (0, 1)",
                 "median": "an odd integer >= 3",
                 "bilateral": "> 0",
+                "texture": "an integer >= 2",
             }
             raise ValueError(f"countermeasure {text!r}: the {kind} value must be {ranges[kind]}")
         return cls(kind, number)
@@ -72,8 +80,15 @@ class Countermeasure:
     def __str__(self) -> str:
         return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
 
+    @property
+    def learned(self) -> bool:
+        """True when it is estimated from the whole training set (``texture``)."""
+        return self.kind == "texture"
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> HxWx3 uint8."""
+        if self.learned:
+            raise TypeError(f"{self} learns from the training set: use .class_texture")
         if self.kind == "jpeg":
             buf = io.BytesIO()
             Image.fromarray(image).save(buf, "JPEG", quality=int(self.value))

@@ -7,8 +7,9 @@
   when protected, else the defaults), eps on the union of its instances, eps_bg elsewhere
   (``random_flat``: eps everywhere).
 
-A counter-measure applies to every variant but ``clean``. Images that change are
-written losslessly as ``<folder>/<variant>/<sample id>.png``.
+A counter-measure applies to every variant but ``clean``; one learnt from the training
+set (``texture``) is fitted on each variant's images after they are all made. Images
+that change are written losslessly as ``<folder>/<variant>/<sample id>.png``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from fiftyone_unseg.audit.baselines import BASELINES
+from fiftyone_unseg.audit.class_texture import ClassTexture
 from fiftyone_unseg.audit.countermeasures import Countermeasure
 from fiftyone_unseg.audit.targets import Targets
 from fiftyone_unseg.io import atomic_write_image, read_rgb
@@ -70,6 +72,9 @@ def training_images(
     seed: int = 0,
 ) -> dict[str, dict[str, str]]:
     """Variant -> (sample id -> training image path) for the samples ``ids``."""
+    learned = countermeasure if countermeasure is not None and countermeasure.learned else None
+    if learned is not None:
+        countermeasure = None
     clean = clean_paths(samples, ids)
     out = {variant: {} for variant in variants}
     out[CLEAN] = clean
@@ -105,7 +110,29 @@ def training_images(
             out[variant][sample_id] = _write(
                 None, _to_uint8(perturbed[0]), countermeasure, folder, variant, sample_id
             )
+    if learned is not None:
+        for variant in variants:
+            if variant != CLEAN:
+                _subtract_class_texture(
+                    out[variant], view, targets, int(learned.value), folder, variant
+                )
     return out
+
+
+def _subtract_class_texture(paths: dict, view, targets: Targets, period: int, folder, variant):
+    """Fit a :class:`ClassTexture` on the images ``paths`` (sample id -> file) with their
+    labels in ``view``, subtract it from each and point ``paths`` at the results."""
+    labels = zip(*(view.values(field) for field in targets.fields))
+    labels = dict(zip(view.values("id"), (dict(zip(targets.fields, x)) for x in labels)))
+
+    def pairs():
+        for sample_id, path in paths.items():
+            image = _to_uint8(torch.from_numpy(read_rgb(path)).permute(2, 0, 1))
+            yield sample_id, image, targets.instance_class_map(labels[sample_id], *image.shape[:2])
+
+    texture = ClassTexture(period).fit((image, classes) for _, image, classes in pairs())
+    for sample_id, image, classes in pairs():
+        paths[sample_id] = _write(None, texture(image, classes), None, folder, variant, sample_id)
 
 
 def _or_default(values: list, default: float) -> list[float]:

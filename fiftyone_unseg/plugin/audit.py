@@ -19,6 +19,7 @@ COUNTERMEASURE_VALUES = {
     "downscale": ("Downscale factor", 0.5),
     "median": ("Median window (odd px)", 3.0),
     "bilateral": ("Bilateral colour sigma (/255)", 25.0),
+    "texture": ("Class texture: grid period (generator px)", 16.0),
 }
 
 

@@ -6,7 +6,9 @@ Ultralytics' restricted loader (``torch.load(weights_only=True)`` and an allow-l
 torch and Ultralytics layer classes), so a file from a stranger cannot run code: one
 that references anything else is refused. Training runs offline: CPU-safe settings, no
 plots, and the font Ultralytics' dataset check would fetch for plots is not fetched.
-Metric: COCO-style mask mAP@[.5:.95] from FiftyOne's ``evaluate_detections``; trivial: 0.
+Metric: COCO-style mask mAP@[.5:.95] from FiftyOne's ``evaluate_detections``; trivial
+predictor: one detection per image, the training instances' median box (position and
+size, as shares of the image) filled, labelled with their most frequent class.
 
 The optimiser steps once per batch (``nbs`` = batch size): Ultralytics' default
 accumulates gradients up to a nominal batch of 64, which on a few dozen images leaves
@@ -100,12 +102,15 @@ class YoloVictim(Victim):
         if weights is not None:
             check_weights(weights)
         self.weights = weights
+        self.prior = None  # the trivial predictor of the last training set: (label, box)
+        self._chances = {}  # (prior, ground truth field) -> its mAP
 
     def defaults(self) -> dict:
         return {"epochs": 60, "image_size": 256, "batch_size": 8, "lr": None}
 
     def train(self, examples, targets, settings, folder, on_epoch):
         data = write_yolo_dataset(os.path.join(folder, "data"), examples, targets)
+        self.prior = trivial_prior(examples, targets)
         with _quiet_offline() as ultralytics:
             model = ultralytics.YOLO(self.weights or DEFAULT_MODEL, task="segment")
             model.add_callback("on_train_epoch_end", lambda _trainer: on_epoch())
@@ -148,7 +153,57 @@ class YoloVictim(Victim):
         return labels
 
     def score(self, view, pred_field, gt_field, eval_key, targets):
-        return evaluate_instances(view, pred_field, gt_field, eval_key, compute_mAP=True).mAP(), 0.0
+        score = evaluate_instances(view, pred_field, gt_field, eval_key, compute_mAP=True).mAP()
+        if self.prior is None:
+            return score, 0.0
+        key = (self.prior, gt_field)
+        if key not in self._chances:
+            self._chances[key] = trivial_map(view, gt_field, f"{eval_key}_trivial", *self.prior)
+        return score, self._chances[key]
+
+
+def trivial_prior(examples, targets) -> tuple[str, tuple[float, ...]] | None:
+    """(most frequent class, median [x, y, w, h] box as shares of the image) of the
+    examples' instances; None without any."""
+    boxes, classes = [], []
+    for example in examples:
+        width, height = Image.open(example.image_path).size
+        masks, indices = targets.instances(example.labels, height, width)
+        for mask in masks:
+            rows, cols = np.nonzero(mask)
+            top, left = rows.min() / height, cols.min() / width
+            boxes.append(
+                (left, top, (cols.max() + 1) / width - left, (rows.max() + 1) / height - top)
+            )
+        classes += [targets.instance_classes[k] for k in indices]
+    if not boxes:
+        return None
+    label = max(set(classes), key=classes.count)
+    return label, tuple(float(v) for v in np.median(boxes, axis=0))
+
+
+def trivial_map(view, gt_field: str, field: str, label: str, box) -> float:
+    """Mask mAP of predicting ``box`` filled, labelled ``label``, on every image of ``view``
+    (through a temporary field ``field``, removed after)."""
+    import fiftyone as fo
+
+    dataset = view._dataset
+    guesses = {
+        sample_id: fo.Detections(
+            detections=[
+                fo.Detection(
+                    label=label, bounding_box=list(box), mask=np.ones((8, 8), bool), confidence=1.0
+                )
+            ]
+        )
+        for sample_id in view.values("id")
+    }
+    dataset.set_values(field, guesses, key_field="id")
+    try:
+        return float(evaluate_instances(view, field, gt_field, field, compute_mAP=True).mAP())
+    finally:
+        dataset.delete_evaluation(field)
+        dataset.delete_sample_field(field)
 
 
 def write_yolo_dataset(folder: str, examples, targets) -> str:
