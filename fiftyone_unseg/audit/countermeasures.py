@@ -42,8 +42,8 @@ class Countermeasure:
     @classmethod
     def parse(cls, text: str | None) -> Countermeasure | None:
         """``"jpeg:75"``, ``"blur:1.0"``, ``"downscale:0.5"``, ``"grayscale"``, ``"median:3"``,
-        ``"bilateral:25"``, ``"texture:16"`` or a bare kind (its default value); None or "" or "none" for
-        none."""
+        ``"bilateral:25"``, ``"texture:16"`` or a bare kind (its default value); None or ""
+        or "none" for none."""
         if not text or text == "none":
             return None
         kind, _, value = text.partition(":")

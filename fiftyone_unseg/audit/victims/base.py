@@ -68,3 +68,16 @@ def box_fill_iou(view, gt_field: str) -> float:
         for d in dets.detections
     ]
     return float(np.mean(fills)) if fills else 0.0
+
+
+def mask_extent(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Tight integer box (x0, y0, x1, y1), end-exclusive, of a non-empty HxW mask."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def relative_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """(x, y, width, height) of a non-empty HxW mask's tight box, as shares of the image."""
+    x0, y0, x1, y1 = mask_extent(mask)
+    height, width = mask.shape
+    return x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height

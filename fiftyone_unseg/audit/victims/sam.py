@@ -33,7 +33,13 @@ from scipy import ndimage
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from fiftyone_unseg.audit.training import Settings, fit, load_image
-from fiftyone_unseg.audit.victims.base import Victim, box_fill_iou, evaluate_instances
+from fiftyone_unseg.audit.victims.base import (
+    Victim,
+    box_fill_iou,
+    evaluate_instances,
+    mask_extent,
+    relative_box,
+)
 from fiftyone_unseg.geometry import box_crops, boxes_in_crops, crop, uncrop
 from fiftyone_unseg.modeling import (
     BatchedMaskDecoder,
@@ -171,7 +177,7 @@ class SamVictim(Victim):
             if len(instance_masks):
                 images.append(image)
                 masks.append(frame.to_model(torch.from_numpy(instance_masks).float()) > 0.5)
-                extents += [_relative_size(m) for m in instance_masks]
+                extents += [relative_box(m)[2:] for m in instance_masks]
         if not images:
             raise ValueError("no training image has an instance to prompt")
         model = self._build(settings)
@@ -358,27 +364,15 @@ def _innermost(mask: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def _relative_size(mask: np.ndarray) -> tuple[float, float]:
-    """(width, height) of a non-empty HxW mask's tight box, as shares of the image's."""
-    x0, y0, x1, y1 = _extent(mask)
-    return (x1 - x0) / mask.shape[1], (y1 - y0) / mask.shape[0]
-
-
-def _extent(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Tight integer box (x0, y0, x1, y1), end-exclusive, of a non-empty HxW mask."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
 def _model_boxes(masks: np.ndarray, size: int) -> torch.Tensor:
     """Tight boxes Kx4 of KxHxW masks, in the SxS model frame (SAM's ResizeLongestSide)."""
-    boxes = np.array([_extent(m) for m in masks], np.float32)
+    boxes = np.array([mask_extent(m) for m in masks], np.float32)
     return torch.from_numpy(ResizeLongestSide(size).apply_boxes(boxes, masks.shape[1:])).float()
 
 
 def _detection(pred: np.ndarray, gt: np.ndarray, label: str) -> fo.Detection:
     """The predicted mask inside the prompt (the ground truth's box), with its IoU."""
-    x0, y0, x1, y1 = _extent(gt)
+    x0, y0, x1, y1 = mask_extent(gt)
     height, width = gt.shape
     crop = pred[y0:y1, x0:x1]
     inside = np.zeros_like(pred)
@@ -404,7 +398,7 @@ def _point_detection(pred, gt, label: str, click, prior_size) -> fo.Detection:
         max(int(round(x - half_w)), 0) : int(round(x + half_w)) + 1,
     ] = True
     if pred.any():
-        x0, y0, x1, y1 = _extent(pred)
+        x0, y0, x1, y1 = mask_extent(pred)
     else:  # nothing predicted: an empty mask at the click
         x0, y0 = min(int(x), width - 1), min(int(y), height - 1)
         x1, y1 = x0 + 1, y0 + 1

@@ -29,7 +29,7 @@ import torch
 import yaml
 from PIL import Image
 
-from fiftyone_unseg.audit.victims.base import Victim, evaluate_instances
+from fiftyone_unseg.audit.victims.base import Victim, evaluate_instances, relative_box
 from fiftyone_unseg.io import read_rgb
 
 DEFAULT_MODEL = "yolov8n-seg.yaml"
@@ -169,12 +169,7 @@ def trivial_prior(examples, targets) -> tuple[str, tuple[float, ...]] | None:
     for example in examples:
         width, height = Image.open(example.image_path).size
         masks, indices = targets.instances(example.labels, height, width)
-        for mask in masks:
-            rows, cols = np.nonzero(mask)
-            top, left = rows.min() / height, cols.min() / width
-            boxes.append(
-                (left, top, (cols.max() + 1) / width - left, (rows.max() + 1) / height - top)
-            )
+        boxes += [relative_box(mask) for mask in masks]
         classes += [targets.instance_classes[k] for k in indices]
     if not boxes:
         return None
