@@ -35,7 +35,8 @@ clean images (``none``) through JPEG 75, Gaussian blur sigma 1 and half-scale
 before training; the informed ones on request (JPEG 90, grayscale, median 3x3, a
 bilateral "purification", quarter-scale, and ``class_texture``: each class's mean
 texture on the generator's patch grid, estimated with the labels over the training
-images and subtracted, :mod:`fiftyone_unseg.audit.class_texture`). ``ratio`` =
+images and subtracted, :mod:`fiftyone_unseg.audit.class_texture`); ``--stress-victim
+yolo`` measures them on another victim, kept as ``yolo_jpeg75`` and so on. ``ratio`` =
 protected / clean, ``gain_ratio`` = (protected - chance) / (clean - chance), ``spread`` = the
 largest sample standard deviation over the seeds of clean and protected. Writes
 ``benchmarks/results/real/effectiveness.json``.
@@ -43,6 +44,7 @@ largest sample standard deviation over the seeds of clean and protected. Writes
     python benchmarks/real_effectiveness.py                         # everything (hours)
     python benchmarks/real_effectiveness.py --victims semantic --stress
     python benchmarks/real_effectiveness.py --victims --stress jpeg75 --update
+    python benchmarks/real_effectiveness.py --victims --stress jpeg75 --stress-victim yolo --update
     python benchmarks/real_effectiveness.py --quick --out /tmp/x.json  # a smoke run
     python benchmarks/real_effectiveness.py --generator runs/x/generator --victims semantic \
         --baselines --stress --out x.json                             # another generator
@@ -219,7 +221,7 @@ def run(args) -> dict:
         baselines = tuple(args.stress_baselines)
         result = _audit(datasets[task.dataset], args.stress_victim, task, baselines, name, args)
         row = _summary(result, baselines, args.seeds)
-        stress[name] = {
+        stress[stress_key(args.stress_victim, name)] = {
             "victim": args.stress_victim,
             "dataset": task.dataset,
             "countermeasure": STRESS[name],
@@ -249,6 +251,13 @@ def run(args) -> dict:
         "seconds": time.monotonic() - started,
         "machine": machine_facts(),
     }
+
+
+def stress_key(victim: str, name: str) -> str:
+    """A stress row's key in the results: the counter-measure's name for the semantic
+    victim (the rows every run measures), ``VICTIM_NAME`` for the others, so that one
+    file holds each victim's row under each counter-measure."""
+    return name if victim == "semantic" else f"{victim}_{name}"
 
 
 def _audit(dataset, victim: str, task: Task, baselines, stress, args):

@@ -81,7 +81,13 @@ def preset_table(presets: dict) -> str:
         + " | ".join(cell(r) for r in rows)
         + f" | {num(first(rows, 'pattern_ratio'))} | - |"
     )
-    keys = list(dict.fromkeys(k for n in names for k in presets[n]["stress"]))
+    keys = [
+        k
+        for k in dict.fromkeys(k for n in names for k in presets[n]["stress"])
+        if all(
+            presets[n]["stress"].get(k, {}).get("victim", "semantic") == "semantic" for n in names
+        )
+    ]
     for key in keys:
         rows = [presets[n]["stress"].get(key) for n in names]
         lines.append(

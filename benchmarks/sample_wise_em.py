@@ -9,11 +9,22 @@ lower its loss on every image's noise (``--reset-every N``: a fresh surrogate ev
 rounds, as the generator's trainer does). Then the audit's victim trains on clean and on
 those images and is tested on clean images, as in ``effectiveness.py``.
 
-Prints a table and writes ``benchmarks/results/history/sample_wise_em.json``: ``{"variants":
+``--real camvid`` asks the same of real photographs: CamVid's 367 training frames
+(480x360, read from ``--data``, default ``../shared/data``), the real benchmark's
+semantic victim (12 epochs on 128 px crops, tested on the 233 frames of another drive),
+with the victim's own LRASPP-MobileNetV3 as the surrogate (``--surrogate victim``, a
+white-box bound) trained on crops as the victim is, and the noise stepped on random
+``--crop`` px crops of every frame (the frames are too large for whole-image steps on a
+CPU). ``--seeds`` victim seeds.
+
+Prints a table and writes ``benchmarks/results/history/sample_wise_em.json`` (with
+``--real``: ``benchmarks/results/real/sample_wise_em_<real>.json``): ``{"variants":
 [{"reset_every", "surrogate_accuracy": {"clean", "perturbed"}, "psnr", "victim",
-"clean", "protected", "ratio"}], "settings", "dataset"}`` plus machine facts.
+"clean", "protected", "ratio", "spread"}], "settings", "dataset"}`` plus machine facts.
 
     python benchmarks/sample_wise_em.py --reset-every 0 8
+    python benchmarks/sample_wise_em.py --real camvid --surrogate victim --reset-every 0 \
+        --rounds 20 --surrogate-steps 20 --noise-steps 2 --crop 256 --step 0.25 --seeds 2
 """
 
 # isort: off
@@ -28,6 +39,7 @@ import time
 
 import held_out
 import numpy as np
+import real_data
 import torch
 import torch.nn.functional as F
 from machine import machine_facts, publish
@@ -36,7 +48,9 @@ from torch import nn
 from tqdm import tqdm
 
 from fiftyone_unseg import evaluate_protection
-from fiftyone_unseg.audit.targets import resolve_targets
+from fiftyone_unseg.audit.targets import IGNORE, resolve_targets
+from fiftyone_unseg.audit.victims.semantic import SemanticVictim
+from fiftyone_unseg.audit.victims.semantic import _normalize as normalize_for_victim
 from fiftyone_unseg.cli import tqdm_progress
 from fiftyone_unseg.io import atomic_write_image, read_rgb
 from fiftyone_unseg.modeling import NoiseGenerator
@@ -63,10 +77,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--victim", default="semantic")
     parser.add_argument("--victim-seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="victim seeds")
     parser.add_argument("--epochs", type=int, help="victim epochs (default: its own)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "history", "sample_wise_em.json"))
-    return parser.parse_args(argv)
+    parser.add_argument("--real", choices=["camvid"], help="real photographs instead of scenes")
+    parser.add_argument("--data", help="the real data folder (default: ../shared/data)")
+    parser.add_argument(
+        "--surrogate",
+        choices=["unet", "victim"],
+        default="unet",
+        help="a small UNet, or the semantic victim's own LRASPP-MobileNetV3 (white box)",
+    )
+    parser.add_argument("--crop", type=int, help="train and step on random crops of this side")
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        name = (
+            f"real/sample_wise_em_{args.real}.json" if args.real else "history/sample_wise_em.json"
+        )
+        args.out = os.path.join(RESULTS, name)
+    return args
+
+
+REAL_TASKS = {"camvid": {"epochs": 12, "image_size": 128}}  # the real benchmark's semantic task
 
 
 class SegmentationUNet(nn.Module):
@@ -97,76 +130,128 @@ def _block(ins: int, outs: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class VictimSurrogate(nn.Module):
+    """The semantic victim's LRASPP-MobileNetV3 (built as the audit builds it) on images
+    in [0, 1]: Bx3xHxW -> B x classes x H x W."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        settings = type("Settings", (), {"seed": torch.initial_seed(), "device": "cpu"})
+        self.model = SemanticVictim()._build(num_classes, settings)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(normalize_for_victim(x * 255))["out"]
+
+
+SURROGATES = {"unet": SegmentationUNet, "victim": VictimSurrogate}
+
+
+def _crop_windows(rows: torch.Tensor, shape, crop: int | None, generator) -> list:
+    """One (row, top, left) window of side ``crop`` per image row (whole images: None)."""
+    height, width = shape
+    if crop is None or crop >= min(height, width):
+        return [(int(r), slice(None), slice(None)) for r in rows]
+    tops = torch.randint(height - crop + 1, (len(rows),), generator=generator).tolist()
+    lefts = torch.randint(width - crop + 1, (len(rows),), generator=generator).tolist()
+    return [(int(r), slice(t, t + crop), slice(w, w + crop)) for r, t, w in zip(rows, tops, lefts)]
+
+
 def error_minimising_noise(images, objects, classes, num_classes: int, reset_every: int, args):
     """Noise Nx3xHxW in [-1, 1] that lowers a surrogate's loss on ``images`` (Nx3xHxW in
-    [0, 1]; ``objects`` Nx1xHxW, ``classes`` NxHxW), and the last surrogate's pixel
-    accuracy on the clean and on the perturbed images."""
+    [0, 1]; ``objects`` Nx1xHxW, ``classes`` NxHxW, :data:`IGNORE` not learnt), and the
+    last surrogate's pixel accuracy on the clean and on the perturbed images (on crops
+    of ``args.crop`` px, whole images without)."""
     generator = torch.Generator().manual_seed(0)
     noise = torch.zeros_like(images)
+    shape = images.shape[-2:]
 
-    def perturbed(rows, noise_rows):
-        return NoiseGenerator.perturb(
-            images[rows], noise_rows, objects[rows], DEFAULT_EPS, DEFAULT_EPS_BG
+    def batch(windows, source=noise, leaf=False):
+        """(perturbed crops, their noise, their classes) of ``windows`` with the noise of
+        ``source``; with ``leaf``, the noise crops require gradients (to step them)."""
+        delta = torch.stack([source[r, :, t, w] for r, t, w in windows]).requires_grad_(leaf)
+        x = NoiseGenerator.perturb(
+            torch.stack([images[r, :, t, w] for r, t, w in windows]),
+            delta,
+            torch.stack([objects[r, :, t, w] for r, t, w in windows]),
+            DEFAULT_EPS,
+            DEFAULT_EPS_BG,
         )
+        return x, delta, torch.stack([classes[r, t, w] for r, t, w in windows])
 
     chunks = torch.arange(len(images)).split(args.batch)
     model = None
     for round_ in tqdm(range(args.rounds), desc=f"min-min (reset every {reset_every})"):
         if model is None or (reset_every and round_ % reset_every == 0):
             torch.manual_seed(round_)
-            model = SegmentationUNet(num_classes)
+            model = SURROGATES[args.surrogate](num_classes)
             optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         model.train()
         for _ in range(args.surrogate_steps):
             rows = torch.randint(len(images), (args.batch,), generator=generator)
-            x, y = perturbed(rows, noise[rows]), classes[rows]
+            x, _, y = batch(_crop_windows(rows, shape, args.crop, generator))
             flip = torch.rand(args.batch, generator=generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             y = torch.where(flip[:, None, None], y.flip(-1), y)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x), y.long(), ignore_index=IGNORE)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         model.eval()
         for _ in range(args.noise_steps):
             for rows in chunks:
-                delta = noise[rows].requires_grad_()
-                loss = F.cross_entropy(model(perturbed(rows, delta)), classes[rows])
+                windows = _crop_windows(rows, shape, args.crop, generator)
+                x, delta, y = batch(windows, leaf=True)
+                loss = F.cross_entropy(model(x), y.long(), ignore_index=IGNORE)
                 (grad,) = torch.autograd.grad(loss, delta)
-                noise[rows] = (delta - args.step * grad.sign()).clamp(-1, 1).detach()
-    accuracy = {
-        "clean": _pixel_accuracy(model, [(images[rows], classes[rows]) for rows in chunks]),
-        "perturbed": _pixel_accuracy(
-            model, [(perturbed(rows, noise[rows]), classes[rows]) for rows in chunks]
-        ),
-    }
+                stepped = (delta - args.step * grad.sign()).clamp(-1, 1).detach()
+                for (r, t, w), crop in zip(windows, stepped):
+                    noise[r, :, t, w] = crop
+    evaluation = [_crop_windows(rows, shape, args.crop, generator) for rows in chunks]
+    with torch.no_grad():
+        accuracy = {
+            name: _pixel_accuracy(model, [batch(w, source)[::2] for w in evaluation])
+            for name, source in (("clean", torch.zeros_like(noise)), ("perturbed", noise))
+        }
     return noise, accuracy
 
 
 @torch.no_grad()
 def _pixel_accuracy(model: nn.Module, batches) -> float:
-    """Share of pixels whose class ``model`` gets right over (images, classes) batches."""
-    right = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
-    return right / sum(y.numel() for _, y in batches)
+    """Share of labelled pixels whose class ``model`` gets right over (images, classes)
+    batches."""
+    right = sum(int(((model(x).argmax(1) == y) & (y != IGNORE)).sum()) for x, y in batches)
+    return right / sum(int((y != IGNORE).sum()) for _, y in batches)
+
+
+def _training_set(args):
+    """(dataset, label field, its training split, Targets, the victim's settings) of the
+    held-out scenes or of ``args.real``."""
+    if args.real:
+        dataset = real_data.load_camvid(real_data.data_dir(args.data), "em-camvid")
+        field, task = "ground_truth", REAL_TASKS[args.real]
+    else:
+        dataset, field, task = held_out.create("bench-sample-wise-em", args), "instances", {}
+    task = {**task, **({"epochs": args.epochs} if args.epochs else {})}
+    train = dataset.match_tags("train")
+    return dataset, field, train, resolve_targets(dataset, field), task
 
 
 def run(args) -> dict:
     """The measurements as the JSON document described in the module docstring."""
     started = time.monotonic()
     torch.set_num_threads(args.threads)
-    dataset = held_out.create("bench-sample-wise-em", args)
-    train = dataset.match_tags("train")
-    targets = resolve_targets(dataset, "instances")
+    dataset, field, train, targets, task = _training_set(args)
     ids, paths = train.values("id"), train.values("filepath")
     images = torch.stack([torch.from_numpy(read_rgb(p)).permute(2, 0, 1) for p in paths])
+    class_map = targets.semantic if args.real else targets.instance_class_map
     classes = torch.stack(
         [
-            torch.from_numpy(targets.instance_class_map({"instances": labels}, *images.shape[-2:]))
-            for labels in train.values("instances")
+            torch.from_numpy(class_map({field: labels}, *images.shape[-2:]))
+            for labels in train.values(field)
         ]
-    ).long()
-    objects = (classes > 0).float()[:, None]
-    num_classes = len(targets.instance_classes) + 1
+    )
+    objects = ((classes > 0) & (classes != IGNORE)).float()[:, None]
+    num_classes = len(targets.semantic_classes if args.real else targets.instance_classes) + 1
     variants = []
     for reset_every in args.reset_every:
         noise, accuracy = error_minimising_noise(
@@ -174,16 +259,16 @@ def run(args) -> dict:
         )
         perturbed = NoiseGenerator.perturb(images, noise, objects, DEFAULT_EPS, DEFAULT_EPS_BG)
         pixels = perturbed.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        field = f"em_reset{reset_every}_filepath"
+        noisy = f"em_reset{reset_every}_filepath"
         written = {}
         for sample_id, image in zip(ids, pixels.numpy()):
-            written[sample_id] = os.path.join(sandbox.TMP, field, f"{sample_id}.png")
+            written[sample_id] = os.path.join(sandbox.TMP, noisy, f"{sample_id}.png")
             atomic_write_image(Image.fromarray(image), written[sample_id])
-        dataset.set_values(field, written, key_field="id")
+        dataset.set_values(noisy, written, key_field="id")
         mse = (pixels.float() / 255 - images.permute(0, 2, 3, 1)).square().mean((1, 2, 3))
         report = evaluate_protection(
-            dataset, "instances", victims=[args.victim], protected_field=field,
-            epochs=args.epochs, seed=args.victim_seed, run_key=f"em_reset{reset_every}",
+            dataset, field, victims=[args.victim], protected_field=noisy, **task,
+            seed=args.victim_seed, seeds=args.seeds, run_key=f"em_reset{reset_every}",
             progress=tqdm_progress("audit", unit="epoch"),
         )  # fmt: skip
         result = report.results[0]
@@ -194,19 +279,28 @@ def run(args) -> dict:
                 "psnr": float(np.mean([10 * math.log10(1 / m) for m in mse.tolist()])),
                 "victim": args.victim,
                 "metric": result.metric,
+                "chance": result.chance,
                 "clean": result.scores["clean"],
                 "protected": result.scores["protected"],
                 "ratio": result.ratio("protected"),
+                "spread": max(result.spread.get(v, 0.0) for v in ("clean", "protected")),
+                "seeds": args.seeds,
             }
         )
-    settings = ("rounds", "surrogate_steps", "noise_steps", "step", "batch", "lr")
+    settings = ("rounds", "surrogate_steps", "noise_steps", "step", "batch", "lr", "surrogate")
+    settings += ("crop",)
     return {
         "variants": variants,
         "settings": {name: getattr(args, name) for name in settings},
         "eps": DEFAULT_EPS,
         "eps_bg": DEFAULT_EPS_BG,
         "victim_seed": args.victim_seed,
-        "dataset": held_out.describe(args),
+        "dataset": (
+            {"real": args.real, "train": len(train), "test": len(dataset.match_tags("test"))}
+            if args.real
+            else held_out.describe(args)
+        ),
+        "victim_settings": task,
         "seconds": time.monotonic() - started,
         "machine": machine_facts(),
     }
@@ -214,16 +308,17 @@ def run(args) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        f"sample-wise error-minimising noise on held-out scenes {results['dataset']}",
+        f"sample-wise error-minimising noise on {results['dataset']}, surrogate "
+        f"{results['settings'].get('surrogate', 'unet')}",
         f"{'reset every':>11} {'surr. acc clean':>15} {'perturbed':>9} {'PSNR':>6} "
-        f"{'victim':<9} {'clean':>6} {'prot.':>6} {'ratio':>6}",
+        f"{'victim':<9} {'clean':>6} {'prot.':>6} {'ratio':>6} {'sd':>6} seeds",
     ]
     for v in results["variants"]:
         acc = v["surrogate_accuracy"]
         lines.append(
             f"{v['reset_every']:>11} {acc['clean']:15.3f} {acc['perturbed']:9.3f} "
             f"{v['psnr']:6.2f} {v['victim']:<9} {v['clean']:6.3f} {v['protected']:6.3f} "
-            f"{v['ratio']:6.2f}"
+            f"{v['ratio']:6.2f} {v.get('spread', 0.0):6.3f} {v.get('seeds', 1):>5}"
         )
     lines.append("reset every 0: one surrogate throughout (classic min-min)")
     return "\n".join(lines)

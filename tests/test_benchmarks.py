@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import fiftyone as fo
+import pytest
 from conftest import REPO
 
 BENCHMARKS = os.path.join(REPO, "benchmarks")
@@ -17,6 +18,7 @@ import sys, time
 sys.path.insert(0, {benchmarks!r})
 import sandbox
 import fiftyone as fo
+import pytest
 fo.Dataset("probe").add_sample(fo.Sample(filepath="x.png"))
 print(fo.config.database_name, sandbox.TMP, flush=True)
 if sys.argv[1] == "clean":
@@ -68,33 +70,37 @@ import sandbox
 import torch
 from sample_wise_em import error_minimising_noise
 torch.manual_seed(0)
-classes = torch.zeros(8, 32, 32, dtype=torch.long)
+classes = torch.zeros(8, 32, 32, dtype=torch.uint8)
 for i in range(8):
     r, c = torch.randint(0, 16, (2,)).tolist()
     classes[i, r : r + 16, c : c + 16] = 1 + i % 2
+classes[:, :4] = 255  # void: neither learnt nor scored
 images = torch.full((8, 3, 32, 32), 0.5)
 args = argparse.Namespace(rounds=20, surrogate_steps=10, noise_steps=5, step=0.15, batch=4,
-                          lr=1e-3)
+                          lr=1e-3, surrogate="unet", crop={crop})
 noise, accuracy = error_minimising_noise(images, (classes > 0).float()[:, None], classes, 3,
                                          0, args)
 sandbox.cleanup()
+labelled = classes[classes != 255]
 print(accuracy["clean"], accuracy["perturbed"], float(noise.abs().max()),
-      float((classes == 0).float().mean()))
+      float((labelled == 0).float().mean()), float((noise[:, :, 4:] == 0).float().mean()))
 """
 
 
-def test_sample_wise_error_minimising_noise_teaches_the_surrogate_what_images_do_not_show():
+@pytest.mark.parametrize("crop", [None, 24])
+def test_sample_wise_error_minimising_noise_teaches_the_surrogate_what_images_do_not_show(crop):
     out = subprocess.run(
-        [sys.executable, "-c", MIN_MIN.format(benchmarks=BENCHMARKS)],
+        [sys.executable, "-c", MIN_MIN.format(benchmarks=BENCHMARKS, crop=crop)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    clean, perturbed, largest, background = map(float, out.stdout.split()[-4:])
+    clean, perturbed, largest, background, untouched = map(float, out.stdout.split()[-5:])
     assert largest <= 1.0  # within the budgets
     assert clean <= background + 0.02  # grey images: at best the majority class
     assert perturbed > clean + 0.15  # the noise carries the classes
+    assert untouched < 0.05  # random crops reach every labelled pixel
 
 
 def test_effectiveness_without_baselines_trains_only_clean_and_protected_under_stress(tmp_path):

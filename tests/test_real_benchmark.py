@@ -111,3 +111,29 @@ def test_published_copies_are_smaller_lossless_and_keep_labels_aligned(tmp_path)
         # the same objects cover the same share of the picture
         assert (small > 0).mean() == pytest.approx((full > 0).mean(), abs=0.03)
     coco.delete()
+
+
+def test_other_victims_stress_rows_reach_the_card_but_not_the_semantic_preset_table():
+    sys.path.insert(0, BENCHMARKS)
+    from real_report import card_table, preset_table
+
+    def row(victim, countermeasure, ratio):
+        return {
+            "victim": victim, "countermeasure": countermeasure, "ratio": ratio,
+            "gain_ratio": ratio, "pattern_ratio": 0.9, "countermeasure_ratio": 0.95, "seeds": 1,
+        }  # fmt: skip
+
+    semantic = {"ratio": 0.93, "seeds": 2, "pattern_ratio": 1.01}
+    results = {
+        "victims": {"semantic": semantic},
+        "psnr": 33.4,
+        "quality": {"camvid": {"psnr": 33.4}},
+        "stress": {
+            "jpeg75": row("semantic", "jpeg:75", 0.61),
+            "yolo_jpeg75": row("yolo", "jpeg:75", 0.79),
+        },
+    }
+    presets = preset_table({"default": results, "robust": results})
+    assert "0.61 (1)" in presets and "0.79" not in presets
+    card = card_table({**results, "victims": {}})
+    assert "| `jpeg:75` | semantic | 0.61 |" in card and "| `jpeg:75` | yolo | 0.79 |" in card
