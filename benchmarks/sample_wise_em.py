@@ -49,8 +49,8 @@ from tqdm import tqdm
 
 from fiftyone_unseg import evaluate_protection
 from fiftyone_unseg.audit.targets import IGNORE, resolve_targets
-from fiftyone_unseg.audit.victims.semantic import SemanticVictim
-from fiftyone_unseg.audit.victims.semantic import _normalize as normalize_for_victim
+from fiftyone_unseg.audit.training import Settings
+from fiftyone_unseg.audit.victims.semantic import SemanticVictim, normalize
 from fiftyone_unseg.cli import tqdm_progress
 from fiftyone_unseg.io import atomic_write_image, read_rgb
 from fiftyone_unseg.modeling import NoiseGenerator
@@ -136,11 +136,11 @@ class VictimSurrogate(nn.Module):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        settings = type("Settings", (), {"seed": torch.initial_seed(), "device": "cpu"})
+        settings = Settings(**SemanticVictim().defaults(), seed=torch.initial_seed())
         self.model = SemanticVictim()._build(num_classes, settings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(normalize_for_victim(x * 255))["out"]
+        return self.model(normalize(x * 255))["out"]
 
 
 SURROGATES = {"unet": SegmentationUNet, "victim": VictimSurrogate}

@@ -82,7 +82,7 @@ class SemanticVictim(Victim):
             ]
             batch = flip(torch.stack([c[0] for c in crops]), flips).to(settings.device)
             labels = flip(torch.stack([c[1] for c in crops]), flips).long().to(settings.device)
-            return F.cross_entropy(model(_normalize(batch))["out"], labels, ignore_index=IGNORE)
+            return F.cross_entropy(model(normalize(batch))["out"], labels, ignore_index=IGNORE)
 
         return fit(model, len(images), loss_fn, settings, on_epoch)
 
@@ -94,7 +94,7 @@ class SemanticVictim(Victim):
         labels = []
         for example in examples:
             image = _read(example.image_path)[None].to(settings.device)
-            logits = model(_normalize(image))["out"][0]
+            logits = model(normalize(image))["out"][0]
             if background is None:  # every pixel is some class: class 0 is never an answer
                 logits[0] = -torch.inf
             classes = logits.argmax(0).cpu().numpy()
@@ -136,8 +136,8 @@ def miou(confusion: np.ndarray) -> tuple[float, float]:
     return float((inter[present] / union[present]).mean()), float(trivial)
 
 
-def _normalize(images: torch.Tensor) -> torch.Tensor:
-    """Bx3xSxS uint8 -> ImageNet-normalised float."""
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Bx3xHxW in [0, 255] (uint8 or float) -> ImageNet-normalised float."""
     mean = torch.tensor(PIXEL_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(PIXEL_STD, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255 - mean) / std
