@@ -45,6 +45,8 @@ largest sample standard deviation over the seeds of clean and protected. Writes
     python benchmarks/real_effectiveness.py --victims semantic --stress
     python benchmarks/real_effectiveness.py --victims --stress jpeg75 --update
     python benchmarks/real_effectiveness.py --victims --stress jpeg75 --stress-victim yolo --update
+    python benchmarks/real_effectiveness.py --victims --stress blur1 --seeds 1 --victim-seed 1 \
+        --update --add-seeds                                          # a second seed
     python benchmarks/real_effectiveness.py --quick --out /tmp/x.json  # a smoke run
     python benchmarks/real_effectiveness.py --generator runs/x/generator --victims semantic \
         --baselines --stress --out x.json                             # another generator
@@ -59,11 +61,13 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import real_data
 import torch
 from machine import add_protection_arguments, machine_facts, merge_results
+from real_rows import add_seeds, summary_row
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
@@ -166,7 +170,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="keep what --out holds (same generator and budgets) and replace only what "
         "this run measures",
     )
+    parser.add_argument(
+        "--add-seeds",
+        action="store_true",
+        help="with --update: add this run's victim seeds (--victim-seed on) to the rows "
+        "--out holds instead of replacing them, e.g. a second seed of a long row",
+    )
     args = parser.parse_args(argv)
+    if args.add_seeds and not args.update:
+        parser.error("--add-seeds adds to what --out holds: give --update too")
     if args.quick:
         args.epochs = 1
     return args
@@ -213,20 +225,19 @@ def run(args) -> dict:
     for victim in args.victims:
         task = TASKS[victim]
         result = _audit(datasets[task.dataset], victim, task, args.baselines, None, args)
-        row = _summary(result, args.baselines, args.seeds)
+        row = _summary(result, args.baselines, args)
         victims[victim] = {"dataset": task.dataset, **row}
     stress = {}
     for name in args.stress:
         task = TASKS[args.stress_victim]
         baselines = tuple(args.stress_baselines)
         result = _audit(datasets[task.dataset], args.stress_victim, task, baselines, name, args)
-        row = _summary(result, baselines, args.seeds)
         stress[stress_key(args.stress_victim, name)] = {
             "victim": args.stress_victim,
             "dataset": task.dataset,
             "countermeasure": STRESS[name],
-            **row,
-            "countermeasure_ratio": row.pop("none_ratio", None),
+            "countermeasure_ratio": None,  # without the "none" baseline
+            **_summary(result, baselines, args),
         }
     return {
         "generator": generator.generator_id,
@@ -278,33 +289,12 @@ def _audit(dataset, victim: str, task: Task, baselines, stress, args):
     return report.results[0]
 
 
-def _summary(result, baselines, seeds: int) -> dict:
-    """A victim's row: scores, chance, ratios, gain ratio, spread over ``seeds`` seeds."""
-    clean, protected, chance = result.scores["clean"], result.scores["protected"], result.chance
-    row = {
-        "metric": result.metric,
-        "clean": clean,
-        "protected": protected,
-        "chance": chance,
-        "ratio": result.ratio("protected"),
-        "gain_ratio": gain_ratio(protected, clean, chance),
-        "seeds": seeds,
-        "spread": max((result.spread.get(v, 0.0) for v in ("clean", "protected")), default=0.0),
-        "runs": result.runs,
-        "settings": result.settings,
-    }
-    for name in baselines:
-        row[name] = result.scores[name]
-        row[f"{name}_ratio"] = result.ratio(name)
-        row[f"{name}_gain_ratio"] = gain_ratio(result.scores[name], clean, chance)
-    return row
-
-
-def gain_ratio(score: float, clean: float, chance: float) -> float | None:
-    """The share of the clean victim's gain over its trivial predictor that ``score`` keeps."""
-    if chance is None or clean <= chance:
-        return None
-    return (score - chance) / (clean - chance)
+def _summary(result, baselines, args) -> dict:
+    """A victim's row (:func:`real_rows.summary_row`) from its audit result."""
+    seeds = list(range(args.victim_seed, args.victim_seed + args.seeds))
+    variants = ("clean", "protected", *baselines)
+    runs = {v: result.runs.get(v, [result.scores[v]]) for v in variants}
+    return {**summary_row(result.metric, result.chance, runs, seeds), "settings": result.settings}
 
 
 def _mean(values) -> float | None:
@@ -359,18 +349,31 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def merge(old: dict, new: dict) -> dict:
-    """``old`` with the victims and stress tests that ``new`` measured replaced."""
+def merge(old: dict, new: dict, add: bool = False) -> dict:
+    """``old`` with the victims and stress tests that ``new`` measured replaced, or with
+    ``add``, their scores at ``new``'s victim seeds added (:func:`real_rows.add_seeds`)."""
     old = {"class_mix": 0.0, "prompt": "all", **old}  # files from before the options
-    same = ("generator", "eps", "eps_bg", "class_mix", "prompt", "victim_seed", "quick")
-    merged = merge_results(old, new, same, ("victims", "stress", "quality", "data"))
+    same = ("generator", "eps", "eps_bg", "class_mix", "prompt", "quick")
+    if add:
+        new = {**new, "victim_seed": old["victim_seed"]}
+        for part in ("victims", "stress"):
+            new[part] = {
+                key: add_seeds(old[part][key], row, old["victim_seed"])
+                if key in old.get(part, {})
+                else row
+                for key, row in new[part].items()
+            }
+    merged = merge_results(
+        old, new, (*same, "victim_seed"), ("victims", "stress", "quality", "data")
+    )
     merged["psnr"] = _mean([q["psnr"] for q in merged["quality"].values()])
     merged["ssim"] = _mean([q["ssim"] for q in merged["quality"].values()])
     return merged
 
 
 def main(argv=None) -> int:
-    return sandbox.measure_and_publish(run, parse_args(argv), merge, table)
+    args = parse_args(argv)
+    return sandbox.measure_and_publish(run, args, partial(merge, add=args.add_seeds), table)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,17 @@ def test_a_quick_run_on_real_photos_writes_the_table_and_json(tmp_path):
     assert stress["victim"] == "semantic" and stress["countermeasure"] == "jpeg:75"
     assert {"ratio", "pattern_ratio", "countermeasure_ratio"} <= set(stress)
     assert "semantic   camvid" in proc.stdout and "jpeg75" in proc.stdout
+    # a third victim seed of the stress row joins the two it has; the victims stay
+    proc = _bench(
+        "--quick", "--victims", "--stress", "jpeg75", "--seeds", "1", "--victim-seed", "2",
+        "--prompt", "instance", "--out", str(out), "--update", "--add-seeds",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    updated = json.loads(out.read_text())
+    grown = updated["stress"]["jpeg75"]
+    assert grown["victim_seeds"] == [0, 1, 2] and len(grown["runs"]["pattern"]) == 3
+    assert grown["runs"]["clean"][:2] == stress["runs"]["clean"]
+    assert updated["victims"]["semantic"] == row and updated["victim_seed"] == 0
 
 
 @needs_data
@@ -137,3 +148,31 @@ def test_other_victims_stress_rows_reach_the_card_but_not_the_semantic_preset_ta
     assert "0.61 (1)" in presets and "0.79" not in presets
     card = card_table({**results, "victims": {}})
     assert "| `jpeg:75` | semantic | 0.61 |" in card and "| `jpeg:75` | yolo | 0.79 |" in card
+
+
+def test_a_second_victim_seed_joins_a_row_measured_at_the_first():
+    sys.path.insert(0, BENCHMARKS)
+    from real_rows import add_seeds, summary_row
+
+    settings = {"epochs": 12, "image_size": 128}
+    runs = {"clean": [0.30], "protected": [0.15], "pattern": [0.20], "none": [0.27]}
+    first = {
+        "victim": "yolo", "countermeasure": "jpeg:75",
+        **summary_row("mAP", 0.05, runs, [0]), "settings": settings,
+    }  # fmt: skip
+    assert first["ratio"] == pytest.approx(0.5) and first["gain_ratio"] == pytest.approx(0.4)
+    assert first["countermeasure_ratio"] == pytest.approx(0.9) and first["spread"] == 0.0
+    # as rows were stored before seeds were recorded: no runs for one seed
+    stored = {k: v for k, v in first.items() if k != "victim_seeds"} | {"runs": {}}
+    second = summary_row("mAP", 0.05, {k: [v[0] + 0.1] for k, v in runs.items()}, [1])
+    row = add_seeds(stored, {**second, "settings": settings}, first_seed=0)
+    assert row["victim_seeds"] == [0, 1] and row["seeds"] == 2
+    assert row["runs"]["pattern"] == pytest.approx([0.20, 0.30])
+    assert row["clean"] == pytest.approx(0.35) and row["ratio"] == pytest.approx(0.2 / 0.35)
+    assert row["spread"] == pytest.approx(0.1 / 2**0.5)
+    assert row["countermeasure_ratio"] == pytest.approx(0.32 / 0.35)
+    assert row["victim"] == "yolo" and row["countermeasure"] == "jpeg:75"
+    with pytest.raises(SystemExit, match=r"seeds \[1\] are already"):
+        add_seeds(row, {**second, "settings": settings}, first_seed=0)
+    with pytest.raises(SystemExit, match="settings differ"):
+        add_seeds(stored, {**second, "settings": {**settings, "epochs": 40}}, first_seed=0)

@@ -1,0 +1,82 @@
+"""A row of the real-data results from its per-seed scores, and rows of one measurement at
+other victim seeds combined (``real_effectiveness.py --update --add-seeds``).
+
+Free of side effects on import, like :mod:`real_report`: tests import it.
+"""
+
+import numpy as np
+
+SCORED = ("clean", "protected")  # the spread is the larger sample sd of these two
+
+
+def summary_row(metric: str, chance: float | None, runs: dict, victim_seeds: list) -> dict:
+    """A victim's row from ``runs`` (variant -> one score per victim seed of
+    ``victim_seeds``; "clean" and "protected" first, then the baselines): mean scores,
+    ratios to clean, gain ratios, ``spread``; ``none`` (clean images through a
+    counter-measure) gives ``countermeasure_ratio``."""
+    if any(len(scores) != len(victim_seeds) for scores in runs.values()):
+        raise ValueError(f"every variant needs one score per seed of {victim_seeds}: {runs}")
+    score = {variant: float(np.mean(scores)) for variant, scores in runs.items()}
+    clean, protected = score["clean"], score["protected"]
+    row = {
+        "metric": metric,
+        "clean": clean,
+        "protected": protected,
+        "chance": chance,
+        "ratio": _ratio(protected, clean),
+        "gain_ratio": gain_ratio(protected, clean, chance),
+        "seeds": len(victim_seeds),
+        "victim_seeds": list(victim_seeds),
+        "spread": max(_sd(runs[v]) for v in SCORED),
+        "runs": runs,
+    }
+    for name in runs:
+        if name not in SCORED:
+            row[name] = score[name]
+            row[f"{name}_ratio"] = _ratio(score[name], clean)
+            row[f"{name}_gain_ratio"] = gain_ratio(score[name], clean, chance)
+    if "none" in runs:
+        row["countermeasure_ratio"] = row.pop("none_ratio")
+    return row
+
+
+def add_seeds(old: dict, new: dict, first_seed: int) -> dict:
+    """``old``'s row with ``new``'s scores at other victim seeds added: the variants both
+    measured, recomputed over all the seeds. Rows written before ``victim_seeds`` was
+    recorded ran seeds ``first_seed`` (the file's ``victim_seed``) onwards."""
+    if old.get("settings") != new.get("settings") or old["metric"] != new["metric"]:
+        raise SystemExit(
+            f"--add-seeds: the victim settings differ ({old.get('settings')} there, "
+            f"{new.get('settings')} now)"
+        )
+    seeds_old = old.get("victim_seeds") or list(range(first_seed, first_seed + old["seeds"]))
+    overlap = sorted(set(seeds_old) & set(new["victim_seeds"]))
+    if overlap:
+        raise SystemExit(f"--add-seeds: victim seeds {overlap} are already in the row")
+    runs_old = old["runs"] or {v: [old[v]] for v in (*SCORED, *_baselines(old))}
+    runs = {v: runs_old[v] + new["runs"][v] for v in new["runs"] if v in runs_old}
+    kept = {k: v for k, v in old.items() if k in ("dataset", "victim", "countermeasure")}
+    return {
+        **kept,
+        **summary_row(old["metric"], old["chance"], runs, seeds_old + new["victim_seeds"]),
+        "settings": old.get("settings"),
+    }
+
+
+def gain_ratio(score: float, clean: float, chance: float | None) -> float | None:
+    """The share of the clean victim's gain over its trivial predictor that ``score`` keeps."""
+    if chance is None or clean <= chance:
+        return None
+    return (score - chance) / (clean - chance)
+
+
+def _baselines(row: dict) -> list:
+    return [k[: -len("_gain_ratio")] for k in row if k.endswith("_gain_ratio")]
+
+
+def _ratio(score: float, clean: float) -> float | None:
+    return score / clean if clean else None
+
+
+def _sd(scores: list) -> float:
+    return float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
