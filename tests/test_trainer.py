@@ -19,7 +19,7 @@ from trainer import distributed, prompts, surrogate
 from trainer.config import TrainConfig, load_config
 from trainer.data import PairDataset, load_pairs, split_pairs
 from trainer.loop import Trainer, generator_inputs
-from trainer.losses import mask_loss, uncertain_points
+from trainer.losses import mask_loss, shared_texture_share, uncertain_points
 
 MICRO = {
     "name": "micro",
@@ -85,7 +85,7 @@ def _surrogate_loss(t: Trainer, images, masks, target=None) -> float:
     torch.manual_seed(0)
     p = prompts.make_prompts(masks, ["box", "mask"])
     with torch.no_grad():
-        x, s_masks = t._perturb_for_surrogate(t.generator, images, masks, p)
+        x, s_masks, _ = t._perturb_for_surrogate(t.generator, images, masks, p)
         logits = t.surrogate(x, prompts.make_prompts(s_masks, ["box"]))
         return mask_loss(logits, s_masks if target is None else target, 256).item()
 
@@ -174,6 +174,44 @@ def _metrics(out) -> list:
         return list(csv.DictReader(f))
 
 
+def test_shared_texture_share_tells_a_fixed_texture_from_per_image_noise():
+    torch.manual_seed(0)
+    masks = (torch.rand(8, 1, 4, 4) > 0.5).float().repeat_interleave(16, 2)
+    masks = masks.repeat_interleave(16, 3)  # objects on whole 16 px cells, 64 px images
+    textures = torch.randn(2, 3, 16, 16).repeat(1, 1, 4, 4)  # one per region, tiled
+    fixed = masks * textures[0] + (1 - masks) * textures[1]
+    own = torch.randn(8, 3, 64, 64)
+    assert shared_texture_share(fixed, masks, 16) == pytest.approx(1.0, abs=1e-5)
+    assert shared_texture_share(own, masks, 16) < 0.05
+    half = (fixed / fixed.norm() + own / own.norm()).requires_grad_()
+    share = shared_texture_share(half, masks, 16)
+    assert 0.4 < share < 0.6
+    share.backward()
+    assert half.grad.abs().sum() > 0
+
+
+def test_the_texture_weight_makes_the_noise_specific_to_each_image(tmp_path):
+    t = Trainer(
+        micro_config(shared_texture_weight=5.0, batch_size=4),
+        str(tmp_path),
+        distributed.Context(0, 1, torch.device("cpu")),
+    )
+    t._enter_stage("bilevel")
+    images, masks = zip(*(t.train_data[i] for i in range(4)))
+    images, masks = torch.stack(images), torch.stack(masks)
+
+    def share() -> float:
+        p = prompts.make_prompts(masks, ["box"])
+        with torch.no_grad():
+            _, _, noise = t._perturb_for_surrogate(t.generator, images, masks, p, eot=False)
+        return t._texture_share(noise, masks).item()
+
+    before = share()
+    for _ in range(20):
+        t._generator_step(images, masks)
+    assert share() < 0.7 * before
+
+
 def test_training_runs_end_to_end_and_resumes(tmp_path):
     out = str(tmp_path / "run")
     ctx = distributed.Context(0, 1, torch.device("cpu"))
@@ -193,6 +231,7 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
     rows = _metrics(out)
     assert [r["phase"] for r in rows] == ["pretrain"] * 2 + ["surrogate"] * 2 + ["generator"] * 2
     assert rows[2]["iou_train_clean"] != "" and rows[2]["iou_val_perturbed"] != ""
+    assert 0 < float(rows[2]["texture_share_val"]) <= 1
     # Resume with a longer schedule: the step count continues from the last checkpoint.
     longer = dataclasses.replace(cfg, max_steps=8, val_every=1000)
     resumed = Trainer(longer, out, ctx)

@@ -33,7 +33,9 @@ def _cmd_train(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if summary:
-        ious = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith("iou"))
+        ious = ", ".join(
+            f"{k} {v:.3f}" for k, v in summary.items() if k.startswith(("iou", "texture"))
+        )
         print(f"Trained {summary['steps']} steps in {summary['wall_s']:.0f} s: {ious}")
         print(
             f"Generator: {summary['generator']} (unseg protect --generator {summary['generator']})"

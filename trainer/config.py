@@ -79,6 +79,10 @@ class TrainConfig:
     importance_ratio: float = 0.75
     prompt_points: int = 10
     scale_range: tuple = (0.1, 2.0)
+    # weight of the share of the noise's energy that one fixed texture per region and per
+    # phase of the generator's patch grid explains over a batch (0: off); > 0 asks for
+    # noise specific to each image, which an informed trainer cannot estimate and subtract
+    shared_texture_weight: float = 0.0
     eot: list = field(default_factory=list)  # counter-measures simulated in training
     eot_p: float = 0.5  # share of perturbed images that go through one of them
     object_context: tuple | None = None  # e.g. (1.2, 3.0): object-centred crops first
@@ -99,6 +103,10 @@ class TrainConfig:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
         if self.surrogate_phase < 1 or self.generator_phase < 1:
             raise ValueError("surrogate_phase and generator_phase must be at least 1")
+        if self.shared_texture_weight < 0:
+            raise ValueError(
+                f"shared_texture_weight must be 0 or more, got {self.shared_texture_weight}"
+            )
         if self.keep_checkpoints < 1:
             raise ValueError(
                 "keep_checkpoints must be at least 1 (the newest is what --resume continues "

@@ -34,7 +34,7 @@ from trainer import distributed
 from trainer.config import TrainConfig, init_generator
 from trainer.data import PairDataset, load_pairs, split_pairs
 from trainer.eot import random_countermeasure
-from trainer.losses import mask_iou, mask_loss
+from trainer.losses import mask_iou, mask_loss, shared_texture_share
 from trainer.prompts import (
     Prompts,
     boxes_from_masks,
@@ -58,6 +58,8 @@ METRIC_COLUMNS = (
     "iou_train_perturbed",
     "iou_val_clean",
     "iou_val_perturbed",
+    "texture_share_train",
+    "texture_share_val",
 )
 # What a training writes to its output folder (``overwrite`` deletes them).
 RUN_OUTPUTS = (
@@ -280,7 +282,8 @@ class Trainer:
 
     def _perturb_for_surrogate(self, generator, images, masks, prompts: Prompts, eot=True):
         """Perturbed images at the surrogate's size (through a random counter-measure of
-        ``cfg.eot`` with probability ``cfg.eot_p`` when ``eot``) and its masks."""
+        ``cfg.eot`` with probability ``cfg.eot_p`` when ``eot``), its masks and the noise
+        (Bx3xHxW in [-1, 1], before the budget)."""
         noise = generator(images, **generator_inputs(prompts, self.side))
         perturbed = NoiseGenerator.perturb(
             images, noise, masks, self.cfg.eps_train, self.cfg.eps_bg_train
@@ -291,7 +294,10 @@ class Trainer:
             perturbed = F.interpolate(
                 perturbed, size=(self.surrogate_side,) * 2, mode="bilinear", antialias=True
             )
-        return perturbed, resize_masks(masks, self.surrogate_side)
+        return perturbed, resize_masks(masks, self.surrogate_side), noise
+
+    def _texture_share(self, noise, masks) -> torch.Tensor:
+        return shared_texture_share(noise, masks, self.gen_config.vit_patch_size)
 
     def _pretrain_step(self, images, masks) -> float:
         prompts = sample_surrogate_prompts(masks, self.cfg.prompt_points)
@@ -308,7 +314,9 @@ class Trainer:
     def _surrogate_step(self, images, masks) -> float:
         prompts = sample_generator_prompts(masks, self.cfg.prompt_points)
         with torch.no_grad(), self._autocast():
-            perturbed, s_masks = self._perturb_for_surrogate(self.generator, images, masks, prompts)
+            perturbed, s_masks, _ = self._perturb_for_surrogate(
+                self.generator, images, masks, prompts
+            )
         with self._autocast():
             logits = self.surrogate_ddp(
                 perturbed.float(), sample_surrogate_prompts(s_masks, self.cfg.prompt_points)
@@ -322,7 +330,7 @@ class Trainer:
     def _generator_step(self, images, masks) -> float:
         prompts = sample_generator_prompts(masks, self.cfg.prompt_points)
         with self._autocast():
-            perturbed, s_masks = self._perturb_for_surrogate(
+            perturbed, s_masks, noise = self._perturb_for_surrogate(
                 self.generator_ddp, images, masks, prompts
             )
             # The surrogate is frozen: run it unwrapped and leave its gradients alone.
@@ -331,6 +339,8 @@ class Trainer:
             )
             label_modification = self.cfg.objective == "label_modification"
             loss = self._loss(logits, torch.ones_like(s_masks) if label_modification else s_masks)
+            if self.cfg.shared_texture_weight:
+                loss = loss + self.cfg.shared_texture_weight * self._texture_share(noise, masks)
         self.opt_generator.zero_grad(set_to_none=True)
         loss.backward(inputs=[p for g in self.opt_generator.param_groups for p in g["params"]])
         self.opt_generator.step()
@@ -345,14 +355,15 @@ class Trainer:
         self.surrogate.eval()
         results = {}
         for name, data in self.eval_sets.items():
-            clean, perturbed = [], []
+            clean, perturbed, shares = [], [], []
             for images, masks in DataLoader(data, batch_size=self.cfg.batch_size):
                 images, masks = images.to(self.ctx.device), masks.to(self.ctx.device)
                 prompts = Prompts(boxes=boxes_from_masks(masks), masks=masks)
                 with self._autocast():
-                    x_p, s_masks = self._perturb_for_surrogate(
+                    x_p, s_masks, noise = self._perturb_for_surrogate(
                         self.generator, images, masks, prompts, eot=False
                     )
+                    shares.append(self._texture_share(noise, masks))
                     x_c = F.interpolate(
                         images, size=(self.surrogate_side,) * 2, mode="bilinear", antialias=True
                     )
@@ -361,6 +372,7 @@ class Trainer:
                     perturbed.append(mask_iou(self.surrogate(x_p.float(), box).float(), s_masks))
             results[f"iou_{name}_clean"] = torch.cat(clean).mean().item()
             results[f"iou_{name}_perturbed"] = torch.cat(perturbed).mean().item()
+            results[f"texture_share_{name}"] = torch.stack(shares).mean().item()
         self.generator.train()
         self.surrogate.train()
         return results
@@ -581,7 +593,9 @@ class Trainer:
                         bar.write(
                             f"step {self.step}: "
                             + ", ".join(
-                                f"{k} {v:.3f}" for k, v in row.items() if k.startswith("iou")
+                                f"{k} {v:.3f}"
+                                for k, v in row.items()
+                                if k.startswith(("iou", "texture"))
                             )
                         )
                     self._log(row)

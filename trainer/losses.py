@@ -68,3 +68,28 @@ def mask_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     inter = (pred & gt).flatten(1).sum(-1).float()
     union = (pred | gt).flatten(1).sum(-1).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def shared_texture_share(noise: torch.Tensor, object_mask: torch.Tensor, period: int):
+    """Share of the energy of ``noise`` (Bx3xHxW) that one fixed texture per region
+    (object and background of ``object_mask``, Bx1xHxW in [0, 1]) and per phase of a
+    ``period``-pixel grid explains over the batch -> scalar in [0, 1].
+
+    Such a texture is what an informed trainer can estimate from protected images alone
+    and subtract (``fiftyone_unseg/audit/class_texture.py``); penalising its share asks
+    for noise specific to each image.
+    """
+    h = noise.shape[-2] - noise.shape[-2] % period
+    w = noise.shape[-1] - noise.shape[-1] % period
+    noise, object_mask = noise[..., :h, :w].float(), object_mask[..., :h, :w].float()
+
+    def phase_sums(x):  # BxCxHxW -> Cxpxp: sums over images and grid cells
+        cells = x.reshape(x.shape[0], x.shape[1], h // period, period, w // period, period)
+        return cells.sum((0, 2, 4))
+
+    explained = noise.new_zeros(())
+    for weight in (object_mask, 1 - object_mask):
+        count = phase_sums(weight).clamp(min=1e-6)
+        texture = phase_sums(noise * weight) / count  # the region's mean per phase
+        explained = explained + (texture.pow(2) * count).sum()
+    return explained / noise.pow(2).sum().clamp(min=1e-12)
