@@ -14,6 +14,7 @@ BENCHMARKS = (
     "protect_throughput.py",
     "demo_time.py",
     "train_throughput.py",
+    "texture_share.py",
     "real_effectiveness.py",
     "effectiveness.py",
 )

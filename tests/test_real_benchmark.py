@@ -176,3 +176,21 @@ def test_a_second_victim_seed_joins_a_row_measured_at_the_first():
         add_seeds(row, {**second, "settings": settings}, first_seed=0)
     with pytest.raises(SystemExit, match="settings differ"):
         add_seeds(stored, {**second, "settings": {**settings, "epochs": 40}}, first_seed=0)
+
+
+@needs_data
+def test_texture_share_finds_the_default_generators_universal_texture(tmp_path):
+    out = tmp_path / "share.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "texture_share.py"), "--limit", "6",
+         "--every", "1", "--generators", "default", "--out", str(out)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    row = results["generators"]["default"]
+    assert results["frames"] == 6 and "| default |" in proc.stdout
+    # Most of the shipped generator's noise is the same texture in every frame (0.82
+    # on 123 frames); noise specific to each frame would leave this near 0.
+    assert 0.5 < row["shared"] <= 1 and row["left_after_attack"] > 0
+    assert 30 < row["psnr"] < 40
