@@ -31,7 +31,7 @@ import real_data
 from machine import add_protection_arguments, machine_facts, publish
 
 from fiftyone_unseg import protect
-from fiftyone_unseg.audit.class_texture import ClassTexture
+from fiftyone_unseg.audit.class_texture import ClassTexture, bin_sums
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import tqdm_progress
 from fiftyone_unseg.io import read_rgb
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="shipped presets (default, robust) or checkpoint folders",
     )
     parser.add_argument("--every", type=int, default=3, help="every Nth training frame")
-    parser.add_argument("--limit", type=int, help="frames per split (a quick run)")
+    parser.add_argument("--limit", type=int, help="at most N frames (a quick run)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "texture_share.json"))
     return parser.parse_args(argv)
 
@@ -60,17 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def shared_share(noises: list, maps: list, bins) -> float:
     """Share of the energy of ``noises`` (HxWx3 float) explained by their mean per bin of
     ``bins(class map)``."""
-    sums, counts = np.zeros((0, 3)), np.zeros(0)
-    for noise, class_map in zip(noises, maps):
-        index = bins(class_map).ravel()
-        size = max(len(counts), int(index.max()) + 1)
-        sums, counts = (
-            np.pad(sums, ((0, size - len(sums)), (0, 0))),
-            np.pad(counts, (0, size - len(counts))),
-        )
-        counts += np.bincount(index, minlength=size)
-        for c in range(3):
-            sums[:, c] += np.bincount(index, noise.reshape(-1, 3)[:, c], minlength=size)
+    sums, counts = bin_sums((bins(m), n.reshape(-1, 3)) for n, m in zip(noises, maps))
     explained = (sums**2 / np.maximum(counts, 1)[:, None]).sum()
     return float(explained / sum((n**2).sum() for n in noises))
 

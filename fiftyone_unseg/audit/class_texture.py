@@ -51,16 +51,9 @@ class ClassTexture:
     def fit(self, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> ClassTexture:
         """Average the class-centred pixels of (HxWx3 uint8 image, HxW class map) pairs
         per bin."""
-        sums, counts = np.zeros((0, 3)), np.zeros(0)
-        for image, class_map in pairs:
-            index = self.bins(class_map).ravel()
-            size = max(len(counts), int(index.max()) + 1)
-            sums = np.pad(sums, ((0, size - len(sums)), (0, 0)))
-            counts = np.pad(counts, (0, size - len(counts)))
-            centred = self.centred(image, class_map)
-            counts += np.bincount(index, minlength=size)
-            for channel in range(3):
-                sums[:, channel] += np.bincount(index, centred[:, channel], minlength=size)
+        sums, counts = bin_sums(
+            (self.bins(class_map), self.centred(image, class_map)) for image, class_map in pairs
+        )
         self.texture = sums / np.maximum(counts, 1)[:, None]
         return self
 
@@ -74,3 +67,18 @@ class ClassTexture:
             known[..., None], self.texture[np.where(known, index, 0)], 0.0
         )  # fmt: skip
         return np.clip(np.round(image - texture), 0, 255).astype(np.uint8)
+
+
+def bin_sums(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sums (bins x 3) and counts (bins) of the values of (HxW bin index, (HxW)x3 values)
+    pairs per bin."""
+    sums, counts = np.zeros((0, 3)), np.zeros(0)
+    for index, values in pairs:
+        index = index.ravel()
+        size = max(len(counts), int(index.max()) + 1)
+        sums = np.pad(sums, ((0, size - len(sums)), (0, 0)))
+        counts = np.pad(counts, (0, size - len(counts)))
+        counts += np.bincount(index, minlength=size)
+        for channel in range(3):
+            sums[:, channel] += np.bincount(index, values[:, channel], minlength=size)
+    return sums, counts
