@@ -57,17 +57,17 @@ import sandbox  # first: FiftyOne must see its private database
 # isort: on
 
 import argparse
+import json
 import os
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import real_data
 import torch
 from machine import add_protection_arguments, machine_facts, merge_results
-from real_rows import add_seeds, summary_row
+from real_rows import add_seeds, borrow_baselines, summary_row
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
@@ -175,6 +175,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="with --update: add this run's victim seeds (--victim-seed on) to the rows "
         "--out holds instead of replacing them, e.g. a second seed of a long row",
+    )
+    parser.add_argument(
+        "--baselines-from",
+        metavar="FILE",
+        help="another generator's results: each row of the output takes the baselines that "
+        "FILE's same row measured and it did not, where both trained identical clean "
+        "victims (same settings, seeds and clean scores), e.g. `--baselines --update "
+        "--baselines-from benchmarks/results/real/effectiveness.json` for a new generator",
     )
     args = parser.parse_args(argv)
     if args.add_seeds and not args.update:
@@ -371,9 +379,37 @@ def merge(old: dict, new: dict, add: bool = False) -> dict:
     return merged
 
 
+def borrow(results: dict, donor: dict | None) -> dict:
+    """``results`` with every row completed from ``donor``'s same row
+    (:func:`real_rows.borrow_baselines`), saying what each row took or why nothing."""
+    if donor is None:
+        return results
+    results = dict(results)
+    for part in ("victims", "stress"):
+        results[part] = dict(results[part])
+        for key, row in results[part].items():
+            other = donor.get(part, {}).get(key)
+            results[part][key], taken = borrow_baselines(row, other)
+            why = "absent there" if other is None else "nothing missing, or other clean runs"
+            said = f"took {', '.join(taken)} from {donor['generator']}" if taken else why
+            print(f"--baselines-from: {part} {key}: {said}")
+    return results
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return sandbox.measure_and_publish(run, args, partial(merge, add=args.add_seeds), table)
+    donor = None
+    if args.baselines_from:
+        with open(args.baselines_from) as f:
+            donor = json.load(f)
+
+    def measuring(args):
+        return borrow(run(args), donor)
+
+    def merging(old, new):
+        return borrow(merge(old, new, add=args.add_seeds), donor)
+
+    return sandbox.measure_and_publish(measuring, args, merging, table)
 
 
 if __name__ == "__main__":

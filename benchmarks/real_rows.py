@@ -1,5 +1,7 @@
-"""A row of the real-data results from its per-seed scores, and rows of one measurement at
-other victim seeds combined (``real_effectiveness.py --update --add-seeds``).
+"""A row of the real-data results from its per-seed scores, rows of one measurement at
+other victim seeds combined (``real_effectiveness.py --update --add-seeds``), and a
+generator's row completed with the baselines another generator's run measured
+(``--baselines-from``).
 
 Free of side effects on import, like :mod:`real_report`: tests import it.
 """
@@ -61,6 +63,29 @@ def add_seeds(old: dict, new: dict, first_seed: int) -> dict:
         **summary_row(old["metric"], old["chance"], runs, seeds_old + new["victim_seeds"]),
         "settings": old.get("settings"),
     }
+
+
+def borrow_baselines(row: dict, donor: dict | None) -> tuple[dict, list]:
+    """``row`` with the baselines ``donor`` (the same test from another generator's run)
+    measured and ``row`` did not, and the names of those. The baselines do not depend on
+    the generator, so they carry over when both trained the same clean victims: same
+    settings, victim seeds and clean scores to the last digit (another CPU model trains
+    the semantic victim differently, and its clean scores show it). Otherwise ``row``
+    unchanged and ``[]``."""
+    if not donor or not donor.get("runs") or not row.get("runs"):
+        return row, []
+    same = (
+        donor.get("settings") == row.get("settings")
+        and donor.get("victim_seeds") == row.get("victim_seeds")
+        and donor["runs"].get("clean") == row["runs"]["clean"]
+    )
+    missing = [v for v in donor["runs"] if v not in row["runs"]] if same else []
+    if not missing:
+        return row, []
+    runs = {**row["runs"], **{v: donor["runs"][v] for v in missing}}
+    kept = {k: v for k, v in row.items() if k in ("dataset", "victim", "countermeasure")}
+    summary = summary_row(row["metric"], row["chance"], runs, row["victim_seeds"])
+    return {**kept, **summary, "settings": row.get("settings")}, missing
 
 
 def gain_ratio(score: float, clean: float, chance: float | None) -> float | None:

@@ -178,6 +178,33 @@ def test_a_second_victim_seed_joins_a_row_measured_at_the_first():
         add_seeds(stored, {**second, "settings": {**settings, "epochs": 40}}, first_seed=0)
 
 
+def test_a_new_generators_row_borrows_baselines_only_from_identical_clean_trainings():
+    sys.path.insert(0, BENCHMARKS)
+    from real_rows import borrow_baselines, summary_row
+
+    settings = {"epochs": 40, "image_size": 128}
+
+    def row(runs):
+        return {"dataset": "pets", **summary_row("mAP", 0.05, runs, [0, 1]), "settings": settings}
+
+    clean = [0.29, 0.28]
+    old = row({"clean": clean, "protected": [0.10, 0.13], "random": [0.30, 0.29]})
+    new = row({"clean": clean, "protected": [0.01, 0.04]})
+    done, taken = borrow_baselines(new, old)
+    assert taken == ["random"] and done["runs"]["protected"] == [0.01, 0.04]
+    assert done["random_ratio"] == pytest.approx(0.295 / 0.285)
+    assert done["ratio"] == pytest.approx(0.025 / 0.285) and done["dataset"] == "pets"
+    # another machine's clean trainings, other settings or seeds: nothing carries over
+    for other in (
+        row({**old["runs"], "clean": [0.29, 0.27]}),
+        {**old, "settings": {**settings, "epochs": 12}},
+        {**old, "victim_seeds": [1, 2]},
+    ):
+        assert borrow_baselines(new, other) == (new, [])
+    assert borrow_baselines(done, old) == (done, [])  # nothing missing
+    assert borrow_baselines(new, None) == (new, [])
+
+
 @needs_data
 def test_texture_share_finds_the_default_generators_universal_texture(tmp_path):
     out = tmp_path / "share.json"
