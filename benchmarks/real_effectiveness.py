@@ -389,7 +389,7 @@ def borrow(results: dict, donor: dict | None) -> dict:
         results[part] = dict(results[part])
         for key, row in results[part].items():
             other = donor.get(part, {}).get(key)
-            results[part][key], taken = borrow_baselines(row, other)
+            results[part][key], taken = borrow_baselines(row, other, donor["victim_seed"])
             why = "absent there" if other is None else "nothing missing, or other clean runs"
             said = f"took {', '.join(taken)} from {donor['generator']}" if taken else why
             print(f"--baselines-from: {part} {key}: {said}")

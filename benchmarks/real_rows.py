@@ -51,11 +51,10 @@ def add_seeds(old: dict, new: dict, first_seed: int) -> dict:
             f"--add-seeds: the victim settings differ ({old.get('settings')} there, "
             f"{new.get('settings')} now)"
         )
-    seeds_old = old.get("victim_seeds") or list(range(first_seed, first_seed + old["seeds"]))
+    seeds_old, runs_old = _seeds_and_runs(old, first_seed)
     overlap = sorted(set(seeds_old) & set(new["victim_seeds"]))
     if overlap:
         raise SystemExit(f"--add-seeds: victim seeds {overlap} are already in the row")
-    runs_old = old["runs"] or {v: [old[v]] for v in (*SCORED, *_baselines(old))}
     runs = {v: runs_old[v] + new["runs"][v] for v in new["runs"] if v in runs_old}
     kept = {k: v for k, v in old.items() if k in ("dataset", "victim", "countermeasure")}
     return {
@@ -65,24 +64,26 @@ def add_seeds(old: dict, new: dict, first_seed: int) -> dict:
     }
 
 
-def borrow_baselines(row: dict, donor: dict | None) -> tuple[dict, list]:
+def borrow_baselines(row: dict, donor: dict | None, first_seed: int = 0) -> tuple[dict, list]:
     """``row`` with the baselines ``donor`` (the same test from another generator's run)
     measured and ``row`` did not, and the names of those. The baselines do not depend on
     the generator, so they carry over when both trained the same clean victims: same
     settings, victim seeds and clean scores to the last digit (another CPU model trains
-    the semantic victim differently, and its clean scores show it). Otherwise ``row``
+    the semantic victim differently, and its clean scores show it). ``first_seed``: the
+    donor file's ``victim_seed``, for rows stored before seeds were. Otherwise ``row``
     unchanged and ``[]``."""
-    if not donor or not donor.get("runs") or not row.get("runs"):
+    if not donor or not row.get("runs"):
         return row, []
+    seeds, runs = _seeds_and_runs(donor, first_seed)
     same = (
         donor.get("settings") == row.get("settings")
-        and donor.get("victim_seeds") == row.get("victim_seeds")
-        and donor["runs"].get("clean") == row["runs"]["clean"]
+        and seeds == row.get("victim_seeds")
+        and runs.get("clean") == row["runs"]["clean"]
     )
-    missing = [v for v in donor["runs"] if v not in row["runs"]] if same else []
+    missing = [v for v in runs if v not in row["runs"]] if same else []
     if not missing:
         return row, []
-    runs = {**row["runs"], **{v: donor["runs"][v] for v in missing}}
+    runs = {**row["runs"], **{v: runs[v] for v in missing}}
     kept = {k: v for k, v in row.items() if k in ("dataset", "victim", "countermeasure")}
     summary = summary_row(row["metric"], row["chance"], runs, row["victim_seeds"])
     return {**kept, **summary, "settings": row.get("settings")}, missing
@@ -93,6 +94,14 @@ def gain_ratio(score: float, clean: float, chance: float | None) -> float | None
     if chance is None or clean <= chance:
         return None
     return (score - chance) / (clean - chance)
+
+
+def _seeds_and_runs(row: dict, first_seed: int) -> tuple[list, dict]:
+    """A row's victim seeds and per-seed scores; rows stored before those were recorded
+    ran seeds ``first_seed`` onwards, and hold one mean per variant."""
+    seeds = row.get("victim_seeds") or list(range(first_seed, first_seed + row["seeds"]))
+    runs = row.get("runs") or {v: [row[v]] for v in (*SCORED, *_baselines(row))}
+    return seeds, runs
 
 
 def _baselines(row: dict) -> list:

@@ -203,6 +203,22 @@ def test_a_new_generators_row_borrows_baselines_only_from_identical_clean_traini
         assert borrow_baselines(new, other) == (new, [])
     assert borrow_baselines(done, old) == (done, [])  # nothing missing
     assert borrow_baselines(new, None) == (new, [])
+    # a one-seed row stored before per-seed scores were: its means are seed 0's scores
+    legacy = summary_row(
+        "mAP", 0.05, {"clean": [0.29], "protected": [0.2], "pattern": [0.26], "none": [0.28]}, [0]
+    )
+    legacy = {k: v for k, v in legacy.items() if k != "victim_seeds"} | {
+        "runs": {},
+        "settings": settings,
+    }
+    one = summary_row("mAP", 0.05, {"clean": [0.29], "protected": [0.08]}, [0]) | {
+        "settings": settings
+    }
+    done, taken = borrow_baselines(one, legacy, first_seed=0)
+    assert taken == ["pattern", "none"] and done["countermeasure_ratio"] == pytest.approx(
+        0.28 / 0.29
+    )
+    assert borrow_baselines(one, legacy, first_seed=1) == (one, [])
 
 
 @needs_data
