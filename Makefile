@@ -42,16 +42,19 @@ bench: install
 # Retrain the shipped default generator (fiftyone_unseg/weights/default/MODEL_CARD.md) on the
 # training splits of the real photographs in $(DATA) (ECSSD, and CamVid's, the pets' and
 # COCO's training parts through FiftyOne; never a benchmark test image), in a FiftyOne
-# database of its own.
+# database of its own, with the penalty on one texture repeated over images
+# (shared_texture_weight).
 default-generator: install
 	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
-	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config tiny --seed 4 --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth --data fiftyone:real-coco@train:instances --out runs/default --overwrite
+	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config tiny --seed 4 --set shared_texture_weight=1.0 --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth --data fiftyone:real-coco@train:instances --out runs/default --overwrite
 	cp runs/default/generator/model.safetensors runs/default/generator/config.json \
 		fiftyone_unseg/weights/default/
 
 # The robust preset's generator (fiftyone_unseg/weights/robust/): the default fine-tuned
 # with expectation over JPEG, blur and rescaling (trainer/configs/robust.json), on the
-# same training splits.
+# same training splits. The shipped robust weights were fine-tuned from the previous
+# default, 4209c99b51c1 (git show 0833b33:fiftyone_unseg/weights/default/model.safetensors);
+# this target fine-tunes the current one.
 robust-generator: install
 	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
 	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust --seed 4 --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth --data fiftyone:real-coco@train:instances --out runs/robust --overwrite

@@ -57,7 +57,8 @@ def preset_table(presets: dict) -> str:
     :func:`card_table` takes them) on the semantic victim: each one's ratio (victim seeds)
     on unaltered images and after each counter-measure, with the pattern's ratio and the
     counter-measure's own cost (generator-independent: from the first preset that has
-    them)."""
+    them), and the CPU model that measured each (semantic trainings differ between
+    models)."""
 
     def num(x):
         return "n/a" if x is None else f"{x:.2f}"
@@ -98,6 +99,8 @@ def preset_table(presets: dict) -> str:
         )
     psnr = [presets[n]["quality"].get("camvid", {}).get("psnr", presets[n]["psnr"]) for n in names]
     lines.append("| mean PSNR on CamVid (dB) | " + " | ".join(f"{p:.1f}" for p in psnr) + " | | |")
+    cpus = [presets[n].get("machine", {}).get("cpu", "n/a") for n in names]
+    lines.append("| measured on | " + " | ".join(cpus) + " | | |")
     return "\n".join(lines)
 
 

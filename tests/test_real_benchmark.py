@@ -222,18 +222,21 @@ def test_a_new_generators_row_borrows_baselines_only_from_identical_clean_traini
 
 
 @needs_data
-def test_texture_share_finds_the_default_generators_universal_texture(tmp_path):
+def test_texture_share_tells_the_per_image_default_from_the_robust_universal_texture(tmp_path):
     out = tmp_path / "share.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "texture_share.py"), "--limit", "6",
-         "--every", "1", "--generators", "default", "--out", str(out)],
+        [sys.executable, os.path.join(BENCHMARKS, "texture_share.py"), "--limit", "12",
+         "--every", "10", "--generators", "default", "robust", "--out", str(out)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
-    row = results["generators"]["default"]
-    assert results["frames"] == 6 and "| default |" in proc.stdout
-    # Most of the shipped generator's noise is the same texture in every frame (0.82
-    # on 123 frames); noise specific to each frame would leave this near 0.
-    assert 0.5 < row["shared"] <= 1 and row["left_after_attack"] > 0
-    assert 30 < row["psnr"] < 40
+    default, robust = (results["generators"][name] for name in ("default", "robust"))
+    assert results["frames"] == 12 and "| default |" in proc.stdout and "| robust |" in proc.stdout
+    # Most of the robust generator's noise is the same texture in every frame (0.87 on
+    # 123 frames), which the informed attack removes; the default was trained against
+    # that (shared_texture_weight=1: 0.17), so most of its noise survives the attack.
+    # Frames 10 apart: neighbouring video frames look alike, and so does their noise.
+    assert 0.5 < robust["shared"] <= 1 and default["shared"] < 0.5 * robust["shared"]
+    assert default["left_after_attack"] > robust["left_after_attack"] + 0.1
+    assert all(30 < row["psnr"] < 40 for row in (default, robust))
