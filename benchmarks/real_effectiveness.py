@@ -403,8 +403,9 @@ def main(argv=None) -> int:
         with open(args.baselines_from) as f:
             donor = json.load(f)
 
-    def measuring(args):
-        return borrow(run(args), donor)
+    def measuring(args):  # with --update, merging completes the whole file instead
+        results = run(args)
+        return results if args.update else borrow(results, donor)
 
     def merging(old, new):
         return borrow(merge(old, new, add=args.add_seeds), donor)

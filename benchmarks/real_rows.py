@@ -56,12 +56,7 @@ def add_seeds(old: dict, new: dict, first_seed: int) -> dict:
     if overlap:
         raise SystemExit(f"--add-seeds: victim seeds {overlap} are already in the row")
     runs = {v: runs_old[v] + new["runs"][v] for v in new["runs"] if v in runs_old}
-    kept = {k: v for k, v in old.items() if k in ("dataset", "victim", "countermeasure")}
-    return {
-        **kept,
-        **summary_row(old["metric"], old["chance"], runs, seeds_old + new["victim_seeds"]),
-        "settings": old.get("settings"),
-    }
+    return _with_runs(old, runs, seeds_old + new["victim_seeds"])
 
 
 def borrow_baselines(row: dict, donor: dict | None, first_seed: int = 0) -> tuple[dict, list]:
@@ -84,9 +79,7 @@ def borrow_baselines(row: dict, donor: dict | None, first_seed: int = 0) -> tupl
     if not missing:
         return row, []
     runs = {**row["runs"], **{v: runs[v] for v in missing}}
-    kept = {k: v for k, v in row.items() if k in ("dataset", "victim", "countermeasure")}
-    summary = summary_row(row["metric"], row["chance"], runs, row["victim_seeds"])
-    return {**kept, **summary, "settings": row.get("settings")}, missing
+    return _with_runs(row, runs, row["victim_seeds"]), missing
 
 
 def gain_ratio(score: float, clean: float, chance: float | None) -> float | None:
@@ -94,6 +87,13 @@ def gain_ratio(score: float, clean: float, chance: float | None) -> float | None
     if chance is None or clean <= chance:
         return None
     return (score - chance) / (clean - chance)
+
+
+def _with_runs(row: dict, runs: dict, victim_seeds: list) -> dict:
+    """``row`` recomputed from ``runs`` at ``victim_seeds``, keeping what names it."""
+    kept = {k: v for k, v in row.items() if k in ("dataset", "victim", "countermeasure")}
+    summary = summary_row(row["metric"], row["chance"], runs, victim_seeds)
+    return {**kept, **summary, "settings": row.get("settings")}
 
 
 def _seeds_and_runs(row: dict, first_seed: int) -> tuple[list, dict]:
