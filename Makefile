@@ -51,10 +51,9 @@ default-generator: install
 		fiftyone_unseg/weights/default/
 
 # The robust preset's generator (fiftyone_unseg/weights/robust/): the default fine-tuned
-# with expectation over JPEG, blur and rescaling (trainer/configs/robust.json), on the
-# same training splits. The shipped robust weights were fine-tuned from the previous
-# default, 4209c99b51c1 (git show 0833b33:fiftyone_unseg/weights/default/model.safetensors);
-# this target fine-tunes the current one.
+# with expectation over JPEG, blur and rescaling (trainer/configs/robust.json, which keeps
+# the default's per-image term), on the same training splits. Run after default-generator
+# (it starts from the shipped default's weights).
 robust-generator: install
 	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
 	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust --seed 4 --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth --data fiftyone:real-coco@train:instances --out runs/robust --overwrite

@@ -14,6 +14,7 @@ import re
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results", "real")
+DATASET_NAMES = {"camvid": "CamVid", "pets": "the pets", "coco": "COCO"}
 
 
 def card_table(results: dict) -> str:
@@ -52,13 +53,13 @@ def card_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def preset_table(presets: dict) -> str:
+def preset_table(presets: dict, victim: str = "semantic") -> str:
     """The markdown table that compares presets (name -> their results, as
-    :func:`card_table` takes them) on the semantic victim: each one's ratio (victim seeds)
-    on unaltered images and after each counter-measure, with the pattern's ratio and the
-    counter-measure's own cost (generator-independent: from the first preset that has
-    them), and the CPU model that measured each (semantic trainings differ between
-    models)."""
+    :func:`card_table` takes them) on one victim: each one's ratio (victim seeds) on
+    unaltered images and after each counter-measure that victim was measured under, with
+    the pattern's ratio and the counter-measure's own cost (generator-independent: from
+    the first preset that has them), the mean PSNR on the victim's dataset, and the CPU
+    model that measured each (semantic trainings differ between models)."""
 
     def num(x):
         return "n/a" if x is None else f"{x:.2f}"
@@ -76,29 +77,32 @@ def preset_table(presets: dict) -> str:
         + " | pattern | counter-measure alone |",
         "|---|" + "---|" * (len(names) + 2),
     ]
-    rows = [presets[n]["victims"].get("semantic") for n in names]
+    rows = [presets[n]["victims"].get(victim) for n in names]
     lines.append(
         "| as published | "
         + " | ".join(cell(r) for r in rows)
         + f" | {num(first(rows, 'pattern_ratio'))} | - |"
     )
-    keys = [
-        k
-        for k in dict.fromkeys(k for n in names for k in presets[n]["stress"])
-        if all(
-            presets[n]["stress"].get(k, {}).get("victim", "semantic") == "semantic" for n in names
-        )
-    ]
-    for key in keys:
-        rows = [presets[n]["stress"].get(key) for n in names]
+    stress = {
+        n: {r["countermeasure"]: r for r in presets[n]["stress"].values() if r["victim"] == victim}
+        for n in names
+    }
+    for countermeasure in dict.fromkeys(c for n in names for c in stress[n]):
+        rows = [stress[n].get(countermeasure) for n in names]
         lines.append(
-            f"| `{first(rows, 'countermeasure')}` | "
+            f"| `{countermeasure}` | "
             + " | ".join(cell(r) for r in rows)
             + f" | {num(first(rows, 'pattern_ratio'))} "
             f"| {num(first(rows, 'countermeasure_ratio'))} |"
         )
-    psnr = [presets[n]["quality"].get("camvid", {}).get("psnr", presets[n]["psnr"]) for n in names]
-    lines.append("| mean PSNR on CamVid (dB) | " + " | ".join(f"{p:.1f}" for p in psnr) + " | | |")
+    dataset = first([presets[n]["victims"].get(victim) for n in names], "dataset")
+    dataset = dataset or next(r["dataset"] for n in names for r in stress[n].values())
+    psnr = [presets[n]["quality"].get(dataset, {}).get("psnr") for n in names]
+    lines.append(
+        f"| mean PSNR on {DATASET_NAMES.get(dataset, dataset)} (dB) | "
+        + " | ".join("n/a" if p is None else f"{p:.1f}" for p in psnr)
+        + " | | |"
+    )
     cpus = [presets[n].get("machine", {}).get("cpu", "n/a") for n in names]
     lines.append("| measured on | " + " | ".join(cpus) + " | | |")
     return "\n".join(lines)
@@ -113,6 +117,7 @@ def write_tables() -> None:
     }
     tables = {
         "preset_table": preset_table(results),
+        "preset_table_yolo": preset_table(results, "yolo"),
         "default_table": card_table(results["default"]),
         "robust_table": card_table(results["robust"]),
     }

@@ -124,13 +124,14 @@ def test_published_copies_are_smaller_lossless_and_keep_labels_aligned(tmp_path)
     coco.delete()
 
 
-def test_other_victims_stress_rows_reach_the_card_but_not_the_semantic_preset_table():
+def test_each_victims_stress_rows_reach_the_card_and_only_that_victims_preset_table():
     sys.path.insert(0, BENCHMARKS)
     from real_report import card_table, preset_table
 
     def row(victim, countermeasure, ratio):
         return {
-            "victim": victim, "countermeasure": countermeasure, "ratio": ratio,
+            "victim": victim, "dataset": {"semantic": "camvid", "yolo": "pets"}[victim],
+            "countermeasure": countermeasure, "ratio": ratio,
             "gain_ratio": ratio, "pattern_ratio": 0.9, "countermeasure_ratio": 0.95, "seeds": 1,
         }  # fmt: skip
 
@@ -146,6 +147,11 @@ def test_other_victims_stress_rows_reach_the_card_but_not_the_semantic_preset_ta
     }
     presets = preset_table({"default": results, "robust": results})
     assert "0.61 (1)" in presets and "0.79" not in presets
+    assert "mean PSNR on CamVid (dB) | 33.4 | 33.4 |" in presets
+    results["quality"]["pets"] = {"psnr": 38.2}
+    yolo = preset_table({"default": results, "robust": {**results, "stress": {}}}, "yolo")
+    assert "| `jpeg:75` | 0.79 (1) | n/a | 0.90 | 0.95 |" in yolo and "0.61" not in yolo
+    assert "mean PSNR on the pets (dB) | 38.2 | 38.2 |" in yolo
     card = card_table({**results, "victims": {}})
     assert "| `jpeg:75` | semantic | 0.61 |" in card and "| `jpeg:75` | yolo | 0.79 |" in card
 
@@ -222,7 +228,9 @@ def test_a_new_generators_row_borrows_baselines_only_from_identical_clean_traini
 
 
 @needs_data
-def test_texture_share_tells_the_per_image_default_from_the_robust_universal_texture(tmp_path):
+def test_texture_share_shows_both_shipped_generators_make_noise_specific_to_each_image(
+    tmp_path,
+):
     out = tmp_path / "share.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCHMARKS, "texture_share.py"), "--limit", "12",
@@ -233,10 +241,11 @@ def test_texture_share_tells_the_per_image_default_from_the_robust_universal_tex
     results = json.loads(out.read_text())
     default, robust = (results["generators"][name] for name in ("default", "robust"))
     assert results["frames"] == 12 and "| default |" in proc.stdout and "| robust |" in proc.stdout
-    # Most of the robust generator's noise is the same texture in every frame (0.87 on
-    # 123 frames), which the informed attack removes; the default was trained against
-    # that (shared_texture_weight=1: 0.17), so most of its noise survives the attack.
-    # Frames 10 apart: neighbouring video frames look alike, and so does their noise.
-    assert 0.5 < robust["shared"] <= 1 and default["shared"] < 0.5 * robust["shared"]
-    assert default["left_after_attack"] > robust["left_after_attack"] + 0.1
+    # Both were trained against one texture repeated over images (shared_texture_weight=1;
+    # 0.17 and 0.22 on 123 frames), which the informed attack would estimate and remove:
+    # the generators shipped before them had 0.82 and 0.87 of their noise in that texture
+    # (the robust one kept 0.59 of its energy after the attack). Frames 10 apart: neighbouring video
+    # frames look alike, and so does their noise.
+    for row in (default, robust):
+        assert row["shared"] < 0.5 and row["left_after_attack"] > 0.75
     assert all(30 < row["psnr"] < 40 for row in (default, robust))
