@@ -77,11 +77,11 @@ def preset_table(presets: dict, victim: str = "semantic") -> str:
         + " | pattern | counter-measure alone |",
         "|---|" + "---|" * (len(names) + 2),
     ]
-    rows = [presets[n]["victims"].get(victim) for n in names]
+    published = [presets[n]["victims"].get(victim) for n in names]
     lines.append(
         "| as published | "
-        + " | ".join(cell(r) for r in rows)
-        + f" | {num(first(rows, 'pattern_ratio'))} | - |"
+        + " | ".join(cell(r) for r in published)
+        + f" | {num(first(published, 'pattern_ratio'))} | - |"
     )
     stress = {
         n: {r["countermeasure"]: r for r in presets[n]["stress"].values() if r["victim"] == victim}
@@ -95,8 +95,7 @@ def preset_table(presets: dict, victim: str = "semantic") -> str:
             + f" | {num(first(rows, 'pattern_ratio'))} "
             f"| {num(first(rows, 'countermeasure_ratio'))} |"
         )
-    dataset = first([presets[n]["victims"].get(victim) for n in names], "dataset")
-    dataset = dataset or next(r["dataset"] for n in names for r in stress[n].values())
+    dataset = first(published + [r for n in names for r in stress[n].values()], "dataset")
     psnr = [presets[n]["quality"].get(dataset, {}).get("psnr") for n in names]
     lines.append(
         f"| mean PSNR on {DATASET_NAMES.get(dataset, dataset)} (dB) | "

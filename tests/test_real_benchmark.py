@@ -244,8 +244,8 @@ def test_texture_share_shows_both_shipped_generators_make_noise_specific_to_each
     # Both were trained against one texture repeated over images (shared_texture_weight=1;
     # 0.17 and 0.22 on 123 frames), which the informed attack would estimate and remove:
     # the generators shipped before them had 0.82 and 0.87 of their noise in that texture
-    # (the robust one kept 0.59 of its energy after the attack). Frames 10 apart: neighbouring video
-    # frames look alike, and so does their noise.
+    # (the robust one kept 0.59 of its energy after the attack). Frames 10 apart:
+    # neighbouring video frames look alike, and so does their noise.
     for row in (default, robust):
         assert row["shared"] < 0.5 and row["left_after_attack"] > 0.75
     assert all(30 < row["psnr"] < 40 for row in (default, robust))
