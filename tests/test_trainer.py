@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fiftyone_unseg import checkpoint, folders
@@ -580,6 +582,28 @@ def test_simulated_countermeasures_match_the_real_ones_and_pass_gradients():
     assert not torch.equal(eot.random_countermeasure(x, ["blur"], p=1.0), x)
     with pytest.raises(ValueError, match="eot counter-measures"):
         TrainConfig(eot=["sharpen"])
+
+
+def test_countermeasures_at_the_published_size_act_on_the_published_image():
+    """With ``eot_scale`` the image is enlarged before its counter-measure, as a protected
+    image is published larger than the generator's side: a blur sigma then spans fewer
+    generator pixels, so the noise keeps more of its amplitude than at the generator's side."""
+    from trainer import eot
+
+    torch.manual_seed(0)
+    noise = F.interpolate(torch.randn(1, 3, 32, 32).sign(), scale_factor=2)  # 2 px blocks
+    x = (0.5 + 0.1 * noise).requires_grad_(True)
+    random.seed(1)
+    at_side = eot.random_countermeasure(x, ["blur"], p=1.0)
+    random.seed(1)
+    published = eot.random_countermeasure(x, ["blur"], p=1.0, scale=(2.5, 2.5))
+    assert published.shape == x.shape
+    kept = [float((y - 0.5).abs().mean() / 0.1) for y in (at_side, published)]
+    assert kept[1] > kept[0] + 0.15, kept
+    (grad,) = torch.autograd.grad(published.sum(), x)
+    assert grad.abs().mean() > 0.1
+    with pytest.raises(ValueError, match="eot_scale"):
+        TrainConfig(eot=["blur"], eot_scale=(0, 1.0))
 
 
 def test_surrogate_restarts_from_fresh_weights_when_asked(tmp_path):

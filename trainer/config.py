@@ -85,6 +85,10 @@ class TrainConfig:
     shared_texture_weight: float = 0.0
     eot: list = field(default_factory=list)  # counter-measures simulated in training
     eot_p: float = 0.5  # share of perturbed images that go through one of them
+    # each acts on the image resized by a random factor in this range (its published size
+    # over the generator's side: about 2 for photos of 480 px, 0.5 for 128 px thumbnails),
+    # as on the published image; (1, 1): at the generator's side
+    eot_scale: tuple = (1.0, 1.0)
     object_context: tuple | None = None  # e.g. (1.2, 3.0): object-centred crops first
     hflip: bool = True
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -118,6 +122,9 @@ class TrainConfig:
         if isinstance(self.data, str):
             self.data = [self.data]
         self.scale_range = tuple(self.scale_range)
+        self.eot_scale = tuple(self.eot_scale)
+        if len(self.eot_scale) != 2 or not 0 < self.eot_scale[0] <= self.eot_scale[1]:
+            raise ValueError(f"eot_scale must be (lo, hi) with 0 < lo <= hi, got {self.eot_scale}")
         if self.object_context is not None:
             self.object_context = tuple(self.object_context)
 

@@ -10,6 +10,11 @@ generator is rewarded for, noise that survives them:
 - ``blur``: Gaussian blur with a random sigma;
 - ``downscale``: area down-scaling by a random factor, bilinear back up;
 - ``grayscale``: ITU-R 601 luma on all three channels.
+
+Protected images are published at their own size, not the generator's side, and the
+counter-measures act there: ``scale`` resizes each image by a random factor before its
+counter-measure and back after, so that a JPEG block or a blur sigma covers as much of
+the noise as on the published image (photos of 480 px: about 2; thumbnails of 128 px: 0.5).
 """
 
 from __future__ import annotations
@@ -121,21 +126,38 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     return torch.einsum("c,bchw->bhw", weights, images).unsqueeze(1).expand_as(images)
 
 
-def random_countermeasure(images: torch.Tensor, kinds, p: float) -> torch.Tensor:
+def _apply(kind: str, image: torch.Tensor) -> torch.Tensor:
+    if kind == "jpeg":
+        return jpeg(image, random.randint(*JPEG_QUALITY))
+    if kind == "blur":
+        return blur(image, random.uniform(*BLUR_SIGMA))
+    if kind == "downscale":
+        return downscale(image, random.uniform(*DOWNSCALE))
+    return grayscale(image)
+
+
+def _resize(image: torch.Tensor, size) -> torch.Tensor:
+    """Area-averaged when shrinking, bilinear when enlarging."""
+    if size[0] < image.shape[-2]:
+        return F.interpolate(image, size=size, mode="area")
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+
+
+def random_countermeasure(images: torch.Tensor, kinds, p: float, scale=(1.0, 1.0)) -> torch.Tensor:
     """Each image of Bx3xHxW, with probability ``p``, through one of ``kinds`` with random
-    strength; the rest unchanged."""
+    strength, applied at its size times a factor drawn log-uniformly from ``scale`` (lo, hi);
+    the rest unchanged."""
     out = []
     for image in images.split(1):
         if not kinds or random.random() >= p:
             out.append(image)
             continue
         kind = random.choice(kinds)
-        if kind == "jpeg":
-            out.append(jpeg(image, random.randint(*JPEG_QUALITY)))
-        elif kind == "blur":
-            out.append(blur(image, random.uniform(*BLUR_SIGMA)))
-        elif kind == "downscale":
-            out.append(downscale(image, random.uniform(*DOWNSCALE)))
-        else:
-            out.append(grayscale(image))
+        factor = math.exp(random.uniform(math.log(scale[0]), math.log(scale[1])))
+        if factor == 1:
+            out.append(_apply(kind, image))
+            continue
+        size = image.shape[-2:]
+        published = _resize(image, [round(s * factor) for s in size])
+        out.append(_resize(_apply(kind, published), size))
     return torch.cat(out)

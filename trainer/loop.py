@@ -289,7 +289,9 @@ class Trainer:
             images, noise, masks, self.cfg.eps_train, self.cfg.eps_bg_train
         )
         if eot:
-            perturbed = random_countermeasure(perturbed, self.cfg.eot, self.cfg.eot_p)
+            perturbed = random_countermeasure(
+                perturbed, self.cfg.eot, self.cfg.eot_p, self.cfg.eot_scale
+            )
         if self.surrogate_side != self.side:
             perturbed = F.interpolate(
                 perturbed, size=(self.surrogate_side,) * 2, mode="bilinear", antialias=True
