@@ -265,3 +265,27 @@ def test_highpass_noise_ignores_flat_offsets_and_survives_saving(images, tmp_pat
         assert torch.equal(loaded(images, **_prompts(1)), model(images, **_prompts(1)))
     with pytest.raises(ValueError, match="odd kernel"):
         build_noise_generator(dataclasses.replace(MICRO, noise_highpass=4))
+
+
+def test_grey_noise_is_all_luma_and_survives_saving(images, tmp_path):
+    """noise_colour=0: the same change on R, G and B, so JPEG's chroma channels see none
+    of it; 0.5 halves the colour part; the setting is saved with the generator."""
+    from trainer.eot import _RGB_TO_YCBCR
+
+    rgb_to_ycc = torch.tensor(_RGB_TO_YCBCR)
+    model = build_noise_generator(MICRO)
+    chroma = {}
+    for colour in (1.0, 0.5, 0.0):
+        config = dataclasses.replace(MICRO, noise_colour=colour)
+        grey = build_noise_generator(config)
+        grey.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            noise = grey(images, **_prompts(1))
+        ycc = torch.einsum("ij,bjhw->bihw", rgb_to_ycc, noise)
+        chroma[colour] = float(ycc[:, 1:].abs().mean())
+    assert chroma[1.0] > 0.01 and chroma[0.0] < 1e-6
+    assert chroma[0.0] < chroma[0.5] < chroma[1.0]
+    save_generator(grey, config, tmp_path / "gen", {})
+    assert load_generator(tmp_path / "gen").config.noise_colour == 0.0
+    with pytest.raises(ValueError, match="noise_colour"):
+        build_noise_generator(dataclasses.replace(MICRO, noise_colour=1.5))

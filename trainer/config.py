@@ -50,6 +50,7 @@ class TrainConfig:
     sam_checkpoint: str | None = None  # official SAM weights for vit_* (local path)
     freeze_backbone: bool | None = None  # None: the generator config's own setting
     noise_highpass: int | None = None  # None: the generator config's own setting
+    noise_colour: float | None = None  # None: the generator config's own setting
     pretrain_steps: int = 0  # train the generator's SAM part as a segmenter first
     pretrain_lr: float = 1e-4
     surrogate: str | dict = "tiny"  # a SAM layout (registry name or dict), or "cnn"
@@ -130,7 +131,7 @@ class TrainConfig:
 
     def generator_config(self) -> SamConfig:
         config = init_generator(self.init).config if self.init else _sam_config(self.generator)
-        for name in ("freeze_backbone", "noise_highpass"):
+        for name in ("freeze_backbone", "noise_highpass", "noise_colour"):
             if getattr(self, name) is not None:
                 config = dataclasses.replace(config, **{name: getattr(self, name)})
         return config

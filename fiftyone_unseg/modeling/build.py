@@ -28,6 +28,10 @@ class SamConfig:
     noise_highpass: odd kernel size (in pixels of the noise head's 1/4-resolution output)
     of a local mean subtracted from the noise logits before tanh, a frequency prior that
     turns flat colour shifts into texture; 0 keeps the paper's head.
+    noise_colour: weight in [0, 1] of the noise logits' deviation from their mean over R, G
+    and B: 1 keeps the paper's colour noise; 0 makes the noise grey (the same change on
+    the three channels), all luma, which JPEG's chroma subsampling and coarse chroma
+    quantisation cannot remove.
     """
 
     name: str
@@ -45,6 +49,7 @@ class SamConfig:
     decoder_num_heads: int = 8
     freeze_backbone: bool = True
     noise_highpass: int = 0
+    noise_colour: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -138,6 +143,7 @@ def _build_noise_generator(
         mask_decoder=NoiseMaskDecoder(
             vit_dim=config.encoder_embed_dim,
             highpass=config.noise_highpass,
+            colour=config.noise_colour,
             num_multimask_outputs=3,
             **decoder_kwargs,
         ),

@@ -21,6 +21,8 @@ class NoiseMaskDecoder(BatchedMaskDecoder):
       vit_dim (int): channel dimension of the image encoder's ViT blocks (early feature).
       highpass (int): if > 0, the odd kernel size of a local mean subtracted from the noise
         logits before tanh (see ``SamConfig.noise_highpass``).
+      colour (float): weight of the noise logits' colour part, their deviation from the
+        mean over R, G and B (see ``SamConfig.noise_colour``).
       **kwargs: the parent's arguments (``transformer_dim``, ``transformer``, ...).
     """
 
@@ -32,11 +34,14 @@ class NoiseMaskDecoder(BatchedMaskDecoder):
         "upscaled_proj",
     )
 
-    def __init__(self, *, vit_dim: int, highpass: int = 0, **kwargs) -> None:
+    def __init__(self, *, vit_dim: int, highpass: int = 0, colour: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         if highpass < 0 or (highpass and highpass % 2 == 0):
             raise ValueError(f"noise_highpass must be 0 or an odd kernel size, got {highpass}")
+        if not 0 <= colour <= 1:
+            raise ValueError(f"noise_colour must be in [0, 1], got {colour}")
         self.highpass = highpass
+        self.colour = colour
         dim = self.transformer_dim
         self.noise_tokens = nn.Embedding(NUM_NOISE_TOKENS, dim)
         self.noise_mlps = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(NUM_NOISE_TOKENS))
@@ -102,6 +107,9 @@ class NoiseMaskDecoder(BatchedMaskDecoder):
                 padding=self.highpass // 2,
                 count_include_pad=False,
             )
+        if self.colour != 1:
+            grey = noise_logits.mean(dim=1, keepdim=True)
+            noise_logits = grey + self.colour * (noise_logits - grey)
         return torch.tanh(noise_logits), mask_logits
 
 
