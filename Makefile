@@ -30,8 +30,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# One pytest worker per core (pytest-xdist), one torch thread each: each worker has its
+# own FiftyOne database and data folder (tests/conftest.py).
 test: lint
-	$(PY) -m pytest tests --durations=10
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -n auto --durations=10
 
 demo: install
 	$(PY) examples/demo.py

@@ -63,13 +63,18 @@ def borrow_baselines(row: dict, donor: dict | None, first_seed: int = 0) -> tupl
     """``row`` with the baselines ``donor`` (the same test from another generator's run)
     measured and ``row`` did not, and the names of those. The baselines do not depend on
     the generator, so they carry over when both trained the same clean victims: same
-    settings, victim seeds and clean scores to the last digit (another CPU model trains
-    the semantic victim differently, and its clean scores show it). ``first_seed``: the
+    settings, victim seeds (or some of the donor's) and clean scores to the last digit
+    (another CPU model trains the semantic victim differently, and its clean scores show
+    it). ``first_seed``: the
     donor file's ``victim_seed``, for rows stored before seeds were. Otherwise ``row``
     unchanged and ``[]``."""
     if not donor or not row.get("runs"):
         return row, []
     seeds, runs = _seeds_and_runs(donor, first_seed)
+    wanted = row.get("victim_seeds") or []
+    if wanted and set(wanted) < set(seeds) and all(len(r) == len(seeds) for r in runs.values()):
+        at = [seeds.index(seed) for seed in wanted]  # the row's seeds out of more
+        seeds, runs = wanted, {v: [r[i] for i in at] for v, r in runs.items()}
     same = (
         donor.get("settings") == row.get("settings")
         and seeds == row.get("victim_seeds")

@@ -208,6 +208,11 @@ def test_a_new_generators_row_borrows_baselines_only_from_identical_clean_traini
     ):
         assert borrow_baselines(new, other) == (new, [])
     assert borrow_baselines(done, old) == (done, [])  # nothing missing
+    # a one-seed row takes the baselines at its seed from a two-seed row
+    seed1 = {**summary_row("mAP", 0.05, {"clean": [0.28], "protected": [0.02]}, [1])}
+    done, taken = borrow_baselines({**seed1, "settings": settings}, old)
+    assert taken == ["random"] and done["random_ratio"] == pytest.approx(0.29 / 0.28)
+    assert done["victim_seeds"] == [1] and done["runs"]["random"] == [0.29]
     assert borrow_baselines(new, None) == (new, [])
     # a one-seed row stored before per-seed scores were: its means are seed 0's scores
     legacy = summary_row(

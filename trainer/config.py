@@ -44,7 +44,8 @@ class TrainConfig:
     """
 
     generator: str | dict = "tiny"  # a registry name or a SamConfig dict
-    # start from a trained generator ("default": the shipped one, or a checkpoint folder):
+    # start from a trained generator ("default" or "robust": a shipped one, or a checkpoint
+    # folder):
     # its layout and weights replace ``generator``'s; adapting it to one's own data
     init: str | None = None
     sam_checkpoint: str | None = None  # official SAM weights for vit_* (local path)
@@ -168,8 +169,8 @@ class TrainConfig:
 
 
 def init_generator(init: str):
-    """The generator ``init`` names: "default" (the shipped one) or a checkpoint folder,
-    loaded safely (:func:`fiftyone_unseg.checkpoint.load_generator`)."""
+    """The generator ``init`` names: "default" (the shipped one), another shipped preset
+    ("robust") or a checkpoint folder, loaded safely (:func:`fiftyone_unseg.checkpoint.load_generator`)."""
     from fiftyone_unseg.checkpoint import load_generator
 
     try:
