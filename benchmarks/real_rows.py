@@ -65,9 +65,8 @@ def borrow_baselines(row: dict, donor: dict | None, first_seed: int = 0) -> tupl
     the generator, so they carry over when both trained the same clean victims: same
     settings, victim seeds (or some of the donor's) and clean scores to the last digit
     (another CPU model trains the semantic victim differently, and its clean scores show
-    it). ``first_seed``: the
-    donor file's ``victim_seed``, for rows stored before seeds were. Otherwise ``row``
-    unchanged and ``[]``."""
+    it). ``first_seed``: the donor file's ``victim_seed``, for rows stored before seeds
+    were. Otherwise ``row`` unchanged and ``[]``."""
     if not donor or not row.get("runs"):
         return row, []
     seeds, runs = _seeds_and_runs(donor, first_seed)

@@ -45,8 +45,7 @@ class TrainConfig:
 
     generator: str | dict = "tiny"  # a registry name or a SamConfig dict
     # start from a trained generator ("default" or "robust": a shipped one, or a checkpoint
-    # folder):
-    # its layout and weights replace ``generator``'s; adapting it to one's own data
+    # folder): its layout and weights replace ``generator``'s; adapting it to one's own data
     init: str | None = None
     sam_checkpoint: str | None = None  # official SAM weights for vit_* (local path)
     freeze_backbone: bool | None = None  # None: the generator config's own setting
