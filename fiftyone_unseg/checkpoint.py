@@ -80,7 +80,8 @@ def load_generator(
 
     ``path=None`` loads the default generator shipped in ``fiftyone_unseg/weights/default/``;
     a preset's name (``"robust"``), unless a folder of that name exists, its shipped one.
-    The returned model has ``.config`` and ``.generator_id`` set. Raises FileNotFoundError
+    The returned model has ``.config``, ``.generator_id`` and ``.metadata`` (what the
+    save recorded: the training run, and the generator it started from) set. Raises FileNotFoundError
     for missing files and ValueError for anything that is not a matching safetensors
     checkpoint (config/tensor mismatch, pickles, modified files).
     """
@@ -114,6 +115,7 @@ def load_generator(
     model = build_noise_generator(config)
     model.load_state_dict(load_file(weights))
     model.generator_id = generator_id
+    model.metadata = info.get("metadata") or {}
     return model.to(device).eval()
 
 

@@ -47,6 +47,10 @@ def test_adapting_starts_from_the_default_and_trains_only_its_noise_head(sample_
     encoder = [k for k in after if k.startswith("image_encoder.")]
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
     assert adapted.generator_id != default.generator_id
+    start = adapted.metadata["init_generator"]  # the lineage: what it was adapted from
+    assert start["generator_id"] == default.generator_id
+    assert start["train_config"] == default.metadata["train_config"]
+    assert adapted.metadata["train_config"]["init"] == "default"
 
 
 def test_adapting_needs_data_and_an_existing_generator(sample_dataset, tmp_path):

@@ -129,8 +129,11 @@ class Trainer:
         self.generator = build_noise_generator(
             dataclasses.replace(self.gen_config, freeze_backbone=False), cfg.sam_checkpoint
         ).to(ctx.device)
+        self.init_record = None  # the generator this run starts from, for the lineage
         if cfg.init:  # adapting a trained generator: its weights, this run's data
-            self.generator.load_state_dict(init_generator(cfg.init).state_dict())
+            start = init_generator(cfg.init)
+            self.generator.load_state_dict(start.state_dict())
+            self.init_record = {"generator_id": start.generator_id, **start.metadata}
         self.surrogate = self._new_surrogate().to(ctx.device)
         self.side = self.generator.img_size
         self.surrogate_side = self.surrogate.img_size
@@ -386,14 +389,19 @@ class Trainer:
         return os.path.join(self.out_dir, "checkpoints")
 
     def _generator_metadata(self) -> dict:
+        """What the saved generator records: this run, and under ``init_generator`` the id
+        and metadata of the generator it started from (so a fine-tune's whole lineage)."""
         cfg = self.cfg
-        return {
+        metadata = {
             "step": self.step,
             "eps_generate": cfg.eps_generate,
             "eps_bg_generate": cfg.eps_bg_generate,
             "objective": cfg.objective,
             "train_config": cfg.to_dict(),
         }
+        if self.init_record:
+            metadata["init_generator"] = self.init_record
+        return metadata
 
     def save_checkpoint(self) -> str:
         """Write ``checkpoints/step_N`` as a whole (temp dir + rename), then point
