@@ -84,7 +84,8 @@ class TrainConfig:
     # phase of the generator's patch grid explains over a batch (0: off); > 0 asks for
     # noise specific to each image, which an informed trainer cannot estimate and subtract
     shared_texture_weight: float = 0.0
-    eot: list = field(default_factory=list)  # counter-measures simulated in training
+    # counter-measures simulated in training, each drawn as often as it is listed
+    eot: list = field(default_factory=list)
     eot_p: float = 0.5  # share of perturbed images that go through one of them
     # each acts on the image resized by a random factor in this range (its published size
     # over the generator's side: about 2 for photos of 480 px, 0.5 for 128 px thumbnails),
