@@ -41,6 +41,9 @@ demo: install
 bench: install
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
+# The generators' training data: the real photographs' training splits, never a test image.
+TRAIN_DATA = --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth --data fiftyone:real-coco@train:instances
+
 # Retrain the shipped default generator (fiftyone_unseg/weights/default/MODEL_CARD.md) on the
 # training splits of the real photographs in $(DATA) (ECSSD, and CamVid's, the pets' and
 # COCO's training parts through FiftyOne; never a benchmark test image), in a FiftyOne
@@ -48,17 +51,19 @@ bench: install
 # (shared_texture_weight).
 default-generator: install
 	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
-	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config tiny --seed 4 --set shared_texture_weight=1.0 --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth --data fiftyone:real-coco@train:instances --out runs/default --overwrite
+	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config tiny --seed 4 --set shared_texture_weight=1.0 $(TRAIN_DATA) --out runs/default --overwrite
 	cp runs/default/generator/model.safetensors runs/default/generator/config.json \
 		fiftyone_unseg/weights/default/
 
-# The robust preset's generator (fiftyone_unseg/weights/robust/): the default fine-tuned
-# with expectation over JPEG, blur and rescaling (trainer/configs/robust.json, which keeps
-# the default's per-image term), on the same training splits. Run after default-generator
+# The robust preset's generator (fiftyone_unseg/weights/robust/), in two stages on the same
+# training splits: the default fine-tuned with expectation over JPEG, blur and rescaling
+# (trainer/configs/robust.json, which keeps the default's per-image term), then 600 steps
+# more against JPEG alone (trainer/configs/robust_jpeg.json). Run after default-generator
 # (it starts from the shipped default's weights).
 robust-generator: install
 	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
-	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust --seed 4 --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:real-camvid@train:ground_truth --data fiftyone:real-pets@train:ground_truth --data fiftyone:real-coco@train:instances --out runs/robust --overwrite
+	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust --seed 4 $(TRAIN_DATA) --out runs/robust-stage1 --overwrite
+	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust_jpeg --init runs/robust-stage1/generator --seed 4 $(TRAIN_DATA) --out runs/robust --overwrite
 	mkdir -p fiftyone_unseg/weights/robust
 	cp runs/robust/generator/model.safetensors runs/robust/generator/config.json \
 		fiftyone_unseg/weights/robust/

@@ -55,28 +55,57 @@ def _data_root_free(spec: str) -> str:
     return re.sub(r"[^:]*/(ecssd|camvid|coco|pets)/", r"$(DATA)/\1/", spec)
 
 
+def _makefile() -> str:
+    """The Makefile with its ``NAME = value`` variables written out where they are used."""
+    text = open(os.path.join(REPO, "Makefile")).read()
+    for name, value in re.findall(r"^([A-Z_]+) = (.+)$", text, flags=re.M):
+        if name != "DATA":  # the data root stays $(DATA), as in the cards
+            text = text.replace(f"$({name})", value)
+    return text
+
+
 @pytest.mark.parametrize("preset", ["default", "robust"])
-def test_card_names_the_command_and_config_that_made_the_weights(preset):
+def test_card_names_the_commands_and_configs_that_made_the_weights(preset):
+    """One `unseg train` line per training stage, first to last: each rebuilds the config
+    of its stage in the checkpoint's lineage (the last one: the shipped weights; each
+    before it: the generator the next started from), and the Makefile runs them all."""
     folder = preset_dir(preset)
     if not (folder / CONFIG_FILE).is_file():
         pytest.skip(f"no {preset} generator shipped")
     info = json.loads((folder / CONFIG_FILE).read_text())
     card = (folder / "MODEL_CARD.md").read_text()
-    trained = _plain(TrainConfig.from_dict(info["metadata"]["train_config"]))
-    command = re.search(r"```\n(unseg train [^\n]+)\n```", card).group(1)
-    config = re.search(r"--config (\S+)", command).group(1)
-    sets = dict(item.split("=", 1) for item in re.findall(r"--set (\S+)", command))
-    sets.update(re.findall(r"--(seed) (\d+)", command))
-    described = _plain(load_config(config, **{k: json.loads(v) for k, v in sets.items()}))
-    described["data"] = re.findall(r"--data (\S+)", command)
-    trained["data"] = [_data_root_free(spec) for spec in trained["data"]]
+    block = re.search(r"```\n((?:unseg train [^\n]+\n)+)```", card).group(1)
+    commands = block.splitlines()
+    stages, record = [], info["metadata"]
+    while record:
+        stages.insert(0, record)
+        record = record.get("init_generator")
+    if len(stages) > len(commands):  # the stages before the card's first command: its init
+        assert stages[-len(commands) - 1]["generator_id"] == load_generator().generator_id
+        stages = stages[-len(commands) :]
+    assert len(stages) == len(commands)
+    makefile = _makefile()
     machine = {"device", "num_workers"}  # where it ran, not what it is
-    assert {k: v for k, v in described.items() if k not in machine} == {
-        k: v for k, v in trained.items() if k not in machine
-    }
+    previous_out = None
+    for command, stage in zip(commands, stages):
+        trained = _plain(TrainConfig.from_dict(stage["train_config"]))
+        config = re.search(r"--config (\S+)", command).group(1)
+        sets = dict(item.split("=", 1) for item in re.findall(r"--set (\S+)", command))
+        sets.update(re.findall(r"--(seed) (\d+)", command))
+        described = _plain(load_config(config, **{k: json.loads(v) for k, v in sets.items()}))
+        described["data"] = re.findall(r"--data (\S+)", command)
+        trained["data"] = [_data_root_free(spec) for spec in trained["data"]]
+        init = re.search(r"--init (\S+)", command)
+        if previous_out:  # a later stage starts from the stage before it
+            assert init and init.group(1) == f"{previous_out}/generator", command
+            machine.add("init")  # that run's folder, wherever it was
+        assert {k: v for k, v in described.items() if k not in machine} == {
+            k: v for k, v in trained.items() if k not in machine
+        }, command
+        previous_out = re.search(r" --out (\S+)", command).group(1)
+        recipe = re.sub(r" --out \S+", "", command).removeprefix("unseg train")
+        assert f"/unseg train{recipe} --out" in makefile, recipe
     assert f"{info['metadata']['step']} steps" in card
-    recipe = re.sub(r" --out \S+", "", command).removeprefix("unseg train")
-    assert f"/unseg train{recipe} --out" in open(os.path.join(REPO, "Makefile")).read()
 
 
 def test_card_is_at_most_10_kb():

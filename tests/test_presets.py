@@ -92,11 +92,19 @@ def test_app_form_says_when_the_chosen_preset_is_not_installed(tmp_path, monkeyp
 
 @pytest.mark.skipif(not (SHIPPED / CONFIG_FILE).is_file(), reason="no robust generator shipped")
 def test_the_shipped_robust_generator_was_trained_against_countermeasures():
-    robust = load_generator("robust")
-    info = json.loads((SHIPPED / CONFIG_FILE).read_text())
-    assert robust.generator_id != load_generator().generator_id
-    assert set(info["metadata"]["train_config"]["eot"]) >= {"jpeg", "blur", "downscale"}
-    assert robust.config.img_size == load_generator().config.img_size
+    robust, default = load_generator("robust"), load_generator()
+    stages, record = [], robust.metadata
+    while record:  # its lineage: each fine-tune records the generator it started from
+        stages.append(record)
+        record = record.get("init_generator")
+    assert robust.generator_id != default.generator_id
+    assert stages[-1]["generator_id"] == default.generator_id  # it started from the default
+    assert {kind for stage in stages[:-1] for kind in stage["train_config"]["eot"]} >= {
+        "jpeg",
+        "blur",
+        "downscale",
+    }
+    assert robust.config.img_size == default.config.img_size
 
 
 @pytest.mark.skipif(not (SHIPPED / CONFIG_FILE).is_file(), reason="no robust generator shipped")

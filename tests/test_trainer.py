@@ -370,6 +370,8 @@ def test_shipped_configs_and_overrides():
     vit_b = load_config("vit_b")
     assert vit_b.generator_config().img_size == 1024 and vit_b.surrogate_config().img_size == 512
     assert (vit_b.surrogate_phase, vit_b.generator_phase, vit_b.epochs) == (1, 3, 27)
+    stage2 = load_config("robust_jpeg")  # the robust preset's second stage: JPEG alone
+    assert stage2.eot == ["jpeg"] and stage2.init == "robust" and stage2.max_steps == 600
     grey = load_config("robust", init="robust", noise_colour=0.0, eot_scale=[0.5, 2.5])
     assert grey.eot_scale == (0.5, 2.5) and grey.generator_config().noise_colour == 0
     with pytest.raises(ValueError, match="unknown training config keys"):
