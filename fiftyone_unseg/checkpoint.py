@@ -81,9 +81,9 @@ def load_generator(
     ``path=None`` loads the default generator shipped in ``fiftyone_unseg/weights/default/``;
     a preset's name (``"robust"``), unless a folder of that name exists, its shipped one.
     The returned model has ``.config``, ``.generator_id`` and ``.metadata`` (what the
-    save recorded: the training run, and the generator it started from) set. Raises FileNotFoundError
-    for missing files and ValueError for anything that is not a matching safetensors
-    checkpoint (config/tensor mismatch, pickles, modified files).
+    save recorded: the training run, and the generator it started from) set. Raises
+    FileNotFoundError for missing files and ValueError for anything that is not a matching
+    safetensors checkpoint (config/tensor mismatch, pickles, modified files).
     """
     weights = _resolve_weights(path)
     config_path = weights.with_name(CONFIG_FILE)

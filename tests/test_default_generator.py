@@ -55,6 +55,16 @@ def _data_root_free(spec: str) -> str:
     return re.sub(r"[^:]*/(ecssd|camvid|coco|pets)/", r"$(DATA)/\1/", spec)
 
 
+def lineage(metadata: dict) -> list:
+    """A generator's training stages, oldest first: each fine-tune's metadata records the
+    generator it started from under ``init_generator``."""
+    stages = []
+    while metadata:
+        stages.insert(0, metadata)
+        metadata = metadata.get("init_generator")
+    return stages
+
+
 def _makefile() -> str:
     """The Makefile with its ``NAME = value`` variables written out where they are used."""
     text = open(os.path.join(REPO, "Makefile")).read()
@@ -76,10 +86,7 @@ def test_card_names_the_commands_and_configs_that_made_the_weights(preset):
     card = (folder / "MODEL_CARD.md").read_text()
     block = re.search(r"```\n((?:unseg train [^\n]+\n)+)```", card).group(1)
     commands = block.splitlines()
-    stages, record = [], info["metadata"]
-    while record:
-        stages.insert(0, record)
-        record = record.get("init_generator")
+    stages = lineage(info["metadata"])
     if len(stages) > len(commands):  # the stages before the card's first command: its init
         assert stages[-len(commands) - 1]["generator_id"] == load_generator().generator_id
         stages = stages[-len(commands) :]

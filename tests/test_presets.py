@@ -6,6 +6,7 @@ import shutil
 import fiftyone.operators as foo
 import pytest
 from fiftyone.operators.executor import ExecutionContext
+from test_default_generator import lineage
 from test_protect import _scene_dataset, generators  # noqa: F401
 
 from fiftyone_unseg import checkpoint, cli, protect
@@ -93,13 +94,10 @@ def test_app_form_says_when_the_chosen_preset_is_not_installed(tmp_path, monkeyp
 @pytest.mark.skipif(not (SHIPPED / CONFIG_FILE).is_file(), reason="no robust generator shipped")
 def test_the_shipped_robust_generator_was_trained_against_countermeasures():
     robust, default = load_generator("robust"), load_generator()
-    stages, record = [], robust.metadata
-    while record:  # its lineage: each fine-tune records the generator it started from
-        stages.append(record)
-        record = record.get("init_generator")
+    stages = lineage(robust.metadata)
     assert robust.generator_id != default.generator_id
-    assert stages[-1]["generator_id"] == default.generator_id  # it started from the default
-    assert {kind for stage in stages[:-1] for kind in stage["train_config"]["eot"]} >= {
+    assert stages[0]["generator_id"] == default.generator_id  # it started from the default
+    assert {kind for stage in stages[1:] for kind in stage["train_config"]["eot"]} >= {
         "jpeg",
         "blur",
         "downscale",

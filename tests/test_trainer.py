@@ -18,7 +18,7 @@ from PIL import Image
 from fiftyone_unseg import checkpoint, folders
 from fiftyone_unseg.modeling import NoiseGenerator
 from trainer import distributed, prompts, surrogate
-from trainer.config import TrainConfig, load_config
+from trainer.config import CONFIG_DIR, TrainConfig, load_config
 from trainer.data import PairDataset, load_pairs, split_pairs
 from trainer.loop import Trainer, generator_inputs
 from trainer.losses import mask_loss, shared_texture_share, uncertain_points
@@ -380,6 +380,17 @@ def test_shipped_configs_and_overrides():
         TrainConfig(objective="maximise")
     with pytest.raises(ValueError, match="keep_checkpoints must be at least 1"):
         TrainConfig(keep_checkpoints=0)
+
+
+def test_a_config_with_a_base_holds_only_what_differs(tmp_path):
+    with open(os.path.join(CONFIG_DIR, "robust_jpeg.json")) as f:
+        stage2 = json.load(f)
+    assert stage2["base"] == "robust" and "batch_size" not in stage2
+    assert load_config("robust_jpeg").batch_size == load_config("robust").batch_size
+    (tmp_path / "a.json").write_text(json.dumps({"base": str(tmp_path / "b.json")}))
+    (tmp_path / "b.json").write_text(json.dumps({"base": str(tmp_path / "a.json")}))
+    with pytest.raises(ValueError, match="config bases form a loop"):
+        load_config(str(tmp_path / "a.json"))
 
 
 def test_surrogate_learning_rate_is_its_own(tmp_path):

@@ -197,8 +197,17 @@ def shipped_configs() -> list:
 def load_config(name_or_path: str, **overrides) -> TrainConfig:
     """A shipped config by name (``tiny``, ``vit_b``) or a JSON file, with overrides applied.
 
-    Overrides whose value is None are ignored.
+    A config with a ``base`` (another config's name or path) holds only what differs from
+    that one. Overrides whose value is None are ignored.
     """
+    data = _config_data(name_or_path, ())
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(data)
+
+
+def _config_data(name_or_path: str, seen: tuple) -> dict:
+    """The fields of a config file, its ``base``'s first (``seen``: the configs that
+    named this one as their base)."""
     path = name_or_path
     if not os.path.isfile(path):
         path = os.path.join(CONFIG_DIR, f"{name_or_path}.json")
@@ -207,8 +216,10 @@ def load_config(name_or_path: str, **overrides) -> TrainConfig:
                 f"config {name_or_path!r} is neither a file nor a shipped config "
                 f"({', '.join(shipped_configs())})"
             )
+    if name_or_path in seen:
+        raise ValueError(f"config bases form a loop: {' -> '.join((*seen, name_or_path))}")
     with open(path) as f:
         data = json.load(f)
     data.pop("_comment", None)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(data)
+    base = data.pop("base", None)
+    return {**_config_data(base, (*seen, name_or_path)), **data} if base else data
