@@ -17,10 +17,15 @@ white-box bound) trained on crops as the victim is, and the noise stepped on ran
 ``--crop`` px crops of every frame (the frames are too large for whole-image steps on a
 CPU). ``--seeds`` victim seeds.
 
+The optimisation itself is ``min_min.py``, which needs no FiftyOne: ``--export FILE``
+writes the training frames' paths and class maps for it to run on a machine with a GPU
+(``--device cuda``), and ``--noise DIR`` audits the noise it wrote there.
+
 Prints a table and writes ``benchmarks/results/history/sample_wise_em.json`` (with
 ``--real``: ``benchmarks/results/real/sample_wise_em_<real>.json``): ``{"variants":
 [{"reset_every", "surrogate_accuracy": {"clean", "perturbed"}, "psnr", "victim",
-"clean", "protected", "ratio", "spread"}], "settings", "dataset"}`` plus machine facts.
+"clean", "protected", "ratio", "spread", "min_min": {"rounds_done", "settings",
+"device"}}], "settings", "dataset"}`` plus machine facts.
 
     python benchmarks/sample_wise_em.py --reset-every 0 8
     python benchmarks/sample_wise_em.py --real camvid --surrogate victim --reset-every 0 \
@@ -38,23 +43,18 @@ import sys
 import time
 
 import held_out
+import min_min
 import numpy as np
 import real_data
 import torch
-import torch.nn.functional as F
 from machine import machine_facts, publish
 from PIL import Image
-from torch import nn
-from tqdm import tqdm
 
 from fiftyone_unseg import evaluate_protection
-from fiftyone_unseg.audit.targets import IGNORE, resolve_targets
-from fiftyone_unseg.audit.training import Settings
-from fiftyone_unseg.audit.victims.semantic import SemanticVictim, normalize
+from fiftyone_unseg.audit.targets import resolve_targets
 from fiftyone_unseg.cli import tqdm_progress
 from fiftyone_unseg.io import atomic_write_image, read_rgb
-from fiftyone_unseg.modeling import NoiseGenerator
-from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG
+from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -62,19 +62,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     held_out.add_arguments(parser)
-    parser.add_argument(
-        "--reset-every",
-        type=int,
-        nargs="+",
-        default=[0, 8],
-        help="one variant per value: a fresh surrogate every N rounds (0: never)",
-    )
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--surrogate-steps", type=int, default=10, help="Adam steps per round")
-    parser.add_argument("--noise-steps", type=int, default=5, help="noise steps per round")
-    parser.add_argument("--step", type=float, default=0.15, help="noise step (x the budget)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    min_min.add_arguments(parser)
     parser.add_argument("--victim", default="semantic")
     parser.add_argument("--victim-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1, help="victim seeds")
@@ -83,14 +71,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--real", choices=["camvid"], help="real photographs instead of scenes")
     parser.add_argument("--data", help="the real data folder (default: ../shared/data)")
     parser.add_argument(
-        "--surrogate",
-        choices=["unet", "victim"],
-        default="unet",
-        help="a small UNet, or the semantic victim's own LRASPP-MobileNetV3 (white box)",
+        "--export",
+        metavar="FILE",
+        help="write the training frames' paths (relative to --data) and class maps to FILE "
+        "(.npz) for min_min.py on another machine, and stop",
     )
-    parser.add_argument("--crop", type=int, help="train and step on random crops of this side")
+    parser.add_argument(
+        "--noise",
+        metavar="DIR",
+        help="audit the noise min_min.py wrote to DIR instead of computing it",
+    )
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    if args.export and not args.real:
+        parser.error("--export needs --real")
     if args.out is None:
         name = (
             f"real/sample_wise_em_{args.real}.json" if args.real else "history/sample_wise_em.json"
@@ -100,127 +94,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 REAL_TASKS = {"camvid": {"epochs": 12, "image_size": 128}}  # the real benchmark's semantic task
-
-
-class SegmentationUNet(nn.Module):
-    """A small UNet: Bx3xHxW (H, W multiples of 2 ** (len(widths) - 1)) -> B x classes x H x W."""
-
-    def __init__(self, num_classes: int, widths=(8, 16, 32, 64)) -> None:
-        super().__init__()
-        ins = (3, *widths[:-1])
-        self.down = nn.ModuleList(_block(i, o) for i, o in zip(ins, widths))
-        self.up = nn.ModuleList(_block(o + i, i) for i, o in zip(widths[:-1], widths[1:]))
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(F.max_pool2d(x, 2) if i else x)
-            skips.append(x)
-        for block, skip in zip(reversed(self.up), reversed(skips[:-1])):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], 1))
-        return self.head(x)
-
-
-def _block(ins: int, outs: int) -> nn.Sequential:
-    layers = []
-    for i in (ins, outs):
-        layers += [nn.Conv2d(i, outs, 3, padding=1, bias=False), nn.BatchNorm2d(outs), nn.ReLU()]
-    return nn.Sequential(*layers)
-
-
-class VictimSurrogate(nn.Module):
-    """The semantic victim's LRASPP-MobileNetV3 (built as the audit builds it) on images
-    in [0, 1]: Bx3xHxW -> B x classes x H x W."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        settings = Settings(**SemanticVictim().defaults(), seed=torch.initial_seed())
-        self.model = SemanticVictim()._build(num_classes, settings)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(normalize(x * 255))["out"]
-
-
-SURROGATES = {"unet": SegmentationUNet, "victim": VictimSurrogate}
-
-
-def _crop_windows(rows: torch.Tensor, shape, crop: int | None, generator) -> list:
-    """One (row, top, left) window of side ``crop`` per image row (whole images: None)."""
-    height, width = shape
-    if crop is None or crop >= min(height, width):
-        return [(int(r), slice(None), slice(None)) for r in rows]
-    tops = torch.randint(height - crop + 1, (len(rows),), generator=generator).tolist()
-    lefts = torch.randint(width - crop + 1, (len(rows),), generator=generator).tolist()
-    return [(int(r), slice(t, t + crop), slice(w, w + crop)) for r, t, w in zip(rows, tops, lefts)]
-
-
-def error_minimising_noise(images, objects, classes, num_classes: int, reset_every: int, args):
-    """Noise Nx3xHxW in [-1, 1] that lowers a surrogate's loss on ``images`` (Nx3xHxW in
-    [0, 1]; ``objects`` Nx1xHxW, ``classes`` NxHxW, :data:`IGNORE` not learnt), and the
-    last surrogate's pixel accuracy on the clean and on the perturbed images (on crops
-    of ``args.crop`` px, whole images without)."""
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.zeros_like(images)
-    shape = images.shape[-2:]
-
-    def batch(windows, source=noise, leaf=False):
-        """(perturbed crops, their noise, their classes) of ``windows`` with the noise of
-        ``source``; with ``leaf``, the noise crops require gradients (to step them)."""
-        delta = torch.stack([source[r, :, t, w] for r, t, w in windows]).requires_grad_(leaf)
-        x = NoiseGenerator.perturb(
-            torch.stack([images[r, :, t, w] for r, t, w in windows]),
-            delta,
-            torch.stack([objects[r, :, t, w] for r, t, w in windows]),
-            DEFAULT_EPS,
-            DEFAULT_EPS_BG,
-        )
-        return x, delta, torch.stack([classes[r, t, w] for r, t, w in windows])
-
-    chunks = torch.arange(len(images)).split(args.batch)
-    model = None
-    for round_ in tqdm(range(args.rounds), desc=f"min-min (reset every {reset_every})"):
-        if model is None or (reset_every and round_ % reset_every == 0):
-            torch.manual_seed(round_)
-            model = SURROGATES[args.surrogate](num_classes)
-            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-        model.train()
-        for _ in range(args.surrogate_steps):
-            rows = torch.randint(len(images), (args.batch,), generator=generator)
-            x, _, y = batch(_crop_windows(rows, shape, args.crop, generator))
-            flip = torch.rand(args.batch, generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            y = torch.where(flip[:, None, None], y.flip(-1), y)
-            loss = F.cross_entropy(model(x), y.long(), ignore_index=IGNORE)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        for _ in range(args.noise_steps):
-            for rows in chunks:
-                windows = _crop_windows(rows, shape, args.crop, generator)
-                x, delta, y = batch(windows, leaf=True)
-                loss = F.cross_entropy(model(x), y.long(), ignore_index=IGNORE)
-                (grad,) = torch.autograd.grad(loss, delta)
-                stepped = (delta - args.step * grad.sign()).clamp(-1, 1).detach()
-                for (r, t, w), crop in zip(windows, stepped):
-                    noise[r, :, t, w] = crop
-    evaluation = [_crop_windows(rows, shape, args.crop, generator) for rows in chunks]
-    with torch.no_grad():
-        accuracy = {
-            name: _pixel_accuracy(model, [batch(w, source)[::2] for w in evaluation])
-            for name, source in (("clean", torch.zeros_like(noise)), ("perturbed", noise))
-        }
-    return noise, accuracy
-
-
-@torch.no_grad()
-def _pixel_accuracy(model: nn.Module, batches) -> float:
-    """Share of labelled pixels whose class ``model`` gets right over (images, classes)
-    batches."""
-    right = sum(int(((model(x).argmax(1) == y) & (y != IGNORE)).sum()) for x, y in batches)
-    return right / sum(int((y != IGNORE).sum()) for _, y in batches)
 
 
 def _training_set(args):
@@ -236,12 +109,11 @@ def _training_set(args):
     return dataset, field, train, resolve_targets(dataset, field), task
 
 
-def run(args) -> dict:
-    """The measurements as the JSON document described in the module docstring."""
-    started = time.monotonic()
-    torch.set_num_threads(args.threads)
+def _frames(args):
+    """(dataset, label field, training view, images Nx3xHxW in [0, 1], class maps NxHxW
+    uint8, number of classes, the victim's settings)."""
     dataset, field, train, targets, task = _training_set(args)
-    ids, paths = train.values("id"), train.values("filepath")
+    paths = train.values("filepath")
     images = torch.stack([torch.from_numpy(read_rgb(p)).permute(2, 0, 1) for p in paths])
     class_map = targets.semantic if args.real else targets.instance_class_map
     classes = torch.stack(
@@ -250,22 +122,63 @@ def run(args) -> dict:
             for labels in train.values(field)
         ]
     )
-    objects = ((classes > 0) & (classes != IGNORE)).float()[:, None]
     num_classes = len(targets.semantic_classes if args.real else targets.instance_classes) + 1
+    return dataset, field, train, images, classes, num_classes, task
+
+
+def export(args) -> None:
+    """``--export``: the training frames for ``min_min.py`` on another machine."""
+    _, _, train, _, classes, num_classes, _ = _frames(args)
+    root = real_data.data_dir(args.data)
+    paths = [os.path.relpath(p, root) for p in train.values("filepath")]
+    np.savez_compressed(
+        args.export, paths=np.array(paths), classes=classes.numpy(), num_classes=num_classes
+    )
+    print(f"{len(paths)} frames and class maps to {args.export} (paths relative to {root})")
+
+
+def _noise(args, images, classes, num_classes, reset_every):
+    """(int8 NxHxWx3 pixel noise, the min-min's record) of one variant: computed here, or
+    read from ``args.noise``."""
+    objects = min_min.object_mask(classes)
+    if args.noise:
+        pixels, record = min_min.load_noise(args.noise, reset_every)
+        if pixels.shape[:3] != tuple(classes.shape):
+            raise SystemExit(
+                f"{args.noise}: noise of shape {pixels.shape} for frames {classes.shape}"
+            )
+        return pixels, record
+    noise, accuracy, rounds = min_min.error_minimising_noise(
+        images, objects, classes, num_classes, reset_every, args
+    )
+    settings = ("rounds", "surrogate_steps", "noise_steps", "step", "batch", "lr", "surrogate")
+    settings += ("crop", "noise_crop", "device", "seconds")
+    record = {
+        "surrogate_accuracy": accuracy,
+        "rounds_done": rounds,
+        "settings": {name: getattr(args, name) for name in settings},
+        "device": "cpu",
+    }
+    return min_min.pixel_noise(noise, objects), record
+
+
+def run(args) -> dict:
+    """The measurements as the JSON document described in the module docstring."""
+    started = time.monotonic()
+    torch.set_num_threads(args.threads)
+    dataset, field, train, images, classes, num_classes, task = _frames(args)
+    originals = images.mul(255).round().permute(0, 2, 3, 1)
     variants = []
     for reset_every in args.reset_every:
-        noise, accuracy = error_minimising_noise(
-            images, objects, classes, num_classes, reset_every, args
-        )
-        perturbed = NoiseGenerator.perturb(images, noise, objects, DEFAULT_EPS, DEFAULT_EPS_BG)
-        pixels = perturbed.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        noise, record = _noise(args, images, classes, num_classes, reset_every)
+        pixels = (originals + torch.from_numpy(noise).float()).clamp(0, 255).to(torch.uint8)
         noisy = f"em_reset{reset_every}_filepath"
         written = {}
-        for sample_id, image in zip(ids, pixels.numpy()):
+        for sample_id, image in zip(train.values("id"), pixels.numpy()):
             written[sample_id] = os.path.join(sandbox.TMP, noisy, f"{sample_id}.png")
             atomic_write_image(Image.fromarray(image), written[sample_id])
         dataset.set_values(noisy, written, key_field="id")
-        mse = (pixels.float() / 255 - images.permute(0, 2, 3, 1)).square().mean((1, 2, 3))
+        mse = (pixels.float() - originals).div(255).square().mean((1, 2, 3))
         report = evaluate_protection(
             dataset, field, victims=[args.victim], protected_field=noisy, **task,
             seed=args.victim_seed, seeds=args.seeds, run_key=f"em_reset{reset_every}",
@@ -275,7 +188,8 @@ def run(args) -> dict:
         variants.append(
             {
                 "reset_every": reset_every,
-                "surrogate_accuracy": accuracy,
+                "surrogate_accuracy": record["surrogate_accuracy"],
+                "min_min": {k: record[k] for k in ("rounds_done", "settings", "device")},
                 "psnr": float(np.mean([10 * math.log10(1 / m) for m in mse.tolist()])),
                 "victim": args.victim,
                 "metric": result.metric,
@@ -287,11 +201,9 @@ def run(args) -> dict:
                 "seeds": args.seeds,
             }
         )
-    settings = ("rounds", "surrogate_steps", "noise_steps", "step", "batch", "lr", "surrogate")
-    settings += ("crop",)
     return {
         "variants": variants,
-        "settings": {name: getattr(args, name) for name in settings},
+        "settings": variants[0]["min_min"]["settings"],
         "eps": DEFAULT_EPS,
         "eps_bg": DEFAULT_EPS_BG,
         "victim_seed": args.victim_seed,
@@ -311,14 +223,15 @@ def table(results: dict) -> str:
         f"sample-wise error-minimising noise on {results['dataset']}, surrogate "
         f"{results['settings'].get('surrogate', 'unet')}",
         f"{'reset every':>11} {'surr. acc clean':>15} {'perturbed':>9} {'PSNR':>6} "
-        f"{'victim':<9} {'clean':>6} {'prot.':>6} {'ratio':>6} {'sd':>6} seeds",
+        f"{'victim':<9} {'clean':>6} {'prot.':>6} {'ratio':>6} {'sd':>6} seeds rounds device",
     ]
     for v in results["variants"]:
         acc = v["surrogate_accuracy"]
         lines.append(
             f"{v['reset_every']:>11} {acc['clean']:15.3f} {acc['perturbed']:9.3f} "
             f"{v['psnr']:6.2f} {v['victim']:<9} {v['clean']:6.3f} {v['protected']:6.3f} "
-            f"{v['ratio']:6.2f} {v.get('spread', 0.0):6.3f} {v.get('seeds', 1):>5}"
+            f"{v['ratio']:6.2f} {v.get('spread', 0.0):6.3f} {v.get('seeds', 1):>5} "
+            f"{v.get('min_min', {}).get('rounds_done', '-'):>6} {v.get('min_min', {}).get('device', '')}"
         )
     lines.append("reset every 0: one surrogate throughout (classic min-min)")
     return "\n".join(lines)
@@ -326,6 +239,9 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.export:
+        sandbox.measure(export, args)
+        return 0
     results = sandbox.measure(run, args)
     publish(results, table(results), args.out)
     return 0

@@ -68,7 +68,7 @@ import sys, argparse
 sys.path.insert(0, {benchmarks!r})
 import sandbox
 import torch
-from sample_wise_em import error_minimising_noise
+from min_min import error_minimising_noise
 torch.manual_seed(0)
 classes = torch.zeros(8, 32, 32, dtype=torch.uint8)
 for i in range(8):
@@ -78,7 +78,7 @@ classes[:, :4] = 255  # void: neither learnt nor scored
 images = torch.full((8, 3, 32, 32), 0.5)
 args = argparse.Namespace(rounds=20, surrogate_steps=10, noise_steps=5, step=0.15, batch=4,
                           lr=1e-3, surrogate="unet", crop={crop})
-noise, accuracy = error_minimising_noise(images, (classes > 0).float()[:, None], classes, 3,
+noise, accuracy, _ = error_minimising_noise(images, (classes > 0).float()[:, None], classes, 3,
                                          0, args)
 sandbox.cleanup()
 labelled = classes[classes != 255]
@@ -101,6 +101,35 @@ def test_sample_wise_error_minimising_noise_teaches_the_surrogate_what_images_do
     assert clean <= background + 0.02  # grey images: at best the majority class
     assert perturbed > clean + 0.15  # the noise carries the classes
     assert untouched < 0.05  # random crops reach every labelled pixel
+
+
+def test_min_min_noise_travels_as_the_pixels_the_perturbed_frames_add(tmp_path):
+    sys.path.insert(0, BENCHMARKS)
+    import min_min
+    import torch
+
+    from fiftyone_unseg.modeling import NoiseGenerator
+    from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 20, 24), generator=generator).float() / 255
+    classes = torch.randint(0, 3, (3, 20, 24), generator=generator).to(torch.uint8)
+    classes[:, :2] = min_min.IGNORE
+    noise = torch.rand(3, 3, 20, 24, generator=generator) * 2 - 1
+    objects = min_min.object_mask(classes)
+    assert not objects[:, 0, :2].any()  # void is no object: the background budget
+    min_min.save_noise(tmp_path, 0, min_min.pixel_noise(noise, objects), {"rounds_done": 3})
+    pixels, record = min_min.load_noise(tmp_path, 0)
+    assert record == {"rounds_done": 3} and sorted(os.listdir(tmp_path)) == [
+        "em_reset0.json",
+        "em_reset0.npy",
+    ]
+    assert pixels.dtype.name == "int8" and pixels.shape == (3, 20, 24, 3)
+    assert abs(pixels).max() == 8 and abs(pixels[:, :2]).max() == 2
+    perturbed = NoiseGenerator.perturb(images, noise, objects, DEFAULT_EPS, DEFAULT_EPS_BG)
+    expected = perturbed.mul(255).round().permute(0, 2, 3, 1)
+    added = (images.mul(255).round().permute(0, 2, 3, 1) + torch.from_numpy(pixels)).clamp(0, 255)
+    assert (added - expected).abs().max() <= 1 and (added != expected).float().mean() < 0.01
 
 
 def test_effectiveness_without_baselines_trains_only_clean_and_protected_under_stress(tmp_path):
