@@ -1,6 +1,7 @@
 """The real-data tables the model cards and the README quote, from
 ``benchmarks/results/real/`` (``effectiveness.json``: the default generator;
-``robust.json``: the robust preset's).
+``robust.json``: the robust preset's; ``more_countermeasures/<preset>.json``: more
+counter-measures, measured in runs of their own, each row with its own clean victims).
 
 Its own module, free of side effects on import: ``real_effectiveness`` opens a private
 FiftyOne database on import, which a test process must never do.
@@ -14,6 +15,7 @@ import re
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results", "real")
+MORE_COUNTERMEASURES = "more_countermeasures"  # {preset}.json: stress rows of another run
 DATASET_NAMES = {"camvid": "CamVid", "pets": "the pets", "coco": "COCO"}
 
 
@@ -23,11 +25,13 @@ def card_table(results: dict) -> str:
     def num(x, digits=2):
         return "n/a" if x is None else f"{x:.{digits}f}"
 
-    lines = [
-        "| victim (data, metric) | chance | clean | protected | ratio | gain ratio | random "
-        "| random flat | pattern | class pattern | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = []
+    if results["victims"]:
+        lines += [
+            "| victim (data, metric) | chance | clean | protected | ratio | gain ratio | random "
+            "| random flat | pattern | class pattern | seeds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for name, v in results["victims"].items():
         sd = f" (sd {v['spread']:.3f})" if v["seeds"] > 1 else ""
         lines.append(
@@ -39,7 +43,7 @@ def card_table(results: dict) -> str:
         )
     if results["stress"]:
         lines += [
-            "",
+            *([""] if lines else []),
             "| counter-measure on the training images | victim | ratio | gain ratio | pattern "
             "| counter-measure alone | seeds |",
             "|---|---|---|---|---|---|---|",
@@ -120,6 +124,10 @@ def write_tables() -> None:
         "default_table": card_table(results["default"]),
         "robust_table": card_table(results["robust"]),
     }
+    for name in results:  # counter-measures measured on another CPU model, each row whole
+        path = os.path.join(RESULTS, MORE_COUNTERMEASURES, f"{name}.json")
+        if os.path.isfile(path):
+            tables[f"{name}_more_table"] = card_table(json.load(open(path)))
     cards = [f"fiftyone_unseg/weights/{name}/MODEL_CARD.md" for name in results]
     for path in ("README.md", *cards):
         path = os.path.join(REPO, path)
