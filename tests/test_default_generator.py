@@ -129,6 +129,8 @@ def test_card_quotes_the_real_data_benchmark_and_points_to_the_history():
     results = json.loads(open(os.path.join(RESULTS, "real", "effectiveness.json")).read())
     card = _card()
     assert card_table(results) in card  # the table, as the benchmark writes it
+    more = os.path.join(RESULTS, "real", "more_countermeasures", "default.json")
+    assert card_table(json.loads(open(more).read())) in card  # rows of their own runs
     default = results["generators"][load_generator().generator_id]
     assert default["ratio"] == results["victims"]["semantic"]["ratio"]
     assert f"| `{load_generator().generator_id}` (shipped) |" in card

@@ -122,6 +122,8 @@ def test_the_robust_card_and_the_readme_quote_the_committed_benchmark():
     card = (SHIPPED / "MODEL_CARD.md").read_text()
     assert f"**Generator id `{robust['generator']}`**" in card
     assert card_table(robust) in card
+    more = json.loads(open(os.path.join(results, "more_countermeasures", "robust.json")).read())
+    assert more["generator"] == robust["generator"] and card_table(more) in card
     readme = open(os.path.join(repo, "README.md")).read()
     for victim in ("semantic", "yolo"):
         table = preset_table({"default": default, "robust": robust}, victim)
