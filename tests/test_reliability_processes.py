@@ -130,7 +130,7 @@ def test_two_runs_on_overlapping_views_leave_each_sample_consistent(tmp_path, ge
 def test_ctrl_c_says_how_to_go_on_in_one_line(tmp_path, generators):  # noqa: F811
     # enough images that the run is still going when the signal lands, even when the test
     # process shares the CPU with another test worker
-    images = {f"i{i:03d}.png": Image.fromarray(_texture(256, 256, i)) for i in range(120)}
+    images = {f"i{i:03d}.png": Image.fromarray(_texture(256, 256, i)) for i in range(400)}
     dataset = _dataset("interrupted", tmp_path, images)
     output = default_output_dir(dataset)
     proc = _start("protect", "--dataset", "interrupted", "--label-field", "dets",
