@@ -26,14 +26,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from fiftyone_unseg.io import read_rgb
 from fiftyone_unseg.modeling import NoiseGenerator
-from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG
-
-IGNORE = 255  # class-map value of pixels that are no class (the audit's targets.IGNORE)
+from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG, IGNORE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -250,10 +248,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     frames = np.load(args.frames)
     paths = [os.path.join(args.data, p) for p in frames["paths"].tolist()]
-    images = torch.stack(
-        [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]
-    )
-    images = images.to(device).float().div(255)
+    images = torch.stack([torch.from_numpy(read_rgb(p)).permute(2, 0, 1) for p in paths])
+    images = images.to(device)
     classes = torch.from_numpy(frames["classes"]).to(device)
     objects = object_mask(classes)
     for reset_every in args.reset_every:

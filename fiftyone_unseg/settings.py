@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+IGNORE = 255  # class-map value of pixels that are no class: no loss, not scored
 DEFAULT_EPS = 8 / 255
 DEFAULT_EPS_BG = 2 / 255
 DEFAULT_CLASS_MIX = 0.0

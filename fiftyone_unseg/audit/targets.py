@@ -32,10 +32,10 @@ from fiftyone_unseg.labels import (
     segment_map,
     segment_values,
 )
+from fiftyone_unseg.settings import IGNORE  # noqa: F401  (the audit's name for it)
 
 MIN_COMPONENT_PIXELS = 16  # smaller connected components of a class region are not instances
 MAX_CLASSES = 254  # class maps are uint8; 255 marks pixels a loss ignores
-IGNORE = 255  # class-map value of pixels that are no class: no loss, not scored
 
 
 @dataclass(frozen=True)
