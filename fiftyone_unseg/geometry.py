@@ -85,10 +85,13 @@ class Frame:
         )
         h, w = self.region()
         crop = full[0, :, :h, :w]
-        rows = rows or slice(0, self.height)
-        across = _bilinear_weights(w, self.width, slice(0, self.width))  # W x w
-        down = _bilinear_weights(h, self.height, rows)  # rows x h
-        return torch.einsum("rh,chw,xw->crx", down, crop, across)
+        low, high, frac = _bilinear_taps(h, self.height, rows or slice(0, self.height))
+        lower = crop.index_select(1, low)
+        band = lower.add_(crop.index_select(1, high).sub_(lower).mul_(frac[:, None]))
+        # Across, torch's own bilinear resize; down it keeps the band's rows as they are.
+        return F.interpolate(
+            band[None], (band.shape[1], self.width), mode="bilinear", align_corners=False
+        )[0]
 
 
 def row_bands(height: int, width: int) -> list[slice]:
@@ -101,19 +104,14 @@ def row_bands(height: int, width: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges, edges[1:])]
 
 
-def _bilinear_weights(size_in: int, size_out: int, rows: slice) -> torch.Tensor:
-    """The ``rows`` of the (size_out x size_in) matrix of torch's bilinear resize
-    (``align_corners=False``), so that a resize is a product with it."""
+def _bilinear_taps(size_in: int, size_out: int, rows: slice):
+    """The output ``rows`` of torch's bilinear resize (``align_corners=False``) from
+    ``size_in`` to ``size_out``: each one's two input indices and the second one's weight."""
     out = torch.arange(rows.start, rows.stop, dtype=torch.float64)
     src = ((out + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
     low = src.floor().long().clamp(max=size_in - 1)
     high = (low + 1).clamp(max=size_in - 1)
-    frac = (src - low).to(torch.float32)
-    weights = torch.zeros(len(out), size_in)
-    index = torch.arange(len(out))
-    weights[index, low] += 1 - frac
-    weights[index, high] += frac
-    return weights
+    return low, high, (src - low).to(torch.float32)
 
 
 def box_crops(

@@ -28,11 +28,14 @@ os.environ["FIFTYONE_PLUGINS_DIR"] = os.path.join(_TMP, "plugins")
 
 import fiftyone as fo  # noqa: E402
 
-from fiftyone_unseg import sample_data  # noqa: E402
+from fiftyone_unseg import database, sample_data  # noqa: E402
 
 assert fo.config.database_name == os.environ["FIFTYONE_DATABASE_NAME"], (
     "fiftyone was imported before the test database was configured"
 )
+# pytest-xdist's workers start together: each would start its own database service, and
+# all but one fail (ServiceListenTimeout). Connect as the CLI does, once, under its lock.
+database.connect()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -144,7 +144,7 @@ def test_frame_maps_to_model_and_back():
     assert prompt[0, :10].all() and not prompt[0, 10:].any()  # 48 * 16 / 80 = 9.6 rows
 
 
-def test_banded_ssim_equals_skimage(monkeypatch):
+def test_banded_measures_equal_skimage_and_numpy(monkeypatch):
     monkeypatch.setattr(geometry, "BAND_PIXELS", 16 * 40)  # 16-row bands
     original = _texture(50, 40).astype(np.float32) / 255
     protected = np.clip(
@@ -154,7 +154,11 @@ def test_banded_ssim_equals_skimage(monkeypatch):
     expected = structural_similarity(
         original, protected.astype(np.float32) / 255, channel_axis=2, data_range=1.0
     )
-    assert protect_module._ssim(original, protected) == pytest.approx(expected, abs=1e-6)
+    facts = protect_module._measure(original, protected)
+    assert facts["ssim"] == pytest.approx(expected, abs=1e-6)
+    diff = protected.astype(np.float64) / 255 - original
+    assert facts["linf"] == pytest.approx(np.abs(diff).max(), abs=1e-6)
+    assert facts["psnr"] == pytest.approx(-10 * np.log10(np.mean(diff**2)), abs=1e-4)
 
 
 def test_names_are_unique_per_sample_and_stay_in_the_folder():
@@ -436,6 +440,29 @@ def test_png_jpeg_and_same_names_in_two_folders(tmp_path, generators):
     again = protect(dataset, "dets", generator=generators["random"], image_format="jpg",
                     jpeg_quality=90, overwrite=True)  # fmt: skip
     assert (again["protected"], again["failed"]) == (2, 0)  # its own JPEGs are recognised
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_each_image_gets_its_own_noise_whatever_the_batching(
+    tmp_path, generators, monkeypatch, batch_size
+):
+    dataset = _scene_dataset(f"batching-{batch_size}", tmp_path, count=5)
+    copies = {}
+    for overlap in (False, True):  # CPU: read/write and generate take turns; GPU: overlap
+        monkeypatch.setattr(protect_module, "_overlaps", lambda device, on=overlap: on)
+        protect(dataset, "dets", generator=generators["random"], batch_size=batch_size,
+                overwrite=True)  # fmt: skip
+        paths = dataset.values("protected_filepath")
+        copies[overlap] = [read_rgb(p) for p in paths]
+    alone = []  # each image protected on its own, in a dataset of one
+    for k, sample in enumerate(dataset):
+        single = fo.Dataset(f"batching-{batch_size}-{k}")
+        single.add_sample(fo.Sample(filepath=sample.filepath, dets=sample.dets))
+        protect(single, "dets", generator=generators["random"], output_dir=str(tmp_path / f"{k}"))
+        alone.append(read_rgb(single.first().protected_filepath))
+    for taking_turns, overlapping, own in zip(copies[False], copies[True], alone):
+        assert np.array_equal(taking_turns, overlapping)
+        assert np.abs(taking_turns - own).max() <= 1 / 255 + 1e-6  # float rounding at most
 
 
 def test_rerun_skips_overwrite_redoes_and_interrupted_runs_resume(tmp_path, generators):

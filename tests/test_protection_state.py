@@ -113,10 +113,11 @@ def test_run_records_count_the_dataset_also_when_interrupted_or_overtaken(
 
     monkeypatch.setattr(protect_module, "_generate", overtaken)
     summary = protect(dataset, "dets", generator=generators["random"], batch_size=1)
-    assert (calls[0]["protected"], calls[0]["busy"]) == (1, 2)
-    assert (summary["protected"], summary["skipped"]) == (2, 1)
+    other = calls[0]  # it protected what this run had not locked yet, and no more
+    assert other["protected"] >= 1 and other["protected"] + other["busy"] == 3
+    assert (summary["protected"], summary["skipped"]) == (other["busy"], other["protected"])
     results = dataset.load_run_results("unseg_protect")
-    assert (results.protected, results.skipped) == (2, 1)
+    assert (results.protected, results.skipped) == (other["busy"], other["protected"])
     assert results.state == {"protected": 3, "stale": 0, "unprotected": 0}
 
     def interrupted(model, batch, device):  # in the third batch: the first one is recorded
@@ -130,8 +131,11 @@ def test_run_records_count_the_dataset_also_when_interrupted_or_overtaken(
     with pytest.raises(KeyboardInterrupt):
         protect(dataset, "dets", generator=generators["random"], batch_size=1, overwrite=True)
     results = dataset.load_run_results("unseg_protect")
-    assert results.protected == 1 and "interrupted" in results.stopped
-    assert results.state["protected"] == 1  # the others' facts were cleared before redoing them
+    # Recorded: the batches written before the third one's generation began (on the CPU
+    # the writes of the second end before it; on a GPU they overlap it).
+    recorded = 1 if protect_module._overlaps("cpu") else 2
+    assert results.protected == recorded and "interrupted" in results.stopped
+    assert results.state["protected"] == recorded  # the others' facts were cleared first
 
 
 def test_replacing_the_filepath_keeps_its_metadata_current(tmp_path, generators):  # noqa: F811

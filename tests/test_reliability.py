@@ -156,7 +156,6 @@ import resource, sys
 import fiftyone as fo
 import importlib
 p = importlib.import_module("fiftyone_unseg.protect")
-p._ssim = lambda original, protected: None  # exact SSIM of large images is slow; not the point
 dataset = fo.Dataset("large-image", overwrite=True)
 dataset.add_sample(fo.Sample(filepath={str(path)!r}, dets=fo.Detections(detections=[
     fo.Detection(label="thing", bounding_box=[0.2, 0.2, 0.5, 0.5])])))
@@ -217,16 +216,19 @@ def _fail_writes_after(monkeypatch, count: int, code: int) -> None:
     monkeypatch.setattr(io.os, "fsync", fsync)
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["taking-turns", "overlapping"])
 @pytest.mark.parametrize("batch_pixels", [16_000_000, 1], ids=["pipelined", "one-at-a-time"])
 def test_full_output_folder_stops_the_run_and_a_rerun_finishes(
     tmp_path,
     generators,  # noqa: F811
     monkeypatch,
     batch_pixels,
+    overlap,
 ):
     images = {f"f{i}.png": Image.fromarray(_texture(64, 64, i)) for i in range(7)}
-    dataset = _dataset(f"full-disk-{batch_pixels}", tmp_path, images)
+    dataset = _dataset(f"full-disk-{batch_pixels}-{overlap}", tmp_path, images)
     monkeypatch.setattr(protect_module, "_BATCH_PIXELS", batch_pixels)  # 1: images run alone
+    monkeypatch.setattr(protect_module, "_overlaps", lambda device: overlap)  # as on a GPU
     _fail_writes_after(monkeypatch, 2, errno.ENOSPC)
     summary = protect(dataset, "dets", generator=generators["random"], batch_size=2)
     assert summary["protected"] == 2 and summary["failed"] == 5
