@@ -60,5 +60,6 @@ def merge_results(old: dict, new: dict, same: tuple, parts: tuple) -> dict:
     merged = dict(old)
     for key in parts:
         merged[key] = {**old.get(key, {}), **new[key]}
-    merged["seconds"] = old["seconds"] + new["seconds"]
+    if old.get("seconds") is not None:  # files merged by hand record none
+        merged["seconds"] = old["seconds"] + new["seconds"]
     return merged

@@ -56,7 +56,8 @@ def measure(run, *args):
 def measure_and_publish(run, args, merge, table) -> int:
     """A benchmark's ``main``: ``run(args)`` in the sandbox; with ``args.update``, the
     results merged into what ``args.out`` holds (``merge(old, new)``); the table printed
-    and the JSON written."""
+    and the JSON written. When ``merge`` refuses (SystemExit), the run's own results go
+    to ``<out>.unmerged.json`` first."""
     import json
 
     from machine import publish
@@ -64,7 +65,13 @@ def measure_and_publish(run, args, merge, table) -> int:
     results = measure(run, args)
     if args.update and os.path.exists(args.out):
         with open(args.out) as f:
-            results = merge(json.load(f), results)
+            old = json.load(f)
+        try:
+            results = merge(old, results)
+        except SystemExit as refusal:  # an hour of trainings must not go with it
+            kept = f"{os.path.splitext(args.out)[0]}.unmerged.json"
+            publish(results, table(results), kept)
+            raise SystemExit(f"{refusal}; this run's results are in {kept}") from None
     publish(results, table(results), args.out)
     return 0
 

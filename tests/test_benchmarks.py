@@ -60,6 +60,32 @@ def test_a_killed_benchmarks_database_and_folder_go_with_the_next_cleanup():
         shutil.rmtree(alive_tmp, ignore_errors=True)
 
 
+# A benchmark whose --update merge refuses the file it would update.
+REFUSED_MERGE = """
+import sys, argparse
+sys.path.insert(0, {benchmarks!r})
+import sandbox
+
+def refuse(old, new):
+    raise SystemExit("--update: generator differs (a there, b now)")
+
+args = argparse.Namespace(update=True, out={out!r})
+sandbox.measure_and_publish(lambda args: {{"generator": "b", "ratio": 0.25}}, args, refuse, str)
+"""
+
+
+def test_results_a_refused_update_cannot_merge_are_kept(tmp_path):
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"generator": "a"}))
+    script = REFUSED_MERGE.format(benchmarks=BENCHMARKS, out=str(out))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    kept = tmp_path / "results.unmerged.json"
+    assert done.returncode != 0 and f"results are in {kept}" in done.stderr
+    assert "generator differs" in done.stderr
+    assert json.loads(kept.read_text()) == {"generator": "b", "ratio": 0.25}
+    assert json.loads(out.read_text()) == {"generator": "a"}  # untouched
+
+
 # Flat grey images whose class maps (random squares) they do not show: only the noise can
 # tell a surrogate the classes. Prints the surrogate's pixel accuracy on clean and on
 # perturbed images, the largest |noise| and the background's share of pixels.
