@@ -25,8 +25,15 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _start(*args) -> subprocess.Popen:
+    """``unseg *args`` with Ctrl-C's default meaning, as in a terminal: a test suite run in
+    the background (``make test &``) would hand its children SIGINT ignored."""
     return subprocess.Popen(
-        [UNSEG, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+        [UNSEG, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -128,8 +135,7 @@ def test_two_runs_on_overlapping_views_leave_each_sample_consistent(tmp_path, ge
 
 
 def test_ctrl_c_says_how_to_go_on_in_one_line(tmp_path, generators):  # noqa: F811
-    # enough images that the run is still going when the signal lands, even when the test
-    # process shares the CPU with another test worker
+    # enough images that the run is still going when the signal lands
     images = {f"i{i:03d}.png": Image.fromarray(_texture(256, 256, i)) for i in range(400)}
     dataset = _dataset("interrupted", tmp_path, images)
     output = default_output_dir(dataset)
