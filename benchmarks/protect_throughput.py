@@ -92,9 +92,9 @@ def stage_milliseconds(dataset, model) -> dict:
     return {stage: 1000 * seconds / len(ids) for stage, seconds in totals.items()}
 
 
-def costly_generator():
-    """The default's layout at 512 px input, random weights: 4x the tokens."""
-    config = dataclasses.replace(load_generator(None).config, img_size=IMAGE_SIZE)
+def costly_generator(default):
+    """``default``'s layout at 512 px input, random weights: 4x the tokens."""
+    config = dataclasses.replace(default.config, img_size=IMAGE_SIZE)
     model = build_noise_generator(config)
     model.generator_id = f"random-{config.name}-{IMAGE_SIZE}"
     return model
@@ -102,7 +102,7 @@ def costly_generator():
 
 def main() -> None:
     generator = load_generator(None)
-    costly = costly_generator()
+    costly = costly_generator(generator)
     dataset = create_sample_dataset("bench", num=NUM_IMAGES, size=IMAGE_SIZE, overwrite=True)
     protect(dataset.limit(BATCH_SIZE), "ground_truth")  # warm-up
     protect(dataset.limit(BATCH_SIZE), "ground_truth", generator=costly, overwrite=True)

@@ -846,6 +846,7 @@ def _measure(original: np.ndarray, protected: np.ndarray) -> dict:
     """
     height, width = original.shape[:2]
     pad = _SSIM_WINDOW // 2
+    windowed = min(height, width) >= _SSIM_WINDOW
     linf, squared, ssim = 0.0, 0.0, 0.0
     for rows in row_bands(height, width):
         lo, hi = max(rows.start, pad) - pad, min(rows.stop, height - pad) + pad
@@ -855,17 +856,13 @@ def _measure(original: np.ndarray, protected: np.ndarray) -> dict:
         own = slice(rows.start - lo, rows.stop - lo)
         linf = max(linf, cv2.norm(y[own], x[own], cv2.NORM_INF))
         squared += cv2.norm(y[own], x[own], cv2.NORM_L2SQR)
-        if min(height, width) >= _SSIM_WINDOW and hi - lo >= _SSIM_WINDOW:
+        if windowed and hi - lo >= _SSIM_WINDOW:
             ssim += float(_ssim_map(x, y)[pad:-pad, pad : width - pad].sum(dtype=np.float64))
     mse = squared / original.size
     return {
         "linf": linf,
         "psnr": 10 * math.log10(1 / mse) if mse > 0 else None,
-        "ssim": (
-            ssim / ((height - 2 * pad) * (width - 2 * pad) * 3)
-            if min(height, width) >= _SSIM_WINDOW
-            else None
-        ),
+        "ssim": ssim / ((height - 2 * pad) * (width - 2 * pad) * 3) if windowed else None,
     }
 
 
