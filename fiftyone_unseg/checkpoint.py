@@ -43,7 +43,9 @@ def save_generator(
 
     Both files are written to temporary files in ``path``, synced, then moved over any
     previous checkpoint there. ``extra_metadata`` must be JSON-serialisable.
-    Returns the generator id (first 12 hex digits of the tensor file's sha256).
+    Returns the generator id (first 12 hex digits of the tensor file's sha256). The
+    config's own hash is recorded too, so an edited config is refused on loading: the
+    id names the weights and the settings they were saved with.
     """
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
@@ -56,6 +58,7 @@ def save_generator(
         info = {
             "format": FORMAT,
             "generator_id": generator_id,
+            "config_id": _config_id(config.to_dict()),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "config": config.to_dict(),
             "metadata": extra_metadata or {},
@@ -83,7 +86,8 @@ def load_generator(
     The returned model has ``.config``, ``.generator_id`` and ``.metadata`` (what the
     save recorded: the training run, and the generator it started from) set. Raises
     FileNotFoundError for missing files and ValueError for anything that is not a matching
-    safetensors checkpoint (config/tensor mismatch, pickles, modified files).
+    safetensors checkpoint (config/tensor mismatch, pickles, modified files, a config
+    edited after the save).
     """
     weights = _resolve_weights(path)
     config_path = weights.with_name(CONFIG_FILE)
@@ -111,6 +115,14 @@ def load_generator(
         raise ValueError(
             f"{weights} has id {generator_id} but {config_path} records "
             f"{info.get('generator_id')}: the files come from different saves or were modified"
+        )
+    config_id = info.get("config_id")  # saves before it was recorded have none
+    if config_id is not None and config_id != _config_id(info["config"]):
+        raise ValueError(
+            f"{config_path}: its generator settings were edited after the save, so its id "
+            f"{generator_id} would name noise it no longer makes; copies protected with it "
+            "could not be told apart. Save the edited generator again "
+            "(fiftyone_unseg.save_generator) to give it an id of its own"
         )
     model = build_noise_generator(config)
     model.load_state_dict(load_file(weights))
@@ -182,6 +194,12 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _config_id(config: dict) -> str:
+    """First 12 hex digits of the sha256 of ``config`` as canonical JSON."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _file_id(path: Path) -> str:

@@ -4,6 +4,7 @@ import dataclasses
 import itertools
 import json
 import pickle
+import shutil
 
 import pytest
 import segment_anything
@@ -226,6 +227,26 @@ def test_config_not_matching_tensors_is_rejected(micro, tmp_path):
         ValueError, match=r"does not match the tensors.*missing image_encoder\.blocks\.2"
     ):
         load_generator(tmp_path / "gen")
+
+
+@pytest.mark.parametrize("folder", [None, "shipped"])
+def test_an_edited_config_is_refused_not_passed_off_under_the_old_id(micro, tmp_path, folder):
+    """Settings that change the noise (here the high-pass) edited into config.json after
+    the save: the weights' hash alone would give the same id to another noise."""
+    if folder is None:
+        save_generator(micro, MICRO, tmp_path / "gen")
+    else:  # a shipped generator, copied
+        shutil.copytree(checkpoint.DEFAULT_GENERATOR_DIR, tmp_path / "gen")
+    config_path = tmp_path / "gen" / "config.json"
+    info = json.loads(config_path.read_text())
+    generator_id = load_generator(tmp_path / "gen").generator_id
+    info["config"]["noise_highpass"] = 3
+    config_path.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=rf"config.json: .*edited after the save.*{generator_id}"):
+        load_generator(tmp_path / "gen")
+    info["config"]["noise_highpass"] = MICRO.noise_highpass if folder is None else 5
+    config_path.write_text(json.dumps(info, indent=4))  # the same settings, laid out anew
+    assert load_generator(tmp_path / "gen").generator_id == generator_id
 
 
 def test_missing_files_and_default_generator(tmp_path, monkeypatch):
