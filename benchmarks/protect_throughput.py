@@ -29,6 +29,7 @@ from machine import machine_facts
 
 from fiftyone_unseg import protect
 from fiftyone_unseg.checkpoint import load_generator
+from fiftyone_unseg.io import owner_of
 from fiftyone_unseg.labels import resolve_prompt
 from fiftyone_unseg.modeling import build_noise_generator
 from fiftyone_unseg.protect import _generate, _load, _Task, _write
@@ -77,7 +78,8 @@ def stage_milliseconds(dataset, model) -> dict:
     torch.set_num_threads(1)
     try:
         for sample_id, path in zip(ids, paths):
-            task = _Task(sample_id, path, os.path.join(folder, f"{sample_id}.png"), 0)
+            target = os.path.join(folder, f"{sample_id}.png")
+            task = _Task(sample_id, path, target, 0, owner_of(dataset, sample_id))
             start = time.perf_counter()
             loaded = _load(task, found, spec, model.img_size)
             read = time.perf_counter()

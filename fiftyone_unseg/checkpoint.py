@@ -153,7 +153,10 @@ def _resolve_weights(path: str | os.PathLike | None) -> Path:
             "official SAM weights go through build_noise_generator(..., sam_checkpoint=...)."
         )
     if not path.is_file():
-        raise FileNotFoundError(f"generator checkpoint not found: {path}")
+        raise FileNotFoundError(
+            f"generator checkpoint not found: {path} (a folder holding {WEIGHTS_FILE} and "
+            f"{CONFIG_FILE}, or a shipped preset: {', '.join(PRESETS)})"
+        )
     return path
 
 

@@ -161,6 +161,8 @@ def _cmd_protect(args) -> int:
 
     if args.classes and args.per_instance:
         raise ValueError("choose --classes or --per-instance, not both")
+    if args.quality is not None and args.format != "jpg":
+        raise ValueError("--quality is the JPEG quality: give --format jpg too (PNG is lossless)")
     samples = _collection(args)
     if args.limit:  # a preview: N samples spread over the dataset, the same N every time
         samples = samples.take(args.limit, seed=0)
@@ -176,7 +178,7 @@ def _cmd_protect(args) -> int:
             ignore="auto" if args.ignore is None else args.ignore,
             output_dir=args.output_dir,
             image_format=args.format,
-            jpeg_quality=args.quality,
+            jpeg_quality=95 if args.quality is None else args.quality,
             replace_filepath=args.replace_filepath,
             batch_size=args.batch_size,
             device=args.device,
@@ -288,7 +290,12 @@ def _pixel_value(text: str):
     """A pixel value, "none" (None) or "auto"."""
     if text in ("none", "auto"):
         return None if text == "none" else text
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a pixel value: give a whole number, 'none' or 'auto'"
+        ) from None
 
 
 def _add_protect_commands(subparsers) -> None:
@@ -349,7 +356,7 @@ def _add_protect_commands(subparsers) -> None:
     )
     p.add_argument("--class-key", help="secret of the class textures (default: per dataset)")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    p.add_argument("--quality", type=int, help="JPEG quality, with --format jpg (default 95)")
     p.add_argument("--output-dir", help="default: <FiftyOne dataset dir>/unseg-protected/<dataset>")
     p.add_argument(
         "--replace-filepath",

@@ -25,6 +25,7 @@ import fiftyone.core.media as fom
 import fiftyone.utils.data as foud
 import fiftyone.utils.data.exporters as foue
 import fiftyone.utils.labels as fou
+from fiftyone import ViewField as F
 
 from fiftyone_unseg import io as uio
 from fiftyone_unseg.panoptic import IMAGE_ID_FIELD, unique_image_ids
@@ -68,7 +69,8 @@ def export_protected(
       samples: a FiftyOne dataset or view, protected with :func:`fiftyone_unseg.protect`.
       export_dir: the export's folder; it must not exist or be empty unless ``overwrite``
         (then it is replaced once the new export is complete). It may not hold any of
-        the samples' originals, protected files or masks.
+        the samples' originals, protected files or masks, nor, to be overwritten, the
+        images, originals or protected copies of any dataset in the database.
       dataset_type: a name in :data:`EXPORT_TYPES` or a ``fo.types`` dataset type.
       label_field: the label field to export (several only for the ``fiftyone``
         format); None for the images alone (``images``), which takes none.
@@ -95,7 +97,8 @@ def export_protected(
     _check_fields(samples, dataset_type, fields, export_dir)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"{export_dir} exists and is not a folder")
-    if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
+    replacing = os.path.isdir(export_dir) and bool(os.listdir(export_dir))
+    if replacing and not overwrite:
         raise ValueError(f"{export_dir} is not empty: choose another folder or overwrite it")
 
     # Read from the dataset: a view may have left these fields out.
@@ -121,6 +124,8 @@ def export_protected(
         raise ValueError("nothing to export: no sample here has a protected copy")
     _check_owned([ids[i] for i in kept], [protected[i] for i in kept])
     _check_outside(export_dir, originals + protected + _mask_paths(samples, fields))
+    if replacing:
+        _check_no_dataset_files(export_dir)
     names = export_names(
         [originals[i] for i in kept], [os.path.splitext(protected[i])[1] for i in kept]
     )
@@ -266,13 +271,11 @@ def _check_owned(ids: list[str], paths: list[str]) -> None:
     for sample_id, path in zip(ids, paths):
         if not os.path.isfile(path):
             problems.append(f"{sample_id}: protected file {path} is missing")
-        elif uio.marker(path) != sample_id:
+        elif uio.sample_of(uio.marker(path)) != sample_id:  # a clone may read its source's
             problems.append(f"{sample_id}: {path} was not written for this sample")
     if problems:
         raise ValueError(
-            "; ".join(problems[:_SHOWN])
-            + _more(len(problems))
-            + ": protect these samples again (overwrite)"
+            "; ".join(problems[:_SHOWN]) + _more(len(problems)) + ": protect these samples again"
         )
 
 
@@ -287,6 +290,23 @@ def _mask_paths(samples, fields: list[str]) -> list[str]:
         elif kind is fo.Detections:
             paths += samples.values(f"{field}.detections.mask_path", unwind=True)
     return paths
+
+
+def _check_no_dataset_files(export_dir: str) -> None:
+    """ValueError if a dataset of the database has images, originals or protected copies
+    in ``export_dir``, which an overwrite would delete."""
+    prefix = os.path.join(export_dir, "")
+    for name in fo.list_datasets():
+        dataset = fo.load_dataset(name)
+        for field in ("filepath", "original_filepath", "protected_filepath"):
+            if not dataset.has_field(field):
+                continue
+            found = dataset.match(F(field).starts_with(prefix)).limit(1).values(field)
+            if found:
+                raise ValueError(
+                    f"{export_dir} holds {found[0]}, a file of dataset {name!r}: overwriting "
+                    "would delete it; export elsewhere"
+                )
 
 
 def _check_outside(export_dir: str, paths: list[str]) -> None:

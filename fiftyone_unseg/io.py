@@ -149,11 +149,29 @@ def atomic_write_image(image: Image.Image, path: str, quality: int = 95) -> None
     atomic_write_bytes(buf.getvalue(), path)
 
 
+def owner_of(dataset, sample_id: str) -> str:
+    """What the files written for ``sample_id`` of ``dataset`` are marked with: both ids,
+    since a clone of a dataset keeps its samples' ids but must not replace or delete the
+    files written for the dataset it was cloned from."""
+    return f"{sample_id}@{dataset._doc.id}"
+
+
+def sample_of(owner: str | None) -> str | None:
+    """The sample id in an owner marker (:func:`owner_of`, or a sample id alone)."""
+    return None if owner is None else owner.split("@")[0]
+
+
+def owns(owner: str, path: str) -> bool:
+    """Whether ``path`` may be replaced or deleted for ``owner`` (:func:`owner_of`): it
+    was written for it, or marked before markers named the dataset, for its sample."""
+    return marker(path) in (owner, sample_of(owner))
+
+
 def encode_marked(
     image: np.ndarray, owner: str, image_format: str = "png", quality: int | None = None
 ) -> bytes:
     """PNG (fast compression) or JPEG bytes of an HxW[x3] uint8 image, marked with ``owner``
-    (a sample id) so that :func:`marker` recognises the file as written for it."""
+    (:func:`owner_of`) so that :func:`marker` recognises the file as written for it."""
     if image_format == "jpg":
         buf = io.BytesIO()
         comment = f"{MARKER_KEY}={owner}"
@@ -218,12 +236,19 @@ def unmarked(data: bytes) -> bytes:
 
 def write_owned(data: bytes, path: str, owner: str) -> None:
     """Write ``data`` atomically to ``path`` unless that would overwrite a file not written
-    for ``owner``: a foreign file or a symbolic link stays as it is (ValueError)."""
+    for ``owner`` (:func:`owns`): a foreign file or a symbolic link stays as it is
+    (ValueError)."""
     if os.path.islink(path):
         raise ValueError(f"{path} is a symbolic link; left as it is")
     exists = os.path.lexists(path)
-    if exists and marker(path) != owner:
-        raise ValueError(f"{path} exists and was not written for this sample; left as it is")
+    if exists and not owns(owner, path):
+        found = sample_of(marker(path))
+        whose = (
+            "not written for this sample"
+            if found != sample_of(owner)
+            else "written for this sample of another dataset (the one it was cloned from?)"
+        )
+        raise ValueError(f"{path} exists and was {whose}; left as it is")
     try:
         atomic_write_bytes(data, path, replace=exists)
     except FileExistsError as error:

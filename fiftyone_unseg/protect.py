@@ -11,7 +11,7 @@ One image on its way from ``unseg protect`` to the written file:
    prompt segments, background budget elsewhere, at full resolution) scales it
    and it is added and clamped (:func:`_compose`);
 5. the result is measured against the original, encoded with a marker naming its
-   sample and written atomically; then the sample's fields are set, in batches.
+   sample and dataset (:func:`fiftyone_unseg.io.owner_of`) and written atomically; then the sample's fields are set, in batches.
 
 Reading the next batch and writing the previous one run in worker threads while
 the generator runs. Batches hold at most ``_BATCH_PIXELS`` pixels (and ``batch_size``
@@ -48,8 +48,9 @@ from PIL import Image
 from fiftyone_unseg import io as uio
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.class_keys import ClassKeys, default_class_key
+from fiftyone_unseg.device import resolve_device
 from fiftyone_unseg.geometry import Frame, row_bands
-from fiftyone_unseg.io import encode_marked, marker, read_rgb
+from fiftyone_unseg.io import encode_marked, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
 from fiftyone_unseg.modeling import NoiseGenerator
 from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG, check_budgets
@@ -106,6 +107,7 @@ class _Task:
     source: str
     target: str
     pixels: int  # width x height (0: unknown), to bound the pixels in flight
+    owner: str  # what the output file is marked with (fiftyone_unseg.io.owner_of)
 
 
 @dataclasses.dataclass
@@ -226,6 +228,7 @@ def protect(
     if len(samples) == 0:
         raise ValueError("nothing to protect: the collection has no samples")
     spec = resolve_prompt(samples, label_field, prompt, background, ignore)
+    device = resolve_device(device)
     model = _load_model(generator, device)
     dataset = samples._dataset
     keys = None
@@ -357,8 +360,8 @@ def protection_states(samples) -> list[str | None]:
 
     The one rule that ``protect``, ``visualize_noise``, ``export_protected`` and the
     summary (``unseg status``, the App's panel) apply: None without a copy (no
-    ``protected_filepath``, or no ``unseg`` facts: a re-protection clears them first, so
-    a failed one leaves none); :data:`STALE` when the original image file's bytes or the
+    ``protected_filepath``, its file gone, or no ``unseg`` facts: a re-protection clears
+    them first, so a failed one leaves none); :data:`STALE` when the original image file's bytes or the
     stored label of the recorded field (:func:`label_hash`) differ from what the copy
     was made from, or the original cannot be read; else :data:`CURRENT`. Copies recorded
     without hashes (protected before they were recorded) count as current. Read from the
@@ -375,7 +378,10 @@ def protection_states(samples) -> list[str | None]:
             "unseg.label_hash",
         )
     )
-    states = [CURRENT if path and generator else None for path, generator in zip(paths, generators)]
+    states = [
+        CURRENT if path and generator and os.path.isfile(path) else None
+        for path, generator in zip(paths, generators)
+    ]
     checked = [i for i, state in enumerate(states) if state and (sources[i] or labels[i])]
     ids, originals = stored.values("id"), original_paths(stored)
     now = {}
@@ -524,23 +530,22 @@ def _plan(view, settings: dict, output_dir: str, overwrite: bool) -> tuple[list,
             continue
         name = protected_name(source, sample_id, settings["format"])
         pixels = (widths[i] or 0) * (heights[i] or 0)
-        tasks.append(_Task(sample_id, source, os.path.join(output_dir, name), pixels))
+        target = os.path.join(output_dir, name)
+        tasks.append(
+            _Task(sample_id, source, target, pixels, uio.owner_of(view._dataset, sample_id))
+        )
     return ids, tasks
 
 
 def _done(samples, settings: dict) -> list[bool]:
     """Whether each sample of ``samples`` is protected with ``settings`` from what it holds
-    now (:func:`protection_states`), its file in place: a run skips those."""
+    now, its file in place (:func:`protection_states`): a run skips those."""
     stored = _stored(samples)
     ids, paths, *previous = stored.values(
         ["id", "protected_filepath"] + [f"unseg.{k}" for k in SETTINGS]
     )
     current = tuple(settings[k] for k in SETTINGS)
-    candidates = [
-        i
-        for i in range(len(ids))
-        if _recorded(previous, i) == current and paths[i] and os.path.isfile(paths[i])
-    ]
+    candidates = [i for i in range(len(ids)) if _recorded(previous, i) == current and paths[i]]
     states = protection_states(stored.select([ids[i] for i in candidates], ordered=True))
     done = [False] * len(ids)
     for i, state in zip(candidates, states):
@@ -805,11 +810,11 @@ def _generate(model: NoiseGenerator, batch: list[_Loaded], device) -> list[torch
 def _write(item: _Loaded, noise: torch.Tensor, settings: dict, keys: ClassKeys | None) -> dict:
     """Compose, measure, encode and write one protected image; returns its facts."""
     protected = _compose(item, noise, settings["eps"], settings["eps_bg"], keys)
-    data = encode_marked(protected, item.task.id, settings["format"], settings["quality"])
+    data = encode_marked(protected, item.task.owner, settings["format"], settings["quality"])
     if settings["format"] == "jpg":  # measure what was written
         protected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     facts = _measure(item.image, protected)
-    uio.write_owned(data, item.task.target, item.task.id)
+    uio.write_owned(data, item.task.target, item.task.owner)
     return {
         **settings,
         **facts,
@@ -946,7 +951,8 @@ def _discard(dataset, copies: dict, kept: dict | None = None) -> int:
     """Delete what this package wrote for earlier protected copies (sample id -> path):
     each copy, unless it is the sample's new one in ``kept``, and its noise images; clear
     the fields pointing at those noise images (heatmaps, media fields). Files not marked
-    for their sample stay. Returns the number of copies deleted."""
+    for their sample of this dataset (:func:`fiftyone_unseg.io.owns`; a clone's source's)
+    stay. Returns the number of copies deleted."""
     deleted, noise = 0, {}
     for sample_id, path in copies.items():
         noise[sample_id] = set(noise_paths(path))
@@ -954,7 +960,7 @@ def _discard(dataset, copies: dict, kept: dict | None = None) -> int:
         if (kept or {}).get(sample_id) != path:
             files.append(path)
         for file in files:
-            if os.path.isfile(file) and marker(file) == sample_id:
+            if os.path.isfile(file) and uio.owns(uio.owner_of(dataset, sample_id), file):
                 os.remove(file)
                 deleted += file == path
     if not noise:

@@ -403,7 +403,9 @@ def create_sample_dataset(
     if unknown:
         raise ValueError(f"unknown scene styles {sorted(unknown)}; choose from {', '.join(STYLES)}")
     if fo.dataset_exists(name) and not overwrite:
-        raise ValueError(f"dataset {name!r} already exists; pass overwrite=True to replace it")
+        raise ValueError(
+            f"dataset {name!r} already exists; overwrite it (overwrite=True, `unseg sample-data --overwrite`) or pick another name"
+        )
     dataset_dir = os.path.abspath(dataset_dir or default_dataset_dir(name))
     records = write_scenes(dataset_dir, num, seed=seed, size=size, styles=styles, progress=progress)
 

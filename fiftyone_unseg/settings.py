@@ -21,7 +21,7 @@ PRESETS = {
     "robust": "the default fine-tuned against JPEG, blur and rescaling, then against JPEG "
     "alone: YOLO on pets at 0.06 of clean, 0.54 after JPEG 75, 0.12 after a blur, 0.10 "
     "after half-scale; CamVid semantic 0.93, 0.81 after JPEG 75, 0.81 after a blur, 0.72 "
-    "after half-scale; 32.9 dB (README, Presets)",
+    "after half-scale; 32.9 dB",
 }
 """Shipped generators by name (``fiftyone_unseg/weights/<name>/``), with what each is for;
 the model cards hold what each measured."""
@@ -64,7 +64,11 @@ def check_budget(value: float, name: str) -> None:
     """Refuse a budget (a fraction of the range) outside [0, 64/255]; ``name`` says what was
     given."""
     if not 0 <= value <= MAX_BUDGET:
-        meant = f" (for {value:g}/255 write {value:g}/255)" if 1 <= value <= 64 else ""
+        meant = (
+            f" (for {value:g}/255 write {value:g}/255 = {value / 255:.6g})"
+            if 1 <= value <= 64
+            else ""
+        )
         raise ValueError(
             f"{name} is {in_255(value)} of the image range, outside [0, {in_255(MAX_BUDGET)}]: "
             f"budgets are fractions of the range, e.g. 8/255{meant}"

@@ -117,7 +117,8 @@ def headline(summary: dict) -> str:
     stale_part = f"{stale} stale (image or label changed since they were protected: protect again)"
     if not n:
         start = f"**0 of {total}** samples protected"
-        return f"{start} · {stale_part}" if stale else f"{start}. Run *Protect samples* to start."
+        start_hint = "protect them to start (`unseg protect`, or *Protect samples* in the App)"
+        return f"{start} · {stale_part}" if stale else f"{start}: {start_hint}."
     parts = [f"**{n} of {total}** samples protected"]
     if stale:
         parts.append(stale_part)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import fiftyone as fo
 import numpy as np
 
-from fiftyone_unseg.io import encode_marked, is_output_error, read_rgb, write_owned
+from fiftyone_unseg.io import encode_marked, is_output_error, owner_of, read_rgb, write_owned
 from fiftyone_unseg.protect import (
     CURRENT,
     DEFAULT_EPS,
@@ -23,6 +23,15 @@ from fiftyone_unseg.protect import (
 logger = logging.getLogger(__name__)
 _CHUNK = 32  # samples per database update
 _WORKERS = max(2, min(8, os.cpu_count() or 2))
+RESERVED_FIELDS = (
+    "id",
+    "filepath",
+    "tags",
+    "metadata",
+    "protected_filepath",
+    "original_filepath",
+    "unseg",
+)
 
 
 def visualize_noise(
@@ -44,13 +53,16 @@ def visualize_noise(
     progress: optional ``progress(done, total)`` callable.
 
     Files go to ``noise/`` next to each protected image, named after it and marked with
-    the sample id; a file there that was not written for the sample is left as it is
-    (the sample fails). Samples without a protected image made from what they hold now
+    the sample and dataset ids; a file there that was not written for the sample is left as it is
+    (the sample fails). Output fields that hold something else (the sample's own
+    fields, ``unseg``'s, a field of another type) are refused before any work. Samples
+    without a protected image made from what they hold now
     (:func:`fiftyone_unseg.protect.protection_states`) are skipped and counted;
     unreadable images fail and the rest go on; a full or read-only folder stops the
     run (``stopped``). Returns ``visualized``, ``not_protected``, ``failed``,
     ``failures`` (sample id, path, reason) and ``stopped``.
     """
+    _check_fields(samples._dataset, heatmap_field, amplified_field)
     jobs = _jobs(samples)
     not_protected = len(samples) - len(jobs)
     if not_protected:
@@ -78,7 +90,13 @@ def visualize_noise(
                 summary["failures"] += [failure(job[0], job[1], error) for job in chunk]
                 continue
             futures = [
-                pool.submit(_visualize_one, *job, amplified_field is not None, amplification)
+                pool.submit(
+                    _visualize_one,
+                    owner_of(dataset, job[0]),
+                    *job[1:],
+                    amplified_field is not None,
+                    amplification,
+                )
                 for job in chunk
             ]
             heatmaps, images = {}, {}
@@ -102,6 +120,34 @@ def visualize_noise(
     return summary
 
 
+def _check_fields(dataset, heatmap_field: str, amplified_field: str | None) -> None:
+    """ValueError if an output field is reserved, the same as the other, or an existing
+    field of another kind (the heatmap field must hold ``fo.Heatmap``, the amplified one
+    be one of the App's media fields other than ``filepath``)."""
+    for field in (heatmap_field, amplified_field):
+        if (field or "").split(".")[0] in RESERVED_FIELDS:
+            raise ValueError(
+                f"{field!r} holds the samples' own data or their protection record; "
+                "store the noise in a field of its own (e.g. unseg_noise)"
+            )
+    if heatmap_field == amplified_field:
+        raise ValueError(
+            f"the heatmap and the amplified image need two fields, both are {heatmap_field!r}"
+        )
+    schema = dataset.get_field_schema()
+    heatmap = schema.get(heatmap_field)
+    if heatmap is not None and getattr(heatmap, "document_type", None) is not fo.Heatmap:
+        raise ValueError(
+            f"{heatmap_field!r} already holds {type(heatmap).__name__} values, not heatmaps; "
+            "pick another heatmap field"
+        )
+    if amplified_field in schema and amplified_field not in dataset.app_config.media_fields:
+        raise ValueError(
+            f"{amplified_field!r} already holds other values (it is not one of the App's "
+            "media fields); pick another field for the amplified noise"
+        )
+
+
 def _jobs(samples) -> list[tuple[str, str, str, float]]:
     """(sample id, original path, protected path, eps) of each protected sample."""
     ids = samples.values("id")
@@ -116,14 +162,15 @@ def _jobs(samples) -> list[tuple[str, str, str, float]]:
 
 
 def _visualize_one(
-    sample_id: str,
+    owner: str,
     original_path: str,
     protected_path: str,
     eps: float,
     amplified: bool,
     amplification: float | None,
 ) -> tuple[fo.Heatmap, str | None]:
-    """Write the magnitude map (and the amplified noise image) of one sample."""
+    """Write the magnitude map (and the amplified noise image) of one sample, marked for
+    ``owner`` (:func:`fiftyone_unseg.io.owner_of`)."""
     original, protected = read_rgb(original_path), read_rgb(protected_path)
     if original.shape != protected.shape:
         raise ValueError(
@@ -132,13 +179,13 @@ def _visualize_one(
     noise = protected - original  # HxWx3 in [-1, 1]
     map_path, image_path = noise_paths(protected_path)
     magnitude = np.abs(noise).max(axis=2)
-    write_owned(encode_marked(_to_uint8(magnitude), sample_id), map_path, sample_id)
+    write_owned(encode_marked(_to_uint8(magnitude), owner), map_path, owner)
     heatmap = fo.Heatmap(map_path=map_path, range=[0.0, eps * 255])
     if not amplified:
         return heatmap, None
     scaled = 0.5 + noise * (amplification or 0.5 / eps)
     amplified_image = _to_uint8(np.clip(scaled, 0, 1))
-    write_owned(encode_marked(amplified_image, sample_id), image_path, sample_id)
+    write_owned(encode_marked(amplified_image, owner), image_path, owner)
     return heatmap, image_path
 
 

@@ -158,9 +158,11 @@ def test_export_refuses_unprotected_or_foreign_files_by_name(tmp_path, generator
     first, second = dataset.head(2)
     os.remove(first.protected_filepath)
     Image.fromarray(_texture(64, 64, 5)).save(second.protected_filepath)  # not written by protect
+    with pytest.raises(ValueError, match=rf"2 of 3 samples have no protected copy.*{first.id}"):
+        export_protected(dataset, str(tmp_path / "again"), "images")  # a deleted copy is none
     with pytest.raises(ValueError) as error:
         export_protected(dataset, str(tmp_path / "again"), "images", skip_unprotected=True)
-    assert f"{first.id}: protected file {first.protected_filepath} is missing" in str(error.value)
+    assert first.id not in str(error.value)
     assert f"{second.id}: {second.protected_filepath} was not written for this sample" in str(
         error.value
     )
@@ -215,6 +217,10 @@ def test_export_replaces_a_folder_only_when_asked_and_only_when_complete(
     assert all(
         os.path.isfile(p) for p in dataset.values("filepath") + dataset.values("protected_filepath")
     )
+    other = _scene_dataset("export-replace-other", tmp_path / "other", count=1)
+    with pytest.raises(ValueError, match="a file of dataset 'export-replace-other'"):
+        export_protected(dataset, str(tmp_path / "other"), "coco", "dets", overwrite=True)
+    assert os.path.isfile(other.first().filepath)
 
     # Where only the (empty) export folder can be written, the images are staged in it.
     def parent_read_only(*args, dir=None, **kwargs):

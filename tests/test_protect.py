@@ -340,7 +340,7 @@ def test_segments_smaller_than_a_prompt_cell_are_in_their_prompts(tmp_path):
     tiny = fo.Detection(label="tiny", bounding_box=box, mask=np.ones((2, 2), bool))
     sample.dets.detections.append(tiny)
     sample.save()
-    task = protect_module._Task(sample.id, sample.filepath, "", 0)
+    task = protect_module._Task(sample.id, sample.filepath, "", 0, owner="")
     spec = resolve_prompt(dataset, "dets", "instance")
     loaded = protect_module._load(task, {sample.id: (sample.dets, sample.dets)}, spec, 64)
     assert loaded.num_segments == 3
@@ -606,6 +606,25 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert cli.run(parser, args) == 2 and "no saved view 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["protect", "--dataset", "x", "--label-field", "y", "--class-mix", "2"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(
+            ["protect", "--dataset", "x", "--label-field", "y", "--background", "sky"]
+        )
+    assert "'sky' is not a pixel value: give a whole number, 'none' or 'auto'" in (
+        capsys.readouterr().err
+    )
+    target = ["protect", "--dataset", "cli-errors", "--label-field", "dets"]
+    for extra, message in [
+        (["--device", "tpu0"], "unknown device 'tpu0': use cpu, cuda or cuda:N"),
+        (["--quality", "50"], "--quality is the JPEG quality: give --format jpg too"),
+        (["--generator", "robst"], "not found: robst .*or a shipped preset: default, robust"),
+    ]:
+        assert cli.run(parser, [*target, *extra]) == 2, extra
+        assert re.search(message, capsys.readouterr().err), extra
+    if not torch.cuda.is_available():
+        assert cli.run(parser, [*target, "--device", "cuda"]) == 2
+        assert "CUDA is not available here: use cpu" in capsys.readouterr().err
+    assert not fo.load_dataset("cli-errors").has_field("protected_filepath")  # no work began
 
 
 def test_budgets_count_in_255ths_wherever_they_are_typed(capsys):

@@ -165,3 +165,70 @@ def test_export_refuses_label_types_the_format_cannot_take_before_any_work(tmp_p
         export_protected(dataset, str(tmp_path / "out"), "yolo", "seg_db")
     assert not (tmp_path / "out").exists()
     assert export_protected(dataset, str(tmp_path / "out"), "yolo", "dets")["exported"] == 1
+
+
+def test_a_clone_never_replaces_or_deletes_the_copies_of_its_source(tmp_path, generators):  # noqa: F811
+    """A clone keeps its samples' ids: the files' owner markers name the dataset too."""
+    dataset = _scene_dataset("clone-source", tmp_path, count=2)
+    protect(dataset, "dets", generator=generators["random"], replace_filepath=True)
+    copies = {s.protected_filepath: open(s.protected_filepath, "rb").read() for s in dataset}
+    source_folder = os.path.dirname(next(iter(copies)))
+    clone = dataset.clone("clone-copy")
+    try:
+        assert clone.values("id") == dataset.values("id")
+        assert _counts(clone) == (2, 0)  # it may read its source's copies
+        assert export_protected(clone, str(tmp_path / "out"), "images")["exported"] == 2
+        into_source = protect(
+            clone,
+            "dets",
+            generator=generators["saturated"],
+            output_dir=source_folder,
+            overwrite=True,
+        )
+        assert into_source["failed"] == 2
+        assert "written for this sample of another dataset" in into_source["failures"][0]["reason"]
+        assert (
+            protect(clone, "dets", generator=generators["saturated"], overwrite=True)["protected"]
+            == 2
+        )
+        assert {os.path.dirname(p) for p in clone.values("protected_filepath")} != {source_folder}
+        assert restore(clone, delete_protected=True)["deleted"] == 2
+        assert {p: open(p, "rb").read() for p in copies} == copies
+        assert _counts(dataset) == (2, 0) and set(dataset.values("filepath")) == set(copies)
+        assert restore(dataset, delete_protected=True)["deleted"] == 2
+        assert not any(os.path.exists(p) for p in copies)
+    finally:
+        clone.delete()
+
+
+def test_a_deleted_copy_counts_as_none_everywhere(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("deleted-copy", tmp_path, count=2)
+    protect(dataset, "dets", generator=generators["random"])
+    os.remove(dataset.first().protected_filepath)
+    assert _counts(dataset) == (1, 0)
+    assert "**1 of 2**" in headline(protection_summary(dataset))
+    assert visualize_noise(dataset)["not_protected"] == 1
+    again = protect(dataset, "dets", generator=generators["random"])
+    assert (again["protected"], again["skipped"]) == (1, 1)
+    assert _counts(dataset) == (2, 0)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"heatmap_field": "unseg"}, "protection record"),
+        ({"heatmap_field": "unseg_noise", "amplified_field": "filepath"}, "own data"),
+        ({"heatmap_field": "dets"}, "holds EmbeddedDocumentField values, not heatmaps"),
+        ({"heatmap_field": "unseg_noise", "amplified_field": "notes"}, "not one of the App's"),
+        ({"heatmap_field": "noise", "amplified_field": "noise"}, "need two fields"),
+    ],
+)
+def test_visualize_refuses_fields_that_hold_something_else(tmp_path, generators, fields, message):  # noqa: F811
+    dataset = _scene_dataset("visualize-fields", tmp_path, count=1)
+    protect(dataset, "dets", generator=generators["random"])
+    dataset.set_values("notes", ["keep me"])
+    before = dataset.first().to_dict()
+    with pytest.raises(ValueError, match=message):
+        visualize_noise(dataset, **fields)
+    assert dataset.first().to_dict() == before
+    assert not os.path.exists(os.path.join(os.path.dirname(before["protected_filepath"]), "noise"))

@@ -417,6 +417,14 @@ def test_cli_sets_any_config_field(tmp_path, capsys):
     assert [int(r["step"]) for r in _metrics(out)] == [1, 2]
     assert main([*args, "--set", "learning_rate=1"]) == 2
     assert "unknown training config keys: ['learning_rate']" in capsys.readouterr().err
+    bad = ["train", "--config", str(cfg_path), "--out", str(tmp_path / "bad"), "--set"]
+    assert main([*bad, "eps_train=8"]) == 2  # protect's 8 means 8/255; here, 8 x the range
+    assert "eps_train is 2040/255 of the image range" in capsys.readouterr().err
+    assert main([*bad, "eps_train=abc"]) == 2
+    assert "eps_train must be float or int, got 'abc'" in capsys.readouterr().err
+    assert main([*bad, "eps_bg_generate=0.1"]) == 2  # above eps_generate
+    assert "0 <= eps_bg <= eps" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     assert main(args) == 2
     assert "--resume, start over with --overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0

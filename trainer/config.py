@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 
 from fiftyone_unseg.modeling import SamConfig, generator_configs
+from fiftyone_unseg.settings import check_budget, check_budgets
 from trainer.eot import KINDS as EOT_KINDS
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -103,6 +105,14 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self):
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        self._check_types()
+        for prefix in ("eps", "eps_bg"):  # fractions of the range, as unseg protect's
+            for stage in ("train", "generate"):
+                check_budget(getattr(self, f"{prefix}_{stage}"), f"{prefix}_{stage}")
+        for stage in ("train", "generate"):
+            check_budgets(getattr(self, f"eps_{stage}"), getattr(self, f"eps_bg_{stage}"))
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.unit not in UNITS:
@@ -121,14 +131,25 @@ class TrainConfig:
         unknown = sorted(set(self.eot) - set(EOT_KINDS))
         if unknown:
             raise ValueError(f"eot counter-measures must be some of {EOT_KINDS}, got {unknown}")
-        if isinstance(self.data, str):
-            self.data = [self.data]
         self.scale_range = tuple(self.scale_range)
         self.eot_scale = tuple(self.eot_scale)
         if len(self.eot_scale) != 2 or not 0 < self.eot_scale[0] <= self.eot_scale[1]:
             raise ValueError(f"eot_scale must be (lo, hi) with 0 < lo <= hi, got {self.eot_scale}")
         if self.object_context is not None:
             self.object_context = tuple(self.object_context)
+
+    def _check_types(self) -> None:
+        """ValueError naming each field whose value is not of its declared type (a
+        ``--set`` value is JSON: ``--set eps_train=abc`` arrives as a string)."""
+        hints = typing.get_type_hints(type(self))
+        wrong = []
+        for f in dataclasses.fields(self):
+            value, kinds = getattr(self, f.name), _kinds(hints[f.name])
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                names = " or ".join(k.__name__ for k in kinds)
+                wrong.append(f"{f.name} must be {names}, got {value!r}")
+        if wrong:
+            raise ValueError("; ".join(wrong))
 
     def generator_config(self) -> SamConfig:
         config = init_generator(self.init).config if self.init else _sam_config(self.generator)
@@ -166,6 +187,17 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config keys: {unknown}")
         return cls(**data)
+
+
+def _kinds(hint) -> tuple:
+    """The classes a value of type ``hint`` may have: an int for a float, a list for a
+    tuple and the reverse (JSON has neither distinction), None for an optional."""
+    if typing.get_args(hint) and typing.get_origin(hint) not in (list, tuple, dict):  # a union
+        kinds = tuple(k for arg in typing.get_args(hint) for k in _kinds(arg))
+    else:
+        kinds = (typing.get_origin(hint) or hint,)
+    also = {float: (int,), tuple: (list,), list: (tuple,)}
+    return tuple(dict.fromkeys(kinds + tuple(k for kind in kinds for k in also.get(kind, ()))))
 
 
 def init_generator(init: str):

@@ -27,6 +27,7 @@ from fiftyone_unseg.audit.targets import Targets, resolve_targets
 from fiftyone_unseg.audit.training import Example, Settings
 from fiftyone_unseg.audit.variants import CLEAN, PROTECTED, clean_paths, training_images
 from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS, make_victim
+from fiftyone_unseg.device import resolve_device
 from fiftyone_unseg.io import atomic_write_image, read_rgb, safe_name
 from fiftyone_unseg.labels import load_mask
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, failure
@@ -87,7 +88,10 @@ def evaluate_protection(
       baselines: any of "random", "random_flat", "pattern", "class_pattern", "none" (the clean images
         again: with a ``countermeasure``, what the counter-measure alone costs).
       countermeasure: applied to the protected and baseline training images (never to
-        clean ones): "jpeg:75", "blur:1.0", "downscale:0.5" or "grayscale".
+        clean ones): "jpeg:75", "blur:1.0", "downscale:0.5", "grayscale", "median:3",
+        "bilateral:25" or "texture:16" (each class's mean texture estimated from the
+        labelled training images and subtracted, an informed attack); see
+        :class:`fiftyone_unseg.audit.countermeasures.Countermeasure`.
       eps, eps_bg: the baselines' budgets for samples without recorded protection budgets.
       split_tags: (train tag, test tag); without both tags present (or with None), a
         random split with ``train_fraction`` for training, seeded by ``seed``.
@@ -122,6 +126,7 @@ def evaluate_protection(
     """
     started = time.monotonic()
     measure = Countermeasure.parse(countermeasure)
+    device = str(resolve_device(device))
     victims, baselines = _check(victims, baselines, protected_field, measure, run_key)
     if int(seeds) != seeds or seeds < 1:
         raise ValueError(f"seeds must be a whole number of trainings, at least 1; got {seeds}")
