@@ -473,6 +473,8 @@ def _cmd_evaluate(args) -> int:
         progress=tqdm_progress("victim training", unit="epoch"),
     )
     print(report.table())
+    for line in report.unlearnt():
+        print(f"warning: {line}", file=sys.stderr)
     print(
         f"Trained on {report.num_train} samples (images ~{report.image_side} px; px: the "
         f"victims' size), tested on {report.num_test} clean ones ({report.split}) in "

@@ -547,7 +547,15 @@ def test_cli_evaluate_prints_the_table(sample_dataset, unseg):
     assert "| semantic | mIoU |" in proc.stdout and "jpeg:75" in proc.stdout
     assert "report.png" in proc.stdout
     dataset.reload()
-    assert load_report(dataset, "unseg_audit").countermeasure == "jpeg:75"
+    report = load_report(dataset, "unseg_audit")
+    assert report.countermeasure == "jpeg:75"
+    result = report.results[0]  # one epoch: a victim that learnt nothing is said to be one
+    unlearnt = result.scores["clean"] < result.chance + 0.10
+    assert ("semantic: clean" in proc.stderr and "did not learn" in proc.stderr) == unlearnt
+    result.scores["clean"] = result.chance + 0.2
+    assert report.unlearnt() == []
+    result.scores["clean"] = result.chance + 0.05
+    assert "its ratios say little" in report.unlearnt()[0]
     bad = unseg("evaluate", "--dataset", dataset.name, "--label-field", "instances", check=False)
     assert bad.returncode == 2 and "protect" in bad.stderr
 

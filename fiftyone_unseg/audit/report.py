@@ -29,6 +29,11 @@ _COLORS = {
 }
 
 
+LEARNT_MARGIN = 0.10
+"""How far above its trivial predictor a victim's clean score must be for its ratios to
+mean something (the real-data benchmark's calibration rule)."""
+
+
 @dataclass
 class VictimResult:
     """One victim's scores on the clean test split, per training variant.
@@ -113,6 +118,18 @@ class ProtectionReport:
             )
             rows.append(row)
         return rows
+
+    def unlearnt(self) -> list[str]:
+        """One line per victim whose clean score is less than :data:`LEARNT_MARGIN`
+        above its trivial predictor's: it did not learn the data at these settings, so
+        its ratios say little."""
+        return [
+            f"{r.victim}: clean {r.scores['clean']:.3f} is not {LEARNT_MARGIN} above the "
+            f"trivial predictor's {r.chance:.3f}: the victim did not learn this data at these "
+            "settings (train it longer or on larger images); its ratios say little"
+            for r in self.results
+            if r.chance is not None and r.scores.get("clean", 1.0) < r.chance + LEARNT_MARGIN
+        ]
 
     def table(self) -> str:
         """The rows as a Markdown table."""
