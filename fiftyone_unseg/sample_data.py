@@ -402,10 +402,15 @@ def create_sample_dataset(
     unknown = set(styles) - set(STYLES)
     if unknown:
         raise ValueError(f"unknown scene styles {sorted(unknown)}; choose from {', '.join(STYLES)}")
-    if fo.dataset_exists(name) and not overwrite:
-        raise ValueError(
-            f"dataset {name!r} already exists; overwrite it (overwrite=True, `unseg sample-data --overwrite`) or pick another name"
-        )
+    if fo.dataset_exists(name):
+        if not overwrite:
+            raise ValueError(
+                f"dataset {name!r} already exists; overwrite it (overwrite=True, "
+                "`unseg sample-data --overwrite`) or pick another name"
+            )
+        from fiftyone_unseg.protect import restore  # the old scenes' copies go with them
+
+        restore(fo.load_dataset(name), delete_protected=True)
     dataset_dir = os.path.abspath(dataset_dir or default_dataset_dir(name))
     records = write_scenes(dataset_dir, num, seed=seed, size=size, styles=styles, progress=progress)
 

@@ -149,3 +149,13 @@ def test_cli_creates_dataset_and_refuses_to_clobber(tmp_path, unseg):
     again = unseg("sample-data", "--name", "cli-made", "--num", "3", check=False)
     assert again.returncode == 2 and "already exists" in again.stderr
     assert len(fo.load_dataset("cli-made")) == 3
+    assert "`unseg sample-data --overwrite`" in again.stderr
+    from fiftyone_unseg import protect
+
+    protect(ds, "ground_truth", output_dir=str(tmp_path / "copies"))
+    copies = ds.values("protected_filepath")
+    assert all(os.path.isfile(p) for p in copies)
+    args = ["sample-data", "--name", "cli-made", "--num", "2", "--size", "64", "--overwrite"]
+    unseg(*args, "--dir", str(tmp_path / "files"))
+    assert len(fo.load_dataset("cli-made")) == 2
+    assert not any(os.path.exists(p) for p in copies)  # the replaced scenes' copies went too
