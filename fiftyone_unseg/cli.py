@@ -198,6 +198,11 @@ def _cmd_protect(args) -> int:
         f"{summary['failed']} failed{busy}) in {summary['seconds']:.1f} s; files in "
         f"{summary['output_dir']}; run {summary['run_key']!r}"
     )
+    if summary["replaced"]:
+        print(
+            f"{summary['replaced']} of them had a copy made with other settings or from an "
+            "earlier picture: the new copy replaced it"
+        )
     if args.limit:
         _print_preview(args, summary)
     return _exit_status(summary)

@@ -206,8 +206,9 @@ def protect(
     sample's earlier copy, if elsewhere, and its noise images are deleted, and the
     fields pointing at those cleared.
 
-    Returns a summary: ``total``, ``protected``, ``skipped``, ``no_segments`` (of the
-    protected, those without segments), ``busy``, ``failed``, ``failures`` (sample id,
+    Returns a summary: ``total``, ``protected``, ``replaced`` (of the protected, those
+    whose earlier copy, made with other settings or from an earlier picture, this one
+    replaced), ``skipped``, ``no_segments`` (of the protected, those without segments), ``busy``, ``failed``, ``failures`` (sample id,
     path and reason), ``stopped`` (why the run stopped early, else None),
     ``output_dir``, ``run_key``, ``seconds``, ``state``: how many of the run's
     samples are protected, stale and unprotected when it ends, and ``visibility``: of
@@ -276,6 +277,7 @@ def protect(
         summary = {
             "total": total,
             "protected": run.protected,
+            "replaced": run.replaced,
             "skipped": skipped + run.skipped,
             "no_segments": run.no_segments,
             "busy": run.busy,
@@ -606,7 +608,7 @@ class _Run:
         self.overwrite, self.replace_filepath = overwrite, replace_filepath
         self.device, self.report = device, report
         self.dataset = view._dataset
-        self.protected = self.skipped = self.no_segments = self.busy = 0
+        self.protected = self.skipped = self.no_segments = self.busy = self.replaced = 0
         self.failures: list[dict] = []
         self.stopped: str | None = None
         self.locks: dict[str, int] = {}
@@ -744,6 +746,7 @@ class _Run:
             _sync_filepaths(self.dataset, list(facts), self.replace_filepath)
             earlier = {i: self.previous.pop(i) for i in facts if i in self.previous}
             _discard(self.dataset, earlier, kept=paths)
+            self.replaced += len(earlier)
         for sample_id in facts:
             self._release(sample_id)
         self.protected += len(facts)

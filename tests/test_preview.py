@@ -61,6 +61,12 @@ def test_cli_limit_previews_n_samples_and_a_full_run_does_the_rest(
     assert len(dataset.exists("protected_filepath")) == 6
     files = _files(dataset)
     assert {i: files[i] for i in previewed} == previewed  # the preview's copies are kept
+    assert "had a copy made with other settings" not in out
+
+    assert cli.run(parser, [*args, "--limit", "2", "--eps", "4"]) == 0  # another budget
+    out = capsys.readouterr().out
+    assert "Protected 2 of 2 samples" in out
+    assert "2 of them had a copy made with other settings or from an earlier picture" in out
 
 
 def test_cli_limit_must_be_positive(capsys):

@@ -81,7 +81,8 @@ def test_reprotecting_removes_earlier_copies_and_their_heatmaps(tmp_path, genera
     visualize_noise(dataset, amplified_field="noise_image")
     assert protection_summary(dataset)["num_visualized"] == 2
 
-    protect(dataset, "dets", generator=generators["random"], image_format="jpg")
+    summary = protect(dataset, "dets", generator=generators["random"], image_format="jpg")
+    assert summary["replaced"] == 2
     assert dataset.count("unseg_noise") == dataset.count("noise_image") == 0
     assert protection_summary(dataset)["num_visualized"] == 0
     paths = dataset.values("protected_filepath")
