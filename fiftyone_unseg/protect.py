@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import logging
 import math
 import os
 import time
@@ -54,6 +55,8 @@ from fiftyone_unseg.io import encode_marked, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
 from fiftyone_unseg.modeling import NoiseGenerator
 from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG, check_budgets
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_RUN_KEY = "unseg_protect"
 FORMATS = ("png", "jpg")
@@ -208,7 +211,9 @@ def protect(
 
     Returns a summary: ``total``, ``protected``, ``replaced`` (of the protected, those
     whose earlier copy, made with other settings or from an earlier picture, this one
-    replaced), ``skipped``, ``no_segments`` (of the protected, those without segments), ``busy``, ``failed``, ``failures`` (sample id,
+    replaced), ``unnamed_values`` (Segmentation values found in the protected masks that
+    the mask targets do not name: protected as object classes, and warned about, since
+    an unnamed 255 border is usually void), ``skipped``, ``no_segments`` (of the protected, those without segments), ``busy``, ``failed``, ``failures`` (sample id,
     path and reason), ``stopped`` (why the run stopped early, else None),
     ``output_dir``, ``run_key``, ``seconds``, ``state``: how many of the run's
     samples are protected, stale and unprotected when it ends, and ``visibility``: of
@@ -278,6 +283,7 @@ def protect(
             "total": total,
             "protected": run.protected,
             "replaced": run.replaced,
+            "unnamed_values": sorted(run.unnamed, key=int),
             "skipped": skipped + run.skipped,
             "no_segments": run.no_segments,
             "busy": run.busy,
@@ -302,7 +308,18 @@ def protect(
             "batch_size": batch_size,
         }
         _record_run(samples, summary["run_key"], config, summary)
+    if summary["unnamed_values"]:
+        logger.warning(_unnamed_warning(label_field, summary["unnamed_values"]))
     return summary
+
+
+def _unnamed_warning(label_field: str, values: list[str]) -> str:
+    """What to say of mask values that the mask targets of ``label_field`` do not name."""
+    return (
+        f"values {', '.join(values)} of {label_field!r} are not in its mask targets, so they "
+        "were protected as object classes; if they are void (e.g. a 255 border), protect "
+        f"again with --ignore {' '.join(values)} (ignore=[...] in Python) and --overwrite"
+    )
 
 
 def restore(samples, delete_protected: bool = False) -> dict:
@@ -615,6 +632,9 @@ class _Run:
         self.stale: dict[str, list[str]] = {}
         self.previous: dict[str, str] = {}  # sample id -> its protected copy before this run
         self.overlap = _overlaps(device)
+        # mask values that the mask targets do not name, found in the protected samples
+        self.named = {name for _, name in spec.value_names} if spec.value_names else None
+        self.unnamed: set[str] = set()
 
     def protect(self, tasks: list[_Task], batch_size: int) -> None:
         """Read, generate, write in batches; a batch over ``_BATCH_PIXELS`` runs alone.
@@ -650,6 +670,8 @@ class _Run:
             for task, future in reading:
                 if future.exception() is None:
                     loaded.append(future.result())
+                    if self.named is not None:
+                        self.unnamed.update(set(loaded[-1].names) - self.named)
                 else:
                     self._fail(task, future.exception())
             following = next(batches, None)

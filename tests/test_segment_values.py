@@ -93,6 +93,23 @@ def test_sky_gets_the_object_budget_and_void_the_background_budget(road):
     assert noise[mask == SKY].max() <= eps + tolerance
 
 
+def test_values_the_mask_targets_do_not_name_are_warned_about(road, caplog):
+    """A pets-like set: 0 is background, so an unnamed 255 border is an object class
+    unless it is declared void."""
+    assert protect(road, "ground_truth")["unnamed_values"] == []  # 255 is void here
+    road.mask_targets = {"ground_truth": {0: "background", ROAD: "road", CAR: "car"}}
+    road.save()
+    summary = protect(road, "ground_truth", overwrite=True)
+    assert summary["unnamed_values"] == ["255"]
+    assert road.first().unseg.num_segments == 3  # road, car, and the 255 band taken for one
+    assert "values 255 of 'ground_truth' are not in its mask targets" in caplog.text
+    assert "--ignore 255" in caplog.text
+    caplog.clear()
+    summary = protect(road, "ground_truth", ignore=[VOID], overwrite=True)
+    assert summary["unnamed_values"] == [] and "mask targets" not in caplog.text
+    assert road.first().unseg.num_segments == 2
+
+
 def test_void_is_neither_learnt_nor_scored_and_chance_is_the_majority_class(road):
     targets = resolve_targets(road, "ground_truth")
     assert targets.semantic_classes == ("sky", "road", "car")
