@@ -309,16 +309,17 @@ def protect(
         }
         _record_run(samples, summary["run_key"], config, summary)
     if summary["unnamed_values"]:
-        logger.warning(_unnamed_warning(label_field, summary["unnamed_values"]))
+        logger.warning(unnamed_warning(label_field, summary["unnamed_values"]))
     return summary
 
 
-def _unnamed_warning(label_field: str, values: list[str]) -> str:
+def unnamed_warning(label_field: str, values: list[str]) -> str:
     """What to say of mask values that the mask targets of ``label_field`` do not name."""
     return (
         f"values {', '.join(values)} of {label_field!r} are not in its mask targets, so they "
-        "were protected as object classes; if they are void (e.g. a 255 border), protect "
-        f"again with --ignore {' '.join(values)} (ignore=[...] in Python) and --overwrite"
+        "were protected as object classes; if they are void (e.g. a 255 border), declare "
+        f"them ignored (--ignore {' '.join(values)}, ignore=[{', '.join(values)}] in Python, "
+        "or the protect form's ignored values) and protect again, overwriting"
     )
 
 

@@ -65,7 +65,7 @@ def test_the_app_operator_adapts_in_a_trainer_process_and_reports_progress(
 ):
     dataset = sample_dataset.clone()  # the operator saves a view on it
     out = tmp_path / "adapted"
-    params = {"label_field": "instances", "steps": 2, "output_dir": str(out)}
+    params = {"label_field": "instances", "steps": 2, "output_dir": str(out), "init": "robust"}
     result = foo.execute_operator(
         "@unseg/unseg/adapt_generator",
         ctx={"view": dataset.limit(12),
@@ -73,7 +73,8 @@ def test_the_app_operator_adapts_in_a_trainer_process_and_reports_progress(
     )  # fmt: skip
     assert result.error is None, result.error
     adapted = load_generator(result.result["generator"])
-    assert adapted.config == load_generator().config
+    assert adapted.config == load_generator("robust").config
+    assert adapted.metadata["train_config"]["init"] == "robust"  # the form's choice
     assert os.path.isfile(out / "metrics.csv") and os.path.isfile(f"{out}.log")
     assert dataset.has_saved_view("unseg-adapt")  # the view the trainer read
     assert len(dataset.load_saved_view("unseg-adapt")) == 12

@@ -4,9 +4,11 @@ The fixture is a CamVid-like set made here: 0 is a class (sky), 255 is void.
 """
 
 import fiftyone as fo
+import fiftyone.operators as foo
 import numpy as np
 import pytest
 import torch
+from fiftyone.operators.executor import ExecutionContext
 from PIL import Image
 
 from fiftyone_unseg import evaluate_protection, protect
@@ -108,6 +110,33 @@ def test_values_the_mask_targets_do_not_name_are_warned_about(road, caplog):
     summary = protect(road, "ground_truth", ignore=[VOID], overwrite=True)
     assert summary["unnamed_values"] == [] and "mask targets" not in caplog.text
     assert road.first().unseg.num_segments == 2
+
+
+def test_the_app_forms_take_background_and_ignore_values(road):
+    road.mask_targets = {"ground_truth": {0: "background", ROAD: "road", CAR: "car"}}
+    road.save()
+    for name in ("protect_samples", "evaluate_protection"):
+        operator = foo.get_operator(f"@unseg/unseg/{name}")
+        ctx = ExecutionContext({"dataset_name": road.name, "params": {}})
+        fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+        assert fields["background"]["view"]["description"].startswith("auto: 0")
+        assert fields["ignore"]["view"]["description"].startswith("auto: none")
+        bad = ExecutionContext({"dataset_name": road.name, "params": {"ignore": "void"}})
+        fields = operator.resolve_input(bad).to_json()["type"]["properties"]
+        assert "give whole pixel values" in fields["segment_values"]["view"]["label"]
+
+    params = {"label_field": "ground_truth", "ignore": "255"}
+    result = foo.execute_operator(
+        "@unseg/unseg/protect_samples", ctx={"dataset": road.name, "params": params}
+    )
+    assert result.result["unnamed_values"] == []
+    road.reload()
+    assert road.first().unseg.prompt == "all;background=0;ignore=255"
+    params = {"label_field": "ground_truth", "overwrite": True}  # auto: 255 is a class here
+    result = foo.execute_operator(
+        "@unseg/unseg/protect_samples", ctx={"dataset": road.name, "params": params}
+    )
+    assert result.result["unnamed_values"] == ["255"] and result.result["replaced"] == len(road)
 
 
 def test_void_is_neither_learnt_nor_scored_and_chance_is_the_majority_class(road):

@@ -31,6 +31,7 @@ from fiftyone_unseg.device import resolve_device
 from fiftyone_unseg.io import atomic_write_image, read_rgb, safe_name
 from fiftyone_unseg.labels import load_mask
 from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, failure
+from fiftyone_unseg.settings import check_budgets
 
 DEFAULT_RUN_KEY = "unseg_audit"
 logger = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def evaluate_protection(
     """
     started = time.monotonic()
     measure = Countermeasure.parse(countermeasure)
+    check_budgets(eps, eps_bg)
     device = str(resolve_device(device))
     victims, baselines = _check(victims, baselines, protected_field, measure, run_key)
     if int(seeds) != seeds or seeds < 1:

@@ -9,7 +9,7 @@ from fiftyone_unseg.plugin.progress import app_progress
 
 
 class AdaptGenerator(foo.Operator):
-    """Fine-tune the default generator on the target samples' masks."""
+    """Fine-tune a shipped generator (or a checkpoint) on the target samples' masks."""
 
     @property
     def config(self):
@@ -37,6 +37,14 @@ class AdaptGenerator(foo.Operator):
             default=STEPS,
             min=2,
         )
+        inputs.str(
+            "init",
+            label="Generator to adapt: a preset (default, robust) or a checkpoint folder",
+            description="The adaptation simulates no counter-measures: audit an adapted "
+            "robust generator after JPEG and resizing before relying on it",
+            default="default",
+            required=True,
+        )
         inputs.str("device", label="Device", default="cpu")
         inputs.str(
             "output_dir",
@@ -53,6 +61,7 @@ class AdaptGenerator(foo.Operator):
             params["label_field"],
             output_dir=params.get("output_dir") or None,
             steps=params.get("steps", STEPS),
+            init=params.get("init") or "default",
             device=params.get("device", "cpu"),
             progress=app_progress(ctx, "steps"),
         )

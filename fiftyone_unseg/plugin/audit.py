@@ -10,8 +10,15 @@ from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.countermeasures import KINDS
 from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS
-from fiftyone_unseg.plugin.forms import dropdown, form_error, label_field_form
+from fiftyone_unseg.plugin.forms import (
+    dropdown,
+    form_error,
+    label_field_form,
+    segment_value_inputs,
+    segment_value_params,
+)
 from fiftyone_unseg.plugin.progress import app_progress
+from fiftyone_unseg.settings import MAX_BUDGET
 
 COUNTERMEASURE_VALUES = {
     "jpeg": ("JPEG quality", 75.0),
@@ -57,6 +64,9 @@ class EvaluateProtection(foo.Operator):
         semantic = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
         label = "Semantic field (none: class maps from the label field)"
         dropdown(inputs, "semantic_field", ["", *semantic], label, "")
+        fields = inputs.properties["label_field"].type.values
+        class_maps = ctx.params.get("semantic_field") or ctx.params.get("label_field")
+        segment_value_inputs(ctx, inputs, class_maps or fields[0])
         dropdown(inputs, "victims", VICTIMS, "Victims", list(DEFAULT_VICTIMS), multiple=True)
         protected = ctx.dataset.has_field("protected_filepath")
         inputs.bool("use_protected", default=protected, label="Train on the protected images")
@@ -88,8 +98,11 @@ class EvaluateProtection(foo.Operator):
         if kind in COUNTERMEASURE_VALUES:
             label, default = COUNTERMEASURE_VALUES[kind]
             inputs.float("countermeasure_value", label=label, default=default)
-        inputs.float("eps", label="Baselines' object budget (/255)", default=8.0, min=0.01)
-        inputs.float("eps_bg", label="Baselines' background budget (/255)", default=2.0, min=0)
+        top = MAX_BUDGET * 255
+        inputs.float("eps", label="Baselines' object budget (/255)", default=8.0, min=0.01, max=top)
+        inputs.float(
+            "eps_bg", label="Baselines' background budget (/255)", default=2.0, min=0, max=top
+        )
         inputs.int("epochs", label="Epochs (0: each victim's default)", default=0, min=0)
         inputs.int("image_size", label="Image size (0: each victim's default)", default=0, min=0)
         inputs.int("seed", label="Seed", default=0)
@@ -109,6 +122,7 @@ class EvaluateProtection(foo.Operator):
         kind = params.get("countermeasure", "none")
         if kind in COUNTERMEASURE_VALUES:
             kind = f"{kind}:{params.get('countermeasure_value', COUNTERMEASURE_VALUES[kind][1])}"
+        background, ignore = segment_value_params(params)
         report = evaluate_protection(
             ctx.target_view(),
             params["label_field"],
@@ -128,6 +142,8 @@ class EvaluateProtection(foo.Operator):
             seed=params.get("seed", 0),
             seeds=params.get("seeds") or 1,
             device=params.get("device", "cpu"),
+            background=background,
+            ignore=ignore,
             run_key=params.get("run_key", DEFAULT_RUN_KEY),
             progress=app_progress(ctx, "epochs"),
         )

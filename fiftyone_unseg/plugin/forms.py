@@ -64,3 +64,53 @@ def dropdown(inputs, name: str, values, label: str, default, multiple: bool = Fa
         inputs.list(name, types.String(), default=default, view=view)
     else:
         inputs.enum(name, list(labels), default=default, view=view)
+
+
+def segment_value_inputs(ctx, inputs, field: str | None) -> None:
+    """For a Segmentation ``field``: its background value and ignored (void) values, each
+    "auto" (from the mask targets, shown) or typed; a value that cannot be read blocks the
+    form (read back with :func:`segment_value_params`)."""
+    import fiftyone as fo
+
+    from fiftyone_unseg.labels import label_type, segment_values
+
+    if not field or label_type(ctx.dataset, field) is not fo.Segmentation:
+        return
+    auto = segment_values(ctx.dataset, field)
+    shown = "none" if auto.background is None else auto.background
+    inputs.str(
+        "background",
+        label=f"Background value of {field!r} ('auto', a value, or 'none': every class is an object)",
+        description=f"auto: {shown}, from its mask targets",
+        default="auto",
+    )
+    inputs.str(
+        "ignore",
+        label="Ignored (void) values, comma-separated ('auto', or empty for none)",
+        description=f"auto: {', '.join(map(str, sorted(auto.ignore))) or 'none'}, from its "
+        "mask targets; void pixels get the background budget and are neither learnt nor scored",
+        default="auto",
+    )
+    try:
+        background, ignore = segment_value_params(ctx.params)
+        segment_values(ctx.dataset, field, background, ignore)
+    except ValueError as error:
+        form_error(inputs, "segment_values", str(error))
+
+
+def segment_value_params(params: dict) -> tuple:
+    """(background, ignore) as ``protect`` and ``evaluate_protection`` take them, from the
+    form of :func:`segment_value_inputs`; ValueError for what is not a pixel value."""
+    background = str(params.get("background") or "auto").strip()
+    ignore = str(params.get("ignore", "auto")).strip()
+    try:
+        if background not in ("auto", "none"):
+            background = int(background)
+        if ignore != "auto":
+            ignore = [int(v) for v in ignore.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(
+            f"background {params.get('background')!r} / ignore {params.get('ignore')!r}: give "
+            "whole pixel values (or 'auto'; 'none' for no background)"
+        ) from None
+    return (None if background == "none" else background), ignore

@@ -9,10 +9,12 @@ from fiftyone_unseg.plugin.forms import (
     form_error,
     label_field_form,
     require_protection,
+    segment_value_inputs,
+    segment_value_params,
     target_form,
 )
 from fiftyone_unseg.plugin.progress import app_progress
-from fiftyone_unseg.protect import protect, restore
+from fiftyone_unseg.protect import protect, restore, unnamed_warning
 from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, MAX_BUDGET, PRESETS, visibility_warning
 from fiftyone_unseg.summary import visibility_line
 from fiftyone_unseg.visualize import visualize_noise
@@ -80,7 +82,9 @@ class ProtectSamples(foo.Operator):
         if not ok:
             return form
         fields = inputs.properties["label_field"].type.values
-        self._prompt_inputs(ctx, inputs, ctx.params.get("label_field") or fields[0])
+        label_field = ctx.params.get("label_field") or fields[0]
+        self._prompt_inputs(ctx, inputs, label_field)
+        segment_value_inputs(ctx, inputs, label_field)
         inputs.float(
             "eps", label="Object budget (/255)", default=8.0, min=0.01, max=MAX_BUDGET * 255
         )
@@ -124,6 +128,11 @@ class ProtectSamples(foo.Operator):
             "replace_filepath",
             default=False,
             label="Make the protected images the samples' filepath (undo: restore originals)",
+        )
+        inputs.str(
+            "output_dir",
+            label="Output folder (empty: <FiftyOne dataset dir>/unseg-protected/<dataset>)",
+            default="",
         )
         inputs.bool("overwrite", default=False, label="Protect already protected samples again")
         inputs.int(
@@ -175,6 +184,7 @@ class ProtectSamples(foo.Operator):
         samples = ctx.target_view()
         if params.get("preview"):  # as `unseg protect --limit N`
             samples = samples.take(params["preview"], seed=0)
+        background, ignore = segment_value_params(params)
         summary = protect(
             samples,
             params["label_field"],
@@ -189,12 +199,15 @@ class ProtectSamples(foo.Operator):
             progress=app_progress(ctx, "images"),
             class_mix=params.get("class_mix", DEFAULT_CLASS_MIX),
             device=params.get("device", "cpu"),
+            output_dir=params.get("output_dir") or None,
+            background=background,
+            ignore=ignore,
         )
         return _finish(ctx, summary)
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        for name in ("protected", "skipped", "no_segments", "failed"):
+        for name in ("protected", "replaced", "skipped", "no_segments", "failed"):
             outputs.int(name, label=name.replace("_", " ").capitalize())
         outputs.str("output_dir", label="Protected images in")
         visibility = (ctx.results or {}).get("visibility")
@@ -207,6 +220,10 @@ class ProtectSamples(foo.Operator):
                     "(gear icon); protecting the rest skips them"
                 )
             outputs.view("visibility_line", types.Notice(label=line))
+        unnamed = (ctx.results or {}).get("unnamed_values")
+        if unnamed:
+            message = unnamed_warning(ctx.params.get("label_field", ""), unnamed)
+            outputs.view("unnamed_values", types.Warning(label=message.capitalize()))
         _problems(ctx, outputs)
         return types.Property(outputs)
 
