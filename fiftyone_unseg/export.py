@@ -209,6 +209,15 @@ def _dataset_type(dataset_type):
     return dataset_type
 
 
+def _format_name(kind) -> str:
+    """The export format's name as typed (:data:`EXPORT_TYPES`), e.g. "the yolo format",
+    or the FiftyOne dataset type's for one given as such."""
+    for name, value in EXPORT_TYPES.items():
+        if value is kind or (isinstance(value, str) and value.endswith(f".{kind.__name__}")):
+            return f"the {name} format"
+    return kind.__name__
+
+
 def _check_fields(samples, dataset_type, fields: list[str], export_dir: str) -> None:
     """ValueError unless ``fields`` exist and suit ``dataset_type``: none for image-only
     types, one for labelled formats, of a label type its exporter takes, several only for
@@ -218,12 +227,12 @@ def _check_fields(samples, dataset_type, fields: list[str], export_dir: str) -> 
         raise ValueError(f"no label field {', '.join(map(repr, missing))} in these samples")
     kind = _kind(dataset_type)
     if issubclass(kind, fo.types.UnlabeledDataset) and fields:
-        raise ValueError(f"{kind.__name__} exports images only: give no label field")
+        raise ValueError(f"{_format_name(kind)} exports images only: give no label field")
     if issubclass(kind, fo.types.FiftyOneDataset):
         return
     if issubclass(kind, fo.types.LabeledDataset) and len(fields) != 1:
         raise ValueError(
-            f"{kind.__name__} exports one label field (given: {', '.join(fields) or 'none'}); "
+            f"{_format_name(kind)} exports one label field (given: {', '.join(fields) or 'none'}); "
             "the fiftyone format takes several"
         )
     if fields:
@@ -246,7 +255,7 @@ def _check_label_type(samples, dataset_type, field: str, export_dir: str) -> Non
             accepted = [accepted]
         names = ", ".join(t.__name__ for t in accepted)
         raise ValueError(
-            f"{_kind(dataset_type).__name__} cannot export {field!r} ({label_type.__name__} "
+            f"{_format_name(_kind(dataset_type))} cannot export {field!r} ({label_type.__name__} "
             f"labels); it takes {names}"
         ) from None
 

@@ -167,9 +167,9 @@ def test_export_refuses_unprotected_or_foreign_files_by_name(tmp_path, generator
         error.value
     )
     refusals = {
-        ("coco", ("dets", "polys")): "COCODetectionDataset exports one label field",
+        ("coco", ("dets", "polys")): "the coco format exports one label field",
         ("coco", None): r"exports one label field \(given: none\)",
-        ("images", "dets"): "ImageDirectory exports images only",
+        ("images", "dets"): "the images format exports images only",
     }
     for (data_format, fields), message in refusals.items():
         with pytest.raises(ValueError, match=message):

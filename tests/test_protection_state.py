@@ -162,7 +162,7 @@ def test_replacing_the_filepath_keeps_its_metadata_current(tmp_path, generators)
 def test_export_refuses_label_types_the_format_cannot_take_before_any_work(tmp_path, generators):  # noqa: F811
     dataset = _scene_dataset("yolo-segmentation", tmp_path, count=1)
     protect(dataset, "dets", generator=generators["random"])
-    with pytest.raises(ValueError, match=r"YOLOv5Dataset cannot export 'seg_db' \(Segmentation"):
+    with pytest.raises(ValueError, match=r"the yolo format cannot export 'seg_db' \(Segmentation"):
         export_protected(dataset, str(tmp_path / "out"), "yolo", "seg_db")
     assert not (tmp_path / "out").exists()
     assert export_protected(dataset, str(tmp_path / "out"), "yolo", "dets")["exported"] == 1
