@@ -470,8 +470,10 @@ def test_folder_sets_and_fiftyone_sources(tmp_path, sample_dataset):
         len(set(np.unique(np.asarray(Image.open(s.ground_truth.mask_path)))) - {0})
         for s in sample_dataset
     )
-    with pytest.raises(ValueError, match="must hold instance masks"):
+    with pytest.raises(ValueError, match="'unseg-test-samples' holds StringField in 'style'"):
         load_pairs("fiftyone:unseg-test-samples:style")
+    with pytest.raises(ValueError, match="has no field 'nope'; .*'instances': 'Detections'"):
+        load_pairs("fiftyone:unseg-test-samples:nope")
 
 
 def test_fiftyone_sources_of_one_dataset_keep_their_own_masks(sample_dataset):

@@ -73,11 +73,16 @@ def _fiftyone_source(spec: str) -> list:
             (f for f, t in _label_fields(view).items() if t in ("Detections", "Segmentation")),
             None,
         )
-    kind = _label_fields(view).get(field)
-    if kind not in ("Detections", "Segmentation"):
+    fields = _label_fields(view)
+    usable = {f: t for f, t in fields.items() if t in ("Detections", "Segmentation")}
+    if field not in usable:
+        if field is None or not view.has_field(field):
+            what = f"has no field {field!r}"
+        else:
+            what = f"holds {fields.get(field) or type(view.get_field(field)).__name__} in {field!r}"
         raise ValueError(
-            f"{spec}: field {field!r} must hold instance masks (fo.Detections) or a semantic "
-            f"mask (fo.Segmentation); the dataset has {_label_fields(view)}"
+            f"{spec}: {name!r} {what}; give a field of instance masks "
+            f"(fo.Detections) or a semantic mask (fo.Segmentation): {usable or 'none here'}"
         )
     all_segments = resolve_prompt(view, field)
     # one folder per source: pruning one view's files must not touch another's
