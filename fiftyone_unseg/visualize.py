@@ -136,9 +136,10 @@ def _check_fields(dataset, heatmap_field: str, amplified_field: str | None) -> N
         )
     schema = dataset.get_field_schema()
     heatmap = schema.get(heatmap_field)
-    if heatmap is not None and getattr(heatmap, "document_type", None) is not fo.Heatmap:
+    kind = getattr(heatmap, "document_type", None) or type(heatmap)
+    if heatmap is not None and kind is not fo.Heatmap:
         raise ValueError(
-            f"{heatmap_field!r} already holds {type(heatmap).__name__} values, not heatmaps; "
+            f"{heatmap_field!r} already holds {kind.__name__} values, not heatmaps; "
             "pick another heatmap field"
         )
     if amplified_field in schema and amplified_field not in dataset.app_config.media_fields:

@@ -219,7 +219,7 @@ def test_a_deleted_copy_counts_as_none_everywhere(tmp_path, generators):  # noqa
     [
         ({"heatmap_field": "unseg"}, "protection record"),
         ({"heatmap_field": "unseg_noise", "amplified_field": "filepath"}, "own data"),
-        ({"heatmap_field": "dets"}, "holds EmbeddedDocumentField values, not heatmaps"),
+        ({"heatmap_field": "dets"}, "holds Detections values, not heatmaps"),
         ({"heatmap_field": "unseg_noise", "amplified_field": "notes"}, "not one of the App's"),
         ({"heatmap_field": "noise", "amplified_field": "noise"}, "need two fields"),
     ],
