@@ -31,6 +31,7 @@ from fiftyone_unseg.io import atomic_write_image, is_temp_file
 CLASSES = ("horse", "coin", "brick", "bush", "rock", "sign")
 """Object classes; semantic label of ``CLASSES[k]`` is ``k + 1`` (0 is background)."""
 
+MIN_SIZE = 32  # scene side in pixels: below, objects are a few pixels
 STYLES = ("photo", "texture", "clutter", "studio")
 """Scene styles: photo backgrounds, texture backgrounds, many small occluding
 objects, and few large objects on a plain lit backdrop."""
@@ -399,6 +400,8 @@ def create_sample_dataset(
     """
     if num < 1:
         raise ValueError(f"num must be at least 1, got {num}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE} px (room for objects), got {size}")
     unknown = set(styles) - set(STYLES)
     if unknown:
         raise ValueError(f"unknown scene styles {sorted(unknown)}; choose from {', '.join(STYLES)}")

@@ -79,6 +79,12 @@ def test_styles_differ_in_object_count():
     assert mean_objects("clutter") > mean_objects("photo") > mean_objects("studio")
 
 
+def test_scenes_too_small_for_objects_are_refused(unseg):
+    bad = unseg("sample-data", "--name", "too-small", "--num", "2", "--size", "8", check=False)
+    assert bad.returncode == 2 and "size must be at least 32 px" in bad.stderr
+    assert not fo.dataset_exists("too-small")
+
+
 def test_unknown_style_is_rejected():
     with pytest.raises(ValueError, match="unknown scene style"):
         sample_data.make_scene(0, 0, style="cartoon")

@@ -29,7 +29,9 @@ class LoadSampleDataset(foo.Operator):
         inputs.str("name", label="Dataset name", default="unseg-sample", required=True)
         inputs.int("num", label="Number of scenes", default=100, min=1, required=True)
         inputs.int("seed", label="Seed", default=0, required=True)
-        inputs.int("size", label="Image size (px)", default=512, min=32, required=True)
+        inputs.int(
+            "size", label="Image size (px)", default=512, min=sample_data.MIN_SIZE, required=True
+        )
         styles = types.Dropdown(multiple=True)
         for style in sample_data.STYLES:
             styles.add_choice(style, label=style)
