@@ -56,7 +56,7 @@ def _check_protected(dataset) -> list[str]:
         if path:
             with Image.open(path) as image:
                 image.load()  # raises for a partial file
-            assert io.marker(path) == sample_id
+            assert io.marker(path) == io.owner_of(dataset, sample_id)
             paths.append(path)
     return paths
 
