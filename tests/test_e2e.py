@@ -257,7 +257,8 @@ def test_app_runs_operators_and_shows_the_panel(app_url, page, generator, tmp_pa
     form = page.get_by_role("dialog")
     form.get_by_role("combobox").click()
     page.get_by_role("option", name="instances", exact=True).click()
-    generator_field, device_field = form.locator('input[type="string"]').all()
+    output_field, generator_field, device_field = form.locator('input[type="string"]').all()
+    assert output_field.input_value() == ""  # the default output folder
     generator_field.fill(generator)
     assert device_field.input_value() == "cpu"
     _shot(page, "03-protect-form")

@@ -545,7 +545,10 @@ def test_invalid_requests_name_the_problem(tmp_path, generators):
         ({"label_field": "nope"}, "'nope' does not exist"),
         ({"label_field": "kind"}, "'kind' holds Classification"),
         ({"label_field": "dets", "prompt": ["unicorn"]}, r"\['unicorn'\] are not object classes"),
-        ({"label_field": "dets", "eps": 2.0}, r"eps=2 is 510/255 .* \(for 2/255 write 2/255\)"),
+        (
+            {"label_field": "dets", "eps": 2.0},
+            r"eps=2 is 510/255 .* \(for 2/255 write 2/255 = 0.00784314\)",
+        ),
         ({"label_field": "dets", "eps": 1}, "eps=1 is 255/255 of the image range"),
         ({"label_field": "dets", "eps_bg": 0.1}, "budgets must satisfy"),
         ({"label_field": "dets", "image_format": "gif"}, "image_format"),
