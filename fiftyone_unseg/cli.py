@@ -23,6 +23,7 @@ from fiftyone_unseg.settings import (
     DEFAULT_EPS_BG,
     PRESETS,
     parse_budget,
+    parse_pixel_value,
     visibility_warning,
 )
 
@@ -292,15 +293,11 @@ def _add_target(p, verb: str | None = None) -> None:
 
 
 def _pixel_value(text: str):
-    """A pixel value, "none" (None) or "auto"."""
-    if text in ("none", "auto"):
-        return None if text == "none" else text
+    """:func:`fiftyone_unseg.settings.parse_pixel_value`, for argparse."""
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a pixel value: give a whole number, 'none' or 'auto'"
-        ) from None
+        return parse_pixel_value(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_protect_commands(subparsers) -> None:

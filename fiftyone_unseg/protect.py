@@ -11,7 +11,8 @@ One image on its way from ``unseg protect`` to the written file:
    prompt segments, background budget elsewhere, at full resolution) scales it
    and it is added and clamped (:func:`_compose`);
 5. the result is measured against the original, encoded with a marker naming its
-   sample and dataset (:func:`fiftyone_unseg.io.owner_of`) and written atomically; then the sample's fields are set, in batches.
+   sample and dataset (:func:`fiftyone_unseg.io.owner_of`) and written atomically;
+   then the sample's fields are set, in batches.
 
 Reading the next batch and writing the previous one run in worker threads while
 the generator runs. Batches hold at most ``_BATCH_PIXELS`` pixels (and ``batch_size``
@@ -213,7 +214,8 @@ def protect(
     whose earlier copy, made with other settings or from an earlier picture, this one
     replaced), ``unnamed_values`` (Segmentation values found in the protected masks that
     the mask targets do not name: protected as object classes, and warned about, since
-    an unnamed 255 border is usually void), ``skipped``, ``no_segments`` (of the protected, those without segments), ``busy``, ``failed``, ``failures`` (sample id,
+    an unnamed 255 border is usually void), ``skipped``, ``no_segments`` (of the
+    protected, those without segments), ``busy``, ``failed``, ``failures`` (sample id,
     path and reason), ``stopped`` (why the run stopped early, else None),
     ``output_dir``, ``run_key``, ``seconds``, ``state``: how many of the run's
     samples are protected, stale and unprotected when it ends, and ``visibility``: of
@@ -381,8 +383,8 @@ def protection_states(samples) -> list[str | None]:
     The one rule that ``protect``, ``visualize_noise``, ``export_protected`` and the
     summary (``unseg status``, the App's panel) apply: None without a copy (no
     ``protected_filepath``, its file gone, or no ``unseg`` facts: a re-protection clears
-    them first, so a failed one leaves none); :data:`STALE` when the original image file's bytes or the
-    stored label of the recorded field (:func:`label_hash`) differ from what the copy
+    them first, so a failed one leaves none); :data:`STALE` when the original image
+    file's bytes or the stored label of the recorded field (:func:`label_hash`) differ from what the copy
     was made from, or the original cannot be read; else :data:`CURRENT`. Copies recorded
     without hashes (protected before they were recorded) count as current. Read from the
     dataset, whatever the view filters; hashing reads each original once.

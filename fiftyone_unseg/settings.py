@@ -60,6 +60,20 @@ def parse_budget(text: str) -> float:
     return value
 
 
+def parse_pixel_value(text: str):
+    """A pixel value as typed: a whole number, "none" (None) or "auto"; ValueError
+    naming what is not one."""
+    text = text.strip()
+    if text in ("none", "auto"):
+        return None if text == "none" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a pixel value: give a whole number, 'none' or 'auto'"
+        ) from None
+
+
 def check_budget(value: float, name: str) -> None:
     """Refuse a budget (a fraction of the range) outside [0, 64/255]; ``name`` says what was
     given."""

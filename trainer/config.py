@@ -108,10 +108,9 @@ class TrainConfig:
         if isinstance(self.data, str):
             self.data = [self.data]
         self._check_types()
-        for prefix in ("eps", "eps_bg"):  # fractions of the range, as unseg protect's
-            for stage in ("train", "generate"):
-                check_budget(getattr(self, f"{prefix}_{stage}"), f"{prefix}_{stage}")
-        for stage in ("train", "generate"):
+        for stage in ("train", "generate"):  # fractions of the range, as unseg protect's
+            for name in (f"eps_{stage}", f"eps_bg_{stage}"):
+                check_budget(getattr(self, name), name)
             check_budgets(getattr(self, f"eps_{stage}"), getattr(self, f"eps_bg_{stage}"))
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")

@@ -67,14 +67,9 @@ def _fiftyone_source(spec: str) -> list:
     database.connect()
     dataset = fo.load_dataset(name)
     view = dataset.load_saved_view(saved_view) if saved_view else dataset
-    field = parts[1] if len(parts) > 1 else None
-    if field is None:
-        field = next(
-            (f for f, t in _label_fields(view).items() if t in ("Detections", "Segmentation")),
-            None,
-        )
     fields = _label_fields(view)
     usable = {f: t for f, t in fields.items() if t in ("Detections", "Segmentation")}
+    field = parts[1] if len(parts) > 1 else next(iter(usable), None)
     if field not in usable:
         if field is None or not view.has_field(field):
             what = f"has no field {field!r}"

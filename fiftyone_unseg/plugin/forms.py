@@ -101,11 +101,11 @@ def segment_value_inputs(ctx, inputs, field: str | None) -> None:
 def segment_value_params(params: dict) -> tuple:
     """(background, ignore) as ``protect`` and ``evaluate_protection`` take them, from the
     form of :func:`segment_value_inputs`; ValueError for what is not a pixel value."""
-    background = str(params.get("background") or "auto").strip()
+    from fiftyone_unseg.settings import parse_pixel_value
+
     ignore = str(params.get("ignore", "auto")).strip()
     try:
-        if background not in ("auto", "none"):
-            background = int(background)
+        background = parse_pixel_value(str(params.get("background") or "auto"))
         if ignore != "auto":
             ignore = [int(v) for v in ignore.replace(",", " ").split()]
     except ValueError:
@@ -113,4 +113,4 @@ def segment_value_params(params: dict) -> tuple:
             f"background {params.get('background')!r} / ignore {params.get('ignore')!r}: give "
             "whole pixel values (or 'auto'; 'none' for no background)"
         ) from None
-    return (None if background == "none" else background), ignore
+    return background, ignore
