@@ -257,7 +257,11 @@ def test_app_runs_operators_and_shows_the_panel(app_url, page, generator, tmp_pa
     form = page.get_by_role("dialog")
     form.get_by_role("combobox").click()
     page.get_by_role("option", name="instances", exact=True).click()
-    output_field, generator_field, device_field = form.locator('input[type="string"]').all()
+    text_inputs = form.locator('input[type="string"]')
+    deadline = time.monotonic() + 30  # the form drops the Segmentation-only inputs on re-render
+    while text_inputs.count() != 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    output_field, generator_field, device_field = text_inputs.all()
     assert output_field.input_value() == ""  # the default output folder
     generator_field.fill(generator)
     assert device_field.input_value() == "cpu"
