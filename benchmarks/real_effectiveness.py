@@ -28,7 +28,8 @@ budget on every pixel (``random_flat``) and the fixed mask-aligned pattern, each
   second interactive metric.
 
 COCO and the pets are published at the size their victims train at (320 and 128 px long
-side, ``Task.resizes_images``), so the victims see the noise at the images' own resolution.
+side, ``Task.resizes_images``; ``--image-size N``: at N, recorded as ``published_side``),
+so the victims see the noise at the images' own resolution.
 
 Then the stress tests (``--stress``) for the semantic victim: protected, pattern and
 clean images (``none``) through JPEG 75, Gaussian blur sigma 1 and half-scale
@@ -48,6 +49,8 @@ largest sample standard deviation over the seeds of clean and protected. Writes
     python benchmarks/real_effectiveness.py --victims --stress blur1 --seeds 1 --victim-seed 1 \
         --update --add-seeds                                          # a second seed
     python benchmarks/real_effectiveness.py --quick --out /tmp/x.json  # a smoke run
+    python benchmarks/real_effectiveness.py --victims sam_point --baselines pattern --stress \
+        --image-size 256 --seeds 1 --out x.json                     # a finer-grained victim
     python benchmarks/real_effectiveness.py --generator runs/x/generator --victims semantic \
         --baselines --stress --out x.json                             # another generator
 """
@@ -159,6 +162,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=2, help="victim trainings per variant")
     parser.add_argument("--victim-seed", type=int, default=0, help="the first victim seed")
     parser.add_argument("--epochs", type=int, help="for every victim (default: the task's)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="for every victim (default: the task's); the pets and COCO are then published "
+        "at that long side",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument(
         "--quick", action="store_true", help=f"{QUICK_LIMIT} images per split, 1 epoch"
@@ -208,13 +217,13 @@ def run(args) -> dict:
     limit = QUICK_LIMIT if args.quick else None
     generator = load_generator(args.generator)
     wanted = set(args.victims) | ({args.stress_victim} if args.stress else set())
-    datasets, quality = {}, {}
+    datasets, quality, sides = {}, {}, {}
     for name in sorted({TASKS[v].dataset for v in wanted}):
         dataset = datasets[name] = _load(name, root, limit)
         tasks = [TASKS[v] for v in wanted if TASKS[v].dataset == name]
-        sides = [t.image_size for t in tasks if t.resizes_images]
-        if sides:
-            side = max(sides)
+        published_sides = [args.image_size or t.image_size for t in tasks if t.resizes_images]
+        if published_sides:
+            side = sides[name] = max(published_sides)
             published = dataset.match_tags(("train", "test"))
             real_data.downscale(published, side, os.path.join(sandbox.TMP, f"{name}-{side}px"))
         field = next(t.protect_field for t in TASKS.values() if t.dataset == name)
@@ -257,6 +266,7 @@ def run(args) -> dict:
             name: {
                 "train": d.count_sample_tags().get("train"),
                 "test": d.count_sample_tags().get("test"),
+                **({"published_side": sides[name]} if name in sides else {}),
             }
             for name, d in datasets.items()
         },  # fmt: skip
@@ -288,7 +298,7 @@ def _audit(dataset, victim: str, task: Task, baselines, stress, args):
         baselines=baselines,
         countermeasure=STRESS[stress] if stress else None,
         epochs=args.epochs or task.epochs,
-        image_size=task.image_size,
+        image_size=args.image_size or task.image_size,
         seed=args.victim_seed,
         seeds=args.seeds,
         run_key=run_key,

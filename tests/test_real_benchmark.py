@@ -75,6 +75,19 @@ def test_a_quick_run_on_real_photos_writes_the_table_and_json(tmp_path):
 
 
 @needs_data
+def test_image_size_sets_every_victims_input_and_the_published_side(tmp_path):
+    out = tmp_path / "real.json"
+    proc = _bench(
+        "--quick", "--victims", "sam_point", "--stress", "--baselines", "--seeds", "1",
+        "--image-size", "64", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["victims"]["sam_point"]["settings"]["image_size"] == 64
+    assert results["data"]["pets"] == {"train": 8, "test": 8, "published_side": 64}
+
+
+@needs_data
 def test_real_sets_import_with_fiftyones_importers_and_keep_their_splits():
     sys.path.insert(0, BENCHMARKS)
     import real_data
