@@ -221,7 +221,7 @@ def run(args) -> dict:
     for name in sorted({TASKS[v].dataset for v in wanted}):
         dataset = datasets[name] = _load(name, root, limit)
         tasks = [TASKS[v] for v in wanted if TASKS[v].dataset == name]
-        published_sides = [args.image_size or t.image_size for t in tasks if t.resizes_images]
+        published_sides = [_image_size(t, args) for t in tasks if t.resizes_images]
         if published_sides:
             side = sides[name] = max(published_sides)
             published = dataset.match_tags(("train", "test"))
@@ -289,6 +289,11 @@ def stress_key(victim: str, name: str) -> str:
     return name if victim == "semantic" else f"{victim}_{name}"
 
 
+def _image_size(task: Task, args) -> int:
+    """The side ``task``'s victim trains at in this run: ``--image-size`` or the task's."""
+    return args.image_size or task.image_size
+
+
 def _audit(dataset, victim: str, task: Task, baselines, stress, args):
     run_key = f"real_{victim}" + (f"_{stress}" if stress else "")
     report = evaluate_protection(
@@ -298,7 +303,7 @@ def _audit(dataset, victim: str, task: Task, baselines, stress, args):
         baselines=baselines,
         countermeasure=STRESS[stress] if stress else None,
         epochs=args.epochs or task.epochs,
-        image_size=args.image_size or task.image_size,
+        image_size=_image_size(task, args),
         seed=args.victim_seed,
         seeds=args.seeds,
         run_key=run_key,

@@ -384,8 +384,9 @@ def protection_states(samples) -> list[str | None]:
     summary (``unseg status``, the App's panel) apply: None without a copy (no
     ``protected_filepath``, its file gone, or no ``unseg`` facts: a re-protection clears
     them first, so a failed one leaves none); :data:`STALE` when the original image
-    file's bytes or the stored label of the recorded field (:func:`label_hash`) differ from what the copy
-    was made from, or the original cannot be read; else :data:`CURRENT`. Copies recorded
+    file's bytes or the stored label of the recorded field (:func:`label_hash`) differ
+    from what the copy was made from, or the original cannot be read; else
+    :data:`CURRENT`. Copies recorded
     without hashes (protected before they were recorded) count as current. Read from the
     dataset, whatever the view filters; hashing reads each original once.
     """
