@@ -60,6 +60,7 @@ import sandbox  # first: FiftyOne must see its private database
 # isort: on
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -125,6 +126,7 @@ TASKS = {  # CamVid's semantic victim trains on crops of the full frames
     "sam": Task("pets", "ground_truth", "ground_truth", epochs=8, image_size=128),
 }
 QUICK_LIMIT = 8  # images per split with --quick
+SAM_VICTIMS = ("sam", "sam_point")  # what --sam-checkpoint starts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -167,6 +169,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         help="for every victim (default: the task's); the pets and COCO are then published "
         "at that long side",
+    )
+    parser.add_argument(
+        "--sam-checkpoint",
+        metavar="FILE",
+        help="the interactive victims fine-tune this SAM state dict (e.g. from "
+        "pretrained_sam.py) instead of training from scratch; their rows add the "
+        "checkpoint's own score on the test images (pretrained)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument(
@@ -243,14 +252,17 @@ def run(args) -> dict:
         task = TASKS[victim]
         result = _audit(datasets[task.dataset], victim, task, args.baselines, None, args)
         row = _summary(result, args.baselines, args)
-        victims[victim] = {"dataset": task.dataset, **row}
+        if _checkpoint(victim, args):
+            row["checkpoint"] = _describe_file(args.sam_checkpoint)
+            row["pretrained"] = _pretrained_score(datasets[task.dataset], victim, task, args)
+        victims[_row_key(victim, args)] = {"dataset": task.dataset, **row}
     stress = {}
     for name in args.stress:
         task = TASKS[args.stress_victim]
         baselines = tuple(args.stress_baselines)
         result = _audit(datasets[task.dataset], args.stress_victim, task, baselines, name, args)
-        stress[stress_key(args.stress_victim, name)] = {
-            "victim": args.stress_victim,
+        stress[stress_key(_row_key(args.stress_victim, args), name)] = {
+            "victim": _row_key(args.stress_victim, args),
             "dataset": task.dataset,
             "countermeasure": STRESS[name],
             "countermeasure_ratio": None,  # without the "none" baseline
@@ -282,6 +294,13 @@ def run(args) -> dict:
     }
 
 
+def _describe_file(path: str) -> dict:
+    """A weights file as the results name it: base name and the start of its SHA-256."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"name": os.path.basename(path), "sha256": digest[:12]}
+
+
 def stress_key(victim: str, name: str) -> str:
     """A stress row's key in the results: the counter-measure's name for the semantic
     victim (the rows every run measures), ``VICTIM_NAME`` for the others, so that one
@@ -294,22 +313,43 @@ def _image_size(task: Task, args) -> int:
     return args.image_size or task.image_size
 
 
-def _audit(dataset, victim: str, task: Task, baselines, stress, args):
-    run_key = f"real_{victim}" + (f"_{stress}" if stress else "")
+def _checkpoint(victim: str, args) -> str | None:
+    """The SAM state dict ``victim`` fine-tunes in this run, if any."""
+    return args.sam_checkpoint if victim in SAM_VICTIMS else None
+
+
+def _row_key(victim: str, args) -> str:
+    """``victim``'s key in the results: ``<victim>_finetuned`` when it starts from a
+    checkpoint (another victim than the one trained from scratch)."""
+    return f"{victim}_finetuned" if _checkpoint(victim, args) else victim
+
+
+def _audit(dataset, victim: str, task: Task, baselines, stress, args, protected=True):
+    run_key = f"real_{victim}" + (f"_{stress}" if stress else "") + ("" if protected else "_0")
+    checkpoint = _checkpoint(victim, args)
     report = evaluate_protection(
         dataset,
         task.label_field,
         victims=[victim],
+        protected_field="protected_filepath" if protected else None,
         baselines=baselines,
         countermeasure=STRESS[stress] if stress else None,
-        epochs=args.epochs or task.epochs,
+        # a checkpoint fine-tunes for its victim's default epochs, unless told otherwise
+        epochs=args.epochs or (None if checkpoint else task.epochs),
         image_size=_image_size(task, args),
         seed=args.victim_seed,
         seeds=args.seeds,
+        sam_checkpoint=checkpoint,
         run_key=run_key,
         progress=tqdm_progress(run_key, unit="epoch"),
     )
     return report.results[0]
+
+
+def _pretrained_score(dataset, victim: str, task: Task, args) -> float:
+    """The checkpoint's own score on ``victim``'s test images: no training at all."""
+    untrained = argparse.Namespace(**{**vars(args), "epochs": 0, "seeds": 1})
+    return _audit(dataset, victim, task, (), None, untrained, protected=False).scores["clean"]
 
 
 def _summary(result, baselines, args) -> dict:
@@ -329,24 +369,31 @@ def table(results: dict) -> str:
     def fmt(x, width=6):
         return f"{'n/a':>{width}}" if x is None else f"{x:{width}.3f}"
 
+    width = max([10, *map(len, results["victims"])])
     lines = [
         f"generator {results['generator']}, class mix {results.get('class_mix', 0.0)}, prompt "
         f"{results.get('prompt', 'all')}, eps "
         f"{results['eps'] * 255:g}/255 objects, {results['eps_bg'] * 255:g}/255 background; "
         "victim seeds from "
         f"{results['victim_seed']}; data {results['data']}",
-        f"{'victim':<10} {'data':<7} {'metric':<22} {'chance':>6} {'clean':>6} {'prot.':>6} "
+        f"{'victim':<{width}} {'data':<7} {'metric':<23} {'chance':>6} {'clean':>6} {'prot.':>6} "
         f"{'ratio':>6} {'gain':>6} {'random':>6} {'flat':>6} {'pattern':>7} {'cl.pat':>6} "
         f"{'sd':>6} seeds",
     ]
     for name, v in results["victims"].items():
         lines.append(
-            f"{name:<10} {v['dataset']:<7} {v['metric']:<22} {fmt(v['chance'])} "
+            f"{name:<{width}} {v['dataset']:<7} {v['metric']:<23} {fmt(v['chance'])} "
             f"{fmt(v['clean'])} {fmt(v['protected'])} {fmt(v['ratio'])} {fmt(v['gain_ratio'])} "
             f"{fmt(v.get('random_ratio'))} {fmt(v.get('random_flat_ratio'))} "
             f"{fmt(v.get('pattern_ratio'), 7)} {fmt(v.get('class_pattern_ratio'))} "
             f"{fmt(v['spread'])} {v['seeds']:>5}"
         )
+    for name, v in results["victims"].items():
+        if v.get("pretrained") is not None:
+            lines.append(
+                f"{name}: fine-tuned from {v['checkpoint']['name']}, which scores "
+                f"{v['pretrained']:.3f} on the test images before any fine-tuning"
+            )
     for name, q in results["quality"].items():
         lines.append(
             f"{name}: mean PSNR {fmt(q['psnr'], 5)} dB, SSIM {fmt(q['ssim'], 5)} "

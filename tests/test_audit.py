@@ -1,6 +1,7 @@
 """The protection audit: splits, targets, baselines, counter-measures, every victim end to end,
 report and run, CLI and operator (CPU, 64 px images, 1-epoch trainings)."""
 
+import dataclasses
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from fiftyone_unseg.audit.baselines import ClassPatternNoise, PatternNoise, Rand
 from fiftyone_unseg.audit.countermeasures import Countermeasure
 from fiftyone_unseg.audit.splits import split_samples
 from fiftyone_unseg.audit.targets import resolve_targets
-from fiftyone_unseg.audit.training import Example
+from fiftyone_unseg.audit.training import Example, Settings
 from fiftyone_unseg.audit.variants import training_images
 from fiftyone_unseg.audit.victims.sam import (
     SamVictim,
@@ -302,6 +303,33 @@ def test_sam_victim_loads_official_checkpoints(tmp_path):
     torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not an official SAM"):
         SamVictim(str(tmp_path / "other.pth"))
+
+
+def test_a_pretrained_sam_is_tested_as_it_is_with_zero_epochs(sample_dataset, tmp_path):
+    config = dataclasses.replace(generator_configs["tiny"], img_size=SIZE)
+    torch.manual_seed(1)
+    path = tmp_path / "pretrained.pth"
+    torch.save(build_prompted_sam(config).state_dict(), path)
+    victim = SamVictim(str(path), "point")
+    # a small checkpoint fine-tunes in batches at a rate between scratch and official SAMs
+    assert victim.defaults() == {"epochs": 30, "image_size": SIZE, "batch_size": 16, "lr": 1e-4}
+    report = evaluate_protection(
+        sample_dataset, "instances", victims=["sam_point"], protected_field=None, epochs=0,
+        sam_checkpoint=str(path), run_key="as_is",
+    )  # fmt: skip
+    assert report.results[0].settings["epochs"] == 0
+    test = sample_dataset.match_tags("test")
+    model = build_prompted_sam(victim.config, path).eval()
+    model.prior_size = (0.5, 0.5)
+    settings = Settings(0, SIZE, 16, 1e-4)
+    examples = [Example(s.id, s.filepath, {"instances": s.instances}) for s in test]
+    expected = victim.predict(model, examples, resolve_targets(test, "instances"), settings, "")
+    stored = test.values("as_is_sam_point_clean")
+    assert sum(len(x.detections) for x in stored) > 0
+    for got, want in zip(stored, expected):
+        assert [d.iou for d in got.detections] == [d.iou for d in want.detections]
+    with pytest.raises(ValueError, match="starting weights"):  # nothing to test without one
+        evaluate_protection(sample_dataset, "instances", victims=["sam_point"], epochs=0)
 
 
 def test_miou_and_its_trivial_predictor():

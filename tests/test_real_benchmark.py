@@ -13,6 +13,8 @@ import sys
 import pytest
 from conftest import REPO
 
+from fiftyone_unseg.audit.victims.sam import checkpoint_config
+
 BENCHMARKS = os.path.join(REPO, "benchmarks")
 DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 needs_data = pytest.mark.skipif(
@@ -85,6 +87,31 @@ def test_image_size_sets_every_victims_input_and_the_published_side(tmp_path):
     results = json.loads(out.read_text())
     assert results["victims"]["sam_point"]["settings"]["image_size"] == 64
     assert results["data"]["pets"] == {"train": 8, "test": 8, "published_side": 64}
+
+
+@needs_data
+def test_a_sam_pretrained_on_other_photos_is_fine_tuned_and_scored_before_and_after(tmp_path):
+    checkpoint = tmp_path / "sam_point.pth"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "pretrained_sam.py"), "--out", str(checkpoint),
+         "--limit", "6", "--epochs", "1", "--image-size", "64"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert checkpoint_config(checkpoint).img_size == 64  # an official-format SAM state dict
+    out = tmp_path / "real.json"
+    proc = _bench(
+        "--quick", "--victims", "sam_point", "--stress", "--baselines", "--seeds", "1",
+        "--image-size", "64", "--sam-checkpoint", str(checkpoint), "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    victims = json.loads(out.read_text())["victims"]
+    assert list(victims) == ["sam_point_finetuned"]  # not the row of the victim from scratch
+    row = victims["sam_point_finetuned"]
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
+    assert row["checkpoint"] == {"name": "sam_point.pth", "sha256": digest}
+    assert 0 <= row["pretrained"] <= 1 and "before any fine-tuning" in proc.stdout
+    assert row["settings"] == {"epochs": 1, "image_size": 64, "batch_size": 16, "lr": 1e-4}
 
 
 @needs_data

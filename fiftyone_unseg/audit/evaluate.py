@@ -98,8 +98,9 @@ def evaluate_protection(
         random split with ``train_fraction`` for training, seeded by ``seed``.
       epochs, image_size: one int for every victim or a dict victim -> int; the rest keep
         the victim's defaults: yolo 60 epochs at 256 px, sam 20 on 128 px object-centred
-        crops (with a SAM checkpoint 4 on whole images at its own size), semantic 90 on
-        random 256 px crops of the images at their own resolution. Victims that resize
+        crops (with a SAM checkpoint on whole images at its own size: 4 at 512 px or more,
+        else 30), semantic 90 on random 256 px crops of the images at their own
+        resolution. ``epochs=0`` tests a SAM checkpoint as it is, without fine-tuning. Victims that resize
         images down also blur fine noise away: compare ``px`` in the report with the
         images' size (``image_side``).
       seed, device: training seed (the same for every variant) and torch device.
@@ -140,7 +141,7 @@ def evaluate_protection(
         name: make_victim(name, yolo_weights, sam_checkpoint, semantic_weights) for name in victims
     }
     settings = {
-        name: _settings(name, model.defaults(), epochs, image_size, seed, device)
+        name: _settings(name, model, epochs, image_size, seed, device)
         for name, model in models.items()
     }
     dataset = samples._dataset
@@ -372,15 +373,21 @@ def _check(victims, baselines, protected_field, measure, run_key) -> tuple[tuple
     return victims, baselines
 
 
-def _settings(name, defaults, epochs, image_size, seed, device) -> Settings:
+def _settings(name, victim, epochs, image_size, seed, device) -> Settings:
     """The victim's defaults, overridden by ``epochs`` / ``image_size`` (int or dict)."""
-    values = dict(defaults)
+    values = victim.defaults()
     for key, given in (("epochs", epochs), ("image_size", image_size)):
         value = given.get(name) if isinstance(given, dict) else given
         if value is not None:
-            if int(value) < 1:
-                raise ValueError(f"{key} must be positive, got {value} for {name}")
-            values[key] = int(value)
+            if int(value) == 0 and key == "epochs" and victim.pretrained:
+                values[key] = 0  # the starting weights as they are
+            elif int(value) < 1:
+                zero = " (0 only for a victim with starting weights that keep their head)"
+                raise ValueError(
+                    f"{key} must be positive{zero * (key == 'epochs')}, got {value} for {name}"
+                )
+            else:
+                values[key] = int(value)
     return Settings(seed=seed, device=device, **values)
 
 

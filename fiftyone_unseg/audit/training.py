@@ -62,8 +62,11 @@ def fit(
     Each epoch visits the items in a seeded random order in minibatches;
     ``loss_fn(indices, flips)`` returns the loss of the items ``indices`` (int64 B),
     mirrored where ``flips`` (bool B). AdamW with a short linear warm-up and a
-    cosine decay to 0. ``on_epoch()`` is called after every epoch.
+    cosine decay to 0. ``on_epoch()`` is called after every epoch. With 0 epochs the
+    model is returned as it is.
     """
+    if settings.epochs == 0:
+        return model.eval()
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -17,11 +17,14 @@ class Victim(ABC):
       name: registry name.
       metric: what :meth:`score` returns, in [0, 1].
       labels: "instances" or "semantic": the targets it trains on.
+      pretrained: whether it starts from weights that predict as they are, so that 0
+        epochs of training (the weights alone) is a meaningful reference.
     """
 
     name: str
     metric: str
     labels: str
+    pretrained: bool = False
 
     @abstractmethod
     def defaults(self) -> dict:

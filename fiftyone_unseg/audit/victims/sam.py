@@ -57,6 +57,7 @@ CROP_CONTEXT = (1.2, 2.0)  # object-centred crops: side / box long side, while t
 CROP_SHIFT = 0.15  # largest offset of a training crop's centre, in crop sides
 PREDICT_CONTEXT = 1.6
 CROP_SOURCE_SCALE = 4  # crops are cut from frames 4x the crop size (512 px for 128)
+FULL_SIZE = 512  # checkpoints at this side or more fine-tune as official SAMs do
 
 
 PROMPTS = ("box", "point")
@@ -140,6 +141,7 @@ class SamVictim(Victim):
         self.checkpoint = checkpoint
         self.config = checkpoint_config(checkpoint) if checkpoint else None
         self.prompt = prompt
+        self.pretrained = checkpoint is not None
         self.name = "sam" if prompt == "box" else "sam_point"
         self.metric = f"{prompt}-prompted mask IoU"
 
@@ -150,7 +152,10 @@ class SamVictim(Victim):
 
     def defaults(self) -> dict:
         if self.config is not None:  # fine-tuning: the checkpoint's size, a gentle rate
-            return {"epochs": 4, "image_size": self.config.img_size, "batch_size": 2, "lr": 1e-5}
+            size = self.config.img_size
+            if size >= FULL_SIZE:  # an official SAM: memory allows small batches only
+                return {"epochs": 4, "image_size": size, "batch_size": 2, "lr": 1e-5}
+            return {"epochs": 30, "image_size": size, "batch_size": 16, "lr": 1e-4}
         if self.prompt == "point":  # whole images
             return {"epochs": 30, "image_size": 128, "batch_size": 16, "lr": 1e-3}
         return {"epochs": 20, "image_size": 128, "batch_size": 16, "lr": 1e-3}
