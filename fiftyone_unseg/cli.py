@@ -473,8 +473,15 @@ def _cmd_evaluate(args) -> int:
         output_dir=args.output_dir,
         run_key=args.run_key or DEFAULT_RUN_KEY,
         progress=tqdm_progress("victim training", unit="epoch"),
+        reuse_clean=not args.retrain_clean,
     )
     print(report.table())
+    for result in report.results:
+        for variant, run_key in result.reused.items():
+            print(
+                f"{result.victim}: the {variant} trainings are those of audit {run_key!r} "
+                "(identical; --retrain-clean trains them again)"
+            )
     for line in report.unlearnt():
         print(f"warning: {line}", file=sys.stderr)
     print(
@@ -545,7 +552,10 @@ def _add_evaluate_command(subparsers) -> None:
     p.add_argument("--epochs", nargs="+", help="N for every victim, or victim=N ...")
     p.add_argument("--image-size", nargs="+", help="N for every victim, or victim=N ...")
     p.add_argument("--yolo-weights", help="local Ultralytics .pt to start from")
-    p.add_argument("--sam-checkpoint", help="local official SAM .pth to fine-tune")
+    p.add_argument(
+        "--sam-checkpoint",
+        help="local official SAM .pth to fine-tune (--epochs sam=0: test it as it is)",
+    )
     p.add_argument("--semantic-weights", help="local LRASPP / MobileNetV3-Large state dict")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
     p.add_argument("--seed", type=int, default=0)
@@ -557,6 +567,12 @@ def _add_evaluate_command(subparsers) -> None:
     )
     p.add_argument(
         "--run-key", help="key of the run recorded on the dataset (default: unseg_audit)"
+    )
+    p.add_argument(
+        "--retrain-clean",
+        action="store_true",
+        help="train the clean victims again even where an earlier audit of this dataset "
+        "trained the very same ones (by default their scores and predictions are reused)",
     )
     p.set_defaults(func=_cmd_evaluate)
 

@@ -685,3 +685,38 @@ def test_yolo_weights_load_restricted_so_a_strangers_file_runs_nothing(protected
     torch.save({"model": {"weight": torch.zeros(1)}}, stranger)
     with pytest.raises(ValueError, match="hold no Ultralytics model"):
         YoloVictim(stranger)
+
+
+def test_an_audit_under_a_counter_measure_reuses_the_identical_clean_trainings(tmp_path):
+    dataset = _dataset("audit-reuse")
+    _protect_with_pattern(dataset, tmp_path / "protected")
+    kwargs = {"victims": ["semantic", "sam_point"], **TINY}
+    first = evaluate_protection(dataset, "instances", run_key="plain", **kwargs)
+    totals = []
+    second = evaluate_protection(
+        dataset, "instances", countermeasure="jpeg:75", run_key="jpeg",
+        progress=lambda done, total: totals.append(total), **kwargs,
+    )  # fmt: skip
+    assert totals[-1] == 2  # 1 epoch of each victim on the protected images; clean: taken
+    for old, new in zip(first.results, second.results):
+        assert new.reused == {"clean": "plain"} and not old.reused
+        assert new.scores["clean"] == old.scores["clean"] and new.chance == old.chance
+        assert dataset.has_evaluation(new.eval_keys["clean"])
+    old_masks = dataset.values("plain_semantic_clean.mask_path")
+    new_masks = dataset.values("jpeg_semantic_clean.mask_path")
+    for old, new in zip(old_masks, new_masks):  # copies in the new audit's folder
+        assert (old is None) == (new is None)
+        if new is not None:
+            assert (
+                new.startswith(second.folder) and open(old, "rb").read() == open(new, "rb").read()
+            )
+    detections = dataset.match_tags("test").first().jpeg_sam_point_clean.detections
+    assert detections and not any(k.startswith("plain_") for d in detections for k in d.field_names)
+    evaluate_protection(dataset, "instances", run_key="plain", reuse_clean=False, **kwargs)
+    assert dataset.count("jpeg_semantic_clean") == len(dataset.match_tags("test"))  # kept
+
+    # Another picture behind one training sample: different clean trainings.
+    path = dataset.match_tags("train").first().filepath
+    Image.fromarray(255 - np.asarray(Image.open(path).convert("RGB"))).save(path)
+    third = evaluate_protection(dataset, "instances", run_key="changed", **kwargs)
+    assert all(not r.reused for r in third.results)

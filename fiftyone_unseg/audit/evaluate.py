@@ -22,6 +22,12 @@ from fiftyone_unseg.audit.report import (
     record_run,
     write_report,
 )
+from fiftyone_unseg.audit.reuse import (
+    clean_fingerprint,
+    copy_predictions,
+    examples_digest,
+    find_clean_run,
+)
 from fiftyone_unseg.audit.splits import Split, split_samples
 from fiftyone_unseg.audit.targets import Targets, resolve_targets
 from fiftyone_unseg.audit.training import Example, Settings
@@ -62,6 +68,7 @@ def evaluate_protection(
     progress=None,
     background="auto",
     ignore="auto",
+    reuse_clean: bool = True,
 ) -> ProtectionReport:
     """Measure how much protection hurts models trained on the data.
 
@@ -119,6 +126,11 @@ def evaluate_protection(
         values; "auto" reads them from its mask targets (see
         :func:`fiftyone_unseg.labels.segment_values`). Void pixels are neither learnt nor
         scored.
+      reuse_clean: take a victim's clean trainings (scores and a copy of the predictions)
+        from an earlier audit of this dataset that trained the very same ones (same
+        samples, image bytes, labels, settings, seeds and weights, see
+        :mod:`fiftyone_unseg.audit.reuse`), as audits under several counter-measures do;
+        False trains them again.
 
     Samples whose clean or protected image cannot be read are left out of both splits,
     logged and listed in the report's ``skipped`` (sample id, file, reason).
@@ -170,7 +182,29 @@ def evaluate_protection(
     needed = {victim.labels for victim in models.values()}
     ground_truth = _ground_truth(test_view, test_examples, targets, needed, run_key, folder)
 
-    done, total = 0, sum(s.epochs for s in settings.values()) * len(variants) * seeds
+    train = {
+        variant: [Example(i, images[variant][i], x) for i, x in zip(split.train_ids, train_labels)]
+        for variant in variants
+    }
+    data = examples_digest(train[CLEAN], test_examples)
+    weights = {"yolo": yolo_weights, "semantic": semantic_weights}
+    fingerprints = {
+        name: clean_fingerprint(
+            name, settings[name], seeds, weights.get(name, sam_checkpoint), targets, data
+        )
+        for name in models
+    }
+    reused = {
+        name: find_clean_run(dataset, name, fingerprint) if reuse_clean else None
+        for name, fingerprint in fingerprints.items()
+    }
+    done, total = (
+        0,
+        seeds
+        * sum(
+            s.epochs * (len(variants) - (reused[name] is not None)) for name, s in settings.items()
+        ),
+    )
 
     def on_epoch() -> None:
         nonlocal done
@@ -178,10 +212,6 @@ def evaluate_protection(
         if progress is not None:
             progress(done, total)
 
-    train = {
-        variant: [Example(i, images[variant][i], x) for i, x in zip(split.train_ids, train_labels)]
-        for variant in variants
-    }
     results = [
         _audit_victim(
             name,
@@ -196,6 +226,7 @@ def evaluate_protection(
             run_key,
             seeds,
             on_epoch,
+            reused[name],
         )
         for name, victim in models.items()
     ]
@@ -238,6 +269,7 @@ def evaluate_protection(
         },
         "ground_truth": ground_truth,
         "folder": folder,
+        "clean_fingerprints": fingerprints,
     }
     record_run(samples, report, config)
     return report
@@ -245,18 +277,27 @@ def evaluate_protection(
 
 def _audit_victim(
     name, victim, settings, train, test, test_view, gt_field, targets, folder, run_key, seeds,
-    on_epoch,
+    on_epoch, reuse=None,
 ) -> VictimResult:  # fmt: skip
     """Train ``victim`` ``seeds`` times per variant (``train``: variant -> examples), predict
     the clean ``test`` examples, store the first seed's predictions and score each seed's
-    against ``gt_field``."""
+    against ``gt_field``. The clean variant comes from ``reuse`` (a :class:`CleanRun`)
+    when given."""
     started = time.monotonic()
     result = VictimResult(name, victim.metric, settings=_public(settings))
     dataset, ids = test_view._dataset, [example.sample_id for example in test]
     for variant, examples in train.items():
         pred_field = f"{run_key}_{name}_{variant}"
         scores = []
-        for k in range(seeds):
+        if variant == CLEAN and reuse is not None:
+            logger.info("%s: clean trainings taken from audit %r", name, reuse.run_key)
+            copy_predictions(
+                dataset, ids, reuse, pred_field, os.path.join(folder, CLEAN, "predictions")
+            )
+            victim.score(test_view, pred_field, gt_field, f"{pred_field}_eval", targets)
+            scores, result.chance = list(reuse.scores), reuse.chance
+            result.reused[variant] = reuse.run_key
+        for k in range(0 if scores else seeds):
             work = os.path.join(folder, variant if k == 0 else f"{variant}-seed{k}")
             run = dataclasses.replace(settings, seed=settings.seed + k)
             model = victim.train(examples, targets, run, work, on_epoch)

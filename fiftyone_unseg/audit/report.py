@@ -45,6 +45,8 @@ class VictimResult:
     chance: the metric of a trivial predictor (see the victim's module).
     fields / eval_keys: variant -> prediction field / FiftyOne evaluation key.
     settings: epochs, image_size, batch_size, lr it trained with.
+    reused: variant -> the earlier audit whose trainings it took (see
+      :mod:`fiftyone_unseg.audit.reuse`).
     """
 
     victim: str
@@ -57,6 +59,7 @@ class VictimResult:
     fields: dict = field(default_factory=dict)
     eval_keys: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    reused: dict = field(default_factory=dict)
 
     def ratio(self, variant: str) -> float | None:
         """score(variant) / score(clean); None when either is missing or clean is 0."""

@@ -1,0 +1,106 @@
+"""Clean trainings shared between audits of one dataset.
+
+A counter-measure never touches the clean images, so an audit under JPEG, blur or another
+attack trains exactly the clean victims that the plain audit trained. Each audit records
+a fingerprint of its clean trainings per victim (the training and test samples with
+their image bytes and labels, the targets, the settings, seeds and starting weights);
+a later audit with the same fingerprint takes the scores and a copy of the predictions
+instead of training again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import fiftyone as fo
+
+from fiftyone_unseg.audit.report import METHOD, load_report
+from fiftyone_unseg.audit.targets import Targets
+from fiftyone_unseg.audit.training import Example, Settings
+from fiftyone_unseg.io import atomic_write_bytes
+from fiftyone_unseg.protect import file_hash, label_hash
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanRun:
+    """An earlier audit's clean trainings of one victim."""
+
+    run_key: str
+    field: str  # its predictions of the first seed
+    scores: list  # one per seed
+    chance: float | None  # the victim's trivial predictor
+
+
+def examples_digest(train: list[Example], test: list[Example]) -> str:
+    """The clean training and test examples (ids, image bytes, labels), hashed (hex)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part, examples in (("train", train), ("test", test)):
+        digest.update(part.encode())
+        for example in examples:
+            labels = [label_hash(example.labels[f]) for f in sorted(example.labels)]
+            digest.update(f"{example.sample_id};{file_hash(example.image_path)};{labels}".encode())
+    return digest.hexdigest()
+
+
+def clean_fingerprint(
+    name: str, settings: Settings, seeds: int, weights: str | None, targets: Targets, data: str
+) -> str:
+    """What a victim's clean trainings and their scores depend on, hashed (hex); ``data``
+    is the :func:`examples_digest` of its examples."""
+    facts = {
+        "victim": name,
+        "settings": dataclasses.asdict(settings),
+        "seeds": seeds,
+        "weights": weights and file_hash(weights),
+        "targets": repr(targets),
+        "data": data,
+    }
+    return hashlib.blake2b(json.dumps(facts, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def find_clean_run(dataset: fo.Dataset, name: str, fingerprint: str) -> CleanRun | None:
+    """The latest audit of ``dataset`` whose clean trainings of victim ``name`` had
+    ``fingerprint`` and whose predictions are still there, if any."""
+    for run_key in reversed(dataset.list_runs(method=METHOD)):
+        recorded = getattr(dataset.get_run_info(run_key).config, "clean_fingerprints", None)
+        if (recorded or {}).get(name) != fingerprint:
+            continue
+        result = next(r for r in load_report(dataset, run_key).results if r.victim == name)
+        field = result.fields.get("clean")
+        if field and dataset.has_sample_field(field):
+            scores = result.runs.get("clean", [result.scores["clean"]])
+            return CleanRun(run_key, field, scores, result.chance)
+    return None
+
+
+def copy_predictions(dataset, ids, source: CleanRun, field: str, folder: str) -> None:
+    """``source``'s predictions on the samples ``ids`` as ``field``: labels without the
+    earlier evaluation's attributes, mask files copied into ``folder``."""
+    view = dataset.select(ids, ordered=True)
+    stale = f"{source.field}_eval"
+    copies = []
+    for label in view.values(source.field):
+        if label is not None:
+            label = _fresh(label, stale, folder)
+        copies.append(label)
+    dataset.set_values(field, dict(zip(view.values("id"), copies)), key_field="id")
+
+
+def _fresh(label, stale: str, folder: str):
+    """A copy of ``label`` with new ids, no ``stale*`` attributes and its mask file (if
+    any) copied into ``folder``."""
+    data = label.to_dict()
+    items = data.get("detections") or data.get("polylines") or [data]
+    for item in items:
+        item.pop("_id", None)
+        for key in [k for k in item if k.startswith(stale)]:
+            del item[key]
+        if item.get("mask_path"):
+            path = os.path.join(folder, os.path.basename(item["mask_path"]))
+            with open(item["mask_path"], "rb") as f:
+                atomic_write_bytes(f.read(), path)
+            item["mask_path"] = path
+    return fo.Label.from_dict(data)
