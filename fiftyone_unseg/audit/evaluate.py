@@ -107,9 +107,9 @@ def evaluate_protection(
         the victim's defaults: yolo 60 epochs at 256 px, sam 20 on 128 px object-centred
         crops (with a SAM checkpoint on whole images at its own size: 4 at 512 px or more,
         else 30), semantic 90 on random 256 px crops of the images at their own
-        resolution. ``epochs=0`` tests a SAM checkpoint as it is, without fine-tuning. Victims that resize
-        images down also blur fine noise away: compare ``px`` in the report with the
-        images' size (``image_side``).
+        resolution; ``epochs=0`` tests a SAM checkpoint as it is, without fine-tuning.
+        Victims that resize images down also blur fine noise away: compare ``px`` in the
+        report with the images' size (``image_side``).
       seed, device: training seed (the same for every variant) and torch device.
       seeds: train each victim and variant this many times (seeds ``seed``, ``seed + 1``,
         ...) and report the mean score and its spread (sample standard deviation): a
@@ -198,13 +198,8 @@ def evaluate_protection(
         name: find_clean_run(dataset, name, fingerprint) if reuse_clean else None
         for name, fingerprint in fingerprints.items()
     }
-    done, total = (
-        0,
-        seeds
-        * sum(
-            s.epochs * (len(variants) - (reused[name] is not None)) for name, s in settings.items()
-        ),
-    )
+    trainings = {name: len(variants) - (reused[name] is not None) for name in models}
+    done, total = 0, seeds * sum(s.epochs * trainings[name] for name, s in settings.items())
 
     def on_epoch() -> None:
         nonlocal done
