@@ -324,21 +324,26 @@ def _row_key(victim: str, args) -> str:
     return f"{victim}_finetuned" if _checkpoint(victim, args) else victim
 
 
-def _audit(dataset, victim: str, task: Task, baselines, stress, args, protected=True):
-    run_key = f"real_{victim}" + (f"_{stress}" if stress else "") + ("" if protected else "_0")
+def _audit(dataset, victim: str, task: Task, baselines, stress, args, untrained=False):
+    """``victim``'s audit on ``dataset`` (with ``untrained``: its starting weights alone,
+    on the clean test images)."""
+    run_key = f"real_{victim}" + (f"_{stress}" if stress else "") + ("_0" if untrained else "")
     checkpoint = _checkpoint(victim, args)
+    if untrained:
+        epochs = 0
+    else:  # a checkpoint fine-tunes for its victim's default epochs, unless told otherwise
+        epochs = args.epochs or (None if checkpoint else task.epochs)
     report = evaluate_protection(
         dataset,
         task.label_field,
         victims=[victim],
-        protected_field="protected_filepath" if protected else None,
+        protected_field=None if untrained else "protected_filepath",
         baselines=baselines,
         countermeasure=STRESS[stress] if stress else None,
-        # a checkpoint fine-tunes for its victim's default epochs, unless told otherwise
-        epochs=args.epochs or (None if checkpoint else task.epochs),
+        epochs=epochs,
         image_size=_image_size(task, args),
         seed=args.victim_seed,
-        seeds=args.seeds,
+        seeds=1 if untrained else args.seeds,
         sam_checkpoint=checkpoint,
         run_key=run_key,
         progress=tqdm_progress(run_key, unit="epoch"),
@@ -348,8 +353,7 @@ def _audit(dataset, victim: str, task: Task, baselines, stress, args, protected=
 
 def _pretrained_score(dataset, victim: str, task: Task, args) -> float:
     """The checkpoint's own score on ``victim``'s test images: no training at all."""
-    untrained = argparse.Namespace(**{**vars(args), "epochs": 0, "seeds": 1})
-    return _audit(dataset, victim, task, (), None, untrained, protected=False).scores["clean"]
+    return _audit(dataset, victim, task, (), None, args, untrained=True).scores["clean"]
 
 
 def _summary(result, baselines, args) -> dict:

@@ -111,6 +111,7 @@ def test_a_sam_pretrained_on_other_photos_is_fine_tuned_and_scored_before_and_af
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
     assert row["checkpoint"] == {"name": "sam_point.pth", "sha256": digest}
     assert 0 <= row["pretrained"] <= 1 and "before any fine-tuning" in proc.stdout
+    assert row["pretrained"] != row["clean"]  # the weights alone, then fine-tuned on clean
     assert row["settings"] == {"epochs": 1, "image_size": 64, "batch_size": 16, "lr": 1e-4}
 
 
