@@ -11,7 +11,7 @@ QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
 DATA ?= ../shared/data
 
-.PHONY: install demo test lint bench clean default-generator robust-generator
+.PHONY: install demo test lint bench clean default-generator robust-generator sam-victim
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -67,6 +67,14 @@ robust-generator: install
 	mkdir -p fiftyone_unseg/weights/robust
 	cp runs/robust/generator/model.safetensors runs/robust/generator/config.json \
 		fiftyone_unseg/weights/robust/
+
+# A pretrained interactive victim (no SAM weights can be downloaded here): the tiny SAM
+# layout trained with one click per object on clean ECSSD and COCO's training part, never
+# the pets; `python benchmarks/real_effectiveness.py --victims sam_point --sam-checkpoint
+# runs/victims/sam_point_pretrained.pth` fine-tunes it on the clean and protected pets.
+sam-victim: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/pretrained_sam.py --data $(DATA) --epochs 150 \
+		--out runs/victims/sam_point_pretrained.pth
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

@@ -305,7 +305,8 @@ def test_sam_victim_loads_official_checkpoints(tmp_path):
         SamVictim(str(tmp_path / "other.pth"))
 
 
-def test_a_pretrained_sam_is_tested_as_it_is_with_zero_epochs(sample_dataset, tmp_path):
+def test_a_pretrained_sam_is_tested_as_it_is_with_zero_epochs(tmp_path):
+    dataset = _dataset("audit-pretrained")  # the shared sample dataset must stay unaudited
     config = dataclasses.replace(generator_configs["tiny"], img_size=SIZE)
     torch.manual_seed(1)
     path = tmp_path / "pretrained.pth"
@@ -314,11 +315,11 @@ def test_a_pretrained_sam_is_tested_as_it_is_with_zero_epochs(sample_dataset, tm
     # a small checkpoint fine-tunes in batches at a rate between scratch and official SAMs
     assert victim.defaults() == {"epochs": 30, "image_size": SIZE, "batch_size": 16, "lr": 1e-4}
     report = evaluate_protection(
-        sample_dataset, "instances", victims=["sam_point"], protected_field=None, epochs=0,
+        dataset, "instances", victims=["sam_point"], protected_field=None, epochs=0,
         sam_checkpoint=str(path), run_key="as_is",
     )  # fmt: skip
     assert report.results[0].settings["epochs"] == 0
-    test = sample_dataset.match_tags("test")
+    test = dataset.match_tags("test")
     model = build_prompted_sam(victim.config, path).eval()
     model.prior_size = (0.5, 0.5)
     settings = Settings(0, SIZE, 16, 1e-4)
@@ -329,7 +330,7 @@ def test_a_pretrained_sam_is_tested_as_it_is_with_zero_epochs(sample_dataset, tm
     for got, want in zip(stored, expected):
         assert [d.iou for d in got.detections] == [d.iou for d in want.detections]
     with pytest.raises(ValueError, match="starting weights"):  # nothing to test without one
-        evaluate_protection(sample_dataset, "instances", victims=["sam_point"], epochs=0)
+        evaluate_protection(dataset, "instances", victims=["sam_point"], epochs=0)
 
 
 def test_miou_and_its_trivial_predictor():
