@@ -39,7 +39,7 @@ from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG
 NUM_IMAGES = 32
 IMAGE_SIZE = 512
 BATCH_SIZE = 8
-ROUNDS = 3
+ROUNDS = 5
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

@@ -2,12 +2,17 @@
 
 import dataclasses
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
 BAND_PIXELS = 1 << 20  # large images are handled in bands of rows about this large
+# Bands for the per-pixel arithmetic of composing and measuring: temporaries this small
+# stay in the cache and in the allocator's heap (no page faults for fresh memory).
+CACHE_BAND_PIXELS = 1 << 17
+_CV_CHANNELS = 128  # the most channels OpenCV's Python resize takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,25 +84,45 @@ class Frame:
     def from_model(self, noise: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """CxNxN in the padded model frame (any N, e.g. the generator's S/4) -> CxHxW, or
         only the output ``rows`` of it (Cx(rows)xW: large images are done in bands, so the
-        full-resolution result never has to exist at once)."""
-        full = F.interpolate(
-            noise[None], (self.size, self.size), mode="bilinear", align_corners=False
-        )
+        full-resolution result never has to exist at once). Float32, a channels-last view."""
+        return self.from_region(self.region_of(noise), rows)
+
+    def region_of(self, noise: torch.Tensor) -> np.ndarray:
+        """CxNxN in the padded model frame -> the image's region of it upsampled to SxS,
+        hxwxC float32 (what :meth:`from_region` resizes to the image, band by band)."""
+        hwc = noise.detach().to(torch.float32).permute(1, 2, 0).numpy()
         h, w = self.region()
-        crop = full[0, :, :h, :w]
-        low, high, frac = _bilinear_taps(h, self.height, rows or slice(0, self.height))
-        lower = crop.index_select(1, low)
-        band = lower.add_(crop.index_select(1, high).sub_(lower).mul_(frac[:, None]))
-        # Across, torch's own bilinear resize; down it keeps the band's rows as they are.
-        return F.interpolate(
-            band[None], (band.shape[1], self.width), mode="bilinear", align_corners=False
-        )[0]
+        return _resize(hwc, self.size, self.size)[:h, :w]
+
+    def from_region(self, region: np.ndarray, rows: slice | None = None) -> torch.Tensor:
+        """:meth:`region_of`'s hxwxC -> CxHxW, or its output ``rows``: SAM's
+        ``postprocess_masks``, torch's bilinear resize (``align_corners=False``) computed by
+        OpenCV's, the same values to float rounding, about 25x as fast channels-last."""
+        low, high, frac = _bilinear_taps(len(region), self.height, rows or slice(0, self.height))
+        lower = region[low.numpy()]
+        band = lower + (region[high.numpy()] - lower) * frac.numpy()[:, None, None]
+        # Across, the same resize; down, the band keeps its rows as they are.
+        return torch.from_numpy(_resize(band, band.shape[0], self.width)).permute(2, 0, 1)
 
 
-def row_bands(height: int, width: int) -> list[slice]:
-    """Row slices covering ``height`` rows of ``width`` pixels, about ``BAND_PIXELS``
-    pixels each; none shorter than 16 rows unless the image is."""
-    step = max(16, BAND_PIXELS // max(width, 1))
+def _resize(hwc: np.ndarray, height: int, width: int) -> np.ndarray:
+    """HxWxC float32 -> height x width x C, bilinear with half-pixel centres (torch's
+    ``align_corners=False``, no antialiasing), OpenCV's, at most 128 channels at a time."""
+    parts = [
+        cv2.resize(
+            np.ascontiguousarray(hwc[..., c : c + _CV_CHANNELS]),
+            (width, height),
+            interpolation=cv2.INTER_LINEAR,
+        ).reshape(height, width, -1)
+        for c in range(0, max(hwc.shape[2], 1), _CV_CHANNELS)
+    ]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+
+def row_bands(height: int, width: int, pixels: int = BAND_PIXELS) -> list[slice]:
+    """Row slices covering ``height`` rows of ``width`` pixels, about ``pixels`` pixels
+    each; none shorter than 16 rows unless the image is."""
+    step = max(16, pixels // max(width, 1))
     edges = [*range(0, height, step), height]
     if len(edges) > 2 and edges[-1] - edges[-2] < 16:
         del edges[-2]

@@ -51,7 +51,7 @@ from fiftyone_unseg import io as uio
 from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.class_keys import ClassKeys, default_class_key
 from fiftyone_unseg.device import resolve_device
-from fiftyone_unseg.geometry import Frame, row_bands
+from fiftyone_unseg.geometry import CACHE_BAND_PIXELS, Frame, row_bands
 from fiftyone_unseg.io import encode_marked, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
 from fiftyone_unseg.modeling import NoiseGenerator
@@ -588,7 +588,8 @@ def _recorded(columns: list, i: int) -> tuple:
 def _overlaps(device) -> bool:
     """Whether workers read and write while the generator runs: on a GPU; on the CPU they
     would share its cores with it, so the two take turns, each on every core (2 cores, a
-    7x costlier generator than the default: 1.4x its bare forward time against 2.1x)."""
+    7x costlier generator than the default: 1.4x its bare forward time against 2.1x when
+    the generator had half the cores; 1.2x since the workers got faster)."""
     return torch.device(device).type != "cpu"
 
 
@@ -859,10 +860,11 @@ def _compose(
     """The protected image, HxWx3 uint8: clamp(original + noise * eps map), in row bands;
     ``keys`` mix the class textures into the noise first."""
     out = np.empty(item.image.shape, np.uint8)
-    for rows in row_bands(item.frame.height, item.frame.width):
+    region = item.frame.region_of(noise)
+    for rows in row_bands(item.frame.height, item.frame.width, CACHE_BAND_PIXELS):
         image = torch.from_numpy(item.image[rows]).permute(2, 0, 1)[None]
         objects = torch.from_numpy(item.segments[rows] > 0)[None, None]
-        full = item.frame.from_model(noise, rows)  # 3 x rows x W
+        full = item.frame.from_region(region, rows)  # 3 x rows x W
         if keys is not None:
             full = keys.apply(full, item.segments[rows], item.names, rows.start)
         full = full[None]
@@ -882,7 +884,7 @@ def _measure(original: np.ndarray, protected: np.ndarray) -> dict:
     pad = _SSIM_WINDOW // 2
     windowed = min(height, width) >= _SSIM_WINDOW
     linf, squared, ssim = 0.0, 0.0, 0.0
-    for rows in row_bands(height, width):
+    for rows in row_bands(height, width, CACHE_BAND_PIXELS):
         lo, hi = max(rows.start, pad) - pad, min(rows.stop, height - pad) + pad
         x = original[lo:hi].astype(np.float32, copy=False)
         y = protected[lo:hi].astype(np.float32)

@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 
+import cv2
 import fiftyone as fo
 import numpy as np
 import pytest
@@ -153,6 +154,7 @@ def test_large_images_are_composed_in_bands_with_bounded_memory(tmp_path, genera
     Image.fromarray(np.broadcast_to(ramp, (height, width))).convert("RGB").save(path, quality=50)
     script = f"""
 import resource, sys
+import cv2
 import fiftyone as fo
 import importlib
 p = importlib.import_module("fiftyone_unseg.protect")
@@ -273,6 +275,25 @@ def test_unmarked_bytes_keep_the_pixels_and_drop_only_the_owner(tmp_path, image_
         io.read_rgb(str(tmp_path / f"marked.{image_format}")),
     )
     assert io.unmarked(b"not an image") == b"not an image"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1, 3), (7, 1, 3), (3, 5), (1100, 977, 3), (2100, 600)],  # the last two: two bands each
+)
+def test_written_pngs_decode_to_the_exact_pixels_everywhere(tmp_path, shape):
+    pixels = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    pixels[: shape[0] // 2] //= 16  # runs and repeats, not only noise, for the compressor
+    path = tmp_path / "x.png"
+    path.write_bytes(io.encode_marked(pixels, "owner-1"))
+    with Image.open(path) as im:
+        im.verify()  # every chunk's CRC and the zlib stream's checksum
+    with Image.open(path) as im:
+        assert im.mode == ("RGB" if len(shape) == 3 else "L")
+        assert np.array_equal(np.asarray(im), pixels)
+    decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # libpng, strict about chunks
+    assert np.array_equal(decoded[..., ::-1] if len(shape) == 3 else decoded, pixels)
+    assert io.marker(str(path)) == "owner-1"
 
 
 def test_an_unusable_lock_folder_is_refused_up_front(tmp_path, generators, monkeypatch):  # noqa: F811
