@@ -90,7 +90,7 @@ class Frame:
     def region_of(self, noise: torch.Tensor) -> np.ndarray:
         """CxNxN in the padded model frame -> the image's region of it upsampled to SxS,
         hxwxC float32 (what :meth:`from_region` resizes to the image, band by band)."""
-        hwc = noise.detach().to(torch.float32).permute(1, 2, 0).numpy()
+        hwc = noise.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy()
         h, w = self.region()
         return _resize(hwc, self.size, self.size)[:h, :w]
 
