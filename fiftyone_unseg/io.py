@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 MARKER_KEY = "unseg-sample-id"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_BAND_BYTES = 1 << 20  # image bytes filtered and compressed at a time
 # Write errors that no other file of the run would escape: stop instead of trying the rest.
 OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 _TEMP_SUFFIX = ".unseg-tmp"
@@ -203,7 +204,7 @@ def _encode_png(image: np.ndarray, owner: str) -> bytes:
     parts.append(
         _png_chunk(b"tEXt", MARKER_KEY.encode("latin-1") + b"\0" + owner.encode("latin-1"))
     )
-    rows_per_band = max(1, (1 << 20) // max(width, 1))
+    rows_per_band = max(1, _PNG_BAND_BYTES // (width * channels))
     filtered = np.empty((min(rows_per_band, height), width * channels + 1), np.uint8)
     for top in range(0, height, rows_per_band):
         band = flat[top : top + rows_per_band]

@@ -154,7 +154,6 @@ def test_large_images_are_composed_in_bands_with_bounded_memory(tmp_path, genera
     Image.fromarray(np.broadcast_to(ramp, (height, width))).convert("RGB").save(path, quality=50)
     script = f"""
 import resource, sys
-import cv2
 import fiftyone as fo
 import importlib
 p = importlib.import_module("fiftyone_unseg.protect")
@@ -279,7 +278,7 @@ def test_unmarked_bytes_keep_the_pixels_and_drop_only_the_owner(tmp_path, image_
 
 @pytest.mark.parametrize(
     "shape",
-    [(1, 1, 3), (7, 1, 3), (3, 5), (1100, 977, 3), (2100, 600)],  # the last two: two bands each
+    [(1, 1, 3), (7, 1, 3), (3, 5), (1100, 977, 3), (2100, 600)],  # the last two: several bands each
 )
 def test_written_pngs_decode_to_the_exact_pixels_everywhere(tmp_path, shape):
     pixels = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
