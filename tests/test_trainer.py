@@ -424,6 +424,10 @@ def test_cli_sets_any_config_field(tmp_path, capsys):
     assert "eps_train must be float or int, got 'abc'" in capsys.readouterr().err
     assert main([*bad, "eps_bg_generate=0.1"]) == 2  # above eps_generate
     assert "0 <= eps_bg <= eps" in capsys.readouterr().err
+    assert main([*bad, "max_steps=5", "--max-steps", "7"]) == 2
+    assert (
+        "--set max_steps=5 contradicts --max-steps 7: give one of them" in capsys.readouterr().err
+    )
     assert not (tmp_path / "bad").exists()
     assert main(args) == 2
     assert "--resume, start over with --overwrite" in capsys.readouterr().err

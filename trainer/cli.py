@@ -24,11 +24,16 @@ def _cmd_train(args) -> int:
         "init": args.init,
     }
     for item in args.set or []:
-        key, _, value = item.partition("=")
+        key, _, text = item.partition("=")
         try:
-            overrides[key] = json.loads(value)
+            value = json.loads(text)
         except json.JSONDecodeError:
-            overrides[key] = value
+            value = text
+        flag = overrides.get(key)
+        if flag is not None and flag != value:  # e.g. --max-steps 2400 --set max_steps=1200
+            option = f"--{key.replace('_', '-')}"
+            raise ValueError(f"--set {key}={text} contradicts {option} {flag}: give one of them")
+        overrides[key] = value
     cfg = load_config(args.config, **overrides)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
