@@ -33,7 +33,7 @@ so the victims see the noise at the images' own resolution.
 
 Then the stress tests (``--stress``) for the semantic victim: protected, pattern and
 clean images (``none``) through JPEG 75, Gaussian blur sigma 1 and half-scale
-before training; the informed ones on request (JPEG 90, grayscale, median 3x3, a
+before training (by default when the stress victim is among ``--victims``); the informed ones on request (JPEG 90, grayscale, median 3x3, a
 bilateral "purification", quarter-scale, and ``class_texture``: each class's mean
 texture on the generator's patch grid, estimated with the labels over the training
 images and subtracted, :mod:`fiftyone_unseg.audit.class_texture`); ``--stress-victim
@@ -136,7 +136,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--victims", nargs="*", choices=list(TASKS), default=["semantic", "yolo", "sam_point"]
     )
-    parser.add_argument("--stress", nargs="*", choices=list(STRESS), default=list(DEFAULT_STRESS))
+    parser.add_argument(
+        "--stress",
+        nargs="*",
+        choices=list(STRESS),
+        help=f"counter-measures (default: {' '.join(DEFAULT_STRESS)} when --stress-victim is "
+        "among --victims, else none)",
+    )
     parser.add_argument("--stress-victim", choices=list(TASKS), default="semantic")
     parser.add_argument(
         "--stress-baselines",
@@ -207,6 +213,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--add-seeds adds to what --out holds: give --update too")
     if args.quick:
         args.epochs = 1
+    if args.stress is None:  # `--victims sam_point` alone must not train semantic stress rows
+        args.stress = list(DEFAULT_STRESS) if args.stress_victim in args.victims else []
+        if not args.stress:
+            print(f"no stress rows: --stress-victim {args.stress_victim} is not among --victims")
     return args
 
 

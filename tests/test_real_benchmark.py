@@ -80,12 +80,14 @@ def test_a_quick_run_on_real_photos_writes_the_table_and_json(tmp_path):
 def test_image_size_sets_every_victims_input_and_the_published_side(tmp_path):
     out = tmp_path / "real.json"
     proc = _bench(
-        "--quick", "--victims", "sam_point", "--stress", "--baselines", "--seeds", "1",
+        "--quick", "--victims", "sam_point", "--baselines", "--seeds", "1",
         "--image-size", "64", "--out", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["victims"]["sam_point"]["settings"]["image_size"] == 64
+    # no --stress: the default counter-measures are the semantic victim's, not asked for here
+    assert results["stress"] == {} and "no stress rows: --stress-victim semantic" in proc.stdout
     assert results["data"]["pets"] == {"train": 8, "test": 8, "published_side": 64}
 
 
