@@ -1,8 +1,9 @@
 """Adapt the shipped generator to one dataset before protecting it.
 
-:func:`adapt_generator` runs ``unseg train --config adapt`` (the trainer, in its own
-process: this package never imports it) on the dataset's label field and returns the
-adapted generator's folder, which ``protect(..., generator=...)`` takes.
+:func:`adapt_generator` runs ``unseg train --config adapt`` (or another recipe of
+:data:`RECIPES`; the trainer, in its own process: this package never imports it) on the
+dataset's label field and returns the adapted generator's folder, which
+``protect(..., generator=...)`` takes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import time
 
 from fiftyone_unseg.io import safe_name
 
-STEPS = 600  # the adapt config's bilevel steps (about 10 minutes on an idle 2-core CPU)
+# trainer/configs/<recipe>.json -> its bilevel steps: a fresh surrogate every block (about
+# 10 minutes on an idle 2-core CPU), or one that keeps learning (about 40 minutes on one
+# core; on the pets it kept YOLO's protection through JPEG 75, docs/GENERATOR_HISTORY.md)
+RECIPES = {"adapt": 600, "adapt_learning": 2400}
 ADAPT_VIEW = "unseg-adapt"  # the saved view a view of samples is trained through
 _POLL_S = 2.0
 
@@ -32,11 +36,12 @@ def adapt_generator(
     samples,
     label_field: str,
     output_dir: str | None = None,
-    steps: int = STEPS,
+    steps: int | None = None,
     init: str = "default",
     device: str = "cpu",
     seed: int = 0,
     progress=None,
+    recipe: str = "adapt",
 ) -> str:
     """Fine-tune a trained generator on ``samples``' ``label_field``; returns the folder
     of the adapted generator (``<output_dir>/generator``).
@@ -48,12 +53,17 @@ def adapt_generator(
       output_dir: the training run's folder (metrics, checkpoints, the generator); default
         :func:`default_output_dir`. A stopped run in it resumes; one with other settings
         is replaced.
-      steps, init, device, seed: the training's length (bilevel steps), starting
-        generator ("default" or a checkpoint folder), torch device and seed.
+      steps, init, device, seed: the training's length (bilevel steps; None: the
+        recipe's own), starting generator ("default" or a checkpoint folder), torch
+        device and seed.
+      recipe: a key of :data:`RECIPES`, the trainer config to adapt with.
       progress: optional ``progress(done, total)`` callable, in steps.
 
     Raises RuntimeError with the trainer's last lines if it fails.
     """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown adaptation recipe {recipe!r}: choose one of {list(RECIPES)}")
+    steps = RECIPES[recipe] if steps is None else steps
     dataset = samples._dataset
     source = dataset.name
     if samples is not dataset:
@@ -61,7 +71,7 @@ def adapt_generator(
         source = f"{dataset.name}@{ADAPT_VIEW}"
     out = os.path.abspath(output_dir or default_output_dir(dataset.name))
     command = [
-        sys.executable, "-m", "trainer.cli", "train", "--config", "adapt",
+        sys.executable, "-m", "trainer.cli", "train", "--config", recipe,
         "--init", init, "--data", f"fiftyone:{source}:{label_field}", "--out", out,
         "--max-steps", str(steps), "--device", device, "--seed", str(seed),
     ]  # fmt: skip

@@ -60,12 +60,39 @@ def test_adapting_needs_data_and_an_existing_generator(sample_dataset, tmp_path)
         load_config("adapt", init="nowhere/").generator_config()
 
 
+def test_each_adaptation_recipe_is_a_shipped_config_of_its_stated_length(sample_dataset):
+    from fiftyone_unseg.adapt import RECIPES, adapt_generator
+
+    for recipe, steps in RECIPES.items():
+        cfg = load_config(recipe)
+        assert cfg.init == "default" and cfg.max_steps == steps
+    assert load_config("adapt_learning").surrogate_reset_every == 0  # the learning one
+    with pytest.raises(ValueError, match="unknown adaptation recipe 'fast'"):
+        adapt_generator(sample_dataset, "instances", recipe="fast")
+
+
+def test_the_app_form_offers_each_recipe_with_its_own_length(sample_dataset):
+    from fiftyone.operators.executor import ExecutionContext
+
+    operator = foo.get_operator("@unseg/unseg/adapt_generator")
+    for recipe, steps in (("adapt", 600), ("adapt_learning", 2400)):
+        params = {"label_field": "instances", "recipe": recipe}
+        ctx = ExecutionContext({"dataset_name": sample_dataset.name, "params": params})
+        fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+        assert fields["steps"]["default"] == steps
+        choices = [c["value"] for c in fields["recipe"]["view"]["choices"]]
+        assert choices == ["adapt", "adapt_learning"]
+
+
 def test_the_app_operator_adapts_in_a_trainer_process_and_reports_progress(
     sample_dataset, tmp_path
 ):
     dataset = sample_dataset.clone()  # the operator saves a view on it
     out = tmp_path / "adapted"
-    params = {"label_field": "instances", "steps": 2, "output_dir": str(out), "init": "robust"}
+    params = {
+        "label_field": "instances", "steps": 2, "output_dir": str(out), "init": "robust",
+        "recipe": "adapt_learning",
+    }  # fmt: skip
     result = foo.execute_operator(
         "@unseg/unseg/adapt_generator",
         ctx={"view": dataset.limit(12),
@@ -74,7 +101,8 @@ def test_the_app_operator_adapts_in_a_trainer_process_and_reports_progress(
     assert result.error is None, result.error
     adapted = load_generator(result.result["generator"])
     assert adapted.config == load_generator("robust").config
-    assert adapted.metadata["train_config"]["init"] == "robust"  # the form's choice
+    assert adapted.metadata["train_config"]["init"] == "robust"  # the form's choices
+    assert adapted.metadata["train_config"]["surrogate_reset_every"] == 0  # adapt_learning
     assert os.path.isfile(out / "metrics.csv") and os.path.isfile(f"{out}.log")
     assert dataset.has_saved_view("unseg-adapt")  # the view the trainer read
     assert len(dataset.load_saved_view("unseg-adapt")) == 12

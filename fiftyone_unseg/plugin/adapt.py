@@ -3,7 +3,7 @@
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_unseg.adapt import STEPS, adapt_generator, default_output_dir
+from fiftyone_unseg.adapt import RECIPES, adapt_generator, default_output_dir
 from fiftyone_unseg.plugin.forms import label_field_form
 from fiftyone_unseg.plugin.progress import app_progress
 
@@ -30,11 +30,30 @@ class AdaptGenerator(foo.Operator):
         )
         if not ok:
             return form
+        recipes = types.RadioGroup()
+        recipes.add_choice(
+            "adapt",
+            label=f"Fresh surrogate every block ({RECIPES['adapt']} steps, about 10 minutes)",
+        )
+        recipes.add_choice(
+            "adapt_learning",
+            label=f"Surrogate that keeps learning ({RECIPES['adapt_learning']} steps, about "
+            "40 minutes; on the pets it kept YOLO's protection through JPEG 75)",
+        )
+        inputs.enum(
+            "recipe",
+            recipes.values(),
+            label="Recipe",
+            view=recipes,
+            default="adapt",
+            description="Run it delegated; audit the result before relying on it",
+        )
+        recipe = ctx.params.get("recipe") or "adapt"
         inputs.int(
             "steps",
             label="Training steps",
-            description=f"{STEPS}: about 10 minutes on a 2-core CPU (run it delegated)",
-            default=STEPS,
+            description=f"the recipe's own: {RECIPES[recipe]}",
+            default=RECIPES[recipe],
             min=2,
         )
         inputs.str(
@@ -60,7 +79,8 @@ class AdaptGenerator(foo.Operator):
             ctx.target_view(),
             params["label_field"],
             output_dir=params.get("output_dir") or None,
-            steps=params.get("steps", STEPS),
+            steps=params.get("steps"),
+            recipe=params.get("recipe") or "adapt",
             init=params.get("init") or "default",
             device=params.get("device", "cpu"),
             progress=app_progress(ctx, "steps"),
