@@ -33,8 +33,9 @@ so the victims see the noise at the images' own resolution.
 
 Then the stress tests (``--stress``) for the semantic victim: protected, pattern and
 clean images (``none``) through JPEG 75, Gaussian blur sigma 1 and half-scale
-before training (by default when the stress victim is among ``--victims``); the informed ones on request (JPEG 90, grayscale, median 3x3, a
-bilateral "purification", quarter-scale, and ``class_texture``: each class's mean
+before training (by default when the stress victim is among ``--victims``); the
+informed ones on request (JPEG 90, grayscale, median 3x3, a bilateral
+"purification", quarter-scale, and ``class_texture``: each class's mean
 texture on the generator's patch grid, estimated with the labels over the training
 images and subtracted, :mod:`fiftyone_unseg.audit.class_texture`); ``--stress-victim
 yolo`` measures them on another victim, kept as ``yolo_jpeg75`` and so on. ``ratio`` =

@@ -18,7 +18,8 @@ from fiftyone_unseg.io import safe_name
 
 # trainer/configs/<recipe>.json -> its bilevel steps: a fresh surrogate every block (about
 # 10 minutes on an idle 2-core CPU), or one that keeps learning (about 40 minutes on one
-# core; on the pets it kept YOLO's protection through JPEG 75, docs/GENERATOR_HISTORY.md)
+# core; on the pets it kept YOLO's protection through JPEG 75, blur and half-scale,
+# docs/GENERATOR_HISTORY.md)
 RECIPES = {"adapt": 600, "adapt_learning": 2400}
 ADAPT_VIEW = "unseg-adapt"  # the saved view a view of samples is trained through
 _POLL_S = 2.0

@@ -38,7 +38,7 @@ class AdaptGenerator(foo.Operator):
         recipes.add_choice(
             "adapt_learning",
             label=f"Surrogate that keeps learning ({RECIPES['adapt_learning']} steps, about "
-            "40 minutes; on the pets it kept YOLO's protection through JPEG 75)",
+            "40 minutes; on the pets it kept YOLO's protection through JPEG, blur, resizing)",
         )
         inputs.enum(
             "recipe",
