@@ -63,9 +63,13 @@ def test_adapting_needs_data_and_an_existing_generator(sample_dataset, tmp_path)
 def test_each_adaptation_recipe_is_a_shipped_config_of_its_stated_length(sample_dataset):
     from fiftyone_unseg.adapt import RECIPES, adapt_generator
 
+    default_recipe = load_generator().metadata["train_config"]
     for recipe, steps in RECIPES.items():
         cfg = load_config(recipe)
         assert cfg.init == "default" and cfg.max_steps == steps
+        # the default's noise is specific to each image; adapting must not trade that for
+        # one texture repeated over the dataset, which an informed trainer subtracts
+        assert cfg.shared_texture_weight == default_recipe["shared_texture_weight"] > 0
     assert load_config("adapt_learning").surrogate_reset_every == 0  # the learning one
     with pytest.raises(ValueError, match="unknown adaptation recipe 'fast'"):
         adapt_generator(sample_dataset, "instances", recipe="fast")
