@@ -9,6 +9,7 @@ dataset's label field and returns the adapted generator's folder, which
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -83,6 +84,16 @@ def adapt_generator(
             raise
         _run([*command, "--overwrite"], out, steps, progress)  # another training's folder
     return os.path.join(out, "generator")
+
+
+def training_warnings(generator_dir: str) -> list:
+    """What the training that wrote ``generator_dir`` warned about (its ``summary.json``),
+    e.g. a surrogate that never learned the masks; [] where it recorded none."""
+    try:
+        with open(os.path.join(os.path.dirname(generator_dir), "summary.json")) as f:
+            return json.load(f).get("warnings", [])
+    except (OSError, ValueError):
+        return []
 
 
 def _run(command: list, out: str, steps: int, progress) -> None:

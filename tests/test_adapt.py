@@ -1,6 +1,7 @@
 """Adapting the shipped generator to one's own data (``unseg train --config adapt``)."""
 
 import dataclasses
+import json
 import os
 
 import fiftyone.operators as foo
@@ -108,5 +109,7 @@ def test_the_app_operator_adapts_in_a_trainer_process_and_reports_progress(
     assert adapted.metadata["train_config"]["init"] == "robust"  # the form's choices
     assert adapted.metadata["train_config"]["surrogate_reset_every"] == 0  # adapt_learning
     assert os.path.isfile(out / "metrics.csv") and os.path.isfile(f"{out}.log")
+    with open(out / "summary.json") as f:  # what the training warned about, in the App
+        assert result.result["warnings"] == "\n".join(json.load(f)["warnings"])
     assert dataset.has_saved_view("unseg-adapt")  # the view the trainer read
     assert len(dataset.load_saved_view("unseg-adapt")) == 12

@@ -435,6 +435,37 @@ def test_cli_sets_any_config_field(tmp_path, capsys):
     assert [r["step"] for r in _metrics(out)] == ["2"]
 
 
+def test_a_surrogate_that_predicts_nothing_is_reported(tmp_path, capsys):
+    """A surrogate that predicts no mask on clean images (a U-Net driven to empty masks by
+    a far too high learning rate) makes the run warn at the first evaluation after two of
+    its phases and at the end, in the log, the summary and the CLI's output; a surrogate
+    that restarts every block is judged at the end only, and one that predicts masks never."""
+    from fiftyone_unseg.adapt import training_warnings
+    from trainer.cli import main
+
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    dead = micro_config(surrogate="cnn", surrogate_lr=1.0, max_steps=12, val_every=2)
+    cfg_path = tmp_path / "dead.json"
+    cfg_path.write_text(json.dumps(dead.to_dict()))
+    assert main(["train", "--config", str(cfg_path), "--out", str(tmp_path / "dead")]) == 0
+    ious = [float(r["iou_val_clean"]) for r in _metrics(tmp_path / "dead") if r["iou_val_clean"]]
+    assert len(ious) == 6 and max(ious) < 0.01  # what the warning is about
+    with open(tmp_path / "dead" / "summary.json") as f:
+        warnings = json.load(f)["warnings"]
+    assert [w.split(":")[0] for w in warnings] == ["step 6", "step 12"]  # 2 + 2 steps a block
+    assert "after 4 surrogate steps" in warnings[0] and "surrogate_lr=3e-01" in warnings[0]
+    assert f"Warning: {warnings[0]}" in capsys.readouterr().out
+    assert training_warnings(str(tmp_path / "dead" / "generator")) == warnings  # the App's
+    assert training_warnings(str(tmp_path / "nowhere" / "generator")) == []
+    restarting = dataclasses.replace(dead, surrogate_reset_every=1)
+    summary = Trainer(restarting, str(tmp_path / "restarting"), ctx).run()
+    assert [w.split(":")[0] for w in summary["warnings"]] == ["step 12"]
+    assert "after 2 surrogate steps" in summary["warnings"][0]
+    learning = dataclasses.replace(dead, surrogate=MICRO, surrogate_lr=1e-4)
+    summary = Trainer(learning, str(tmp_path / "ok"), ctx).run()
+    assert summary["iou_val_clean"] >= 0.01 and summary["warnings"] == []
+
+
 def test_prompts_follow_the_mask():
     masks = torch.zeros(2, 1, 64, 64)
     masks[0, 0, 10:30, 20:50] = 1

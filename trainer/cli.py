@@ -45,6 +45,8 @@ def _cmd_train(args) -> int:
         print(
             f"Generator: {summary['generator']} (unseg protect --generator {summary['generator']})"
         )
+        for warning in summary["warnings"]:
+            print(f"Warning: {warning}")
         if summary["skipped_pairs"]:
             print(f"Skipped {len(summary['skipped_pairs'])} unreadable pairs:")
             print(json.dumps(summary["skipped_pairs"], indent=2))

@@ -70,6 +70,9 @@ RUN_OUTPUTS = (
     "summary.json",
     "train_config.json",
 )
+# A surrogate whose box-prompted IoU on clean validation images stays under this predicts
+# (almost) nothing: the generator then learns against a model that never learned the masks.
+DEAD_SURROGATE_IOU = 0.01
 
 
 def resize_masks(masks: torch.Tensor, side: int) -> torch.Tensor:
@@ -115,6 +118,16 @@ class Schedule:
 
     def lr_factor(self, step: int, gamma: float) -> float:
         return gamma if step - self.pretrain >= self.lr_drop else 1.0
+
+    def surrogate_steps(self, done: int, reset_every: int) -> int:
+        """Surrogate steps among the first ``done`` steps since the surrogate last started
+        afresh (every ``reset_every`` blocks; 0: never)."""
+        if done <= self.pretrain:
+            return 0
+        block = self.block(done - 1)
+        first = (block // reset_every) * reset_every if reset_every else 0
+        into = done - self.pretrain - block * (self.surrogate + self.generator)
+        return (block - first) * self.surrogate + min(into, self.surrogate)
 
 
 class Trainer:
@@ -177,6 +190,7 @@ class Trainer:
         self.opt_generator = None
         self.stage = None
         self.step = 0
+        self.warnings = []  # what the run's summary warns about (see _watch_surrogate)
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -381,6 +395,24 @@ class Trainer:
         self.generator.train()
         self.surrogate.train()
         return results
+
+    def _watch_surrogate(self, scores: dict, done: bool) -> None:
+        """Warn (log and summary) when the surrogate predicts nothing on clean images: at the
+        first evaluation after two of its phases since it started, and at the end."""
+        split = "val" if "iou_val_clean" in scores else "train"
+        iou = scores[f"iou_{split}_clean"]
+        trained = self.schedule.surrogate_steps(self.step, self.cfg.surrogate_reset_every)
+        due = done or (trained >= 2 * self.schedule.surrogate and not self.warnings)
+        if not trained or not due or iou >= DEAD_SURROGATE_IOU:
+            return
+        message = (
+            f"step {self.step}: the surrogate predicts nothing on clean {split} images (IoU "
+            f"{iou:.3f} after {trained} surrogate steps since it started), so the generator "
+            "learns against a model that has not learned these masks; try a lower "
+            f"surrogate learning rate (--set surrogate_lr={self.surrogate_lr / 3:.0e})"
+        )
+        logger.warning(message)
+        self.warnings.append(message)
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -608,6 +640,7 @@ class Trainer:
                                 if k.startswith(("iou", "texture"))
                             )
                         )
+                        self._watch_surrogate(row, done)
                     self._log(row)
                 if self.step % cfg.checkpoint_every == 0 or done:
                     if ctx.is_main:
@@ -625,6 +658,7 @@ class Trainer:
         summary = {"steps": self.step, "wall_s": round(wall_s, 1), **self.evaluate()}
         summary["generator"] = os.path.join(self.out_dir, "generator")
         summary["skipped_pairs"] = {p.mask: why for p, why in self.train_data.skipped.items()}
+        summary["warnings"] = self.warnings
         save_generator(
             self.generator, self.gen_config, summary["generator"], self._generator_metadata()
         )

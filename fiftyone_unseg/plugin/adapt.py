@@ -3,7 +3,12 @@
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_unseg.adapt import RECIPES, adapt_generator, default_output_dir
+from fiftyone_unseg.adapt import (
+    RECIPES,
+    adapt_generator,
+    default_output_dir,
+    training_warnings,
+)
 from fiftyone_unseg.plugin.forms import label_field_form
 from fiftyone_unseg.plugin.progress import app_progress
 
@@ -85,9 +90,10 @@ class AdaptGenerator(foo.Operator):
             device=params.get("device", "cpu"),
             progress=app_progress(ctx, "steps"),
         )
-        return {"generator": generator}
+        return {"generator": generator, "warnings": "\n".join(training_warnings(generator))}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("generator", label="Adapted generator (give it to 'protect samples')")
+        outputs.str("warnings", label="What the training warned about (empty: nothing)")
         return types.Property(outputs)
