@@ -47,11 +47,13 @@ TRAIN_DATA = --data $(DATA)/ecssd/images:$(DATA)/ecssd/masks --data fiftyone:rea
 # Retrain the shipped default generator (fiftyone_unseg/weights/default/MODEL_CARD.md) on the
 # training splits of the real photographs in $(DATA) (ECSSD, and CamVid's, the pets' and
 # COCO's training parts through FiftyOne; never a benchmark test image), in a FiftyOne
-# database of its own, with the penalty on one texture repeated over images
-# (shared_texture_weight).
+# database of its own, in two stages: the tiny recipe with the penalty on one texture
+# repeated over images (shared_texture_weight; runs/default-base, the previous default),
+# then that generator fine-tuned against a surrogate that keeps learning (adapt_learning).
 default-generator: install
 	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
-	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config tiny --seed 4 --set shared_texture_weight=1.0 $(TRAIN_DATA) --out runs/default --overwrite
+	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config tiny --seed 4 --set shared_texture_weight=1.0 $(TRAIN_DATA) --out runs/default-base --overwrite
+	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config adapt_learning --init runs/default-base/generator --seed 4 $(TRAIN_DATA) --out runs/default --overwrite
 	cp runs/default/generator/model.safetensors runs/default/generator/config.json \
 		fiftyone_unseg/weights/default/
 
@@ -59,10 +61,10 @@ default-generator: install
 # training splits: the default fine-tuned with expectation over JPEG, blur and rescaling
 # (trainer/configs/robust.json, which keeps the default's per-image term), then 600 steps
 # more against JPEG alone (trainer/configs/robust_jpeg.json). Run after default-generator
-# (it starts from the shipped default's weights).
+# (it starts from the default's first stage, runs/default-base).
 robust-generator: install
 	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
-	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust --seed 4 $(TRAIN_DATA) --out runs/robust-stage1 --overwrite
+	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust --init runs/default-base/generator --seed 4 $(TRAIN_DATA) --out runs/robust-stage1 --overwrite
 	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust_jpeg --init runs/robust-stage1/generator --seed 4 $(TRAIN_DATA) --out runs/robust --overwrite
 	mkdir -p fiftyone_unseg/weights/robust
 	cp runs/robust/generator/model.safetensors runs/robust/generator/config.json \
