@@ -110,6 +110,10 @@ class Schedule:
             else (step - self.pretrain) // (self.surrogate + self.generator)
         )
 
+    def block_start(self, block: int) -> int:
+        """The first step of bilevel block ``block``."""
+        return self.pretrain + block * (self.surrogate + self.generator)
+
     def phase(self, step: int) -> str:
         if step < self.pretrain:
             return "pretrain"
@@ -126,7 +130,7 @@ class Schedule:
             return 0
         block = self.block(done - 1)
         first = (block // reset_every) * reset_every if reset_every else 0
-        into = done - self.pretrain - block * (self.surrogate + self.generator)
+        into = done - self.block_start(block)
         return (block - first) * self.surrogate + min(into, self.surrogate)
 
 
@@ -275,10 +279,12 @@ class Trainer:
         """Whether ``step`` opens a block whose surrogate starts afresh
         (``cfg.surrogate_reset_every``)."""
         every, block = self.cfg.surrogate_reset_every, self.schedule.block(step)
-        first_step = self.schedule.pretrain + block * (
-            self.schedule.surrogate + self.schedule.generator
+        return (
+            every > 0
+            and block > 0
+            and block % every == 0
+            and step == self.schedule.block_start(block)
         )
-        return every > 0 and block > 0 and block % every == 0 and step == first_step
 
     def _reset_surrogate(self, block: int) -> None:
         """Re-initialise the surrogate (the same weights on every process) and its optimiser,
@@ -397,8 +403,9 @@ class Trainer:
         return results
 
     def _watch_surrogate(self, scores: dict, done: bool) -> None:
-        """Warn (log and summary) when the surrogate predicts nothing on clean images: at the
-        first evaluation after two of its phases since it started, and at the end."""
+        """Warn (log and summary) when the surrogate predicts nothing on clean images: once
+        two of its phases have passed since it started (the first such evaluation that
+        finds it so), and at the end."""
         split = "val" if "iou_val_clean" in scores else "train"
         iou = scores[f"iou_{split}_clean"]
         trained = self.schedule.surrogate_steps(self.step, self.cfg.surrogate_reset_every)
