@@ -214,6 +214,18 @@ def test_the_texture_weight_makes_the_noise_specific_to_each_image(tmp_path):
     assert share() < 0.7 * before
 
 
+def _count_evaluations(trainer: Trainer) -> Trainer:
+    """``trainer``, counting its evaluations in ``trainer.evaluations``."""
+    evaluate, trainer.evaluations = trainer.evaluate, 0
+
+    def counted():
+        trainer.evaluations += 1
+        return evaluate()
+
+    trainer.evaluate = counted
+    return trainer
+
+
 def test_training_runs_end_to_end_and_resumes(tmp_path):
     out = str(tmp_path / "run")
     ctx = distributed.Context(0, 1, torch.device("cpu"))
@@ -228,17 +240,25 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
         eot=["jpeg", "blur", "downscale", "grayscale"],
         eot_p=1.0,
     )
-    summary = Trainer(cfg, out, ctx).run()
+    first = _count_evaluations(Trainer(cfg, out, ctx))
+    summary = first.run()
     assert summary["steps"] == 6 and os.path.isdir(summary["generator"])
+    assert first.evaluations == 2  # steps 3 and 6: the summary takes the last one's scores
     rows = _metrics(out)
+    assert summary["iou_val_perturbed"] == pytest.approx(
+        float(rows[-1]["iou_val_perturbed"]), abs=1e-6
+    )
     assert [r["phase"] for r in rows] == ["pretrain"] * 2 + ["surrogate"] * 2 + ["generator"] * 2
     assert rows[2]["iou_train_clean"] != "" and rows[2]["iou_val_perturbed"] != ""
     assert 0 < float(rows[2]["texture_share_val"]) <= 1
     # Resume with a longer schedule: the step count continues from the last checkpoint.
     longer = dataclasses.replace(cfg, max_steps=8, val_every=1000)
-    resumed = Trainer(longer, out, ctx)
+    resumed = _count_evaluations(Trainer(longer, out, ctx))
     summary = resumed.run(resume=True)
-    assert summary["steps"] == 10
+    assert summary["steps"] == 10 and resumed.evaluations == 1  # at the end only
+    # A run resumed with no step left evaluates for its summary.
+    finished = _count_evaluations(Trainer(longer, out, ctx))
+    assert finished.run(resume=True)["steps"] == 10 and finished.evaluations == 1
     steps = [int(r["step"]) for r in _metrics(out)]
     assert steps == list(range(1, 11))
     assert resumed.stage == "bilevel"
@@ -457,6 +477,11 @@ def test_a_surrogate_that_predicts_nothing_is_reported(tmp_path, capsys):
     assert f"Warning: {warnings[0]}" in capsys.readouterr().out
     assert training_warnings(str(tmp_path / "dead" / "generator")) == warnings  # the App's
     assert training_warnings(str(tmp_path / "nowhere" / "generator")) == []
+    # A run stopped after the warning and resumed keeps it and warns again at the end only
+    # (the checkpoint carries it; a resumed run that forgot it would warn at step 8).
+    Trainer(dataclasses.replace(dead, max_steps=6), str(tmp_path / "stopped"), ctx).run()
+    summary = Trainer(dead, str(tmp_path / "stopped"), ctx).run(resume=True)
+    assert [w.split(":")[0] for w in summary["warnings"]] == ["step 6", "step 12"]
     restarting = dataclasses.replace(dead, surrogate_reset_every=1)
     summary = Trainer(restarting, str(tmp_path / "restarting"), ctx).run()
     assert [w.split(":")[0] for w in summary["warnings"]] == ["step 12"]

@@ -195,6 +195,7 @@ class Trainer:
         self.stage = None
         self.step = 0
         self.warnings = []  # what the run's summary warns about (see _watch_surrogate)
+        self.scores = {}  # the last evaluation's, with its "step"
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -469,6 +470,7 @@ class Trainer:
             "opt_surrogate": self.opt_surrogate.state_dict(),
             "opt_generator": self.opt_generator.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "warnings": self.warnings,
         }
         torch.save(state, os.path.join(tmp, "trainer_state.pt"))
         shutil.rmtree(final, ignore_errors=True)
@@ -517,6 +519,7 @@ class Trainer:
         self.opt_surrogate.load_state_dict(state["opt_surrogate"])
         self.opt_generator.load_state_dict(state["opt_generator"])
         torch.set_rng_state(state["torch_rng"])
+        self.warnings = list(state.get("warnings", []))  # older checkpoints kept none
 
     def _clear_outputs(self) -> None:
         """Delete what an earlier training wrote to ``out_dir`` (:data:`RUN_OUTPUTS`)."""
@@ -638,7 +641,8 @@ class Trainer:
                         (self.step - start_step) * cfg.batch_size * ctx.world_size / elapsed
                     )
                     if evaluate:
-                        row.update(self.evaluate())
+                        self.scores = {"step": self.step, **self.evaluate()}
+                        row.update(self.scores)
                         bar.write(
                             f"step {self.step}: "
                             + ", ".join(
@@ -661,16 +665,20 @@ class Trainer:
         return self._finish(time.perf_counter() - started) if ctx.is_main else {}
 
     def _finish(self, wall_s: float) -> dict:
-        """Write the final generator and ``summary.json``; returns the summary."""
-        summary = {"steps": self.step, "wall_s": round(wall_s, 1), **self.evaluate()}
+        """Write the final generator and ``summary.json``; returns the summary (with the
+        loop's final evaluation, or a new one when a resumed run had no step left)."""
+        if self.scores.get("step") != self.step:
+            self.scores = {"step": self.step, **self.evaluate()}
+        summary = {"steps": self.step, "wall_s": round(wall_s, 1), **self.scores}
+        del summary["step"]
         summary["generator"] = os.path.join(self.out_dir, "generator")
         summary["skipped_pairs"] = {p.mask: why for p, why in self.train_data.skipped.items()}
         summary["warnings"] = self.warnings
         save_generator(
             self.generator, self.gen_config, summary["generator"], self._generator_metadata()
         )
-        with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        text = json.dumps(summary, indent=2).encode()
+        io.atomic_write_bytes(text, os.path.join(self.out_dir, "summary.json"))
         return summary
 
 
