@@ -57,15 +57,13 @@ default-generator: install
 	cp runs/default/generator/model.safetensors runs/default/generator/config.json \
 		fiftyone_unseg/weights/default/
 
-# The robust preset's generator (fiftyone_unseg/weights/robust/), in two stages on the same
-# training splits: the default fine-tuned with expectation over JPEG, blur and rescaling
-# (trainer/configs/robust.json, which keeps the default's per-image term), then 600 steps
-# more against JPEG alone (trainer/configs/robust_jpeg.json). Run after default-generator
-# (it starts from the default's first stage, runs/default-base).
+# The robust preset's generator (fiftyone_unseg/weights/robust/): the default fine-tuned on
+# the same training splits through differentiable JPEG, blur and rescaling against a
+# surrogate that keeps learning (trainer/configs/robust.json, which keeps the per-image
+# term). Run after default-generator (it starts from its output, runs/default).
 robust-generator: install
 	FIFTYONE_DATABASE_NAME=unseg-real-train $(PY) benchmarks/real_data.py --data $(DATA)
-	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust --init runs/default-base/generator --seed 4 $(TRAIN_DATA) --out runs/robust-stage1 --overwrite
-	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust_jpeg --init runs/robust-stage1/generator --seed 4 $(TRAIN_DATA) --out runs/robust --overwrite
+	OMP_NUM_THREADS=1 FIFTYONE_DATABASE_NAME=unseg-real-train $(VENV)/bin/unseg train --config robust --init runs/default/generator --seed 4 $(TRAIN_DATA) --out runs/robust --overwrite
 	mkdir -p fiftyone_unseg/weights/robust
 	cp runs/robust/generator/model.safetensors runs/robust/generator/config.json \
 		fiftyone_unseg/weights/robust/

@@ -390,8 +390,9 @@ def test_shipped_configs_and_overrides():
     vit_b = load_config("vit_b")
     assert vit_b.generator_config().img_size == 1024 and vit_b.surrogate_config().img_size == 512
     assert (vit_b.surrogate_phase, vit_b.generator_phase, vit_b.epochs) == (1, 3, 27)
-    stage2 = load_config("robust_jpeg")  # the robust preset's second stage: JPEG alone
-    assert stage2.eot == ["jpeg"] and stage2.init == "robust" and stage2.max_steps == 600
+    robust = load_config("robust")  # the robust preset: the default through counter-measures
+    assert robust.eot == ["jpeg", "blur", "downscale"] and robust.init == "default"
+    assert robust.surrogate_reset_every == 0 and robust.surrogate_lr == 1e-3
     grey = load_config("robust", init="robust", noise_colour=0.0, eot_scale=[0.5, 2.5])
     assert grey.eot_scale == (0.5, 2.5) and grey.generator_config().noise_colour == 0
     with pytest.raises(ValueError, match="unknown training config keys"):
@@ -403,10 +404,11 @@ def test_shipped_configs_and_overrides():
 
 
 def test_a_config_with_a_base_holds_only_what_differs(tmp_path):
-    with open(os.path.join(CONFIG_DIR, "robust_jpeg.json")) as f:
-        stage2 = json.load(f)
-    assert stage2["base"] == "robust" and "batch_size" not in stage2
-    assert load_config("robust_jpeg").batch_size == load_config("robust").batch_size
+    with open(os.path.join(CONFIG_DIR, "adapt_learning.json")) as f:
+        learning = json.load(f)
+    assert learning["base"] == "adapt" and "batch_size" not in learning
+    assert load_config("adapt_learning").batch_size == load_config("adapt").batch_size
+    assert load_config("adapt_learning").max_steps != load_config("adapt").max_steps
     (tmp_path / "a.json").write_text(json.dumps({"base": str(tmp_path / "b.json")}))
     (tmp_path / "b.json").write_text(json.dumps({"base": str(tmp_path / "a.json")}))
     with pytest.raises(ValueError, match="config bases form a loop"):
