@@ -195,7 +195,7 @@ class Trainer:
         self.stage = None
         self.step = 0
         self.warnings = []  # what the run's summary warns about (see _watch_surrogate)
-        self.scores = {}  # the last evaluation's, with its "step"
+        self.last_evaluation = (None, {})  # (step, scores) of the latest evaluate()
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -641,8 +641,8 @@ class Trainer:
                         (self.step - start_step) * cfg.batch_size * ctx.world_size / elapsed
                     )
                     if evaluate:
-                        self.scores = {"step": self.step, **self.evaluate()}
-                        row.update(self.scores)
+                        self.last_evaluation = (self.step, self.evaluate())
+                        row.update(self.last_evaluation[1])
                         bar.write(
                             f"step {self.step}: "
                             + ", ".join(
@@ -667,10 +667,10 @@ class Trainer:
     def _finish(self, wall_s: float) -> dict:
         """Write the final generator and ``summary.json``; returns the summary (with the
         loop's final evaluation, or a new one when a resumed run had no step left)."""
-        if self.scores.get("step") != self.step:
-            self.scores = {"step": self.step, **self.evaluate()}
-        summary = {"steps": self.step, "wall_s": round(wall_s, 1), **self.scores}
-        del summary["step"]
+        step, scores = self.last_evaluation
+        if step != self.step:
+            scores = self.evaluate()
+        summary = {"steps": self.step, "wall_s": round(wall_s, 1), **scores}
         summary["generator"] = os.path.join(self.out_dir, "generator")
         summary["skipped_pairs"] = {p.mask: why for p, why in self.train_data.skipped.items()}
         summary["warnings"] = self.warnings
