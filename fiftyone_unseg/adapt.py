@@ -3,19 +3,22 @@
 :func:`adapt_generator` runs ``unseg train --config adapt`` (or another recipe of
 :data:`RECIPES`; the trainer, in its own process: this package never imports it) on the
 dataset's label field and returns the adapted generator's folder, which
-``protect(..., generator=...)`` takes.
+``protect(..., generator=...)`` takes. Each training's folder records what it learned
+from (:data:`SOURCE_FILE`), so adapting the same samples again returns it at once and
+adapting other samples or labels never returns, nor replaces, a generator of theirs.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
 
-from fiftyone_unseg.io import safe_name
+from fiftyone_unseg.io import atomic_write_bytes, safe_name
 
 # trainer/configs/<recipe>.json -> its bilevel steps: a fresh surrogate every block (about
 # 10 minutes on an idle 2-core CPU), or one that keeps learning (about 40 minutes on one
@@ -23,11 +26,13 @@ from fiftyone_unseg.io import safe_name
 # docs/GENERATOR_HISTORY.md)
 RECIPES = {"adapt": 600, "adapt_learning": 2400}
 ADAPT_VIEW = "unseg-adapt"  # the saved view a view of samples is trained through
+SOURCE_FILE = "adapted_on.json"  # in a training's folder: the samples and settings it used
 _POLL_S = 2.0
 
 
 def default_output_dir(dataset_name: str) -> str:
-    """``<fo.config.default_dataset_dir>/unseg-generators/<dataset>``."""
+    """``<fo.config.default_dataset_dir>/unseg-generators/<dataset>``: each adaptation
+    trains in a folder of its own under it, named by recipe and :func:`training_fingerprint`."""
     import fiftyone as fo
 
     safe = safe_name(dataset_name, "dataset")
@@ -44,6 +49,7 @@ def adapt_generator(
     seed: int = 0,
     progress=None,
     recipe: str = "adapt",
+    overwrite: bool = False,
 ) -> str:
     """Fine-tune a trained generator on ``samples``' ``label_field``; returns the folder
     of the adapted generator (``<output_dir>/generator``).
@@ -53,13 +59,17 @@ def adapt_generator(
         :data:`ADAPT_VIEW`, replacing an earlier one, so the trainer sees the same samples).
       label_field: the masks to train on (each instance or class region is one object).
       output_dir: the training run's folder (metrics, checkpoints, the generator); default
-        :func:`default_output_dir`. A stopped run in it resumes; one with other settings
-        is replaced.
+        ``<default_output_dir>/<recipe>-<fingerprint>``, one per samples, labels and
+        settings. A stopped run of the same samples and settings in it resumes (a
+        finished one is returned as it is); FileExistsError if it holds a training on
+        other samples, labels or settings, unless ``overwrite``.
       steps, init, device, seed: the training's length (bilevel steps; None: the
         recipe's own), starting generator ("default" or a checkpoint folder), torch
         device and seed.
       recipe: a key of :data:`RECIPES`, the trainer config to adapt with.
       progress: optional ``progress(done, total)`` callable, in steps.
+      overwrite: replace the training ``output_dir`` holds if it learned from other
+        samples, labels or settings (its generator is deleted).
 
     Raises RuntimeError with the trainer's last lines if it fails.
     """
@@ -67,23 +77,98 @@ def adapt_generator(
         raise ValueError(f"unknown adaptation recipe {recipe!r}: choose one of {list(RECIPES)}")
     steps = RECIPES[recipe] if steps is None else steps
     dataset = samples._dataset
-    source = dataset.name
+    settings = {
+        "recipe": recipe,
+        "label_field": label_field,
+        "steps": steps,
+        "init": init,
+        "seed": seed,
+    }
+    source = {
+        "dataset": dataset.name,
+        "samples": len(samples),
+        **settings,
+        "fingerprint": training_fingerprint(samples, label_field, settings),
+    }
+    default_dir = os.path.join(
+        default_output_dir(dataset.name), f"{recipe}-{source['fingerprint']}"
+    )
+    out = os.path.abspath(output_dir or default_dir)
+    replace = overwrite or not output_dir  # our own folder is ours to replace
+    start_over = _claim(out, source, replace)
+    data = dataset.name
     if samples is not dataset:
         dataset.save_view(ADAPT_VIEW, samples, overwrite=True)
-        source = f"{dataset.name}@{ADAPT_VIEW}"
-    out = os.path.abspath(output_dir or default_output_dir(dataset.name))
+        data = f"{dataset.name}@{ADAPT_VIEW}"
     command = [
         sys.executable, "-m", "trainer.cli", "train", "--config", recipe,
-        "--init", init, "--data", f"fiftyone:{source}:{label_field}", "--out", out,
+        "--init", init, "--data", f"fiftyone:{data}:{label_field}", "--out", out,
         "--max-steps", str(steps), "--device", device, "--seed", str(seed),
     ]  # fmt: skip
+    if start_over:
+        _run([*command, "--overwrite"], out, steps, progress)
+        return os.path.join(out, "generator")
     try:
         _run([*command, "--resume"], out, steps, progress)
     except RuntimeError as error:
-        if "another config" not in str(error):
+        if "another config" not in str(error) or not replace:  # a recipe changed since
             raise
-        _run([*command, "--overwrite"], out, steps, progress)  # another training's folder
+        _run([*command, "--overwrite"], out, steps, progress)
     return os.path.join(out, "generator")
+
+
+def training_fingerprint(samples, label_field: str, settings: dict) -> str:
+    """12 hex digits of a digest of what an adaptation learns from: the samples' ids and
+    their ``label_field`` as stored (mask files on disk by path, size and modification
+    time), and ``settings``."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    ids, labels = samples.values(["id", label_field])
+    for sample_id, label in sorted(zip(ids, labels), key=lambda pair: pair[0]):
+        digest.update(sample_id.encode())
+        if label is not None:
+            digest.update(label.to_json().encode())
+            for path in _mask_paths(label):
+                stat = os.stat(path) if os.path.exists(path) else None
+                digest.update(repr((path, stat and (stat.st_size, stat.st_mtime_ns))).encode())
+    return digest.hexdigest()[:12]
+
+
+def _mask_paths(label) -> list:
+    """The mask files a label (or each of its detections) points to."""
+    parts = getattr(label, "detections", None) or [label]
+    return [p.mask_path for p in parts if getattr(p, "mask_path", None)]
+
+
+def _claim(out: str, source: dict, replace: bool) -> bool:
+    """Record in ``out`` what the training there learns from; True if an earlier training
+    on other samples, labels or settings must be replaced (``replace``), False if there
+    is none or it is this one's (to resume). FileExistsError where one must not be."""
+    path = os.path.join(out, SOURCE_FILE)
+    trained = any(os.path.exists(os.path.join(out, d)) for d in ("checkpoints", "generator"))
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+    except (FileNotFoundError, ValueError):
+        earlier = {}
+    if not trained:  # nothing there to keep
+        earlier = None
+    if earlier is not None and earlier.get("fingerprint") == source["fingerprint"]:
+        return False
+    if earlier is not None and not replace:
+        what = (
+            f"{earlier.get('samples')} samples of {earlier.get('dataset')!r}, field "
+            f"{earlier.get('label_field')!r}, recipe {earlier.get('recipe')!r}"
+            if earlier
+            else "a training this function did not record"
+        )
+        raise FileExistsError(
+            f"{out} holds a generator adapted to other samples, labels or settings "
+            f"({what}): choose another output folder, or overwrite=True (the App's "
+            "'Replace' box) to delete it and train there"
+        )
+    os.makedirs(out, exist_ok=True)
+    atomic_write_bytes(json.dumps(source, indent=1).encode(), path)
+    return earlier is not None
 
 
 def training_warnings(generator_dir: str) -> list:

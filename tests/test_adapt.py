@@ -113,3 +113,51 @@ def test_the_app_operator_adapts_in_a_trainer_process_and_reports_progress(
         assert result.result["warnings"] == "\n".join(json.load(f)["warnings"])
     assert dataset.has_saved_view("unseg-adapt")  # the view the trainer read
     assert len(dataset.load_saved_view("unseg-adapt")) == 12
+
+
+def test_the_fingerprint_follows_the_samples_their_labels_and_the_settings(sample_dataset):
+    from fiftyone_unseg.adapt import training_fingerprint
+
+    dataset = sample_dataset.clone()
+    settings = {"recipe": "adapt", "steps": 2}
+    first = training_fingerprint(dataset.limit(4), "instances", settings)
+    assert training_fingerprint(dataset.limit(4), "instances", settings) == first
+    assert training_fingerprint(dataset.skip(4).limit(4), "instances", settings) != first
+    assert training_fingerprint(dataset.limit(4), "instances", {**settings, "steps": 3}) != first
+    sample = dataset.first()
+    sample["instances"].detections[0].label = "edited"
+    sample.save()
+    assert training_fingerprint(dataset.limit(4), "instances", settings) != first
+
+
+def test_adapting_again_returns_only_a_training_on_the_same_samples(
+    sample_dataset, tmp_path, monkeypatch
+):
+    import fiftyone as fo
+
+    from fiftyone_unseg.adapt import SOURCE_FILE, adapt_generator
+
+    monkeypatch.setattr(fo.config, "default_dataset_dir", str(tmp_path))
+    dataset = sample_dataset.clone()
+    first, other = dataset.limit(4), dataset.skip(4).limit(4)
+    generator = adapt_generator(first, "instances", steps=2)
+    folder = os.path.dirname(generator)
+    adapted_id = load_generator(generator).generator_id
+    # the same samples again: the finished training, resumed with nothing left to do
+    assert adapt_generator(first, "instances", steps=2) == generator
+    with open(f"{folder}.log") as log:
+        assert "resumed from step 2" in log.read()
+    # other samples: their own folder; the first generator stays as it was
+    elsewhere = adapt_generator(other, "instances", steps=2)
+    assert os.path.dirname(elsewhere) != folder
+    assert load_generator(generator).generator_id == adapted_id
+    # an explicit folder holding another training: refused, replaced only when asked
+    with pytest.raises(FileExistsError, match="4 samples of .*'instances'.*overwrite=True"):
+        adapt_generator(other, "instances", steps=2, output_dir=folder)
+    assert load_generator(generator).generator_id == adapted_id
+    adapt_generator(other, "instances", steps=2, output_dir=folder, overwrite=True)
+    with open(os.path.join(folder, SOURCE_FILE)) as f, open(
+        os.path.join(os.path.dirname(elsewhere), SOURCE_FILE)
+    ) as g:
+        assert json.load(f)["fingerprint"] == json.load(g)["fingerprint"]
+    assert load_generator(generator).generator_id == load_generator(elsewhere).generator_id

@@ -73,8 +73,16 @@ class AdaptGenerator(foo.Operator):
         inputs.str(
             "output_dir",
             label="Output folder",
-            default=default_output_dir(ctx.dataset.name),
-            required=True,
+            description="Empty: a folder of its own under "
+            f"{default_output_dir(ctx.dataset.name)}, one per samples, labels and settings "
+            "(adapting the same ones again returns that training)",
+        )
+        inputs.bool(
+            "overwrite",
+            label="Replace",
+            description="Delete what the output folder holds if it was trained on other "
+            "samples, labels or settings (without it, that is an error)",
+            default=False,
         )
         return form
 
@@ -89,6 +97,7 @@ class AdaptGenerator(foo.Operator):
             init=params.get("init") or "default",
             device=params.get("device", "cpu"),
             progress=app_progress(ctx, "steps"),
+            overwrite=bool(params.get("overwrite")),
         )
         return {"generator": generator, "warnings": "\n".join(training_warnings(generator))}
 
