@@ -156,8 +156,9 @@ def test_adapting_again_returns_only_a_training_on_the_same_samples(
         adapt_generator(other, "instances", steps=2, output_dir=folder)
     assert load_generator(generator).generator_id == adapted_id
     adapt_generator(other, "instances", steps=2, output_dir=folder, overwrite=True)
-    with open(os.path.join(folder, SOURCE_FILE)) as f, open(
-        os.path.join(os.path.dirname(elsewhere), SOURCE_FILE)
-    ) as g:
+    with (
+        open(os.path.join(folder, SOURCE_FILE)) as f,
+        open(os.path.join(os.path.dirname(elsewhere), SOURCE_FILE)) as g,
+    ):
         assert json.load(f)["fingerprint"] == json.load(g)["fingerprint"]
     assert load_generator(generator).generator_id == load_generator(elsewhere).generator_id
