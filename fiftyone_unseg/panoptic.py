@@ -65,7 +65,8 @@ def load_coco_panoptic(
 
     Raises ValueError naming the image for a missing or unreadable PNG, a PNG of
     another size than its image, or segment ids in a PNG that its ``segments_info``
-    does not list. Images without an annotation get no labels.
+    does not list; a dataset that ``overwrite`` replaces is then left as it was. Images
+    without an annotation get no labels.
     """
     if fo.dataset_exists(name) and not overwrite:
         raise ValueError(f"dataset {name!r} exists: choose another name or overwrite it")
@@ -93,7 +94,8 @@ def load_coco_panoptic(
         path = os.path.join(images_dir, image["file_name"])
         return fo.Sample(filepath=path, **{IMAGE_ID_FIELD: image["id"]}, **labels)
 
-    dataset = fo.Dataset(name, overwrite=overwrite, persistent=True)
+    # loaded under another name first: a dataset it replaces stays until this one is whole
+    dataset = fo.Dataset(f"{name}.unseg-loading", overwrite=True, persistent=True)
     try:
         for start in range(0, len(data["images"]), _CHUNK):  # a chunk's masks in memory
             chunk = data["images"][start : start + _CHUNK]
@@ -108,6 +110,9 @@ def load_coco_panoptic(
     dataset.info["panoptic_categories"] = list(categories.values())
     dataset.info["panoptic_field"] = label_field  # what a coco-panoptic export offers first
     dataset.save()
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    dataset.name = name
     return dataset
 
 

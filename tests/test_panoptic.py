@@ -65,7 +65,11 @@ def test_segments_become_detections_with_their_exact_masks(tmp_path):
     for segment in data["annotations"][0]["segments_info"]:
         segment["id"], segment["category_id"] = str(segment["id"]), str(segment["category_id"])
     open(annotations, "w").write(json.dumps(data))
+    load_coco_panoptic("panoptic-load", images, annotations)
     dataset = load_coco_panoptic("panoptic-load", images, annotations, overwrite=True)
+    assert dataset.name == "panoptic-load" and fo.list_datasets(glob_patt="panoptic-load*") == [
+        "panoptic-load"
+    ]
     first, second = dataset
     assert second.panoptic is None and second.metadata.width == 64
     segments = first.panoptic.detections
@@ -123,6 +127,13 @@ def test_bad_panoptic_masks_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"000000\.jpg .*panoptic mask file not found"):
         load_coco_panoptic("panoptic-bad", images, annotations, overwrite=True)
     assert not fo.dataset_exists("panoptic-bad")  # nothing half-loaded stays
+    assert not fo.dataset_exists("panoptic-bad.unseg-loading")
+    earlier = fo.Dataset("panoptic-bad", persistent=True)
+    earlier.add_sample(fo.Sample(filepath=images + "/kept.jpg", kept=True))
+    with pytest.raises(ValueError, match=r"000000\.jpg .*panoptic mask file not found"):
+        load_coco_panoptic("panoptic-bad", images, annotations, overwrite=True)
+    assert fo.load_dataset("panoptic-bad").values("kept") == [True]  # replaced only when whole
+    fo.delete_dataset("panoptic-bad")
 
     data = json.loads(open(annotations).read())
     del data["categories"][1]["isthing"]
