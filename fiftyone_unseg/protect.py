@@ -78,6 +78,7 @@ FACT_FIELDS = {
     "had_segments": fo.BooleanField,
     "num_segments": fo.IntField,
     "source_hash": fo.StringField,
+    "source_stat": fo.StringField,
     "label_hash": fo.StringField,
 }
 # A sample protected with the same values of these is not protected again.
@@ -126,7 +127,7 @@ class _Loaded:
     model_input: torch.Tensor  # 3xSxS
     prompts: torch.Tensor  # Kx1x(S/4)x(S/4): the union, then one per segment in instance mode
     num_segments: int
-    made_from: dict  # source_hash and label_hash: what the copy is made from
+    made_from: dict  # source_hash, source_stat, label_hash: what the copy is made from
 
 
 def protect(
@@ -388,16 +389,19 @@ def protection_states(samples) -> list[str | None]:
     from what the copy was made from, or the original cannot be read; else
     :data:`CURRENT`. Copies recorded
     without hashes (protected before they were recorded) count as current. Read from the
-    dataset, whatever the view filters; hashing reads each original once.
+    dataset, whatever the view filters; an original is hashed only where its size or
+    modification time differ from those recorded with the copy (``source_stat``), as
+    ``make`` and git decide what changed.
     """
     stored = _stored(samples)
-    paths, generators, fields, sources, labels = (
+    paths, generators, fields, sources, stats, labels = (
         optional_values(stored, f)
         for f in (
             "protected_filepath",
             "unseg.generator_id",
             "unseg.label_field",
             "unseg.source_hash",
+            "unseg.source_stat",
             "unseg.label_hash",
         )
     )
@@ -412,8 +416,13 @@ def protection_states(samples) -> list[str | None]:
         group = [i for i in checked if fields[i] == field]
         values = optional_values(stored.select([ids[i] for i in group], ordered=True), field)
         now.update(zip(group, values))
+
+    def source_now(i: int) -> str | None:
+        unchanged = stats[i] is not None and file_stat(originals[i]) == stats[i]
+        return sources[i] if unchanged else file_hash(originals[i])
+
     with ThreadPoolExecutor(_WORKERS) as pool:
-        source_hashes = pool.map(file_hash, [originals[i] for i in checked])
+        source_hashes = pool.map(source_now, checked)
         label_hashes = pool.map(label_hash, [now[i] for i in checked])
         for i, source, label in zip(checked, source_hashes, label_hashes):
             if source is None or (source, label) != (sources[i], labels[i]):
@@ -426,6 +435,15 @@ def original_paths(samples) -> list[str]:
     the ``filepath``, else the ``filepath``."""
     originals = optional_values(samples, "original_filepath")
     return [o or f for o, f in zip(originals, samples.values("filepath"))]
+
+
+def file_stat(path: str) -> str | None:
+    """``"SIZE:MTIME_NS"`` of a file; None if it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def file_hash(path: str) -> str | None:
@@ -788,7 +806,11 @@ def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
     if task.id not in labels:
         raise ValueError("the sample left the view during the run")
     label, stored = labels[task.id]
-    made_from = {"source_hash": file_hash(task.source), "label_hash": label_hash(stored)}
+    made_from = {
+        "source_stat": file_stat(task.source),  # before the bytes: a change after shows
+        "source_hash": file_hash(task.source),
+        "label_hash": label_hash(stored),
+    }
     image = read_rgb(task.source)
     frame = Frame(image.shape[0], image.shape[1], size)
     segments, names = segment_classes(label, frame.height, frame.width, spec)

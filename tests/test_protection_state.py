@@ -54,6 +54,31 @@ def test_a_changed_original_or_label_makes_its_copy_stale_everywhere(tmp_path, g
     assert export_protected(dataset, str(tmp_path / "all"), "images")["exported"] == 4
 
 
+def test_originals_are_hashed_again_only_where_their_size_or_time_changed(
+    tmp_path,
+    generators,  # noqa: F811
+    monkeypatch,
+):
+    dataset = _scene_dataset("stat", tmp_path, count=3)
+    protect(dataset, "dets", generator=generators["random"])
+    touched, rewritten, legacy = dataset
+    os.utime(touched.filepath, ns=(1, 1))  # same bytes, another time
+    Image.fromarray(_texture(64, 64, 99)).save(rewritten.filepath)
+    dataset.set_values("unseg.source_stat", {legacy.id: None}, key_field="id")  # older copy
+    hashed = []
+    file_hash = protect_module.file_hash
+    monkeypatch.setattr(protect_module, "file_hash", lambda p: hashed.append(p) or file_hash(p))
+    states = protect_module.protection_states(dataset)
+    assert states == [protect_module.CURRENT, protect_module.STALE, protect_module.CURRENT]
+    assert sorted(hashed) == sorted(s.filepath for s in dataset)  # each changed or unrecorded
+    again = protect(dataset, "dets", generator=generators["random"])  # the stale one again
+    assert (again["protected"], again["skipped"]) == (1, 2)
+    hashed.clear()
+    assert _counts(dataset) == (3, 0)
+    # the new copy recorded its original's size and time; the other two are read each time
+    assert sorted(hashed) == sorted([touched.filepath, legacy.filepath])
+
+
 def test_a_failed_reprotection_leaves_no_sample_looking_protected(tmp_path, generators):  # noqa: F811
     dataset = _scene_dataset("failed-again", tmp_path, count=2)
     protect(dataset, "seg_path", generator=generators["random"])
