@@ -537,6 +537,9 @@ def test_folder_sets_and_fiftyone_sources(tmp_path, sample_dataset):
         load_pairs("fiftyone:unseg-test-samples:style")
     with pytest.raises(ValueError, match="has no field 'nope'; .*'instances': 'Detections'"):
         load_pairs("fiftyone:unseg-test-samples:nope")
+    for spec in ("sample:many", "sample:", "sample:4:0:photo:big"):
+        with pytest.raises(ValueError, match=f"data source '{spec}': expected sample:NUM"):
+            load_pairs(spec)
 
 
 def test_fiftyone_sources_of_one_dataset_keep_their_own_masks(sample_dataset):

@@ -41,10 +41,16 @@ def _sample_source(spec: str) -> list:
     from fiftyone_unseg import sample_data
 
     parts = spec.split(":")[1:]
-    num = int(parts[0])
-    seed = int(parts[1]) if len(parts) > 1 else 0
+    try:
+        num = int(parts[0])
+        seed = int(parts[1]) if len(parts) > 1 else 0
+        size = int(parts[3]) if len(parts) > 3 else 512
+    except ValueError:
+        raise ValueError(
+            f"data source {spec!r}: expected sample:NUM[:SEED[:STYLE+STYLE[:SIZE]]] with "
+            "whole numbers, e.g. sample:64:0"
+        ) from None
     styles = parts[2].split("+") if len(parts) > 2 else list(sample_data.DEFAULT_STYLES)
-    size = int(parts[3]) if len(parts) > 3 else 512
     root = os.path.join(CACHE_DIR, "sample-data", f"seed{seed}-n{num}-{'+'.join(styles)}-{size}")
     marker = os.path.join(root, "complete")
     if not os.path.exists(marker):
