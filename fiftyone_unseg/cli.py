@@ -246,7 +246,7 @@ def _cmd_export(args) -> int:
         label_field=args.label_field,
         skip_unprotected=args.skip_unprotected,
         overwrite=args.overwrite,
-        progress=tqdm_progress("export"),
+        progress=tqdm_progress("export (stage, then write)", unit="step"),
     )
     skipped = f" ({summary['skipped']} unprotected left out)" if summary["skipped"] else ""
     print(

@@ -79,7 +79,9 @@ def export_protected(
         made from an image or label that changed since); by default they stop the
         export (a published copy must not contain an original, or an old picture).
       overwrite: replace an existing, non-empty ``export_dir``.
-      progress: optional ``progress(done, total)`` callable, over the images.
+      progress: optional ``progress(done, total)`` callable: ``total`` is twice the
+        images, each counted once when its copy is staged and once when the exporter
+        has written it with its labels.
       kwargs: passed to FiftyOne's exporter (``fo.SampleCollection.export``).
 
     Returns ``exported``, ``skipped`` (unprotected or stale samples left out),
@@ -140,7 +142,7 @@ def export_protected(
             with open(protected[i], "rb") as f:
                 uio.atomic_write_bytes(uio.unmarked(f.read()), staged[-1])
             if progress is not None:
-                progress(done, len(kept))
+                progress(done, 2 * len(kept))
         kind = _kind(dataset_type)
         view = samples.select([ids[i] for i in kept], ordered=True)
         with_ids = issubclass(kind, tuple(_dataset_type(name) for name in _WITH_IMAGE_IDS))
@@ -159,10 +161,12 @@ def export_protected(
                 label_field=(fields[0] if len(fields) == 1 else fields) or None,
                 export_media=True,  # copied: some exporters read the image after "moving" it
                 rel_dir=media,
-                progress=False,
+                progress=_exporter_progress(progress, len(kept)),
                 **kwargs,
             ),
         )
+        if progress is not None:
+            progress(2 * len(kept), 2 * len(kept))
     finally:
         if copy is not None:
             copy.delete()
@@ -327,6 +331,16 @@ def _check_outside(export_dir: str, paths: list[str]) -> None:
             raise ValueError(
                 f"{export_dir} holds {path}, a file of these samples: export elsewhere"
             )
+
+
+def _exporter_progress(progress, count: int):
+    """FiftyOne's progress argument that reports its exporter's samples (at 100 steps at
+    most) as the second half of ``progress(done, 2 * count)``; False without one."""
+    if progress is None:
+        return False
+    return fo.report_progress(
+        lambda bar: progress(count + min(bar.iteration, count - 1), 2 * count), n=100
+    )
 
 
 def _working_copy(view, fields: list[str]):

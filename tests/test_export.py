@@ -67,8 +67,14 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
     protected = dict(zip(dataset.values("id"), dataset.values("protected_filepath")))
 
     coco = tmp_path / "coco"
-    summary = export_protected(dataset, str(coco), "coco", "dets")
+    reported = []
+    summary = export_protected(
+        dataset, str(coco), "coco", "dets", progress=lambda *done: reported.append(done)
+    )
     assert summary["exported"] == 4 and summary["skipped"] == 0
+    # each image counted when staged, then as the exporter writes it; done once, at the end
+    assert [done for done, _ in reported] == [1, 2, 3, 4, 5, 6, 7, 7, 8]
+    assert {total for _, total in reported} == {8}
     assert _files(coco) == {"labels.json"} | {f"data/{name}" for name in EXPORTED}
     for sample_id, name in zip(dataset.values("id"), EXPORTED):
         data = (coco / "data" / name).read_bytes()

@@ -87,7 +87,7 @@ class ExportProtected(foo.Operator):
             label_field=fields or None,
             skip_unprotected=params.get("skip_unprotected", False),
             overwrite=params.get("overwrite", False),
-            progress=app_progress(ctx, "images"),
+            progress=app_progress(ctx, "export steps (stage, then write)"),
         )
 
     def resolve_output(self, ctx):
