@@ -753,3 +753,22 @@ def test_resume_after_a_crash_logs_each_step_once_and_clears_stale_temp_dirs(tmp
     assert summary["steps"] == 6
     assert [int(r["step"]) for r in _metrics(out)] == [1, 2, 3, 4, 5, 6]
     assert not [d for d in os.listdir(os.path.join(out, "checkpoints")) if ".tmp-" in d]
+
+
+def test_pairs_skipped_in_dataloader_workers_reach_the_summary(tmp_path):
+    im, gt = tmp_path / "im", tmp_path / "gt"
+    im.mkdir()
+    gt.mkdir()
+    square = np.zeros((32, 32), np.uint8)
+    square[8:24, 8:24] = 255
+    for k in range(12):  # every third mask empty: found only when read, in a worker
+        Image.new("RGB", (32, 32), (20 * k, 90, 30)).save(im / f"{k}.jpg")
+        Image.fromarray(square * (k % 3 > 0)).save(gt / f"{k}.png")
+    cfg = micro_config(data=[f"{im}:{gt}"], num_workers=2, max_steps=8, val_fraction=0.1)
+    trainer = Trainer(cfg, str(tmp_path / "run"), distributed.Context(0, 1, torch.device("cpu")))
+    empty = {
+        p.mask for p in trainer.train_data.pairs if int(os.path.basename(p.mask)[:-4]) % 3 == 0
+    }
+    summary = trainer.run()
+    assert empty and set(summary["skipped_pairs"]) == empty
+    assert all("mask is empty" in why for why in summary["skipped_pairs"].values())

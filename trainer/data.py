@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from fiftyone_unseg import database, folders, io
 from fiftyone_unseg.geometry import Frame
@@ -259,6 +259,14 @@ def _header_problem(pair) -> str | None:
     if (iw, ih) != (mw, mh):
         return f"{pair.mask}: mask is {mw}x{mh} but image {pair.image} is {iw}x{ih}"
     return None
+
+
+def collate_reporting_skips(batch) -> tuple:
+    """``default_collate`` of (image, mask) items, plus the pairs skipped so far by the
+    dataset copy that read them: a DataLoader worker's copy would keep them to itself."""
+    info = get_worker_info()
+    skipped = dict(info.dataset.skipped) if info is not None else {}
+    return (*default_collate(batch), skipped)
 
 
 class PairDataset(Dataset):

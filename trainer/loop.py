@@ -32,7 +32,7 @@ from fiftyone_unseg.modeling import NoiseGenerator, build_noise_generator
 from fiftyone_unseg.modeling.build import load_state_file
 from trainer import distributed
 from trainer.config import TrainConfig, init_generator
-from trainer.data import PairDataset, load_pairs, split_pairs
+from trainer.data import PairDataset, collate_reporting_skips, load_pairs, split_pairs
 from trainer.eot import random_countermeasure
 from trainer.losses import mask_iou, mask_loss, shared_texture_share
 from trainer.prompts import (
@@ -261,8 +261,10 @@ class Trainer:
                 sampler=indices,
                 drop_last=True,
                 num_workers=self.cfg.num_workers,
+                collate_fn=collate_reporting_skips,
             )
-            for images, masks in loader:
+            for images, masks, skipped in loader:
+                self.train_data.skipped.update(skipped)  # what the workers' copies found
                 yield images.to(self.ctx.device), masks.to(self.ctx.device)
 
     def _stage_start(self) -> int:
