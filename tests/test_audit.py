@@ -258,6 +258,13 @@ def test_yolo_export_writes_one_polygon_per_instance(sample_dataset, tmp_path):
             values = row.split()
             assert len(values) >= 7 and len(values) % 2 == 1  # class + >= 3 points, no boxes
             assert all(0 <= float(v) <= 1 for v in values[1:])
+    # another audit in the same folder trains on its own samples only
+    write_yolo_dataset(str(tmp_path), examples[2:], targets)
+    for split, expected in (("train", samples[2:]), ("val", samples[2:3])):
+        assert sorted(os.listdir(tmp_path / "images" / split)) == sorted(
+            s.id + os.path.splitext(s.filepath)[1] for s in expected
+        )
+        assert len(os.listdir(tmp_path / "labels" / split)) == len(expected)
 
 
 def _boxes_dataset(name: str, folder, lefts) -> fo.Dataset:

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import pickle
+import shutil
 
 import cv2
 import numpy as np
@@ -206,8 +207,10 @@ def write_yolo_dataset(folder: str, examples, targets) -> str:
 
     Images are linked as ``images/train/<sample id><ext>``; each instance becomes one
     polygon row (its largest outer contour) of ``labels/train/<sample id>.txt``. The
-    first image doubles as the (required) validation split.
+    first image doubles as the (required) validation split. What ``folder`` held is
+    removed first: Ultralytics trains on every image there, an earlier audit's too.
     """
+    shutil.rmtree(folder, ignore_errors=True)
     for split in ("train", "val"):
         os.makedirs(os.path.join(folder, "images", split), exist_ok=True)
         os.makedirs(os.path.join(folder, "labels", split), exist_ok=True)
@@ -218,8 +221,6 @@ def write_yolo_dataset(folder: str, examples, targets) -> str:
         ext = os.path.splitext(example.image_path)[1]
         for split in ("train", "val") if k == 0 else ("train",):
             link = os.path.join(folder, "images", split, example.sample_id + ext)
-            if os.path.lexists(link):
-                os.remove(link)
             os.symlink(os.path.abspath(example.image_path), link)
             with open(os.path.join(folder, "labels", split, example.sample_id + ".txt"), "w") as f:
                 f.write("".join(row for row in rows if row))
