@@ -660,6 +660,14 @@ def test_audit_of_images_protected_by_the_generator(sample_dataset, tmp_path):
     )
     assert diff.max() <= 8
     assert set(report.results[0].scores) == {"clean", "protected", "pattern"}
+    # a training sample relabelled since: refused by name, the earlier audit kept
+    sample = dataset.match_tags("train").first()
+    sample.instances.detections[0].bounding_box = [0.1, 0.1, 0.2, 0.2]
+    sample.save()
+    with pytest.raises(ValueError, match=f"1 of .* changed since .*sample {sample.id}"):
+        evaluate_protection(dataset, "instances", victims=["semantic"], **TINY)
+    assert load_report(dataset, report.run_key) == report
+    assert all(dataset.has_field(f) for f in report.results[0].fields.values())
 
 
 def test_yolo_weights_load_restricted_so_a_strangers_file_runs_nothing(protected, tmp_path):

@@ -158,7 +158,7 @@ def evaluate_protection(
     }
     dataset = samples._dataset
     folder = os.path.abspath(output_dir or default_output_dir(dataset.name, run_key))
-    _forget(dataset, run_key)
+    _check_run_key(dataset, run_key)
     variants = [CLEAN] + ([PROTECTED] if protected_field else []) + list(baselines)
     images = training_images(
         samples,
@@ -173,6 +173,7 @@ def evaluate_protection(
         seed,
     )
     train_labels = _labels(samples, split.train_ids, targets)
+    _forget(dataset, run_key)  # only now: a refused audit leaves the earlier one as it was
     test_view = dataset.select(split.test_ids, ordered=True)
     test_paths = clean_paths(samples, split.test_ids)
     test_examples = [
@@ -477,12 +478,17 @@ def _ground_truth(view, examples, targets: Targets, needed, run_key: str, folder
     return fields
 
 
+def _check_run_key(dataset, run_key: str) -> None:
+    """ValueError if ``run_key`` names a run of another kind than an audit."""
+    if run_key in dataset.list_runs() and run_key not in dataset.list_runs(method=METHOD):
+        raise ValueError(f"run key {run_key!r} belongs to another kind of run; choose another")
+
+
 def _forget(dataset, run_key: str) -> None:
     """Delete the fields and evaluations of an earlier audit with this key."""
     if run_key not in dataset.list_runs():
         return
-    if run_key not in dataset.list_runs(method=METHOD):
-        raise ValueError(f"run key {run_key!r} belongs to another kind of run; choose another")
+    _check_run_key(dataset, run_key)
     previous = load_report(dataset, run_key)
     for result in previous.results:
         for eval_key in result.eval_keys.values():

@@ -26,7 +26,7 @@ from fiftyone_unseg.audit.countermeasures import Countermeasure
 from fiftyone_unseg.audit.targets import Targets
 from fiftyone_unseg.io import atomic_write_image, read_rgb
 from fiftyone_unseg.modeling import NoiseGenerator
-from fiftyone_unseg.protect import optional_values
+from fiftyone_unseg.protect import STALE, optional_values, protection_states
 
 CLEAN = "clean"
 PROTECTED = "protected"
@@ -56,6 +56,15 @@ def protected_paths(samples, ids, protected_field: str) -> dict[str, str]:
             f"{len(missing)} of {len(paths)} training samples have no protected image in "
             f"{protected_field!r} (e.g. sample {missing[0]}): protect them first"
         )
+    if protected_field == "protected_filepath":  # what protect wrote: is it still current?
+        states = dict(zip(view.values("id"), protection_states(view)))
+        stale = [i for i, state in states.items() if state == STALE]
+        if stale:
+            raise ValueError(
+                f"{len(stale)} of {len(paths)} training samples changed since they were "
+                f"protected, their image or label (e.g. sample {stale[0]}): protect them "
+                "again, or the victim learns from a copy of another picture or labels"
+            )
     return paths
 
 
