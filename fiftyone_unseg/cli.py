@@ -434,16 +434,18 @@ def _add_protect_commands(subparsers) -> None:
     p.set_defaults(func=_cmd_status)
 
 
-def _per_victim(values: list[str] | None) -> int | dict | None:
+def _per_victim(values: list[str] | None, option: str) -> int | dict | None:
     """``["5"]`` -> 5 (every victim); ``["yolo=30", "sam=8"]`` -> {"yolo": 30, "sam": 8}."""
     if not values:
         return None
-    if len(values) == 1 and "=" not in values[0]:
-        return int(values[0])
     try:
+        if len(values) == 1 and "=" not in values[0]:
+            return int(values[0])
         return {name: int(value) for name, value in (v.split("=") for v in values)}
-    except ValueError as e:
-        raise ValueError(f"{values}: give one number or victim=number pairs") from e
+    except ValueError:
+        raise ValueError(
+            f"{option} {' '.join(values)}: give one number or victim=number pairs"
+        ) from None
 
 
 def _cmd_evaluate(args) -> int:
@@ -462,8 +464,8 @@ def _cmd_evaluate(args) -> int:
         eps_bg=args.eps_bg,
         split_tags=args.split_tags or None,
         train_fraction=args.train_fraction,
-        epochs=_per_victim(args.epochs),
-        image_size=_per_victim(args.image_size),
+        epochs=_per_victim(args.epochs, "--epochs"),
+        image_size=_per_victim(args.image_size, "--image-size"),
         seed=args.seed,
         seeds=args.seeds,
         device=args.device,

@@ -484,6 +484,7 @@ def test_invalid_requests_name_the_problem(sample_dataset):
         ({"protected_field": None, "countermeasure": "jpeg:75"}, "never to clean ones"),
         ({"run_key": "has space"}, "run_key"),
         ({"epochs": 0}, "epochs"),
+        ({"epochs": {"semntic": 3}}, r"epochs: unknown victims \['semntic'\]"),
         ({}, "protected_filepath"),  # not protected yet
     ]
     for kwargs, message in cases:
@@ -491,6 +492,12 @@ def test_invalid_requests_name_the_problem(sample_dataset):
             evaluate_protection(sample_dataset, "instances", **kwargs)
     with pytest.raises(ValueError, match="does not exist"):
         evaluate_protection(sample_dataset, "nope")
+    from fiftyone_unseg.cli import _per_victim
+
+    assert _per_victim(["yolo=3", "sam=2"], "--epochs") == {"yolo": 3, "sam": 2}
+    for values in (["abc"], ["yolo:3"], ["yolo=x"]):
+        with pytest.raises(ValueError, match="--epochs .*: give one number or victim=number"):
+            _per_victim(values, "--epochs")
 
 
 def test_object_centred_crops_map_boxes_and_masks_alike():

@@ -152,6 +152,10 @@ def evaluate_protection(
     models = {
         name: make_victim(name, yolo_weights, sam_checkpoint, semantic_weights) for name in victims
     }
+    for key, given in (("epochs", epochs), ("image_size", image_size)):
+        unknown = sorted(set(given) - set(VICTIMS)) if isinstance(given, dict) else []
+        if unknown:
+            raise ValueError(f"{key}: unknown victims {unknown}; choose from {', '.join(VICTIMS)}")
     settings = {
         name: _settings(name, model, epochs, image_size, seed, device)
         for name, model in models.items()
