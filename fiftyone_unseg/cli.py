@@ -478,12 +478,8 @@ def _cmd_evaluate(args) -> int:
         reuse_clean=not args.retrain_clean,
     )
     print(report.table())
-    for result in report.results:
-        for variant, run_key in result.reused.items():
-            print(
-                f"{result.victim}: the {variant} trainings are those of audit {run_key!r} "
-                "(identical; --retrain-clean trains them again)"
-            )
+    for line in report.reused_trainings():
+        print(f"{line}; --retrain-clean trains them again")
     for line in report.unlearnt():
         print(f"warning: {line}", file=sys.stderr)
     print(

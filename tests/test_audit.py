@@ -628,6 +628,8 @@ def test_operator_runs_the_audit(sample_dataset):
     assert result.result["chart"].startswith("data:image/png;base64,")
     dataset.reload()
     report = load_report(dataset, "from_operator")
+    # what the CLI prints under the table, the App shows too
+    assert result.result["notes"] == "\n".join(f"warning: {x}" for x in report.unlearnt())
     assert report.countermeasure == "downscale:0.5"
     assert set(report.results[0].scores) == {"clean", "random", "none"}
     no_measure = {"label_field": "instances", "use_protected": False, "baselines": ["none"]}
@@ -725,6 +727,10 @@ def test_an_audit_under_a_counter_measure_reuses_the_identical_clean_trainings(t
         assert new.reused == {"clean": "plain"} and not old.reused
         assert new.scores["clean"] == old.scores["clean"] and new.chance == old.chance
         assert dataset.has_evaluation(new.eval_keys["clean"])
+    assert second.reused_trainings() == [
+        f"{v}: the clean trainings are those of audit 'plain' (identical)"
+        for v in ("semantic", "sam_point")
+    ]
     old_masks = dataset.values("plain_semantic_clean.mask_path")
     new_masks = dataset.values("jpeg_semantic_clean.mask_path")
     for old, new in zip(old_masks, new_masks):  # copies in the new audit's folder

@@ -134,6 +134,14 @@ class ProtectionReport:
             if r.chance is not None and r.scores.get("clean", 1.0) < r.chance + LEARNT_MARGIN
         ]
 
+    def reused_trainings(self) -> list[str]:
+        """One line per variant whose trainings were taken from another audit."""
+        return [
+            f"{r.victim}: the {variant} trainings are those of audit {key!r} (identical)"
+            for r in self.results
+            for variant, key in r.reused.items()
+        ]
+
     def table(self) -> str:
         """The rows as a Markdown table."""
         rows = self.rows()

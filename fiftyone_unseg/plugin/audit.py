@@ -156,6 +156,9 @@ class EvaluateProtection(foo.Operator):
             "chart": chart,
             "chart_path": report.chart_path,
             "run_key": report.run_key,
+            "notes": "\n".join(
+                [f"warning: {line}" for line in report.unlearnt()] + report.reused_trainings()
+            ),
         }
 
     def resolve_output(self, ctx):
@@ -164,4 +167,9 @@ class EvaluateProtection(foo.Operator):
         outputs.str("chart", label="Clean vs protected", view=types.ImageView())
         outputs.str("chart_path", label="Chart file")
         outputs.str("run_key", label="Run key (dataset.load_run_results)")
+        outputs.str(
+            "notes",
+            label="Warnings and reused trainings (empty: none)",
+            view=types.MarkdownView(),
+        )
         return types.Property(outputs)
