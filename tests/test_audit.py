@@ -749,3 +749,25 @@ def test_an_audit_under_a_counter_measure_reuses_the_identical_clean_trainings(t
     Image.fromarray(255 - np.asarray(Image.open(path).convert("RGB"))).save(path)
     third = evaluate_protection(dataset, "instances", run_key="changed", **kwargs)
     assert all(not r.reused for r in third.results)
+
+
+def test_a_view_that_filters_labels_is_scored_against_the_labels_it_shows(sample_dataset):
+    from fiftyone import ViewField as F
+
+    dataset = sample_dataset.clone("audit-filtered")
+    horses = dataset.filter_labels("instances", F("label") == "horse", only_matches=False)
+    report = evaluate_protection(
+        horses,
+        "instances",
+        victims=["sam_point"],
+        protected_field=None,
+        baselines=["pattern"],
+        run_key="horses",
+        **TINY,
+    )
+    test = dataset.match_tags("test")
+    assert report.results[0].scores["clean"] >= 0
+    derived = test.values("horses_gt_instances.detections.label", unwind=True)
+    assert derived and set(derived) == {"horse"}  # not the other classes the view hid
+    assert len(derived) == horses.match_tags("test").count("instances.detections")
+    assert len(derived) < test.count("instances.detections")

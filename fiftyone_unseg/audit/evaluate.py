@@ -185,7 +185,10 @@ def evaluate_protection(
         for i, labels in zip(split.test_ids, _labels(samples, split.test_ids, targets))
     ]
     needed = {victim.labels for victim in models.values()}
-    ground_truth = _ground_truth(test_view, test_examples, targets, needed, run_key, folder)
+    filtered = _filters_labels(samples, test_view, targets)
+    ground_truth = _ground_truth(
+        test_view, test_examples, targets, needed, run_key, folder, filtered
+    )
 
     train = {
         variant: [Example(i, images[variant][i], x) for i, x in zip(split.train_ids, train_labels)]
@@ -443,15 +446,28 @@ def _labels(samples, ids, targets: Targets) -> list[dict]:
     return [dict(zip(targets.fields, labels)) for labels in zip(*columns)]
 
 
-def _ground_truth(view, examples, targets: Targets, needed, run_key: str, folder: str) -> dict:
+def _filters_labels(samples, test_view, targets: Targets) -> bool:
+    """Whether ``samples`` (a view) leaves out some of the test samples' detections."""
+    if targets.label_type is not fo.Detections or samples is test_view._dataset:
+        return False
+    path = f"{targets.label_field}.detections"
+    return samples.select(test_view.values("id")).count(path) != test_view.count(path)
+
+
+def _ground_truth(
+    view, examples, targets: Targets, needed, run_key: str, folder: str, filtered: bool = False
+) -> dict:
     """The fields the predictions are scored against, per target kind in ``needed``.
 
-    The label fields themselves where they have the victims' label type; otherwise the
-    derived targets, written on the test samples as ``<run_key>_gt_instances``
-    (Detections) and ``<run_key>_gt_semantic`` (Segmentation, values 1..K).
+    The label fields themselves where they have the victims' label type and the audited
+    view keeps all their labels (not ``filtered``: the victims learn what the view
+    shows); otherwise the derived targets, written on the test samples as
+    ``<run_key>_gt_instances`` (Detections) and ``<run_key>_gt_semantic``
+    (Segmentation, values 1..K).
     """
+    direct = targets.label_type is fo.Detections and not filtered
     fields = {
-        "instances": targets.label_field if targets.label_type is fo.Detections else None,
+        "instances": targets.label_field if direct else None,
         "semantic": targets.semantic_field
         or (targets.label_field if targets.label_type is fo.Segmentation else None),
     }
