@@ -105,38 +105,28 @@ def adapt_generator(
         "--init", init, "--data", f"fiftyone:{data}:{label_field}", "--out", out,
         "--max-steps", str(steps), "--device", device, "--seed", str(seed),
     ]  # fmt: skip
-    if start_over:
-        _run([*command, "--overwrite"], out, steps, progress)
-        return os.path.join(out, "generator")
-    try:
-        _run([*command, "--resume"], out, steps, progress)
-    except RuntimeError as error:
-        if "another config" not in str(error) or not replace:  # a recipe changed since
-            raise
-        _run([*command, "--overwrite"], out, steps, progress)
+    if not start_over:
+        try:
+            _run([*command, "--resume"], out, steps, progress)
+            return os.path.join(out, "generator")
+        except RuntimeError as error:
+            if "another config" not in str(error) or not replace:  # a recipe changed since
+                raise
+    _run([*command, "--overwrite"], out, steps, progress)
     return os.path.join(out, "generator")
 
 
 def training_fingerprint(samples, label_field: str, settings: dict) -> str:
     """12 hex digits of a digest of what an adaptation learns from: the samples' ids and
-    their ``label_field`` as stored (mask files on disk by path, size and modification
-    time), and ``settings``."""
+    their ``label_field`` as protection hashes it (:func:`fiftyone_unseg.protect.label_hash`),
+    and ``settings``."""
+    from fiftyone_unseg.protect import label_hash
+
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     ids, labels = samples.values(["id", label_field])
     for sample_id, label in sorted(zip(ids, labels), key=lambda pair: pair[0]):
-        digest.update(sample_id.encode())
-        if label is not None:
-            digest.update(label.to_json().encode())
-            for path in _mask_paths(label):
-                stat = os.stat(path) if os.path.exists(path) else None
-                digest.update(repr((path, stat and (stat.st_size, stat.st_mtime_ns))).encode())
+        digest.update(f"{sample_id}:{label_hash(label)}".encode())
     return digest.hexdigest()[:12]
-
-
-def _mask_paths(label) -> list:
-    """The mask files a label (or each of its detections) points to."""
-    parts = getattr(label, "detections", None) or [label]
-    return [p.mask_path for p in parts if getattr(p, "mask_path", None)]
 
 
 def _claim(out: str, source: dict, replace: bool) -> bool:
