@@ -116,7 +116,11 @@ def export_protected(
             f"{len(indices)} of {len(ids)} samples {what}, e.g. {_name(indices, ids, originals)}"
             for indices, what in (
                 (missing, "have no protected copy"),
-                (stale, "changed since they were protected (their image or label)"),
+                (
+                    stale,
+                    "changed since they were protected (their image or label) or their "
+                    "last protection did not finish",
+                ),
             )
             if indices
         ]

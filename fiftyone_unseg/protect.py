@@ -81,6 +81,9 @@ FACT_FIELDS = {
     "source_stat": fo.StringField,
     "label_hash": fo.StringField,
 }
+# Set alone (no facts) while a re-protection replaces a sample's copy: until it finishes,
+# ``protected_filepath`` still names the copy from before.
+REPLACING = "replacing"
 # A sample protected with the same values of these is not protected again.
 SETTINGS = (
     "generator_id",
@@ -383,10 +386,11 @@ def protection_states(samples) -> list[str | None]:
 
     The one rule that ``protect``, ``visualize_noise``, ``export_protected`` and the
     summary (``unseg status``, the App's panel) apply: None without a copy (no
-    ``protected_filepath``, its file gone, or no ``unseg`` facts: a re-protection clears
-    them first, so a failed one leaves none); :data:`STALE` when the original image
+    ``protected_filepath``, its file gone, or no ``unseg`` facts, as a hand-written
+    ``protected_filepath`` has none); :data:`STALE` when the original image
     file's bytes or the stored label of the recorded field (:func:`label_hash`) differ
-    from what the copy was made from, or the original cannot be read; else
+    from what the copy was made from, or the original cannot be read, or a re-protection
+    of the sample started and did not finish (the copy is the one from before); else
     :data:`CURRENT`. Copies recorded
     without hashes (protected before they were recorded) count as current. Read from the
     dataset, whatever the view filters; an original is hashed only where its size or
@@ -405,11 +409,14 @@ def protection_states(samples) -> list[str | None]:
             "unseg.label_hash",
         )
     )
+    replacing = optional_values(stored, f"unseg.{REPLACING}")
     states = [
-        CURRENT if path and generator and os.path.isfile(path) else None
-        for path, generator in zip(paths, generators)
+        (CURRENT if generator else STALE if replaced else None)
+        if path and os.path.isfile(path)
+        else None
+        for path, generator, replaced in zip(paths, generators, replacing)
     ]
-    checked = [i for i, state in enumerate(states) if state and (sources[i] or labels[i])]
+    checked = [i for i, s in enumerate(states) if s == CURRENT and (sources[i] or labels[i])]
     ids, originals = stored.values("id"), original_paths(stored)
     now = {}
     for field in {fields[i] for i in checked}:
@@ -527,7 +534,7 @@ def _prepare_dataset(dataset, replace_filepath: bool) -> None:
         dataset.add_sample_field(
             "unseg", fo.EmbeddedDocumentField, embedded_doc_type=fo.DynamicEmbeddedDocument
         )
-    for name, kind in FACT_FIELDS.items():
+    for name, kind in {**FACT_FIELDS, REPLACING: fo.BooleanField}.items():
         if not dataset.has_sample_field(f"unseg.{name}"):
             dataset.add_sample_field(f"unseg.{name}", kind)
     media = ["protected_filepath"] + (["original_filepath"] if replace_filepath else [])
@@ -752,11 +759,16 @@ class _Run:
         found = {i: (label, kept[k]) for k, (i, label) in enumerate(zip(ids, labels))}
         mine = [t for t in mine if t.id in self.locks]
         self.previous.update((i, path) for i, path in zip(ids, paths) if i in self.locks and path)
-        # The facts must never describe another file: clear them before replacing it.
+        # The facts must never describe another file: clear them before replacing it, and
+        # mark the copy as being replaced until its successor is recorded.
         facts = dict(zip(ids, generators))
-        stale = {t.id: None for t in mine if facts.get(t.id) is not None}
-        if stale:
-            self.dataset.set_values("unseg", stale, key_field="id")
+        replacing = {
+            t.id: fo.DynamicEmbeddedDocument(**{REPLACING: True})
+            for t in mine
+            if facts.get(t.id) is not None
+        }
+        if replacing:
+            self.dataset.set_values("unseg", replacing, key_field="id")
         for task in mine:
             for path in self.stale.pop(os.path.basename(task.target), []):
                 if os.path.lexists(path):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from test_protect import EPS, TOL, _dataset, _noise, _scene_dataset, _texture, generators  # noqa: F401
 
-from fiftyone_unseg import export_protected, protect, restore, visualize_noise
+from fiftyone_unseg import evaluate_protection, export_protected, protect, restore, visualize_noise
 from fiftyone_unseg.summary import headline, protection_summary
 
 protect_module = importlib.import_module("fiftyone_unseg.protect")
@@ -79,24 +79,41 @@ def test_originals_are_hashed_again_only_where_their_size_or_time_changed(
     assert sorted(hashed) == sorted([touched.filepath, legacy.filepath])
 
 
-def test_a_failed_reprotection_leaves_no_sample_looking_protected(tmp_path, generators):  # noqa: F811
-    dataset = _scene_dataset("failed-again", tmp_path, count=2)
+def test_a_failed_reprotection_leaves_its_earlier_copy_stale_until_protected_again(
+    tmp_path, generators
+):  # noqa: F811
+    dataset = _scene_dataset("failed-again", tmp_path, count=4)
     protect(dataset, "seg_path", generator=generators["random"])
-    mask_path = dataset.first().seg_path.mask_path
+    first = dataset.first()
+    mask_path = first.seg_path.mask_path  # one mask file for every scene
+    mask = open(mask_path, "rb").read()
+    Image.fromarray(_texture(64, 64, 9)).save(first.filepath)  # the photo is edited
     open(mask_path, "wb").write(b"not a mask")
-    assert _counts(dataset) == (0, 2)  # the mask changed: stale
+    assert _counts(dataset) == (0, 4)  # the mask changed: stale
     for overwrite in (False, True):
         summary = protect(dataset, "seg_path", generator=generators["random"], overwrite=overwrite)
-        assert summary["failed"] == 2 and "cannot read the mask" in summary["failures"][0]["reason"]
-        assert _counts(dataset) == (0, 0)
-    with pytest.raises(ValueError, match="2 of 2 samples have no protected copy"):
-        export_protected(dataset, str(tmp_path / "out"), "images")
-    assert visualize_noise(dataset)["not_protected"] == 2
+        assert summary["failed"] == 4 and "cannot read the mask" in summary["failures"][0]["reason"]
+        assert _counts(dataset) == (0, 4)
+    # The mask is mended; the copies still come from before the failed re-protection (the
+    # first one from the photo before its edit), and nothing vouches for them any more.
+    open(mask_path, "wb").write(mask)
+    assert _counts(dataset) == (0, 4)
     assert dataset.load_run_results("unseg_protect").state == {
         "protected": 0,
-        "stale": 0,
-        "unprotected": 2,
+        "stale": 4,
+        "unprotected": 0,
     }
+    with pytest.raises(ValueError, match="4 of 4 samples changed .* did not finish"):
+        export_protected(dataset, str(tmp_path / "out"), "images")
+    with pytest.raises(ValueError, match=r"training samples changed .* did not finish"):
+        evaluate_protection(
+            dataset, "seg_path", victims=["semantic"], output_dir=str(tmp_path / "audit")
+        )
+    assert visualize_noise(dataset)["not_protected"] == 4
+    assert protect(dataset, "seg_path", generator=generators["random"])["protected"] == 4
+    assert _counts(dataset) == (4, 0)
+    restored = dataset.first()
+    assert np.abs(_noise(restored)).max() <= EPS + TOL  # made from the edited photo
 
 
 def test_reprotecting_removes_earlier_copies_and_their_heatmaps(tmp_path, generators):  # noqa: F811

@@ -62,8 +62,9 @@ def protected_paths(samples, ids, protected_field: str) -> dict[str, str]:
         if stale:
             raise ValueError(
                 f"{len(stale)} of {len(paths)} training samples changed since they were "
-                f"protected, their image or label (e.g. sample {stale[0]}): protect them "
-                "again, or the victim learns from a copy of another picture or labels"
+                "protected (their image or label) or their last protection did not finish "
+                f"(e.g. sample {stale[0]}): protect them again, or the victim learns from "
+                "a copy of another picture or labels"
             )
     return paths
 
