@@ -750,6 +750,19 @@ def test_an_audit_under_a_counter_measure_reuses_the_identical_clean_trainings(t
     third = evaluate_protection(dataset, "instances", run_key="changed", **kwargs)
     assert all(not r.reused for r in third.results)
 
+    # The same key again, now under a counter-measure: it replaces that audit and takes the
+    # clean trainings it replaces, the only ones with these images.
+    totals.clear()
+    rerun = evaluate_protection(
+        dataset, "instances", countermeasure="blur:1", run_key="changed",
+        progress=lambda done, total: totals.append(total), **kwargs,
+    )  # fmt: skip
+    assert totals[-1] == 2 and rerun.countermeasure is not None
+    for old, new in zip(third.results, rerun.results):
+        assert new.reused == {"clean": "changed"} and new.scores["clean"] == old.scores["clean"]
+        assert dataset.has_evaluation(new.eval_keys["clean"])
+        assert dataset.count(new.fields["clean"]) == len(dataset.match_tags("test"))
+
 
 def test_a_view_that_filters_labels_is_scored_against_the_labels_it_shows(sample_dataset):
     from fiftyone import ViewField as F

@@ -79,9 +79,7 @@ def test_originals_are_hashed_again_only_where_their_size_or_time_changed(
     assert sorted(hashed) == sorted([touched.filepath, legacy.filepath])
 
 
-def test_a_failed_reprotection_leaves_its_earlier_copy_stale_until_protected_again(
-    tmp_path, generators
-):  # noqa: F811
+def test_a_failed_reprotection_leaves_its_earlier_copy_stale_till_protected(tmp_path, generators):  # noqa: F811
     dataset = _scene_dataset("failed-again", tmp_path, count=4)
     protect(dataset, "seg_path", generator=generators["random"])
     first = dataset.first()

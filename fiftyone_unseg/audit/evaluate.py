@@ -177,19 +177,11 @@ def evaluate_protection(
         seed,
     )
     train_labels = _labels(samples, split.train_ids, targets)
-    _forget(dataset, run_key)  # only now: a refused audit leaves the earlier one as it was
-    test_view = dataset.select(split.test_ids, ordered=True)
     test_paths = clean_paths(samples, split.test_ids)
     test_examples = [
         Example(i, test_paths[i], labels)
         for i, labels in zip(split.test_ids, _labels(samples, split.test_ids, targets))
     ]
-    needed = {victim.labels for victim in models.values()}
-    filtered = _filters_labels(samples, test_view, targets)
-    ground_truth = _ground_truth(
-        test_view, test_examples, targets, needed, run_key, folder, filtered
-    )
-
     train = {
         variant: [Example(i, images[variant][i], x) for i, x in zip(split.train_ids, train_labels)]
         for variant in variants
@@ -202,10 +194,19 @@ def evaluate_protection(
         )
         for name in models
     }
-    reused = {
+    reused = {  # looked up before the audit this one replaces is forgotten: it may be one
         name: find_clean_run(dataset, name, fingerprint) if reuse_clean else None
         for name, fingerprint in fingerprints.items()
     }
+    kept = [r.field for r in reused.values() if r is not None and r.run_key == run_key]
+    _forget(dataset, run_key, kept)  # only now: a refused audit leaves the earlier one as it was
+    test_view = dataset.select(split.test_ids, ordered=True)
+    needed = {victim.labels for victim in models.values()}
+    filtered = _filters_labels(samples, test_view, targets)
+    ground_truth = _ground_truth(
+        test_view, test_examples, targets, needed, run_key, folder, filtered
+    )
+
     trainings = {name: len(variants) - (reused[name] is not None) for name in models}
     done, total = 0, seeds * sum(s.epochs * trainings[name] for name, s in settings.items())
 
@@ -504,8 +505,9 @@ def _check_run_key(dataset, run_key: str) -> None:
         raise ValueError(f"run key {run_key!r} belongs to another kind of run; choose another")
 
 
-def _forget(dataset, run_key: str) -> None:
-    """Delete the fields and evaluations of an earlier audit with this key."""
+def _forget(dataset, run_key: str, kept=()) -> None:
+    """Delete the fields (but the prediction fields ``kept``, which this audit takes as its
+    own clean trainings) and evaluations of an earlier audit with this key."""
     if run_key not in dataset.list_runs():
         return
     _check_run_key(dataset, run_key)
@@ -515,7 +517,7 @@ def _forget(dataset, run_key: str) -> None:
             if dataset.has_evaluation(eval_key):
                 dataset.delete_evaluation(eval_key)
         for field in result.fields.values():
-            if dataset.has_sample_field(field):
+            if field not in kept and dataset.has_sample_field(field):
                 dataset.delete_sample_field(field)
     for kind in ("instances", "semantic"):
         if dataset.has_sample_field(f"{run_key}_gt_{kind}"):
