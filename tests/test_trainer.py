@@ -17,6 +17,7 @@ from PIL import Image
 
 from fiftyone_unseg import checkpoint, folders
 from fiftyone_unseg.modeling import NoiseGenerator
+from fiftyone_unseg.modeling.build import load_state_file
 from trainer import distributed, prompts, surrogate
 from trainer.config import CONFIG_DIR, TrainConfig, load_config
 from trainer.data import PairDataset, load_pairs, split_pairs
@@ -466,7 +467,9 @@ def test_a_surrogate_that_predicts_nothing_is_reported(tmp_path, capsys):
     from trainer.cli import main
 
     ctx = distributed.Context(0, 1, torch.device("cpu"))
-    dead = micro_config(surrogate="cnn", surrogate_lr=1.0, max_steps=12, val_every=2)
+    dead = micro_config(
+        surrogate="cnn", surrogate_lr=1.0, max_steps=12, val_every=2, surrogate_restarts=0
+    )
     cfg_path = tmp_path / "dead.json"
     cfg_path.write_text(json.dumps(dead.to_dict()))
     assert main(["train", "--config", str(cfg_path), "--out", str(tmp_path / "dead")]) == 0
@@ -491,6 +494,37 @@ def test_a_surrogate_that_predicts_nothing_is_reported(tmp_path, capsys):
     learning = dataclasses.replace(dead, surrogate=MICRO, surrogate_lr=1e-4)
     summary = Trainer(learning, str(tmp_path / "ok"), ctx).run()
     assert summary["iou_val_clean"] >= 0.01 and summary["warnings"] == []
+
+
+def test_a_surrogate_that_predicts_nothing_restarts_at_a_lower_learning_rate(tmp_path):
+    """Found predicting nothing, the surrogate starts afresh at a third of its learning
+    rate, at most ``surrogate_restarts`` times, and is judged again two of its phases
+    later; a resumed run carries the restarts, the lower rate and the new start."""
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    cfg = micro_config(
+        surrogate="cnn", surrogate_lr=1.0, max_steps=16, val_every=2, surrogate_restarts=1
+    )
+    trainer = Trainer(cfg, str(tmp_path / "once"), ctx)
+    summary = trainer.run()
+    warnings = summary["warnings"]
+    assert [w.split(":")[0] for w in warnings] == ["step 6", "step 14", "step 16"]
+    assert "restarted it from fresh weights" in warnings[0] and "surrogate_lr 3e-01" in warnings[0]
+    # judged again after 4 surrogate steps of its own, then warned about: no restart left
+    assert "after 4 surrogate steps" in warnings[1] and "--set surrogate_lr=1e-01" in warnings[1]
+    assert summary["surrogate_restarts"] == 1
+    assert trainer.opt_surrogate.param_groups[0]["lr"] == pytest.approx(1 / 3)
+    last = tmp_path / "once" / "checkpoints" / "step_00000016"
+    state = load_state_file(str(last / "trainer_state.pt"), "trainer state")
+    assert (state["restarts"], state["restarted_at"]) == (1, 6)
+    assert state["surrogate_lr"] == pytest.approx(1 / 3)
+    # Stopped after the restart and resumed: the same judgements, no second restart.
+    Trainer(dataclasses.replace(cfg, max_steps=8), str(tmp_path / "stopped"), ctx).run()
+    resumed = Trainer(cfg, str(tmp_path / "stopped"), ctx)
+    summary = resumed.run(resume=True)
+    assert [w.split(":")[0] for w in summary["warnings"]] == ["step 6", "step 14", "step 16"]
+    assert resumed.surrogate_lr == pytest.approx(1 / 3) and summary["surrogate_restarts"] == 1
+    with pytest.raises(ValueError, match="surrogate_restarts must be 0 or more"):
+        micro_config(surrogate_restarts=-1)
 
 
 def test_prompts_follow_the_mask():

@@ -73,6 +73,9 @@ class TrainConfig:
     max_steps: int | None = None  # caps the bilevel steps (after pretraining)
     lr: float = 1e-4
     surrogate_lr: float | None = None  # None: the same as lr
+    # how often a surrogate found predicting nothing (two of its phases after it started)
+    # starts afresh at a third of its learning rate; 0: only warn
+    surrogate_restarts: int = 2
     lr_drop_at: int = 20  # in ``unit``s of the bilevel stage; lr *= lr_gamma from then on
     lr_gamma: float = 0.1
     batch_size: int = 4  # per process
@@ -122,6 +125,8 @@ class TrainConfig:
             raise ValueError(
                 f"shared_texture_weight must be 0 or more, got {self.shared_texture_weight}"
             )
+        if self.surrogate_restarts < 0:
+            raise ValueError(f"surrogate_restarts must be 0 or more, got {self.surrogate_restarts}")
         if self.keep_checkpoints < 1:
             raise ValueError(
                 "keep_checkpoints must be at least 1 (the newest is what --resume continues "

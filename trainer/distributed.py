@@ -49,3 +49,12 @@ def teardown(ctx: Context) -> None:
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def agree(ctx: Context, flag: bool) -> bool:
+    """The main process's ``flag``, on every process (each must call this together)."""
+    if not ctx.distributed:
+        return flag
+    value = torch.tensor([int(flag)], device=ctx.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())

@@ -195,6 +195,9 @@ class Trainer:
         self.stage = None
         self.step = 0
         self.warnings = []  # what the run's summary warns about (see _watch_surrogate)
+        self.restarts = 0  # of a surrogate that predicted nothing (cfg.surrogate_restarts)
+        self.restarted_at = 0  # the step of the last restart
+        self.watching = True  # whether to judge the surrogate at the next due evaluation
         self.last_evaluation = (None, {})  # (step, scores) of the latest evaluate()
 
     # -- set-up -------------------------------------------------------------------------
@@ -289,11 +292,12 @@ class Trainer:
             and step == self.schedule.block_start(block)
         )
 
-    def _reset_surrogate(self, block: int) -> None:
-        """Re-initialise the surrogate (the same weights on every process) and its optimiser,
-        so the generator's noise must be learnable from scratch, not by one co-adapted model."""
+    def _reset_surrogate(self, seed: int) -> None:
+        """Re-initialise the surrogate (the same weights from ``seed`` on every process) and
+        its optimiser: every ``cfg.surrogate_reset_every`` blocks, so the generator's noise
+        must be learnable from scratch, not by one co-adapted model, and on a restart."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cfg.seed + 1000 + block)
+            torch.manual_seed(seed)
             fresh = self._new_surrogate()
         self.surrogate.load_state_dict(fresh.state_dict())
         self.opt_surrogate = torch.optim.Adam(self.surrogate.parameters(), lr=self.surrogate_lr)
@@ -405,24 +409,52 @@ class Trainer:
         self.surrogate.train()
         return results
 
-    def _watch_surrogate(self, scores: dict, done: bool) -> None:
-        """Warn (log and summary) when the surrogate predicts nothing on clean images: once
-        two of its phases have passed since it started (the first such evaluation that
-        finds it so), and at the end."""
+    def _surrogate_trained(self) -> int:
+        """Surrogate steps since the surrogate last started afresh (a reset or a restart)."""
+        count, every = self.schedule.surrogate_steps, self.cfg.surrogate_reset_every
+        since_restart = count(self.step, 0) - count(self.restarted_at, 0)
+        return min(count(self.step, every), since_restart)
+
+    def _watch_surrogate(self, scores: dict, done: bool) -> bool:
+        """Judge whether the surrogate predicts nothing on clean images, at each evaluation
+        once two of its phases have passed since it started, and at the end. The first
+        time it does, the run restarts it (returns True: :meth:`_restart_surrogate`) while
+        ``cfg.surrogate_restarts`` allow, else warns (log and summary) and judges it again
+        at the end only; a restart is reported as a warning too."""
         split = "val" if "iou_val_clean" in scores else "train"
         iou = scores[f"iou_{split}_clean"]
-        trained = self.schedule.surrogate_steps(self.step, self.cfg.surrogate_reset_every)
-        due = done or (trained >= 2 * self.schedule.surrogate and not self.warnings)
+        trained = self._surrogate_trained()
+        due = done or (trained >= 2 * self.schedule.surrogate and self.watching)
         if not trained or not due or iou >= DEAD_SURROGATE_IOU:
-            return
-        message = (
+            return False
+        restart = not done and self.restarts < self.cfg.surrogate_restarts
+        found = (
             f"step {self.step}: the surrogate predicts nothing on clean {split} images (IoU "
-            f"{iou:.3f} after {trained} surrogate steps since it started), so the generator "
-            "learns against a model that has not learned these masks; try a lower "
-            f"surrogate learning rate (--set surrogate_lr={self.surrogate_lr / 3:.0e})"
+            f"{iou:.3f} after {trained} surrogate steps since it started)"
         )
+        if restart:
+            message = (
+                f"{found}; restarted it from fresh weights at a third of its learning rate "
+                f"(surrogate_lr {self.surrogate_lr / 3:.0e}; restart {self.restarts + 1} of "
+                f"surrogate_restarts {self.cfg.surrogate_restarts})"
+            )
+        else:
+            message = (
+                f"{found}, so the generator learns against a model that has not learned "
+                "these masks; try a lower surrogate learning rate "
+                f"(--set surrogate_lr={self.surrogate_lr / 3:.0e})"
+            )
+            self.watching = False
         logger.warning(message)
         self.warnings.append(message)
+        return restart
+
+    def _restart_surrogate(self) -> None:
+        """Start the surrogate afresh at a third of its learning rate."""
+        self.restarts += 1
+        self.restarted_at = self.step
+        self.surrogate_lr /= 3
+        self._reset_surrogate(self.cfg.seed + 2000 + self.restarts)
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -473,6 +505,10 @@ class Trainer:
             "opt_generator": self.opt_generator.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "warnings": self.warnings,
+            "surrogate_lr": self.surrogate_lr,
+            "restarts": self.restarts,
+            "restarted_at": self.restarted_at,
+            "watching": self.watching,
         }
         torch.save(state, os.path.join(tmp, "trainer_state.pt"))
         shutil.rmtree(final, ignore_errors=True)
@@ -522,6 +558,10 @@ class Trainer:
         self.opt_generator.load_state_dict(state["opt_generator"])
         torch.set_rng_state(state["torch_rng"])
         self.warnings = list(state.get("warnings", []))  # older checkpoints kept none
+        self.surrogate_lr = state.get("surrogate_lr", self.surrogate_lr)
+        self.restarts = state.get("restarts", 0)
+        self.restarted_at = state.get("restarted_at", 0)
+        self.watching = state.get("watching", not self.warnings)
 
     def _clear_outputs(self) -> None:
         """Delete what an earlier training wrote to ``out_dir`` (:data:`RUN_OUTPUTS`)."""
@@ -612,7 +652,7 @@ class Trainer:
                     self._enter_stage(self._stage_for(self.step))
                     batches = self._batches()
                 if self._starts_reset_block(self.step):
-                    self._reset_surrogate(self.schedule.block(self.step))
+                    self._reset_surrogate(self.cfg.seed + 1000 + self.schedule.block(self.step))
                 factor = self.schedule.lr_factor(self.step, cfg.lr_gamma)
                 lr = self._base_lr(self.stage) * factor
                 # A surrogate that restarts from fresh weights must learn as fast as the
@@ -629,7 +669,8 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(phase=phase, loss=f"{loss:.4f}")
                 done = self.step == self.schedule.total
-                evaluate = ctx.is_main and (self.step % cfg.val_every == 0 or done)
+                check = self.step % cfg.val_every == 0 or done
+                evaluate, restart = ctx.is_main and check, False
                 if ctx.is_main and (evaluate or self.step % cfg.log_every == 0):
                     row = {
                         "step": self.step,
@@ -653,8 +694,10 @@ class Trainer:
                                 if k.startswith(("iou", "texture"))
                             )
                         )
-                        self._watch_surrogate(row, done)
+                        restart = self._watch_surrogate(row, done)
                     self._log(row)
+                if check and distributed.agree(ctx, restart):
+                    self._restart_surrogate()
                 if self.step % cfg.checkpoint_every == 0 or done:
                     if ctx.is_main:
                         self.save_checkpoint()
@@ -676,6 +719,7 @@ class Trainer:
         summary["generator"] = os.path.join(self.out_dir, "generator")
         summary["skipped_pairs"] = {p.mask: why for p, why in self.train_data.skipped.items()}
         summary["warnings"] = self.warnings
+        summary["surrogate_restarts"] = self.restarts
         save_generator(
             self.generator, self.gen_config, summary["generator"], self._generator_metadata()
         )
