@@ -35,6 +35,7 @@ from fiftyone_unseg.protect import (
     optional_values,
     original_paths,
     protection_states,
+    stored_samples,
 )
 
 # Formats by the names the CLI and the App offer; the SDK takes any ``fo.types`` class too.
@@ -104,8 +105,8 @@ def export_protected(
         raise ValueError(f"{export_dir} is not empty: choose another folder or overwrite it")
 
     # Read from the dataset: a view may have left these fields out.
-    ids = samples.values("id")
-    stored = samples._dataset.select(ids, ordered=True)
+    stored = stored_samples(samples)
+    ids = stored.values("id")
     originals = original_paths(stored)
     protected = optional_values(stored, "protected_filepath")
     states = protection_states(stored)

@@ -338,8 +338,9 @@ def restore(samples, delete_protected: bool = False) -> dict:
     ``unseg`` fields and the fields pointing at their noise images cleared.
     Returns counts: ``restored``, ``unchanged``, ``deleted`` (protected copies).
     """
-    ids = samples.values("id")
-    originals = optional_values(samples, "original_filepath")
+    stored = stored_samples(samples)  # a view may leave the path fields out
+    ids = stored.values("id")
+    originals = optional_values(stored, "original_filepath")
     restored = {i: o for i, o in zip(ids, originals) if o}
     dataset = samples._dataset
     if restored:
@@ -348,7 +349,7 @@ def restore(samples, delete_protected: bool = False) -> dict:
         _refresh_metadata(dataset, restored)
     deleted = 0
     if delete_protected:
-        protected = {i: p for i, p in zip(ids, optional_values(samples, "protected_filepath")) if p}
+        protected = {i: p for i, p in zip(ids, optional_values(stored, "protected_filepath")) if p}
         deleted = _discard(dataset, protected)
         for field in ("protected_filepath", "unseg"):
             dataset.set_values(field, dict.fromkeys(protected), key_field="id")
@@ -397,7 +398,7 @@ def protection_states(samples) -> list[str | None]:
     modification time differ from those recorded with the copy (``source_stat``), as
     ``make`` and git decide what changed.
     """
-    stored = _stored(samples)
+    stored = stored_samples(samples)
     paths, generators, fields, sources, stats, labels = (
         optional_values(stored, f)
         for f in (
@@ -439,9 +440,11 @@ def protection_states(samples) -> list[str | None]:
 
 def original_paths(samples) -> list[str]:
     """The original image of each sample: ``original_filepath`` where protection replaced
-    the ``filepath``, else the ``filepath``."""
-    originals = optional_values(samples, "original_filepath")
-    return [o or f for o, f in zip(originals, samples.values("filepath"))]
+    the ``filepath``, else the ``filepath``; read from the dataset, whatever fields the
+    view leaves out."""
+    stored = stored_samples(samples)
+    originals = optional_values(stored, "original_filepath")
+    return [o or f for o, f in zip(originals, stored.values("filepath"))]
 
 
 def file_stat(path: str) -> str | None:
@@ -553,7 +556,7 @@ def _shard_view(samples, shard):
     return samples.select([i for i in samples.values("id") if shard_of(i, count) == index])
 
 
-def _stored(samples):
+def stored_samples(samples):
     """``samples`` as the dataset stores them, in their order (a view may filter labels or
     leave fields out)."""
     if isinstance(samples, fo.Dataset):
@@ -588,7 +591,7 @@ def _plan(view, settings: dict, output_dir: str, overwrite: bool) -> tuple[list,
 def _done(samples, settings: dict) -> list[bool]:
     """Whether each sample of ``samples`` is protected with ``settings`` from what it holds
     now, its file in place (:func:`protection_states`): a run skips those."""
-    stored = _stored(samples)
+    stored = stored_samples(samples)
     ids, paths, *previous = stored.values(
         ["id", "protected_filepath"] + [f"unseg.{k}" for k in SETTINGS]
     )
@@ -746,7 +749,7 @@ class _Run:
             return []
         selected = self.view.select([t.id for t in mine])
         ids, labels = selected.values(["id", self.spec.label_field])
-        stored = _stored(selected)  # the labels as stored: what label_hash records
+        stored = stored_samples(selected)  # the labels as stored: what label_hash records
         paths, generators, kept = stored.values(
             ["protected_filepath", "unseg.generator_id", self.spec.label_field]
         )
@@ -968,7 +971,7 @@ def _visibility(view, states: list) -> dict:
     """How visible the noise of ``view``'s protected copies is (``states``: theirs, from
     :func:`protection_states`): their ``count``, ``psnr_mean``, ``psnr_min`` and
     ``linf_max`` (None without values)."""
-    stored = _stored(view)
+    stored = stored_samples(view)
     facts = zip(optional_values(stored, "unseg.psnr"), optional_values(stored, "unseg.linf"))
     current = [fact for fact, state in zip(facts, states) if state == CURRENT]
     psnr = [p for p, _ in current if p is not None]

@@ -18,6 +18,7 @@ from fiftyone_unseg.protect import (
     optional_values,
     original_paths,
     protection_states,
+    stored_samples,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,12 +152,13 @@ def _check_fields(dataset, heatmap_field: str, amplified_field: str | None) -> N
 
 def _jobs(samples) -> list[tuple[str, str, str, float]]:
     """(sample id, original path, protected path, eps) of each protected sample."""
-    ids = samples.values("id")
-    protected, eps = (optional_values(samples, f) for f in ("protected_filepath", "unseg.eps"))
+    stored = stored_samples(samples)  # a view may leave the path fields out
+    ids = stored.values("id")
+    protected, eps = (optional_values(stored, f) for f in ("protected_filepath", "unseg.eps"))
     return [
         (i, o, p, e or DEFAULT_EPS)
         for i, o, p, e, state in zip(
-            ids, original_paths(samples), protected, eps, protection_states(samples)
+            ids, original_paths(stored), protected, eps, protection_states(stored)
         )
         if state == CURRENT
     ]

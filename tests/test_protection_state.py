@@ -199,6 +199,26 @@ def test_replacing_the_filepath_keeps_its_metadata_current(tmp_path, generators)
     current()
 
 
+def test_views_that_leave_the_path_fields_out_still_act_on_the_originals(tmp_path, generators):  # noqa: F811
+    """Protection replaced ``filepath``; a view without ``original_filepath`` (the App's
+    hidden fields, ``exclude_fields``) must not take the protected copy for the original."""
+    dataset = _scene_dataset("hidden-originals", tmp_path, count=2)
+    originals = dataset.values("filepath")
+    protect(dataset, "dets", generator=generators["random"], replace_filepath=True)
+    hidden = dataset.exclude_fields(["original_filepath", "protected_filepath", "unseg"])
+    assert visualize_noise(hidden)["visualized"] == 2
+    for sample in dataset:  # the noise itself, not the copy minus itself
+        heatmap = np.asarray(Image.open(sample.unseg_noise.map_path))
+        assert heatmap.max() > 0
+    summary = protect(hidden, "dets", generator=generators["random"], overwrite=True)
+    assert summary["protected"] == 2 and _counts(dataset) == (2, 0)
+    for sample in dataset:  # made from the original, not noise on the earlier copy
+        assert sample.original_filepath in originals
+        assert np.abs(_noise(sample)).max() <= EPS + TOL
+    assert restore(hidden, delete_protected=True)["restored"] == 2
+    assert dataset.values("filepath") == originals and all(map(os.path.isfile, originals))
+
+
 def test_export_refuses_label_types_the_format_cannot_take_before_any_work(tmp_path, generators):  # noqa: F811
     dataset = _scene_dataset("yolo-segmentation", tmp_path, count=1)
     protect(dataset, "dets", generator=generators["random"])
