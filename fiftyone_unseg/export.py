@@ -32,12 +32,25 @@ from fiftyone_unseg.panoptic import IMAGE_ID_FIELD, unique_image_ids
 from fiftyone_unseg.protect import (
     CURRENT,
     STALE,
+    noise_paths,
     optional_values,
     original_paths,
     protection_states,
     stored_samples,
 )
 
+# The keys of ``dataset.info`` an export keeps: classes, and COCO's public header.
+EXPORTED_INFO = (
+    "categories",
+    "panoptic_categories",
+    "licenses",
+    "description",
+    "version",
+    "year",
+    "contributor",
+    "url",
+    "date_created",
+)
 # Formats by the names the CLI and the App offer; the SDK takes any ``fo.types`` class too.
 EXPORT_TYPES = {
     "coco": fo.types.COCODetectionDataset,  # Detections with instance masks, Polylines
@@ -234,6 +247,12 @@ def _check_fields(samples, dataset_type, fields: list[str], export_dir: str) -> 
     missing = [f for f in fields if not samples.has_field(f)]
     if missing:
         raise ValueError(f"no label field {', '.join(map(repr, missing))} in these samples")
+    secret = _protection_fields(samples, fields)
+    if secret:
+        raise ValueError(
+            f"{', '.join(map(repr, secret))} hold the protection record or the noise images "
+            "of visualize_noise: exported, they would show what was added; leave them out"
+        )
     kind = _kind(dataset_type)
     if issubclass(kind, fo.types.UnlabeledDataset) and fields:
         raise ValueError(f"{_format_name(kind)} exports images only: give no label field")
@@ -246,6 +265,34 @@ def _check_fields(samples, dataset_type, fields: list[str], export_dir: str) -> 
         )
     if fields:
         _check_label_type(samples, dataset_type, fields[0], export_dir)
+
+
+def _protection_fields(samples, fields: list[str]) -> list[str]:
+    """Those of ``fields`` that hold the protection record (``unseg``, the path fields) or
+    point at the samples' noise images (heatmaps, amplified noise)."""
+    stored = stored_samples(samples)
+    noise = {
+        path
+        for copy in optional_values(stored, "protected_filepath")
+        if copy
+        for path in noise_paths(copy)
+    }
+    found = []
+    for field in fields:
+        if field in ("unseg", "original_filepath", "protected_filepath"):
+            found.append(field)
+            continue
+        kind = getattr(samples.get_field(field), "document_type", None)
+        paths = (
+            stored.values(f"{field}.map_path")
+            if kind is fo.Heatmap
+            else stored.values(field)
+            if isinstance(samples.get_field(field), fo.StringField)
+            else []
+        )
+        if noise & set(paths):
+            found.append(field)
+    return found
 
 
 def _check_label_type(samples, dataset_type, field: str, export_dir: str) -> None:
@@ -353,6 +400,9 @@ def _working_copy(view, fields: list[str]):
     database (no path to the originals' folders), the App showing ``filepath`` only."""
     fields = [field for field in fields if view.has_field(field)]
     copy = view.select_fields(fields).clone()
+    # The dataset's info may hold local paths or notes (the fiftyone format writes it
+    # whole): keep what exporters read, the classes and COCO's public header.
+    copy.info = {k: v for k, v in copy.info.items() if k in EXPORTED_INFO}
     for field in fields:
         kind = getattr(copy.get_field(field), "document_type", None)  # None: not a label
         if kind in (fo.Segmentation, fo.Heatmap, fo.Detections):

@@ -144,6 +144,26 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
     ]
 
 
+def test_export_never_publishes_the_noise_the_record_or_local_notes(tmp_path, generators):  # noqa: F811
+    dataset = _nested_dataset("export-secrets", tmp_path, generators["random"])
+    visualize_noise(dataset, amplified_field="unseg_amplified")
+    out = tmp_path / "out"
+    for field in ("unseg_noise", "unseg_amplified", "unseg", "protected_filepath"):
+        with pytest.raises(ValueError, match=f"'{field}' hold the protection record or the noise"):
+            export_protected(dataset, str(out), "fiftyone", ["dets", field])
+        assert not out.exists()
+    dataset.info = {
+        "dataset_dir": str(tmp_path / "originals"),
+        "notes": "scraped from our shop",
+        "description": "street scenes",
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    dataset.save()
+    export_protected(dataset, str(out), "fiftyone", ["dets"])
+    info = json.loads((out / "metadata.json").read_text())["info"]
+    assert info == {"description": "street scenes", "categories": [{"id": 1, "name": "thing"}]}
+
+
 def test_export_refuses_unprotected_or_foreign_files_by_name(tmp_path, generators):  # noqa: F811
     dataset = _scene_dataset("export-refusals", tmp_path / "scenes", count=2)
     protect(dataset, "dets", generator=generators["random"])
