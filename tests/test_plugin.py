@@ -13,8 +13,10 @@ from fiftyone.operators.executor import ExecutionContext, ExecutionError
 from test_protect import _scene_dataset, generators  # noqa: F401
 from test_reliability import _fail_writes_after
 
+from fiftyone_unseg import io
 from fiftyone_unseg.plugin import protect as plugin_protect
 from fiftyone_unseg.plugin.forms import NO_DATASET
+from fiftyone_unseg.protect import _lock_path
 
 OPERATORS = {
     "load_sample_dataset",
@@ -101,6 +103,21 @@ def test_protect_operator_lists_failed_samples_and_why(tmp_path, generators, mon
     assert table["name"] == "TableView" and table["label"] == "Failures (first 1 of 2)"
     assert [column["key"] for column in table["columns"]] == ["id", "filepath", "reason"]
     assert "stopped" not in outputs
+
+
+def test_protect_operator_says_which_samples_another_run_holds(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("plugin-busy", tmp_path, count=2)
+    held = _lock_path(dataset, dataset.first().id)
+    lock = io.try_lock(held)  # a delegated run at work on this sample
+    try:
+        result, outputs = _protect_and_show(dataset, generators["random"])
+    finally:
+        io.unlock(lock, held)
+    assert (result["protected"], result["busy"]) == (1, 1)
+    assert outputs["busy"]["view"]["name"] == "Warning"
+    assert outputs["busy"]["view"]["label"].startswith("1 samples were left to another")
+    result, outputs = _protect_and_show(dataset, generators["random"])
+    assert (result["protected"], result["busy"]) == (1, 0) and "busy" not in outputs
 
 
 def test_protect_operator_says_why_it_stopped(tmp_path, generators, monkeypatch):  # noqa: F811

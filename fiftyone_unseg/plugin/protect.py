@@ -210,6 +210,14 @@ class ProtectSamples(foo.Operator):
         for name in ("protected", "replaced", "skipped", "no_segments", "failed"):
             outputs.int(name, label=name.replace("_", " ").capitalize())
         outputs.str("output_dir", label="Protected images in")
+        busy = (ctx.results or {}).get("busy")
+        if busy:
+            message = (
+                f"{busy} samples were left to another protection run that holds them (a "
+                "delegated run still going?): they are protected once it finishes; run "
+                "again afterwards if it failed"
+            )
+            outputs.view("busy", types.Warning(label=message))
         visibility = (ctx.results or {}).get("visibility")
         if visibility:
             line = visibility_line(visibility)
