@@ -13,7 +13,7 @@ from fiftyone.operators.executor import ExecutionContext, ExecutionError
 from test_protect import _scene_dataset, generators  # noqa: F401
 from test_reliability import _fail_writes_after
 
-from fiftyone_unseg import io
+from fiftyone_unseg import io, protect
 from fiftyone_unseg.plugin import protect as plugin_protect
 from fiftyone_unseg.plugin.forms import NO_DATASET
 from fiftyone_unseg.protect import _lock_path
@@ -118,6 +118,24 @@ def test_protect_operator_says_which_samples_another_run_holds(tmp_path, generat
     assert outputs["busy"]["view"]["label"].startswith("1 samples were left to another")
     result, outputs = _protect_and_show(dataset, generators["random"])
     assert (result["protected"], result["busy"]) == (1, 0) and "busy" not in outputs
+
+
+def test_protect_operator_takes_the_class_key_the_cli_used(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("plugin-class-key", tmp_path, count=2)
+    protect(dataset, "dets", generator=generators["random"], class_mix=0.5, class_key="S")
+    operator = foo.get_operator(PROTECT)
+    ask = {"label_field": "dets", "class_mix": 0.0}
+    form = operator.resolve_input(ExecutionContext({"dataset_name": dataset.name, "params": ask}))
+    assert "class_key" not in form.to_json()["type"]["properties"]  # no key without textures
+    params = {"label_field": "dets", "generator": generators["random"], "class_mix": 0.5}
+    form = operator.resolve_input(
+        ExecutionContext({"dataset_name": dataset.name, "params": params})
+    )
+    assert "class_key" in form.to_json()["type"]["properties"]
+    for key, skipped in (("S", 2), ("", 0)):  # the CLI's key: done; the dataset's: replaced
+        run = {"dataset": dataset.name, "params": {**params, "class_key": key}}
+        result = foo.execute_operator(PROTECT, ctx=run)
+        assert result.error is None and result.result["skipped"] == skipped
 
 
 def test_protect_operator_says_why_it_stopped(tmp_path, generators, monkeypatch):  # noqa: F811

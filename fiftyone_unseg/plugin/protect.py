@@ -115,6 +115,13 @@ class ProtectSamples(foo.Operator):
             min=0.0,
             max=1.0,
         )
+        if ctx.params.get("class_mix", DEFAULT_CLASS_MIX) > 0:
+            inputs.str(
+                "class_key",
+                label="Class key's secret (empty: this dataset's own key; give the one used "
+                "before to keep those samples' textures)",
+                default="",
+            )
         inputs.enum(
             "image_format",
             ["png", "jpg"],
@@ -198,6 +205,7 @@ class ProtectSamples(foo.Operator):
             overwrite=params.get("overwrite", False),
             progress=app_progress(ctx, "images"),
             class_mix=params.get("class_mix", DEFAULT_CLASS_MIX),
+            class_key=params.get("class_key") or None,
             device=params.get("device", "cpu"),
             output_dir=params.get("output_dir") or None,
             background=background,
