@@ -267,6 +267,28 @@ def _check_fields(samples, dataset_type, fields: list[str], export_dir: str) -> 
         _check_label_type(samples, dataset_type, fields[0], export_dir)
 
 
+def exportable_fields(samples, dataset_type) -> list[str]:
+    """The label fields of ``samples`` that ``dataset_type`` can export (sorted): none for
+    image-only types; never heatmaps (those of :func:`fiftyone_unseg.visualize_noise`
+    show the noise)."""
+    dataset_type = _dataset_type(dataset_type)
+    kind = _kind(dataset_type)
+    if issubclass(kind, fo.types.UnlabeledDataset):
+        return []
+    schema = samples.get_field_schema(embedded_doc_type=fo.Label)
+    fields = sorted(k for k, f in schema.items() if not issubclass(f.document_type, fo.Heatmap))
+    if issubclass(kind, fo.types.FiftyOneDataset):
+        return fields
+    suitable = []
+    for field in fields:
+        try:
+            _check_label_type(samples, dataset_type, field, tempfile.gettempdir())
+        except ValueError:
+            continue
+        suitable.append(field)
+    return suitable
+
+
 def _protection_fields(samples, fields: list[str]) -> list[str]:
     """Those of ``fields`` that hold the protection record (``unseg``, the path fields) or
     point at the samples' noise images (heatmaps, amplified noise)."""

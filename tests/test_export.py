@@ -302,8 +302,20 @@ def test_operator_form_asks_for_protection_first_and_offers_label_fields(tmp_pat
     fields = form()
     assert {"format", "label_field", "export_dir", "skip_unprotected", "overwrite"} <= set(fields)
     offered = [choice["value"] for choice in fields["label_field"]["view"]["choices"]]
-    assert offered == ["boxes", "dets", "polys", "seg_db", "seg_path"]
+    assert offered == ["boxes", "dets", "polys"]  # what COCO takes: no Segmentation
     assert fields["label_field"]["default"] == "dets"  # the field protection used
+    masks = form(format="segmentation-dir")["label_field"]
+    offered = [choice["value"] for choice in masks["view"]["choices"]]
+    assert offered == ["boxes", "dets", "polys", "seg_db", "seg_path"]  # painted as class maps
+    protect(dataset, "seg_db", generator=generators["random"], overwrite=True)
+    assert form()["label_field"]["default"] == "boxes"  # seg_db cannot be COCO's
+    assert form(format="segmentation-dir")["label_field"]["default"] == "seg_db"
+    images_only = _scene_dataset("export-form-bare", tmp_path / "bare", count=1)
+    images_only.delete_sample_fields(["dets", "boxes", "polys"])
+    protect(images_only, "seg_db", generator=generators["random"])
+    ctx = ExecutionContext({"dataset_name": images_only.name, "params": {"format": "yolo"}})
+    bare = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert bare["no_label_field"]["invalid"] and "label_field" not in bare
     assert fields["label_field"]["view"]["multiple"] is False
     assert form(format="fiftyone")["label_fields"]["view"]["multiple"] is True
     assert not {"label_field", "label_fields"} & set(form(format="images"))

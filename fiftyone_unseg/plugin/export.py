@@ -1,11 +1,10 @@
 """Operator that exports the protected copy of a dataset to publish."""
 
-import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_unseg.export import EXPORT_TYPES, export_protected
-from fiftyone_unseg.plugin.forms import require_protection, target_form
+from fiftyone_unseg.export import EXPORT_TYPES, export_protected, exportable_fields
+from fiftyone_unseg.plugin.forms import form_error, require_protection, target_form
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.plugin.protect import operator_config
 
@@ -41,11 +40,12 @@ class ExportProtected(foo.Operator):
         for name, label in FORMAT_LABELS.items():
             formats.add_choice(name, label=label)
         inputs.enum("format", list(EXPORT_TYPES), default="coco", required=True, view=formats)
-        schema = ctx.dataset.get_field_schema(embedded_doc_type=fo.Label)
-        # Heatmaps are left out: the noise heatmaps of visualize_noise would show the noise.
-        fields = sorted(k for k, f in schema.items() if not issubclass(f.document_type, fo.Heatmap))
         data_format = ctx.params.get("format", "coco")
-        if data_format != "images":
+        fields = exportable_fields(ctx.dataset, data_format)  # of a type this format takes
+        if data_format != "images" and not fields:
+            name = FORMAT_LABELS[data_format].split(" (")[0]
+            form_error(inputs, "no_label_field", f"No label field here can be exported as {name}")
+        elif data_format != "images":
             used = [f for f in ctx.dataset.distinct("unseg.label_field") if f in fields]
             if data_format == "coco-panoptic":  # all segments, as load_coco_panoptic named them
                 used = [f for f in [ctx.dataset.info.get("panoptic_field")] if f in fields] + used
