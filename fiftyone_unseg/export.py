@@ -265,6 +265,25 @@ def _check_fields(samples, dataset_type, fields: list[str], export_dir: str) -> 
         )
     if fields:
         _check_label_type(samples, dataset_type, fields[0], export_dir)
+    if fields and kind.__name__ == "COCOPanopticDataset":
+        _check_segments(samples, fields[0])
+
+
+def _check_segments(samples, field: str) -> None:
+    """ValueError naming the first sample whose detections in ``field`` have no instance
+    mask: a box is no panoptic segment."""
+    if samples.get_field(field).document_type is not fo.Detections:
+        return
+    boxes = samples.filter_labels(field, ~F("mask").exists() & ~F("mask_path").exists())
+    if len(boxes):
+        sample = boxes.first()
+        labels = [d.label for d in sample[field].detections]
+        name = os.path.basename(original_paths(boxes.limit(1))[0])
+        raise ValueError(
+            f"{name}: detections {labels[:5]} have no instance mask, and a box is no panoptic "
+            f"segment ({len(boxes)} samples have such detections): export boxes in the coco "
+            "format"
+        )
 
 
 def exportable_fields(samples, dataset_type) -> list[str]:

@@ -249,9 +249,13 @@ def test_any_masked_detections_export_as_panoptic_segments(tmp_path, generators)
         )
     )
     protect(dataset, "dets", generator=generators["random"])
-    with pytest.raises(ValueError, match=r"a\.png: detections \['box'\] have no instance mask"):
-        export_protected(dataset[2:], str(tmp_path / "boxes"), "coco-panoptic", label_field="dets")
-    assert not (tmp_path / "boxes").exists()
+    staged = []
+    with pytest.raises(ValueError, match=r"a\.jpg: detections \['box'\] have no instance mask"):
+        export_protected(
+            dataset[2:], str(tmp_path / "boxes"), "coco-panoptic", label_field="dets",
+            progress=lambda *done: staged.append(done),
+        )  # fmt: skip
+    assert not (tmp_path / "boxes").exists() and staged == []  # refused before any work
 
 
 def test_coco_import_categories_and_ids_are_kept(tmp_path, generators):  # noqa: F811
