@@ -637,12 +637,42 @@ def test_operator_runs_the_audit(sample_dataset):
         foo.execute_operator(
             "@unseg/unseg/evaluate_protection", ctx={"dataset": dataset.name, "params": no_measure}
         )
+    # The CLI's split, weights and reuse options: a random half split, clean trained again.
+    params = {
+        "label_field": "instances",
+        "victims": ["semantic"],
+        "use_protected": False,
+        "baselines": [],
+        "epochs": 1,
+        "image_size": SIZE,
+        "train_tag": "no-such-tag",
+        "train_fraction": 0.5,
+        "retrain_clean": True,
+        "run_key": "random_split",
+    }
+    run = {"dataset": dataset.name, "params": params}
+    assert foo.execute_operator("@unseg/unseg/evaluate_protection", ctx=run).error is None
+    dataset.reload()
+    report = load_report(dataset, "random_split")
+    assert report.split.startswith("random 0.5") and report.num_train == len(dataset) // 2
+    assert report.results[0].reused == {}
+    missing = {**params, "semantic_weights": "/nowhere/lraspp.pth", "run_key": "weights"}
+    with pytest.raises(ExecutionError, match="nowhere/lraspp.pth"):
+        foo.execute_operator(
+            "@unseg/unseg/evaluate_protection", ctx={"dataset": dataset.name, "params": missing}
+        )
     operator = foo.get_operator("@unseg/unseg/evaluate_protection")
     clean_only = {"label_field": "instances", "use_protected": False, "baselines": []}
     ctx = ExecutionContext({"dataset_name": dataset.name, "params": clean_only})
     fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
     assert "Clean training only" in fields["clean_only"]["view"]["label"]
     assert not any(field.get("invalid") for field in fields.values())
+    assert {"semantic_weights", "yolo_weights", "sam_checkpoint"} <= set(fields)
+    ctx = ExecutionContext(
+        {"dataset_name": dataset.name, "params": {**clean_only, "victims": ["sam_point"]}}
+    )
+    fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert "sam_checkpoint" in fields and not {"yolo_weights", "semantic_weights"} & set(fields)
     ctx = ExecutionContext(
         {"dataset_name": dataset.name, "params": {**clean_only, "countermeasure": "jpeg"}}
     )

@@ -39,6 +39,20 @@ _BASELINE_LABELS = {
 }
 
 
+# Local weights victims may start from (nothing is downloaded): input -> (victims, label).
+WEIGHTS_INPUTS = {
+    "yolo_weights": (("yolo",), "YOLO: local Ultralytics .pt to start from (empty: scratch)"),
+    "sam_checkpoint": (
+        ("sam", "sam_point"),
+        "SAM: local official checkpoint (.pth) to fine-tune (empty: from scratch)",
+    ),
+    "semantic_weights": (
+        ("semantic",),
+        "Semantic: local LRASPP-MobileNetV3 state dict (empty: from scratch)",
+    ),
+}
+
+
 class EvaluateProtection(foo.Operator):
     """Train victims on clean vs protected images and test them on clean ones."""
 
@@ -103,6 +117,29 @@ class EvaluateProtection(foo.Operator):
         inputs.float(
             "eps_bg", label="Baselines' background budget (/255)", default=2.0, min=0, max=top
         )
+        inputs.str("train_tag", label="Training samples' tag", default="train")
+        inputs.str(
+            "test_tag",
+            label="Test samples' tag",
+            description="Without both tags on the samples: a random split",
+            default="test",
+        )
+        inputs.float(
+            "train_fraction",
+            label="Random split: share of samples to train on",
+            default=0.7,
+            min=0.05,
+            max=0.95,
+        )
+        chosen = ctx.params.get("victims") or DEFAULT_VICTIMS
+        for name, (victims, label) in WEIGHTS_INPUTS.items():
+            if set(victims) & set(chosen):
+                inputs.str(name, label=label, default="")
+        inputs.bool(
+            "retrain_clean",
+            default=False,
+            label="Train the clean victims again (else taken from an identical earlier audit)",
+        )
         inputs.int("epochs", label="Epochs (0: each victim's default)", default=0, min=0)
         inputs.int("image_size", label="Image size (0: each victim's default)", default=0, min=0)
         inputs.int("seed", label="Seed", default=0)
@@ -141,6 +178,12 @@ class EvaluateProtection(foo.Operator):
             image_size=params.get("image_size") or None,
             seed=params.get("seed", 0),
             seeds=params.get("seeds") or 1,
+            split_tags=(params.get("train_tag", "train"), params.get("test_tag", "test")),
+            train_fraction=params.get("train_fraction", 0.7),
+            yolo_weights=params.get("yolo_weights") or None,
+            sam_checkpoint=params.get("sam_checkpoint") or None,
+            semantic_weights=params.get("semantic_weights") or None,
+            reuse_clean=not params.get("retrain_clean", False),
             device=params.get("device", "cpu"),
             background=background,
             ignore=ignore,
