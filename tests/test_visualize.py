@@ -91,6 +91,17 @@ def test_visualize_operator(protected):
     assert result.result["visualized"] == 14 and result.result["not_protected"] == 2
     protected.reload()
     assert protected.count("noise") == 14 and protected.count("unseg_noise_image") == 14
+    sample = protected.exists("protected_filepath").first()
+    full = np.asarray(Image.open(sample.unseg_noise_image))  # the default gain: 0.5 / eps
+    assert full.min() <= 1 and full.max() >= 254
+    params = {"heatmap_field": "noise", "amplified": True, "amplification": 10.0}
+    ran = foo.execute_operator(
+        "@unseg/unseg/visualize_noise", ctx={"dataset": protected.name, "params": params}
+    )
+    assert ran.error is None, ran.error
+    noise = read_rgb(sample.protected_filepath) - read_rgb(sample.filepath)
+    expected = np.clip(0.5 + 10 * noise, 0, 1)
+    assert np.abs(read_rgb(sample.unseg_noise_image) - expected).max() <= 0.5 / 255 + 1e-6
 
 
 def test_cli_visualizes_the_noise_and_reports_the_status(protected, unseg):

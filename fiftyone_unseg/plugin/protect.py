@@ -295,6 +295,12 @@ class VisualizeNoise(foo.Operator):
         )
         if ctx.params.get("amplified"):
             inputs.str("amplified_field", default="unseg_noise_image", label="Media field")
+            inputs.float(
+                "amplification",
+                label="Noise gain of that image (0: 0.5 / eps, the budget spans the range)",
+                default=0.0,
+                min=0.0,
+            )
         require_protection(ctx, inputs)
         return form
 
@@ -308,6 +314,7 @@ class VisualizeNoise(foo.Operator):
                 if params.get("amplified")
                 else None
             ),
+            amplification=params.get("amplification") or None,
             progress=app_progress(ctx, "images"),
         )
         return _finish(ctx, summary)
