@@ -57,15 +57,15 @@ def test_fiftyone_cli_lists_plugin_and_operators():
         assert f"@unseg/unseg/{name}" in listed
 
 
-def test_load_sample_dataset_operator_creates_dataset():
-    result = foo.execute_operator(
-        "@unseg/unseg/load_sample_dataset",
-        ctx={"params": {"name": "from-operator", "num": 3, "seed": 2, "size": 64}},
-    )
+def test_load_sample_dataset_operator_creates_dataset(tmp_path):
+    params = {"name": "from-operator", "num": 3, "seed": 2, "size": 64}
+    params["dataset_dir"] = str(tmp_path / "scenes")
+    result = foo.execute_operator("@unseg/unseg/load_sample_dataset", ctx={"params": params})
     assert result.error is None, result.error
     assert result.result == {"dataset": "from-operator", "num_samples": 3}
     ds = fo.load_dataset("from-operator")
     assert ds.count("instances.detections") > 0 and ds.info["seed"] == 2
+    assert all(p.startswith(str(tmp_path / "scenes")) for p in ds.values("filepath"))
 
 
 @pytest.mark.parametrize("name", sorted(OPERATORS - {"load_sample_dataset"}))

@@ -42,6 +42,12 @@ class LoadSampleDataset(foo.Operator):
             default=list(sample_data.DEFAULT_STYLES),
             view=styles,
         )
+        inputs.str(
+            "dataset_dir",
+            label="Folder for the image and mask files (empty: FiftyOne's dataset folder)",
+            description="On the machine that runs the operator",
+            default="",
+        )
         inputs.bool("overwrite", label="Replace an existing dataset of this name", default=False)
         if fo.dataset_exists(name) and not ctx.params.get("overwrite", False):
             prop = inputs.view(
@@ -57,6 +63,7 @@ class LoadSampleDataset(foo.Operator):
             seed=ctx.params.get("seed", 0),
             size=ctx.params.get("size", 512),
             styles=ctx.params.get("styles") or sample_data.DEFAULT_STYLES,
+            dataset_dir=ctx.params.get("dataset_dir") or None,
             overwrite=ctx.params.get("overwrite", False),
             progress=app_progress(ctx, "scenes"),
         )
