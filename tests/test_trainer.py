@@ -433,7 +433,7 @@ def test_cli_sets_any_config_field(tmp_path, capsys):
     from trainer.cli import main
 
     cfg_path = tmp_path / "micro.json"
-    cfg_path.write_text(json.dumps(micro_config().to_dict()))
+    cfg_path.write_text(json.dumps(micro_config(object_context=(1.2, 3.0)).to_dict()))
     out = tmp_path / "run"
     args = ["train", "--config", str(cfg_path), "--out", str(out), "--set", "max_steps=2"]
     assert main([*args, "--set", "log_every=1"]) == 0
@@ -451,11 +451,16 @@ def test_cli_sets_any_config_field(tmp_path, capsys):
     assert (
         "--set max_steps=5 contradicts --max-steps 7: give one of them" in capsys.readouterr().err
     )
+    for zero in ("val_every", "val_images", "checkpoint_every", "batch_size"):
+        assert main([*bad, f"{zero}=0"]) == 2  # not a crash after the first step
+        assert f"{zero} must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert main(args) == 2
     assert "--resume, start over with --overwrite" in capsys.readouterr().err
-    assert main([*args, "--overwrite"]) == 0
+    assert main([*args, "--overwrite", "--set", "object_context=null"]) == 0
     assert [r["step"] for r in _metrics(out)] == ["2"]
+    with open(out / "generator" / "config.json") as f:  # null is a value too
+        assert json.load(f)["metadata"]["train_config"]["object_context"] is None
 
 
 def test_a_surrogate_that_predicts_nothing_is_reported(tmp_path, capsys):

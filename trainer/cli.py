@@ -23,6 +23,7 @@ def _cmd_train(args) -> int:
         "num_workers": args.num_workers,
         "init": args.init,
     }
+    sets = {}  # as given, null included
     for item in args.set or []:
         key, _, text = item.partition("=")
         try:
@@ -33,8 +34,8 @@ def _cmd_train(args) -> int:
         if flag is not None and flag != value:  # e.g. --max-steps 2400 --set max_steps=1200
             option = f"--{key.replace('_', '-')}"
             raise ValueError(f"--set {key}={text} contradicts {option} {flag}: give one of them")
-        overrides[key] = value
-    cfg = load_config(args.config, **overrides)
+        sets[key] = value
+    cfg = load_config(args.config, sets, **overrides)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if summary:

@@ -125,6 +125,14 @@ class TrainConfig:
             raise ValueError(
                 f"shared_texture_weight must be 0 or more, got {self.shared_texture_weight}"
             )
+        small = [
+            f"{name} must be at least 1, got {getattr(self, name)}"
+            for name in ("batch_size", "num_points", "log_every", "val_every", "val_images")
+            + ("checkpoint_every",)
+            if getattr(self, name) < 1
+        ]
+        if small:
+            raise ValueError("; ".join(small))
         if self.surrogate_restarts < 0:
             raise ValueError(f"surrogate_restarts must be 0 or more, got {self.surrogate_restarts}")
         if self.keep_checkpoints < 1:
@@ -230,14 +238,16 @@ def shipped_configs() -> list:
     return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
 
 
-def load_config(name_or_path: str, **overrides) -> TrainConfig:
+def load_config(name_or_path: str, explicit: dict | None = None, **overrides) -> TrainConfig:
     """A shipped config by name (``tiny``, ``vit_b``) or a JSON file, with overrides applied.
 
     A config with a ``base`` (another config's name or path) holds only what differs from
-    that one. Overrides whose value is None are ignored.
+    that one. ``overrides`` whose value is None are ignored (options not given);
+    ``explicit`` values are set as they are, None included (``--set KEY=null``).
     """
     data = _config_data(name_or_path, ())
     data.update({k: v for k, v in overrides.items() if v is not None})
+    data.update(explicit or {})
     return TrainConfig.from_dict(data)
 
 
