@@ -293,7 +293,8 @@ def test_a_used_out_folder_is_resumed_with_its_own_config_or_overwritten(tmp_pat
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
-    """The distributed path: torchrun, gloo, DDP, DistributedSampler, rank-0 outputs."""
+    """The distributed path: torchrun, gloo, DDP, DistributedSampler, rank-0 outputs; the
+    scenes of a ``sample:`` source written once, by the main process, into an empty cache."""
     cfg = micro_config(max_steps=4, checkpoint_every=2, log_every=1).to_dict()
     cfg_path = tmp_path / "micro.json"
     cfg_path.write_text(json.dumps(cfg))
@@ -317,9 +318,10 @@ def test_torchrun_two_cpu_processes(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "UNSEG_CACHE_DIR": str(tmp_path / "cache")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("generating 12 sample scenes") == 1
     assert proc.stdout.count("Trained 4 steps") == 1  # only rank 0 reports
     assert [int(r["step"]) for r in _metrics(out)] == [1, 2, 3, 4]
     assert checkpoint.load_generator(str(out / "generator")).generator_id

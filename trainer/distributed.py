@@ -58,3 +58,15 @@ def agree(ctx: Context, flag: bool) -> bool:
     value = torch.tensor([int(flag)], device=ctx.device)
     dist.broadcast(value, src=0)
     return bool(value.item())
+
+
+def check_same(ctx: Context, value: int, what: str) -> None:
+    """ValueError unless every process has the same ``value`` (each must call this)."""
+    if not ctx.distributed:
+        return
+    mine = torch.tensor([value], device=ctx.device)
+    values = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(values, mine)
+    found = [int(v.item()) for v in values]
+    if len(set(found)) > 1:
+        raise ValueError(f"the processes disagree on the {what}: {found} (by rank)")

@@ -157,7 +157,12 @@ class Trainer:
 
         if not cfg.data:
             raise ValueError("no training data: give --data (folders, fiftyone:DATASET, ...)")
-        pairs = [p for spec in cfg.data for p in load_pairs(spec)]
+        pairs = []
+        for first in (True, False):  # the main process writes any cache, then the others read it
+            if ctx.is_main == first:
+                pairs = [p for spec in cfg.data for p in load_pairs(spec)]
+            distributed.barrier(ctx)
+        distributed.check_same(ctx, len(pairs), "training pairs found")
         train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction)
         self.train_data = PairDataset(
             train_pairs,
