@@ -266,6 +266,26 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
     assert all(not p.requires_grad for p in resumed.generator.image_encoder.parameters())
 
 
+def test_a_resumed_training_equals_an_uninterrupted_one(tmp_path):
+    """Stopped mid-epoch and resumed (evaluating at other steps), a run ends with the very
+    weights of one that ran through: prompts, counter-measures, crops and loaders all
+    continue their random streams."""
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    cfg = micro_config(
+        max_steps=8, val_every=2, eot=["jpeg", "blur", "downscale"], eot_p=1.0,
+        surrogate_restarts=0, checkpoint_every=1000,
+    )  # fmt: skip
+    through = Trainer(cfg, str(tmp_path / "through"), ctx)
+    through.run()
+    stopped = dataclasses.replace(cfg, max_steps=3, val_every=1000)  # 4 steps an epoch
+    Trainer(stopped, str(tmp_path / "resumed"), ctx).run()
+    resumed = Trainer(dataclasses.replace(cfg, val_every=3), str(tmp_path / "resumed"), ctx)
+    resumed.run(resume=True)
+    for a, b in ((through.generator, resumed.generator), (through.surrogate, resumed.surrogate)):
+        first, second = a.state_dict(), b.state_dict()
+        assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_a_used_out_folder_is_resumed_with_its_own_config_or_overwritten(tmp_path):
     out = tmp_path / "run"
     ctx = distributed.Context(0, 1, torch.device("cpu"))
@@ -745,20 +765,21 @@ def test_surrogate_restarts_from_fresh_weights_when_asked(tmp_path):
     starts = {}
     reset = t._reset_surrogate
 
-    def recording_reset(block):
-        reset(block)
-        starts[block] = {k: v.clone() for k, v in t.surrogate.state_dict().items()}
+    def recording_reset(seed):
+        reset(seed)
+        starts[seed] = {k: v.clone() for k, v in t.surrogate.state_dict().items()}
 
     t._reset_surrogate = recording_reset
     t.run()
-    assert sorted(starts) == [1]  # blocks 0 and 1 of 2 + 2 steps; block 0 is fresh anyway
+    block_1 = cfg.seed + 1000 + 1  # blocks 0 and 1 of 2 + 2 steps; block 0 is fresh anyway
+    assert sorted(starts) == [block_1]
     # The restart is a newly initialised surrogate: the same on every process (seeded by
     # the block), not the weights block 0 trained.
     again = Trainer(cfg, str(tmp_path / "b"), ctx)
-    again._reset_surrogate(1)
-    assert all(torch.equal(v, again.surrogate.state_dict()[k]) for k, v in starts[1].items())
+    again._reset_surrogate(block_1)
+    assert all(torch.equal(v, again.surrogate.state_dict()[k]) for k, v in starts[block_1].items())
     trained = t.surrogate.state_dict()
-    assert any(not torch.equal(v, trained[k]) for k, v in starts[1].items())
+    assert any(not torch.equal(v, trained[k]) for k, v in starts[block_1].items())
     assert not t.opt_surrogate.state or all(
         s["step"] <= 2 for s in t.opt_surrogate.state.values()
     )  # its optimiser restarted with it (2 surrogate steps since)

@@ -70,3 +70,12 @@ def check_same(ctx: Context, value: int, what: str) -> None:
     found = [int(v.item()) for v in values]
     if len(set(found)) > 1:
         raise ValueError(f"the processes disagree on the {what}: {found} (by rank)")
+
+
+def gather(ctx: Context, value) -> list:
+    """Every process's ``value`` (picklable), by rank (each must call this)."""
+    if not ctx.distributed:
+        return [value]
+    values = [None] * ctx.world_size
+    dist.all_gather_object(values, value)
+    return values

@@ -263,6 +263,9 @@ class Trainer:
             epoch, offset = divmod(self.step - self._stage_start(), self.steps_per_epoch)
             self.sampler.set_epoch(epoch + (1000 if self.stage == "pretrain" else 0))
             indices = list(self.sampler)[offset * self.cfg.batch_size :]
+            # Its own generator: starting a loader (as a resumed run does mid-epoch) draws
+            # no number that the training's augmentations would have drawn.
+            seeds = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
             loader = DataLoader(
                 self.train_data,
                 batch_size=self.cfg.batch_size,
@@ -270,6 +273,7 @@ class Trainer:
                 drop_last=True,
                 num_workers=self.cfg.num_workers,
                 collate_fn=collate_reporting_skips,
+                generator=seeds,
             )
             for images, masks, skipped in loader:
                 self.train_data.skipped.update(skipped)  # what the workers' copies found
@@ -387,7 +391,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Surrogate IoU (box prompts) on clean vs perturbed images (training budget)."""
+        """Surrogate IoU (box prompts) on clean vs perturbed images (training budget),
+        drawing nothing from the training's random streams: how often the main process
+        evaluates leaves the training as it is."""
+        python_state = random.getstate()
+        devices = [self.ctx.device] if self.ctx.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                return self._evaluate()
+        finally:
+            random.setstate(python_state)
+
+    def _evaluate(self) -> dict:
         self.generator.eval()
         self.surrogate.eval()
         results = {}
@@ -482,7 +497,23 @@ class Trainer:
             metadata["init_generator"] = self.init_record
         return metadata
 
-    def save_checkpoint(self) -> str:
+    def rng_state(self) -> dict:
+        """This process's random streams: Python's (prompts, counter-measures), torch's
+        and, on a GPU, CUDA's."""
+        state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+        if self.ctx.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.ctx.device)
+        return state
+
+    def _set_rng_state(self, states: list) -> None:
+        """Take this process's streams from ``states`` (one per process, by rank)."""
+        state = states[min(self.ctx.rank, len(states) - 1)]
+        random.setstate(state["python"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and self.ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.ctx.device)
+
+    def save_checkpoint(self, rng_states: list | None = None) -> str:
         """Write ``checkpoints/step_N`` as a whole (temp dir + rename), then point
         ``checkpoints/latest`` at it; older checkpoints beyond ``keep_checkpoints`` go."""
         name = f"step_{self.step:08d}"
@@ -508,7 +539,7 @@ class Trainer:
             "stage": self.stage,
             "opt_surrogate": self.opt_surrogate.state_dict(),
             "opt_generator": self.opt_generator.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng_states or [self.rng_state()],  # one per process, by rank
             "warnings": self.warnings,
             "surrogate_lr": self.surrogate_lr,
             "restarts": self.restarts,
@@ -561,7 +592,10 @@ class Trainer:
         self._enter_stage(state["stage"])
         self.opt_surrogate.load_state_dict(state["opt_surrogate"])
         self.opt_generator.load_state_dict(state["opt_generator"])
-        torch.set_rng_state(state["torch_rng"])
+        if "rng" in state:
+            self._set_rng_state(state["rng"])
+        else:  # checkpoints from before every stream was kept
+            torch.set_rng_state(state["torch_rng"])
         self.warnings = list(state.get("warnings", []))  # older checkpoints kept none
         self.surrogate_lr = state.get("surrogate_lr", self.surrogate_lr)
         self.restarts = state.get("restarts", 0)
@@ -704,8 +738,9 @@ class Trainer:
                 if check and distributed.agree(ctx, restart):
                     self._restart_surrogate()
                 if self.step % cfg.checkpoint_every == 0 or done:
+                    states = distributed.gather(ctx, self.rng_state())
                     if ctx.is_main:
-                        self.save_checkpoint()
+                        self.save_checkpoint(states)
                     distributed.barrier(ctx)
         finally:
             bar.close()
