@@ -4,13 +4,14 @@ Shows the trainer's Python API: ``trainer.config.load_config`` takes a shipped c
 (``tiny`` runs on a CPU) with overrides, ``trainer.loop.train`` runs UnSeg's bilevel
 training and writes the generator that ``fiftyone_unseg.protect`` loads. Data sources
 are those of ``unseg train --data`` (see ``trainer/data.py``): ``IMAGES_DIR:MASKS_DIR``,
-a folder holding such pairs (``images/`` + ``masks/``, ``im/`` + ``gt/``, as in
-HQSeg-44K), ``fiftyone:DATASET[:FIELD]`` or ``sample:NUM``. A mask belongs to the image
+a folder holding such pairs (``images/`` + ``masks/``, ``im/`` + ``gt/``, ...),
+``hqseg44k:ROOT`` (HQSeg-44K's training sets), ``fiftyone:DATASET[:FIELD]`` or
+``sample:NUM``. A mask belongs to the image
 with the same stem (``im/0001.jpg`` <-> ``gt/0001.png``), or with several objects per
 image to the stem before ``__`` (``masks/0001__00.png``, ``masks/0001__01.png``).
 
     .venv/bin/python examples/train_generator_on_folders.py --data my_set/images:my_set/masks
-    .venv/bin/python examples/train_generator_on_folders.py --data /data/HQSeg-44K \\
+    .venv/bin/python examples/train_generator_on_folders.py --data hqseg44k:/data/HQSeg-44K/data \\
         --max-steps 2000 --out runs/hqseg --protect my_set/images:my_set/masks
 
 The default 300 steps (one surrogate and one generator phase of ``tiny``) take a few

@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import logging
 import os
 import random
 import subprocess
@@ -576,16 +577,45 @@ def test_importance_sampling_prefers_uncertain_points():
     assert (coords[0, :75, 0] >= 0.5).float().mean() > 0.95
 
 
+def _write_set(images, masks, count: int) -> None:
+    os.makedirs(images, exist_ok=True)
+    os.makedirs(masks, exist_ok=True)
+    for k in range(count):
+        Image.new("RGB", (16, 16)).save(os.path.join(images, f"{k}.jpg"))
+        Image.new("L", (16, 16), 255).save(os.path.join(masks, f"{k}.png"))
+
+
+def test_folder_sets_and_hqseg44k_leave_validation_sets_out(tmp_path, caplog):
+    """HQSeg-44K's layout (SAM-HQ's train.py): its training sets, not its validation sets."""
+    root = tmp_path / "data"
+    _write_set(root / "DIS5K/DIS-TR/im", root / "DIS5K/DIS-TR/gt", 2)
+    _write_set(root / "DIS5K/DIS-VD/im", root / "DIS5K/DIS-VD/gt", 3)
+    thin = root / "thin_object_detection"
+    _write_set(thin / "ThinObject5K/images_train", thin / "ThinObject5K/masks_train", 2)
+    _write_set(thin / "ThinObject5K/images_test", thin / "ThinObject5K/masks_test", 3)
+    _write_set(thin / "COIFT/images", thin / "COIFT/masks", 1)  # a validation set by name only
+    for name in ("fss_all", "DUTS-TR", "DUTS-TE", "ecssd", "MSRA_10K"):  # side by side
+        _write_set(root / "cascade_psp" / name, root / "cascade_psp" / name, 1)
+    photos = root / "photos"  # the same photos as JPEG and PNG: no masks
+    photos.mkdir()
+    Image.new("RGB", (16, 16)).save(photos / "a.jpg")
+    Image.new("RGB", (16, 16)).save(photos / "a.png")
+    with caplog.at_level(logging.INFO, logger="trainer.data"):
+        found = load_pairs(str(root))
+    assert len(found) == 2 + 2 + 1 + 5  # DIS-TR, images_train, COIFT, cascade_psp
+    assert not any(("DIS-VD" in p.image or "_test" in p.image) for p in found)
+    left_out = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(left_out) == 2 and all("validation or test split" in m for m in left_out)
+    assert "DIS5K/DIS-TR/im: 2 pairs" in caplog.text
+    hqseg = load_pairs(f"hqseg44k:{root}")
+    assert len(hqseg) == 2 + 2 + 5 and not any("COIFT" in p.image for p in hqseg)
+    with pytest.raises(ValueError, match="no DIS5K/DIS-TR/im, .*HQSeg-44K's data folder"):
+        load_pairs(f"hqseg44k:{tmp_path / 'nowhere'}")
+
+
 def test_folder_sets_and_fiftyone_sources(tmp_path, sample_dataset):
-    for set_dir, (im, gt) in {
-        "DIS-TR": ("im", "gt"),
-        "DUTS": ("DUTS-TR-Image", "DUTS-TR-Mask"),
-    }.items():
-        (tmp_path / set_dir / im).mkdir(parents=True)
-        (tmp_path / set_dir / gt).mkdir(parents=True)
-        for k in range(2):
-            Image.new("RGB", (16, 16)).save(tmp_path / set_dir / im / f"{k}.jpg")
-            Image.new("L", (16, 16), 255).save(tmp_path / set_dir / gt / f"{k}.png")
+    _write_set(tmp_path / "DIS-TR/im", tmp_path / "DIS-TR/gt", 2)
+    _write_set(tmp_path / "DUTS/DUTS-TR-Image", tmp_path / "DUTS/DUTS-TR-Mask", 2)
     assert len(load_pairs(str(tmp_path))) == 4
     instances = load_pairs("fiftyone:unseg-test-samples:instances")
     assert len(instances) == sample_dataset.count("instances.detections")

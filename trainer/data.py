@@ -7,7 +7,13 @@ A data source is a string:
   ``IMAGE_DIR:MASK_DIR``                       one image / mask folder pair;
   ``DIR``                                      a folder holding one or more sets, each an image
                                               folder with a sibling mask folder
-                                              (images/masks, im/gt, *-Image/*-Mask, ...).
+                                              (images/masks, im/gt, *-Image/*-Mask,
+                                              images_X/masks_X) or a folder of images and
+                                              masks side by side (x.jpg + x.png); sets
+                                              named as a validation or test split
+                                              (val, vd, test) are left out, with a warning;
+  ``hqseg44k:ROOT``                            HQSeg-44K's seven training sets, as SAM-HQ
+                                              trains on them (ROOT: its ``data`` folder).
 """
 
 from __future__ import annotations
@@ -35,6 +41,21 @@ CACHE_DIR = os.environ.get("UNSEG_CACHE_DIR") or os.path.join(
 )
 _ORIENTATION = 0x0112  # EXIF tag; 5..8 turn the image by 90 degrees
 _MASK_DIR_NAMES = {"images": "masks", "im": "gt", "image": "mask", "imgs": "masks", "img": "gt"}
+# Name parts that mark a set as a validation or test split (DIS-VD, images_test, val2017).
+_HELD_OUT_PARTS = {"val", "valid", "validation", "vd", "test", "testing"}
+# HQSeg-44K's training sets (image folder, mask folder) under its data folder, as SAM-HQ's
+# train.py lists them; its validation sets (DIS-VD, COIFT, HRSOD, ThinObject5K's test) are not.
+HQSEG44K_TRAIN = (
+    ("DIS5K/DIS-TR/im", "DIS5K/DIS-TR/gt"),
+    (
+        "thin_object_detection/ThinObject5K/images_train",
+        "thin_object_detection/ThinObject5K/masks_train",
+    ),
+    *(
+        (f"cascade_psp/{name}",) * 2
+        for name in ("fss_all", "DUTS-TR", "DUTS-TE", "ecssd", "MSRA_10K")
+    ),
+)
 
 
 def _sample_source(spec: str) -> list:
@@ -150,19 +171,86 @@ def _label_masks(label, filepath: str, spec) -> list:
     return [m for m in masks if m.any()]
 
 
+def _mask_dir_name(image_dir: str) -> str | None:
+    """The (lower-case) name of the mask folder that goes with an image folder's name."""
+    lower = image_dir.lower()
+    if lower in _MASK_DIR_NAMES:
+        return _MASK_DIR_NAMES[lower]
+    if lower.endswith("-image"):
+        return lower[: -len("image")] + "mask"
+    head, sep, tail = lower.partition("_")  # images_train -> masks_train
+    return f"{_MASK_DIR_NAMES[head]}_{tail}" if sep and head in _MASK_DIR_NAMES else None
+
+
+def _side_by_side(folder: str, names: list) -> bool:
+    """Whether ``folder`` holds images and their masks together: JPEGs with PNGs of the
+    same stem (ECSSD, MSRA10K, DUTS in HQSeg-44K), the first such PNG single-channel."""
+    stems = {}
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        stems.setdefault(stem, set()).add(ext.lower())
+    both = sorted(s for s, exts in stems.items() if exts & {".jpg", ".jpeg"} and ".png" in exts)
+    if not both:
+        return False
+    with Image.open(os.path.join(folder, both[0] + ".png")) as first:
+        return first.mode in ("1", "L", "P", "I", "I;16")
+
+
 def _folder_sets(root: str) -> list:
     """(image_dir, mask_dir) sets found under ``root`` (itself or its sub-folders)."""
     sets = []
-    for dirpath, dirnames, _ in os.walk(root):
-        for d in sorted(dirnames):
-            lower = d.lower()
-            partner = _MASK_DIR_NAMES.get(lower)
-            if partner is None and lower.endswith("-image"):
-                partner = lower[: -len("image")] + "mask"
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for d in dirnames:
+            partner = _mask_dir_name(d)
             match = next((x for x in dirnames if partner and x.lower() == partner), None)
             if match:
                 sets.append((os.path.join(dirpath, d), os.path.join(dirpath, match)))
+        if _side_by_side(dirpath, filenames):
+            sets.append((dirpath, dirpath))
     return sets
+
+
+def _held_out(image_dir: str, root: str) -> bool:
+    """Whether a set's path below ``root`` names it a validation or test split."""
+    parts = os.path.relpath(image_dir, root).split(os.sep)
+    return any(set(re.split(r"[-_. ]", part.lower())) & _HELD_OUT_PARTS for part in parts)
+
+
+def _folder_source(root: str) -> list:
+    """The pairs of every training set under ``root``, each set logged with its count."""
+    sets = _folder_sets(root)
+    if not sets:
+        raise ValueError(f"{root}: found no image/mask folder pairs (e.g. images/ + masks/)")
+    pairs = []
+    for images, masks in sets:
+        name = os.path.relpath(images, root)
+        if _held_out(images, root):
+            logger.warning(
+                "%s: left out, its name marks a validation or test split (give it as "
+                "IMAGES:MASKS to train on it)",
+                name,
+            )
+            continue
+        found = folders.find_pairs(images, masks)
+        logger.info("%s: %d pairs", name, len(found))
+        pairs += found
+    return pairs
+
+
+def _hqseg44k_source(root: str) -> list:
+    """HQSeg-44K's training pairs (:data:`HQSEG44K_TRAIN`) under its data folder ``root``."""
+    missing = [i for i, _ in HQSEG44K_TRAIN if not os.path.isdir(os.path.join(root, i))]
+    if missing:
+        raise ValueError(
+            f"hqseg44k:{root}: no {', '.join(missing)} there; ROOT is HQSeg-44K's data folder "
+            "(DIS5K/, cascade_psp/, thin_object_detection/)"
+        )
+    return [
+        p
+        for images, masks in HQSEG44K_TRAIN
+        for p in folders.find_pairs(os.path.join(root, images), os.path.join(root, masks))
+    ]
 
 
 def load_pairs(spec: str) -> list:
@@ -172,6 +260,8 @@ def load_pairs(spec: str) -> list:
         pairs = _sample_source(spec)
     elif spec.startswith("fiftyone:"):
         pairs = _fiftyone_source(spec)
+    elif spec.startswith("hqseg44k:"):
+        pairs = _hqseg44k_source(spec.split(":", 1)[1])
     elif ":" in spec and not os.path.isdir(spec):
         image_dir, mask_dir = spec.split(":", 1)
         pairs = folders.find_pairs(image_dir, mask_dir)
@@ -180,10 +270,7 @@ def load_pairs(spec: str) -> list:
             f"data source {spec!r} is not a folder, 'IMAGES:MASKS', sample: or fiftyone:"
         )
     else:
-        sets = _folder_sets(spec)
-        if not sets:
-            raise ValueError(f"{spec}: found no image/mask folder pairs (e.g. images/ + masks/)")
-        pairs = [p for images, masks in sets for p in folders.find_pairs(images, masks)]
+        pairs = _folder_source(spec)
     if not pairs:
         raise ValueError(f"data source {spec!r} has no (image, mask) pairs")
     return pairs
