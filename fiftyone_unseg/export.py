@@ -31,6 +31,7 @@ from fiftyone_unseg import io as uio
 from fiftyone_unseg.panoptic import IMAGE_ID_FIELD, unique_image_ids
 from fiftyone_unseg.protect import (
     CURRENT,
+    PROTECTION_FIELDS,
     STALE,
     noise_paths,
     optional_values,
@@ -265,7 +266,7 @@ def _check_fields(samples, dataset_type, fields: list[str], export_dir: str) -> 
         )
     if fields:
         _check_label_type(samples, dataset_type, fields[0], export_dir)
-    if fields and kind.__name__ == "COCOPanopticDataset":
+    if fields and kind is _kind(_dataset_type("coco-panoptic")):
         _check_segments(samples, fields[0])
 
 
@@ -320,18 +321,12 @@ def _protection_fields(samples, fields: list[str]) -> list[str]:
     }
     found = []
     for field in fields:
-        if field in ("unseg", "original_filepath", "protected_filepath"):
-            found.append(field)
-            continue
-        kind = getattr(samples.get_field(field), "document_type", None)
-        paths = (
-            stored.values(f"{field}.map_path")
-            if kind is fo.Heatmap
-            else stored.values(field)
-            if isinstance(samples.get_field(field), fo.StringField)
-            else []
-        )
-        if noise & set(paths):
+        schema = samples.get_field(field)
+        if getattr(schema, "document_type", None) is fo.Heatmap:
+            paths = stored.values(f"{field}.map_path")
+        else:
+            paths = stored.values(field) if isinstance(schema, fo.StringField) else []
+        if field in PROTECTION_FIELDS or noise & set(paths):
             found.append(field)
     return found
 

@@ -81,6 +81,8 @@ FACT_FIELDS = {
     "source_stat": fo.StringField,
     "label_hash": fo.StringField,
 }
+# The fields protection writes on each sample (its record and paths).
+PROTECTION_FIELDS = ("protected_filepath", "original_filepath", "unseg")
 # Set alone (no facts) while a re-protection replaces a sample's copy: until it finishes,
 # ``protected_filepath`` still names the copy from before.
 REPLACING = "replacing"

@@ -13,6 +13,7 @@ from fiftyone_unseg.io import encode_marked, is_output_error, owner_of, read_rgb
 from fiftyone_unseg.protect import (
     CURRENT,
     DEFAULT_EPS,
+    PROTECTION_FIELDS,
     failure,
     noise_paths,
     optional_values,
@@ -24,15 +25,7 @@ from fiftyone_unseg.protect import (
 logger = logging.getLogger(__name__)
 _CHUNK = 32  # samples per database update
 _WORKERS = max(2, min(8, os.cpu_count() or 2))
-RESERVED_FIELDS = (
-    "id",
-    "filepath",
-    "tags",
-    "metadata",
-    "protected_filepath",
-    "original_filepath",
-    "unseg",
-)
+RESERVED_FIELDS = ("id", "filepath", "tags", "metadata", *PROTECTION_FIELDS)
 
 
 def visualize_noise(

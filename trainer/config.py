@@ -127,8 +127,14 @@ class TrainConfig:
             )
         small = [
             f"{name} must be at least 1, got {getattr(self, name)}"
-            for name in ("batch_size", "num_points", "log_every", "val_every", "val_images")
-            + ("checkpoint_every",)
+            for name in (
+                "batch_size",
+                "num_points",
+                "log_every",
+                "val_every",
+                "val_images",
+                "checkpoint_every",
+            )  # fmt: skip
             if getattr(self, name) < 1
         ]
         if small:

@@ -51,27 +51,6 @@ def barrier(ctx: Context) -> None:
         dist.barrier()
 
 
-def agree(ctx: Context, flag: bool) -> bool:
-    """The main process's ``flag``, on every process (each must call this together)."""
-    if not ctx.distributed:
-        return flag
-    value = torch.tensor([int(flag)], device=ctx.device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
-
-
-def check_same(ctx: Context, value: int, what: str) -> None:
-    """ValueError unless every process has the same ``value`` (each must call this)."""
-    if not ctx.distributed:
-        return
-    mine = torch.tensor([value], device=ctx.device)
-    values = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
-    dist.all_gather(values, mine)
-    found = [int(v.item()) for v in values]
-    if len(set(found)) > 1:
-        raise ValueError(f"the processes disagree on the {what}: {found} (by rank)")
-
-
 def gather(ctx: Context, value) -> list:
     """Every process's ``value`` (picklable), by rank (each must call this)."""
     if not ctx.distributed:
@@ -79,3 +58,15 @@ def gather(ctx: Context, value) -> list:
     values = [None] * ctx.world_size
     dist.all_gather_object(values, value)
     return values
+
+
+def agree(ctx: Context, flag: bool) -> bool:
+    """The main process's ``flag``, on every process (each must call this together)."""
+    return gather(ctx, flag)[0]
+
+
+def check_same(ctx: Context, value: int, what: str) -> None:
+    """ValueError unless every process has the same ``value`` (each must call this)."""
+    found = gather(ctx, value)
+    if len(set(found)) > 1:
+        raise ValueError(f"the processes disagree on the {what}: {found} (by rank)")

@@ -202,7 +202,6 @@ class Trainer:
         self.warnings = []  # what the run's summary warns about (see _watch_surrogate)
         self.restarts = 0  # of a surrogate that predicted nothing (cfg.surrogate_restarts)
         self.restarted_at = 0  # the step of the last restart
-        self.watching = True  # whether to judge the surrogate at the next due evaluation
         self.last_evaluation = (None, {})  # (step, scores) of the latest evaluate()
 
     # -- set-up -------------------------------------------------------------------------
@@ -444,7 +443,8 @@ class Trainer:
         split = "val" if "iou_val_clean" in scores else "train"
         iou = scores[f"iou_{split}_clean"]
         trained = self._surrogate_trained()
-        due = done or (trained >= 2 * self.schedule.surrogate and self.watching)
+        watching = len(self.warnings) == self.restarts  # no warning yet but the restarts'
+        due = done or (trained >= 2 * self.schedule.surrogate and watching)
         if not trained or not due or iou >= DEAD_SURROGATE_IOU:
             return False
         restart = not done and self.restarts < self.cfg.surrogate_restarts
@@ -464,7 +464,6 @@ class Trainer:
                 "these masks; try a lower surrogate learning rate "
                 f"(--set surrogate_lr={self.surrogate_lr / 3:.0e})"
             )
-            self.watching = False
         logger.warning(message)
         self.warnings.append(message)
         return restart
@@ -544,7 +543,6 @@ class Trainer:
             "surrogate_lr": self.surrogate_lr,
             "restarts": self.restarts,
             "restarted_at": self.restarted_at,
-            "watching": self.watching,
         }
         torch.save(state, os.path.join(tmp, "trainer_state.pt"))
         shutil.rmtree(final, ignore_errors=True)
@@ -600,7 +598,6 @@ class Trainer:
         self.surrogate_lr = state.get("surrogate_lr", self.surrogate_lr)
         self.restarts = state.get("restarts", 0)
         self.restarted_at = state.get("restarted_at", 0)
-        self.watching = state.get("watching", not self.warnings)
 
     def _clear_outputs(self) -> None:
         """Delete what an earlier training wrote to ``out_dir`` (:data:`RUN_OUTPUTS`)."""
