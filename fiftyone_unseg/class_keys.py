@@ -13,6 +13,10 @@ the same textures alone.
 Textures are 8 x 8 pixel tiles laid from the image origin at full resolution, so one
 class carries the same texture in every image of a dataset.
 Only :attr:`ClassKeys.fingerprint` is recorded on protected samples, never the key.
+A key of one's own travels in the ``UNSEG_CLASS_KEY`` environment variable
+(:data:`~fiftyone_unseg.settings.CLASS_KEY_SECRET`: the CLI's default, the App's plugin
+secret), so that it is neither in a shell history nor in the parameters FiftyOne stores
+with a delegated run.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from fiftyone_unseg import database
 from fiftyone_unseg.settings import (
+    CLASS_KEY_SECRET,
     DEFAULT_CLASS_MIX,
     DEFAULT_EPS,
     DEFAULT_EPS_BG,
@@ -356,7 +357,12 @@ def _add_protect_commands(subparsers) -> None:
         default=DEFAULT_CLASS_MIX,
         help=f"share of each class's secret texture in its noise, 0 for none ({DEFAULT_CLASS_MIX})",
     )
-    p.add_argument("--class-key", help="secret of the class textures (default: per dataset)")
+    p.add_argument(
+        "--class-key",
+        default=os.environ.get(CLASS_KEY_SECRET) or None,
+        help=f"secret of the class textures (default: ${CLASS_KEY_SECRET} if set, else one per "
+        "dataset; prefer the variable: a key on the command line is in the shell history)",
+    )
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format")
     p.add_argument("--quality", type=int, help="JPEG quality, with --format jpg (default 95)")
     p.add_argument("--output-dir", help="default: <FiftyOne dataset dir>/unseg-protected/<dataset>")

@@ -14,6 +14,8 @@ IGNORE = 255  # class-map value of pixels that are no class: no loss, not scored
 DEFAULT_EPS = 8 / 255
 DEFAULT_EPS_BG = 2 / 255
 DEFAULT_CLASS_MIX = 0.0
+CLASS_KEY_SECRET = "UNSEG_CLASS_KEY"
+"""Environment variable (the App's plugin secret) holding a class key of one's own."""
 PRESETS = {
     "default": "the shipped default, noise specific to each image, trained against a "
     "surrogate that keeps learning: YOLO on pets at 0.004 of clean, 0.05 after a blur, 0.04 "

@@ -13,10 +13,12 @@ from fiftyone.operators.executor import ExecutionContext, ExecutionError
 from test_protect import _scene_dataset, generators  # noqa: F401
 from test_reliability import _fail_writes_after
 
-from fiftyone_unseg import io, protect
+from fiftyone_unseg import cli, io, protect
+from fiftyone_unseg.class_keys import ClassKeys
 from fiftyone_unseg.plugin import protect as plugin_protect
 from fiftyone_unseg.plugin.forms import NO_DATASET
 from fiftyone_unseg.protect import _lock_path
+from fiftyone_unseg.settings import CLASS_KEY_SECRET
 
 OPERATORS = {
     "load_sample_dataset",
@@ -120,22 +122,55 @@ def test_protect_operator_says_which_samples_another_run_holds(tmp_path, generat
     assert (result["protected"], result["busy"]) == (1, 0) and "busy" not in outputs
 
 
-def test_protect_operator_takes_the_class_key_the_cli_used(tmp_path, generators):  # noqa: F811
+def test_protect_operator_takes_the_class_key_the_cli_used_from_the_secret(
+    tmp_path,
+    generators,
+    monkeypatch,  # noqa: F811
+):
     dataset = _scene_dataset("plugin-class-key", tmp_path, count=2)
-    protect(dataset, "dets", generator=generators["random"], class_mix=0.5, class_key="S")
+    KEY = "k3y-0f-the-cli"
+    protect(dataset, "dets", generator=generators["random"], class_mix=0.5, class_key=KEY)
     operator = foo.get_operator(PROTECT)
-    ask = {"label_field": "dets", "class_mix": 0.0}
-    form = operator.resolve_input(ExecutionContext({"dataset_name": dataset.name, "params": ask}))
-    assert "class_key" not in form.to_json()["type"]["properties"]  # no key without textures
+
+    def form(params):
+        ctx = ExecutionContext(
+            {"dataset_name": dataset.name, "params": params},
+            operator_uri=PROTECT,
+            required_secrets=[CLASS_KEY_SECRET],
+        )
+        return operator.resolve_input(ctx).to_json()["type"]["properties"]
+
     params = {"label_field": "dets", "generator": generators["random"], "class_mix": 0.5}
-    form = operator.resolve_input(
-        ExecutionContext({"dataset_name": dataset.name, "params": params})
-    )
-    assert "class_key" in form.to_json()["type"]["properties"]
-    for key, skipped in (("S", 2), ("", 0)):  # the CLI's key: done; the dataset's: replaced
-        run = {"dataset": dataset.name, "params": {**params, "class_key": key}}
+    assert "class_key_source" not in form({**params, "class_mix": 0.0})  # no key, no textures
+    monkeypatch.delenv(CLASS_KEY_SECRET, raising=False)
+    inputs = form({**params, "class_key_source": "secret"})
+    assert inputs["class_key_source"]["default"] == "dataset" and "no_class_key" in inputs
+    run = {"dataset": dataset.name, "params": {**params, "class_key_source": "secret"}}
+    with pytest.raises(ExecutionError, match=f"{CLASS_KEY_SECRET} is not set"):
+        foo.execute_operator(PROTECT, ctx=run)  # refused before any sample is touched
+    assert set(dataset.values("unseg.class_key")) == {ClassKeys(KEY, 1).fingerprint}
+
+    monkeypatch.setenv(CLASS_KEY_SECRET, KEY)
+    inputs = form(params)
+    assert inputs["class_key_source"]["default"] == "secret" and "no_class_key" not in inputs
+    assert KEY not in str(inputs)  # the form never shows the key
+    for source, skipped in (("secret", 2), ("dataset", 0)):  # the CLI's key: done; else redone
+        run = {"dataset": dataset.name, "params": {**params, "class_key_source": source}}
         result = foo.execute_operator(PROTECT, ctx=run)
         assert result.error is None and result.result["skipped"] == skipped
+    assert set(dataset.values("unseg.class_key")) != {ClassKeys(KEY, 1).fingerprint}
+
+
+def test_cli_takes_the_class_key_from_the_environment(tmp_path, generators, monkeypatch):  # noqa: F811
+    dataset = _scene_dataset("cli-class-key", tmp_path, count=1)
+    monkeypatch.setenv(CLASS_KEY_SECRET, "from-env")
+    args = ["protect", "--dataset", dataset.name, "--label-field", "dets", "--class-mix", "0.5"]
+    args += ["--generator", generators["random"]]
+    assert cli.run(cli.build_parser(), args) == 0
+    assert dataset.first().unseg.class_key == ClassKeys("from-env", 1).fingerprint
+    typed = [*args, "--class-key", "typed", "--overwrite"]  # the flag wins
+    assert cli.run(cli.build_parser(), typed) == 0
+    assert dataset.first().unseg.class_key == ClassKeys("typed", 1).fingerprint
 
 
 def test_protect_operator_says_why_it_stopped(tmp_path, generators, monkeypatch):  # noqa: F811

@@ -15,7 +15,13 @@ from fiftyone_unseg.plugin.forms import (
 )
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.protect import protect, restore, unnamed_warning
-from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, MAX_BUDGET, PRESETS, visibility_warning
+from fiftyone_unseg.settings import (
+    CLASS_KEY_SECRET,
+    DEFAULT_CLASS_MIX,
+    MAX_BUDGET,
+    PRESETS,
+    visibility_warning,
+)
 from fiftyone_unseg.summary import visibility_line
 from fiftyone_unseg.visualize import visualize_noise
 
@@ -23,6 +29,11 @@ PROMPTS = {
     "all": "All segments (union; the reference's default)",
     "classes": "Only some classes",
     "instance": "Each segment with its own prompt",
+}
+CLASS_KEY_SOURCES = {
+    "dataset": "This dataset's own key",
+    "secret": f"The {CLASS_KEY_SECRET} secret (the key `unseg protect` takes from the "
+    "environment variable of that name)",
 }
 MAX_FAILURES = 50  # failures a result lists; ``failed`` counts them all
 
@@ -62,6 +73,21 @@ def _problems(ctx, outputs) -> None:
         shown = f"first {len(failures)} of " if len(failures) < results["failed"] else ""
         label = f"Failures ({shown}{results['failed']})"
         outputs.list("failures", types.Object(), label=label, view=table)
+
+
+def _class_key(ctx) -> str | None:
+    """The class key a run draws its textures from: None for the dataset's own, else the
+    plugin secret, resolved where the run executes, so the key never enters its params."""
+    if ctx.params.get("class_key_source") != "secret" or not ctx.params.get("class_mix"):
+        return None
+    key = ctx.secret(CLASS_KEY_SECRET)
+    if not key:
+        raise ValueError(
+            f"The class key's secret {CLASS_KEY_SECRET} is not set where this run executes: "
+            "set that environment variable for the App (or the delegated executor) and run "
+            "again, or choose this dataset's own key"
+        )
+    return key
 
 
 class ProtectSamples(foo.Operator):
@@ -116,12 +142,24 @@ class ProtectSamples(foo.Operator):
             max=1.0,
         )
         if ctx.params.get("class_mix", DEFAULT_CLASS_MIX) > 0:
-            inputs.str(
-                "class_key",
-                label="Class key's secret (empty: this dataset's own key; give the one used "
-                "before to keep those samples' textures)",
-                default="",
+            sources = types.RadioGroup(label="Class key's secret")
+            for source, label in CLASS_KEY_SOURCES.items():
+                sources.add_choice(source, label=label)
+            has_secret = bool(ctx.secret(CLASS_KEY_SECRET))
+            inputs.enum(
+                "class_key_source",
+                list(CLASS_KEY_SOURCES),
+                default="secret" if has_secret else "dataset",
+                view=sources,
             )
+            if ctx.params.get("class_key_source") == "secret" and not has_secret:
+                inputs.view(
+                    "no_class_key",
+                    types.Warning(
+                        label=f"{CLASS_KEY_SECRET} is not set for this App; a delegated run "
+                        "needs it in its executor's environment"
+                    ),
+                )
         inputs.enum(
             "image_format",
             ["png", "jpg"],
@@ -205,7 +243,7 @@ class ProtectSamples(foo.Operator):
             overwrite=params.get("overwrite", False),
             progress=app_progress(ctx, "images"),
             class_mix=params.get("class_mix", DEFAULT_CLASS_MIX),
-            class_key=params.get("class_key") or None,
+            class_key=_class_key(ctx),
             device=params.get("device", "cpu"),
             output_dir=params.get("output_dir") or None,
             background=background,
