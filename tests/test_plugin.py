@@ -122,11 +122,7 @@ def test_protect_operator_says_which_samples_another_run_holds(tmp_path, generat
     assert (result["protected"], result["busy"]) == (1, 0) and "busy" not in outputs
 
 
-def test_protect_operator_takes_the_class_key_the_cli_used_from_the_secret(
-    tmp_path,
-    generators,
-    monkeypatch,  # noqa: F811
-):
+def test_protect_operator_reads_the_class_key_secret(tmp_path, generators, monkeypatch):  # noqa: F811
     dataset = _scene_dataset("plugin-class-key", tmp_path, count=2)
     KEY = "k3y-0f-the-cli"
     protect(dataset, "dets", generator=generators["random"], class_mix=0.5, class_key=KEY)

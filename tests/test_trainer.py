@@ -604,7 +604,9 @@ def test_folder_sets_and_hqseg44k_leave_validation_sets_out(tmp_path, caplog):
         found = load_pairs(str(root))
     assert len(found) == 2 + 2 + 1 + 5  # DIS-TR, images_train, COIFT, cascade_psp
     assert not any(("DIS-VD" in p.image or "_test" in p.image) for p in found)
-    left_out = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"hqseg44k:{root} takes its training sets only" in warnings[0]
+    left_out = warnings[1:]
     assert len(left_out) == 2 and all("validation or test split" in m for m in left_out)
     assert "DIS5K/DIS-TR/im: 2 pairs" in caplog.text
     hqseg = load_pairs(f"hqseg44k:{root}")
@@ -613,10 +615,12 @@ def test_folder_sets_and_hqseg44k_leave_validation_sets_out(tmp_path, caplog):
         load_pairs(f"hqseg44k:{tmp_path / 'nowhere'}")
 
 
-def test_folder_sets_and_fiftyone_sources(tmp_path, sample_dataset):
+def test_folder_sets_and_fiftyone_sources(tmp_path, sample_dataset, caplog):
     _write_set(tmp_path / "DIS-TR/im", tmp_path / "DIS-TR/gt", 2)
     _write_set(tmp_path / "DUTS/DUTS-TR-Image", tmp_path / "DUTS/DUTS-TR-Mask", 2)
-    assert len(load_pairs(str(tmp_path))) == 4
+    with caplog.at_level(logging.WARNING, logger="trainer.data"):
+        assert len(load_pairs(str(tmp_path))) == 4
+    assert "HQSeg-44K" not in caplog.text  # not its layout: no advice
     instances = load_pairs("fiftyone:unseg-test-samples:instances")
     assert len(instances) == sample_dataset.count("instances.detections")
     semantic = load_pairs("fiftyone:unseg-test-samples:ground_truth")

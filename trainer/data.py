@@ -222,6 +222,13 @@ def _folder_source(root: str) -> list:
     sets = _folder_sets(root)
     if not sets:
         raise ValueError(f"{root}: found no image/mask folder pairs (e.g. images/ + masks/)")
+    if all(os.path.isdir(os.path.join(root, i)) for i, _ in HQSEG44K_TRAIN):
+        logger.warning(
+            "%s is HQSeg-44K: every set found here is taken, SAM-HQ's validation sets COIFT "
+            "and HRSOD too; hqseg44k:%s takes its training sets only",
+            root,
+            root,
+        )
     pairs = []
     for images, masks in sets:
         name = os.path.relpath(images, root)
