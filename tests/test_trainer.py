@@ -267,14 +267,15 @@ def test_training_runs_end_to_end_and_resumes(tmp_path):
     assert all(not p.requires_grad for p in resumed.generator.image_encoder.parameters())
 
 
-def test_a_resumed_training_equals_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_training_equals_an_uninterrupted_one(tmp_path, workers):
     """Stopped mid-epoch and resumed (evaluating at other steps), a run ends with the very
     weights of one that ran through: prompts, counter-measures, crops and loaders all
-    continue their random streams."""
+    continue their random streams, whichever DataLoader worker reads an image."""
     ctx = distributed.Context(0, 1, torch.device("cpu"))
     cfg = micro_config(
         max_steps=8, val_every=2, eot=["jpeg", "blur", "downscale"], eot_p=1.0,
-        surrogate_restarts=0, checkpoint_every=1000,
+        surrogate_restarts=0, checkpoint_every=1000, num_workers=workers,
     )  # fmt: skip
     through = Trainer(cfg, str(tmp_path / "through"), ctx)
     through.run()

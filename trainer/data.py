@@ -435,7 +435,11 @@ class PairDataset(Dataset):
                 return img[:, y0 : y0 + self.side, x0 : x0 + self.side], m_crop
         return resize_and_pad(image, mask, self.side)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item):
+        """``item``: an index, or (index, seed) to draw its augmentation from ``seed``
+        instead of torch's random stream (as training does: the same crops whichever
+        DataLoader worker reads it)."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
         for attempt in range(len(self.pairs)):
             pair = self.pairs[(index + attempt) % len(self.pairs)]
             try:
@@ -445,7 +449,7 @@ class PairDataset(Dataset):
                 self._skip(pair, str(error))
         else:
             raise ValueError("no readable (image, mask) pair in the training data")
-        rng = random.Random(torch.randint(0, 2**31, ()).item())
+        rng = random.Random(torch.randint(0, 2**31, ()).item() if seed is None else seed)
         if self.object_context:
             low, high = self.object_context
             context = rng.uniform(low, high) if self.augment else (low + high) / 2

@@ -261,14 +261,19 @@ class Trainer:
         while True:
             epoch, offset = divmod(self.step - self._stage_start(), self.steps_per_epoch)
             self.sampler.set_epoch(epoch + (1000 if self.stage == "pretrain" else 0))
-            indices = list(self.sampler)[offset * self.cfg.batch_size :]
-            # Its own generator: starting a loader (as a resumed run does mid-epoch) draws
-            # no number that the training's augmentations would have drawn.
-            seeds = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+            indices = list(self.sampler)
+            # Each item's augmentation seed is fixed by its place in the epoch, so a run
+            # resumed mid-epoch crops as an uninterrupted one, with or without workers; the
+            # loader's own generator leaves torch's stream to the training.
+            seeds = torch.Generator().manual_seed(
+                (self.cfg.seed * 100_003 + epoch) * 1_000 + self.ctx.rank
+            )
+            item_seeds = torch.randint(0, 2**31, (len(indices),), generator=seeds).tolist()
+            items = list(zip(indices, item_seeds))[offset * self.cfg.batch_size :]
             loader = DataLoader(
                 self.train_data,
                 batch_size=self.cfg.batch_size,
-                sampler=indices,
+                sampler=items,
                 drop_last=True,
                 num_workers=self.cfg.num_workers,
                 collate_fn=collate_reporting_skips,
