@@ -240,7 +240,8 @@ def run(args) -> dict:
     datasets, quality, sides = {}, {}, {}
     for name in sorted({TASKS[v].dataset for v in wanted}):
         dataset = datasets[name] = _load(name, root, limit)
-        tasks = [TASKS[v] for v in wanted if TASKS[v].dataset == name]
+        # Published at one side per dataset, whichever of its victims this run trains.
+        tasks = [t for t in TASKS.values() if t.dataset == name]
         published_sides = [_image_size(t, args) for t in tasks if t.resizes_images]
         if published_sides:
             side = sides[name] = max(published_sides)

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -136,6 +138,40 @@ def test_real_sets_import_with_fiftyones_importers_and_keep_their_splits():
     for dataset in (camvid, coco):
         assert all(p.startswith(DATA) for p in dataset.values("filepath"))  # read in place
         dataset.delete()
+
+
+def test_copies_rescales_and_crops_of_a_photo_are_found_as_one_photo(tmp_path):
+    sys.path.insert(0, BENCHMARKS)
+    import near_duplicates
+
+    rng = np.random.default_rng(0)
+    photos = [
+        cv2.resize(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), (640, 480)) for _ in "ab"
+    ]
+    cv2.imwrite(str(tmp_path / "a.jpg"), photos[0])
+    crop = cv2.resize(photos[0][40:440, 60:600], (405, 300), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(tmp_path / "a_crop.jpg"), crop, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    cv2.imwrite(str(tmp_path / "b.png"), photos[1])
+    paths = sorted(str(p) for p in tmp_path.iterdir())
+    assert near_duplicates.same_photo_groups(paths) == [["a", "a_crop"]]
+
+
+@needs_data
+def test_no_held_out_pet_photo_is_a_copy_of_a_training_photo():
+    sys.path.insert(0, BENCHMARKS)
+    import near_duplicates
+    import real_data
+
+    pets = real_data.load_pets(DATA, name="test-real-pets")
+    stems = {os.path.splitext(os.path.basename(p))[0]: p for p in pets.values("filepath")}
+    split = {s: tags[0] if tags else None for s, tags in zip(stems, pets.values("tags"))}
+    for group in real_data.PETS_SAME_PHOTO:
+        sides = {split[s] for s in group}
+        assert sides in ({"train"}, {"test"}, {"train", None}), group  # a copy: one side
+    assert pets.count_sample_tags() == {"train": 400, "test": 193}
+    first, *rest = real_data.PETS_SAME_PHOTO[0]  # the list is what the scan finds
+    assert near_duplicates.same_photo_groups([stems[first], *(stems[s] for s in rest)])
+    pets.delete()
 
 
 @needs_data
