@@ -39,7 +39,7 @@ import time
 import held_out
 import numpy as np
 import torch
-from machine import add_protection_arguments, machine_facts, merge_results
+from machine import add_protection_arguments, machine_facts, merge_results, output_path
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.audit.baselines import BASELINES
@@ -90,7 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--victim-seed", type=int, default=0, help="seed of the first training of each variant"
     )
     parser.add_argument("--quick", action="store_true", help="12 scenes, 2 epochs: a smoke run")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "effectiveness.json"))
+    parser.add_argument(
+        "--out",
+        help=f"default: {os.path.relpath(RESULTS)}/effectiveness.json (with --quick: required)",
+    )
     parser.add_argument(
         "--update",
         action="store_true",
@@ -98,6 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "this run measures (its victims and stress tests)",
     )
     args = parser.parse_args(argv)
+    args.out = output_path(parser, args, os.path.join(RESULTS, "effectiveness.json"))
     if args.quick:
         args.num, args.epochs = 12, 2
     return args

@@ -44,6 +44,14 @@ def machine_facts() -> dict:
     }
 
 
+def output_path(parser, args, default: str) -> str:
+    """``--out``, else ``default`` (the committed results), which a ``--quick`` smoke run
+    never overwrites: it must name its own file."""
+    if args.out is None and args.quick:
+        parser.error("--quick is a smoke run, not the benchmark: give --out FILE")
+    return args.out or default
+
+
 def publish(results: dict, table: str, path: str) -> None:
     """Print ``table``, then write ``results`` as JSON to ``path`` atomically."""
     print(table)
@@ -57,6 +65,9 @@ def merge_results(old: dict, new: dict, same: tuple, parts: tuple) -> dict:
     for key in same:
         if old.get(key) != new[key]:
             raise SystemExit(f"--update: {key} differs ({old.get(key)} there, {new[key]} now)")
+    cpus = (old.get("machine") or {}).get("cpu"), (new.get("machine") or {}).get("cpu")
+    if None not in cpus and cpus[0] != cpus[1]:  # another CPU model trains victims otherwise
+        raise SystemExit(f"--update: measured on {cpus[0]} there, on {cpus[1]} now")
     merged = dict(old)
     for key in parts:
         merged[key] = {**old.get(key, {}), **new[key]}

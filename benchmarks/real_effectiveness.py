@@ -40,7 +40,7 @@ texture on the generator's patch grid, estimated with the labels over the traini
 images and subtracted, :mod:`fiftyone_unseg.audit.class_texture`); ``--stress-victim
 yolo`` measures them on another victim, kept as ``yolo_jpeg75`` and so on. ``ratio`` =
 protected / clean, ``gain_ratio`` = (protected - chance) / (clean - chance), ``spread`` = the
-largest sample standard deviation over the seeds of clean and protected. Writes
+largest sample standard deviation over the seeds of clean and protected (none with one seed). Writes
 ``benchmarks/results/real/effectiveness.json``.
 
     python benchmarks/real_effectiveness.py                         # everything (hours)
@@ -71,8 +71,8 @@ from dataclasses import dataclass
 import numpy as np
 import real_data
 import torch
-from machine import add_protection_arguments, machine_facts, merge_results
-from real_rows import add_seeds, borrow_baselines, summary_row
+from machine import add_protection_arguments, machine_facts, merge_results, output_path
+from real_rows import add_seeds, borrow_baselines, measurement_differences, summary_row
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
@@ -188,7 +188,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help=f"{QUICK_LIMIT} images per split, 1 epoch"
     )
-    parser.add_argument("--out", default=os.path.join(RESULTS, "effectiveness.json"))
+    parser.add_argument(
+        "--out",
+        help=f"default: {os.path.relpath(RESULTS)}/effectiveness.json (with --quick: required)",
+    )
     parser.add_argument(
         "--update",
         action="store_true",
@@ -210,6 +213,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--baselines-from benchmarks/results/real/effectiveness.json` for a new generator",
     )
     args = parser.parse_args(argv)
+    args.out = output_path(parser, args, os.path.join(RESULTS, "effectiveness.json"))
     if args.add_seeds and not args.update:
         parser.error("--add-seeds adds to what --out holds: give --update too")
     if args.quick:
@@ -461,6 +465,10 @@ def borrow(results: dict, donor: dict | None) -> dict:
     """``results`` with every row completed from ``donor``'s same row
     (:func:`real_rows.borrow_baselines`), saying what each row took or why nothing."""
     if donor is None:
+        return results
+    differs = measurement_differences(results, donor)
+    if differs:
+        print(f"--baselines-from: nothing taken, {', '.join(differs)} differ(s) there")
         return results
     results = dict(results)
     for part in ("victims", "stress"):

@@ -33,13 +33,13 @@ def card_table(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
     for name, v in results["victims"].items():
-        sd = f" (sd {v['spread']:.3f})" if v["seeds"] > 1 else ""
+        sd = f", sd {v['spread']:.3f}" if v["seeds"] > 1 else ""  # of clean or protected
         lines.append(
             f"| {name} ({v['dataset']}, {v['metric']}) | {num(v['chance'], 3)} | "
-            f"{num(v['clean'], 3)} | {num(v['protected'], 3)}{sd} | {num(v['ratio'])} | "
+            f"{num(v['clean'], 3)} | {num(v['protected'], 3)} | {num(v['ratio'])} | "
             f"{num(v['gain_ratio'])} | {num(v.get('random_ratio'))} | "
             f"{num(v.get('random_flat_ratio'))} | {num(v.get('pattern_ratio'))} | "
-            f"{num(v.get('class_pattern_ratio'))} | {v['seeds']} |"
+            f"{num(v.get('class_pattern_ratio'))} | {v['seeds']}{sd} |"
         )
     if results["stress"]:
         lines += [
@@ -118,6 +118,9 @@ def write_tables() -> None:
         name: json.load(open(os.path.join(RESULTS, f"{file}.json")))
         for name, file in (("default", "effectiveness"), ("robust", "robust"))
     }
+    smoke = [name for name, r in results.items() if r.get("quick")]
+    if smoke:
+        raise SystemExit(f"{', '.join(smoke)}: --quick smoke results, not the benchmark's")
     tables = {
         "preset_table": preset_table(results),
         "preset_table_yolo": preset_table(results, "yolo"),

@@ -9,6 +9,8 @@ Free of side effects on import, like :mod:`real_report`: tests import it.
 import numpy as np
 
 SCORED = ("clean", "protected")  # the spread is the larger sample sd of these two
+# What a row says besides its scores: kept when its scores are recomputed.
+NAMING = ("dataset", "victim", "countermeasure", "checkpoint", "pretrained")
 
 
 def summary_row(metric: str, chance: float | None, runs: dict, victim_seeds: list) -> dict:
@@ -29,7 +31,7 @@ def summary_row(metric: str, chance: float | None, runs: dict, victim_seeds: lis
         "gain_ratio": gain_ratio(protected, clean, chance),
         "seeds": len(victim_seeds),
         "victim_seeds": list(victim_seeds),
-        "spread": max(_sd(runs[v]) for v in SCORED),
+        "spread": max(_sd(runs[v]) for v in SCORED) if len(victim_seeds) > 1 else None,
         "runs": runs,
     }
     for name in runs:
@@ -50,6 +52,11 @@ def add_seeds(old: dict, new: dict, first_seed: int) -> dict:
         raise SystemExit(
             f"--add-seeds: the victim settings differ ({old.get('settings')} there, "
             f"{new.get('settings')} now)"
+        )
+    if _sha256(old) != _sha256(new):
+        raise SystemExit(
+            f"--add-seeds: the victims fine-tune another checkpoint ({_sha256(old)} there, "
+            f"{_sha256(new)} now)"
         )
     seeds_old, runs_old = _seeds_and_runs(old, first_seed)
     overlap = sorted(set(seeds_old) & set(new["victim_seeds"]))
@@ -76,6 +83,7 @@ def borrow_baselines(row: dict, donor: dict | None, first_seed: int = 0) -> tupl
         seeds, runs = wanted, {v: [r[i] for i in at] for v, r in runs.items()}
     same = (
         donor.get("settings") == row.get("settings")
+        and _sha256(donor) == _sha256(row)
         and seeds == row.get("victim_seeds")
         and runs.get("clean") == row["runs"]["clean"]
     )
@@ -84,6 +92,15 @@ def borrow_baselines(row: dict, donor: dict | None, first_seed: int = 0) -> tupl
         return row, []
     runs = {**row["runs"], **{v: runs[v] for v in missing}}
     return _with_runs(row, runs, row["victim_seeds"]), missing
+
+
+def measurement_differences(results: dict, donor: dict) -> list[str]:
+    """What makes ``donor``'s file another measurement than ``results``' whole: the budgets
+    (the baselines' noise follows them), a smoke run, or the split of a dataset both used
+    (other test images)."""
+    differs = [k for k in ("eps", "eps_bg", "quick") if donor.get(k) != results.get(k)]
+    shared = [n for n in results.get("data", {}) if n in donor.get("data", {})]
+    return differs + [f"{n} split" for n in shared if donor["data"][n] != results["data"][n]]
 
 
 def gain_ratio(score: float, clean: float, chance: float | None) -> float | None:
@@ -95,7 +112,7 @@ def gain_ratio(score: float, clean: float, chance: float | None) -> float | None
 
 def _with_runs(row: dict, runs: dict, victim_seeds: list) -> dict:
     """``row`` recomputed from ``runs`` at ``victim_seeds``, keeping what names it."""
-    kept = {k: v for k, v in row.items() if k in ("dataset", "victim", "countermeasure")}
+    kept = {k: v for k, v in row.items() if k in NAMING}
     summary = summary_row(row["metric"], row["chance"], runs, victim_seeds)
     return {**kept, **summary, "settings": row.get("settings")}
 
@@ -108,6 +125,11 @@ def _seeds_and_runs(row: dict, first_seed: int) -> tuple[list, dict]:
     return seeds, runs
 
 
+def _sha256(row: dict) -> str | None:
+    """The SAM checkpoint a row's victims fine-tuned, if any."""
+    return (row.get("checkpoint") or {}).get("sha256")
+
+
 def _baselines(row: dict) -> list:
     return [k[: -len("_gain_ratio")] for k in row if k.endswith("_gain_ratio")]
 
@@ -117,4 +139,4 @@ def _ratio(score: float, clean: float) -> float | None:
 
 
 def _sd(scores: list) -> float:
-    return float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+    return float(np.std(scores, ddof=1))

@@ -235,6 +235,27 @@ def test_each_victims_stress_rows_reach_the_card_and_only_that_victims_preset_ta
     assert "| `jpeg:75` | semantic | 0.61 |" in card and "| `jpeg:75` | yolo | 0.79 |" in card
 
 
+def test_results_measured_otherwise_lend_no_baselines_and_merge_with_none():
+    sys.path.insert(0, BENCHMARKS)
+    from machine import merge_results
+    from real_rows import measurement_differences
+
+    ours = {"eps": 8 / 255, "eps_bg": 2 / 255, "quick": False, "data": {"pets": {"test": 193}}}
+    assert measurement_differences(ours, {**ours, "data": {"camvid": {"test": 233}}}) == []
+    twice = {**ours, "eps": 16 / 255, "data": {"pets": {"test": 200}}}
+    assert measurement_differences(ours, twice) == ["eps", "pets split"]
+    assert measurement_differences(ours, {**ours, "quick": True}) == ["quick"]
+    amd, intel = ({"victims": {}, "machine": {"cpu": c}} for c in ("AMD EPYC", "Intel Xeon"))
+    assert merge_results(amd, {**amd, "victims": {"yolo": 1}}, (), ("victims",))["victims"]
+    with pytest.raises(SystemExit, match="measured on AMD EPYC there, on Intel Xeon now"):
+        merge_results(amd, {**intel, "victims": {"yolo": 1}}, (), ("victims",))
+
+
+def test_a_quick_smoke_run_never_overwrites_the_committed_results(tmp_path):
+    proc = _bench("--quick", "--victims", "semantic")
+    assert proc.returncode == 2 and "--quick is a smoke run, not the benchmark" in proc.stderr
+
+
 def test_a_second_victim_seed_joins_a_row_measured_at_the_first():
     sys.path.insert(0, BENCHMARKS)
     from real_rows import add_seeds, summary_row
@@ -246,7 +267,7 @@ def test_a_second_victim_seed_joins_a_row_measured_at_the_first():
         **summary_row("mAP", 0.05, runs, [0]), "settings": settings,
     }  # fmt: skip
     assert first["ratio"] == pytest.approx(0.5) and first["gain_ratio"] == pytest.approx(0.4)
-    assert first["countermeasure_ratio"] == pytest.approx(0.9) and first["spread"] == 0.0
+    assert first["countermeasure_ratio"] == pytest.approx(0.9) and first["spread"] is None
     # as rows were stored before seeds were recorded: no runs for one seed
     stored = {k: v for k, v in first.items() if k != "victim_seeds"} | {"runs": {}}
     second = summary_row("mAP", 0.05, {k: [v[0] + 0.1] for k, v in runs.items()}, [1])
@@ -261,6 +282,13 @@ def test_a_second_victim_seed_joins_a_row_measured_at_the_first():
         add_seeds(row, {**second, "settings": settings}, first_seed=0)
     with pytest.raises(SystemExit, match="settings differ"):
         add_seeds(stored, {**second, "settings": {**settings, "epochs": 40}}, first_seed=0)
+    # victims fine-tuned from a checkpoint: it stays named, and another one does not join
+    tuned = {**first, "checkpoint": {"name": "sam.pth", "sha256": "a1"}, "pretrained": 0.4}
+    later = {**second, "settings": settings, "checkpoint": {"name": "sam.pth", "sha256": "a1"}}
+    row = add_seeds(tuned, later, first_seed=0)
+    assert row["checkpoint"]["sha256"] == "a1" and row["pretrained"] == 0.4
+    with pytest.raises(SystemExit, match="another checkpoint"):
+        add_seeds(tuned, {**later, "checkpoint": {"sha256": "b2"}}, first_seed=0)
 
 
 def test_a_new_generators_row_borrows_baselines_only_from_identical_clean_trainings():

@@ -110,7 +110,8 @@ def evaluate_protection(
         resolution; ``epochs=0`` tests a SAM checkpoint as it is, without fine-tuning.
         Victims that resize images down also blur fine noise away: compare ``px`` in the
         report with the images' size (``image_side``).
-      seed, device: training seed (the same for every variant) and torch device.
+      seed, device: training seed (the same for every variant) and torch device; the
+        baselines' noise does not depend on it.
       seeds: train each victim and variant this many times (seeds ``seed``, ``seed + 1``,
         ...) and report the mean score and its spread (sample standard deviation): a
         single victim training can move by several points. Predictions and evaluations of
@@ -174,7 +175,6 @@ def evaluate_protection(
         measure,
         eps,
         eps_bg,
-        seed,
     )
     train_labels = _labels(samples, split.train_ids, targets)
     test_paths = clean_paths(samples, split.test_ids)

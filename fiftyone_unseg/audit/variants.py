@@ -79,18 +79,17 @@ def training_images(
     countermeasure: Countermeasure | None = None,
     eps: float = 8 / 255,
     eps_bg: float = 2 / 255,
-    seed: int = 0,
 ) -> dict[str, dict[str, str]]:
-    """Variant -> (sample id -> training image path) for the samples ``ids``."""
+    """Variant -> (sample id -> training image path) for the samples ``ids``. The
+    baselines' noise is drawn from fixed seeds: every victim seed, in one audit or added
+    by another, trains on the same baseline images."""
     learned = countermeasure if countermeasure is not None and countermeasure.learned else None
     if learned is not None:
         countermeasure = None
     clean = clean_paths(samples, ids)
     out = {variant: {} for variant in variants}
     out[CLEAN] = clean
-    sources = {
-        variant: BASELINES[variant](seed=seed) for variant in variants if variant in BASELINES
-    }
+    sources = {variant: BASELINES[variant]() for variant in variants if variant in BASELINES}
     protected = protected_paths(samples, ids, protected_field) if PROTECTED in variants else {}
     view = samples.select(ids, ordered=True)
     budgets = zip(
