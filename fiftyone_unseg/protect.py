@@ -350,8 +350,10 @@ def restore(samples, delete_protected: bool = False) -> dict:
         dataset.set_values("original_filepath", dict.fromkeys(restored), key_field="id")
         _refresh_metadata(dataset, restored)
     deleted = 0
+    protected = {}
     if delete_protected:
         protected = {i: p for i, p in zip(ids, optional_values(stored, "protected_filepath")) if p}
+    if protected:  # nothing protected, nothing to clear (the fields may not exist)
         deleted = _discard(dataset, protected)
         for field in ("protected_filepath", "unseg"):
             dataset.set_values(field, dict.fromkeys(protected), key_field="id")

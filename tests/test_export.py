@@ -13,7 +13,7 @@ from fiftyone.operators.executor import ExecutionContext
 from PIL import Image
 from test_protect import _box, _dataset, _hashes, _scene_dataset, _texture, generators  # noqa: F401
 
-from fiftyone_unseg import export_protected, protect, visualize_noise
+from fiftyone_unseg import export_protected, protect, restore, visualize_noise
 from fiftyone_unseg.export import export_names
 from fiftyone_unseg.io import marker, read_mask, unmarked
 
@@ -318,4 +318,6 @@ def test_operator_form_asks_for_protection_first_and_offers_label_fields(tmp_pat
     assert bare["no_label_field"]["invalid"] and "label_field" not in bare
     assert fields["label_field"]["view"]["multiple"] is False
     assert form(format="fiftyone")["label_fields"]["view"]["multiple"] is True
+    restore(dataset, delete_protected=True)  # the field stays, with no protected sample
+    assert dataset.has_field("protected_filepath") and form()["not_protected"]["invalid"]
     assert not {"label_field", "label_fields"} & set(form(format="images"))

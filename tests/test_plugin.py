@@ -169,6 +169,17 @@ def test_cli_takes_the_class_key_from_the_environment(tmp_path, generators, monk
     assert dataset.first().unseg.class_key == ClassKeys("typed", 1).fingerprint
 
 
+def test_cleared_number_fields_take_their_defaults(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("plugin-cleared", tmp_path, count=1)
+    cleared = {"eps": None, "eps_bg": None, "class_mix": None, "jpeg_quality": None}
+    params = {"label_field": "dets", "generator": generators["random"], **cleared}
+    ctx = ExecutionContext({"dataset_name": dataset.name, "params": params})
+    assert "class_key_source" not in foo.get_operator(PROTECT).resolve_input(ctx).to_json()
+    result = foo.execute_operator(PROTECT, ctx={"dataset": dataset.name, "params": params})
+    assert result.result["protected"] == 1
+    assert (dataset.first().unseg.eps, dataset.first().unseg.eps_bg) == (8 / 255, 2 / 255)
+
+
 def test_protect_operator_says_why_it_stopped(tmp_path, generators, monkeypatch):  # noqa: F811
     dataset = _scene_dataset("plugin-disk-full", tmp_path, count=1)
     _fail_writes_after(monkeypatch, 0, errno.ENOSPC)

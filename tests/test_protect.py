@@ -506,6 +506,9 @@ def test_replace_filepath_and_restore_round_trip(tmp_path, generators):
     dataset = _scene_dataset("replace", tmp_path)
     originals = dataset.values("filepath")
     before = _hashes(originals)
+    # never protected: nothing to restore or delete, and no field is invented
+    assert restore(dataset, delete_protected=True) == {"restored": 0, "unchanged": 3, "deleted": 0}
+    assert not dataset.has_field("protected_filepath")
     unprotected = dataset.match(fo.ViewField("protected_filepath") == None)  # noqa: E711
     protect(unprotected, "seg_db", generator=generators["random"], replace_filepath=True)
     assert len(unprotected) == 0 and dataset.values("original_filepath") == originals

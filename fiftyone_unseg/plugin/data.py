@@ -5,6 +5,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_unseg import sample_data
+from fiftyone_unseg.plugin.forms import param
 from fiftyone_unseg.plugin.progress import app_progress
 
 
@@ -59,9 +60,9 @@ class LoadSampleDataset(foo.Operator):
     def execute(self, ctx):
         dataset = sample_data.create_sample_dataset(
             ctx.params["name"],
-            num=ctx.params.get("num", 100),
-            seed=ctx.params.get("seed", 0),
-            size=ctx.params.get("size", 512),
+            num=param(ctx.params, "num", 100),
+            seed=param(ctx.params, "seed", 0),
+            size=param(ctx.params, "size", 512),
             styles=ctx.params.get("styles") or sample_data.DEFAULT_STYLES,
             dataset_dir=ctx.params.get("dataset_dir") or None,
             overwrite=ctx.params.get("overwrite", False),

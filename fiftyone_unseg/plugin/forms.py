@@ -6,6 +6,13 @@ NO_DATASET = "Open a dataset first"
 NOT_PROTECTED = "No sample is protected yet: run 'protect samples'"
 
 
+def param(params: dict, name: str, default):
+    """A form's value, or ``default`` where it is absent or was cleared (the App sends
+    null for an emptied number field)."""
+    value = params.get(name)
+    return default if value is None else value
+
+
 def form_error(inputs, name: str, message: str) -> None:
     """Show ``message`` in the form and block execution with it."""
     prop = inputs.view(name, types.Error(label=message))
@@ -47,7 +54,8 @@ def label_field_form(ctx, label: str, action: str, field_label: str):
 
 def require_protection(ctx, inputs) -> bool:
     """Whether the dataset has protected samples; if not, the form says so and cannot run."""
-    if ctx.dataset.has_field("protected_filepath"):
+    field = "protected_filepath"  # kept by a restore that deleted every copy
+    if ctx.dataset.has_field(field) and len(ctx.dataset.exists(field).limit(1)):
         return True
     form_error(inputs, "not_protected", NOT_PROTECTED)
     return False

@@ -8,6 +8,7 @@ from fiftyone_unseg.labels import class_names
 from fiftyone_unseg.plugin.forms import (
     form_error,
     label_field_form,
+    param,
     require_protection,
     segment_value_inputs,
     segment_value_params,
@@ -141,7 +142,7 @@ class ProtectSamples(foo.Operator):
             min=0.0,
             max=1.0,
         )
-        if ctx.params.get("class_mix", DEFAULT_CLASS_MIX) > 0:
+        if param(ctx.params, "class_mix", DEFAULT_CLASS_MIX) > 0:
             sources = types.RadioGroup(label="Class key's secret")
             for source, label in CLASS_KEY_SOURCES.items():
                 sources.add_choice(source, label=label)
@@ -234,15 +235,15 @@ class ProtectSamples(foo.Operator):
             samples,
             params["label_field"],
             generator=params.get("generator") or params.get("preset") or None,
-            eps=params.get("eps", 8.0) / 255,
-            eps_bg=params.get("eps_bg", 2.0) / 255,
+            eps=param(params, "eps", 8.0) / 255,
+            eps_bg=param(params, "eps_bg", 2.0) / 255,
             prompt=params.get("classes") if prompt == "classes" else prompt,
             image_format=params.get("image_format", "png"),
-            jpeg_quality=params.get("jpeg_quality", 95),
+            jpeg_quality=param(params, "jpeg_quality", 95),
             replace_filepath=params.get("replace_filepath", False),
             overwrite=params.get("overwrite", False),
             progress=app_progress(ctx, "images"),
-            class_mix=params.get("class_mix", DEFAULT_CLASS_MIX),
+            class_mix=param(params, "class_mix", DEFAULT_CLASS_MIX),
             class_key=_class_key(ctx),
             device=params.get("device", "cpu"),
             output_dir=params.get("output_dir") or None,
