@@ -77,4 +77,4 @@ sam-victim: install
 		--out runs/victims/sam_point_pretrained.pth
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache .ruff_cache tests/artifacts

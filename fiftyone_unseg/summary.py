@@ -114,7 +114,10 @@ def _distribution(values: list, bins: int) -> dict | None:
 def headline(summary: dict) -> str:
     """One Markdown line: how many samples are protected, and their image quality."""
     n, total, stale = summary["num_protected"], summary["num_samples"], summary["num_stale"]
-    stale_part = f"{stale} stale (image or label changed since they were protected: protect again)"
+    stale_part = (
+        f"{stale} stale (image or label changed since they were protected, or a "
+        "re-protection that did not finish or still runs: protect again)"
+    )
     if not n:
         start = f"**0 of {total}** samples protected"
         start_hint = "protect them to start (`unseg protect`, or *Protect samples* in the App)"

@@ -151,10 +151,11 @@ def app_url(artifacts):
     """A FiftyOne App server on a free localhost port, on the tests' database and plugins.
 
     The test process connects first, so the server shares its ``mongod`` (FiftyOne passes
-    the port on in ``FIFTYONE_PRIVATE_DATABASE_PORT``) instead of owning one.
+    the port on in ``FIFTYONE_PRIVATE_DATABASE_PORT``, or the server inherits
+    ``FIFTYONE_DATABASE_URI``) instead of owning one.
     """
     fo.list_datasets()
-    assert "FIFTYONE_PRIVATE_DATABASE_PORT" in os.environ
+    assert fo.config.database_uri or "FIFTYONE_PRIVATE_DATABASE_PORT" in os.environ
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with open(os.path.join(artifacts, "server.log"), "w") as log:
@@ -175,7 +176,7 @@ def app_url(artifacts):
                     break
                 except OSError:
                     if time.monotonic() > deadline:
-                        pytest.fail(f"the App server did not answer in 90 s; see {log.name}")
+                        pytest.fail(f"the App server did not answer in 180 s; see {log.name}")
                     time.sleep(0.5)
             yield url
         finally:
@@ -314,7 +315,8 @@ def test_app_runs_operators_and_shows_the_panel(app_url, page, generator, tmp_pa
     export_dir = tmp_path / "published"
     page.get_by_role("dialog").locator('input[type="string"]').fill(str(export_dir))
     _shot(page, "08-export-form")
-    _execute(page, "Export folder")
+    _execute(page, "Unprotected, left out")  # a label of the result, not of the form
+    page.get_by_role("dialog").get_by_text(str(export_dir), exact=True).wait_for()
     page.get_by_role("button", name="Close").click()
     names = sorted(os.path.basename(p) for p in dataset.values("filepath"))
     assert sorted(os.listdir(export_dir / "data")) == [n.rsplit(".", 1)[0] + ".png" for n in names]

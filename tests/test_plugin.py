@@ -9,7 +9,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.plugins as fop
 import pytest
-from fiftyone.operators.executor import ExecutionContext, ExecutionError
+from fiftyone.operators.executor import ExecutionContext, ExecutionError, Executor
 from test_protect import _scene_dataset, generators  # noqa: F401
 from test_reliability import _fail_writes_after
 
@@ -17,6 +17,7 @@ from fiftyone_unseg import cli, io, protect
 from fiftyone_unseg.class_keys import ClassKeys
 from fiftyone_unseg.plugin import protect as plugin_protect
 from fiftyone_unseg.plugin.forms import NO_DATASET
+from fiftyone_unseg.plugin.panel import UnSegPanel
 from fiftyone_unseg.protect import _lock_path
 from fiftyone_unseg.settings import CLASS_KEY_SECRET
 
@@ -167,6 +168,31 @@ def test_cli_takes_the_class_key_from_the_environment(tmp_path, generators, monk
     typed = [*args, "--class-key", "typed", "--overwrite"]  # the flag wins
     assert cli.run(cli.build_parser(), typed) == 0
     assert dataset.first().unseg.class_key == ClassKeys("typed", 1).fingerprint
+
+
+def test_the_panel_says_a_scheduled_run_has_not_run_yet(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("panel-scheduled", tmp_path, count=1)
+    panel = UnSegPanel()
+
+    def callback(result) -> dict:
+        """The panel state the App's on_success callback patches, given the result."""
+        params = {"panel_id": "p", "panel_state": {}, "result": result}
+        executor = Executor()
+        panel.operator_done(
+            ExecutionContext({"dataset_name": dataset.name, "params": params}, executor=executor)
+        )
+        patches = [r["params"].get("state", {}) for r in executor.to_json()["requests"]]
+        return {k: v for patch in patches for k, v in patch.items()}
+
+    queued = {"run_state": "queued", "label": "Evaluate protection", "operator": "x"}
+    state = callback(queued)
+    assert (
+        state["notice"].startswith("*Evaluate protection* is scheduled") and "headline" not in state
+    )
+    protect(dataset, "dets", generator=generators["random"])
+    state = callback({"protected": 1})  # ran at once: the new numbers, the notice gone
+    assert state["headline"].startswith("**1 of 1** samples protected") and state["notice"] is None
+    assert "(as of " in state["headline"]
 
 
 def test_cleared_number_fields_take_their_defaults(tmp_path, generators):  # noqa: F811

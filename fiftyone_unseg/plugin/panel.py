@@ -2,6 +2,7 @@
 
 import base64
 import os
+from datetime import datetime, timezone
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -42,7 +43,9 @@ class UnSegPanel(foo.Panel):
     def refresh(self, ctx):
         """Compute the summary and put it into the panel's state and data."""
         summary = protection_summary(ctx.dataset)
-        ctx.panel.state.headline = headline(summary)
+        as_of = datetime.now(timezone.utc).strftime("%H:%M:%S")
+        ctx.panel.state.headline = f"{headline(summary)} *(as of {as_of} UTC)*"
+        ctx.panel.state.notice = None
         ctx.panel.state.settings = setting_rows(summary)
         ctx.panel.state.has_protection = bool(summary["num_protected"])
         ctx.panel.data.psnr_plot = _histogram(summary["psnr"]) if summary["psnr"] else []
@@ -60,11 +63,25 @@ class UnSegPanel(foo.Panel):
     def open_operator(self, ctx):
         """Prompt for the operator named by the button; refresh the panel when it ran."""
         name = ctx.params["operator"]
-        ctx.prompt(f"{PLUGIN}/{name}", on_success=self.refresh)
+        ctx.prompt(f"{PLUGIN}/{name}", on_success=self.operator_done)
+
+    def operator_done(self, ctx):
+        """Refresh after an operator ran; a scheduled one has not run yet (the App calls
+        back once it is queued, with its delegated operation as the result)."""
+        result = ctx.params.get("result")
+        if isinstance(result, dict) and "run_state" in result:
+            ctx.panel.state.notice = (
+                f"*{result.get('label') or result.get('operator')}* is scheduled: these "
+                "numbers are from before it; press **Refresh** once it has run."
+            )
+            return
+        self.refresh(ctx)
 
     def render(self, ctx):
         panel = types.Object()
         panel.md(ctx.panel.state.headline or "", name="headline")
+        if ctx.panel.state.notice:
+            panel.view("notice", types.Notice(label=ctx.panel.state.notice))
         actions = panel.h_stack("actions", gap=1, align_x="left")
         for name, label, icon in ACTIONS:
             actions.btn(
