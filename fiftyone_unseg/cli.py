@@ -435,7 +435,7 @@ def _add_protect_commands(subparsers) -> None:
         help="what the App's UnSeg panel shows: protected samples, settings, quality, last audit",
     )
     _add_target(p)
-    p.add_argument("--heatmap-field", default="unseg_noise", help="the noise heatmaps' field")
+    p.add_argument("--heatmap-field", help="the noise heatmaps' field (default: any heatmap field)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_status)
 

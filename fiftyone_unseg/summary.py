@@ -5,10 +5,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import fiftyone as fo
 import numpy as np
 
 from fiftyone_unseg.audit.report import METHOD, load_report, markdown_table, table_cell
-from fiftyone_unseg.protect import CURRENT, STALE, optional_values, protection_states
+from fiftyone_unseg.protect import (
+    CURRENT,
+    STALE,
+    noise_paths,
+    optional_values,
+    protection_states,
+)
 
 # The settings that tell protection runs apart, and their sample count, with their column
 # labels in the order the panel and `unseg status` list them.
@@ -25,7 +32,7 @@ SETTING_LABELS = {
 SETTING_KEYS = tuple(key for key in SETTING_LABELS if key != "count")
 
 
-def protection_summary(samples, heatmap_field: str = "unseg_noise", bins: int = 20) -> dict:
+def protection_summary(samples, heatmap_field: str | None = None, bins: int = 20) -> dict:
     """Summarise the protection of ``samples`` (a dataset or view).
 
     Only samples whose copy was made from what they hold now count as protected
@@ -35,7 +42,8 @@ def protection_summary(samples, heatmap_field: str = "unseg_noise", bins: int = 
       num_samples, num_protected, num_stale (copies made from an image or label that has
       changed since: protect again), num_replaced (protected images that are the
       ``filepath``), no_segments (protected with background noise only), num_visualized
-      (protected samples with a ``heatmap_field`` heatmap);
+      (protected samples whose noise a heatmap shows: in ``heatmap_field``, or by default
+      in any ``fo.Heatmap`` field, as :func:`fiftyone_unseg.visualize_noise` wrote it);
       settings: one dict per distinct protection setting (``SETTING_KEYS``, budgets in
       [0, 1]) with its sample ``count``, most samples first;
       psnr: None, or ``min``, ``median``, ``mean``, ``max`` (dB) and a histogram
@@ -55,16 +63,14 @@ def protection_summary(samples, heatmap_field: str = "unseg_noise", bins: int = 
         key: [v for v in current(f"unseg.{key}") if v is not None]
         for key in ("psnr", "linf", "ssim")
     }
-    visualized = (
-        samples.exists(heatmap_field).values("id") if samples.has_field(heatmap_field) else []
-    )
+    copies = dict(zip(current("id"), protected))
     return {
         "num_samples": len(samples),
         "num_protected": len(protected),
         "num_stale": states.count(STALE),
         "num_replaced": len(set(protected) & set(samples.values("filepath"))),
         "no_segments": current("unseg.had_segments").count(False),
-        "num_visualized": len(set(visualized) & set(current("id"))),
+        "num_visualized": _visualized(samples, copies, heatmap_field),
         "settings": _settings([current(f"unseg.{key}") for key in SETTING_KEYS]),
         "psnr": _distribution(facts["psnr"], bins),
         "linf_max": max(facts["linf"], default=None),
@@ -88,6 +94,19 @@ def latest_audit(samples) -> dict | None:
         "table": report.table(),
         "chart_path": report.chart_path,
     }
+
+
+def _visualized(samples, copies: dict, heatmap_field: str | None) -> int:
+    """How many of ``copies`` (sample id -> protected copy) have a heatmap of their noise,
+    in ``heatmap_field`` or in any heatmap field."""
+    heatmaps = samples.get_field_schema(embedded_doc_type=fo.Heatmap)
+    shown = set()
+    for name in [heatmap_field] if heatmap_field else heatmaps:
+        if name not in heatmaps:
+            continue
+        ids, maps = samples.values(["id", f"{name}.map_path"])
+        shown |= {i for i, m in zip(ids, maps) if i in copies and m in noise_paths(copies[i])}
+    return len(shown)
 
 
 def _settings(columns: list[list]) -> list[dict]:

@@ -120,6 +120,11 @@ def test_reprotecting_removes_earlier_copies_and_their_heatmaps(tmp_path, genera
     output_dir = os.path.dirname(dataset.first().protected_filepath)
     visualize_noise(dataset, amplified_field="noise_image")
     assert protection_summary(dataset)["num_visualized"] == 2
+    visualize_noise(dataset.limit(1), heatmap_field="my_noise")  # a field of one's own
+    assert protection_summary(dataset, heatmap_field="my_noise")["num_visualized"] == 1
+    dataset.set_values("unseg_noise", [None, None])
+    assert protection_summary(dataset)["num_visualized"] == 1  # found in any heatmap field
+    visualize_noise(dataset)
 
     summary = protect(dataset, "dets", generator=generators["random"], image_format="jpg")
     assert summary["replaced"] == 2
