@@ -72,7 +72,7 @@ import numpy as np
 import real_data
 import torch
 from machine import add_protection_arguments, machine_facts, merge_results, output_path
-from real_rows import add_seeds, borrow_baselines, measurement_differences, summary_row
+from real_rows import add_seeds, borrow_baselines, measurement_differences, pooled, summary_row
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
@@ -299,8 +299,8 @@ def run(args) -> dict:
             for name, d in datasets.items()
         },  # fmt: skip
         "victims": victims,
-        "psnr": _mean([q["psnr"] for q in quality.values()]),
-        "ssim": _mean([q["ssim"] for q in quality.values()]),
+        "psnr": pooled(quality, "psnr"),
+        "ssim": pooled(quality, "ssim"),
         "quality": quality,
         "stress": stress,
         "victim_seed": args.victim_seed,
@@ -456,8 +456,8 @@ def merge(old: dict, new: dict, add: bool = False) -> dict:
     merged = merge_results(
         old, new, (*same, "victim_seed"), ("victims", "stress", "quality", "data")
     )
-    merged["psnr"] = _mean([q["psnr"] for q in merged["quality"].values()])
-    merged["ssim"] = _mean([q["ssim"] for q in merged["quality"].values()])
+    merged["psnr"] = pooled(merged["quality"], "psnr")
+    merged["ssim"] = pooled(merged["quality"], "ssim")
     return merged
 
 

@@ -103,6 +103,14 @@ def measurement_differences(results: dict, donor: dict) -> list[str]:
     return differs + [f"{n} split" for n in shared if donor["data"][n] != results["data"][n]]
 
 
+def pooled(quality: dict, key: str) -> float | None:
+    """The mean of ``key`` over every protected training image of all datasets (each
+    dataset's mean weighted by its ``images``)."""
+    parts = [(q[key], q["images"]) for q in quality.values() if q.get(key) is not None]
+    total = sum(n for _, n in parts)
+    return sum(v * n for v, n in parts) / total if total else None
+
+
 def gain_ratio(score: float, clean: float, chance: float | None) -> float | None:
     """The share of the clean victim's gain over its trivial predictor that ``score`` keeps."""
     if chance is None or clean <= chance:

@@ -238,13 +238,15 @@ def test_each_victims_stress_rows_reach_the_card_and_only_that_victims_preset_ta
 def test_results_measured_otherwise_lend_no_baselines_and_merge_with_none():
     sys.path.insert(0, BENCHMARKS)
     from machine import merge_results
-    from real_rows import measurement_differences
+    from real_rows import measurement_differences, pooled
 
     ours = {"eps": 8 / 255, "eps_bg": 2 / 255, "quick": False, "data": {"pets": {"test": 193}}}
     assert measurement_differences(ours, {**ours, "data": {"camvid": {"test": 233}}}) == []
     twice = {**ours, "eps": 16 / 255, "data": {"pets": {"test": 200}}}
     assert measurement_differences(ours, twice) == ["eps", "pets split"]
     assert measurement_differences(ours, {**ours, "quick": True}) == ["quick"]
+    quality = {"camvid": {"psnr": 33.0, "images": 300}, "pets": {"psnr": 39.0, "images": 100}}
+    assert pooled(quality, "psnr") == pytest.approx(34.5)  # per image, not per dataset
     amd, intel = ({"victims": {}, "machine": {"cpu": c}} for c in ("AMD EPYC", "Intel Xeon"))
     assert merge_results(amd, {**amd, "victims": {"yolo": 1}}, (), ("victims",))["victims"]
     with pytest.raises(SystemExit, match="measured on AMD EPYC there, on Intel Xeon now"):
