@@ -23,7 +23,7 @@ budget on every pixel (``random_flat``) and the fixed mask-aligned pattern, each
   it for longer. The owner protects every instance.
 - ``sam_point``: the SAM layout from scratch, prompted with one click inside each
   object (its innermost pixel) on Oxford pets (two thirds train, every third photo
-  test); mean mask IoU; trivial predictor: the training objects' median-sized box
+  test, less 7 that are copies of training photos); mean mask IoU; trivial predictor: the training objects' median-sized box
   around the click. ``sam`` (box prompts, trivial predictor: the filled box) is the
   second interactive metric.
 

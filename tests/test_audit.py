@@ -382,7 +382,8 @@ def test_every_victim_trains_clean_and_protected_and_is_tested_on_clean_images(p
             assert protected.count(field) == len(test_ids)  # on the test samples only
             assert others.count(field) == 0
             assert result.eval_keys[variant] in evaluations
-    assert protected.get_evaluation_info("audit_all_yolo_clean_eval").config.gt_field == "instances"
+    info = protected.get_evaluation_info("audit_all_yolo_clean_eval")
+    assert info.config.gt_field == "audit_all_gt_instances"  # what the victims were shown
     sam = protected.match_tags("test").first().audit_all_sam_clean.detections
     assert all(0 <= d.iou <= 1 and d.mask is not None for d in sam)  # one per ground truth
 
@@ -396,6 +397,8 @@ def test_every_victim_trains_clean_and_protected_and_is_tested_on_clean_images(p
     assert "| yolo | mask mAP |" in report.table()
     # Ultralytics' process-wide changes are undone.
     assert torch.get_num_threads() == threads
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.deterministic  # the other victims train as told
     assert Image.open.__module__ == "PIL.Image" and torch.save.__module__ == "torch.serialization"
 
 
@@ -794,11 +797,59 @@ def test_an_audit_under_a_counter_measure_reuses_the_identical_clean_trainings(t
         assert dataset.count(new.fields["clean"]) == len(dataset.match_tags("test"))
 
 
-def test_a_view_that_filters_labels_is_scored_against_the_labels_it_shows(sample_dataset):
+def test_clean_trainings_of_other_code_or_libraries_are_not_reused(monkeypatch):
+    import importlib.metadata
+
+    from fiftyone_unseg.audit import reuse
+    from fiftyone_unseg.audit.training import Settings
+
+    settings = Settings(epochs=1, image_size=32, batch_size=2, lr=None, seed=0, device="cpu")
+    targets = resolve_targets(_dataset("audit-fingerprint", num=2), "instances")
+
+    def fingerprint() -> str:
+        reuse._code_digest.cache_clear()
+        return reuse.clean_fingerprint("yolo", settings, 1, None, targets, "data")
+
+    before = fingerprint()
+    assert fingerprint() == before
+    version = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda n: "99.0" if n == "ultralytics" else version(n)
+    )
+    assert fingerprint() != before  # another Ultralytics trains otherwise
+    monkeypatch.undo()
+    source = os.path.join(os.path.dirname(reuse.__file__), "victims", "yolo.py")
+    real_hash = reuse.file_hash
+    monkeypatch.setattr(reuse, "file_hash", lambda p: "edited" if p == source else real_hash(p))
+    assert fingerprint() != before  # so does edited victim code
+    monkeypatch.undo()
+    reuse._code_digest.cache_clear()
+
+
+def test_a_view_that_filters_or_renames_labels_is_scored_against_the_labels_it_shows(
+    sample_dataset,
+):
     from fiftyone import ViewField as F
 
     dataset = sample_dataset.clone("audit-filtered")
     horses = dataset.filter_labels("instances", F("label") == "horse", only_matches=False)
+    everything = dataset.count("instances.detections")
+    assert horses.count("instances.detections") < everything
+    names = dataset.distinct("instances.detections.label")
+    ponies = dataset.map_labels("instances", {name: "pony" for name in names})  # as many
+    report = evaluate_protection(
+        ponies,
+        "instances",
+        victims=["yolo"],
+        protected_field=None,
+        baselines=(),
+        run_key="ponies",
+        **TINY,
+    )
+    assert set(
+        dataset.match_tags("test").values("ponies_gt_instances.detections.label", unwind=True)
+    ) == {"pony"}
+    assert report.results[0].metric == "mask mAP"
     report = evaluate_protection(
         horses,
         "instances",

@@ -431,6 +431,12 @@ def test_audit_leaves_out_unreadable_samples_and_names_unreadable_masks(tmp_path
     split, skipped = _readable(dataset, Split((ids[0], ids[2]), (ids[3],), "test"), None, targets)
     assert split.train_ids == (ids[2],) and [s["id"] for s in skipped] == [ids[0]]
     assert "cannot read the mask" in skipped[0]["reason"] and "lost.png" in skipped[0]["filepath"]
+    # A sample never annotated is neither trained on (as all background) nor tested.
+    sample = dataset[ids[2]]
+    sample["seg_db"] = None
+    sample.save()
+    with pytest.raises(ValueError, match="no 'seg_db' label: unlabelled, neither trained"):
+        _readable(dataset, Split((ids[2],), (ids[3],), "test"), None, targets)
 
 
 def test_pickled_code_never_runs_anywhere_a_checkpoint_is_loaded(tmp_path, generators, unseg):  # noqa: F811

@@ -202,10 +202,7 @@ def evaluate_protection(
     _forget(dataset, run_key, kept)  # only now: a refused audit leaves the earlier one as it was
     test_view = dataset.select(split.test_ids, ordered=True)
     needed = {victim.labels for victim in models.values()}
-    filtered = _filters_labels(samples, test_view, targets)
-    ground_truth = _ground_truth(
-        test_view, test_examples, targets, needed, run_key, folder, filtered
-    )
+    ground_truth = _ground_truth(test_view, test_examples, targets, needed, run_key, folder)
 
     trainings = {name: len(variants) - (reused[name] is not None) for name in models}
     done, total = 0, seeds * sum(s.epochs * trainings[name] for name, s in settings.items())
@@ -329,15 +326,23 @@ def _readable(
     samples, split: Split, protected_field: str | None, targets: Targets | None = None
 ) -> tuple[Split, list[dict]]:
     """``split`` without the samples whose images (or, of ``targets``' Segmentation fields,
-    masks on disk) cannot be read, and those samples."""
+    masks on disk) cannot be read or that have no label (never annotated: an empty label
+    is one), and those samples."""
     ids = split.train_ids + split.test_ids
     paths = {i: [p] for i, p in clean_paths(samples, ids).items()}
+    skipped = []
+    for field in targets.fields if targets is not None else ():
+        view = samples.select(ids)
+        for sample_id, label in zip(view.values("id"), view.values(field)):
+            if label is None:
+                error = ValueError(f"no {field!r} label: unlabelled, neither trained nor tested")
+                skipped.append(failure(sample_id, paths[sample_id][0], error))
+                paths[sample_id] = []
     if protected_field and samples.has_field(protected_field):
         view = samples.select(split.train_ids)
         for sample_id, path in zip(view.values("id"), view.values(protected_field)):
             if path and os.path.isfile(path):  # missing ones: protected_paths explains
                 paths[sample_id].append(path)
-    skipped = []
     for sample_id in ids:
         for path in paths[sample_id]:
             try:
@@ -364,8 +369,8 @@ def _readable(
     test = tuple(i for i in split.test_ids if i not in bad)
     if not train or not test:
         raise ValueError(
-            f"{len(bad)} samples have unreadable images ({skipped[0]['reason']}, ...): "
-            "no training or no test samples are left"
+            f"{len(bad)} samples have unreadable images or no labels ({skipped[0]['reason']}, "
+            "...): no training or no test samples are left"
         )
     return Split(train, test, split.source), skipped
 
@@ -447,28 +452,17 @@ def _labels(samples, ids, targets: Targets) -> list[dict]:
     return [dict(zip(targets.fields, labels)) for labels in zip(*columns)]
 
 
-def _filters_labels(samples, test_view, targets: Targets) -> bool:
-    """Whether ``samples`` (a view) leaves out some of the test samples' detections."""
-    if targets.label_type is not fo.Detections or samples is test_view._dataset:
-        return False
-    path = f"{targets.label_field}.detections"
-    return samples.select(test_view.values("id")).count(path) != test_view.count(path)
-
-
-def _ground_truth(
-    view, examples, targets: Targets, needed, run_key: str, folder: str, filtered: bool = False
-) -> dict:
+def _ground_truth(view, examples, targets: Targets, needed, run_key: str, folder: str) -> dict:
     """The fields the predictions are scored against, per target kind in ``needed``.
 
-    The label fields themselves where they have the victims' label type and the audited
-    view keeps all their labels (not ``filtered``: the victims learn what the view
-    shows); otherwise the derived targets, written on the test samples as
-    ``<run_key>_gt_instances`` (Detections) and ``<run_key>_gt_semantic``
-    (Segmentation, values 1..K).
+    Instances are always the ones the victims learn and are prompted with: the audited
+    view's labels (its filters and renamed classes) as :meth:`Targets.instances` paints
+    them (overlaps resolved), written on the test samples as ``<run_key>_gt_instances``
+    (Detections). Classes are the Segmentation field itself, else derived alike as
+    ``<run_key>_gt_semantic`` (Segmentation, values 1..K).
     """
-    direct = targets.label_type is fo.Detections and not filtered
     fields = {
-        "instances": targets.label_field if direct else None,
+        "instances": None,
         "semantic": targets.semantic_field
         or (targets.label_field if targets.label_type is fo.Segmentation else None),
     }

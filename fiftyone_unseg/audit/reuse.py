@@ -3,7 +3,8 @@
 A counter-measure never touches the clean images, so an audit under JPEG, blur or another
 attack trains exactly the clean victims that the plain audit trained. Each audit records
 a fingerprint of its clean trainings per victim (the training and test samples with
-their image bytes and labels, the targets, the settings, seeds and starting weights);
+their image bytes and labels, the targets, the settings, seeds and starting weights, the
+audit's code and the versions of torch, Ultralytics and FiftyOne);
 a later audit with the same fingerprint takes the scores and a copy of the predictions
 instead of training again.
 """
@@ -11,7 +12,9 @@ instead of training again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 
@@ -51,6 +54,7 @@ def clean_fingerprint(
     """What a victim's clean trainings and their scores depend on, hashed (hex); ``data``
     is the :func:`examples_digest` of its examples."""
     facts = {
+        "code": _code_digest(),
         "victim": name,
         "settings": dataclasses.asdict(settings),
         "seeds": seeds,
@@ -59,6 +63,24 @@ def clean_fingerprint(
         "data": data,
     }
     return hashlib.blake2b(json.dumps(facts, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+@functools.cache
+def _code_digest() -> str:
+    """What trains and scores the victims: the audit package's sources and the versions
+    of the libraries it trains with, hashed (hex)."""
+    digest = hashlib.blake2b(digest_size=16)
+    folder = os.path.dirname(os.path.abspath(__file__))
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            digest.update(name.encode() + file_hash(os.path.join(root, name)).encode())
+    for library in ("torch", "torchvision", "ultralytics", "fiftyone"):
+        try:
+            digest.update(f"{library}={importlib.metadata.version(library)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{library}=none".encode())
+    return digest.hexdigest()
 
 
 def find_clean_run(dataset: fo.Dataset, name: str, fingerprint: str) -> CleanRun | None:

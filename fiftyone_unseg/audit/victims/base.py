@@ -65,7 +65,7 @@ def evaluate_instances(view, pred_field: str, gt_field: str, eval_key: str, comp
 def box_fill_iou(view, gt_field: str) -> float:
     """Mean IoU of filling each ground-truth box: its mask's share of the box."""
     fills = [
-        float(np.mean(d.mask)) if d.mask is not None else 1.0
+        float(np.mean(d.mask > 0)) if d.mask is not None else 1.0
         for dets in view.values(gt_field)
         if dets is not None
         for d in dets.detections

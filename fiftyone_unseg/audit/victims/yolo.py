@@ -23,6 +23,7 @@ import logging
 import os
 import pickle
 import shutil
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -56,8 +57,9 @@ def _ultralytics():
 def _quiet_offline():
     """For the duration: Ultralytics' logging at WARNING, its font fetch disabled and every
     checkpoint it loads loaded restricted (its ``SAFE_LOAD`` switch, read at each load);
-    after, all as it was, and torch's thread count too (Ultralytics sets it to cores - 1
-    for CPU training)."""
+    after, all as it was, and torch's thread count and deterministic switches too
+    (Ultralytics sets the count to cores - 1 for CPU training and the switches for the whole
+    process)."""
     ultralytics = _ultralytics()
     import ultralytics.nn.tasks as tasks
 
@@ -66,6 +68,9 @@ def _quiet_offline():
     logger = ultralytics.utils.LOGGER
     level, check_font, safe_load = logger.level, ultralytics.data.utils.check_font, tasks.SAFE_LOAD
     threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = torch.backends.cudnn.deterministic
     logger.setLevel(logging.WARNING)
     ultralytics.data.utils.check_font = lambda *args, **kwargs: None
     tasks.SAFE_LOAD = True
@@ -76,6 +81,8 @@ def _quiet_offline():
         ultralytics.data.utils.check_font = check_font
         tasks.SAFE_LOAD = safe_load
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.deterministic = cudnn
 
 
 def check_weights(path: str) -> None:
@@ -124,6 +131,7 @@ class YoloVictim(Victim):
                 device=settings.device,
                 seed=settings.seed,
                 deterministic=True,
+                single_cls=False,  # a checkpoint's own setting would merge the classes
                 workers=0,
                 amp=False,
                 plots=False,
@@ -174,7 +182,7 @@ def trivial_prior(examples, targets) -> tuple[str, tuple[float, ...]] | None:
         classes += [targets.instance_classes[k] for k in indices]
     if not boxes:
         return None
-    label = max(set(classes), key=classes.count)
+    label = Counter(classes).most_common(1)[0][0]  # ties: the first seen
     return label, tuple(float(v) for v in np.median(boxes, axis=0))
 
 
