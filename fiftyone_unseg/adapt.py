@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from fiftyone_unseg.checkpoint import clear_run_outputs, generator_id
 from fiftyone_unseg.io import atomic_write_bytes, safe_name
 
 # trainer/configs/<recipe>.json -> its bilevel steps: a fresh surrogate every block (about
@@ -25,7 +26,7 @@ from fiftyone_unseg.io import atomic_write_bytes, safe_name
 # core; on the pets it kept YOLO's protection through JPEG 75, blur and half-scale,
 # docs/GENERATOR_HISTORY.md)
 RECIPES = {"adapt": 600, "adapt_learning": 2400}
-ADAPT_VIEW = "unseg-adapt"  # the saved view a view of samples is trained through
+ADAPT_VIEW = "unseg-adapt"  # + "-<fingerprint>": the saved view a view is trained through
 SOURCE_FILE = "adapted_on.json"  # in a training's folder: the samples and settings it used
 _POLL_S = 2.0
 
@@ -56,7 +57,7 @@ def adapt_generator(
 
     Arguments:
       samples: a dataset or view (a view is saved as the saved view
-        :data:`ADAPT_VIEW`, replacing an earlier one, so the trainer sees the same samples).
+        ``<ADAPT_VIEW>-<fingerprint>`` while the trainer runs, so it sees the same samples).
       label_field: the masks to train on (each instance or class region is one object).
       output_dir: the training run's folder (metrics, checkpoints, the generator); default
         ``<default_output_dir>/<recipe>-<fingerprint>``, one per samples, labels and
@@ -82,6 +83,7 @@ def adapt_generator(
         "label_field": label_field,
         "steps": steps,
         "init": init,
+        "init_id": generator_id(init),  # a retrained init is another starting point
         "seed": seed,
     }
     source = {
@@ -96,10 +98,23 @@ def adapt_generator(
     out = os.path.abspath(output_dir or default_dir)
     replace = overwrite or not output_dir  # our own folder is ours to replace
     start_over = _claim(out, source, replace)
-    data = dataset.name
-    if samples is not dataset:
-        dataset.save_view(ADAPT_VIEW, samples, overwrite=True)
-        data = f"{dataset.name}@{ADAPT_VIEW}"
+    data, view_name = dataset.name, f"{ADAPT_VIEW}-{source['fingerprint']}"
+    if samples is not dataset:  # one per adaptation: another running beside reads its own
+        dataset.save_view(view_name, samples, overwrite=True)
+        data = f"{dataset.name}@{view_name}"
+    try:
+        return _adapt(data, label_field, recipe, init, out, steps, device, seed, start_over,
+                      replace, progress)  # fmt: skip
+    finally:
+        if dataset.has_saved_view(view_name):
+            dataset.delete_saved_view(view_name)
+
+
+def _adapt(
+    data, label_field, recipe, init, out, steps, device, seed, start_over, replace, progress
+):
+    """Run the trainer on ``fiftyone:<data>:<label_field>`` in ``out`` (resuming unless
+    ``start_over``); the adapted generator's folder."""
     command = [
         sys.executable, "-m", "trainer.cli", "train", "--config", recipe,
         "--init", init, "--data", f"fiftyone:{data}:{label_field}", "--out", out,
@@ -117,15 +132,16 @@ def adapt_generator(
 
 
 def training_fingerprint(samples, label_field: str, settings: dict) -> str:
-    """12 hex digits of a digest of what an adaptation learns from: the samples' ids and
-    their ``label_field`` as protection hashes it (:func:`fiftyone_unseg.protect.label_hash`),
-    and ``settings``."""
-    from fiftyone_unseg.protect import label_hash
+    """12 hex digits of a digest of what an adaptation learns from: the samples' ids, their
+    original images' paths and their ``label_field`` as protection hashes it
+    (:func:`fiftyone_unseg.protect.label_hash`), and ``settings``."""
+    from fiftyone_unseg.protect import label_hash, original_paths
 
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     ids, labels = samples.values(["id", label_field])
-    for sample_id, label in sorted(zip(ids, labels), key=lambda pair: pair[0]):
-        digest.update(f"{sample_id}:{label_hash(label)}".encode())
+    rows = sorted(zip(ids, original_paths(samples), labels), key=lambda row: row[0])
+    for sample_id, path, label in rows:
+        digest.update(f"{sample_id}:{path}:{label_hash(label)}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -156,6 +172,8 @@ def _claim(out: str, source: dict, replace: bool) -> bool:
             f"({what}): choose another output folder, or overwrite=True (the App's "
             "'Replace' box) to delete it and train there"
         )
+    if earlier is not None:  # gone before the new record names the folder: a run that
+        clear_run_outputs(out)  # fails before training cannot leave the old as the new
     os.makedirs(out, exist_ok=True)
     atomic_write_bytes(json.dumps(source, indent=1).encode(), path)
     return earlier is not None
@@ -185,10 +203,19 @@ def _run(command: list, out: str, steps: int, progress) -> None:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env
         )
-        while process.poll() is None:
-            time.sleep(_POLL_S)
-            if progress is not None:
-                progress(min(_logged_step(out), steps), steps)
+        try:
+            while process.poll() is None:
+                time.sleep(_POLL_S)
+                if progress is not None:
+                    progress(min(_logged_step(out), steps), steps)
+        except BaseException:  # interrupted, or the progress callback failed: no orphan
+            process.terminate()  # keeps training into the folder a retry resumes
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
     if process.returncode:
         with open(log_path) as log:
             tail = "".join(log.readlines()[-8:])

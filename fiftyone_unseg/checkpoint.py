@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,33 @@ def load_generator(
     model.generator_id = generator_id
     model.metadata = info.get("metadata") or {}
     return model.to(device).eval()
+
+
+# What a training writes in its output folder (trainer/): deleted when it is replaced.
+RUN_OUTPUTS = (
+    "checkpoints",
+    "generator",
+    "tensorboard",
+    "metrics.csv",
+    "summary.json",
+    "train_config.json",
+)
+
+
+def clear_run_outputs(folder: str | os.PathLike) -> None:
+    """Delete what a training wrote to ``folder`` (:data:`RUN_OUTPUTS`)."""
+    for name in RUN_OUTPUTS:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def generator_id(path: str | os.PathLike | None = None) -> str:
+    """The id of the generator at ``path`` (a checkpoint folder, its tensor file or a
+    preset name; None: the default) without building it: its weights' digest."""
+    return _file_id(_resolve_weights(path))
 
 
 def _resolve_weights(path: str | os.PathLike | None) -> Path:

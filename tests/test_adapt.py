@@ -111,8 +111,14 @@ def test_the_app_operator_adapts_in_a_trainer_process_and_reports_progress(
     assert os.path.isfile(out / "metrics.csv") and os.path.isfile(f"{out}.log")
     with open(out / "summary.json") as f:  # what the training warned about, in the App
         assert result.result["warnings"] == "\n".join(json.load(f)["warnings"])
-    assert dataset.has_saved_view("unseg-adapt")  # the view the trainer read
-    assert len(dataset.load_saved_view("unseg-adapt")) == 12
+    data = adapted.metadata["train_config"]["data"][0]  # the view the trainer read: its own
+    assert data.startswith(f"fiftyone:{dataset.name}@unseg-adapt-")
+    assert not dataset.list_saved_views()  # and gone once it has run
+    with open(out / "adapted_on.json") as f:
+        source = json.load(f)
+    assert source["samples"] == 12 and data == (
+        f"fiftyone:{dataset.name}@unseg-adapt-{source['fingerprint']}:instances"
+    )
 
 
 def test_the_fingerprint_follows_the_samples_their_labels_and_the_settings(sample_dataset):
@@ -162,3 +168,43 @@ def test_adapting_again_returns_only_a_training_on_the_same_samples(
     ):
         assert json.load(f)["fingerprint"] == json.load(g)["fingerprint"]
     assert load_generator(generator).generator_id == load_generator(elsewhere).generator_id
+
+
+def test_a_replaced_adaptation_is_gone_before_the_new_one_is_recorded(tmp_path):
+    from fiftyone_unseg.adapt import SOURCE_FILE, _claim
+
+    out = tmp_path / "adapted"
+    for name in ("checkpoints", "generator"):
+        (out / name).mkdir(parents=True)
+    (out / "metrics.csv").write_text("step\n600\n")
+    (out / SOURCE_FILE).write_text(json.dumps({"fingerprint": "a"}))
+    assert _claim(str(out), {"fingerprint": "b"}, replace=True)  # start over
+    assert sorted(os.listdir(out)) == [SOURCE_FILE]  # a run failing now leaves no old one
+    assert not _claim(str(out), {"fingerprint": "b"}, replace=False)  # nothing to resume
+
+
+def test_an_interrupted_adaptation_stops_its_trainer(tmp_path):
+    import sys
+
+    from fiftyone_unseg.adapt import _run
+
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+
+    def interrupted(done, total):
+        if pid_file.exists():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run([sys.executable, "-c", child], str(tmp_path / "out"), 2, interrupted)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)  # no orphan training into the folder
+
+
+def test_the_starting_generator_is_known_by_its_weights(tmp_path):
+    from fiftyone_unseg.checkpoint import generator_id
+
+    assert generator_id("default") == load_generator("default").generator_id
+    assert generator_id("robust") != generator_id("default")
+    with pytest.raises(FileNotFoundError, match="generator checkpoint not found"):
+        generator_id(tmp_path / "nowhere")

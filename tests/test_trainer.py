@@ -412,7 +412,9 @@ def test_shipped_configs_and_overrides():
     assert cfg.max_steps == 5 and cfg.device == "cpu" and cfg.batch_size == 16
     assert cfg.generator_config().img_size == 256 and cfg.surrogate_config().img_size == 128
     assert load_config("tiny", freeze_backbone=True).generator_config().freeze_backbone
-    vit_b = load_config("vit_b")
+    with pytest.raises(ValueError, match="vit_b keeps SAM's image encoder frozen: give the"):
+        load_config("vit_b")  # a random frozen encoder under a noise head: refused
+    vit_b = load_config("vit_b", sam_checkpoint="sam_vit_b_01ec64.pth")
     assert vit_b.generator_config().img_size == 1024 and vit_b.surrogate_config().img_size == 512
     assert (vit_b.surrogate_phase, vit_b.generator_phase, vit_b.epochs) == (1, 3, 27)
     robust = load_config("robust")  # the robust preset: the default through counter-measures
@@ -636,6 +638,21 @@ def test_folder_sets_and_fiftyone_sources(tmp_path, sample_dataset, caplog):
     for spec in ("sample:many", "sample:", "sample:4:0:photo:big"):
         with pytest.raises(ValueError, match=f"data source '{spec}': expected sample:NUM"):
             load_pairs(spec)
+
+
+def test_a_fiftyone_source_trains_on_the_originals_not_the_protected_copies(
+    sample_dataset, tmp_path
+):
+    dataset = sample_dataset.clone("trainer-replaced")
+    sample = dataset.first()
+    copy = tmp_path / "protected.png"
+    Image.open(sample.filepath).save(copy)
+    original = sample.filepath
+    sample["original_filepath"], sample.filepath = original, str(copy)  # as protect does
+    sample.save()
+    images = {p.image for p in load_pairs("fiftyone:trainer-replaced:instances")}
+    assert original in images and str(copy) not in images
+    dataset.delete()
 
 
 def test_fiftyone_sources_of_one_dataset_keep_their_own_masks(sample_dataset):

@@ -155,6 +155,17 @@ class TrainConfig:
             raise ValueError(f"eot_scale must be (lo, hi) with 0 < lo <= hi, got {self.eot_scale}")
         if self.object_context is not None:
             self.object_context = tuple(self.object_context)
+        frozen = self.freeze_backbone
+        vit = isinstance(self.generator, str) and self.generator.startswith("vit_")
+        if vit and not (self.init or self.pretrain_steps):
+            frozen = _sam_config(self.generator).freeze_backbone if frozen is None else frozen
+            if frozen and not self.sam_checkpoint:
+                raise ValueError(
+                    f"generator {self.generator} keeps SAM's image encoder frozen: give the "
+                    "official SAM weights it needs (--sam-checkpoint FILE, a local "
+                    f"sam_{self.generator}_*.pth; nothing is downloaded), or --init a trained "
+                    "generator; without them it trains on a random, frozen encoder"
+                )
 
     def _check_types(self) -> None:
         """ValueError naming each field whose value is not of its declared type (a

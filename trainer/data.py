@@ -89,6 +89,8 @@ def _fiftyone_source(spec: str) -> list:
     """
     import fiftyone as fo
 
+    from fiftyone_unseg.protect import original_paths
+
     parts = spec.split(":")[1:]
     name, _, saved_view = parts[0].partition("@")
     database.connect()
@@ -110,15 +112,18 @@ def _fiftyone_source(spec: str) -> list:
     # one folder per source: pruning one view's files must not touch another's
     source = f"{name}@{saved_view}" if saved_view else name
     root = os.path.join(CACHE_DIR, "fiftyone", re.sub(r"[^\w.@-]+", "_", f"{source}-{field}"))
+    # the originals: where protection replaced a filepath, it holds noise already
+    originals = dict(zip(view.values("id"), original_paths(view)))
     pairs = []
     for sample in view.select_fields(field).iter_samples(progress=False):
         label = sample[field]
         if label is None:
             continue
+        image = originals[sample.id]
         try:
-            masks = _label_masks(label, sample.filepath, all_segments)
+            masks = _label_masks(label, image, all_segments)
         except ValueError as error:
-            logger.warning("skipping sample %s (%s): %s", sample.id, sample.filepath, error)
+            logger.warning("skipping sample %s (%s): %s", sample.id, image, error)
             continue
         for mask in masks:
             content = repr(mask.shape).encode() + np.packbits(mask).tobytes()
@@ -126,7 +131,7 @@ def _fiftyone_source(spec: str) -> list:
             path = os.path.join(root, f"{sample.id}-{digest}.png")
             if not os.path.exists(path):
                 io.atomic_write_image(Image.fromarray(mask.astype(np.uint8) * 255), path)
-            pairs.append(folders.Pair(sample.filepath, path))
+            pairs.append(folders.Pair(image, path))
     _prune(root, set(view.values("id")), {os.path.basename(p.mask) for p in pairs})
     return pairs
 

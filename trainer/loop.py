@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from fiftyone_unseg import io
-from fiftyone_unseg.checkpoint import CONFIG_FILE, save_generator
+from fiftyone_unseg.checkpoint import CONFIG_FILE, clear_run_outputs, save_generator
 from fiftyone_unseg.modeling import NoiseGenerator, build_noise_generator
 from fiftyone_unseg.modeling.build import load_state_file
 from trainer import distributed
@@ -62,14 +62,6 @@ METRIC_COLUMNS = (
     "texture_share_val",
 )
 # What a training writes to its output folder (``overwrite`` deletes them).
-RUN_OUTPUTS = (
-    "checkpoints",
-    "generator",
-    "tensorboard",
-    "metrics.csv",
-    "summary.json",
-    "train_config.json",
-)
 # A surrogate whose box-prompted IoU on clean validation images stays under this predicts
 # (almost) nothing: the generator then learns against a model that never learned the masks.
 DEAD_SURROGATE_IOU = 0.01
@@ -604,15 +596,6 @@ class Trainer:
         self.restarts = state.get("restarts", 0)
         self.restarted_at = state.get("restarted_at", 0)
 
-    def _clear_outputs(self) -> None:
-        """Delete what an earlier training wrote to ``out_dir`` (:data:`RUN_OUTPUTS`)."""
-        for name in RUN_OUTPUTS:
-            path = os.path.join(self.out_dir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-
     # -- the loop -----------------------------------------------------------------------
 
     def _open_logs(self, resume: bool):
@@ -661,7 +644,7 @@ class Trainer:
             raise ValueError("choose --resume or --overwrite, not both")
         if overwrite:
             if ctx.is_main:
-                self._clear_outputs()
+                clear_run_outputs(self.out_dir)
         elif latest := self._latest_checkpoint():
             if not resume:
                 raise ValueError(
