@@ -652,6 +652,21 @@ def test_a_fiftyone_source_trains_on_the_originals_not_the_protected_copies(
     sample.save()
     images = {p.image for p in load_pairs("fiftyone:trainer-replaced:instances")}
     assert original in images and str(copy) not in images
+    # as protect prompts: a box without a mask is its filled box, polylines are filled
+    sample = dataset.first()
+    sample["boxes"] = fo.Detections(
+        detections=[fo.Detection(label="x", bounding_box=[0.25, 0.25, 0.5, 0.5])]
+    )
+    sample["shapes"] = fo.Polylines(
+        polylines=[
+            fo.Polyline(points=[[(0.1, 0.1), (0.4, 0.1), (0.4, 0.4)]], closed=True, filled=True)
+        ]
+    )
+    sample.save()
+    (box,) = load_pairs("fiftyone:trainer-replaced:boxes")
+    mask = np.asarray(Image.open(box.mask)) > 0
+    assert mask.mean() == pytest.approx(0.25, abs=0.02) and mask[mask.shape[0] // 2].any()
+    assert len(load_pairs("fiftyone:trainer-replaced:shapes")) == 1
     dataset.delete()
 
 

@@ -97,7 +97,7 @@ def _fiftyone_source(spec: str) -> list:
     dataset = fo.load_dataset(name)
     view = dataset.load_saved_view(saved_view) if saved_view else dataset
     fields = _label_fields(view)
-    usable = {f: t for f, t in fields.items() if t in ("Detections", "Segmentation")}
+    usable = {f: t for f, t in fields.items() if t in ("Detections", "Polylines", "Segmentation")}
     field = parts[1] if len(parts) > 1 else next(iter(usable), None)
     if field not in usable:
         if field is None or not view.has_field(field):
@@ -105,8 +105,8 @@ def _fiftyone_source(spec: str) -> list:
         else:
             what = f"holds {fields.get(field) or type(view.get_field(field)).__name__} in {field!r}"
         raise ValueError(
-            f"{spec}: {name!r} {what}; give a field of instance masks "
-            f"(fo.Detections) or a semantic mask (fo.Segmentation): {usable or 'none here'}"
+            f"{spec}: {name!r} {what}; give a field of instances (fo.Detections, "
+            f"fo.Polylines) or a semantic mask (fo.Segmentation): {usable or 'none here'}"
         )
     all_segments = resolve_prompt(view, field)
     # one folder per source: pruning one view's files must not touch another's
@@ -158,22 +158,14 @@ def _label_fields(view) -> dict:
 
 
 def _label_masks(label, filepath: str, spec) -> list:
-    """Non-empty binary masks at the image's size of every instance (Detections) or class
-    region (Segmentation: rasterised by :func:`~fiftyone_unseg.labels.segment_map` with
-    ``spec``, as ``protect`` does: one region per value or RGB colour, masks of another
-    size stretched over the image)."""
-    import fiftyone as fo
-
+    """Non-empty binary masks at the image's size of every segment, as ``protect`` prompts
+    with them (:func:`~fiftyone_unseg.labels.segment_map` with ``spec``): each detection
+    (its mask in its box, or the filled box) or polyline, later ones over earlier ones;
+    each class region of a Segmentation (one per value or RGB colour, masks of another size
+    stretched over the image)."""
     w, h = image_size(filepath)
-    if isinstance(label, fo.Segmentation):
-        ids = segment_map(label, h, w, spec)
-        return [ids == k for k in present_values(ids)]
-    masks = (
-        det.to_segmentation(frame_size=(w, h), target=1).get_mask() > 0
-        for det in label.detections
-        if det.mask is not None or det.mask_path is not None
-    )
-    return [m for m in masks if m.any()]
+    ids = segment_map(label, h, w, spec)
+    return [ids == k for k in present_values(ids)]
 
 
 def _mask_dir_name(image_dir: str) -> str | None:
