@@ -114,7 +114,12 @@ def _adapt(
     data, label_field, recipe, init, out, steps, device, seed, start_over, replace, progress
 ):
     """Run the trainer on ``fiftyone:<data>:<label_field>`` in ``out`` (resuming unless
-    ``start_over``); the adapted generator's folder."""
+    ``start_over``; a finished training is returned as it is); the adapted generator's
+    folder."""
+    if not start_over and _finished(out, steps):
+        if progress is not None:
+            progress(steps, steps)
+        return os.path.join(out, "generator")
     command = [
         sys.executable, "-m", "trainer.cli", "train", "--config", recipe,
         "--init", init, "--data", f"fiftyone:{data}:{label_field}", "--out", out,
@@ -222,6 +227,16 @@ def _run(command: list, out: str, steps: int, progress) -> None:
         raise RuntimeError(f"adapting the generator failed (log: {log_path}):\n{tail}")
     if progress is not None:
         progress(steps, steps)
+
+
+def _finished(out: str, steps: int) -> bool:
+    """Whether the training in ``out`` ran its ``steps`` and saved its generator (its
+    ``summary.json`` is written last)."""
+    try:
+        with open(os.path.join(out, "summary.json")) as f:
+            return json.load(f).get("steps") == steps
+    except (OSError, ValueError):
+        return False
 
 
 def _logged_step(out: str) -> int:

@@ -149,7 +149,12 @@ def test_adapting_again_returns_only_a_training_on_the_same_samples(
     generator = adapt_generator(first, "instances", steps=2)
     folder = os.path.dirname(generator)
     adapted_id = load_generator(generator).generator_id
-    # the same samples again: the finished training, resumed with nothing left to do
+    # the same samples again: the finished training, at once (no trainer runs)
+    logged = os.stat(f"{folder}.log").st_mtime_ns
+    assert adapt_generator(first, "instances", steps=2) == generator
+    assert os.stat(f"{folder}.log").st_mtime_ns == logged
+    # a stopped one (no summary yet) resumes
+    os.remove(os.path.join(folder, "summary.json"))
     assert adapt_generator(first, "instances", steps=2) == generator
     with open(f"{folder}.log") as log:
         assert "resumed from step 2" in log.read()
