@@ -56,8 +56,8 @@ def measure(run, *args):
 def measure_and_publish(run, args, merge, table) -> int:
     """A benchmark's ``main``: ``run(args)`` in the sandbox; with ``args.update``, the
     results merged into what ``args.out`` holds (``merge(old, new)``); the table printed
-    and the JSON written. When ``merge`` refuses (SystemExit), the run's own results go
-    to ``<out>.unmerged.json`` first."""
+    and the JSON written. When ``merge`` refuses (SystemExit) or fails, the run's own
+    results go to ``<out>.unmerged.json`` first."""
     import json
 
     from machine import publish
@@ -68,7 +68,7 @@ def measure_and_publish(run, args, merge, table) -> int:
             old = json.load(f)
         try:
             results = merge(old, results)
-        except SystemExit as refusal:  # an hour of trainings must not go with it
+        except (SystemExit, Exception) as refusal:  # hours of trainings must not go with it
             kept = f"{os.path.splitext(args.out)[0]}.unmerged.json"
             publish(results, table(results), kept)
             raise SystemExit(f"{refusal}; this run's results are in {kept}") from None
