@@ -120,6 +120,8 @@ def _adapt(
         if progress is not None:
             progress(steps, steps)
         return os.path.join(out, "generator")
+    if os.path.exists(init):  # a folder: found from the trainer's own working directory too
+        init = os.path.abspath(init)
     command = [
         sys.executable, "-m", "trainer.cli", "train", "--config", recipe,
         "--init", init, "--data", f"fiftyone:{data}:{label_field}", "--out", out,
@@ -203,11 +205,11 @@ def _run(command: list, out: str, steps: int, progress) -> None:
     if fo.config.database_uri:
         env["FIFTYONE_DATABASE_URI"] = fo.config.database_uri
     log_path = out + ".log"
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env
-        )
+        process = subprocess.Popen(  # in ``out``: a ``trainer`` package of the caller's
+            command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=out
+        )  # working directory must not shadow ours
         try:
             while process.poll() is None:
                 time.sleep(_POLL_S)

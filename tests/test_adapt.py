@@ -194,7 +194,10 @@ def test_an_interrupted_adaptation_stops_its_trainer(tmp_path):
     from fiftyone_unseg.adapt import _run
 
     pid_file = tmp_path / "pid"
-    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    child = (  # written whole (renamed into place) before the parent reads it
+        f"import os, time; open('p.tmp', 'w').write(f'{{os.getpid()}} {{os.getcwd()}}'); "
+        f"os.replace('p.tmp', {str(pid_file)!r}); time.sleep(60)"
+    )
 
     def interrupted(done, total):
         if pid_file.exists():
@@ -202,8 +205,10 @@ def test_an_interrupted_adaptation_stops_its_trainer(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         _run([sys.executable, "-c", child], str(tmp_path / "out"), 2, interrupted)
+    pid, cwd = pid_file.read_text().split(" ", 1)
     with pytest.raises(ProcessLookupError):
-        os.kill(int(pid_file.read_text()), 0)  # no orphan training into the folder
+        os.kill(int(pid), 0)  # no orphan training into the folder
+    assert cwd == str(tmp_path / "out")  # not the caller's: its own trainer/ cannot shadow
 
 
 def test_the_starting_generator_is_known_by_its_weights(tmp_path):

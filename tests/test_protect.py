@@ -633,6 +633,17 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert not fo.load_dataset("cli-errors").has_field("protected_filepath")  # no work began
 
 
+def test_a_gpu_the_machine_does_not_have_is_refused_by_name(monkeypatch):
+    from fiftyone_unseg.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match="'cuda:7' requested but this machine has 1 CUDA dev"):
+        resolve_device("cuda:7")
+
+
 def test_budgets_count_in_255ths_wherever_they_are_typed(capsys):
     """``--eps 8`` is 8/255 as in the App's form; what reads as a fraction of the range
     (0.03) or is above 64/255 is refused, and above 16/255 warned about."""
