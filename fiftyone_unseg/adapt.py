@@ -134,6 +134,7 @@ def _adapt(
         except RuntimeError as error:
             if "another config" not in str(error) or not replace:  # a recipe changed since
                 raise
+    clear_run_outputs(out)  # now, not once the trainer is set up: progress reads metrics.csv
     _run([*command, "--overwrite"], out, steps, progress)
     return os.path.join(out, "generator")
 
