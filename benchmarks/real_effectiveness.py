@@ -23,8 +23,8 @@ budget on every pixel (``random_flat``) and the fixed mask-aligned pattern, each
   it for longer. The owner protects every instance.
 - ``sam_point``: the SAM layout from scratch, prompted with one click inside each
   object (its innermost pixel) on Oxford pets (two thirds train, every third photo
-  test, less 7 that are copies of training photos); mean mask IoU; trivial predictor: the training objects' median-sized box
-  around the click. ``sam`` (box prompts, trivial predictor: the filled box) is the
+  test, less 7 that are copies of training photos); mean mask IoU; trivial predictor:
+  the training objects' median-sized box around the click. ``sam`` (box prompts, trivial predictor: the filled box) is the
   second interactive metric.
 
 COCO and the pets are published at the size their victims train at (320 and 128 px long
@@ -40,8 +40,9 @@ texture on the generator's patch grid, estimated with the labels over the traini
 images and subtracted, :mod:`fiftyone_unseg.audit.class_texture`); ``--stress-victim
 yolo`` measures them on another victim, kept as ``yolo_jpeg75`` and so on. ``ratio`` =
 protected / clean, ``gain_ratio`` = (protected - chance) / (clean - chance), ``spread`` = the
-largest sample standard deviation over the seeds of clean and protected (none with one seed). Writes
-``benchmarks/results/real/effectiveness.json``.
+largest sample standard deviation over the seeds of clean and protected (none with one
+seed). Writes ``benchmarks/results/real/effectiveness.json``; ``--update`` keeps the rows
+this run does not measure, less those on another split of a dataset it measures.
 
     python benchmarks/real_effectiveness.py                         # everything (hours)
     python benchmarks/real_effectiveness.py --victims semantic --stress
@@ -72,7 +73,15 @@ import numpy as np
 import real_data
 import torch
 from machine import add_protection_arguments, machine_facts, merge_results, output_path
-from real_rows import add_seeds, borrow_baselines, measurement_differences, pooled, summary_row
+from real_rows import (
+    add_seeds,
+    borrow_baselines,
+    measurement_differences,
+    other_splits,
+    pooled,
+    summary_row,
+    without_rows_on,
+)
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.checkpoint import load_generator
@@ -444,6 +453,13 @@ def merge(old: dict, new: dict, add: bool = False) -> dict:
     ``add``, their scores at ``new``'s victim seeds added (:func:`real_rows.add_seeds`)."""
     old = {"class_mix": 0.0, "prompt": "all", **old}  # files from before the options
     same = ("generator", "eps", "eps_bg", "class_mix", "prompt", "quick")
+    changed = other_splits(old, new)
+    if changed and add:
+        raise SystemExit(f"--add-seeds: the {', '.join(changed)} split differs from the file's")
+    if changed:  # rows on the file's split of those datasets would mix with this run's
+        old, dropped = without_rows_on(old, changed, new)
+        if dropped:
+            print(f"--update: left out, measured on another split: {', '.join(dropped)}")
     if add:
         new = {**new, "victim_seed": old["victim_seed"]}
         for part in ("victims", "stress"):

@@ -99,8 +99,32 @@ def measurement_differences(results: dict, donor: dict) -> list[str]:
     (the baselines' noise follows them), a smoke run, or the split of a dataset both used
     (other test images)."""
     differs = [k for k in ("eps", "eps_bg", "quick") if donor.get(k) != results.get(k)]
-    shared = [n for n in results.get("data", {}) if n in donor.get("data", {})]
-    return differs + [f"{n} split" for n in shared if donor["data"][n] != results["data"][n]]
+    return differs + [f"{n} split" for n in other_splits(donor, results)]
+
+
+def other_splits(old: dict, new: dict) -> list[str]:
+    """The datasets both results used that ``new`` split otherwise (other test images)."""
+    before = old.get("data", {})
+    return [n for n, d in new.get("data", {}).items() if n in before and before[n] != d]
+
+
+def without_rows_on(results: dict, datasets: list, kept: dict) -> tuple[dict, list]:
+    """``results`` without its rows on ``datasets`` other than those ``kept`` (a results
+    document) measures again, and the ``part/key`` names of the rows left out."""
+    dropped = [
+        f"{part}/{key}"
+        for part in ("victims", "stress")
+        for key, row in results.get(part, {}).items()
+        if row.get("dataset") in datasets and key not in kept.get(part, {})
+    ]
+    trimmed = {
+        **results,
+        **{
+            part: {k: r for k, r in results.get(part, {}).items() if f"{part}/{k}" not in dropped}
+            for part in ("victims", "stress")
+        },
+    }
+    return trimmed, dropped
 
 
 def pooled(quality: dict, key: str) -> float | None:

@@ -245,6 +245,19 @@ def test_results_measured_otherwise_lend_no_baselines_and_merge_with_none():
     twice = {**ours, "eps": 16 / 255, "data": {"pets": {"test": 200}}}
     assert measurement_differences(ours, twice) == ["eps", "pets split"]
     assert measurement_differences(ours, {**ours, "quick": True}) == ["quick"]
+    # an update on another pets split keeps no pets row it does not measure again
+    from real_rows import other_splits, without_rows_on
+
+    before = {
+        "data": {"pets": {"test": 200}, "camvid": {"test": 233}},
+        "victims": {"yolo": {"dataset": "pets"}, "semantic": {"dataset": "camvid"}},
+        "stress": {"yolo_jpeg75": {"dataset": "pets"}},
+    }
+    after = {"data": {"pets": {"test": 193}}, "victims": {"yolo": {"dataset": "pets"}}}
+    assert other_splits(before, after) == ["pets"]
+    kept, dropped = without_rows_on(before, ["pets"], after)
+    assert dropped == ["stress/yolo_jpeg75"] and set(kept["victims"]) == {"yolo", "semantic"}
+    assert kept["stress"] == {} and before["stress"]  # the file read stays as it was
     quality = {"camvid": {"psnr": 33.0, "images": 300}, "pets": {"psnr": 39.0, "images": 100}}
     assert pooled(quality, "psnr") == pytest.approx(34.5)  # per image, not per dataset
     amd, intel = ({"victims": {}, "machine": {"cpu": c}} for c in ("AMD EPYC", "Intel Xeon"))

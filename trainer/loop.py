@@ -61,7 +61,6 @@ METRIC_COLUMNS = (
     "texture_share_train",
     "texture_share_val",
 )
-# What a training writes to its output folder (``overwrite`` deletes them).
 # A surrogate whose box-prompted IoU on clean validation images stays under this predicts
 # (almost) nothing: the generator then learns against a model that never learned the masks.
 DEAD_SURROGATE_IOU = 0.01
