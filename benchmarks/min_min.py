@@ -2,7 +2,11 @@
 
 The optimisation behind ``sample_wise_em.py``: rounds alternate between Adam steps of a
 surrogate segmenter on the perturbed training images and signed-gradient steps that
-lower its loss on every image's noise, within the protection budgets. It needs torch
+lower its loss on every image's noise, within the protection budgets. ``--objective
+targeted`` is adversarial poisoning instead (Fowl et al. 2021): the surrogate trains on
+the clean images and the noise steps make it predict, on every labelled pixel, the next
+class (``c + 1`` modulo the classes), so that the perturbed images show a victim features
+of the wrong class. It needs torch
 alone, so that a machine with a GPU and no database can run it at a scale a CPU cannot:
 
     python benchmarks/sample_wise_em.py --real camvid --export frames.npz   # here
@@ -11,10 +15,11 @@ alone, so that a machine with a GPU and no database can run it at a scale a CPU 
     python benchmarks/sample_wise_em.py --real camvid --noise NOISE --seeds 2   # here
 
 ``--frames`` holds the training frames' paths (relative to ``--data``) and class maps;
-``--out`` receives, per ``--reset-every`` variant, ``em_reset<N>.npy`` (the noise in pixel
-units, int8 NxHxWx3, what the perturbed uint8 frames add to the originals: 190 MB for
-CamVid's 367 frames, about 3 bits a value after compression, so it travels as is) and
-``em_reset<N>.json`` (the surrogate's accuracy, rounds done, seconds, settings).
+``--out`` receives, per ``--reset-every`` variant, ``em_reset<N>.npy`` (``targeted_reset<N>``
+with ``--objective targeted``: the noise in pixel units, int8 NxHxWx3, what the perturbed
+uint8 frames add to the originals: 190 MB for CamVid's 367 frames, about 3 bits a value
+after compression, so it travels as is) and ``em_reset<N>.json`` (the surrogate's
+accuracy, rounds done, seconds, settings).
 """
 
 import argparse
@@ -33,6 +38,13 @@ from fiftyone_unseg.io import read_rgb
 from fiftyone_unseg.modeling import NoiseGenerator
 from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG, IGNORE
 
+VARIANT_PREFIX = {"min-min": "em", "targeted": "targeted"}
+
+
+def variant_name(objective: str, reset_every: int) -> str:
+    """The stem of one variant's files and audit fields, e.g. ``em_reset0``."""
+    return f"{VARIANT_PREFIX[objective]}_reset{reset_every}"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The optimisation's settings (shared with ``sample_wise_em.py``)."""
@@ -42,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[0, 8],
         help="one variant per value: a fresh surrogate every N rounds (0: never)",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=list(VARIANT_PREFIX),
+        default="min-min",
+        help="min-min: lower the loss of a surrogate trained on the perturbed images; "
+        "targeted: make a surrogate trained on clean images predict the next class",
     )
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--surrogate-steps", type=int, default=10, help="Adam steps per round")
@@ -123,8 +142,9 @@ def _crop_windows(rows: torch.Tensor, shape, crop: int | None, generator) -> lis
     return [(int(r), slice(t, t + crop), slice(w, w + crop)) for r, t, w in zip(rows, tops, lefts)]
 
 
-def error_minimising_noise(images, objects, classes, num_classes: int, reset_every: int, args):
-    """(noise Nx3xHxW in [-1, 1] that lowers a surrogate's loss on ``images``, the last
+def sample_wise_noise(images, objects, classes, num_classes: int, reset_every: int, args):
+    """(noise Nx3xHxW in [-1, 1] that lowers a surrogate's loss on ``images`` towards
+    their classes, or with ``args.objective`` "targeted" towards the next class, the last
     surrogate's pixel accuracy on the clean and on the perturbed images, rounds done).
 
     ``images`` Nx3xHxW in [0, 1], ``objects`` Nx1xHxW, ``classes`` NxHxW (:data:`IGNORE`
@@ -137,8 +157,10 @@ def error_minimising_noise(images, objects, classes, num_classes: int, reset_eve
     noise_crop = getattr(args, "noise_crop", None)
     noise_crop = args.crop if noise_crop is None else noise_crop
     deadline = time.monotonic() + (getattr(args, "seconds", None) or float("inf"))
+    targeted = getattr(args, "objective", "min-min") == "targeted"
     generator = torch.Generator().manual_seed(0)
     noise = torch.zeros_like(images)
+    clean = torch.zeros_like(noise)
     shape = images.shape[-2:]
 
     def batch(windows, source=noise, leaf=False):
@@ -161,7 +183,8 @@ def error_minimising_noise(images, objects, classes, num_classes: int, reset_eve
 
     chunks = torch.arange(len(images)).split(args.batch)
     model, rounds = None, 0
-    for round_ in tqdm(range(args.rounds), desc=f"min-min (reset every {reset_every})"):
+    desc = f"{getattr(args, 'objective', 'min-min')} (reset every {reset_every})"
+    for round_ in tqdm(range(args.rounds), desc=desc):
         if time.monotonic() > deadline:
             break
         if model is None or (reset_every and round_ % reset_every == 0):
@@ -171,7 +194,9 @@ def error_minimising_noise(images, objects, classes, num_classes: int, reset_eve
         model.train()
         for _ in range(args.surrogate_steps):
             rows = torch.randint(len(images), (args.batch,), generator=generator)
-            x, _, y = batch(_crop_windows(rows, shape, args.crop, generator))
+            x, _, y = batch(
+                _crop_windows(rows, shape, args.crop, generator), clean if targeted else noise
+            )
             flip = (torch.rand(args.batch, generator=generator) < 0.5).to(device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             y = torch.where(flip[:, None, None], y.flip(-1), y)
@@ -184,6 +209,8 @@ def error_minimising_noise(images, objects, classes, num_classes: int, reset_eve
             for rows in chunks:
                 windows = _crop_windows(rows, shape, noise_crop, generator)
                 x, delta, y = batch(windows, leaf=True)
+                if targeted:
+                    y = next_class(y, num_classes)
                 (grad,) = torch.autograd.grad(loss_of(model, x, y), delta)
                 stepped = (delta - args.step * grad.sign()).clamp(-1, 1).detach()
                 for (r, t, w), crop in zip(windows, stepped):
@@ -193,9 +220,17 @@ def error_minimising_noise(images, objects, classes, num_classes: int, reset_eve
     with torch.no_grad(), autocast:
         accuracy = {
             name: _pixel_accuracy(model, [batch(w, source)[::2] for w in evaluation])
-            for name, source in (("clean", torch.zeros_like(noise)), ("perturbed", noise))
+            for name, source in (("clean", clean), ("perturbed", noise))
         }
     return noise, accuracy, rounds
+
+
+def next_class(classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The targeted objective's class of every pixel: ``c + 1`` modulo ``num_classes``
+    (:data:`IGNORE` stays)."""
+    return torch.where(classes == IGNORE, classes, (classes.long() + 1) % num_classes).to(
+        classes.dtype
+    )
 
 
 @torch.no_grad()
@@ -218,10 +253,11 @@ def pixel_noise(noise: torch.Tensor, objects: torch.Tensor) -> np.ndarray:
     return (noise * eps_map * 255).round().to(torch.int8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_noise(folder: str, reset_every: int, pixels: np.ndarray, record: dict) -> None:
-    """``em_reset<N>.npy`` and ``em_reset<N>.json`` in ``folder``, each written atomically."""
+def save_noise(folder: str, name: str, pixels: np.ndarray, record: dict) -> None:
+    """``<name>.npy`` and ``<name>.json`` in ``folder`` (``name`` from :func:`variant_name`),
+    each written atomically."""
     os.makedirs(folder, exist_ok=True)
-    stem = os.path.join(folder, f"em_reset{reset_every}")
+    stem = os.path.join(folder, name)
     with open(stem + ".npy.partial", "wb") as f:
         np.save(f, pixels)
     os.replace(stem + ".npy.partial", stem + ".npy")
@@ -230,9 +266,9 @@ def save_noise(folder: str, reset_every: int, pixels: np.ndarray, record: dict) 
     os.replace(stem + ".json.partial", stem + ".json")
 
 
-def load_noise(folder: str, reset_every: int) -> tuple[np.ndarray, dict]:
+def load_noise(folder: str, name: str) -> tuple[np.ndarray, dict]:
     """What :func:`save_noise` wrote."""
-    stem = os.path.join(folder, f"em_reset{reset_every}")
+    stem = os.path.join(folder, name)
     pixels = np.load(stem + ".npy")
     with open(stem + ".json") as f:
         return pixels, json.load(f)
@@ -254,7 +290,7 @@ def main(argv=None) -> int:
     objects = object_mask(classes)
     for reset_every in args.reset_every:
         started = time.monotonic()
-        noise, accuracy, rounds = error_minimising_noise(
+        noise, accuracy, rounds = sample_wise_noise(
             images, objects, classes, int(frames["num_classes"]), reset_every, args
         )
         settings = {k: v for k, v in vars(args).items() if k not in ("frames", "data", "out")}
@@ -266,13 +302,12 @@ def main(argv=None) -> int:
             "settings": settings,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         }
-        save_noise(args.out, reset_every, pixel_noise(noise, objects), record)
+        name = variant_name(args.objective, reset_every)
+        save_noise(args.out, name, pixel_noise(noise, objects), record)
         print(
             json.dumps(
-                {
-                    k: record[k]
-                    for k in ("reset_every", "surrogate_accuracy", "rounds_done", "seconds")
-                }
+                {"variant": name}
+                | {k: record[k] for k in ("surrogate_accuracy", "rounds_done", "seconds")}
             )
         )
     return 0

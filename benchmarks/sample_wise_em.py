@@ -142,16 +142,19 @@ def _noise(args, images, classes, num_classes, reset_every):
     read from ``args.noise``."""
     objects = min_min.object_mask(classes)
     if args.noise:
-        pixels, record = min_min.load_noise(args.noise, reset_every)
+        pixels, record = min_min.load_noise(
+            args.noise, min_min.variant_name(args.objective, reset_every)
+        )
         if pixels.shape[:3] != tuple(classes.shape):
             raise SystemExit(
                 f"{args.noise}: noise of shape {pixels.shape} for frames {classes.shape}"
             )
         return pixels, record
-    noise, accuracy, rounds = min_min.error_minimising_noise(
+    noise, accuracy, rounds = min_min.sample_wise_noise(
         images, objects, classes, num_classes, reset_every, args
     )
-    settings = ("rounds", "surrogate_steps", "noise_steps", "step", "batch", "lr", "surrogate")
+    settings = ("objective", "rounds", "surrogate_steps", "noise_steps", "step", "batch", "lr")
+    settings += ("surrogate",)
     settings += ("crop", "noise_crop", "device", "seconds")
     record = {
         "surrogate_accuracy": accuracy,
@@ -172,7 +175,8 @@ def run(args) -> dict:
     for reset_every in args.reset_every:
         noise, record = _noise(args, images, classes, num_classes, reset_every)
         pixels = (originals + torch.from_numpy(noise).float()).clamp(0, 255).to(torch.uint8)
-        noisy = f"em_reset{reset_every}_filepath"
+        name = min_min.variant_name(args.objective, reset_every)
+        noisy = f"{name}_filepath"
         written = {}
         for sample_id, image in zip(train.values("id"), pixels.numpy()):
             written[sample_id] = os.path.join(sandbox.TMP, noisy, f"{sample_id}.png")
@@ -181,7 +185,7 @@ def run(args) -> dict:
         mse = (pixels.float() - originals).div(255).square().mean((1, 2, 3))
         report = evaluate_protection(
             dataset, field, victims=[args.victim], protected_field=noisy, **task,
-            seed=args.victim_seed, seeds=args.seeds, run_key=f"em_reset{reset_every}",
+            seed=args.victim_seed, seeds=args.seeds, run_key=name,
             progress=tqdm_progress("audit", unit="epoch"),
         )  # fmt: skip
         result = report.results[0]

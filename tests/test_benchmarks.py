@@ -86,15 +86,15 @@ def test_results_a_refused_update_cannot_merge_are_kept(tmp_path):
     assert json.loads(out.read_text()) == {"generator": "a"}  # untouched
 
 
-# Flat grey images whose class maps (random squares) they do not show: only the noise can
-# tell a surrogate the classes. Prints the surrogate's pixel accuracy on clean and on
+# Grey images whose class maps (random squares) they show only by a red shift of
+# ``contrast`` (none: only the noise can tell a surrogate the classes). Prints the surrogate's pixel accuracy on clean and on
 # perturbed images, the largest |noise| and the background's share of pixels.
 MIN_MIN = """
 import sys, argparse
 sys.path.insert(0, {benchmarks!r})
 import sandbox
 import torch
-from min_min import error_minimising_noise
+from min_min import sample_wise_noise
 torch.manual_seed(0)
 classes = torch.zeros(8, 32, 32, dtype=torch.uint8)
 for i in range(8):
@@ -102,9 +102,10 @@ for i in range(8):
     classes[i, r : r + 16, c : c + 16] = 1 + i % 2
 classes[:, :4] = 255  # void: neither learnt nor scored
 images = torch.full((8, 3, 32, 32), 0.5)
-args = argparse.Namespace(rounds=20, surrogate_steps=10, noise_steps=5, step=0.15, batch=4,
-                          lr=1e-3, surrogate="unet", crop={crop})
-noise, accuracy, _ = error_minimising_noise(images, (classes > 0).float()[:, None], classes, 3,
+images[:, 0] += {contrast} * (classes == 1) - {contrast} * (classes == 2)
+args = argparse.Namespace(objective={objective!r}, rounds=20, surrogate_steps=10, noise_steps=5,
+                          step=0.15, batch=4, lr={lr}, surrogate="unet", crop={crop})
+noise, accuracy, _ = sample_wise_noise(images, (classes > 0).float()[:, None], classes, 3,
                                          0, args)
 sandbox.cleanup()
 labelled = classes[classes != 255]
@@ -113,16 +114,34 @@ print(accuracy["clean"], accuracy["perturbed"], float(noise.abs().max()),
 """
 
 
-@pytest.mark.parametrize("crop", [None, 24])
-def test_sample_wise_error_minimising_noise_teaches_the_surrogate_what_images_do_not_show(crop):
+def _min_min_script(objective="min-min", contrast=0.0, lr=1e-3, crop=None) -> str:
+    return MIN_MIN.format(
+        benchmarks=BENCHMARKS, objective=objective, contrast=contrast, lr=lr, crop=crop
+    )
+
+
+def _run_script(script: str) -> list[float]:
     out = subprocess.run(
-        [sys.executable, "-c", MIN_MIN.format(benchmarks=BENCHMARKS, crop=crop)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    clean, perturbed, largest, background, untouched = map(float, out.stdout.split()[-5:])
+    return [float(v) for v in out.stdout.split()[-5:]]
+
+
+def test_targeted_noise_makes_a_surrogate_trained_on_clean_images_misread_them():
+    """Adversarial poisoning: the surrogate learns the classes from the clean images' red
+    shift, and the noise (within the budgets) makes it misread the perturbed ones."""
+    clean, perturbed, largest, background, _ = _run_script(
+        _min_min_script(objective="targeted", contrast=0.05, lr=1e-2)
+    )
+    assert largest <= 1.0
+    assert clean > background + 0.15  # it learnt the classes from clean images
+    assert perturbed < clean - 0.15  # the noise steers it off them
+
+
+@pytest.mark.parametrize("crop", [None, 24])
+def test_sample_wise_error_minimising_noise_teaches_the_surrogate_what_images_do_not_show(crop):
+    clean, perturbed, largest, background, untouched = _run_script(_min_min_script(crop=crop))
     assert largest <= 1.0  # within the budgets
     assert clean <= background + 0.02  # grey images: at best the majority class
     assert perturbed > clean + 0.15  # the noise carries the classes
@@ -144,8 +163,9 @@ def test_min_min_noise_travels_as_the_pixels_the_perturbed_frames_add(tmp_path):
     noise = torch.rand(3, 3, 20, 24, generator=generator) * 2 - 1
     objects = min_min.object_mask(classes)
     assert not objects[:, 0, :2].any()  # void is no object: the background budget
-    min_min.save_noise(tmp_path, 0, min_min.pixel_noise(noise, objects), {"rounds_done": 3})
-    pixels, record = min_min.load_noise(tmp_path, 0)
+    name = min_min.variant_name("min-min", 0)
+    min_min.save_noise(tmp_path, name, min_min.pixel_noise(noise, objects), {"rounds_done": 3})
+    pixels, record = min_min.load_noise(tmp_path, name)
     assert record == {"rounds_done": 3} and sorted(os.listdir(tmp_path)) == [
         "em_reset0.json",
         "em_reset0.npy",
