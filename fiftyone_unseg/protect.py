@@ -899,7 +899,8 @@ def _compose(
     item: _Loaded, noise: torch.Tensor, eps: float, eps_bg: float, keys: ClassKeys | None = None
 ) -> np.ndarray:
     """The protected image, HxWx3 uint8: clamp(original + noise * eps map), in row bands;
-    ``keys`` mix the class textures into the noise first."""
+    ``keys`` mix the class textures into the noise first. Rounding to 8 bits never leaves
+    the budget (:func:`_quantize_within`)."""
     out = np.empty(item.image.shape, np.uint8)
     region = item.frame.region_of(noise)
     for rows in row_bands(item.frame.height, item.frame.width, CACHE_BAND_PIXELS):
@@ -910,8 +911,24 @@ def _compose(
             full = keys.apply(full, item.segments[rows], item.names, rows.start)
         full = full[None]
         perturbed = NoiseGenerator.perturb(image, full, objects, eps, eps_bg)
-        out[rows] = perturbed[0].mul_(255).round_().permute(1, 2, 0).to(torch.uint8).numpy()
+        budget = torch.where(objects, eps, eps_bg)
+        pixels = _quantize_within(perturbed, image, budget)
+        out[rows] = pixels[0].permute(1, 2, 0).to(torch.uint8).numpy()
     return out
+
+
+def _quantize_within(perturbed: torch.Tensor, original: torch.Tensor, budget: torch.Tensor):
+    """``perturbed`` (values in [0, 1]) rounded to 0..255, then moved back to the nearest
+    whole value within ``budget`` of ``original`` wherever one exists: an original that
+    is not 8-bit (16-bit or float files) or a fractional budget (7.5/255) would otherwise
+    round past the budget by up to half a step. Where no whole value lies within it (a
+    budget under half a step), the original's own rounding. All three broadcast."""
+    scaled, budget = original * 255, budget * 255
+    slack = 1e-3  # float error of k / 255 * 255
+    low = torch.ceil(scaled - budget - slack).clamp_(0, 255)
+    high = torch.floor(scaled + budget + slack).clamp_(0, 255)
+    rounded = torch.minimum(torch.maximum(perturbed.mul(255).round_(), low), high)
+    return torch.where(low <= high, rounded, scaled.round())
 
 
 def _measure(original: np.ndarray, protected: np.ndarray) -> dict:

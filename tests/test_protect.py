@@ -27,7 +27,8 @@ from fiftyone_unseg.protect import Frame, default_output_dir, protected_name, sh
 
 protect_module = importlib.import_module("fiftyone_unseg.protect")
 EPS, EPS_BG = 8 / 255, 2 / 255
-TOL = 0.5 / 255 + 1e-6  # one rounding step for originals that are not 8-bit
+TOL = 0.5 / 255 + 1e-6  # one rounding step
+OVER = 1e-5  # float error: rounding to 8 bits never leaves a budget, whatever the original
 RECT = (16, 40, 20, 52)  # y0, y1, x0, x1 of the object in the scenes below
 OTHER = (44, 58, 4, 16)  # a second object, class "other"
 
@@ -246,7 +247,8 @@ def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, mo
     rgb = _texture(64, 96)
     gray = Image.fromarray(_texture(64, 64)[..., 0])
     rgba = Image.fromarray(np.dstack([_texture(64, 80), np.full((64, 80), 128, np.uint8)]))
-    deep = Image.fromarray(_texture(80, 64)[..., 0].astype(np.uint16) * 257).convert("I;16")
+    # 16-bit and float values that no 8-bit value equals: rounding alone would overshoot
+    deep = Image.fromarray(_texture(80, 64)[..., 0].astype(np.uint16) * 257 + 77).convert("I;16")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated: the file is stored 64 wide x 72 high, shown 72 x 64
     images = {
@@ -256,7 +258,7 @@ def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, mo
         "deep.png": deep,
         "tiny.png": Image.fromarray(_texture(5, 7)),
         "sliver.png": Image.fromarray(_texture(2, 600)),  # 0 rows at the prompt's S/4
-        "float.tif": Image.fromarray(_texture(64, 64)[..., 0].astype(np.float32) / 255, "F"),
+        "float.tif": Image.fromarray((_texture(64, 64)[..., 0] + np.float32(0.37)) / 255, "F"),
         "cmyk.jpg": Image.fromarray(_texture(64, 64)).convert("CMYK"),
     }
     dataset = _dataset("budgets", tmp_path, images)
@@ -274,12 +276,23 @@ def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, mo
         height, width = noise.shape
         objects = segment_map(sample.seg_db, height, width, resolve_prompt(dataset, "seg_db"))
         inside, outside = noise[objects > 0], noise[objects == 0]
-        assert inside.max() <= EPS + TOL and outside.max() <= EPS_BG + TOL, sample.filepath
-        assert sample.unseg.linf == pytest.approx(noise.max(), abs=TOL)
+        assert inside.max() <= EPS + OVER and outside.max() <= EPS_BG + OVER, sample.filepath
+        assert sample.unseg.linf == pytest.approx(noise.max(), abs=OVER)
         if min(height, width) >= 32:  # saturated noise reaches both budgets
             assert inside.max() >= EPS - TOL and outside.max() >= EPS_BG - TOL, sample.filepath
             assert 30 < sample.unseg.psnr < 60 and 0.5 < sample.unseg.ssim < 1
     assert dataset.first().unseg.num_segments == 2 and dataset.first().unseg.had_segments
+
+
+def test_fractional_budgets_round_inside_themselves(tmp_path, generators):
+    """7.7/255 and 2.6/255 allow 7 and 2 steps of an 8-bit image, never 8 and 3."""
+    dataset = _scene_dataset("fractional", tmp_path, count=1)
+    eps, eps_bg = 7.7 / 255, 2.6 / 255
+    protect(dataset, "seg_db", generator=generators["saturated"], eps=eps, eps_bg=eps_bg)
+    steps = np.rint(np.abs(_noise(dataset.first())).max(axis=2) * 255)
+    thing = _box(RECT, 64, 64) | _box(OTHER, 64, 64)
+    assert steps[thing].max() == 7 and steps[~thing].max() == 2
+    assert dataset.first().unseg.linf == pytest.approx(7 / 255, abs=OVER)
 
 
 @pytest.mark.parametrize("field", ["seg_path", "dets", "boxes", "polys"])
