@@ -34,8 +34,13 @@ logging.getLogger("fiftyone.core.odm.database").addFilter(_OldestMongoNotice())
 
 def start_lock_path() -> str:
     """The per-user lock file that :func:`connect` holds (FiftyOne shares one database
-    service among all processes of a user)."""
-    return os.path.join(tempfile.gettempdir(), f"unseg-fiftyone-start-{getpass.getuser()}.lock")
+    service among all processes of a user; a user id without a name, as in a container
+    run with ``--user 1234``, goes by its number)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return os.path.join(tempfile.gettempdir(), f"unseg-fiftyone-start-{user}.lock")
 
 
 def connect() -> None:

@@ -235,7 +235,9 @@ def marker(path: str) -> str | None:
         with Image.open(path) as im:
             if MARKER_KEY in im.info:
                 return im.info[MARKER_KEY]
-            comment = im.info.get("comment", b"").decode(errors="replace")
+            comment = im.info.get("comment", "")  # PNG text: str; JPEG COM: bytes
+            if isinstance(comment, bytes):
+                comment = comment.decode(errors="replace")
     except OSError:
         return None
     prefix = f"{MARKER_KEY}="
@@ -310,7 +312,10 @@ def read_rgb(path: str) -> np.ndarray:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
-                scale = 65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0
+                # 16-bit PGM/PPM open as "I" scaled to 0..65535; other "I" files (32-bit
+                # integers) say nothing of their range
+                sixteen = im.mode.startswith("I;16") or im.format == "PPM"
+                scale = 65535.0 if sixteen or arr.max() > 255 else 255.0
                 arr = np.clip(arr / scale, 0, 1)
                 return np.repeat(arr[..., None], 3, axis=-1)
             if im.mode == "F":

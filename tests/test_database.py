@@ -180,3 +180,17 @@ def test_python_sessions_do_not_print_mongodbs_oldest_version_notice():
     if notice not in output("import fiftyone as fo; fo.list_datasets()"):
         pytest.skip("this FiftyOne and MongoDB print no such notice")
     assert notice not in output("import fiftyone as fo, fiftyone_unseg; fo.list_datasets()")
+
+
+def test_a_user_id_without_a_name_still_gets_its_own_start_lock(monkeypatch):
+    """``docker run --user 1234``: no USER or LOGNAME, no passwd entry."""
+    import getpass
+
+    from fiftyone_unseg import database
+
+    def nameless():
+        raise KeyError(f"getpwuid(): uid not found: {os.getuid()}")
+
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    path = database.start_lock_path()
+    assert os.path.basename(path) == f"unseg-fiftyone-start-{os.getuid()}.lock"

@@ -359,6 +359,32 @@ def test_foreign_file_appearing_while_writing_is_not_overwritten(tmp_path):
     assert io.marker(str(target.with_name("new.png"))) == "me"
 
 
+def test_a_foreign_png_with_a_text_comment_is_refused_not_a_crash(tmp_path):
+    """Pillow gives PNG text as str (JPEG comments as bytes): either is read."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "made by another tool")
+    target = tmp_path / "taken.png"
+    Image.new("RGB", (4, 4)).save(target, pnginfo=info)
+    assert io.marker(str(target)) is None
+    data = io.encode_marked(np.zeros((4, 4, 3), np.uint8), "me")
+    with pytest.raises(ValueError, match="taken.png exists and was not written for this"):
+        io.write_owned(data, str(target), "me")
+
+
+def test_sixteen_bit_pgm_reads_on_its_own_scale_however_dark(tmp_path):
+    """Pillow opens 16-bit PGM as mode "I": its range is 0..65535 even when every value
+    is under 256."""
+    values = np.full((4, 4), 200, np.uint16)
+    values[0, 0] = 100
+    path = tmp_path / "dark.pgm"
+    path.write_bytes(b"P5\n4 4\n65535\n" + values.astype(">u2").tobytes())
+    assert Image.open(path).mode == "I"
+    rgb = io.read_rgb(str(path))
+    assert np.allclose(rgb[..., 0], values / 65535, atol=1e-7)
+
+
 def test_trainer_skips_bad_pairs_with_reasons(tmp_path):
     im, gt = tmp_path / "my images" / "im", tmp_path / "my images" / "gt"
     im.mkdir(parents=True)
