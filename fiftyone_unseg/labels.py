@@ -9,13 +9,17 @@ background and 1..K for the K segments. Segments are
   as the App draws them (:func:`fit_mask`). Palette PNGs (VOC's masks) are read as
   their palette indices, the class values; RGB masks as one value per colour, which
   hex mask targets ("#rrggbb") name;
-- ``fo.Detections``: one per detection, its instance mask pasted into its box;
-  a detection without a mask fills its whole box (the best extent available);
+- ``fo.Detections``: one per detection, its instance mask pasted into its box, whose
+  edges round to the nearest pixel as FiftyOne's COCO importer cut the mask (FiftyOne's
+  ``to_segmentation`` truncates them, which moves an edge by a pixel wherever
+  ``x / W * W`` lands just below a whole number); a mask of another size is stretched
+  over the box (nearest); a detection without a mask fills its whole box (the best
+  extent available);
 - ``fo.Polylines``: one per polyline, always rasterised as a filled polygon
   (segmentation outlines are regions, whatever their ``filled`` flag says).
 
-Later segments overwrite earlier ones where they overlap. Rasterisation uses
-FiftyOne's own ``to_segmentation`` helpers, so it matches what the App draws.
+Later segments overwrite earlier ones where they overlap. Polylines are rasterised by
+FiftyOne's own ``to_segmentation``, so they match what the App draws.
 """
 
 from __future__ import annotations
@@ -243,7 +247,12 @@ def segment_classes(label, height: int, width: int, spec: PromptSpec) -> tuple[n
         items = [item for item in items if item.label in spec.classes]
     ids = np.zeros((height, width), _id_type(len(items)))
     for k, item in enumerate(items, start=1):
-        _shape(item).to_segmentation(mask=ids, target=k)
+        if isinstance(item, fo.Polyline):
+            fo.Polyline(points=item.points, closed=True, filled=True).to_segmentation(
+                mask=ids, target=k
+            )
+        else:
+            _paste_detection(ids, item, k)
     return ids, [str(item.label) for item in items]
 
 
@@ -264,13 +273,21 @@ def _id_type(count: int) -> type:
     return np.uint16 if count < 2**16 else np.int32
 
 
-def _shape(item):
-    """A Detection / Polyline whose rendering fills its region (see module docstring)."""
-    if isinstance(item, fo.Polyline):
-        return fo.Polyline(points=item.points, closed=True, filled=True)
-    if item.has_mask:
-        return item
-    return fo.Detection(bounding_box=item.bounding_box, mask=np.ones((1, 1), bool))
+def _paste_detection(ids: np.ndarray, detection: fo.Detection, k: int) -> None:
+    """Set the pixels of ``detection`` in ``ids`` (HxW) to ``k``: its mask (non-zero as
+    uint8, as FiftyOne reads it; none: the whole box) in its box, edges rounded to the
+    nearest pixel, the parts outside the frame cut off."""
+    height, width = ids.shape
+    x, y, w, h = detection.bounding_box
+    x0, x1 = round(x * width), round((x + w) * width)
+    y0, y1 = round(y * height), round((y + h) * height)
+    top, bottom, left, right = max(y0, 0), min(y1, height), max(x0, 0), min(x1, width)
+    if bottom <= top or right <= left:
+        return
+    mask = detection.get_mask() if detection.has_mask else None
+    mask = np.ones((1, 1), np.uint8) if mask is None else np.asarray(mask, dtype=np.uint8)
+    inside = fit_mask(mask, y1 - y0, x1 - x0) > 0
+    ids[top:bottom, left:right][inside[top - y0 : bottom - y0, left - x0 : right - x0]] = k
 
 
 def load_mask(label) -> np.ndarray | None:

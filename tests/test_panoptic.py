@@ -281,3 +281,48 @@ def test_coco_import_categories_and_ids_are_kept(tmp_path, generators):  # noqa:
 def test_segment_id_colours_round_trip():
     ids = np.array([[0, 1, 255, 256], [65535, 65536, 70000, 2**24 - 1]])
     assert np.array_equal(segment_ids(id_colours(ids)), ids)
+
+
+def test_segments_come_back_pixel_for_pixel_at_photo_sizes(tmp_path):
+    """Boxes in relative coordinates lose no edge pixel when painted back: at 640 x 427,
+    ``x / W * W`` lands just below a whole number for some edges, where truncating them
+    (FiftyOne's ``to_segmentation``) moved the segment by a pixel."""
+    from fiftyone_unseg.labels import PromptSpec, segment_classes
+    from fiftyone_unseg.panoptic import read_segments
+
+    rng = np.random.default_rng(0)
+    categories = {c["id"]: c for c in CATEGORIES}
+    for height, width in [(427, 640), (333, 500), (480, 359)]:
+        ids = np.zeros((height, width), np.uint32)
+        for number in range(1, 9):
+            x0, y0 = rng.integers(0, width - 20), rng.integers(0, height - 20)
+            x1, y1 = rng.integers(x0 + 5, width + 1), rng.integers(y0 + 5, height + 1)
+            ids[y0:y1, x0:x1] = number * 1000
+        Image.fromarray(id_colours(ids)).save(tmp_path / "mask.png")
+        present = [int(i) for i in np.unique(ids) if i]
+        annotation = {
+            "file_name": "mask.png",
+            "segments_info": [{"id": i, "category_id": 1} for i in present],
+        }
+        image = {"file_name": "image.jpg", "width": width, "height": height}
+        detections = read_segments(annotation, str(tmp_path), categories, image)
+        spec = PromptSpec("segments", fo.Detections, "all")
+        painted, _ = segment_classes(fo.Detections(detections=detections), height, width, spec)
+        numbers = np.array([0] + [d.segment_id for d in detections], np.uint32)
+        assert np.array_equal(numbers[painted], ids), (height, width)
+
+
+def test_a_coco_mask_lands_where_fiftyones_importer_cut_it():
+    """FiftyOne's COCO importer cuts a mask at the rounded edges of a float box
+    (x = 12.7 starts at pixel 13): the mask is pasted back there."""
+    from fiftyone_unseg.labels import PromptSpec, segment_map
+
+    height, width = 40, 60
+    mask = np.zeros((10, 20), bool)
+    mask[:, :5] = True  # the object's left quarter
+    box = [12.7 / width, 5.2 / height, 20.0 / width, 10.0 / height]
+    detection = fo.Detection(label="person", bounding_box=box, mask=mask)
+    spec = PromptSpec("dets", fo.Detections, "all")
+    painted = segment_map(fo.Detections(detections=[detection]), height, width, spec)
+    rows, cols = np.nonzero(painted)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 14, 13, 17)
