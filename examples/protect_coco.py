@@ -120,9 +120,14 @@ def main(argv=None) -> int:
     for failed in summary["failures"]:
         print(f"  failed: {failed['filepath']}: {failed['reason']}")
     if args.export:
-        # a panoptic set is published whole: every segment, not just the protected field
-        fu.export_protected(dataset, args.export, args.format, label_field=LABEL_FIELD)
-        print(f"Protected copy exported to {args.export}")
+        # a panoptic set is published whole: every segment, not just the protected field;
+        # images that failed are left out (listed above), never published unprotected
+        fu.export_protected(
+            dataset, args.export, args.format, label_field=LABEL_FIELD,
+            skip_unprotected=bool(summary["failed"]),
+        )  # fmt: skip
+        left_out = f" without the {summary['failed']} that failed" if summary["failed"] else ""
+        print(f"Protected copy exported to {args.export}{left_out}")
     print(f"Compare clean and protected in the App: fiftyone app launch {dataset.name}")
     return 1 if summary["failed"] else 0
 

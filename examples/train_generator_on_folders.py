@@ -99,11 +99,15 @@ def main(argv=None) -> int:
     if args.protect:
         image_dir, mask_dir = args.protect.split(":", 1)
         dataset = folder_dataset(args.name, image_dir, mask_dir)
-        result = fu.protect(dataset, "objects", generator=generator)
+        result = fu.protect(dataset, "objects", generator=generator, device=args.device)
+        psnr = dataset.mean("unseg.psnr")
         print(
-            f"Protected {result['protected']} images into {result['output_dir']} "
-            f"(mean PSNR {dataset.mean('unseg.psnr'):.1f} dB); FiftyOne dataset {args.name!r}"
+            f"Protected {result['protected']} of {result['total']} images into "
+            f"{result['output_dir']}{f' (mean PSNR {psnr:.1f} dB)' if psnr else ''}; "
+            f"FiftyOne dataset {args.name!r}"
         )
+        for failed in result["failures"]:
+            print(f"  failed: {failed['filepath']}: {failed['reason']}")
     print(
         "Protect a FiftyOne dataset with it:\n"
         f"  unseg protect --dataset NAME --label-field FIELD --generator {generator}"

@@ -131,6 +131,27 @@ def test_protect_coco_panoptic_protects_things_and_exports_every_segment(
     assert dataset.sum("unseg.num_segments") == 5
 
 
+def test_protect_coco_exports_what_it_protected_when_an_image_fails(
+    tmp_path, generator, scenes, capsys
+):
+    source, exported = tmp_path / "source", tmp_path / "exported"
+    scenes.export(
+        export_dir=str(source),
+        dataset_type=fo.types.ImageSegmentationDirectory,
+        label_field="ground_truth",
+    )
+    broken = sorted((source / "data").iterdir())[0]
+    broken.write_bytes(b"not an image")
+    argv = [str(source / "data"), str(source / "labels"), "--format", "segmentation-dir"]
+    argv += ["--generator", generator, "--name", "examples-broken", "--export", str(exported)]
+
+    assert _example("protect_coco").main(argv) == 1  # a failure, and still an export
+    output = capsys.readouterr().out
+    assert f"failed: {broken}" in output and "without the 1 that failed" in output
+    names = sorted(os.listdir(exported / "data"))
+    assert len(names) == 7 and broken.stem + ".png" not in names
+
+
 def test_protect_coco_says_when_no_default_generator(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(checkpoint, "DEFAULT_GENERATOR_DIR", tmp_path / "no-default")
     assert _example("protect_coco").main(["images", "labels.json"]) == 2
