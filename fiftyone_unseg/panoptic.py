@@ -65,8 +65,9 @@ def load_coco_panoptic(
 
     Raises ValueError naming the image for a missing or unreadable PNG, a PNG of
     another size than its image, or segment ids in a PNG that its ``segments_info``
-    does not list; a dataset that ``overwrite`` replaces is then left as it was. Images
-    without an annotation get no labels.
+    does not list, and for an annotation of an image id that no image has; a dataset
+    that ``overwrite`` replaces is then left as it was. Images without an annotation get
+    no labels. Ids match as text (0 and "0"); ``iscrowd`` "0" is no crowd.
     """
     if fo.dataset_exists(name) and not overwrite:
         raise ValueError(f"dataset {name!r} exists: choose another name or overwrite it")
@@ -81,12 +82,21 @@ def load_coco_panoptic(
                 f"{annotations}: categories {unknown[:10]} do not say whether they are things "
                 "(isthing): load without a things field"
             )
-    by_image = {a["image_id"]: a for a in data.get("annotations", [])}
+    # ids compared as text: converters write 0 and "0" alike
+    by_image = {str(a["image_id"]): a for a in data.get("annotations", [])}
+    orphans = by_image.keys() - {str(image["id"]) for image in data["images"]}
+    if orphans:
+        orphan = by_image[sorted(orphans)[0]]
+        raise ValueError(
+            f"{annotations}: the annotation {orphan['file_name']} has image_id "
+            f"{orphan['image_id']}, which no image has ({len(orphans)} such annotations)"
+        )
 
     def sample(image: dict) -> fo.Sample:
         labels = {"metadata": fo.ImageMetadata(width=image["width"], height=image["height"])}
-        if image["id"] in by_image:
-            segments = read_segments(by_image[image["id"]], masks_dir, categories, image)
+        if str(image["id"]) in by_image:
+            annotation = by_image[str(image["id"])]
+            segments = read_segments(annotation, masks_dir, categories, image)
             labels[label_field] = fo.Detections(detections=segments)
             if things_field:  # copies: a label lives in one field
                 things = [d.copy() for d in segments if d["isthing"]]
@@ -164,8 +174,8 @@ def read_segments(annotation: dict, masks_dir: str, categories: dict, image: dic
                 label=category["name"],
                 bounding_box=box,
                 mask=index[rows, cols] == k,
-                isthing=bool(category["isthing"]) if "isthing" in category else None,
-                iscrowd=bool(segment.get("iscrowd", 0)),
+                isthing=bool(int(category["isthing"])) if "isthing" in category else None,
+                iscrowd=bool(int(segment.get("iscrowd", 0))),  # "0" is no crowd
                 segment_id=int(segment_id),
             )
         )

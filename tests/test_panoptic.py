@@ -62,8 +62,10 @@ def _panoptic_set(folder, ids=None) -> tuple[str, str]:
 def test_segments_become_detections_with_their_exact_masks(tmp_path):
     images, annotations = _panoptic_set(tmp_path)
     data = json.loads(open(annotations).read())  # ids as strings, as some converters write
+    data["annotations"][0]["image_id"] = "0"
     for segment in data["annotations"][0]["segments_info"]:
         segment["id"], segment["category_id"] = str(segment["id"]), str(segment["category_id"])
+        segment["iscrowd"] = str(segment["iscrowd"])  # "0" is no crowd
     open(annotations, "w").write(json.dumps(data))
     load_coco_panoptic("panoptic-load", images, annotations)
     dataset = load_coco_panoptic("panoptic-load", images, annotations, overwrite=True)
@@ -93,6 +95,16 @@ def test_segments_become_detections_with_their_exact_masks(tmp_path):
     expected[47] = 0
     assert np.array_equal(painted, expected)  # every pixel where the PNG has it
     assert dataset.classes["things"] == ["person", "road", "sky"]
+
+
+def test_an_annotation_of_no_listed_image_is_refused_by_name(tmp_path):
+    images, annotations = _panoptic_set(tmp_path)
+    data = json.loads(open(annotations).read())
+    data["annotations"][0]["image_id"] = 7
+    open(annotations, "w").write(json.dumps(data))
+    with pytest.raises(ValueError, match="000000.png has image_id 7, which no image has"):
+        load_coco_panoptic("panoptic-orphan", images, annotations)
+    assert not fo.dataset_exists("panoptic-orphan")
 
 
 def test_things_get_the_object_budget_and_stuff_the_background_one(tmp_path, generators):  # noqa: F811
