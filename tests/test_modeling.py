@@ -159,6 +159,9 @@ def test_config_json_round_trip():
         assert SamConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="unknown generator config keys"):
         SamConfig.from_dict({**MICRO.to_dict(), "bogus": 1})
+    for indexes in ([], [2]):  # none, or past the encoder's two blocks
+        with pytest.raises(ValueError, match=r"'micro': encoder_global_attn_indexes .* 0\.\.1"):
+            SamConfig.from_dict({**MICRO.to_dict(), "encoder_global_attn_indexes": indexes})
 
 
 def test_official_sam_checkpoint_loads_unchanged(sam_vit_b_checkpoint):

@@ -51,6 +51,15 @@ class SamConfig:
     noise_highpass: int = 0
     noise_colour: float = 1.0
 
+    def __post_init__(self) -> None:
+        indexes = self.encoder_global_attn_indexes
+        if not indexes or any(not 0 <= i < self.encoder_depth for i in indexes):
+            raise ValueError(
+                f"generator config {self.name!r}: encoder_global_attn_indexes {list(indexes)} "
+                f"must name at least one of the encoder's blocks 0..{self.encoder_depth - 1} "
+                "(the noise head reads the first block with global attention)"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
