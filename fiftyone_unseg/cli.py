@@ -249,6 +249,8 @@ def _cmd_export(args) -> int:
         overwrite=args.overwrite,
         progress=tqdm_progress("export (stage, then write)", unit="step"),
     )
+    for line in summary["recovered"]:
+        print(line)
     skipped = f" ({summary['skipped']} unprotected left out)" if summary["skipped"] else ""
     print(
         f"Exported {summary['exported']} protected images{skipped} as {args.format} to "

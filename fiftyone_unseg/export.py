@@ -8,13 +8,19 @@ FiftyOne exports. Nothing in it says which images are protected: the owner marke
 and no ``unseg`` field, original path or noise heatmap goes with the labels.
 
 An export is all or nothing: the images are prepared in a hidden folder next to
-``export_dir``, and a failed export leaves ``export_dir`` as it was. Masks stored as
-files are exported from the database, so no path to the originals' folders remains.
+``export_dir``, and a failed export leaves ``export_dir`` as it was. An export killed on
+the way (power loss, SIGKILL) is undone by the next export to the same folder, which
+first puts back the export it was replacing. One export at a time writes to a folder.
+Masks stored as files are exported from the database, so no path to the originals'
+folders remains.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -66,6 +72,7 @@ _SHOWN = 5  # samples a refusal names
 # Formats that write the samples' COCO image ids (IMAGE_ID_FIELD) when each has a distinct one.
 _WITH_IMAGE_IDS = ("coco", "coco-panoptic")
 _WORK_SUFFIX = ".unseg-export"
+logger = logging.getLogger(__name__)
 
 
 def export_protected(
@@ -100,7 +107,9 @@ def export_protected(
       kwargs: passed to FiftyOne's exporter (``fo.SampleCollection.export``).
 
     Returns ``exported``, ``skipped`` (unprotected or stale samples left out),
-    ``export_dir`` and ``seconds``. Raises ValueError, before anything is written, naming
+    ``export_dir``, ``recovered`` (what was undone of earlier exports to ``export_dir``
+    killed on the way, one line each) and ``seconds``. Raises ValueError when another
+    export to ``export_dir`` is running. Raises ValueError, before anything is written, naming
     the samples when some have no current protected copy, or when a protected file is
     missing or was not written for its sample; and naming the field when the format
     cannot take its label type.
@@ -114,7 +123,33 @@ def export_protected(
     _check_fields(samples, dataset_type, fields, export_dir)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"{export_dir} exists and is not a folder")
-    replacing = os.path.isdir(export_dir) and bool(os.listdir(export_dir))
+    work = _work_folder(export_dir)
+    root = os.path.dirname(work)
+    lock_path = os.path.join(root, f".{os.path.basename(export_dir)}{_WORK_SUFFIX}.lock")
+    lock = uio.try_lock(lock_path)
+    try:
+        if lock is None:
+            raise ValueError(f"another export to {export_dir} is running: wait for it to end")
+        keep = {os.path.basename(lock_path), os.path.basename(work)}
+        recovered = _recover(export_dir, root, keep)
+        result = _export(
+            samples, export_dir, work, keep, dataset_type, fields, skip_unprotected,
+            overwrite, progress, kwargs,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if lock is not None:
+            uio.unlock(lock, lock_path)
+    return {**result, "recovered": recovered, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _export(
+    samples, export_dir, work, keep, dataset_type, fields, skip_unprotected, overwrite,
+    progress, kwargs,
+) -> dict:  # fmt: skip
+    """:func:`export_protected` once it holds ``export_dir``'s lock, staging in ``work``
+    (``keep``: the lock and ``work``, inside ``export_dir`` when only it can be written)."""
+    replacing = os.path.isdir(export_dir) and bool(set(os.listdir(export_dir)) - keep)
     if replacing and not overwrite:
         raise ValueError(f"{export_dir} is not empty: choose another folder or overwrite it")
 
@@ -151,7 +186,6 @@ def export_protected(
         [originals[i] for i in kept], [os.path.splitext(protected[i])[1] for i in kept]
     )
 
-    work = _work_folder(export_dir)
     copy = None
     try:
         media = os.path.join(work, "media")
@@ -174,6 +208,7 @@ def export_protected(
         _export_in_place(
             export_dir,
             work,
+            keep,
             lambda: copy.export(
                 export_dir=export_dir,
                 dataset_type=dataset_type,
@@ -189,13 +224,7 @@ def export_protected(
     finally:
         if copy is not None:
             copy.delete()
-        shutil.rmtree(work, ignore_errors=True)
-    return {
-        "exported": len(kept),
-        "skipped": len(missing) + len(stale),
-        "export_dir": export_dir,
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    return {"exported": len(kept), "skipped": len(missing) + len(stale), "export_dir": export_dir}
 
 
 def export_names(originals: list[str], extensions: list[str]) -> list[str]:
@@ -462,15 +491,62 @@ def _work_folder(export_dir: str) -> str:
         return tempfile.mkdtemp(prefix=prefix, suffix=_WORK_SUFFIX, dir=export_dir)
 
 
-def _export_in_place(export_dir: str, work: str, export) -> None:
+def _recover(export_dir: str, root: str, keep: set) -> list[str]:
+    """Undo what exports to ``export_dir`` killed on the way left in ``root`` (their work
+    folders; the names in ``keep`` are this export's): ``export_dir`` gets back the
+    export they were replacing, or loses what they had begun to write into it. Returns
+    what was done, one line each (also logged)."""
+    done = []
+    pattern = os.path.join(root, f".{glob.escape(os.path.basename(export_dir))}.*{_WORK_SUFFIX}")
+    left = [p for p in glob.glob(pattern) if os.path.isdir(p) and os.path.basename(p) not in keep]
+    for work in sorted(left):
+        state = {}  # none: killed before it wrote into export_dir
+        if not os.path.exists(os.path.join(work, "done")):  # done: it finished
+            try:
+                with open(os.path.join(work, "state.json")) as f:
+                    state = json.load(f)
+            except FileNotFoundError:
+                pass
+        replaced = os.path.join(work, "replaced")
+        if state.get("moved") and os.path.isdir(replaced):
+            shutil.rmtree(export_dir, ignore_errors=True)
+            os.replace(replaced, export_dir)
+            done.append(f"{export_dir}: an interrupted export was undone, the earlier one put back")
+        elif state and not state["moved"] and os.path.isdir(export_dir):
+            if state["existed"] or root == export_dir:
+                _empty(export_dir, keep | {os.path.basename(p) for p in left})
+            else:
+                shutil.rmtree(export_dir)
+            done.append(f"{export_dir}: what an interrupted export had written was removed")
+        shutil.rmtree(work, ignore_errors=True)
+    for line in done:
+        logger.warning(line)
+    return done
+
+
+def _empty(folder: str, keep: set) -> None:
+    """Delete everything in ``folder`` but the names in ``keep``."""
+    for name in set(os.listdir(folder)) - keep:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def _export_in_place(export_dir: str, work: str, keep: set, export) -> None:
     """Run ``export()`` into ``export_dir`` so that it ends with the old content or the
     whole new export: a non-empty folder is first moved into ``work`` (deleted with it)
-    and moved back if the export fails; a new or empty one is emptied again. Exporters
-    may record their own folder (YOLO's dataset.yaml), so the export is written in place."""
+    and moved back if the export fails; a new or empty one is emptied again (``keep``
+    and ``work`` stay). ``work`` records which (``state.json``) before, and ``done``
+    after, for :func:`_recover` to undo an export killed in between. Exporters may
+    record their own folder (YOLO's dataset.yaml), so the export is written in place."""
     existed = os.path.isdir(export_dir)
-    keep = {os.path.basename(work)} if os.path.dirname(work) == export_dir else set()
+    keep = keep | ({os.path.basename(work)} if os.path.dirname(work) == export_dir else set())
     replaced = os.path.join(work, "replaced")
     moved = existed and bool(set(os.listdir(export_dir)) - keep)
+    state = {"existed": existed, "moved": moved}
+    uio.atomic_write_bytes(json.dumps(state).encode(), os.path.join(work, "state.json"))
     if moved:
         os.replace(export_dir, replaced)
     try:
@@ -480,12 +556,8 @@ def _export_in_place(export_dir: str, work: str, export) -> None:
             shutil.rmtree(export_dir, ignore_errors=True)
             os.replace(replaced, export_dir)
         elif existed:
-            for name in set(os.listdir(export_dir)) - keep:
-                path = os.path.join(export_dir, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                else:
-                    os.remove(path)
+            _empty(export_dir, keep)
         else:
             shutil.rmtree(export_dir, ignore_errors=True)
         raise
+    uio.atomic_write_bytes(b"", os.path.join(work, "done"))

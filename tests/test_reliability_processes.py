@@ -172,3 +172,56 @@ def test_help_and_argument_errors_load_neither_fiftyone_nor_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert proc.stdout.endswith("loaded: []\n"), proc.stdout[-500:] + proc.stderr[-2000:]
     assert "'0.03' is ambiguous" in proc.stderr
+
+
+# An export whose exporter has begun writing when the process dies.
+KILLED_EXPORT = """
+import os, sys
+import fiftyone as fo
+from fiftyone_unseg import export_protected
+
+def killed(self, export_dir, **kwargs):
+    os.makedirs(export_dir, exist_ok=True)
+    with open(os.path.join(export_dir, "labels.json"), "w") as f:
+        f.write("half")
+    os._exit(9)
+
+fo.Dataset.export = killed
+export_protected(fo.load_dataset(sys.argv[1]), sys.argv[2], "coco", "dets", overwrite=True)
+"""
+
+
+def test_an_export_killed_on_the_way_is_undone_by_the_next(tmp_path, generators):  # noqa: F811
+    from fiftyone_unseg import export_protected, protect
+
+    dataset = _dataset(
+        "export-killed", tmp_path / "scenes", {"a.png": Image.fromarray(_texture(64, 64))}
+    )
+    dataset.persistent = True
+    protect(dataset, "dets", generator=generators["random"])
+    out, new = tmp_path / "out", tmp_path / "new"
+    export_protected(dataset, str(out), "coco", "dets")
+    earlier = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def killed_export(folder):
+        args = [sys.executable, "-c", KILLED_EXPORT, dataset.name, str(folder)]
+        proc = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
+        assert proc.returncode == 9, proc.stderr[-2000:]
+        assert (folder / "labels.json").read_text() == "half"
+
+    killed_export(out)  # replacing the earlier export
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".unseg-export")]) == 1
+    with pytest.raises(ValueError, match="is not empty"):  # it is the earlier export again
+        export_protected(dataset, str(out), "coco", "dets")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
+    assert sorted(os.listdir(tmp_path)) == ["out", "scenes"]
+
+    killed_export(new)  # into a new folder
+    summary = export_protected(dataset, str(new), "coco", "dets")
+    assert summary["recovered"] == [f"{new}: what an interrupted export had written was removed"]
+    assert {str(p.relative_to(new)) for p in new.rglob("*") if p.is_file()} == {
+        "labels.json",
+        "data/a.png",
+    }
+    assert json.loads((new / "labels.json").read_text())["images"]
+    assert sorted(os.listdir(tmp_path)) == ["new", "out", "scenes"]

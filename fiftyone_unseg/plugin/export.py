@@ -95,4 +95,5 @@ class ExportProtected(foo.Operator):
         outputs.int("exported", label="Exported")
         outputs.int("skipped", label="Unprotected, left out")
         outputs.str("export_dir", label="Export folder")
+        outputs.list("recovered", types.String(), label="Interrupted exports undone first")
         return types.Property(outputs)
