@@ -186,6 +186,27 @@ def test_missing_sam_checkpoint_says_nothing_is_downloaded(tmp_path):
         load_sam_weights(build_noise_generator(MICRO), tmp_path / "sam_vit_b_01ec64.pth")
 
 
+def test_a_whole_generators_weights_give_its_sam_parts(micro, tmp_path):
+    """``model.safetensors`` of a saved generator holds its noise head too: the SAM parts
+    load, the head stays as built; a file whose values are not tensors is refused."""
+    save_generator(micro, MICRO, tmp_path / "gen", {})
+    other = build_noise_generator(MICRO)
+    head = tuple(f"mask_decoder.{name}." for name in noise_decoder.NoiseMaskDecoder.NOISE_HEAD)
+    head_before = {k: v.clone() for k, v in other.state_dict().items() if k.startswith(head)}
+    assert head_before
+    pos = "image_encoder.patch_embed.proj.weight"
+    assert not torch.equal(other.state_dict()[pos], micro.state_dict()[pos])  # drawn apart
+    load_sam_weights(other, tmp_path / "gen" / "model.safetensors")
+    for key, value in other.state_dict().items():
+        expected = head_before.get(key, micro.state_dict()[key])
+        assert torch.equal(value, expected), key
+    torch.save({"image_encoder.pos_embed": 3}, tmp_path / "plain.pth")
+    with pytest.raises(
+        ValueError, match=r"plain.pth: \['image_encoder.pos_embed'\] are not tensors"
+    ):
+        load_sam_weights(other, tmp_path / "plain.pth")
+
+
 def test_save_load_round_trip(micro, images, tmp_path):
     prompts = _prompts(5)
     generator_id = save_generator(micro, MICRO, tmp_path / "gen", {"epochs": 3})

@@ -207,7 +207,8 @@ def load_sam_weights(generator: NoiseGenerator, path: str | os.PathLike) -> None
 
     The file is a plain state dict (``.pth``, or ``.safetensors`` as ``unseg train``'s
     pretrain stage writes) with ``image_encoder.*``, ``prompt_encoder.*`` and
-    ``mask_decoder.*`` keys, read with ``weights_only=True``. The noise head is untouched.
+    ``mask_decoder.*`` keys, read with ``weights_only=True``. The noise head is untouched
+    (a whole generator's ``model.safetensors`` gives its SAM parts alone).
     Raises FileNotFoundError or ValueError with the mismatching keys.
     """
     if not os.path.isfile(path):
@@ -216,8 +217,14 @@ def load_sam_weights(generator: NoiseGenerator, path: str | os.PathLike) -> None
             "sam_vit_b_01ec64.pth from the segment-anything release); nothing is downloaded."
         )
     state = load_state_file(path, "SAM state dict")
-    state = {k: v for k, v in state.items() if k.startswith(SAM_PREFIXES)}
     head = tuple(f"mask_decoder.{name}." for name in NoiseMaskDecoder.NOISE_HEAD)
+    # a whole generator's file holds its noise head too: that part is not SAM's
+    state = {
+        k: v for k, v in state.items() if k.startswith(SAM_PREFIXES) and not k.startswith(head)
+    }
+    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"{path}: {not_tensors[:3]} are not tensors: not a SAM state dict")
     expected = {k: v for k, v in generator.state_dict().items() if not k.startswith(head)}
     problems = {
         "missing": sorted(set(expected) - set(state)),
