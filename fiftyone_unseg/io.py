@@ -170,20 +170,43 @@ def owns(owner: str, path: str) -> bool:
 
 
 def encode_marked(
-    image: np.ndarray, owner: str, image_format: str = "png", quality: int | None = None
+    image: np.ndarray,
+    owner: str,
+    image_format: str = "png",
+    quality: int | None = None,
+    icc_profile: bytes | None = None,
 ) -> bytes:
     """PNG (fast compression) or JPEG bytes of an HxW[x3] uint8 image, marked with ``owner``
-    (:func:`owner_of`) so that :func:`marker` recognises the file as written for it."""
+    (:func:`owner_of`) so that :func:`marker` recognises the file as written for it, with
+    the original's RGB colour profile (:func:`rgb_profile`) where it had one."""
+    icc_profile = icc_profile if image.ndim == 3 else None
     if image_format == "jpg":
         buf = io.BytesIO()
         comment = f"{MARKER_KEY}={owner}"
-        Image.fromarray(image).save(buf, "JPEG", quality=quality, subsampling=0, comment=comment)
+        extra = {"icc_profile": icc_profile} if icc_profile else {}
+        Image.fromarray(image).save(
+            buf, "JPEG", quality=quality, subsampling=0, comment=comment, **extra
+        )
         return buf.getvalue()
-    return _encode_png(image, owner)
+    return _encode_png(image, owner, icc_profile)
 
 
-def _encode_png(image: np.ndarray, owner: str) -> bytes:
-    """8-bit RGB or grayscale PNG of ``image``, the owner marker after the header.
+def rgb_profile(path: str) -> bytes | None:
+    """The ICC colour profile of an image file whose pixels it describes as RGB (a P3 or
+    Adobe RGB photo's): a copy written without it shows other colours in colour-managed
+    viewers. None without one, or for a profile of another space (a CMYK or grey file's:
+    the copy is RGB)."""
+    try:
+        with Image.open(path) as im:
+            profile = im.info.get("icc_profile")
+    except OSError:
+        return None
+    return profile if profile and profile[16:20] == b"RGB " else None
+
+
+def _encode_png(image: np.ndarray, owner: str, icc_profile: bytes | None = None) -> bytes:
+    """8-bit RGB or grayscale PNG of ``image``, the owner marker after the header (and
+    the colour profile, as an iCCP chunk).
 
     Every row takes the Sub filter (each byte minus the one a pixel to its left) and
     ISA-L's deflate at level 1 compresses them, band by band into one IDAT chunk each:
@@ -201,6 +224,8 @@ def _encode_png(image: np.ndarray, owner: str) -> bytes:
     parts = [_PNG_SIGNATURE]
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big")
     parts.append(_png_chunk(b"IHDR", header + bytes([8, 2 if channels == 3 else 0, 0, 0, 0])))
+    if icc_profile:  # before the image data, as PNG requires
+        parts.append(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
     parts.append(
         _png_chunk(b"tEXt", MARKER_KEY.encode("latin-1") + b"\0" + owner.encode("latin-1"))
     )

@@ -385,6 +385,42 @@ def test_sixteen_bit_pgm_reads_on_its_own_scale_however_dark(tmp_path):
     assert np.allclose(rgb[..., 0], values / 65535, atol=1e-7)
 
 
+@pytest.mark.parametrize("image_format", ["png", "jpg"])
+def test_a_photos_rgb_colour_profile_goes_with_its_protected_copy(
+    tmp_path,
+    generators,  # noqa: F811
+    image_format,
+):
+    """A wide-gamut photo's copy keeps its profile, in the file and in the export; a
+    profile of another colour space (here Lab) never goes on an RGB copy."""
+    from PIL import ImageCms
+
+    from fiftyone_unseg import export_protected
+
+    profiles = {
+        space: ImageCms.ImageCmsProfile(ImageCms.createProfile(space)).tobytes()
+        for space in ("sRGB", "LAB")
+    }
+    profile = profiles.get  # made once: a profile's header holds its creation time
+
+    images = {name: Image.fromarray(_texture(64, 64, i)) for i, name in enumerate("abc")}
+    images = {"wide.jpg": images["a"], "lab.jpg": images["b"], "plain.png": images["c"]}
+    dataset = _dataset(f"icc-{image_format}", tmp_path / "originals", images)
+    for name, space in (("wide.jpg", "sRGB"), ("lab.jpg", "LAB")):  # the photos' profiles
+        images[name].save(tmp_path / "originals" / name, icc_profile=profile(space))
+    assert Image.open(tmp_path / "originals" / "wide.jpg").info["icc_profile"] == profile("sRGB")
+    protect(dataset, "seg_db", generator=generators["random"], image_format=image_format)
+    copies = dict(
+        zip(map(os.path.basename, dataset.values("filepath")), dataset.values("protected_filepath"))
+    )
+    assert Image.open(copies["wide.jpg"]).info.get("icc_profile") == profile("sRGB")
+    assert "icc_profile" not in Image.open(copies["lab.jpg"]).info
+    assert "icc_profile" not in Image.open(copies["plain.png"]).info
+    export_protected(dataset, str(tmp_path / "out"), "images")
+    exported = tmp_path / "out" / f"wide.{image_format}"
+    assert Image.open(exported).info.get("icc_profile") == profile("sRGB")
+
+
 def test_trainer_skips_bad_pairs_with_reasons(tmp_path):
     im, gt = tmp_path / "my images" / "im", tmp_path / "my images" / "gt"
     im.mkdir(parents=True)
