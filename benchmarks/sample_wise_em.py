@@ -53,6 +53,7 @@ import real_data
 import torch
 from machine import machine_facts, publish
 from PIL import Image
+from real_effectiveness import STRESS
 
 from fiftyone_unseg import evaluate_protection
 from fiftyone_unseg.audit.targets import resolve_targets
@@ -85,8 +86,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="DIR",
         help="audit the noise min_min.py wrote to DIR instead of computing it",
     )
+    parser.add_argument(
+        "--countermeasure",
+        metavar="NAME",
+        help="train the victim on the noisy frames after this counter-measure (a stress "
+        "name of real_effectiveness.py, e.g. jpeg75), and on the clean ones after it alone",
+    )
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    if args.countermeasure and args.countermeasure not in STRESS:
+        parser.error(f"--countermeasure: one of {sorted(STRESS)}")
     if args.export and not args.real:
         parser.error("--export needs --real")
     if args.out is None:
@@ -187,9 +196,11 @@ def run(args) -> dict:
             atomic_write_image(Image.fromarray(image), written[sample_id])
         dataset.set_values(noisy, written, key_field="id")
         mse = (pixels.float() - originals).div(255).square().mean((1, 2, 3))
+        measure = STRESS.get(args.countermeasure)
         report = evaluate_protection(
             dataset, field, victims=[args.victim], protected_field=noisy, **task,
             seed=args.victim_seed, seeds=args.seeds, run_key=name,
+            countermeasure=measure, baselines=("none",) if measure else (),
             progress=tqdm_progress("audit", unit="epoch"),
         )  # fmt: skip
         result = report.results[0]
@@ -205,6 +216,8 @@ def run(args) -> dict:
                 "clean": result.scores["clean"],
                 "protected": result.scores["protected"],
                 "ratio": result.ratio("protected"),
+                "countermeasure": measure,
+                "countermeasure_ratio": result.ratio("none") if measure else None,
                 "spread": max(result.spread.get(v, 0.0) for v in ("clean", "protected")),
                 "seeds": args.seeds,
             }
@@ -243,6 +256,11 @@ def table(results: dict) -> str:
             f"{v['ratio']:6.2f} {v.get('spread', 0.0):6.3f} {v.get('seeds', 1):>5} "
             f"{v.get('min_min', {}).get('rounds_done', '-'):>6} {v.get('min_min', {}).get('device', '')}"
         )
+        if v.get("countermeasure"):
+            lines.append(
+                f"{'':>11} the victim trained after {v['countermeasure']}: ratio {v['ratio']:.2f}"
+                f", the counter-measure alone {v['countermeasure_ratio']:.2f}"
+            )
     lines.append(
         "reset every 0: one surrogate throughout"
         + (" (classic min-min)" if objective == "min-min" else ", trained on the clean frames")
