@@ -904,7 +904,7 @@ def _compose(
 ) -> np.ndarray:
     """The protected image, HxWx3 uint8: clamp(original + noise * eps map), in row bands;
     ``keys`` mix the class textures into the noise first. Rounding to 8 bits never leaves
-    the budget (:func:`_quantize_within`)."""
+    the budget (:func:`quantize_within`)."""
     out = np.empty(item.image.shape, np.uint8)
     region = item.frame.region_of(noise)
     for rows in row_bands(item.frame.height, item.frame.width, CACHE_BAND_PIXELS):
@@ -916,12 +916,12 @@ def _compose(
         full = full[None]
         perturbed = NoiseGenerator.perturb(image, full, objects, eps, eps_bg)
         budget = torch.where(objects, eps, eps_bg)
-        pixels = _quantize_within(perturbed, image, budget)
+        pixels = quantize_within(perturbed, image, budget)
         out[rows] = pixels[0].permute(1, 2, 0).to(torch.uint8).numpy()
     return out
 
 
-def _quantize_within(perturbed: torch.Tensor, original: torch.Tensor, budget: torch.Tensor):
+def quantize_within(perturbed: torch.Tensor, original: torch.Tensor, budget: torch.Tensor):
     """``perturbed`` (values in [0, 1]) rounded to 0..255, then moved back to the nearest
     whole value within ``budget`` of ``original`` wherever one exists: an original that
     is not 8-bit (16-bit or float files) or a fractional budget (7.5/255) would otherwise

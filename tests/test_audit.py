@@ -151,7 +151,8 @@ def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
     dataset = sample_dataset.clone("audit-budgets")
     split = split_samples(dataset)
     first = split.train_ids[0]
-    facts = {first: fo.DynamicEmbeddedDocument(eps=4 / 255, eps_bg=1 / 255)}
+    # fractional budgets: a step of an 8-bit image rounds inside them, as protection's do
+    facts = {first: fo.DynamicEmbeddedDocument(eps=4.6 / 255, eps_bg=1.5 / 255)}
     dataset.set_values("unseg", facts, key_field="id", dynamic=True)  # as protect records them
     targets = resolve_targets(dataset, "instances")
     paths = training_images(
@@ -166,13 +167,13 @@ def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
         clean = _uint8(sample.filepath)
         masks, _ = targets.instances({"instances": sample.instances}, *clean.shape[:2])
         objects = masks.any(0)
-        eps, eps_bg = (4, 1) if sample_id == first else (8, 2)
+        eps, eps_bg = (4.6, 1.5) if sample_id == first else (8, 2)
         for variant in ("random", "pattern", "class_pattern"):
             diff = np.abs(_uint8(paths[variant][sample_id]) - clean)
-            assert diff[objects].max() <= eps and diff[~objects].max() <= eps_bg
-            assert diff[objects].max() == eps  # the budget is used
+            assert diff[objects].max() <= eps and diff[~objects].max() <= eps_bg, variant
+            assert diff[objects].max() == int(eps)  # the budget is used
         flat = np.abs(_uint8(paths["random_flat"][sample_id]) - clean)
-        assert flat.max() <= eps and flat[~objects].max() == eps  # eps on the background too
+        assert flat.max() <= eps and flat[~objects].max() == int(eps)  # eps on the background
         unclipped = ((clean > eps) & (clean < 255 - eps)).all(-1)
         mean_obj, mean_bg = flat[objects & unclipped].mean(), flat[~objects & unclipped].mean()
         assert abs(mean_obj - mean_bg) < 0.1 * eps  # its amplitude does not outline objects

@@ -26,7 +26,7 @@ from fiftyone_unseg.audit.countermeasures import Countermeasure
 from fiftyone_unseg.audit.targets import Targets
 from fiftyone_unseg.io import atomic_write_image, read_rgb
 from fiftyone_unseg.modeling import NoiseGenerator
-from fiftyone_unseg.protect import STALE, optional_values, protection_states
+from fiftyone_unseg.protect import STALE, optional_values, protection_states, quantize_within
 
 CLEAN = "clean"
 PROTECTED = "protected"
@@ -116,8 +116,11 @@ def training_images(
             perturbed = NoiseGenerator.perturb(
                 tensor, noise, budget_mask, sample_eps, sample_eps_bg
             )
+            budget = torch.where(budget_mask > 0, sample_eps, sample_eps_bg)
+            pixels = quantize_within(perturbed, tensor, budget)[0]
+            pixels = pixels.permute(1, 2, 0).to(torch.uint8).numpy()
             out[variant][sample_id] = _write(
-                None, _to_uint8(perturbed[0]), countermeasure, folder, variant, sample_id
+                None, pixels, countermeasure, folder, variant, sample_id
             )
     if learned is not None:
         for variant in variants:
