@@ -374,6 +374,27 @@ def _clear_scenes(out_dir: str) -> None:
         shutil.rmtree(os.path.join(out_dir, sub), ignore_errors=True)
 
 
+def _refuse_others_files(dataset_dir: str, name: str) -> None:
+    """ValueError naming the dataset (other than ``name``) whose images or originals lie
+    in ``dataset_dir``: writing scenes there would replace them under it."""
+    from fiftyone import ViewField as F
+
+    inside = dataset_dir.rstrip(os.sep) + os.sep
+    for other in fo.list_datasets():
+        if other == name:
+            continue
+        try:
+            samples = fo.load_dataset(other)
+        except ValueError:  # deleted meanwhile
+            continue
+        for field in ("filepath", "original_filepath"):
+            if samples.has_field(field) and samples.match(F(field).starts_with(inside)).count():
+                raise ValueError(
+                    f"{dataset_dir} holds the images of dataset {other!r}: writing scenes "
+                    "there would replace them; choose another folder"
+                )
+
+
 def default_dataset_dir(name: str) -> str:
     """Where :func:`create_sample_dataset` writes the files of dataset ``name``."""
     return os.path.join(fo.config.default_dataset_dir, "unseg", name)
@@ -405,16 +426,17 @@ def create_sample_dataset(
     unknown = set(styles) - set(STYLES)
     if unknown:
         raise ValueError(f"unknown scene styles {sorted(unknown)}; choose from {', '.join(STYLES)}")
+    if fo.dataset_exists(name) and not overwrite:
+        raise ValueError(
+            f"dataset {name!r} already exists; overwrite it (overwrite=True, "
+            "`unseg sample-data --overwrite`) or pick another name"
+        )
+    dataset_dir = os.path.abspath(dataset_dir or default_dataset_dir(name))
+    _refuse_others_files(dataset_dir, name)
     if fo.dataset_exists(name):
-        if not overwrite:
-            raise ValueError(
-                f"dataset {name!r} already exists; overwrite it (overwrite=True, "
-                "`unseg sample-data --overwrite`) or pick another name"
-            )
         from fiftyone_unseg.protect import restore  # the old scenes' copies go with them
 
         restore(fo.load_dataset(name), delete_protected=True)
-    dataset_dir = os.path.abspath(dataset_dir or default_dataset_dir(name))
     records = write_scenes(dataset_dir, num, seed=seed, size=size, styles=styles, progress=progress)
 
     dataset = fo.Dataset(name, overwrite=overwrite, persistent=persistent)

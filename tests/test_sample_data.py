@@ -41,6 +41,22 @@ def test_rewriting_scenes_leaves_no_stale_pairs_and_refuses_foreign_folders(tmp_
     assert (out / "images" / "holiday.jpg").read_bytes() == b"a user's photo"
 
 
+def test_a_folder_holding_another_datasets_scenes_is_refused(tmp_path):
+    folder = str(tmp_path / "shared")
+    first = sample_data.create_sample_dataset("scenes-first", num=2, size=64, dataset_dir=folder)
+    before = {p: open(p, "rb").read() for p in first.values("filepath")}
+    with pytest.raises(ValueError, match="holds the images of dataset 'scenes-first'"):
+        sample_data.create_sample_dataset(
+            "scenes-second", num=1, seed=1, size=64, dataset_dir=folder
+        )
+    assert {p: open(p, "rb").read() for p in first.values("filepath")} == before
+    assert not fo.dataset_exists("scenes-second")
+    again = sample_data.create_sample_dataset(  # its own folder: rewritten
+        "scenes-first", num=1, size=64, dataset_dir=folder, overwrite=True
+    )
+    assert len(again) == 1
+
+
 @pytest.mark.parametrize("style", sample_data.STYLES)
 def test_labels_are_consistent(style):
     for i in range(6):
