@@ -52,8 +52,8 @@ def find_pairs(
     masks = _files(mask_dir, tuple(e.lower() for e in mask_exts))
     pairs = []
     for stem, mask in masks.items():
-        image = images.get(stem)
-        if image is None and INSTANCE_SEPARATOR in stem:
+        image = images.get(stem)  # in one folder, an object mask is an "image" too
+        if (image is None or image == mask) and INSTANCE_SEPARATOR in stem:
             image = images.get(stem.rsplit(INSTANCE_SEPARATOR, 1)[0])
         if image is not None and image != mask:
             pairs.append(Pair(image, mask))

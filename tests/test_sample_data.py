@@ -134,6 +134,19 @@ def test_dataset_is_readable_as_folder_pairs(sample_dataset):
         assert len(by_image.get(sample.filepath, [])) == len(sample.instances.detections)
 
 
+def test_object_masks_beside_their_images_pair_with_them(tmp_path):
+    """ECSSD / MSRA10K keep images and masks in one folder; several objects per image."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "0001.jpg")
+    for k in range(2):
+        Image.new("L", (8, 8), 255).save(tmp_path / folders.instance_mask_name("0001", k))
+    Image.new("L", (8, 8), 255).save(tmp_path / "0002.png")  # a mask without its image
+    pairs = folders.find_pairs(str(tmp_path), str(tmp_path))
+    assert [(os.path.basename(p.image), os.path.basename(p.mask)) for p in pairs] == [
+        ("0001.jpg", "0001__00.png"),
+        ("0001.jpg", "0001__01.png"),
+    ]
+
+
 def test_find_pairs_matches_hqseg_layout(tmp_path):
     (tmp_path / "im").mkdir()
     (tmp_path / "gt").mkdir()
