@@ -89,6 +89,18 @@ def test_splits_follow_tags_else_a_seeded_random_split(sample_dataset):
     assert split_samples(sample_dataset, ("fit", "holdout"), 0.75, seed=1) == random
 
 
+def test_samples_sharing_an_image_file_stay_on_one_side(sample_dataset):
+    """A dataset whose samples were added twice: no image is both trained and tested on."""
+    twice = sample_dataset.clone("audit-added-twice")
+    twice.add_samples([fo.Sample(filepath=p, tags=["train"]) for p in twice.values("filepath")])
+    paths = dict(zip(*twice.values(["id", "filepath"])))
+    randoms = [split_samples(twice, None, 0.5, seed=seed) for seed in range(5)]
+    for split in [*randoms, split_samples(twice)]:
+        train, test = ({paths[i] for i in ids} for ids in (split.train_ids, split.test_ids))
+        assert not train & test, split.source
+    assert all(len(s.train_ids) + len(s.test_ids) == len(twice) for s in randoms)
+
+
 def test_targets_from_instances_and_from_class_maps(sample_dataset):
     sample = sample_dataset.first()
     semantic_truth = sample.ground_truth.get_mask()
