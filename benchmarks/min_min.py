@@ -6,7 +6,8 @@ lower its loss on every image's noise, within the protection budgets. ``--object
 targeted`` is adversarial poisoning instead (Fowl et al. 2021): the surrogate trains on
 the clean images and the noise steps make it predict, on every labelled pixel, the next
 class (``c + 1`` modulo the classes), so that the perturbed images show a victim features
-of the wrong class. It needs torch
+of the wrong class; ``--objective untargeted`` raises its loss on the true classes
+instead (error-maximising noise). It needs torch
 alone, so that a machine with a GPU and no database can run it at a scale a CPU cannot:
 
     python benchmarks/sample_wise_em.py --real camvid --export frames.npz   # here
@@ -38,7 +39,7 @@ from fiftyone_unseg.io import read_rgb
 from fiftyone_unseg.modeling import NoiseGenerator
 from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG, IGNORE
 
-VARIANT_PREFIX = {"min-min": "em", "targeted": "targeted"}
+VARIANT_PREFIX = {"min-min": "em", "targeted": "targeted", "untargeted": "untargeted"}
 
 
 def variant_name(objective: str, reset_every: int) -> str:
@@ -60,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(VARIANT_PREFIX),
         default="min-min",
         help="min-min: lower the loss of a surrogate trained on the perturbed images; "
-        "targeted: make a surrogate trained on clean images predict the next class",
+        "targeted: make a surrogate trained on clean images predict the next class; "
+        "untargeted: raise that surrogate's loss",
     )
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--surrogate-steps", type=int, default=10, help="Adam steps per round")
@@ -144,8 +146,9 @@ def _crop_windows(rows: torch.Tensor, shape, crop: int | None, generator) -> lis
 
 def sample_wise_noise(images, objects, classes, num_classes: int, reset_every: int, args):
     """(noise Nx3xHxW in [-1, 1] that lowers a surrogate's loss on ``images`` towards
-    their classes, or with ``args.objective`` "targeted" towards the next class, the last
-    surrogate's pixel accuracy on the clean and on the perturbed images, rounds done).
+    their classes (``args.objective`` "targeted": towards the next class; "untargeted":
+    raises it), the last surrogate's pixel accuracy on the clean and on the perturbed
+    images, rounds done).
 
     ``images`` Nx3xHxW in [0, 1], ``objects`` Nx1xHxW, ``classes`` NxHxW (:data:`IGNORE`
     not learnt), all on ``args.device``. The surrogate trains on ``args.crop`` px crops,
@@ -157,7 +160,9 @@ def sample_wise_noise(images, objects, classes, num_classes: int, reset_every: i
     noise_crop = getattr(args, "noise_crop", None)
     noise_crop = args.crop if noise_crop is None else noise_crop
     deadline = time.monotonic() + (getattr(args, "seconds", None) or float("inf"))
-    targeted = getattr(args, "objective", "min-min") == "targeted"
+    objective = getattr(args, "objective", "min-min")
+    on_clean = objective != "min-min"  # adversarial objectives: a surrogate of clean images
+    targeted, sign = objective == "targeted", 1.0 if objective == "untargeted" else -1.0
     generator = torch.Generator().manual_seed(0)
     noise = torch.zeros_like(images)
     clean = torch.zeros_like(noise)
@@ -195,7 +200,7 @@ def sample_wise_noise(images, objects, classes, num_classes: int, reset_every: i
         for _ in range(args.surrogate_steps):
             rows = torch.randint(len(images), (args.batch,), generator=generator)
             x, _, y = batch(
-                _crop_windows(rows, shape, args.crop, generator), clean if targeted else noise
+                _crop_windows(rows, shape, args.crop, generator), clean if on_clean else noise
             )
             flip = (torch.rand(args.batch, generator=generator) < 0.5).to(device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -212,7 +217,7 @@ def sample_wise_noise(images, objects, classes, num_classes: int, reset_every: i
                 if targeted:
                     y = next_class(y, num_classes)
                 (grad,) = torch.autograd.grad(loss_of(model, x, y), delta)
-                stepped = (delta - args.step * grad.sign()).clamp(-1, 1).detach()
+                stepped = (delta + sign * args.step * grad.sign()).clamp(-1, 1).detach()
                 for (r, t, w), crop in zip(windows, stepped):
                     noise[r, :, t, w] = crop
         rounds += 1

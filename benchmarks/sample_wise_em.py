@@ -241,7 +241,9 @@ def run(args) -> dict:
 
 def table(results: dict) -> str:
     objective = results["settings"].get("objective", "min-min")
-    kind = "targeted adversarial" if objective == "targeted" else "error-minimising"
+    kind = {"targeted": "targeted adversarial", "untargeted": "error-maximising"}.get(
+        objective, "error-minimising"
+    )
     lines = [
         f"sample-wise {kind} noise on {results['dataset']}, surrogate "
         f"{results['settings'].get('surrogate', 'unet')}",

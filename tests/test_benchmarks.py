@@ -128,11 +128,12 @@ def _run_script(script: str) -> list[float]:
     return [float(v) for v in out.stdout.split()[-5:]]
 
 
-def test_targeted_noise_makes_a_surrogate_trained_on_clean_images_misread_them():
+@pytest.mark.parametrize("objective", ["targeted", "untargeted"])
+def test_adversarial_noise_makes_a_surrogate_trained_on_clean_images_misread_them(objective):
     """Adversarial poisoning: the surrogate learns the classes from the clean images' red
     shift, and the noise (within the budgets) makes it misread the perturbed ones."""
     clean, perturbed, largest, background, _ = _run_script(
-        _min_min_script(objective="targeted", contrast=0.05, lr=1e-2)
+        _min_min_script(objective=objective, contrast=0.05, lr=1e-2)
     )
     assert largest <= 1.0
     assert clean > background + 0.15  # it learnt the classes from clean images
