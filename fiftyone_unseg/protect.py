@@ -64,6 +64,7 @@ FORMATS = ("png", "jpg")
 # The facts stored in each protected sample's ``unseg`` field.
 FACT_FIELDS = {
     "generator_id": fo.StringField,
+    "generator_size": fo.IntField,  # the side of its square frame (the texture attack's)
     "label_field": fo.StringField,
     "prompt": fo.StringField,
     "eps": fo.FloatField,
@@ -251,6 +252,7 @@ def protect(
         keys = ClassKeys(class_key or default_class_key(dataset), class_mix)
     settings = {
         "generator_id": model.generator_id,
+        "generator_size": getattr(getattr(model, "config", None), "img_size", None),
         "label_field": label_field,
         "prompt": spec.name,
         "eps": float(eps),

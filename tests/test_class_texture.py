@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+from test_protect import generators  # noqa: F401
 
 from fiftyone_unseg.audit.class_texture import ClassTexture
 from fiftyone_unseg.audit.countermeasures import Countermeasure
@@ -101,3 +102,23 @@ def test_training_images_subtract_the_class_texture_of_the_pattern_baseline(
     left = np.concatenate([(read[i] - clean[i].astype(float)).ravel() for i in ids])
     assert np.abs(pattern).mean() > 2
     assert left @ pattern / (pattern @ pattern) < 0.25
+
+
+def test_the_attack_fits_its_texture_in_the_frame_of_the_protecting_generator(
+    tmp_path,
+    generators,  # noqa: F811
+):
+    """Protection records its generator's frame (MICRO's: 64 px); the attack bins in it,
+    the shipped generators' 256 px where nothing is recorded."""
+    from test_protect import _scene_dataset
+
+    from fiftyone_unseg import protect
+    from fiftyone_unseg.audit.variants import generator_frame
+
+    dataset = _scene_dataset("texture-frame", tmp_path, count=3)
+    assert generator_frame(dataset) == 256
+    protect(dataset, "dets", generator=generators["random"])
+    assert dataset.values("unseg.generator_size") == [64, 64, 64]
+    assert generator_frame(dataset) == 64
+    dataset.set_values("unseg.generator_size", [1024, 64, 64])
+    assert generator_frame(dataset) == 64  # the most common

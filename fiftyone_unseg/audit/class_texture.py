@@ -2,8 +2,9 @@
 
 A trainer who knows the method and holds the labels they are about to train on can look
 for what protection adds to every image alike. The generator is a ViT on an SxS model
-frame (the image's long side resized to S), so whatever its noise has in common across
-images repeats with its patch grid. For each class and each phase of a ``period``-pixel
+frame (the image's long side resized to S: the audit takes S from the generator the
+samples were protected with, ``unseg.generator_size``), so whatever its noise has in
+common across images repeats with its patch grid. For each class and each phase of a ``period``-pixel
 grid in that frame, the attacker averages the images' pixels minus their class's mean
 colour in that image: a photo's own content cancels out over hundreds of images and
 positions, a fixed per-class texture does not, whatever its frequencies. Subtracting

@@ -15,6 +15,7 @@ that change are written losslessly as ``<folder>/<variant>/<sample id>.png``.
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 import torch
@@ -142,9 +143,18 @@ def _subtract_class_texture(paths: dict, view, targets: Targets, period: int, fo
             image = _to_uint8(torch.from_numpy(read_rgb(path)).permute(2, 0, 1))
             yield sample_id, image, targets.instance_class_map(labels[sample_id], *image.shape[:2])
 
-    texture = ClassTexture(period).fit((image, classes) for _, image, classes in pairs())
+    texture = ClassTexture(period, generator_frame(view))
+    texture.fit((image, classes) for _, image, classes in pairs())
     for sample_id, image, classes in pairs():
         paths[sample_id] = _write(None, texture(image, classes), None, folder, variant, sample_id)
+
+
+def generator_frame(view, default: int = 256) -> int:
+    """The frame side of the generator most of ``view``'s samples were protected with
+    (recorded as ``unseg.generator_size``; ``default`` where none is: the shipped
+    generators'): the grid an informed attacker fits the texture in."""
+    sizes = Counter(s for s in optional_values(view, "unseg.generator_size") if s)
+    return sizes.most_common(1)[0][0] if sizes else default
 
 
 def _or_default(values: list, default: float) -> list[float]:
