@@ -17,11 +17,11 @@ folders remains.
 
 from __future__ import annotations
 
-import glob
 import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -126,8 +126,9 @@ def export_protected(
     work = _work_folder(export_dir)
     root = os.path.dirname(work)
     lock_path = os.path.join(root, f".{os.path.basename(export_dir)}{_WORK_SUFFIX}.lock")
-    lock = uio.try_lock(lock_path)
+    lock = None
     try:
+        lock = uio.try_lock(lock_path)
         if lock is None:
             raise ValueError(f"another export to {export_dir} is running: wait for it to end")
         keep = {os.path.basename(lock_path), os.path.basename(work)}
@@ -486,7 +487,14 @@ def _work_folder(export_dir: str) -> str:
         os.makedirs(os.path.dirname(export_dir), exist_ok=True)
         return tempfile.mkdtemp(prefix=prefix, suffix=_WORK_SUFFIX, dir=os.path.dirname(export_dir))
     except OSError:
-        if not os.path.isdir(export_dir) or os.listdir(export_dir):
+        if not os.path.isdir(export_dir):
+            raise
+        # an export killed in here left its lock and work folder, and what it had written
+        # (which it began writing into an empty folder: _recover removes it)
+        lock = f"{prefix[:-1]}{_WORK_SUFFIX}.lock"
+        names = os.listdir(export_dir)
+        killed = any(_is_work_folder(n, export_dir) for n in names)
+        if not killed and set(names) - {lock}:
             raise
         return tempfile.mkdtemp(prefix=prefix, suffix=_WORK_SUFFIX, dir=export_dir)
 
@@ -497,16 +505,21 @@ def _recover(export_dir: str, root: str, keep: set) -> list[str]:
     export they were replacing, or loses what they had begun to write into it. Returns
     what was done, one line each (also logged)."""
     done = []
-    pattern = os.path.join(root, f".{glob.escape(os.path.basename(export_dir))}.*{_WORK_SUFFIX}")
-    left = [p for p in glob.glob(pattern) if os.path.isdir(p) and os.path.basename(p) not in keep]
-    for work in sorted(left):
+    left = [
+        os.path.join(root, name)
+        for name in os.listdir(root)
+        if _is_work_folder(name, export_dir) and name not in keep
+    ]
+    for work in sorted(p for p in left if os.path.isdir(p)):
         state = {}  # none: killed before it wrote into export_dir
         if not os.path.exists(os.path.join(work, "done")):  # done: it finished
             try:
                 with open(os.path.join(work, "state.json")) as f:
                     state = json.load(f)
-            except FileNotFoundError:
+            except (OSError, ValueError):
                 pass
+        if state.get("export_dir") != export_dir:  # another folder's, or unreadable
+            state = {}
         replaced = os.path.join(work, "replaced")
         if state.get("moved") and os.path.isdir(replaced):
             shutil.rmtree(export_dir, ignore_errors=True)
@@ -522,6 +535,13 @@ def _recover(export_dir: str, root: str, keep: set) -> list[str]:
     for line in done:
         logger.warning(line)
     return done
+
+
+def _is_work_folder(name: str, export_dir: str) -> bool:
+    """Whether ``name`` is a work folder of an export to ``export_dir`` (as
+    :func:`_work_folder` names them: not those of ``export_dir.v2``)."""
+    base = re.escape(os.path.basename(export_dir))
+    return re.fullmatch(rf"\.{base}\.[a-z0-9_]{{8}}{re.escape(_WORK_SUFFIX)}", name) is not None
 
 
 def _empty(folder: str, keep: set) -> None:
@@ -545,7 +565,7 @@ def _export_in_place(export_dir: str, work: str, keep: set, export) -> None:
     keep = keep | ({os.path.basename(work)} if os.path.dirname(work) == export_dir else set())
     replaced = os.path.join(work, "replaced")
     moved = existed and bool(set(os.listdir(export_dir)) - keep)
-    state = {"existed": existed, "moved": moved}
+    state = {"export_dir": export_dir, "existed": existed, "moved": moved}
     uio.atomic_write_bytes(json.dumps(state).encode(), os.path.join(work, "state.json"))
     if moved:
         os.replace(export_dir, replaced)

@@ -274,8 +274,8 @@ def _id_type(count: int) -> type:
 
 
 def _paste_detection(ids: np.ndarray, detection: fo.Detection, k: int) -> None:
-    """Set the pixels of ``detection`` in ``ids`` (HxW) to ``k``: its mask (non-zero as
-    uint8, as FiftyOne reads it; none: the whole box) in its box, edges rounded to the
+    """Set the pixels of ``detection`` in ``ids`` (HxW) to ``k``: its mask (non-zero;
+    above 0.5 for a float mask; none: the whole box) in its box, edges rounded to the
     nearest pixel, the parts outside the frame cut off."""
     height, width = ids.shape
     x, y, w, h = detection.bounding_box
@@ -285,8 +285,9 @@ def _paste_detection(ids: np.ndarray, detection: fo.Detection, k: int) -> None:
     if bottom <= top or right <= left:
         return
     mask = detection.get_mask() if detection.has_mask else None
-    mask = np.ones((1, 1), np.uint8) if mask is None else np.asarray(mask, dtype=np.uint8)
-    inside = fit_mask(mask, y1 - y0, x1 - x0) > 0
+    mask = np.ones((1, 1), bool) if mask is None else np.asarray(mask)
+    mask = mask > 0.5 if mask.dtype.kind == "f" else mask != 0  # probabilities, or 0/1/255
+    inside = fit_mask(mask.astype(np.uint8), y1 - y0, x1 - x0) > 0
     ids[top:bottom, left:right][inside[top - y0 : bottom - y0, left - x0 : right - x0]] = k
 
 

@@ -94,11 +94,15 @@ def test_samples_sharing_an_image_file_stay_on_one_side(sample_dataset):
     twice = sample_dataset.clone("audit-added-twice")
     twice.add_samples([fo.Sample(filepath=p, tags=["train"]) for p in twice.values("filepath")])
     paths = dict(zip(*twice.values(["id", "filepath"])))
-    randoms = [split_samples(twice, None, 0.5, seed=seed) for seed in range(5)]
-    for split in [*randoms, split_samples(twice)]:
-        train, test = ({paths[i] for i in ids} for ids in (split.train_ids, split.test_ids))
-        assert not train & test, split.source
-    assert all(len(s.train_ids) + len(s.test_ids) == len(twice) for s in randoms)
+    for replaced in (False, True):
+        if replaced:  # as protect(replace_filepath=True) leaves them: each its own copy
+            twice.set_values("original_filepath", twice.values("filepath"))
+            twice.set_values("filepath", [f"/copies/{i}.png" for i in twice.values("id")])
+        randoms = [split_samples(twice, None, 0.5, seed=seed) for seed in range(5)]
+        for split in [*randoms, split_samples(twice)]:
+            train, test = ({paths[i] for i in ids} for ids in (split.train_ids, split.test_ids))
+            assert not train & test, (replaced, split.source)
+        assert all(len(s.train_ids) + len(s.test_ids) == len(twice) for s in randoms)
 
 
 def test_targets_from_instances_and_from_class_maps(sample_dataset):

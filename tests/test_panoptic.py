@@ -338,3 +338,6 @@ def test_a_coco_mask_lands_where_fiftyones_importer_cut_it():
     painted = segment_map(fo.Detections(detections=[detection]), height, width, spec)
     rows, cols = np.nonzero(painted)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 14, 13, 17)
+    detection.mask = mask * np.float32(0.7)  # a model's probabilities: above 0.5 is object
+    painted = segment_map(fo.Detections(detections=[detection]), height, width, spec)
+    assert np.count_nonzero(painted) == mask.sum()

@@ -4,6 +4,7 @@ on overlapping views at once (docs/RELIABILITY.md)."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -209,12 +210,18 @@ def test_an_export_killed_on_the_way_is_undone_by_the_next(tmp_path, generators)
         assert proc.returncode == 9, proc.stderr[-2000:]
         assert (folder / "labels.json").read_text() == "half"
 
+    # an export to out.v2 in progress: its work folder is none of out's business
+    sibling = tmp_path / ".out.v2.abcd1234.unseg-export"
+    (sibling / "replaced").mkdir(parents=True)
+    state = {"export_dir": str(tmp_path / "out.v2"), "existed": True, "moved": True}
+    (sibling / "state.json").write_text(json.dumps(state))
     killed_export(out)  # replacing the earlier export
-    assert len([n for n in os.listdir(tmp_path) if n.endswith(".unseg-export")]) == 1
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".unseg-export")]) == 2
     with pytest.raises(ValueError, match="is not empty"):  # it is the earlier export again
         export_protected(dataset, str(out), "coco", "dets")
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
-    assert sorted(os.listdir(tmp_path)) == ["out", "scenes"]
+    assert sorted(os.listdir(tmp_path)) == [sibling.name, "out", "scenes"]
+    shutil.rmtree(sibling)
 
     killed_export(new)  # into a new folder
     summary = export_protected(dataset, str(new), "coco", "dets")
