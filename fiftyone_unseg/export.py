@@ -39,6 +39,7 @@ from fiftyone_unseg.protect import (
     CURRENT,
     PROTECTION_FIELDS,
     STALE,
+    dataset_file_in,
     noise_paths,
     optional_values,
     original_paths,
@@ -125,7 +126,7 @@ def export_protected(
         raise ValueError(f"{export_dir} exists and is not a folder")
     work = _work_folder(export_dir)
     root = os.path.dirname(work)
-    lock_path = os.path.join(root, f".{os.path.basename(export_dir)}{_WORK_SUFFIX}.lock")
+    lock_path = os.path.join(root, _lock_name(export_dir))
     lock = None
     try:
         lock = uio.try_lock(lock_path)
@@ -426,18 +427,12 @@ def _mask_paths(samples, fields: list[str]) -> list[str]:
 def _check_no_dataset_files(export_dir: str) -> None:
     """ValueError if a dataset of the database has images, originals or protected copies
     in ``export_dir``, which an overwrite would delete."""
-    prefix = os.path.join(export_dir, "")
-    for name in fo.list_datasets():
-        dataset = fo.load_dataset(name)
-        for field in ("filepath", "original_filepath", "protected_filepath"):
-            if not dataset.has_field(field):
-                continue
-            found = dataset.match(F(field).starts_with(prefix)).limit(1).values(field)
-            if found:
-                raise ValueError(
-                    f"{export_dir} holds {found[0]}, a file of dataset {name!r}: overwriting "
-                    "would delete it; export elsewhere"
-                )
+    found = dataset_file_in(export_dir)
+    if found:
+        raise ValueError(
+            f"{export_dir} holds {found[1]}, a file of dataset {found[0]!r}: overwriting "
+            "would delete it; export elsewhere"
+        )
 
 
 def _check_outside(export_dir: str, paths: list[str]) -> None:
@@ -491,10 +486,9 @@ def _work_folder(export_dir: str) -> str:
             raise
         # an export killed in here left its lock and work folder, and what it had written
         # (which it began writing into an empty folder: _recover removes it)
-        lock = f"{prefix[:-1]}{_WORK_SUFFIX}.lock"
         names = os.listdir(export_dir)
         killed = any(_is_work_folder(n, export_dir) for n in names)
-        if not killed and set(names) - {lock}:
+        if not killed and set(names) - {_lock_name(export_dir)}:
             raise
         return tempfile.mkdtemp(prefix=prefix, suffix=_WORK_SUFFIX, dir=export_dir)
 
@@ -535,6 +529,11 @@ def _recover(export_dir: str, root: str, keep: set) -> list[str]:
     for line in done:
         logger.warning(line)
     return done
+
+
+def _lock_name(export_dir: str) -> str:
+    """The lock file that an export to ``export_dir`` holds, beside its work folders."""
+    return f".{os.path.basename(export_dir)}{_WORK_SUFFIX}.lock"
 
 
 def _is_work_folder(name: str, export_dir: str) -> bool:

@@ -571,6 +571,27 @@ def stored_samples(samples):
     return samples._dataset.select(samples.values("id"), ordered=True)
 
 
+def dataset_file_in(folder: str, other_than: str | None = None) -> tuple[str, str] | None:
+    """(dataset name, path) of an image, original or protected copy that a dataset of the
+    database (other than ``other_than``) has in ``folder``; None if none has."""
+    from fiftyone import ViewField as F
+
+    prefix = os.path.join(folder, "")
+    for name in fo.list_datasets():
+        if name == other_than:
+            continue
+        try:
+            dataset = fo.load_dataset(name)
+        except ValueError:  # deleted meanwhile
+            continue
+        for field in ("filepath", "original_filepath", "protected_filepath"):
+            if dataset.has_field(field):
+                found = dataset.match(F(field).starts_with(prefix)).limit(1).values(field)
+                if found:
+                    return name, found[0]
+    return None
+
+
 def optional_values(samples, field: str) -> list:
     """``samples.values(field)``, or Nones if the field was never declared."""
     if samples.has_field(field):
@@ -906,7 +927,7 @@ def _compose(
 ) -> np.ndarray:
     """The protected image, HxWx3 uint8: clamp(original + noise * eps map), in row bands;
     ``keys`` mix the class textures into the noise first. Rounding to 8 bits never leaves
-    the budget (:func:`quantize_within`)."""
+    the budget (:func:`protected_pixels`)."""
     out = np.empty(item.image.shape, np.uint8)
     region = item.frame.region_of(noise)
     for rows in row_bands(item.frame.height, item.frame.width, CACHE_BAND_PIXELS):
@@ -916,20 +937,20 @@ def _compose(
         if keys is not None:
             full = keys.apply(full, item.segments[rows], item.names, rows.start)
         full = full[None]
-        perturbed = NoiseGenerator.perturb(image, full, objects, eps, eps_bg)
-        budget = torch.where(objects, eps, eps_bg)
-        pixels = quantize_within(perturbed, image, budget)
+        pixels = protected_pixels(image, full, objects, eps, eps_bg)
         out[rows] = pixels[0].permute(1, 2, 0).to(torch.uint8).numpy()
     return out
 
 
-def quantize_within(perturbed: torch.Tensor, original: torch.Tensor, budget: torch.Tensor):
-    """``perturbed`` (values in [0, 1]) rounded to 0..255, then moved back to the nearest
-    whole value within ``budget`` of ``original`` wherever one exists: an original that
-    is not 8-bit (16-bit or float files) or a fractional budget (7.5/255) would otherwise
-    round past the budget by up to half a step. Where no whole value lies within it (a
-    budget under half a step), the original's own rounding. All three broadcast."""
-    scaled, budget = original * 255, budget * 255
+def protected_pixels(images, noise, object_mask, eps: float, eps_bg: float) -> torch.Tensor:
+    """:meth:`NoiseGenerator.perturb`'s images (same arguments) as whole values 0..255,
+    each moved back to the nearest one within its budget of the original wherever one
+    exists: an original that is not 8-bit (16-bit or float files) or a fractional budget
+    (7.5/255) would otherwise round past the budget by up to half a step. Where no whole
+    value lies within it (a budget under half a step), the original's own rounding."""
+    perturbed = NoiseGenerator.perturb(images, noise, object_mask, eps, eps_bg)
+    budget = NoiseGenerator.budget_map(object_mask.to(images.dtype), eps, eps_bg) * 255
+    scaled = images * 255
     slack = 1e-3  # float error of k / 255 * 255
     low = torch.ceil(scaled - budget - slack).clamp_(0, 255)
     high = torch.floor(scaled + budget + slack).clamp_(0, 255)

@@ -374,27 +374,6 @@ def _clear_scenes(out_dir: str) -> None:
         shutil.rmtree(os.path.join(out_dir, sub), ignore_errors=True)
 
 
-def _refuse_others_files(dataset_dir: str, name: str) -> None:
-    """ValueError naming the dataset (other than ``name``) whose images or originals lie
-    in ``dataset_dir``: writing scenes there would replace them under it."""
-    from fiftyone import ViewField as F
-
-    inside = dataset_dir.rstrip(os.sep) + os.sep
-    for other in fo.list_datasets():
-        if other == name:
-            continue
-        try:
-            samples = fo.load_dataset(other)
-        except ValueError:  # deleted meanwhile
-            continue
-        for field in ("filepath", "original_filepath"):
-            if samples.has_field(field) and samples.match(F(field).starts_with(inside)).count():
-                raise ValueError(
-                    f"{dataset_dir} holds the images of dataset {other!r}: writing scenes "
-                    "there would replace them; choose another folder"
-                )
-
-
 def default_dataset_dir(name: str) -> str:
     """Where :func:`create_sample_dataset` writes the files of dataset ``name``."""
     return os.path.join(fo.config.default_dataset_dir, "unseg", name)
@@ -432,10 +411,15 @@ def create_sample_dataset(
             "`unseg sample-data --overwrite`) or pick another name"
         )
     dataset_dir = os.path.abspath(dataset_dir or default_dataset_dir(name))
-    _refuse_others_files(dataset_dir, name)
-    if fo.dataset_exists(name):
-        from fiftyone_unseg.protect import restore  # the old scenes' copies go with them
+    from fiftyone_unseg.protect import dataset_file_in, restore
 
+    found = dataset_file_in(dataset_dir, other_than=name)
+    if found:
+        raise ValueError(
+            f"{dataset_dir} holds the images of dataset {found[0]!r}: writing scenes "
+            "there would replace them; choose another folder"
+        )
+    if fo.dataset_exists(name):  # the old scenes' copies go with them
         restore(fo.load_dataset(name), delete_protected=True)
     records = write_scenes(dataset_dir, num, seed=seed, size=size, styles=styles, progress=progress)
 

@@ -26,8 +26,7 @@ from fiftyone_unseg.audit.class_texture import ClassTexture
 from fiftyone_unseg.audit.countermeasures import Countermeasure
 from fiftyone_unseg.audit.targets import Targets
 from fiftyone_unseg.io import atomic_write_image, read_rgb
-from fiftyone_unseg.modeling import NoiseGenerator
-from fiftyone_unseg.protect import STALE, optional_values, protection_states, quantize_within
+from fiftyone_unseg.protect import STALE, optional_values, protected_pixels, protection_states
 
 CLEAN = "clean"
 PROTECTED = "protected"
@@ -114,12 +113,8 @@ def training_images(
         for variant, source in sources.items():
             noise = source(tensor, objects, classes)
             budget_mask = objects if source.mask_aligned else torch.ones_like(objects)
-            perturbed = NoiseGenerator.perturb(
-                tensor, noise, budget_mask, sample_eps, sample_eps_bg
-            )
-            budget = torch.where(budget_mask > 0, sample_eps, sample_eps_bg)
-            pixels = quantize_within(perturbed, tensor, budget)[0]
-            pixels = pixels.permute(1, 2, 0).to(torch.uint8).numpy()
+            pixels = protected_pixels(tensor, noise, budget_mask, sample_eps, sample_eps_bg)
+            pixels = pixels[0].permute(1, 2, 0).to(torch.uint8).numpy()
             out[variant][sample_id] = _write(
                 None, pixels, countermeasure, folder, variant, sample_id
             )

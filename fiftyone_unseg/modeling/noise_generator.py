@@ -109,6 +109,10 @@ class NoiseGenerator(PromptableSegmenter):
 
         images, noise: Bx3xHxW; object_mask: Bx1xHxW in [0, 1] (soft values interpolate).
         """
-        object_mask = object_mask.to(images.dtype)
-        eps_map = eps_bg + (eps - eps_bg) * object_mask
+        eps_map = NoiseGenerator.budget_map(object_mask.to(images.dtype), eps, eps_bg)
         return (images + noise * eps_map).clamp(0, 1)
+
+    @staticmethod
+    def budget_map(object_mask: torch.Tensor, eps: float, eps_bg: float) -> torch.Tensor:
+        """eps on the object, eps_bg elsewhere (soft mask values interpolate): Bx1xHxW."""
+        return eps_bg + (eps - eps_bg) * object_mask
