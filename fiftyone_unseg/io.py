@@ -6,17 +6,21 @@ import errno
 import io
 import os
 import re
+import struct
 import tempfile
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 from isal import isal_zlib
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 MARKER_KEY = "unseg-sample-id"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_BAND_BYTES = 1 << 20  # image bytes filtered and compressed at a time
+_EXIF_HEADER = b"Exif\0\0"  # before the TIFF structure in a JPEG's APP1, not in PNG's eXIf
+_JPEG_EXIF_LIMIT = 65533 - len(_EXIF_HEADER)  # the most an APP1 segment holds; longer is left out
 # Write errors that no other file of the run would escape: stop instead of trying the rest.
 OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 _TEMP_SUFFIX = ".unseg-tmp"
@@ -169,44 +173,68 @@ def owns(owner: str, path: str) -> bool:
     return marker(path) in (owner, sample_of(owner))
 
 
+@dataclass(frozen=True)
+class CarriedMetadata:
+    """What a protected copy keeps of its original file's metadata (:func:`carried_metadata`)."""
+
+    icc_profile: bytes | None = None  # the RGB colour profile
+    exif: bytes | None = None  # TIFF-structured EXIF, without orientation or thumbnail
+
+
 def encode_marked(
     image: np.ndarray,
     owner: str,
     image_format: str = "png",
     quality: int | None = None,
-    icc_profile: bytes | None = None,
+    metadata: CarriedMetadata | None = None,
 ) -> bytes:
     """PNG (fast compression) or JPEG bytes of an HxW[x3] uint8 image, marked with ``owner``
     (:func:`owner_of`) so that :func:`marker` recognises the file as written for it, with
-    the original's RGB colour profile (:func:`rgb_profile`) where it had one."""
-    icc_profile = icc_profile if image.ndim == 3 else None
+    the original's ``metadata`` (colour profile on RGB images only)."""
+    metadata = metadata or CarriedMetadata()
+    icc_profile = metadata.icc_profile if image.ndim == 3 else None
     if image_format == "jpg":
         buf = io.BytesIO()
         comment = f"{MARKER_KEY}={owner}"
         extra = {"icc_profile": icc_profile} if icc_profile else {}
+        if metadata.exif and len(metadata.exif) <= _JPEG_EXIF_LIMIT:
+            extra["exif"] = _EXIF_HEADER + metadata.exif
         Image.fromarray(image).save(
             buf, "JPEG", quality=quality, subsampling=0, comment=comment, **extra
         )
         return buf.getvalue()
-    return _encode_png(image, owner, icc_profile)
+    return _encode_png(image, owner, icc_profile, metadata.exif)
 
 
-def rgb_profile(path: str) -> bytes | None:
-    """The ICC colour profile of an image file whose pixels it describes as RGB (a P3 or
-    Adobe RGB photo's): a copy written without it shows other colours in colour-managed
-    viewers. None without one, or for a profile of another space (a CMYK or grey file's:
-    the copy is RGB)."""
+def carried_metadata(path: str) -> CarriedMetadata:
+    """What a protected copy of the image file ``path`` keeps of it.
+
+    - The ICC colour profile where it describes the pixels as RGB (a P3 or Adobe RGB
+      photo's: a copy written without it shows other colours in colour-managed viewers);
+      not a profile of another space (a CMYK or grey file's: the copy is RGB).
+    - The EXIF (camera, date, author, copyright, GPS), less the orientation, since the
+      copy's pixels are stored upright (:func:`read_rgb`), and less the thumbnail, a
+      small unprotected copy of the original.
+
+    Nothing of a file Pillow cannot open or whose EXIF it cannot parse.
+    """
     try:
         with Image.open(path) as im:
             profile = im.info.get("icc_profile")
-    except OSError:
-        return None
-    return profile if profile and profile[16:20] == b"RGB " else None
+            exif = im.getexif()
+            exif.pop(ExifTags.Base.Orientation, None)
+            # Pillow writes IFD0 and the IFDs it points to, never IFD1 (the thumbnail)
+            exif_bytes = exif.tobytes()[len(_EXIF_HEADER) :] if len(exif) else None
+    except (OSError, SyntaxError, ValueError, struct.error):
+        return CarriedMetadata()
+    return CarriedMetadata(profile if profile and profile[16:20] == b"RGB " else None, exif_bytes)
 
 
-def _encode_png(image: np.ndarray, owner: str, icc_profile: bytes | None = None) -> bytes:
+def _encode_png(
+    image: np.ndarray, owner: str, icc_profile: bytes | None = None, exif: bytes | None = None
+) -> bytes:
     """8-bit RGB or grayscale PNG of ``image``, the owner marker after the header (and
-    the colour profile, as an iCCP chunk).
+    the colour profile and EXIF, as iCCP and eXIf chunks).
 
     Every row takes the Sub filter (each byte minus the one a pixel to its left) and
     ISA-L's deflate at level 1 compresses them, band by band into one IDAT chunk each:
@@ -226,6 +254,8 @@ def _encode_png(image: np.ndarray, owner: str, icc_profile: bytes | None = None)
     parts.append(_png_chunk(b"IHDR", header + bytes([8, 2 if channels == 3 else 0, 0, 0, 0])))
     if icc_profile:  # before the image data, as PNG requires
         parts.append(_png_chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(icc_profile)))
+    if exif:
+        parts.append(_png_chunk(b"eXIf", exif))
     parts.append(
         _png_chunk(b"tEXt", MARKER_KEY.encode("latin-1") + b"\0" + owner.encode("latin-1"))
     )

@@ -52,7 +52,7 @@ from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.class_keys import ClassKeys, default_class_key
 from fiftyone_unseg.device import resolve_device
 from fiftyone_unseg.geometry import CACHE_BAND_PIXELS, Frame, row_bands
-from fiftyone_unseg.io import encode_marked, read_rgb, rgb_profile
+from fiftyone_unseg.io import CarriedMetadata, carried_metadata, encode_marked, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
 from fiftyone_unseg.modeling import NoiseGenerator
 from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG, check_budgets
@@ -134,7 +134,7 @@ class _Loaded:
     prompts: torch.Tensor  # Kx1x(S/4)x(S/4): the union, then one per segment in instance mode
     num_segments: int
     made_from: dict  # source_hash, source_stat, label_hash: what the copy is made from
-    icc_profile: bytes | None  # the original's RGB colour profile, given to the copy
+    metadata: CarriedMetadata  # what the copy keeps of the original file's metadata
 
 
 def protect(
@@ -872,7 +872,7 @@ def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
         torch.stack(prompts),
         len(present),
         made_from,
-        rgb_profile(task.source),
+        carried_metadata(task.source),
     )
 
 
@@ -907,7 +907,7 @@ def _write(item: _Loaded, noise: torch.Tensor, settings: dict, keys: ClassKeys |
     """Compose, measure, encode and write one protected image; returns its facts."""
     protected = _compose(item, noise, settings["eps"], settings["eps_bg"], keys)
     data = encode_marked(
-        protected, item.task.owner, settings["format"], settings["quality"], item.icc_profile
+        protected, item.task.owner, settings["format"], settings["quality"], item.metadata
     )
     if settings["format"] == "jpg":  # measure what was written
         protected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

@@ -386,14 +386,15 @@ def test_sixteen_bit_pgm_reads_on_its_own_scale_however_dark(tmp_path):
 
 
 @pytest.mark.parametrize("image_format", ["png", "jpg"])
-def test_a_photos_rgb_colour_profile_goes_with_its_protected_copy(
+def test_a_photos_colour_profile_and_exif_go_with_its_protected_copy(
     tmp_path,
     generators,  # noqa: F811
     image_format,
 ):
-    """A wide-gamut photo's copy keeps its profile, in the file and in the export; a
-    profile of another colour space (here Lab) never goes on an RGB copy."""
-    from PIL import ImageCms
+    """A wide-gamut camera photo's copy keeps its profile and its EXIF (author, copyright,
+    GPS), in the file and in the export, but not the orientation: the copy is stored
+    upright. A profile of another colour space (here Lab) never goes on an RGB copy."""
+    from PIL import ExifTags, ImageCms
 
     from fiftyone_unseg import export_protected
 
@@ -402,13 +403,21 @@ def test_a_photos_rgb_colour_profile_goes_with_its_protected_copy(
         for space in ("sRGB", "LAB")
     }
     profile = profiles.get  # made once: a profile's header holds its creation time
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # shown turned a quarter clockwise
+    exif[ExifTags.Base.Artist] = "Alice"
+    exif[ExifTags.Base.Copyright] = "(c) Alice 2026"
+    exif.get_ifd(ExifTags.IFD.GPSInfo)[ExifTags.GPS.GPSLatitudeRef] = "N"
 
     images = {name: Image.fromarray(_texture(64, 64, i)) for i, name in enumerate("abc")}
     images = {"wide.jpg": images["a"], "lab.jpg": images["b"], "plain.png": images["c"]}
     dataset = _dataset(f"icc-{image_format}", tmp_path / "originals", images)
     for name, space in (("wide.jpg", "sRGB"), ("lab.jpg", "LAB")):  # the photos' profiles
-        images[name].save(tmp_path / "originals" / name, icc_profile=profile(space))
-    assert Image.open(tmp_path / "originals" / "wide.jpg").info["icc_profile"] == profile("sRGB")
+        extra = {"exif": exif} if name == "wide.jpg" else {}
+        images[name].save(tmp_path / "originals" / name, icc_profile=profile(space), **extra)
+    with Image.open(tmp_path / "originals" / "wide.jpg") as original:
+        assert original.info["icc_profile"] == profile("sRGB")
+        upright = np.asarray(original.transpose(Image.Transpose.ROTATE_270), np.float32)
     protect(dataset, "seg_db", generator=generators["random"], image_format=image_format)
     copies = dict(
         zip(map(os.path.basename, dataset.values("filepath")), dataset.values("protected_filepath"))
@@ -416,9 +425,19 @@ def test_a_photos_rgb_colour_profile_goes_with_its_protected_copy(
     assert Image.open(copies["wide.jpg"]).info.get("icc_profile") == profile("sRGB")
     assert "icc_profile" not in Image.open(copies["lab.jpg"]).info
     assert "icc_profile" not in Image.open(copies["plain.png"]).info
+    assert not Image.open(copies["lab.jpg"]).getexif()
     export_protected(dataset, str(tmp_path / "out"), "images")
     exported = tmp_path / "out" / f"wide.{image_format}"
     assert Image.open(exported).info.get("icc_profile") == profile("sRGB")
+    for path in (copies["wide.jpg"], exported):
+        with Image.open(path) as copy:
+            carried = copy.getexif()
+            pixels = np.asarray(copy.convert("RGB"), np.float32)
+        assert np.abs(pixels - upright).mean() < 10  # the stored pixels are the upright ones
+        assert ExifTags.Base.Orientation not in carried
+        assert carried[ExifTags.Base.Artist] == "Alice"
+        assert carried[ExifTags.Base.Copyright] == "(c) Alice 2026"
+        assert carried.get_ifd(ExifTags.IFD.GPSInfo)[ExifTags.GPS.GPSLatitudeRef] == "N"
 
 
 def test_trainer_skips_bad_pairs_with_reasons(tmp_path):
