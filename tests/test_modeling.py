@@ -334,3 +334,34 @@ def test_grey_noise_is_all_luma_and_survives_saving(images, tmp_path):
     assert load_generator(tmp_path / "gen").config.noise_colour == 0.0
     with pytest.raises(ValueError, match="noise_colour"):
         build_noise_generator(dataclasses.replace(MICRO, noise_colour=1.5))
+
+
+def test_encode_from_two_threads_keeps_each_callers_early_features(micro, images):
+    """Concurrent ``encode`` calls on one model (two protect runs in one process) each get
+    their own images' early features, though each call's capture hook sees both."""
+    import threading
+
+    expected = [micro.encode(images[i : i + 1])[1] for i in range(2)]
+    both_registered = threading.Barrier(2)  # both calls' hooks are on before either runs
+
+    def wait_for_the_other(_module, _inputs):  # returns None: the inputs stay as they are
+        both_registered.wait(timeout=30)
+
+    gate = micro.image_encoder.blocks[0].register_forward_pre_hook(wait_for_the_other)
+    got = [None, None]
+
+    def run(i):
+        with torch.no_grad():
+            got[i] = micro.encode(images[i : i + 1])[1]
+
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        gate.remove()
+    for i in range(2):
+        assert torch.allclose(got[i], expected[i], atol=1e-5)
+    assert not torch.allclose(expected[0], expected[1], atol=1e-3)

@@ -1,5 +1,7 @@
 """The UnSeg generator G(image, prompt) -> noise, built from SAM's modules."""
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, PromptEncoder
@@ -48,10 +50,13 @@ class NoiseGenerator(PromptableSegmenter):
         with h = w = S / patch size.
         """
         normalized = self.normalize(images)
-        captured = []
-        hook = self.image_encoder.blocks[self.early_block_index].register_forward_hook(
-            lambda _module, _inputs, output: captured.append(output)
-        )
+        captured, caller = [], threading.get_ident()
+
+        def capture(_module, _inputs, output):  # the hook is the module's, for every thread
+            if threading.get_ident() == caller:
+                captured.append(output)
+
+        hook = self.image_encoder.blocks[self.early_block_index].register_forward_hook(capture)
         try:
             embeddings = self.image_encoder(normalized)
         finally:
