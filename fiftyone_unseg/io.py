@@ -212,22 +212,37 @@ def carried_metadata(path: str) -> CarriedMetadata:
     - The ICC colour profile where it describes the pixels as RGB (a P3 or Adobe RGB
       photo's: a copy written without it shows other colours in colour-managed viewers);
       not a profile of another space (a CMYK or grey file's: the copy is RGB).
-    - The EXIF (camera, date, author, copyright, GPS), less the orientation, since the
-      copy's pixels are stored upright (:func:`read_rgb`), and less the thumbnail, a
-      small unprotected copy of the original.
+    - The EXIF block of a JPEG, PNG or WebP (camera, date, author, copyright, GPS), less
+      the orientation, since the copy's pixels are stored upright (:func:`read_rgb`),
+      and less the thumbnail, a small unprotected copy of the original; its pixel
+      dimensions are the copy's. A TIFF's tags describe its own pixel layout and stay.
 
     Nothing of a file Pillow cannot open or whose EXIF it cannot parse.
     """
     try:
         with Image.open(path) as im:
             profile = im.info.get("icc_profile")
-            exif = im.getexif()
-            exif.pop(ExifTags.Base.Orientation, None)
-            # Pillow writes IFD0 and the IFDs it points to, never IFD1 (the thumbnail)
-            exif_bytes = exif.tobytes()[len(_EXIF_HEADER) :] if len(exif) else None
+            exif_bytes = _carried_exif(im) if "exif" in im.info else None
     except (OSError, SyntaxError, ValueError, struct.error):
         return CarriedMetadata()
     return CarriedMetadata(profile if profile and profile[16:20] == b"RGB " else None, exif_bytes)
+
+
+def _carried_exif(im: Image.Image) -> bytes | None:
+    """An opened image's EXIF for its upright copy, without the JPEG header."""
+    exif = im.getexif()
+    width, height = im.size
+    if exif.pop(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # turned a quarter
+        width, height = height, width
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    for tag, value in (
+        (ExifTags.Base.ExifImageWidth, width),
+        (ExifTags.Base.ExifImageHeight, height),
+    ):
+        if tag in details:
+            details[tag] = value
+    # Pillow writes IFD0 and the IFDs it points to, never IFD1 (the thumbnail)
+    return exif.tobytes()[len(_EXIF_HEADER) :] if len(exif) else None
 
 
 def _encode_png(

@@ -440,6 +440,30 @@ def test_a_photos_colour_profile_and_exif_go_with_its_protected_copy(
         assert carried.get_ifd(ExifTags.IFD.GPSInfo)[ExifTags.GPS.GPSLatitudeRef] == "N"
 
 
+def test_carried_exif_describes_the_upright_copy_and_never_a_tiffs_layout(tmp_path):
+    """A turned photo's EXIF dimensions become the upright copy's; a TIFF's tags describe
+    its own strips and compression, so none of them goes on a PNG or JPEG copy."""
+    from PIL import ExifTags
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 8
+    exif[ExifTags.Base.Artist] = "Alice"
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    details[ExifTags.Base.ExifImageWidth], details[ExifTags.Base.ExifImageHeight] = 60, 40
+    photo = Image.fromarray(_texture(40, 60))
+    photo.save(tmp_path / "turned.jpg", exif=exif)
+    photo.save(tmp_path / "scan.tif", exif=exif)
+    carried = Image.Exif()
+    carried.load(b"Exif\0\0" + io.carried_metadata(str(tmp_path / "turned.jpg")).exif)
+    assert ExifTags.Base.Orientation not in carried and carried[ExifTags.Base.Artist] == "Alice"
+    details = carried.get_ifd(ExifTags.IFD.Exif)
+    assert (details[ExifTags.Base.ExifImageWidth], details[ExifTags.Base.ExifImageHeight]) == (
+        40,
+        60,
+    )
+    assert io.carried_metadata(str(tmp_path / "scan.tif")).exif is None
+
+
 def test_trainer_skips_bad_pairs_with_reasons(tmp_path):
     im, gt = tmp_path / "my images" / "im", tmp_path / "my images" / "gt"
     im.mkdir(parents=True)
