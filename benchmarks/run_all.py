@@ -25,6 +25,9 @@ BENCHMARKS = (
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):  # the suite runs for hours: never on a request for help
+        print(__doc__.strip() + "\n\nusage: python benchmarks/run_all.py [--quick] [ARGS...]")
+        return 0
     failed = []
     for script in BENCHMARKS:
         print(f"\n=== {script} ===", flush=True)

@@ -14,8 +14,10 @@ image to the stem before ``__`` (``masks/0001__00.png``, ``masks/0001__01.png``)
     .venv/bin/python examples/train_generator_on_folders.py --data hqseg44k:/data/HQSeg-44K/data \\
         --max-steps 2000 --out runs/hqseg --protect my_set/images:my_set/masks
 
-The default 300 steps (one surrogate and one generator phase of ``tiny``) take a few
-minutes on a CPU: enough to see it work, not to protect well (``tiny`` itself runs 1800).
+The default 300 bilevel steps (one surrogate and one generator phase of ``tiny``), after
+the config's 600 steps of segmenter pretraining (``--pretrain-steps`` to change), take
+about half an hour on one CPU core: enough to see it work, not to protect well (``tiny``
+itself runs 600 + 600).
 ``--protect IMAGES_DIR:MASKS_DIR`` then loads the images that have masks there into a
 FiftyOne dataset, their masks as the ``objects`` instances, and protects them with the
 new generator.

@@ -199,3 +199,14 @@ def test_effectiveness_without_baselines_trains_only_clean_and_protected_under_s
     # a new generator's audit reuse the baselines of a full run at the same settings.
     assert stress["clean"] == victim["clean"]
     assert "blur1" in out.stdout and "n/a" in out.stdout
+
+
+def test_the_suite_answers_help_without_running_a_benchmark():
+    """``benchmarks/run_all.py --help`` prints what the suite does; it ran every
+    benchmark for hours before."""
+    suite = os.path.join(BENCHMARKS, "run_all.py")
+    done = subprocess.run(
+        [sys.executable, suite, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "usage: python benchmarks/run_all.py" in done.stdout
+    assert "===" not in done.stdout  # no benchmark started

@@ -53,6 +53,19 @@ def test_registry_finds_plugin_and_operators():
     assert contexts and not contexts[0].errors, contexts[0].errors if contexts else "not loaded"
 
 
+def test_plugin_requirements_are_the_packages_dependencies_less_fiftyone():
+    """``fiftyone plugins requirements @unseg/unseg --install`` installs requirements.txt:
+    every dependency the package declares (isal, tensorboard, ...) but FiftyOne's own."""
+    import tomllib
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(repo, "pyproject.toml"), "rb") as f:
+        declared = tomllib.load(f)["project"]["dependencies"]
+    with open(os.path.join(repo, "requirements.txt")) as f:
+        listed = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert listed == [d for d in declared if not d.startswith("fiftyone")]
+
+
 def test_fiftyone_cli_lists_plugin_and_operators():
     assert "@unseg/unseg" in _fiftyone_cli("plugins", "list")
     listed = _fiftyone_cli("operators", "list")
