@@ -217,12 +217,15 @@ def carried_metadata(path: str) -> CarriedMetadata:
       and less the thumbnail, a small unprotected copy of the original; its pixel
       dimensions are the copy's. A TIFF's tags describe its own pixel layout and stay.
 
-    Nothing of a file Pillow cannot open or whose EXIF it cannot parse.
+    Nothing of a file Pillow cannot open, no EXIF where Pillow cannot parse or rewrite it.
     """
     try:
         with Image.open(path) as im:
             profile = im.info.get("icc_profile")
-            exif_bytes = _carried_exif(im) if "exif" in im.info else None
+            try:
+                exif_bytes = _carried_exif(im) if "exif" in im.info else None
+            except Exception:  # Pillow fails on damaged EXIF in many ways; the pixels matter
+                exif_bytes = None
     except (OSError, SyntaxError, ValueError, struct.error):
         return CarriedMetadata()
     return CarriedMetadata(profile if profile and profile[16:20] == b"RGB " else None, exif_bytes)

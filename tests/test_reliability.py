@@ -464,6 +464,31 @@ def test_carried_exif_describes_the_upright_copy_and_never_a_tiffs_layout(tmp_pa
     assert io.carried_metadata(str(tmp_path / "scan.tif")).exif is None
 
 
+def test_exif_pillow_cannot_rewrite_is_left_out_and_the_photo_still_protected(
+    tmp_path,
+    monkeypatch,
+    generators,  # noqa: F811
+):
+    """Damaged EXIF that Pillow reads but fails to write again (a TypeError from its TIFF
+    writer, found by mutating EXIF bytes) costs the copy its EXIF, never its protection."""
+    from PIL import ExifTags
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Artist] = "Alice"
+    dataset = _dataset("damaged-exif", tmp_path / "originals", {"a.jpg": GOOD})
+    GOOD.save(dataset.first().filepath, exif=exif)
+
+    def fails(self, offset=8):
+        raise TypeError("ImageFileDirectory_v2.write_string() takes 2 positional arguments")
+
+    monkeypatch.setattr(Image.Exif, "tobytes", fails)
+    summary = protect(dataset, "seg_db", generator=generators["random"])
+    assert summary["failed"] == 0 and summary["protected"] == 1
+    monkeypatch.undo()
+    with Image.open(dataset.first().protected_filepath) as copy:
+        assert not copy.getexif()
+
+
 def test_trainer_skips_bad_pairs_with_reasons(tmp_path):
     im, gt = tmp_path / "my images" / "im", tmp_path / "my images" / "gt"
     im.mkdir(parents=True)
