@@ -6,7 +6,6 @@ import errno
 import io
 import os
 import re
-import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -226,7 +225,7 @@ def carried_metadata(path: str) -> CarriedMetadata:
                 exif_bytes = _carried_exif(im) if "exif" in im.info else None
             except Exception:  # Pillow fails on damaged EXIF in many ways; the pixels matter
                 exif_bytes = None
-    except (OSError, SyntaxError, ValueError, struct.error):
+    except OSError:  # Pillow's open raises it for whatever it cannot read
         return CarriedMetadata()
     return CarriedMetadata(profile if profile and profile[16:20] == b"RGB " else None, exif_bytes)
 
