@@ -803,6 +803,24 @@ def test_simulated_countermeasures_match_the_real_ones_and_pass_gradients():
         TrainConfig(eot=["sharpen"])
 
 
+def test_countermeasures_keep_small_noise_under_bfloat16_autocast():
+    """On a GPU the trainer runs under bfloat16 autocast; the JPEG stand-in's colour and
+    DCT products must still run in float32, or their rounding (up to several /255) is as
+    large as the noise that survives them."""
+    from fiftyone_unseg.sample_data import make_scene
+    from trainer import eot
+
+    image = torch.from_numpy(make_scene(0, 3, 64).image).permute(2, 0, 1)[None].float() / 255
+    x = (image + (8 / 255) * torch.randn_like(image).sign()).clamp(0, 1)
+    random.seed(0)
+    exact = eot.random_countermeasure(x, ["jpeg"], p=1.0)
+    random.seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = eot.random_countermeasure(x, ["jpeg"], p=1.0)
+    assert under_autocast.dtype == torch.float32
+    assert (under_autocast - exact).abs().max() < 1e-5
+
+
 def test_countermeasures_at_the_published_size_act_on_the_published_image():
     """With ``eot_scale`` the image is enlarged before its counter-measure, as a protected
     image is published larger than the generator's side: a blur sigma then spans fewer

@@ -146,7 +146,13 @@ def _resize(image: torch.Tensor, size) -> torch.Tensor:
 def random_countermeasure(images: torch.Tensor, kinds, p: float, scale=(1.0, 1.0)) -> torch.Tensor:
     """Each image of Bx3xHxW, with probability ``p``, through one of ``kinds`` with random
     strength, applied at its size times a factor drawn log-uniformly from ``scale`` (lo, hi);
-    the rest unchanged."""
+    the rest unchanged. Computed in float32 even under autocast: bfloat16 cannot hold a JPEG
+    DC coefficient or a luma value finely enough to keep noise of a few /255."""
+    with torch.autocast(images.device.type, enabled=False):
+        return _random_countermeasure(images.float(), kinds, p, scale)
+
+
+def _random_countermeasure(images: torch.Tensor, kinds, p: float, scale) -> torch.Tensor:
     out = []
     for image in images.split(1):
         if not kinds or random.random() >= p:
