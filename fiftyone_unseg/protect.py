@@ -775,11 +775,12 @@ class _Run:
                 mine.append(task)
         if not mine:
             return []
-        selected = self.view.select([t.id for t in mine])
-        ids, labels = selected.values(["id", self.spec.label_field])
-        stored = stored_samples(selected)  # the labels as stored: what label_hash records
-        paths, generators, kept = stored.values(
-            ["protected_filepath", "unseg.generator_id", self.spec.label_field]
+        # The labels as stored, not as the view shows them: a view that filters labels
+        # picks samples, never objects, so every object is protected and a later run on
+        # the whole dataset finds the copy current (label_hash records the stored label).
+        stored = stored_samples(self.view.select([t.id for t in mine]))
+        ids, paths, generators, kept = stored.values(
+            ["id", "protected_filepath", "unseg.generator_id", self.spec.label_field]
         )
         done = [False] * len(ids) if self.overwrite else _done(stored, self.settings)
         skipped = [i for i, skip in zip(ids, done) if skip]  # protected by another run meanwhile
@@ -787,7 +788,7 @@ class _Run:
         for sample_id in skipped:
             self.skipped += 1
             self._release(sample_id)
-        found = {i: (label, kept[k]) for k, (i, label) in enumerate(zip(ids, labels))}
+        found = dict(zip(ids, kept))
         mine = [t for t in mine if t.id in self.locks]
         self.previous.update((i, path) for i, path in zip(ids, paths) if i in self.locks and path)
         # The facts must never describe another file: clear them before replacing it, and
@@ -844,15 +845,15 @@ class _Run:
 
 def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
     """Hash what the copy is made from, then read the image, rasterise its segments
-    (``labels``: id -> (label in the view, label as stored)) and map both to the model
-    frame. Hashing first: a file changed meanwhile leaves the copy stale, never current."""
+    (``labels``: id -> label as stored) and map both to the model frame. Hashing first: a
+    file changed meanwhile leaves the copy stale, never current."""
     if task.id not in labels:
         raise ValueError("the sample left the view during the run")
-    label, stored = labels[task.id]
+    label = labels[task.id]
     made_from = {
         "source_stat": file_stat(task.source),  # before the bytes: a change after shows
         "source_hash": file_hash(task.source),
-        "label_hash": label_hash(stored),
+        "label_hash": label_hash(label),
     }
     image = read_rgb(task.source)
     frame = Frame(image.shape[0], image.shape[1], size)

@@ -298,3 +298,25 @@ def test_visualize_refuses_fields_that_hold_something_else(tmp_path, generators,
         visualize_noise(dataset, **fields)
     assert dataset.first().to_dict() == before
     assert not os.path.exists(os.path.join(os.path.dirname(before["protected_filepath"]), "noise"))
+
+
+def test_a_view_that_filters_labels_picks_samples_and_every_object_is_protected(
+    tmp_path,
+    generators,  # noqa: F811
+):
+    """The App's sidebar filters hide objects from the view; the copy is still made from
+    every object of the stored label (what its label hash records), so a later run on the
+    whole dataset rightly finds it current."""
+    from fiftyone import ViewField as F
+    from test_protect import OTHER, RECT
+
+    dataset = _scene_dataset("filtered-labels", tmp_path, count=2)
+    things = dataset.filter_labels("dets", F("label") == "thing")
+    assert protect(things, "dets", generator=generators["saturated"])["protected"] == 2
+    assert dataset.values("unseg.num_segments") == [2, 2]
+    for sample in dataset:
+        noise = np.abs(_noise(sample))
+        for y0, y1, x0, x1 in (RECT, OTHER):  # both objects at the object budget
+            assert noise[y0:y1, x0:x1].max() >= EPS - TOL
+    again = protect(dataset, "dets", generator=generators["saturated"])
+    assert (again["protected"], again["skipped"]) == (0, 2) and _counts(dataset) == (2, 0)
