@@ -20,6 +20,7 @@ import time
 
 from fiftyone_unseg.checkpoint import clear_run_outputs, generator_id
 from fiftyone_unseg.io import atomic_write_bytes, safe_name
+from fiftyone_unseg.protect import check_images
 
 # trainer/configs/<recipe>.json -> its bilevel steps: a fresh surrogate every block (about
 # 10 minutes on an idle 2-core CPU), or one that keeps learning (about 40 minutes on one
@@ -77,6 +78,7 @@ def adapt_generator(
     if recipe not in RECIPES:
         raise ValueError(f"unknown adaptation recipe {recipe!r}: choose one of {list(RECIPES)}")
     steps = RECIPES[recipe] if steps is None else steps
+    check_images(samples, "adapt")
     dataset = samples._dataset
     settings = {
         "recipe": recipe,

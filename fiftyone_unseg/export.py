@@ -27,7 +27,6 @@ import tempfile
 import time
 
 import fiftyone as fo
-import fiftyone.core.media as fom
 import fiftyone.utils.data as foud
 import fiftyone.utils.data.exporters as foue
 import fiftyone.utils.labels as fou
@@ -39,6 +38,7 @@ from fiftyone_unseg.protect import (
     CURRENT,
     PROTECTION_FIELDS,
     STALE,
+    check_images,
     dataset_file_in,
     noise_paths,
     optional_values,
@@ -116,8 +116,7 @@ def export_protected(
     cannot take its label type.
     """
     started = time.monotonic()
-    if samples.media_type != fom.IMAGE:
-        raise ValueError(f"export works on images; this collection holds {samples.media_type}")
+    check_images(samples, "export")
     dataset_type = _dataset_type(dataset_type)
     fields = [label_field] if isinstance(label_field, str) else list(label_field or [])
     export_dir = os.path.abspath(export_dir)

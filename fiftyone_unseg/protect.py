@@ -239,8 +239,7 @@ def protect(
     image_format = _check_options(
         eps, eps_bg, image_format, jpeg_quality, batch_size, shard, run_key
     )
-    if samples.media_type != fom.IMAGE:
-        raise ValueError(f"protect works on images; this collection holds {samples.media_type}")
+    check_images(samples, "protect")
     if len(samples) == 0:
         raise ValueError("nothing to protect: the collection has no samples")
     spec = resolve_prompt(samples, label_field, prompt, background, ignore)
@@ -343,6 +342,7 @@ def restore(samples, delete_protected: bool = False) -> dict:
     ``unseg`` fields and the fields pointing at their noise images cleared.
     Returns counts: ``restored``, ``unchanged``, ``deleted`` (protected copies).
     """
+    check_images(samples, "restore")
     stored = stored_samples(samples)  # a view may leave the path fields out
     ids = stored.values("id")
     originals = optional_values(stored, "original_filepath")
@@ -561,6 +561,22 @@ def _shard_view(samples, shard):
         return samples
     index, count = shard
     return samples.select([i for i in samples.values("id") if shard_of(i, count) == index])
+
+
+def check_images(samples, action: str) -> None:
+    """ValueError unless ``samples`` are images of a flat dataset; ``action`` (protect,
+    export, ...) names what refuses them. A grouped dataset's methods see only its default
+    slice, so the message says how to make a slice a dataset of its own."""
+    dataset = samples._dataset
+    if dataset.media_type == fom.GROUP:
+        first = next(iter(dataset.group_slices), "SLICE")
+        raise ValueError(
+            f"{action} works on datasets of images, and {dataset.name!r} is grouped (slices "
+            f"{', '.join(dataset.group_slices)}): clone a slice into a dataset of its own, "
+            f"e.g. dataset.select_group_slices({first!r}).clone({dataset.name + '-' + first!r})"
+        )
+    if samples.media_type != fom.IMAGE:
+        raise ValueError(f"{action} works on images; this collection holds {samples.media_type}")
 
 
 def stored_samples(samples):

@@ -14,6 +14,7 @@ from fiftyone_unseg.protect import (
     CURRENT,
     DEFAULT_EPS,
     PROTECTION_FIELDS,
+    check_images,
     failure,
     noise_paths,
     optional_values,
@@ -56,6 +57,7 @@ def visualize_noise(
     run (``stopped``). Returns ``visualized``, ``not_protected``, ``failed``,
     ``failures`` (sample id, path, reason) and ``stopped``.
     """
+    check_images(samples, "visualize")
     _check_fields(samples._dataset, heatmap_field, amplified_field)
     jobs = _jobs(samples)
     not_protected = len(samples) - len(jobs)

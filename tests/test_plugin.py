@@ -95,6 +95,53 @@ def test_dataset_operators_ask_for_a_dataset_when_none_is_open(name):
         foo.execute_operator(f"@unseg/unseg/{name}", ctx={"params": {}})
 
 
+def test_grouped_datasets_are_refused_with_the_way_to_a_slice_of_their_own(tmp_path, generators):  # noqa: F811
+    """A grouped dataset's methods see only its default slice: protecting another slice
+    used to skip every sample as already protected. The SDK and every dataset operator
+    refuse it and say how to clone a slice, which then protects."""
+    from PIL import Image
+
+    from fiftyone_unseg import evaluate_protection, export_protected, restore, visualize_noise
+    from fiftyone_unseg.adapt import adapt_generator
+    from trainer.data import load_pairs
+
+    flat = _scene_dataset("grouped-source", tmp_path / "scenes", count=2)
+    dataset = fo.Dataset("grouped", overwrite=True)
+    dataset.add_group_field("group", default="left")
+    samples = []
+    for i, sample in enumerate(flat):
+        group = fo.Group()
+        for name in ("left", "right"):
+            path = str(tmp_path / f"{name}{i}.png")
+            Image.open(sample.filepath).save(path)
+            samples.append(fo.Sample(filepath=path, dets=sample.dets, group=group.element(name)))
+    dataset.add_samples(samples, progress=False)
+    right = dataset.select_group_slices("right")
+    hint = "select_group_slices('left').clone('grouped-left')"
+    for action, call in (
+        ("protect", lambda: protect(right, "dets", generator=generators["random"])),
+        ("restore", lambda: restore(right)),
+        ("visualize", lambda: visualize_noise(right)),
+        ("export", lambda: export_protected(right, str(tmp_path / "out"), "images")),
+        ("evaluate", lambda: evaluate_protection(right, "dets")),
+        ("adapt", lambda: adapt_generator(right, "dets")),
+    ):
+        with pytest.raises(ValueError, match=f"^{action} works on datasets of images.*grouped"):
+            call()
+    with pytest.raises(ValueError, match="^fiftyone:grouped:dets: training works on datasets"):
+        load_pairs("fiftyone:grouped:dets")
+    assert not right.exists("protected_filepath").count() and not (tmp_path / "out").exists()
+    for name in sorted(OPERATORS - {"load_sample_dataset"}):
+        operator = foo.get_operator(f"@unseg/unseg/{name}")
+        ctx = ExecutionContext({"dataset_name": dataset.name, "params": {}})
+        properties = operator.resolve_input(ctx).to_json()["type"]["properties"]
+        assert list(properties) == ["grouped"], name
+        assert hint in properties["grouped"]["view"]["label"], name
+    own = right.clone("grouped-right")
+    assert protect(own, "dets", generator=generators["random"])["protected"] == 2
+    dataset.delete()
+
+
 def _protect_and_show(dataset, generator: str) -> tuple[dict, dict]:
     """The protect operator's result on ``dataset`` and its output properties."""
     params = {"label_field": "dets", "generator": generator}

@@ -355,7 +355,7 @@ def test_segments_smaller_than_a_prompt_cell_are_in_their_prompts(tmp_path):
     sample.save()
     task = protect_module._Task(sample.id, sample.filepath, "", 0, owner="")
     spec = resolve_prompt(dataset, "dets", "instance")
-    loaded = protect_module._load(task, {sample.id: (sample.dets, sample.dets)}, spec, 64)
+    loaded = protect_module._load(task, {sample.id: sample.dets}, spec, 64)
     assert loaded.num_segments == 3
     assert [int(p.sum()) for p in loaded.prompts] == [58, 48, 9, 1]  # union, thing, other, tiny
 

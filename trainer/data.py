@@ -89,13 +89,17 @@ def _fiftyone_source(spec: str) -> list:
     """
     import fiftyone as fo
 
-    from fiftyone_unseg.protect import original_paths
+    from fiftyone_unseg.protect import check_images, original_paths
 
     parts = spec.split(":")[1:]
     name, _, saved_view = parts[0].partition("@")
     database.connect()
     dataset = fo.load_dataset(name)
     view = dataset.load_saved_view(saved_view) if saved_view else dataset
+    try:
+        check_images(view, "training")
+    except ValueError as error:
+        raise ValueError(f"{spec}: {error}") from None
     fields = _label_fields(view)
     usable = {f: t for f, t in fields.items() if t in ("Detections", "Polylines", "Segmentation")}
     field = parts[1] if len(parts) > 1 else next(iter(usable), None)

@@ -36,7 +36,7 @@ from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS, make_victim
 from fiftyone_unseg.device import resolve_device
 from fiftyone_unseg.io import atomic_write_image, read_rgb, safe_name
 from fiftyone_unseg.labels import load_mask
-from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, failure
+from fiftyone_unseg.protect import DEFAULT_EPS, DEFAULT_EPS_BG, check_images, failure
 from fiftyone_unseg.settings import check_budgets
 
 DEFAULT_RUN_KEY = "unseg_audit"
@@ -140,6 +140,7 @@ def evaluate_protection(
     in ``output_dir`` and recorded as the run ``run_key`` (:func:`load_report`).
     """
     started = time.monotonic()
+    check_images(samples, "evaluate")
     measure = Countermeasure.parse(countermeasure)
     check_budgets(eps, eps_bg)
     device = str(resolve_device(device))

@@ -4,7 +4,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_unseg.export import EXPORT_TYPES, export_protected, exportable_fields
-from fiftyone_unseg.plugin.forms import form_error, require_protection, target_form
+from fiftyone_unseg.plugin.forms import form_error, require_protection, target_form, unusable
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.plugin.protect import operator_config
 
@@ -32,7 +32,7 @@ class ExportProtected(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs, form = target_form(ctx, "UnSeg: export protected copy", "Export")
-        if ctx.dataset is None:
+        if unusable(ctx, "Export"):
             return form
         if not require_protection(ctx, inputs):
             return form

@@ -22,14 +22,29 @@ def form_error(inputs, name: str, message: str) -> None:
 def target_form(ctx, label: str, action: str) -> tuple[types.Object, types.Property]:
     """The inputs and form ``label`` of an operator that does ``action`` to a view target.
 
-    Without an open dataset the form only says so and cannot run: add nothing to it then.
+    Without an open dataset of images the form only says why and cannot run: add nothing
+    to it then (:func:`unusable`).
     """
     inputs = types.Object()
-    if ctx.dataset is None:
-        form_error(inputs, "no_dataset", NO_DATASET)
+    problem = unusable(ctx, action)
+    if problem:
+        form_error(inputs, "no_dataset" if ctx.dataset is None else "grouped", problem)
     else:
         inputs.view_target(ctx, action_description=action)
     return inputs, types.Property(inputs, view=types.View(label=label))
+
+
+def unusable(ctx, action: str) -> str | None:
+    """Why ``action`` cannot run on the App's dataset (none open, or grouped), or None."""
+    from fiftyone_unseg.protect import check_images
+
+    if ctx.dataset is None:
+        return NO_DATASET
+    try:
+        check_images(ctx.dataset, action)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def label_field_form(ctx, label: str, action: str, field_label: str):
@@ -39,7 +54,7 @@ def label_field_form(ctx, label: str, action: str, field_label: str):
     from fiftyone_unseg.labels import supported_label_fields
 
     inputs, form = target_form(ctx, label, action)
-    if ctx.dataset is None:
+    if unusable(ctx, action):
         return inputs, form, False
     fields = supported_label_fields(ctx.dataset)
     if not fields:

@@ -13,6 +13,7 @@ from fiftyone_unseg.plugin.forms import (
     segment_value_inputs,
     segment_value_params,
     target_form,
+    unusable,
 )
 from fiftyone_unseg.plugin.progress import app_progress
 from fiftyone_unseg.protect import protect, restore, unnamed_warning
@@ -296,7 +297,7 @@ class RestoreOriginals(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs, form = target_form(ctx, "UnSeg: restore originals", "Restore")
-        if ctx.dataset is not None:
+        if not unusable(ctx, "Restore"):
             inputs.bool("delete_protected", default=False, label="Also delete the protected images")
         return form
 
@@ -326,7 +327,7 @@ class VisualizeNoise(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs, form = target_form(ctx, "UnSeg: visualize noise", "Visualize")
-        if ctx.dataset is None:
+        if unusable(ctx, "Visualize"):
             return form
         inputs.str("heatmap_field", label="Heatmap field", default="unseg_noise", required=True)
         inputs.bool(
