@@ -443,11 +443,15 @@ def colour_values(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def safe_name(name: str, empty: str = "image") -> str:
+def safe_name(name: str, empty: str = "image", max_bytes: int | None = None) -> str:
     """``name`` with anything but letters, digits, ``.``, ``_`` and ``-`` replaced; no
     leading dot, so it can never be a path, a hidden file or ``..`` (``empty`` if nothing
-    is left)."""
-    return re.sub(r"[^\w.-]+", "_", name).lstrip(".") or empty
+    is left); at most ``max_bytes`` of UTF-8, cut between characters (file names are
+    limited in bytes, and a letter of many scripts takes three)."""
+    safe = re.sub(r"[^\w.-]+", "_", name).lstrip(".")
+    if max_bytes is not None:
+        safe = safe.encode()[:max_bytes].decode("utf-8", "ignore")
+    return safe or empty
 
 
 def unclashed_name(base: str, extension: str, taken: set) -> str:

@@ -374,7 +374,7 @@ def default_output_dir(dataset) -> str:
 def protected_name(source: str, sample_id: str, image_format: str) -> str:
     """``<stem>-<sample id>.<format>``: unique per sample and a plain file name."""
     stem = os.path.splitext(os.path.basename(source))[0]
-    return f"{uio.safe_name(stem)[:100]}-{sample_id}.{image_format}"
+    return f"{uio.safe_name(stem, max_bytes=100)}-{sample_id}.{image_format}"
 
 
 def failure(sample_id: str, path: str, error: BaseException) -> dict:

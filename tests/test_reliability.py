@@ -56,6 +56,7 @@ def test_protect_reports_bad_files_and_converts_every_image_kind(tmp_path, gener
         "deep.png": Image.fromarray(_texture(64, 64)[..., 0].astype(np.uint16) * 257),
         "cmyk.jpg": GOOD.convert("CMYK"),
         "één foto.png": GOOD,
+        "写真" * 35 + ".png": GOOD,  # 214 bytes: a copy named by characters would exceed 255
     }
     dataset = _dataset("bad-inputs", folder, images)
     GOOD.save(folder / "rotated.jpg", exif=exif)  # shown 64 x 64 either way
@@ -95,6 +96,7 @@ def test_protect_reports_bad_files_and_converts_every_image_kind(tmp_path, gener
     for sample in dataset.match(fo.ViewField("protected_filepath") != None):  # noqa: E711
         with Image.open(sample.protected_filepath) as out:  # converted, 8-bit RGB, same size
             assert (out.mode, out.format) == ("RGB", "PNG") and out.size == (64, 64)
+    assert visualize_noise(dataset, amplified_field="noise_image")["failed"] == 0
     assert _hashes(before) == before
 
 
