@@ -726,4 +726,6 @@ def test_protect_operator_form_rejects_what_cannot_run(tmp_path, generators):
         ctx = ExecutionContext({"dataset_name": scenes.name, "params": {"eps": eps}})
         fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
         assert ("budget_visible" in fields) == warned
-    assert "24/255 is above 16/255" in fields["budget_visible"]["view"]["label"]
+    warning = fields["budget_visible"]["view"]["label"]  # a sentence, its terms as written
+    assert warning.startswith("A budget of 24/255 is above 16/255") and "(PSNR down to" in warning
+    assert warning.endswith(" dB where it is at full budget)")

@@ -135,7 +135,7 @@ class ProtectSamples(foo.Operator):
             )
         warning = visibility_warning(max(eps or 0, eps_bg or 0) / 255)
         if warning:
-            inputs.view("budget_visible", types.Warning(label=warning.capitalize()))
+            inputs.view("budget_visible", types.Warning(label=sentence(warning)))
         inputs.float(
             "class_mix",
             label="Class key: share of each class's secret texture in its noise (0: none)",
@@ -268,8 +268,7 @@ class ProtectSamples(foo.Operator):
             outputs.view("busy", types.Warning(label=message))
         visibility = (ctx.results or {}).get("visibility")
         if visibility:
-            line = visibility_line(visibility)
-            line = line[:1].upper() + line[1:]
+            line = sentence(visibility_line(visibility))
             if ctx.params.get("preview"):
                 line += (
                     ". To look at them, pick protected_filepath as the grid's media field "
@@ -279,7 +278,7 @@ class ProtectSamples(foo.Operator):
         unnamed = (ctx.results or {}).get("unnamed_values")
         if unnamed:
             message = unnamed_warning(ctx.params.get("label_field", ""), unnamed)
-            outputs.view("unnamed_values", types.Warning(label=message.capitalize()))
+            outputs.view("unnamed_values", types.Warning(label=sentence(message)))
         _problems(ctx, outputs)
         return types.Property(outputs)
 
@@ -365,3 +364,8 @@ class VisualizeNoise(foo.Operator):
             outputs.int(name, label=name.replace("_", " ").capitalize())
         _problems(ctx, outputs)
         return types.Property(outputs)
+
+
+def sentence(text: str) -> str:
+    """``text`` with its first letter upper-case and the rest as it is (field names, dB)."""
+    return text[:1].upper() + text[1:]
