@@ -363,13 +363,24 @@ def _protection_fields(samples, fields: list[str]) -> list[str]:
 
 def _check_label_type(samples, dataset_type, field: str, export_dir: str) -> None:
     """ValueError if the exporter of ``dataset_type`` cannot take ``field``'s label type,
-    by FiftyOne's own rule (run here before any work, not when the exporter meets it)."""
+    by FiftyOne's own rule (run here before any work, not when the exporter meets it).
+    Class-mask folders take Segmentation fields only: FiftyOne would draw Detections
+    without their classes (every object 255) and drop those without a mask, and Polylines
+    as outlines."""
+    schema = samples.get_field(field)
+    label_type = getattr(schema, "document_type", None) or type(schema)
+    kind = _kind(dataset_type)
+    if issubclass(kind, fo.types.ImageSegmentationDirectory) and label_type is not fo.Segmentation:
+        raise ValueError(
+            f"{_format_name(kind)} exports class masks (Segmentation fields), not {field!r} "
+            f"({label_type.__name__} labels), whose classes and unmasked objects it would "
+            "lose: export instances as COCO (coco) or COCO panoptic (coco-panoptic), or "
+            "convert them first with fiftyone.utils.labels.objects_to_segmentations"
+        )
     exporter, _ = foud.build_dataset_exporter(dataset_type, export_dir=export_dir)  # no I/O
     try:
         foue._make_label_coercion_functions(field, samples, exporter)
     except ValueError:
-        schema = samples.get_field(field)
-        label_type = getattr(schema, "document_type", None) or type(schema)
         accepted = exporter.label_cls
         if isinstance(accepted, dict):
             accepted = list(accepted.values())
@@ -377,7 +388,7 @@ def _check_label_type(samples, dataset_type, field: str, export_dir: str) -> Non
             accepted = [accepted]
         names = ", ".join(t.__name__ for t in accepted)
         raise ValueError(
-            f"{_format_name(_kind(dataset_type))} cannot export {field!r} ({label_type.__name__} "
+            f"{_format_name(kind)} cannot export {field!r} ({label_type.__name__} "
             f"labels); it takes {names}"
         ) from None
 

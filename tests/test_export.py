@@ -14,7 +14,7 @@ from PIL import Image
 from test_protect import _box, _dataset, _hashes, _scene_dataset, _texture, generators  # noqa: F401
 
 from fiftyone_unseg import export_protected, protect, restore, visualize_noise
-from fiftyone_unseg.export import export_names
+from fiftyone_unseg.export import export_names, exportable_fields
 from fiftyone_unseg.io import marker, read_mask, unmarked
 
 # Originals in nested folders: a name twice in different folders, a case-only clash.
@@ -105,9 +105,13 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
     for name in EXPORTED:
         assert np.array_equal(read_mask(str(masks / "labels" / name)), semantic)
 
-    instance_masks = tmp_path / "instance-masks"  # Detections painted as class maps
-    export_protected(dataset.select_fields("dets"), str(instance_masks), "segmentation-dir", "dets")
-    assert len(list((instance_masks / "labels").rglob("*.png"))) == 4
+    # FiftyOne would paint Detections as 255 for every class and drop unmasked ones.
+    instance_masks = tmp_path / "instance-masks"
+    for field in ("dets", "boxes", "polys"):
+        with pytest.raises(ValueError, match=f"class masks.*not '{field}'.*coco-panoptic"):
+            export_protected(dataset, str(instance_masks), "segmentation-dir", field)
+    assert not instance_masks.exists()
+    assert exportable_fields(dataset, "segmentation-dir") == ["seg_db", "seg_path"]
 
     full = tmp_path / "fiftyone"
     export_protected(dataset, str(full), "fiftyone", ["dets", "seg_db", "seg_path"])
@@ -137,7 +141,6 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
     assert sorted(os.listdir(tmp_path)) == [
         "coco",
         "fiftyone",
-        "instance-masks",
         "masks",
         "originals",
         "yolo",
@@ -306,7 +309,7 @@ def test_operator_form_asks_for_protection_first_and_offers_label_fields(tmp_pat
     assert fields["label_field"]["default"] == "dets"  # the field protection used
     masks = form(format="segmentation-dir")["label_field"]
     offered = [choice["value"] for choice in masks["view"]["choices"]]
-    assert offered == ["boxes", "dets", "polys", "seg_db", "seg_path"]  # painted as class maps
+    assert offered == ["seg_db", "seg_path"]  # class maps only
     protect(dataset, "seg_db", generator=generators["random"], overwrite=True)
     assert form()["label_field"]["default"] == "boxes"  # seg_db cannot be COCO's
     assert form(format="segmentation-dir")["label_field"]["default"] == "seg_db"
