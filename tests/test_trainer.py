@@ -314,6 +314,38 @@ def test_a_used_out_folder_is_resumed_with_its_own_config_or_overwritten(tmp_pat
     assert Trainer(longer, str(out), ctx).run(resume=True)["steps"] == 4
 
 
+def test_a_resume_refuses_another_starting_generator_or_number_of_processes(tmp_path):
+    """Where a step's data fall, and the lineage the generator records, depend on both; a
+    checkpoint continued with others would silently train something else."""
+    from fiftyone_unseg.checkpoint import generator_id
+
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    start = tmp_path / "start"
+    Trainer(micro_config(max_steps=2, seed=0), str(start), ctx).run()
+    first_id = generator_id(str(start / "generator"))
+    out = str(tmp_path / "fine-tune")
+    cfg = micro_config(max_steps=2, checkpoint_every=2, init=str(start / "generator"))
+    Trainer(cfg, out, ctx).run()
+    longer = dataclasses.replace(cfg, max_steps=4)
+
+    Trainer(micro_config(max_steps=2, seed=1), str(start), ctx).run(overwrite=True)
+    second_id = generator_id(str(start / "generator"))
+    assert second_id != first_id
+    with pytest.raises(ValueError, match=f"from generator {first_id}.*now {second_id}"):
+        Trainer(longer, out, ctx).run(resume=True)
+
+    Trainer(micro_config(max_steps=2, seed=0), str(start), ctx).run(overwrite=True)
+    assert generator_id(str(start / "generator")) == first_id  # the same start again
+    state_file = os.path.join(out, "checkpoints", "step_00000002", "trainer_state.pt")
+    state = torch.load(state_file, weights_only=True)
+    assert state["world_size"] == 1
+    torch.save({**state, "world_size": 2}, state_file)
+    with pytest.raises(ValueError, match="trained by 2 process.*this run has 1.*nproc-per-node"):
+        Trainer(longer, out, ctx).run(resume=True)
+    torch.save(state, state_file)
+    assert Trainer(longer, out, ctx).run(resume=True)["steps"] == 4
+
+
 def test_torchrun_two_cpu_processes(tmp_path):
     """The distributed path: torchrun, gloo, DDP, DistributedSampler, rank-0 outputs; the
     scenes of a ``sample:`` source written once, by the main process, into an empty cache."""

@@ -532,6 +532,7 @@ class Trainer:
         state = {
             "step": self.step,
             "stage": self.stage,
+            "world_size": self.ctx.world_size,
             "opt_surrogate": self.opt_surrogate.state_dict(),
             "opt_generator": self.opt_generator.state_dict(),
             "rng": rng_states or [self.rng_state()],  # one per process, by rank
@@ -560,9 +561,12 @@ class Trainer:
 
     def load_checkpoint(self, path: str) -> None:
         """Resume from the checkpoint at ``path``; ValueError if it was trained with a
-        config that this one must not continue (:meth:`TrainConfig.resume_conflicts`)."""
+        config that this one must not continue (:meth:`TrainConfig.resume_conflicts`), by
+        another number of processes (where each step's data fall and the epochs' lengths
+        follow it), or from a generator other than the one ``init`` now names."""
         with open(os.path.join(path, "generator", CONFIG_FILE)) as f:
-            saved = json.load(f)["metadata"]["train_config"]
+            metadata = json.load(f)["metadata"]
+        saved = metadata["train_config"]
         conflicts = self.cfg.resume_conflicts(saved)
         if conflicts:
             changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in conflicts.items())
@@ -571,8 +575,23 @@ class Trainer:
                 "config, start over with --overwrite (deletes its checkpoints) or choose "
                 "another --out"
             )
+        started = (metadata.get("init_generator") or {}).get("generator_id")
+        starts = (self.init_record or {}).get("generator_id")
+        if started != starts:
+            raise ValueError(
+                f"{path} continues a training from generator {started or 'none (fresh)'}, but "
+                f"init {self.cfg.init!r} is now {starts or 'none'}: resume with the generator "
+                "it started from, start over with --overwrite or choose another --out"
+            )
         state_file = os.path.join(path, "trainer_state.pt")
         state = load_state_file(state_file, "trainer state")
+        processes = state.get("world_size", len(state.get("rng", [None])))
+        if processes != self.ctx.world_size:
+            raise ValueError(
+                f"{path} was trained by {processes} process(es), this run has "
+                f"{self.ctx.world_size}: resume it with as many (torchrun --nproc-per-node), "
+                "start over with --overwrite or choose another --out"
+            )
         weights = safetensors.torch.load_file(
             os.path.join(path, "generator", "model.safetensors"), device=str(self.ctx.device)
         )
@@ -653,6 +672,7 @@ class Trainer:
                 )
             self.load_checkpoint(latest)
             logger.info("resumed from step %d", self.step)
+        distributed.check_same(ctx, self.step, "step to start from (do all see the same --out?)")
         self._enter_stage(self._stage_for(self.step))
         self.generator.train()
         self.surrogate.train()
