@@ -379,12 +379,8 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert proc.stdout.count("Trained 4 steps") == 1  # only rank 0 reports
     assert [int(r["step"]) for r in _metrics(out)] == [1, 2, 3, 4]
     assert checkpoint.load_generator(str(out / "generator")).generator_id
-    state = torch.load(
-        out / "checkpoints" / "step_00000004" / "trainer_state.pt", weights_only=True
-    )
-    assert state["world_size"] == 2
-    streams = [rank["torch"] for rank in state["rng"]]  # each rank its own prompts and jitter
-    assert len(streams) == 2 and not torch.equal(*streams)
+    state_file = out / "checkpoints" / "step_00000004" / "trainer_state.pt"
+    assert torch.load(state_file, weights_only=True)["world_size"] == 2  # a resume needs 2
 
 
 def test_trainer_runs_where_fiftyone_is_missing(tmp_path):
