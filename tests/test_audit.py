@@ -840,6 +840,17 @@ def test_clean_trainings_of_other_code_or_libraries_are_not_reused(monkeypatch):
     monkeypatch.setattr(reuse, "file_hash", lambda p: "edited" if p == source else real_hash(p))
     assert fingerprint() != before  # so does edited victim code
     monkeypatch.undo()
+    package = os.path.dirname(os.path.dirname(reuse.__file__))
+    for used in ("modeling/build.py", "geometry.py", "labels.py", "io.py"):  # trained with
+        source = os.path.join(package, used)
+        monkeypatch.setattr(reuse, "file_hash", lambda p, s=source: "x" if p == s else real_hash(p))
+        assert fingerprint() != before, used
+        monkeypatch.undo()
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda n: "0.1" if n == "segment_anything" else version(n)
+    )
+    assert fingerprint() != before  # segment_anything's modules are the SAM victim's
+    monkeypatch.undo()
     reuse._code_digest.cache_clear()
 
 

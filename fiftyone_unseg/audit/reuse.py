@@ -65,17 +65,31 @@ def clean_fingerprint(
     return hashlib.blake2b(json.dumps(facts, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
+# What trains and scores the victims besides the audit package: the SAM victim's layout,
+# crops, label rasterising and image reading (relative to the package), and libraries.
+_VICTIM_CODE = ("modeling", "geometry.py", "labels.py", "io.py")
+_VICTIM_LIBRARIES = (
+    "torch", "torchvision", "ultralytics", "fiftyone", "segment_anything",
+    "opencv-python", "opencv-python-headless", "scipy", "numpy", "pillow",
+)  # fmt: skip
+
+
 @functools.cache
 def _code_digest() -> str:
-    """What trains and scores the victims: the audit package's sources and the versions
-    of the libraries it trains with, hashed (hex)."""
+    """What trains and scores the victims: the sources of the audit package and of the
+    modules it trains with (:data:`_VICTIM_CODE`), and the versions of the libraries it
+    trains with, hashed (hex)."""
     digest = hashlib.blake2b(digest_size=16)
-    folder = os.path.dirname(os.path.abspath(__file__))
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(f for f in files if f.endswith(".py")):
-            digest.update(name.encode() + file_hash(os.path.join(root, name)).encode())
-    for library in ("torch", "torchvision", "ultralytics", "fiftyone"):
+    audit = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(audit)
+    for path in (audit, *(os.path.join(package, p) for p in _VICTIM_CODE)):
+        for root, dirs, files in os.walk(path) if os.path.isdir(path) else [("", [], [path])]:
+            dirs.sort()
+            for name in sorted(f for f in files if f.endswith(".py")):
+                source = os.path.join(root, name)
+                digest.update(os.path.relpath(source, package).encode())
+                digest.update(file_hash(source).encode())
+    for library in _VICTIM_LIBRARIES:
         try:
             digest.update(f"{library}={importlib.metadata.version(library)}".encode())
         except importlib.metadata.PackageNotFoundError:
