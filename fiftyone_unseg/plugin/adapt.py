@@ -54,11 +54,12 @@ class AdaptGenerator(foo.Operator):
             description="Run it delegated; audit the result before relying on it",
         )
         recipe = ctx.params.get("recipe") or "adapt"
+        # No default: the App keeps a field's value when the form changes, so a default
+        # would stay at the first recipe's length after choosing the other.
         inputs.int(
             "steps",
             label="Training steps",
-            description=f"the recipe's own: {RECIPES[recipe]}",
-            default=RECIPES[recipe],
+            description=f"Empty: the recipe's own, {RECIPES[recipe]}",
             min=2,
         )
         inputs.str(
