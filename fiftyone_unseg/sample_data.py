@@ -350,7 +350,16 @@ _SCENE_FILES = {
 
 def _clear_scenes(out_dir: str) -> None:
     """Remove the scene folders of an earlier :func:`write_scenes` from ``out_dir``;
-    ValueError naming the first other entry if it holds anything else."""
+    ValueError naming the first other entry if it holds anything else
+    (:func:`_check_scene_folder`)."""
+    _check_scene_folder(out_dir)
+    for sub in _SCENE_FILES:
+        shutil.rmtree(os.path.join(out_dir, sub), ignore_errors=True)
+
+
+def _check_scene_folder(out_dir: str) -> None:
+    """ValueError naming the first entry of ``out_dir`` that is not a generated scene
+    file; nothing if it holds none or does not exist."""
     if not os.path.isdir(out_dir):
         return
     for entry in os.listdir(out_dir):
@@ -370,8 +379,6 @@ def _clear_scenes(out_dir: str) -> None:
                 f"{out_dir} holds files that are not generated scenes (e.g. {foreign[0]}); "
                 "write the sample data to an empty or new folder"
             )
-    for sub in _SCENE_FILES:
-        shutil.rmtree(os.path.join(out_dir, sub), ignore_errors=True)
 
 
 def default_dataset_dir(name: str) -> str:
@@ -419,6 +426,7 @@ def create_sample_dataset(
             f"{dataset_dir} holds the images of dataset {found[0]!r}: writing scenes "
             "there would replace them; choose another folder"
         )
+    _check_scene_folder(dataset_dir)  # before anything is deleted
     if fo.dataset_exists(name):  # the old scenes' copies go with them
         restore(fo.load_dataset(name), delete_protected=True)
     records = write_scenes(dataset_dir, num, seed=seed, size=size, styles=styles, progress=progress)

@@ -4,6 +4,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 from PIL import Image
+from test_protect import generators  # noqa: F401
 
 from fiftyone_unseg import folders, sample_data
 
@@ -55,6 +56,25 @@ def test_a_folder_holding_another_datasets_scenes_is_refused(tmp_path):
         "scenes-first", num=1, size=64, dataset_dir=folder, overwrite=True
     )
     assert len(again) == 1
+
+
+def test_an_overwrite_refused_for_a_foreign_file_deletes_nothing(tmp_path, generators):  # noqa: F811
+    """Overwriting a sample dataset deletes its protected copies with its scenes; a file
+    that is not a scene (Finder's .DS_Store) refuses the overwrite before either goes."""
+    from fiftyone_unseg import protect
+
+    folder = tmp_path / "scenes"
+    dataset = sample_data.create_sample_dataset(
+        "scenes-kept", num=2, size=64, dataset_dir=str(folder)
+    )
+    protect(dataset, "ground_truth", generator=generators["random"], output_dir=str(tmp_path / "p"))
+    copies = dataset.values("protected_filepath")
+    (folder / ".DS_Store").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"not generated scenes \(e\.g\. .*\.DS_Store\)"):
+        sample_data.create_sample_dataset(
+            "scenes-kept", num=1, size=64, dataset_dir=str(folder), overwrite=True
+        )
+    assert all(map(os.path.isfile, copies)) and dataset.values("protected_filepath") == copies
 
 
 @pytest.mark.parametrize("style", sample_data.STYLES)
