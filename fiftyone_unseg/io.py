@@ -426,13 +426,16 @@ def image_pixels(path: str) -> int:
 
 def read_mask(path: str) -> np.ndarray:
     """Read a mask image as an HxW integer array: values as stored (a palette PNG's
-    indices), an RGB mask's colours as 0xRRGGBB (:func:`colour_values`)."""
+    indices, a grey one's levels, alpha ignored), an RGB mask's colours as 0xRRGGBB
+    (:func:`colour_values`)."""
     check_file(path, "mask")
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
     except (OSError, SyntaxError) as e:
         raise ValueError(f"{path}: cannot decode mask ({e})") from e
+    if arr.ndim == 3 and arr.shape[2] == 2:  # grey and alpha
+        return arr[..., 0]
     return colour_values(arr) if arr.ndim == 3 else arr
 
 

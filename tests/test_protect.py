@@ -240,6 +240,9 @@ def test_float_images_and_rgb_masks_read_as_what_they_show(tmp_path):
     Image.fromarray(colours).save(tmp_path / "mask.png")
     values = read_mask(str(tmp_path / "mask.png"))
     assert values[0, 0] == 0x0000FF and values[7, 7] == 0x000080 and values[0, 7] == 0
+    levels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(levels).convert("LA").save(tmp_path / "grey-alpha.png")
+    assert np.array_equal(read_mask(str(tmp_path / "grey-alpha.png")), levels)  # alpha ignored
 
 
 def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, monkeypatch):
