@@ -15,6 +15,7 @@ from fiftyone_unseg.protect import (
     noise_paths,
     optional_values,
     protection_states,
+    stored_samples,
 )
 
 # The settings that tell protection runs apart, and their sample count, with their column
@@ -53,10 +54,11 @@ def protection_summary(samples, heatmap_field: str | None = None, bins: int = 20
       ``timestamp`` (ISO), ``rows`` (``ProtectionReport.rows()``), ``table`` (Markdown)
       and ``chart_path`` (its bar chart PNG).
     """
-    states = protection_states(samples)
+    stored = stored_samples(samples)  # a view may leave the fields read here out
+    states = protection_states(stored)
 
     def current(field: str) -> list:  # the values of the protected samples
-        return [v for v, s in zip(optional_values(samples, field), states) if s == CURRENT]
+        return [v for v, s in zip(optional_values(stored, field), states) if s == CURRENT]
 
     protected = current("protected_filepath")
     facts = {
@@ -68,9 +70,9 @@ def protection_summary(samples, heatmap_field: str | None = None, bins: int = 20
         "num_samples": len(samples),
         "num_protected": len(protected),
         "num_stale": states.count(STALE),
-        "num_replaced": len(set(protected) & set(samples.values("filepath"))),
+        "num_replaced": len(set(protected) & set(stored.values("filepath"))),
         "no_segments": current("unseg.had_segments").count(False),
-        "num_visualized": _visualized(samples, copies, heatmap_field),
+        "num_visualized": _visualized(stored, copies, heatmap_field),
         "settings": _settings([current(f"unseg.{key}") for key in SETTING_KEYS]),
         "psnr": _distribution(facts["psnr"], bins),
         "linf_max": max(facts["linf"], default=None),

@@ -212,6 +212,13 @@ def test_views_that_leave_the_path_fields_out_still_act_on_the_originals(tmp_pat
     protect(dataset, "dets", generator=generators["random"], replace_filepath=True)
     hidden = dataset.exclude_fields(["original_filepath", "protected_filepath", "unseg"])
     assert visualize_noise(hidden)["visualized"] == 2
+    whole = protection_summary(dataset)
+    assert whole["num_replaced"] == whole["num_visualized"] == 2 and whole["psnr"]
+    for view in (hidden, dataset.select_fields("unseg_noise")):  # `unseg status --view`
+        shown = protection_summary(view)
+        assert {k: shown[k] for k in whole if k != "audit"} == {
+            k: whole[k] for k in whole if k != "audit"
+        }
     for sample in dataset:  # the noise itself, not the copy minus itself
         heatmap = np.asarray(Image.open(sample.unseg_noise.map_path))
         assert heatmap.max() > 0
