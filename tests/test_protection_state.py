@@ -294,12 +294,18 @@ def test_a_deleted_copy_counts_as_none_everywhere(tmp_path, generators):  # noqa
         ({"heatmap_field": "dets"}, "holds Detections values, not heatmaps"),
         ({"heatmap_field": "unseg_noise", "amplified_field": "notes"}, "not one of the App's"),
         ({"heatmap_field": "noise", "amplified_field": "noise"}, "need two fields"),
+        ({"heatmap_field": "gradcam"}, "'gradcam' holds heatmaps of its own.*model-cam.png"),
+        ({"heatmap_field": "unseg_noise", "amplified_field": "thumb"}, "images of its own"),
     ],
 )
 def test_visualize_refuses_fields_that_hold_something_else(tmp_path, generators, fields, message):  # noqa: F811
     dataset = _scene_dataset("visualize-fields", tmp_path, count=1)
     protect(dataset, "dets", generator=generators["random"])
     dataset.set_values("notes", ["keep me"])
+    dataset.set_values("gradcam", [fo.Heatmap(map_path=str(tmp_path / "model-cam.png"))])
+    dataset.set_values("thumb", [str(tmp_path / "thumbnail.jpg")])
+    dataset.app_config.media_fields.append("thumb")
+    dataset.save()
     before = dataset.first().to_dict()
     with pytest.raises(ValueError, match=message):
         visualize_noise(dataset, **fields)
