@@ -231,12 +231,14 @@ def carried_metadata(path: str) -> CarriedMetadata:
 
 
 def _carried_exif(im: Image.Image) -> bytes | None:
-    """An opened image's EXIF for its upright copy, without the JPEG header."""
+    """An opened image's EXIF for its upright copy, without the JPEG header and without
+    the maker note (opaque camera data, where some makers keep a preview of the photo)."""
     exif = im.getexif()
     width, height = im.size
     if exif.pop(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # turned a quarter
         width, height = height, width
     details = exif.get_ifd(ExifTags.IFD.Exif)
+    details.pop(ExifTags.Base.MakerNote, None)
     for tag, value in (
         (ExifTags.Base.ExifImageWidth, width),
         (ExifTags.Base.ExifImageHeight, height),

@@ -444,7 +444,8 @@ def test_a_photos_colour_profile_and_exif_go_with_its_protected_copy(
 
 def test_carried_exif_describes_the_upright_copy_and_never_a_tiffs_layout(tmp_path):
     """A turned photo's EXIF dimensions become the upright copy's; a TIFF's tags describe
-    its own strips and compression, so none of them goes on a PNG or JPEG copy."""
+    its own strips and compression, so none of them goes on a PNG or JPEG copy; the maker
+    note, where some cameras keep a preview of the photo, never goes."""
     from PIL import ExifTags
 
     exif = Image.Exif()
@@ -452,6 +453,8 @@ def test_carried_exif_describes_the_upright_copy_and_never_a_tiffs_layout(tmp_pa
     exif[ExifTags.Base.Artist] = "Alice"
     details = exif.get_ifd(ExifTags.IFD.Exif)
     details[ExifTags.Base.ExifImageWidth], details[ExifTags.Base.ExifImageHeight] = 60, 40
+    details[ExifTags.Base.MakerNote] = b"Nikon\0preview:\xff\xd8" + bytes(64)
+    details[ExifTags.Base.ExposureTime] = 0.01
     photo = Image.fromarray(_texture(40, 60))
     photo.save(tmp_path / "turned.jpg", exif=exif)
     photo.save(tmp_path / "scan.tif", exif=exif)
@@ -463,6 +466,7 @@ def test_carried_exif_describes_the_upright_copy_and_never_a_tiffs_layout(tmp_pa
         40,
         60,
     )
+    assert ExifTags.Base.MakerNote not in details and details[ExifTags.Base.ExposureTime] == 0.01
     assert io.carried_metadata(str(tmp_path / "scan.tif")).exif is None
 
 
