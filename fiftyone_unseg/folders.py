@@ -53,8 +53,14 @@ def find_pairs(
     pairs = []
     for stem, mask in masks.items():
         image = images.get(stem)  # in one folder, an object mask is an "image" too
-        if (image is None or image == mask) and INSTANCE_SEPARATOR in stem:
+        if (image is None or _same_file(image, mask)) and INSTANCE_SEPARATOR in stem:
             image = images.get(stem.rsplit(INSTANCE_SEPARATOR, 1)[0])
-        if image is not None and image != mask:
+        if image is not None and not _same_file(image, mask):
             pairs.append(Pair(image, mask))
     return sorted(pairs, key=lambda p: (p.image, p.mask))
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file, however each is spelled (./set, an absolute
+    path, a symbolic link)."""
+    return os.path.realpath(a) == os.path.realpath(b)

@@ -160,11 +160,13 @@ def test_object_masks_beside_their_images_pair_with_them(tmp_path):
     for k in range(2):
         Image.new("L", (8, 8), 255).save(tmp_path / folders.instance_mask_name("0001", k))
     Image.new("L", (8, 8), 255).save(tmp_path / "0002.png")  # a mask without its image
-    pairs = folders.find_pairs(str(tmp_path), str(tmp_path))
-    assert [(os.path.basename(p.image), os.path.basename(p.mask)) for p in pairs] == [
-        ("0001.jpg", "0001__00.png"),
-        ("0001.jpg", "0001__01.png"),
-    ]
+    (tmp_path / "link").symlink_to(tmp_path)
+    for images in (tmp_path, tmp_path / ".", tmp_path / "link"):  # one folder, spelt 3 ways
+        pairs = folders.find_pairs(str(images), str(tmp_path))
+        assert [(os.path.basename(p.image), os.path.basename(p.mask)) for p in pairs] == [
+            ("0001.jpg", "0001__00.png"),
+            ("0001.jpg", "0001__01.png"),
+        ], images
 
 
 def test_find_pairs_matches_hqseg_layout(tmp_path):
