@@ -77,11 +77,19 @@ def connect() -> None:
 
 @contextlib.contextmanager
 def _start_lock():
-    """Holds :func:`start_lock_path` (nothing where there is no ``fcntl``)."""
-    if fcntl is None:
+    """Holds :func:`start_lock_path` (nothing where there is no ``fcntl``, or where the
+    file cannot be opened: a shared temporary folder where another account owns the name,
+    say; FiftyOne's own start-up then, as without this module)."""
+    path = start_lock_path()
+    try:
+        lock = open(path, "a") if fcntl is not None else None
+    except OSError as e:
+        logger.warning("cannot open the database start lock %s (%s); starting without it", path, e)
+        lock = None
+    if lock is None:
         yield
         return
-    with open(start_lock_path(), "a") as lock:
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -194,3 +194,16 @@ def test_a_user_id_without_a_name_still_gets_its_own_start_lock(monkeypatch):
     monkeypatch.setattr(getpass, "getuser", nameless)
     path = database.start_lock_path()
     assert os.path.basename(path) == f"unseg-fiftyone-start-{os.getuid()}.lock"
+
+
+def test_a_start_lock_that_cannot_be_opened_is_done_without(tmp_path, monkeypatch, caplog):
+    """Another account owning the lock's name in a shared /tmp (PermissionError), or any
+    other file that cannot be opened: FiftyOne starts as it would without the lock."""
+    from fiftyone_unseg import database
+
+    monkeypatch.setattr(database, "start_lock_path", lambda: str(tmp_path))  # a folder
+    entered = False
+    with database._start_lock():
+        entered = True
+    assert entered and f"cannot open the database start lock {tmp_path}" in caplog.text
+    database.connect()  # and the database is there
