@@ -22,8 +22,8 @@ PRESETS = {
     "half-scale, 0.56 after JPEG 75; CamVid semantic 0.97, 0.89 after JPEG 75; 33.5 dB",
     "robust": "the default fine-tuned through JPEG, blur and rescaling against a surrogate "
     "that keeps learning: CamVid semantic at 0.60 of clean after a blur, 0.67 after "
-    "half-scale, 0.88 after JPEG 75 (default 0.74, 0.74, 0.89); YOLO on pets 0.01, 0.01 "
-    "after a blur, 0.02 after half-scale, 0.58 after JPEG 75; 33.3 dB",
+    "half-scale, 0.88 after JPEG 75 (default 0.74, 0.74, 0.89); YOLO on pets 0.02, 0.01 "
+    "after a blur, 0.03 after half-scale, 0.58 after JPEG 75; 33.3 dB",
 }
 """Shipped generators by name (``fiftyone_unseg/weights/<name>/``), with what each is for;
 the model cards hold what each measured."""
