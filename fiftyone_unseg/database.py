@@ -80,13 +80,14 @@ def _start_lock():
     """Holds :func:`start_lock_path` (nothing where there is no ``fcntl``, or where the
     file cannot be opened: a shared temporary folder where another account owns the name,
     say; FiftyOne's own start-up then, as without this module)."""
+    if fcntl is None:
+        yield
+        return
     path = start_lock_path()
     try:
-        lock = open(path, "a") if fcntl is not None else None
+        lock = open(path, "a")
     except OSError as e:
         logger.warning("cannot open the database start lock %s (%s); starting without it", path, e)
-        lock = None
-    if lock is None:
         yield
         return
     with lock:

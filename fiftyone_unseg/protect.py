@@ -495,14 +495,25 @@ def label_hash(label) -> str:
     return digest.hexdigest()
 
 
+_NOISE_NAMES = ("-magnitude.png", "-amplified.png")  # after the copy's stem, in noise/
+
+
 def noise_paths(protected_path: str) -> tuple[str, str]:
     """The noise images of a protected copy (:func:`fiftyone_unseg.visualize_noise`): its
     magnitude map and its amplified noise, in ``noise/`` next to it."""
     folder = os.path.join(os.path.dirname(protected_path), "noise")
     stem = os.path.splitext(os.path.basename(protected_path))[0]
+    magnitude, amplified = (os.path.join(folder, stem + name) for name in _NOISE_NAMES)
+    return magnitude, amplified
+
+
+def is_noise_path(path, kind: int) -> bool:
+    """Whether ``path`` is named as the ``kind``-th of some copy's :func:`noise_paths`
+    (0: a magnitude map, 1: an amplified noise image)."""
     return (
-        os.path.join(folder, f"{stem}-magnitude.png"),
-        os.path.join(folder, f"{stem}-amplified.png"),
+        isinstance(path, str)
+        and path.endswith(_NOISE_NAMES[kind])
+        and os.path.basename(os.path.dirname(path)) == "noise"
     )
 
 

@@ -16,6 +16,7 @@ from fiftyone_unseg.protect import (
     PROTECTION_FIELDS,
     check_images,
     failure,
+    is_noise_path,
     noise_paths,
     optional_values,
     original_paths,
@@ -143,13 +144,15 @@ def _check_fields(dataset, heatmap_field: str, amplified_field: str | None) -> N
             f"{amplified_field!r} already holds other values (it is not one of the App's "
             "media fields); pick another field for the amplified noise"
         )
-    for field, path, suffix, what in (
-        (heatmap_field, f"{heatmap_field}.map_path", "-magnitude.png", "heatmaps"),
-        (amplified_field, amplified_field, "-amplified.png", "images"),
+    for kind, (field, path, what) in enumerate(
+        (
+            (heatmap_field, f"{heatmap_field}.map_path", "heatmaps"),
+            (amplified_field, amplified_field, "images"),
+        )
     ):
         if field not in schema:
             continue
-        own = [p for p in dataset.exists(path).values(path) if not _noise_file(p, suffix)]
+        own = [p for p in dataset.exists(path).values(path) if not is_noise_path(p, kind)]
         if field == heatmap_field and len(dataset.exists(f"{field}.map")):
             own.append("a heatmap array in the database")
         if own:
@@ -157,15 +160,6 @@ def _check_fields(dataset, heatmap_field: str, amplified_field: str | None) -> N
                 f"{field!r} holds {what} of its own (e.g. {own[0]}), which the noise would "
                 "replace; pick another field"
             )
-
-
-def _noise_file(path, suffix: str) -> bool:
-    """Whether ``path`` names a noise image as :func:`noise_paths` does."""
-    return (
-        isinstance(path, str)
-        and path.endswith(suffix)
-        and os.path.basename(os.path.dirname(path)) == "noise"
-    )
 
 
 def _jobs(samples) -> list[tuple[str, str, str, float]]:

@@ -82,19 +82,23 @@ def _code_digest() -> str:
     digest = hashlib.blake2b(digest_size=16)
     audit = os.path.dirname(os.path.abspath(__file__))
     package = os.path.dirname(audit)
-    for path in (audit, *(os.path.join(package, p) for p in _VICTIM_CODE)):
-        for root, dirs, files in os.walk(path) if os.path.isdir(path) else [("", [], [path])]:
-            dirs.sort()
-            for name in sorted(f for f in files if f.endswith(".py")):
-                source = os.path.join(root, name)
-                digest.update(os.path.relpath(source, package).encode())
-                digest.update(file_hash(source).encode())
+    for source in _python_files([audit, *(os.path.join(package, p) for p in _VICTIM_CODE)]):
+        digest.update(os.path.relpath(source, package).encode())
+        digest.update(file_hash(source).encode())
     for library in _VICTIM_LIBRARIES:
         try:
             digest.update(f"{library}={importlib.metadata.version(library)}".encode())
         except importlib.metadata.PackageNotFoundError:
             digest.update(f"{library}=none".encode())
     return digest.hexdigest()
+
+
+def _python_files(paths: list[str]) -> list[str]:
+    """The ``.py`` files that ``paths`` (files, or folders searched through) name, sorted."""
+    found = [p for p in paths if os.path.isfile(p)]
+    for folder in (p for p in paths if os.path.isdir(p)):
+        found += [os.path.join(r, f) for r, _, files in os.walk(folder) for f in files]
+    return sorted(p for p in found if p.endswith(".py"))
 
 
 def find_clean_run(dataset: fo.Dataset, name: str, fingerprint: str) -> CleanRun | None:
