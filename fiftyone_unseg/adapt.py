@@ -207,6 +207,11 @@ def _run(command: list, out: str, steps: int, progress) -> None:
     env = {**os.environ, "FIFTYONE_DATABASE_NAME": fo.config.database_name}
     if fo.config.database_uri:
         env["FIFTYONE_DATABASE_URI"] = fo.config.database_uri
+    # A plugin downloaded into FiftyOne's plugins folder, not pip-installed, is importable
+    # only through the path its __init__ set in this process: the trainer's needs it too.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.basename(root) not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     log_path = out + ".log"
     os.makedirs(out, exist_ok=True)
     with open(log_path, "w") as log:

@@ -214,6 +214,24 @@ def test_an_interrupted_adaptation_stops_its_trainer(tmp_path):
     assert cwd == str(tmp_path / "out")  # not the caller's: its own trainer/ cannot shadow
 
 
+def test_the_trainer_process_finds_a_plugin_that_was_not_pip_installed(tmp_path):
+    """A plugin downloaded into FiftyOne's plugins folder is on no path of a new Python
+    but the one adapt gives it (-S: without the site packages, hence without this
+    checkout's editable install)."""
+    import sys
+
+    import trainer
+    from fiftyone_unseg.adapt import _run
+
+    found = tmp_path / "found"
+    child = (
+        "import importlib.util; spec = importlib.util.find_spec('trainer'); "
+        f"open({str(found)!r}, 'w').write(spec.origin if spec else 'nothing')"
+    )
+    _run([sys.executable, "-S", "-c", child], str(tmp_path / "out"), 1, None)
+    assert found.read_text() == trainer.__file__
+
+
 def test_the_starting_generator_is_known_by_its_weights(tmp_path):
     from fiftyone_unseg.checkpoint import generator_id
 
