@@ -43,6 +43,7 @@ from fiftyone_unseg.protect import (
     noise_paths,
     optional_values,
     original_paths,
+    paths_in,
     protection_states,
     stored_samples,
 )
@@ -448,12 +449,11 @@ def _check_no_dataset_files(export_dir: str) -> None:
 def _check_outside(export_dir: str, paths: list[str]) -> None:
     """ValueError if ``export_dir`` is or holds one of ``paths`` (an overwrite would
     delete it)."""
-    for path in filter(None, paths):
-        path = os.path.abspath(path)
-        if os.path.commonpath([export_dir, path]) == export_dir:
-            raise ValueError(
-                f"{export_dir} holds {path}, a file of these samples: export elsewhere"
-            )
+    found = paths_in(export_dir, paths)
+    if found:
+        raise ValueError(
+            f"{export_dir} holds {found[0]}, a file of these samples: export elsewhere"
+        )
 
 
 def _exporter_progress(progress, count: int):

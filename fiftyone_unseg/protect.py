@@ -600,10 +600,8 @@ def stored_samples(samples):
 
 def dataset_file_in(folder: str, other_than: str | None = None) -> tuple[str, str] | None:
     """(dataset name, path) of an image, original or protected copy that a dataset of the
-    database (other than ``other_than``) has in ``folder``; None if none has."""
-    from fiftyone import ViewField as F
-
-    prefix = os.path.join(folder, "")
+    database (other than ``other_than``) has in ``folder``, however either is spelt (a
+    symlink, a bind mount: real paths are compared); None if none has."""
     for name in fo.list_datasets():
         if name == other_than:
             continue
@@ -613,10 +611,26 @@ def dataset_file_in(folder: str, other_than: str | None = None) -> tuple[str, st
             continue
         for field in ("filepath", "original_filepath", "protected_filepath"):
             if dataset.has_field(field):
-                found = dataset.match(F(field).starts_with(prefix)).limit(1).values(field)
+                found = paths_in(folder, dataset.distinct(field))
                 if found:
                     return name, found[0]
     return None
+
+
+def paths_in(folder: str, paths) -> list[str]:
+    """Those of ``paths`` that are in ``folder`` or are it, comparing real paths (each
+    folder resolved once)."""
+    root = os.path.realpath(folder)
+    inside = {}
+    found = []
+    for path in filter(None, paths):
+        parent = os.path.dirname(os.path.abspath(path))
+        if parent not in inside:
+            real = os.path.realpath(parent)
+            inside[parent] = os.path.commonpath([root, real]) == root
+        if inside[parent] or os.path.realpath(path) == root:
+            found.append(path)
+    return found
 
 
 def optional_values(samples, field: str) -> list:

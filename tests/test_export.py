@@ -250,6 +250,18 @@ def test_export_replaces_a_folder_only_when_asked_and_only_when_complete(
     with pytest.raises(ValueError, match="a file of dataset 'export-replace-other'"):
         export_protected(dataset, str(tmp_path / "other"), "coco", "dets", overwrite=True)
     assert os.path.isfile(other.first().filepath)
+    # Nor when the samples name their folder through a symlink and the export its real path.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    linked = _scene_dataset("export-replace-linked", tmp_path / "linked", count=1)
+    protect(linked, "dets", generator=generators["random"])
+    for samples, match in (
+        (linked, "a file of these samples"),
+        (dataset, "'export-replace-linked'"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            export_protected(samples, str(tmp_path / "real"), "coco", "dets", overwrite=True)
+    assert os.path.isfile(os.path.realpath(linked.first().filepath))
 
     # Where only the (empty) export folder can be written, the images are staged in it.
     def parent_read_only(*args, dir=None, **kwargs):
