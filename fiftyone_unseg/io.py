@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from isal import isal_zlib
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
 MARKER_KEY = "unseg-sample-id"
@@ -382,7 +382,9 @@ def read_rgb(path: str) -> np.ndarray:
     check_file(path)
     try:
         with Image.open(path) as im:
-            ImageOps.exif_transpose(im, in_place=True)  # a copy would hold the image twice
+            if _colour_bits(im) == 16:  # Pillow would keep the high byte of each value
+                return upright(_read_rgb16(path), orientation(im))
+            turn = orientation(im)  # (a PNG's EXIF may follow its pixels: both read here)
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
@@ -391,17 +393,64 @@ def read_rgb(path: str) -> np.ndarray:
                 sixteen = im.mode.startswith("I;16") or im.format == "PPM"
                 scale = 65535.0 if sixteen or arr.max() > 255 else 255.0
                 arr = np.clip(arr / scale, 0, 1)
-                return np.repeat(arr[..., None], 3, axis=-1)
+                return upright(np.repeat(arr[..., None], 3, axis=-1), turn)
             if im.mode == "F":
-                return _float_rgb(np.asarray(im, dtype=np.float32), path)
-            rgb8 = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-        # Pillow's copy is freed before the floats exist, and they are made once, in place.
+                return upright(_float_rgb(np.asarray(im, dtype=np.float32), path), turn)
+            rgb8 = upright(np.asarray(im if im.mode == "RGB" else im.convert("RGB")), turn)
+        # Pillow's copy is freed before the floats exist, and they are made once, in place
+        # (turned as views until then).
         rgb = rgb8.astype(np.float32)
         del rgb8
         rgb /= 255.0
         return rgb
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: cannot decode image ({e})") from e
+
+
+def orientation(im: Image.Image) -> int:
+    """An opened image's EXIF orientation, 1 to 8 (5 to 8 turn it a quarter); 1 where it
+    has none or its EXIF cannot be read."""
+    try:
+        value = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # Pillow fails on damaged EXIF in many ways; the pixels matter
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def upright(pixels: np.ndarray, turn: int) -> np.ndarray:
+    """HxW[xC] ``pixels`` stored under EXIF orientation ``turn`` as they are shown (a
+    view: nothing copied)."""
+    quarter = pixels.swapaxes(0, 1)
+    return {
+        2: pixels[:, ::-1],
+        3: pixels[::-1, ::-1],
+        4: pixels[::-1],
+        5: quarter,
+        6: quarter[:, ::-1],
+        7: quarter[::-1, ::-1],
+        8: quarter[::-1],
+    }.get(turn, pixels)
+
+
+def _colour_bits(im: Image.Image) -> int:
+    """Bits per value of an opened RGB or RGBA PNG or TIFF as stored (8 otherwise; only
+    before its pixels are read)."""
+    if im.mode not in ("RGB", "RGBA") or not im.tile:
+        return 8
+    args = im.tile[0].args
+    raw = args[0] if isinstance(args, tuple) else args
+    return 16 if isinstance(raw, str) and ";16" in raw else 8
+
+
+def _read_rgb16(path: str) -> np.ndarray:
+    """A 16-bit RGB(A) file's colours as HxWx3 float32 in [0, 1], at full depth (as
+    stored: no EXIF orientation)."""
+    import cv2
+
+    bgr = cv2.imread(path, cv2.IMREAD_UNCHANGED)  # also: orientation ignored
+    if bgr is None or bgr.dtype != np.uint16 or bgr.ndim != 3:
+        raise OSError("16-bit colour image that OpenCV cannot read at full depth")
+    return bgr[..., 2::-1].astype(np.float32) / 65535.0
 
 
 def _float_rgb(gray: np.ndarray, path: str) -> np.ndarray:

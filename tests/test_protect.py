@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import cv2
 import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
@@ -268,6 +269,11 @@ def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, mo
     rotated = tmp_path / "rotated.jpg"
     Image.fromarray(_texture(72, 64)).save(rotated, exif=exif, quality=95)
     dataset.add_sample(fo.Sample(filepath=str(rotated), **_labels(str(tmp_path), 64, 72)))
+    # 16-bit colour, whose low bytes Pillow drops: the budget holds against the full values
+    for name, channels in (("deep-rgb.png", 3), ("deep-rgba.tif", 4)):
+        values = np.random.default_rng(channels).integers(0, 65536, (64, 64, channels))
+        cv2.imwrite(str(tmp_path / name), values.astype(np.uint16))
+        dataset.add_sample(fo.Sample(filepath=str(tmp_path / name), **_labels(str(tmp_path))))
     before = _hashes(dataset.values("filepath"))
 
     summary = protect(dataset, "seg_db", generator=generators["saturated"], eps=EPS, eps_bg=EPS_BG)
@@ -281,6 +287,9 @@ def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, mo
         inside, outside = noise[objects > 0], noise[objects == 0]
         assert inside.max() <= EPS + OVER and outside.max() <= EPS_BG + OVER, sample.filepath
         assert sample.unseg.linf == pytest.approx(noise.max(), abs=OVER)
+        if "deep-" in sample.filepath:  # against the stored values, not an 8-bit reading
+            stored = cv2.imread(sample.filepath, cv2.IMREAD_UNCHANGED)[..., 2::-1] / 65535
+            assert np.abs(read_rgb(sample.protected_filepath) - stored).max() <= EPS + OVER
         if min(height, width) >= 32:  # saturated noise reaches both budgets
             assert inside.max() >= EPS - TOL and outside.max() >= EPS_BG - TOL, sample.filepath
             assert 30 < sample.unseg.psnr < 60 and 0.5 < sample.unseg.ssim < 1

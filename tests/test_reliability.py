@@ -481,18 +481,35 @@ def test_exif_pillow_cannot_rewrite_is_left_out_and_the_photo_still_protected(
 
     exif = Image.Exif()
     exif[ExifTags.Base.Artist] = "Alice"
-    dataset = _dataset("damaged-exif", tmp_path / "originals", {"a.jpg": GOOD})
+    dataset = _dataset("damaged-exif", tmp_path / "originals", {"a.jpg": GOOD, "b.jpg": GOOD})
     GOOD.save(dataset.first().filepath, exif=exif)
+    exif[ExifTags.Base.Orientation] = 6  # turning it must not need the EXIF rewritten
+    wide = Image.fromarray(_texture(48, 64))
+    wide.save(dataset.last().filepath, exif=exif)
 
     def fails(self, offset=8):
         raise TypeError("ImageFileDirectory_v2.write_string() takes 2 positional arguments")
 
     monkeypatch.setattr(Image.Exif, "tobytes", fails)
     summary = protect(dataset, "seg_db", generator=generators["random"])
-    assert summary["failed"] == 0 and summary["protected"] == 1
+    assert summary["failed"] == 0 and summary["protected"] == 2
     monkeypatch.undo()
-    with Image.open(dataset.first().protected_filepath) as copy:
-        assert not copy.getexif()
+    for sample, size in zip(dataset, (GOOD.size, wide.size[::-1])):
+        with Image.open(sample.protected_filepath) as copy:
+            assert not copy.getexif() and copy.size == size
+
+
+@pytest.mark.parametrize("turn", range(1, 9))
+def test_images_are_read_as_shown_under_every_exif_orientation(tmp_path, turn):
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = turn
+    path = tmp_path / "turned.png"
+    Image.fromarray(_texture(6, 10)).save(path, exif=exif)
+    with Image.open(path) as im:
+        shown = np.asarray(ImageOps.exif_transpose(im), np.float32) / 255
+    assert np.array_equal(io.read_rgb(str(path)), shown)
 
 
 def test_trainer_skips_bad_pairs_with_reasons(tmp_path):

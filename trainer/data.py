@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 CACHE_DIR = os.environ.get("UNSEG_CACHE_DIR") or os.path.join(
     os.path.expanduser("~"), ".cache", "unseg"
 )
-_ORIENTATION = 0x0112  # EXIF tag; 5..8 turn the image by 90 degrees
 _MASK_DIR_NAMES = {"images": "masks", "im": "gt", "image": "mask", "imgs": "masks", "img": "gt"}
 # Name parts that mark a set as a validation or test split (DIS-VD, images_test, val2017).
 _HELD_OUT_PARTS = {"val", "valid", "validation", "vd", "test", "testing"}
@@ -339,7 +338,7 @@ def image_size(path: str, kind: str = "image", oriented: bool = True) -> tuple[i
     io.check_file(path, kind)
     try:
         with Image.open(path) as im:
-            turned = oriented and im.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
+            turned = oriented and io.orientation(im) >= 5
             return im.size[::-1] if turned else im.size
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: cannot decode {kind} ({error})") from error
