@@ -48,9 +48,10 @@ def save_generator(
     config's own hash is recorded too, so an edited config is refused on loading: the
     id names the weights and the settings they were saved with.
     """
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _check_finite(tensors, "the generator to save")
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights_tmp, config_tmp = _temp_path(directory), _temp_path(directory)
     try:
         save_file(tensors, weights_tmp)
@@ -126,10 +127,23 @@ def load_generator(
             "(fiftyone_unseg.save_generator) to give it an id of its own"
         )
     model = build_noise_generator(config)
-    model.load_state_dict(load_file(weights))
+    tensors = load_file(weights)
+    _check_finite(tensors, str(weights))
+    model.load_state_dict(tensors)
     model.generator_id = generator_id
     model.metadata = info.get("metadata") or {}
     return model.to(device).eval()
+
+
+def _check_finite(tensors: dict, what: str) -> None:
+    """ValueError naming ``what`` and its first tensors holding NaN or infinite values
+    (a training that diverged): noise from them would leave the budget."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise ValueError(
+            f"{what}: {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''} hold NaN or "
+            "infinite values (did its training diverge?); use another generator"
+        )
 
 
 # What a training writes in its output folder (trainer/): deleted when it is replaced.

@@ -989,8 +989,10 @@ def protected_pixels(images, noise, object_mask, eps: float, eps_bg: float) -> t
     each moved back to the nearest one within its budget of the original wherever one
     exists: an original that is not 8-bit (16-bit or float files) or a fractional budget
     (7.5/255) would otherwise round past the budget by up to half a step. Where no whole
-    value lies within it (a budget under half a step), the original's own rounding."""
+    value lies within it (a budget under half a step), the original's own rounding; where
+    the noise is not finite, the original's."""
     perturbed = NoiseGenerator.perturb(images, noise, object_mask, eps, eps_bg)
+    perturbed = torch.where(perturbed.isfinite(), perturbed, images)  # NaN passes clamps
     budget = NoiseGenerator.budget_map(object_mask.to(images.dtype), eps, eps_bg) * 255
     scaled = images * 255
     slack = 1e-3  # float error of k / 255 * 255

@@ -1,14 +1,17 @@
 """The noise generator, SAM weight loading and generator checkpoints (CPU, fast)."""
 
+import copy
 import dataclasses
 import itertools
 import json
 import pickle
+import re
 import shutil
 
 import pytest
 import segment_anything
 import torch
+from safetensors.torch import save_file
 
 from fiftyone_unseg import checkpoint
 from fiftyone_unseg.checkpoint import load_generator, save_generator
@@ -239,6 +242,25 @@ def test_pickles_are_never_unpickled(micro, tmp_path):
     with pytest.raises(ValueError, match="not a plain SAM state dict"):
         load_sam_weights(micro, tmp_path / "evil_sam.pth")
     assert not marker.exists()
+
+
+def test_weights_that_diverged_are_neither_saved_nor_loaded(micro, tmp_path):
+    save_generator(micro, MICRO, tmp_path / "gen")
+    broken = copy.deepcopy(micro)
+    name, parameter = next(broken.named_parameters())
+    with torch.no_grad():
+        parameter.view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=rf"generator to save: {re.escape(name)} hold NaN"):
+        save_generator(broken, MICRO, tmp_path / "gen")
+    assert load_generator(tmp_path / "gen").generator_id  # the earlier save, whole
+    weights = tmp_path / "gen" / "model.safetensors"  # a stranger's file, ids made to match
+    save_file({k: v.contiguous() for k, v in broken.state_dict().items()}, weights)
+    config_path = tmp_path / "gen" / "config.json"
+    info = json.loads(config_path.read_text())
+    info["generator_id"] = checkpoint._file_id(weights)
+    config_path.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=rf"model.safetensors: {re.escape(name)} hold NaN"):
+        load_generator(tmp_path / "gen")
 
 
 def test_config_not_matching_tensors_is_rejected(micro, tmp_path):

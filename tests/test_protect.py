@@ -24,7 +24,13 @@ from fiftyone_unseg.class_keys import ClassKeys
 from fiftyone_unseg.io import read_mask, read_rgb
 from fiftyone_unseg.labels import resolve_prompt, segment_map
 from fiftyone_unseg.modeling import build_noise_generator
-from fiftyone_unseg.protect import Frame, default_output_dir, protected_name, shard_of
+from fiftyone_unseg.protect import (
+    Frame,
+    default_output_dir,
+    protected_name,
+    protected_pixels,
+    shard_of,
+)
 
 protect_module = importlib.import_module("fiftyone_unseg.protect")
 EPS, EPS_BG = 8 / 255, 2 / 255
@@ -294,6 +300,17 @@ def test_budget_holds_on_every_pixel_for_any_image_kind(tmp_path, generators, mo
             assert inside.max() >= EPS - TOL and outside.max() >= EPS_BG - TOL, sample.filepath
             assert 30 < sample.unseg.psnr < 60 and 0.5 < sample.unseg.ssim < 1
     assert dataset.first().unseg.num_segments == 2 and dataset.first().unseg.had_segments
+
+
+def test_noise_that_is_not_finite_leaves_the_pixel_as_it_was():
+    images = torch.rand(1, 3, 8, 8)
+    noise = torch.ones(1, 3, 8, 8)
+    noise[0, :, 2, 3], noise[0, 0, 5, 5] = float("nan"), float("inf")
+    objects = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    out = protected_pixels(images, noise, objects, EPS, EPS_BG)
+    assert (out - images * 255).abs().max() <= EPS * 255 + 1e-3
+    unchanged = protected_pixels(images, torch.zeros_like(noise), objects, EPS, EPS_BG)
+    assert torch.equal(out[0, :, 2, 3], unchanged[0, :, 2, 3])  # infinite: saturated
 
 
 def test_fractional_budgets_round_inside_themselves(tmp_path, generators):
