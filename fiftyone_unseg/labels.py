@@ -248,9 +248,11 @@ def segment_classes(label, height: int, width: int, spec: PromptSpec) -> tuple[n
     ids = np.zeros((height, width), _id_type(len(items)))
     for k, item in enumerate(items, start=1):
         if isinstance(item, fo.Polyline):
-            fo.Polyline(points=item.points, closed=True, filled=True).to_segmentation(
-                mask=ids, target=k
-            )
+            shapes = [shape for shape in item.points if len(shape)]  # OpenCV fails on []
+            if shapes:
+                fo.Polyline(points=shapes, closed=True, filled=True).to_segmentation(
+                    mask=ids, target=k
+                )
         else:
             _paste_detection(ids, item, k)
     return ids, [str(item.label) for item in items]
@@ -279,26 +281,32 @@ def _paste_detection(ids: np.ndarray, detection: fo.Detection, k: int) -> None:
     nearest pixel, the parts outside the frame cut off."""
     height, width = ids.shape
     x, y, w, h = detection.bounding_box
-    x0, x1 = round(x * width), round((x + w) * width)
-    y0, y1 = round(y * height), round((y + h) * height)
+    # pixel edges as FiftyOne's COCO importer rounds them: the float error of a relative
+    # coordinate must not decide a tie (61.5 / 480 * 480 is 61.49999999999999)
+    x0, x1 = round(round(x * width, 6)), round(round((x + w) * width, 6))
+    y0, y1 = round(round(y * height, 6)), round(round((y + h) * height, 6))
     top, bottom, left, right = max(y0, 0), min(y1, height), max(x0, 0), min(x1, width)
     if bottom <= top or right <= left:
         return
-    mask = detection.get_mask() if detection.has_mask else None
+    mask = load_mask(detection) if detection.has_mask else None
     mask = np.ones((1, 1), bool) if mask is None else np.asarray(mask)
     mask = mask > 0.5 if mask.dtype.kind == "f" else mask != 0  # probabilities, or 0/1/255
+    if mask.ndim == 3:  # colour: any colour channel set (alpha ignored)
+        mask = mask[..., :3].any(axis=2)
     inside = fit_mask(mask.astype(np.uint8), y1 - y0, x1 - x0) > 0
     ids[top:bottom, left:right][inside[top - y0 : bottom - y0, left - x0 : right - x0]] = k
 
 
 def load_mask(label) -> np.ndarray | None:
-    """A Segmentation's mask (in the database or at ``mask_path``; a palette PNG as its
-    indices, HxW); ValueError naming the mask file if it cannot be read."""
+    """A Segmentation's or Detection's mask (in the database or at ``mask_path``; a
+    palette PNG as its indices and a grey one with alpha as its levels, HxW, where
+    FiftyOne would read their colours); ValueError naming the mask file if it cannot be
+    read."""
     try:
         if label.mask is None and label.mask_path is not None:
             with Image.open(label.mask_path) as image:
-                if image.mode == "P":
-                    return np.asarray(image)
+                if image.mode in ("P", "PA", "LA"):  # alpha ignored
+                    return np.asarray(image.getchannel(0))
         return label.get_mask()
     except Exception as error:  # PIL / OpenCV / eta raise many kinds
         raise ValueError(f"cannot read the mask {label.mask_path}: {error}") from error

@@ -231,6 +231,33 @@ def test_palette_masks_are_class_indices_and_mismatched_targets_fail_by_name(tmp
     assert dataset[first].unseg.num_segments == 1
 
 
+def test_mask_files_of_every_kind_mark_their_object(tmp_path):
+    """Palette, grey+alpha and colour PNGs as a Detection's or a Segmentation's mask_path
+    (FiftyOne reads the first two as colours)."""
+    dataset = _scene_dataset("mask-files", tmp_path, count=1)
+    box = np.zeros((64, 64), np.uint8)
+    box[RECT[0] : RECT[1], RECT[2] : RECT[3]] = 1
+    palette = Image.fromarray(box, "L").convert("P")
+    palette.putpalette([0, 0, 0, 0, 200, 0])
+    files = {
+        "palette.png": palette,
+        "grey-alpha.png": Image.fromarray(np.dstack([box, np.full_like(box, 255)]), "LA"),
+        "colour.png": Image.fromarray(np.dstack([box * 0, box * 255, box * 0])),
+    }
+    whole = [0.0, 0.0, 1.0, 1.0]
+    for name, image in files.items():
+        image.save(tmp_path / name)
+        detection = fo.Detection(label="thing", bounding_box=whole, mask_path=str(tmp_path / name))
+        label = fo.Detections(detections=[detection])
+        segments = segment_map(label, 64, 64, resolve_prompt(dataset, "dets"))
+        assert np.array_equal(segments > 0, box > 0), name
+    dataset.set_values("grey", [fo.Segmentation(mask_path=str(tmp_path / "grey-alpha.png"))])
+    dataset.mask_targets = {**dataset.mask_targets, "grey": {1: "thing"}}
+    dataset.save()
+    spec = resolve_prompt(dataset, "grey", ["thing"])
+    assert np.array_equal(segment_map(dataset.first().grey, 64, 64, spec) > 0, box > 0)
+
+
 def test_float_images_and_rgb_masks_read_as_what_they_show(tmp_path):
     gray = _texture(16, 24)[..., 0].astype(np.float32)
     Image.fromarray(gray / 255, "F").save(tmp_path / "unit.tif")

@@ -24,7 +24,7 @@ from fiftyone_unseg.audit.splits import Split
 from fiftyone_unseg.audit.targets import resolve_targets
 from fiftyone_unseg.checkpoint import load_generator, save_generator
 from fiftyone_unseg.geometry import Frame
-from fiftyone_unseg.labels import fit_mask, resolve_prompt, segment_map
+from fiftyone_unseg.labels import PromptSpec, fit_mask, resolve_prompt, segment_map
 from fiftyone_unseg.modeling import build_noise_generator, load_sam_weights
 from fiftyone_unseg.protect import _lock_path, default_output_dir, protected_name
 from trainer.data import PairDataset, load_pairs
@@ -127,6 +127,22 @@ def test_one_pixel_and_empty_masks_and_empty_views(tmp_path, generators):  # noq
         protect(dataset.limit(0), "dets", generator=generators["random"])
     summary = visualize_noise(dataset.limit(0))
     assert summary["visualized"] == 0 and summary["failures"] == []
+
+
+def test_box_edges_round_as_fiftyones_coco_importer_and_empty_shapes_draw_nothing():
+    """A COCO box from row 61.5 of a 480-row image starts at row 62, as the importer cuts
+    its mask there; a polyline's empty shape (some converters write them) is skipped."""
+    box = fo.Detection(label="a", bounding_box=[0.0, 61.5 / 480, 1.0, 10 / 480])
+    spec = PromptSpec("dets", fo.Detections, "all")
+    rows = np.flatnonzero(segment_map(fo.Detections(detections=[box]), 480, 8, spec).any(1))
+    assert (rows[0], rows[-1]) == (62, 71)
+    square = [(0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)]
+    spec = PromptSpec("lines", fo.Polylines, "all")
+    drawn = [
+        segment_map(fo.Polylines(polylines=[fo.Polyline(label="a", points=shapes)]), 8, 8, spec)
+        for shapes in ([[], square], [square])
+    ]
+    assert drawn[0].any() and np.array_equal(*drawn)
 
 
 def test_masks_of_another_size_are_stretched_over_the_image_as_the_app_draws_them():
