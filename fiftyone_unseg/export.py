@@ -33,6 +33,7 @@ import fiftyone.utils.labels as fou
 from fiftyone import ViewField as F
 
 from fiftyone_unseg import io as uio
+from fiftyone_unseg.labels import LIST_FIELDS
 from fiftyone_unseg.panoptic import IMAGE_ID_FIELD, unique_image_ids
 from fiftyone_unseg.protect import (
     CURRENT,
@@ -207,6 +208,8 @@ def _export(
         coco = issubclass(kind, fo.types.COCODetectionDataset)
         if coco and unique_image_ids(copy):  # the panoptic exporter reads them itself
             kwargs.setdefault("coco_id", IMAGE_ID_FIELD)
+        if coco and copy.info.get("categories") and "classes" not in kwargs:
+            kwargs.setdefault("categories", coco_categories(copy, fields))
         _export_in_place(
             export_dir,
             work,
@@ -227,6 +230,24 @@ def _export(
         if copy is not None:
             copy.delete()
     return {"exported": len(kept), "skipped": len(missing) + len(stale), "export_dir": export_dir}
+
+
+def coco_categories(samples, fields: list[str]) -> list[dict]:
+    """The categories the samples were imported with (``info["categories"]`` of
+    FiftyOne's COCO importer), so that an export keeps their ids (FiftyOne's exporter
+    would number the classes 1, 2, ... by name), each label of ``fields`` that they do
+    not name added after the largest id."""
+    categories = [dict(c) for c in samples.info["categories"]]
+    names = {c.get("name", str(c["id"])) for c in categories}
+    labels = set()
+    for field in fields:
+        kind = getattr(samples.get_field(field), "document_type", None)
+        if kind in LIST_FIELDS:
+            labels.update(samples.distinct(f"{field}.{LIST_FIELDS[kind]}.label"))
+    next_id = max((int(c["id"]) for c in categories), default=0) + 1
+    for k, name in enumerate(sorted(labels - names - {None})):
+        categories.append({"id": next_id + k, "name": name, "supercategory": None})
+    return categories
 
 
 def export_names(originals: list[str], extensions: list[str]) -> list[str]:

@@ -36,7 +36,7 @@ from fiftyone_unseg.io import colour_values
 
 SUPPORTED_TYPES = (fo.Segmentation, fo.Detections, fo.Polylines)
 PROMPT_MODES = ("all", "instance")
-_LIST_FIELDS = {fo.Detections: "detections", fo.Polylines: "polylines"}
+LIST_FIELDS = {fo.Detections: "detections", fo.Polylines: "polylines"}
 # Mask-target names that mark a Segmentation's background / its not-a-class pixels.
 BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "__background__"})
 IGNORE_NAMES = frozenset(
@@ -144,7 +144,7 @@ def class_names(samples, label_field: str, roles: SegmentValues | None = None) -
         roles = roles or segment_values(samples, label_field)
         targets = _mask_targets(samples, label_field)
         return [targets[v] for v in roles.objects(sorted(targets))]
-    return sorted(samples.distinct(f"{label_field}.{_LIST_FIELDS[kind]}.label"))
+    return sorted(samples.distinct(f"{label_field}.{LIST_FIELDS[kind]}.label"))
 
 
 def segment_values(samples, label_field: str, background=AUTO, ignore=AUTO) -> SegmentValues:
@@ -242,7 +242,7 @@ def segment_classes(label, height: int, width: int, spec: PromptSpec) -> tuple[n
         return np.zeros((height, width), np.uint8), []
     if isinstance(label, fo.Segmentation):
         return _semantic_segments(label, height, width, spec)
-    items = getattr(label, _LIST_FIELDS[type(label)])
+    items = getattr(label, LIST_FIELDS[type(label)])
     if spec.mode == "classes":
         items = [item for item in items if item.label in spec.classes]
     ids = np.zeros((height, width), _id_type(len(items)))

@@ -271,7 +271,8 @@ def test_any_masked_detections_export_as_panoptic_segments(tmp_path, generators)
 
 
 def test_coco_import_categories_and_ids_are_kept(tmp_path, generators):  # noqa: F811
-    """A FiftyOne COCO import (categories in info, ids in coco_id) keeps its ids."""
+    """A FiftyOne COCO import (categories in info, ids in coco_id) keeps its ids in
+    both COCO formats."""
     Image.fromarray(_texture(48, 64)).save(tmp_path / "x.png")
     det = fo.Detection(label="cat", bounding_box=[0, 0, 0.5, 0.5], mask=np.ones((24, 32), bool))
     dataset = fo.Dataset("panoptic-coco-ids")
@@ -288,6 +289,18 @@ def test_coco_import_categories_and_ids_are_kept(tmp_path, generators):  # noqa:
     assert data["categories"] == [{"id": 17, "name": "cat", "isthing": 1}]
     assert data["images"][0]["id"] == data["annotations"][0]["image_id"] == 42
     assert data["annotations"][0]["segments_info"][0]["category_id"] == 17
+    # the coco format too (FiftyOne's exporter alone would number the classes 1, 2, ...),
+    # a class the categories do not list after their largest id
+    dog = fo.Detection(label="dog", bounding_box=[0.5, 0.5, 0.5, 0.5], mask=np.ones((24, 32)))
+    sample = dataset.first()
+    sample.dets.detections.append(dog)
+    sample.save()
+    protect(dataset, "dets", generator=generators["random"])
+    export_protected(dataset, str(tmp_path / "coco"), "coco", label_field="dets")
+    data = json.loads((tmp_path / "coco" / "labels.json").read_text())
+    assert [(c["id"], c["name"]) for c in data["categories"]] == [(17, "cat"), (18, "dog")]
+    assert [a["category_id"] for a in data["annotations"]] == [17, 18]
+    assert data["images"][0]["id"] == 42
 
 
 def test_segment_id_colours_round_trip():
