@@ -254,8 +254,9 @@ def export_names(originals: list[str], extensions: list[str]) -> list[str]:
     """The exported file of each image, relative to the export's media folder.
 
     Each original's path below the originals' common folder, with the protected file's
-    extension (``extensions``, like ".png"); a name already taken (regardless of case,
-    for case-insensitive file systems) gets ``-2``, ``-3``, ... before its extension.
+    extension (``extensions``, like ".png"); a stem already taken (regardless of case,
+    for case-insensitive file systems, and of extension, since some formats name label
+    files by the stem) gets ``-2``, ``-3``, ... before its extension.
     """
     folders = [os.path.dirname(os.path.abspath(path)) for path in originals]
     try:
@@ -267,7 +268,8 @@ def export_names(originals: list[str], extensions: list[str]) -> list[str]:
         stem = os.path.splitext(os.path.basename(path))[0]
         relative = os.path.relpath(folder, root) if root else "."
         base = os.path.normpath(os.path.join(relative, stem))
-        names.append(uio.unclashed_name(base, extension, taken))
+        # stems unique: YOLO's and the segmentation folder's label files are named by them
+        names.append(uio.unclashed_name(base, "", taken) + extension)
     return names
 
 
@@ -447,7 +449,7 @@ def _mask_paths(samples, fields: list[str]) -> list[str]:
     """The mask files that the exported label fields point to (None where in the database)."""
     paths = []
     for field in fields:
-        kind = samples.get_field(field).document_type
+        kind = getattr(samples.get_field(field), "document_type", None)  # None: not a label
         if kind in (fo.Segmentation, fo.Heatmap):
             attribute = "map_path" if kind is fo.Heatmap else "mask_path"
             paths += samples.values(f"{field}.{attribute}")

@@ -47,6 +47,8 @@ def test_export_names_keep_folders_and_stems_and_never_clash():
         "x/z/b.png",
     ]
     assert export_names(["/d/only.JPG"], [".jpg"]) == ["only.jpg"]
+    # one stem, two formats (a preview in jpg, the rest in png): label files would clash
+    assert export_names(["/d/a.jpg", "/d/a.png"], [".jpg", ".png"]) == ["a.jpg", "a-2.png"]
 
 
 @pytest.mark.parametrize("replace_filepath", [False, True])
@@ -114,7 +116,8 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
     assert exportable_fields(dataset, "segmentation-dir") == ["seg_db", "seg_path"]
 
     full = tmp_path / "fiftyone"
-    export_protected(dataset, str(full), "fiftyone", ["dets", "seg_db", "seg_path"])
+    dataset.set_values("style", ["sketch"] * len(dataset))  # a field that is not a label
+    export_protected(dataset, str(full), "fiftyone", ["dets", "seg_db", "seg_path", "style"])
     assert str(tmp_path / "originals") not in (full / "samples.json").read_text()
     assert json.loads((full / "metadata.json").read_text())["app_config"]["media_fields"] == [
         "filepath"
@@ -129,6 +132,7 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
         "dets",
         "seg_db",
         "seg_path",
+        "style",
     }  # no unseg facts, protected or original paths
 
     yolo = tmp_path / "yolo"
