@@ -619,7 +619,8 @@ def build_parser(extra_commands=()) -> argparse.ArgumentParser:
 
 
 def run(parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse ``argv`` and run the chosen verb. User errors exit with status 2; Ctrl-C with
+    """Parse ``argv`` and run the chosen verb. User errors exit with status 2, file
+    system errors (the path and why) with 1; Ctrl-C with
     130 and one line (a verb's ``interrupted`` default says how to go on); a reader that
     stops reading the output (``| head``) with 141, quietly, as a tool killed by SIGPIPE."""
     args = parser.parse_args(argv)
@@ -641,3 +642,6 @@ def run(parser: argparse.ArgumentParser, argv=None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
         return 141
+    except OSError as e:  # a folder that cannot be written, a disk full: the path, no trace
+        print(f"unseg {args.command}: error: {e}", file=sys.stderr)
+        return 1

@@ -13,7 +13,7 @@ from fiftyone.operators.executor import ExecutionContext
 from PIL import Image
 from test_protect import _box, _dataset, _hashes, _scene_dataset, _texture, generators  # noqa: F401
 
-from fiftyone_unseg import export_protected, protect, restore, visualize_noise
+from fiftyone_unseg import cli, export_protected, protect, restore, visualize_noise
 from fiftyone_unseg.export import export_names, exportable_fields
 from fiftyone_unseg.io import marker, read_mask, unmarked
 
@@ -283,7 +283,7 @@ def test_export_replaces_a_folder_only_when_asked_and_only_when_complete(
         export_protected(dataset, str(tmp_path / "new"), "images")
 
 
-def test_cli_and_operator_export_the_protected_copy(tmp_path, generators, unseg):  # noqa: F811
+def test_cli_and_operator_export_the_protected_copy(tmp_path, generators, unseg, capsys):  # noqa: F811
     dataset = _scene_dataset("export-cli", tmp_path / "scenes", count=2)
     dataset.persistent = True
     protect(dataset.limit(1), "dets", generator=generators["random"])
@@ -291,6 +291,11 @@ def test_cli_and_operator_export_the_protected_copy(tmp_path, generators, unseg)
     refused = unseg("export", str(tmp_path / "cli"), *args, check=False)
     assert refused.returncode == 2
     assert "1 of 2 samples have no protected copy" in refused.stderr
+    (tmp_path / "a-file").write_text("")  # a folder cannot be made in it: one line, no trace
+    assert cli.run(cli.build_parser(), ["export", str(tmp_path / "a-file" / "out"), *args]) == 1
+    said = capsys.readouterr().err
+    assert said.startswith("unseg export: error: [Errno") and said.count("\n") == 1
+    assert str(tmp_path / "a-file") in said
     done = unseg("export", str(tmp_path / "cli"), *args, "--skip-unprotected").stdout
     assert "Exported 1 protected images (1 unprotected left out) as coco" in done
     assert _files(tmp_path / "cli") == {"labels.json", "data/scene0.png"}
