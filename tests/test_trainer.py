@@ -21,7 +21,7 @@ from fiftyone_unseg.modeling import NoiseGenerator
 from fiftyone_unseg.modeling.build import load_state_file
 from trainer import distributed, prompts, surrogate
 from trainer.config import CONFIG_DIR, TrainConfig, load_config
-from trainer.data import PairDataset, load_pairs, split_pairs
+from trainer.data import PairDataset, _fiftyone_spec, load_pairs, split_pairs
 from trainer.loop import Trainer, generator_inputs
 from trainer.losses import mask_loss, shared_texture_share, uncertain_points
 
@@ -716,6 +716,18 @@ def test_fiftyone_sources_of_one_dataset_keep_their_own_masks(sample_dataset):
     some = load_pairs("fiftyone:trainer-views@one_class:instances")
     assert 0 < len(some) < len(everything)
     assert all(os.path.isfile(p.mask) for p in everything + some)
+    # FiftyOne allows ":" and "@" in dataset names: a dataset of the whole name comes first
+    named = sample_dataset.limit(2).clone("trainer-views@one_class:v2")
+    pairs = load_pairs("fiftyone:trainer-views@one_class:v2:instances")
+    assert len(pairs) == named.count("instances.detections")
+    assert all(os.path.isfile(p.mask) for p in everything + some + pairs)
+    assert _fiftyone_spec("fiftyone:trainer-views@one_class:v2") == (named.name, None, None)
+    assert _fiftyone_spec("fiftyone:trainer-views@one_class:instances") == (
+        "trainer-views",
+        "one_class",
+        "instances",
+    )
+    named.delete()
 
 
 def test_fiftyone_segmentation_regions_are_colours_at_image_size_and_follow_edits(tmp_path):

@@ -80,6 +80,25 @@ def _sample_source(spec: str) -> list:
     return folders.find_pairs(os.path.join(root, "images"), os.path.join(root, "masks"))
 
 
+def _fiftyone_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """``fiftyone:DATASET[@SAVED_VIEW][:FIELD]`` as (dataset, saved view, field), for
+    dataset names holding ``:`` or ``@`` too (FiftyOne allows both): a dataset of the
+    whole name first, then the split that names one with that saved view."""
+    import fiftyone as fo
+
+    rest = spec.partition(":")[2]
+    whole, _, last = rest.rpartition(":")
+    for name, field in ((rest, None), (whole, last)) if whole else ((rest, None),):
+        if fo.dataset_exists(name):
+            return name, None, field
+        dataset, _, view = name.rpartition("@")
+        if dataset and fo.dataset_exists(dataset) and fo.load_dataset(dataset).has_saved_view(view):
+            return dataset, view, field
+    first, _, field = rest.partition(":")  # none there: loading names what is missing
+    dataset, _, view = first.partition("@")
+    return dataset, view or None, field or None
+
+
 def _fiftyone_source(spec: str) -> list:
     """Export each instance / class region of a FiftyOne dataset as a binary mask file.
 
@@ -90,9 +109,8 @@ def _fiftyone_source(spec: str) -> list:
 
     from fiftyone_unseg.protect import check_images, original_paths
 
-    parts = spec.split(":")[1:]
-    name, _, saved_view = parts[0].partition("@")
     database.connect()
+    name, saved_view, field = _fiftyone_spec(spec)
     dataset = fo.load_dataset(name)
     view = dataset.load_saved_view(saved_view) if saved_view else dataset
     try:
@@ -101,7 +119,7 @@ def _fiftyone_source(spec: str) -> list:
         raise ValueError(f"{spec}: {error}") from None
     fields = _label_fields(view)
     usable = {f: t for f, t in fields.items() if t in ("Detections", "Polylines", "Segmentation")}
-    field = parts[1] if len(parts) > 1 else next(iter(usable), None)
+    field = field or next(iter(usable), None)
     if field not in usable:
         if field is None or not view.has_field(field):
             what = f"has no field {field!r}"
@@ -114,7 +132,10 @@ def _fiftyone_source(spec: str) -> list:
     all_segments = resolve_prompt(view, field)
     # one folder per source: pruning one view's files must not touch another's
     source = f"{name}@{saved_view}" if saved_view else name
-    root = os.path.join(CACHE_DIR, "fiftyone", re.sub(r"[^\w.@-]+", "_", f"{source}-{field}"))
+    key = hashlib.sha1(repr((name, saved_view, field)).encode()).hexdigest()[:8]  # "a@b": a name
+    root = os.path.join(
+        CACHE_DIR, "fiftyone", re.sub(r"[^\w.@-]+", "_", f"{source}-{field}") + f"-{key}"
+    )
     # the originals: where protection replaced a filepath, it holds noise already
     originals = dict(zip(view.values("id"), original_paths(view)))
     pairs = []
