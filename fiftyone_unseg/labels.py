@@ -24,6 +24,7 @@ FiftyOne's own ``to_segmentation``, so they match what the App draws.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import cv2
@@ -95,11 +96,20 @@ class PromptSpec:
 
     @property
     def name(self) -> str:
-        """The mode as recorded on protected samples: all, instance or classes:a,b, then
+        """The mode as recorded on protected samples: all, instance or classes:a,b (a
+        Segmentation's with their values, classes:a,b=1,2), then
         ``;background=...;ignore=...`` where those differ from FiftyOne's convention."""
         name = f"classes:{','.join(self.classes)}" if self.mode == "classes" else self.mode
+        if self.values:  # a Segmentation's: the values the mask targets give those classes
+            name += f"={','.join(str(v) for v in sorted(self.values))}"
         roles = self.segment_values.describe()
         return f"{name};{roles}" if roles else name
+
+    @property
+    def names_digest(self) -> str:
+        """8 hex digits naming the mask targets' value -> class pairs (class keys draw each
+        region's texture by its class name)."""
+        return hashlib.blake2b(repr(sorted(self.value_names)).encode(), digest_size=4).hexdigest()
 
 
 def supported_label_fields(samples) -> list[str]:

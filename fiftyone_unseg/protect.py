@@ -253,7 +253,8 @@ def protect(
         "generator_id": model.generator_id,
         "generator_size": getattr(getattr(model, "config", None), "img_size", None),
         "label_field": label_field,
-        "prompt": spec.name,
+        # with class keys, which class a mask target names decides its region's texture
+        "prompt": spec.name + (f";names={spec.names_digest}" if keys and spec.value_names else ""),
         "eps": float(eps),
         "eps_bg": float(eps_bg),
         "format": image_format,

@@ -359,7 +359,28 @@ def test_object_budget_follows_each_label_type(tmp_path, generators, field):
     thing, other = _box(RECT, 64, 64), _box(OTHER, 64, 64)
     assert noise[thing].max() >= EPS - TOL and noise[~thing].max() <= EPS_BG + TOL
     assert noise[other].max() <= EPS_BG + TOL  # not a chosen class: background budget
-    assert dataset.first().unseg.prompt == "classes:thing"
+    expected = "classes:thing=1" if field == "seg_path" else "classes:thing"  # its value
+    assert dataset.first().unseg.prompt == expected
+
+
+def test_edited_mask_targets_protect_again_where_they_change_the_noise(tmp_path, generators):
+    """The targets decide which value a class prompt gives the object budget, and with
+    class keys which texture each region gets: copies made under others are not kept."""
+    dataset = _scene_dataset("edited-targets", tmp_path, count=2)
+    saturated = generators["saturated"]
+    protect(dataset, "seg_db", generator=saturated, prompt=["thing"])
+    dataset.mask_targets["seg_db"] = {1: "other", 2: "thing"}  # swapped
+    dataset.save()
+    summary = protect(dataset, "seg_db", generator=saturated, prompt=["thing"])
+    assert summary["protected"] == 2 and summary["skipped"] == 0
+    noise = np.abs(_noise(dataset.first())).max(axis=2)
+    assert noise[_box(OTHER, 64, 64)].max() >= EPS - TOL  # value 2 is "thing" now
+    assert noise[_box(RECT, 64, 64)].max() <= EPS_BG + TOL
+    protect(dataset, "seg_db", generator=saturated, class_mix=0.5)
+    dataset.mask_targets["seg_db"] = {1: "road", 2: "thing"}  # renamed: another texture
+    dataset.save()
+    assert protect(dataset, "seg_db", generator=saturated, class_mix=0.5)["protected"] == 2
+    assert protect(dataset, "seg_db", generator=saturated, class_mix=0.5)["skipped"] == 2
 
 
 class AreaNoise(torch.nn.Module):
@@ -660,11 +681,8 @@ def test_cli_two_shard_processes_protect_every_sample_exactly_once(tmp_path, gen
     assert set(dataset.values("unseg.class_mix")) == {0.75}
     assert len(set(dataset.values("unseg.class_key"))) == 1  # both shards drew one key
     facts = dataset.first().unseg
-    assert (facts.eps, facts.prompt, facts.format) == (
-        pytest.approx(4 / 255),
-        "classes:thing",
-        "jpg",
-    )
+    assert (facts.eps, facts.format) == (pytest.approx(4 / 255), "jpg")
+    assert re.fullmatch(r"classes:thing=1;names=[0-9a-f]{8}", facts.prompt)  # keys: names too
     assert "Restored 10 originals" in unseg("restore", "--dataset", "shards").stdout
     dataset.reload()
     assert dataset.values("filepath") == originals
