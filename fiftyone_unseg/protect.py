@@ -892,6 +892,13 @@ def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
     if task.id not in labels:
         raise ValueError("the sample left the view during the run")
     label = labels[task.id]
+    owner = uio.marker(task.source)
+    if owner is not None:
+        raise ValueError(
+            f"{task.source} is a protected copy (unseg wrote it for sample "
+            f"{uio.sample_of(owner)}), not an original: noise would be added to noise. Protect "
+            "the samples it was copied from, or set filepath to the original image"
+        )
     made_from = {
         "source_stat": file_stat(task.source),  # before the bytes: a change after shows
         "source_hash": file_hash(task.source),

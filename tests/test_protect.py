@@ -611,6 +611,13 @@ def test_replace_filepath_and_restore_round_trip(tmp_path, generators):
     assert dataset.values("original_filepath") == originals
     assert all(np.abs(_noise(s)).max() <= 4 / 255 + TOL for s in dataset)
 
+    # A clone of the labels alone takes the protected copies as its images: never noised again.
+    clone = dataset.select_fields("seg_db").clone("replace-clone")
+    summary = protect(clone, "seg_db", generator=generators["random"])
+    assert summary["failed"] == 3 and summary["protected"] == 0
+    assert "is a protected copy (unseg wrote it for sample" in summary["failures"][0]["reason"]
+    clone.delete()
+
     assert restore(dataset) == {"restored": 3, "unchanged": 0, "deleted": 0}
     assert restore(dataset) == {"restored": 0, "unchanged": 3, "deleted": 0}
     protected = dataset.values("protected_filepath")
