@@ -67,20 +67,21 @@ def add_train_command(subparsers) -> None:
     p.add_argument(
         "--data",
         action="append",
-        help="data source, repeatable: DIR, IMAGES:MASKS, fiftyone:DATASET[:FIELD], "
-        "sample:NUM[:SEED[:STYLES[:SIZE]]]",
+        help="data source, repeatable: DIR, IMAGES:MASKS, hqseg44k:ROOT, "
+        "fiftyone:DATASET[@SAVED_VIEW][:FIELD], sample:NUM[:SEED[:STYLES[:SIZE]]]",
     )
     p.add_argument("--out", default="runs/train", help="output folder")
     p.add_argument(
         "--init",
-        help="start from a trained generator: 'default' (the shipped one) or a checkpoint "
-        "folder; with --config adapt, fine-tunes it to --data in minutes on a CPU",
+        help="start from a trained generator: a shipped one ('default', 'robust') or a "
+        "checkpoint folder; with --config adapt, fine-tunes it to --data in minutes on a CPU",
     )
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue the training in --out from its newest checkpoint (same config; "
-        "max steps, epochs, device, logging and checkpoint intervals may change)",
+        "max steps, epochs, device, workers, logging, validation and checkpoint settings "
+        "may change)",
     )
     p.add_argument(
         "--overwrite",
