@@ -11,7 +11,8 @@ budget on every pixel (``random_flat``) and the fixed mask-aligned pattern, each
 ``--seeds`` victim seeds, and tested on the CLEAN held-out images:
 
 - ``semantic``: LRASPP-MobileNetV3 on CamVid, trained on its 367 ``train`` images,
-  tested on its 233 ``test`` images (another drive); mIoU over the 11 classes, void
+  tested on its 233 ``test`` images (SegNet's split: 171 of a drive the training split
+  does not hold, 62 that continue one of its drives); mIoU over the 11 classes, void
   (255) neither learnt nor scored; trivial predictor: the most frequent class.
 - ``yolo``: YOLOv8n-seg from scratch on the Oxford pets (each pet one instance of
   class ``pet``, the split of ``sam_point``) at 128 px, 40 epochs; mask mAP@[.5:.95];

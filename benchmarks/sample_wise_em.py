@@ -15,7 +15,7 @@ pixel as the next class (``min_min.py``).
 
 ``--real camvid`` asks the same of real photographs: CamVid's 367 training frames
 (480x360, read from ``--data``, default ``../shared/data``), the real benchmark's
-semantic victim (12 epochs on 128 px crops, tested on the 233 frames of another drive),
+semantic victim (12 epochs on 128 px crops, tested on the 233 frames of SegNet's test split),
 with the victim's own LRASPP-MobileNetV3 as the surrogate (``--surrogate victim``, a
 white-box bound) trained on crops as the victim is, and the noise stepped on random
 ``--crop`` px crops of every frame (the frames are too large for whole-image steps on a
