@@ -506,9 +506,9 @@ def main(argv=None) -> int:
         with open(args.baselines_from) as f:
             donor = json.load(f)
 
-    def measuring(args):  # with --update, merging completes the whole file instead
+    def measuring(args):  # with --update, merging completes the whole file (if there is one)
         results = run(args)
-        return results if args.update else borrow(results, donor)
+        return results if args.update and os.path.exists(args.out) else borrow(results, donor)
 
     def merging(old, new):
         return borrow(merge(old, new, add=args.add_seeds), donor)

@@ -306,6 +306,36 @@ def test_a_second_victim_seed_joins_a_row_measured_at_the_first():
         add_seeds(tuned, {**later, "checkpoint": {"sha256": "b2"}}, first_seed=0)
 
 
+def test_baselines_are_borrowed_by_a_first_update_to_a_new_file(tmp_path, monkeypatch):
+    """--update to a file that does not exist yet has nothing to merge: the run's own
+    results take the donor's baselines (they were published without them)."""
+    sys.path.insert(0, BENCHMARKS)
+    import real_effectiveness
+    import sandbox
+    from real_rows import summary_row
+
+    settings = {"epochs": 40, "image_size": 128}
+    data = {"pets": {"train": 4, "test": 2}}
+
+    def results(runs):
+        row = {"dataset": "pets", **summary_row("mAP", 0.05, runs, [0]), "settings": settings}
+        return {"generator": "b", "eps": 8 / 255, "eps_bg": 2 / 255, "quick": False,
+                "data": data, "victim_seed": 0, "victims": {"yolo": row}, "stress": {},
+                "quality": {}}  # fmt: skip
+
+    donor = tmp_path / "donor.json"
+    donor.write_text(json.dumps(results({"clean": [0.29], "protected": [0.2], "random": [0.3]})))
+    monkeypatch.setattr(sandbox, "cleanup", lambda: None)
+    monkeypatch.setattr(
+        real_effectiveness, "run", lambda args: results({"clean": [0.29], "protected": [0.01]})
+    )
+    out = tmp_path / "new.json"
+    argv = ["--victims", "yolo", "--update", "--out", str(out), "--baselines-from", str(donor)]
+    assert real_effectiveness.main(argv) == 0
+    row = json.loads(out.read_text())["victims"]["yolo"]
+    assert row["runs"]["random"] == [0.3] and row["random_ratio"] == pytest.approx(0.3 / 0.29)
+
+
 def test_a_new_generators_row_borrows_baselines_only_from_identical_clean_trainings():
     sys.path.insert(0, BENCHMARKS)
     from real_rows import borrow_baselines, summary_row
