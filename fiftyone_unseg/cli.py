@@ -642,6 +642,8 @@ def run(parser: argparse.ArgumentParser, argv=None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
         return 141
-    except OSError as e:  # a folder that cannot be written, a disk full: the path, no trace
-        print(f"unseg {args.command}: error: {e}", file=sys.stderr)
+    except OSError as e:  # a folder that cannot be written, a disk full: no trace
+        while _open_bars:
+            _open_bars.pop().close()
+        print(f"unseg {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -240,10 +240,11 @@ def coco_categories(samples, fields: list[str]) -> list[dict]:
     categories = [dict(c) for c in samples.info["categories"]]
     names = {c.get("name", str(c["id"])) for c in categories}
     labels = set()
+    lists = {**LIST_FIELDS, fo.Keypoints: "keypoints"}  # all that FiftyOne's exporter takes
     for field in fields:
         kind = getattr(samples.get_field(field), "document_type", None)
-        if kind in LIST_FIELDS:
-            labels.update(samples.distinct(f"{field}.{LIST_FIELDS[kind]}.label"))
+        if kind in lists:
+            labels.update(samples.distinct(f"{field}.{lists[kind]}.label"))
     next_id = max((int(c["id"]) for c in categories), default=0) + 1
     for k, name in enumerate(sorted(labels - names - {None})):
         categories.append({"id": next_id + k, "name": name, "supercategory": None})

@@ -383,9 +383,9 @@ def read_rgb(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if _colour_bits(im) == 16:  # Pillow would keep the high byte of each value
-                return upright(_read_rgb16(path), orientation(im))
-            turn = orientation(im)  # (a PNG's EXIF may follow its pixels: both read here)
-            im.load()
+                return np.ascontiguousarray(upright(_read_rgb16(path), orientation(im)))
+            im.load()  # a TIFF turns its pixels itself as it loads them, and says 1 after
+            turn = orientation(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
                 # 16-bit PGM/PPM open as "I" scaled to 0..65535; other "I" files (32-bit
@@ -393,9 +393,10 @@ def read_rgb(path: str) -> np.ndarray:
                 sixteen = im.mode.startswith("I;16") or im.format == "PPM"
                 scale = 65535.0 if sixteen or arr.max() > 255 else 255.0
                 arr = np.clip(arr / scale, 0, 1)
-                return upright(np.repeat(arr[..., None], 3, axis=-1), turn)
+                return np.ascontiguousarray(upright(np.repeat(arr[..., None], 3, -1), turn))
             if im.mode == "F":
-                return upright(_float_rgb(np.asarray(im, dtype=np.float32), path), turn)
+                gray = _float_rgb(np.asarray(im, dtype=np.float32), path)
+                return np.ascontiguousarray(upright(gray, turn))
             rgb8 = upright(np.asarray(im if im.mode == "RGB" else im.convert("RGB")), turn)
         # Pillow's copy is freed before the floats exist, and they are made once, in place
         # (turned as views until then).
@@ -437,7 +438,7 @@ def _colour_bits(im: Image.Image) -> int:
     before its pixels are read)."""
     if im.mode not in ("RGB", "RGBA") or not im.tile:
         return 8
-    args = im.tile[0].args
+    args = im.tile[0][3]  # (codec, extents, offset, args): a tuple before Pillow 11
     raw = args[0] if isinstance(args, tuple) else args
     return 16 if isinstance(raw, str) and ";16" in raw else 8
 

@@ -601,8 +601,8 @@ def stored_samples(samples):
 
 def dataset_file_in(folder: str, other_than: str | None = None) -> tuple[str, str] | None:
     """(dataset name, path) of an image, original or protected copy that a dataset of the
-    database (other than ``other_than``) has in ``folder``, however either is spelt (a
-    symlink, a bind mount: real paths are compared); None if none has."""
+    database (other than ``other_than``) has in ``folder``, however either is spelt
+    through symlinks (real paths are compared); None if none has."""
     for name in fo.list_datasets():
         if name == other_than:
             continue
@@ -618,18 +618,37 @@ def dataset_file_in(folder: str, other_than: str | None = None) -> tuple[str, st
     return None
 
 
+def check_original(path: str) -> None:
+    """ValueError if ``path`` is a protected copy (it carries the owner marker): noise
+    would be added to noise, or learnt as if it were the image."""
+    owner = uio.marker(path)
+    if owner is not None:
+        raise ValueError(
+            f"{path} is a protected copy (unseg wrote it for sample {uio.sample_of(owner)}), "
+            "not an original: protect or train on the samples it was copied from, or set "
+            "filepath to the original image"
+        )
+
+
 def paths_in(folder: str, paths) -> list[str]:
     """Those of ``paths`` that are in ``folder`` or are it, comparing real paths (each
-    folder resolved once)."""
+    folder resolved once; a path that is itself a symlink, by its target)."""
     root = os.path.realpath(folder)
+
+    def within(real: str) -> bool:
+        return os.path.commonpath([root, real]) == root
+
     inside = {}
     found = []
     for path in filter(None, paths):
         parent = os.path.dirname(os.path.abspath(path))
         if parent not in inside:
-            real = os.path.realpath(parent)
-            inside[parent] = os.path.commonpath([root, real]) == root
-        if inside[parent] or os.path.realpath(path) == root:
+            inside[parent] = within(os.path.realpath(parent))
+        if (
+            inside[parent]
+            or os.path.realpath(path) == root
+            or (os.path.islink(path) and within(os.path.realpath(path)))
+        ):
             found.append(path)
     return found
 
@@ -892,13 +911,7 @@ def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
     if task.id not in labels:
         raise ValueError("the sample left the view during the run")
     label = labels[task.id]
-    owner = uio.marker(task.source)
-    if owner is not None:
-        raise ValueError(
-            f"{task.source} is a protected copy (unseg wrote it for sample "
-            f"{uio.sample_of(owner)}), not an original: noise would be added to noise. Protect "
-            "the samples it was copied from, or set filepath to the original image"
-        )
+    check_original(task.source)
     made_from = {
         "source_stat": file_stat(task.source),  # before the bytes: a change after shows
         "source_hash": file_hash(task.source),

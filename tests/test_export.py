@@ -16,6 +16,7 @@ from test_protect import _box, _dataset, _hashes, _scene_dataset, _texture, gene
 from fiftyone_unseg import cli, export_protected, protect, restore, visualize_noise
 from fiftyone_unseg.export import export_names, exportable_fields
 from fiftyone_unseg.io import marker, read_mask, unmarked
+from fiftyone_unseg.protect import paths_in
 
 # Originals in nested folders: a name twice in different folders, a case-only clash.
 ORIGINALS = ("a/scene.jpg", "b/scene.jpg", "a/Scene.png", "a/c/deep.png")
@@ -266,6 +267,12 @@ def test_export_replaces_a_folder_only_when_asked_and_only_when_complete(
         with pytest.raises(ValueError, match=match):
             export_protected(samples, str(tmp_path / "real"), "coco", "dets", overwrite=True)
     assert os.path.isfile(os.path.realpath(linked.first().filepath))
+    image = tmp_path / "real" / "own.png"  # a sample's image that is a symlink into it
+    image.write_bytes(open(linked.first().filepath, "rb").read())
+    (tmp_path / "alias.png").symlink_to(image)
+    assert paths_in(str(tmp_path / "real"), [str(tmp_path / "alias.png")]) == [
+        str(tmp_path / "alias.png")
+    ]
 
     # Where only the (empty) export folder can be written, the images are staged in it.
     def parent_read_only(*args, dir=None, **kwargs):
@@ -294,7 +301,8 @@ def test_cli_and_operator_export_the_protected_copy(tmp_path, generators, unseg,
     (tmp_path / "a-file").write_text("")  # a folder cannot be made in it: one line, no trace
     assert cli.run(cli.build_parser(), ["export", str(tmp_path / "a-file" / "out"), *args]) == 1
     said = capsys.readouterr().err
-    assert said.startswith("unseg export: error: [Errno") and said.count("\n") == 1
+    assert said.startswith("unseg export: error: FileExistsError: [Errno")
+    assert said.count("\n") == 1
     assert str(tmp_path / "a-file") in said
     done = unseg("export", str(tmp_path / "cli"), *args, "--skip-unprotected").stdout
     assert "Exported 1 protected images (1 unprotected left out) as coco" in done

@@ -301,6 +301,13 @@ def test_coco_import_categories_and_ids_are_kept(tmp_path, generators):  # noqa:
     assert [(c["id"], c["name"]) for c in data["categories"]] == [(17, "cat"), (18, "dog")]
     assert [a["category_id"] for a in data["annotations"]] == [17, 18]
     assert data["images"][0]["id"] == 42
+    # keypoints too: a class the categories do not list would be dropped by the exporter
+    sample["kp"] = fo.Keypoints(keypoints=[fo.Keypoint(label="nose", points=[(0.2, 0.3)])])
+    sample.save()
+    export_protected(dataset, str(tmp_path / "kp"), "coco", label_field="kp")
+    data = json.loads((tmp_path / "kp" / "labels.json").read_text())
+    assert [a["category_id"] for a in data["annotations"]] == [18]
+    assert data["categories"][-1]["name"] == "nose"
 
 
 def test_segment_id_colours_round_trip():

@@ -517,15 +517,24 @@ def test_exif_pillow_cannot_rewrite_is_left_out_and_the_photo_still_protected(
 
 @pytest.mark.parametrize("turn", range(1, 9))
 def test_images_are_read_as_shown_under_every_exif_orientation(tmp_path, turn):
+    """8-bit colour, 16-bit grey and float files, each as a whole array torch takes."""
     from PIL import ImageOps
 
     exif = Image.Exif()
     exif[0x0112] = turn
-    path = tmp_path / "turned.png"
-    Image.fromarray(_texture(6, 10)).save(path, exif=exif)
-    with Image.open(path) as im:
-        shown = np.asarray(ImageOps.exif_transpose(im), np.float32) / 255
-    assert np.array_equal(io.read_rgb(str(path)), shown)
+    images = {
+        "turned.png": Image.fromarray(_texture(6, 10)),
+        "deep.png": Image.fromarray(_texture(6, 10)[..., 0].astype(np.uint16) * 257),
+        "float.tif": Image.fromarray(_texture(6, 10)[..., 0].astype(np.float32) / 255, "F"),
+    }
+    for name, image in images.items():
+        image.save(tmp_path / name, exif=exif)
+        with Image.open(tmp_path / name) as im:
+            shown = np.asarray(ImageOps.exif_transpose(im), np.float32)
+        shown = shown / (65535 if name == "deep.png" else 255 if name == "turned.png" else 1)
+        read = io.read_rgb(str(tmp_path / name))
+        assert np.allclose(read if read.ndim == shown.ndim else read[..., 0], shown), name
+        assert torch.from_numpy(read).shape == read.shape  # no negative strides
 
 
 def test_trainer_skips_bad_pairs_with_reasons(tmp_path):

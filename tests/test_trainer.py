@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fiftyone_unseg import checkpoint, folders
+from fiftyone_unseg.io import encode_marked
 from fiftyone_unseg.modeling import NoiseGenerator
 from fiftyone_unseg.modeling.build import load_state_file
 from trainer import distributed, prompts, surrogate
@@ -697,6 +698,17 @@ def test_a_fiftyone_source_trains_on_the_originals_not_the_protected_copies(
         ]
     )
     sample.save()
+    # a clone of the labels alone reads the copies as its images: they are left out
+    clone = dataset.select_fields("instances").clone("trainer-replaced-clone")
+    marked = tmp_path / "marked.png"
+    pixels = np.asarray(Image.open(original).convert("RGB"))
+    marked.write_bytes(encode_marked(pixels, clone.first().id))
+    first = clone.first()
+    first.filepath = str(marked)
+    first.save()
+    images = {p.image for p in load_pairs("fiftyone:trainer-replaced-clone:instances")}
+    assert str(marked) not in images and len(images) == len(clone) - 1
+    clone.delete()
     (box,) = load_pairs("fiftyone:trainer-replaced:boxes")
     mask = np.asarray(Image.open(box.mask)) > 0
     assert mask.mean() == pytest.approx(0.25, abs=0.02) and mask[mask.shape[0] // 2].any()

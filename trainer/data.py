@@ -107,7 +107,7 @@ def _fiftyone_source(spec: str) -> list:
     """
     import fiftyone as fo
 
-    from fiftyone_unseg.protect import check_images, original_paths
+    from fiftyone_unseg.protect import check_images, check_original, original_paths
 
     database.connect()
     name, saved_view, field = _fiftyone_spec(spec)
@@ -145,6 +145,7 @@ def _fiftyone_source(spec: str) -> list:
             continue
         image = originals[sample.id]
         try:
+            check_original(image)
             masks = _label_masks(label, image, all_segments)
         except ValueError as error:
             logger.warning("skipping sample %s (%s): %s", sample.id, image, error)
