@@ -306,32 +306,43 @@ def test_a_second_victim_seed_joins_a_row_measured_at_the_first():
         add_seeds(tuned, {**later, "checkpoint": {"sha256": "b2"}}, first_seed=0)
 
 
-def test_baselines_are_borrowed_by_a_first_update_to_a_new_file(tmp_path, monkeypatch):
+# real_effectiveness.main with its measurements replaced by one row (in a process of its
+# own: the benchmark's sandbox points FiftyOne at a private database as it is imported).
+FIRST_UPDATE = """
+import sys
+sys.path.insert(0, {benchmarks!r})
+import real_effectiveness
+from real_rows import summary_row
+
+def results(runs):
+    row = {{"dataset": "pets", **summary_row("mAP", 0.05, runs, [0]), "settings": {{"epochs": 40}}}}
+    return {{"generator": "b", "eps": 8 / 255, "eps_bg": 2 / 255, "quick": False,
+            "data": {{"pets": {{"train": 4, "test": 2}}}}, "victim_seed": 0,
+            "victims": {{"yolo": row}}, "stress": {{}}, "quality": {{}}}}
+
+if sys.argv[1] == "donor":
+    import json
+    print(json.dumps(results({{"clean": [0.29], "protected": [0.2], "random": [0.3]}})))
+    sys.exit(0)
+real_effectiveness.run = lambda args: results({{"clean": [0.29], "protected": [0.01]}})
+sys.exit(real_effectiveness.main(sys.argv[1:]))
+"""
+
+
+def test_baselines_are_borrowed_by_a_first_update_to_a_new_file(tmp_path):
     """--update to a file that does not exist yet has nothing to merge: the run's own
     results take the donor's baselines (they were published without them)."""
-    sys.path.insert(0, BENCHMARKS)
-    import real_effectiveness
-    import sandbox
-    from real_rows import summary_row
+    script = FIRST_UPDATE.format(benchmarks=BENCHMARKS)
 
-    settings = {"epochs": 40, "image_size": 128}
-    data = {"pets": {"train": 4, "test": 2}}
-
-    def results(runs):
-        row = {"dataset": "pets", **summary_row("mAP", 0.05, runs, [0]), "settings": settings}
-        return {"generator": "b", "eps": 8 / 255, "eps_bg": 2 / 255, "quick": False,
-                "data": data, "victim_seed": 0, "victims": {"yolo": row}, "stress": {},
-                "quality": {}}  # fmt: skip
+    def bench(*args):
+        return subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True, check=True
+        )
 
     donor = tmp_path / "donor.json"
-    donor.write_text(json.dumps(results({"clean": [0.29], "protected": [0.2], "random": [0.3]})))
-    monkeypatch.setattr(sandbox, "cleanup", lambda: None)
-    monkeypatch.setattr(
-        real_effectiveness, "run", lambda args: results({"clean": [0.29], "protected": [0.01]})
-    )
+    donor.write_text(bench("donor").stdout)
     out = tmp_path / "new.json"
-    argv = ["--victims", "yolo", "--update", "--out", str(out), "--baselines-from", str(donor)]
-    assert real_effectiveness.main(argv) == 0
+    bench("--victims", "yolo", "--update", "--out", str(out), "--baselines-from", str(donor))
     row = json.loads(out.read_text())["victims"]["yolo"]
     assert row["runs"]["random"] == [0.3] and row["random_ratio"] == pytest.approx(0.3 / 0.29)
 
