@@ -634,21 +634,18 @@ def paths_in(folder: str, paths) -> list[str]:
     """Those of ``paths`` that are in ``folder`` or are it, comparing real paths (each
     folder resolved once; a path that is itself a symlink, by its target)."""
     root = os.path.realpath(folder)
-
-    def within(real: str) -> bool:
-        return os.path.commonpath([root, real]) == root
-
-    inside = {}
+    real_folders = {}
     found = []
     for path in filter(None, paths):
-        parent = os.path.dirname(os.path.abspath(path))
-        if parent not in inside:
-            inside[parent] = within(os.path.realpath(parent))
-        if (
-            inside[parent]
-            or os.path.realpath(path) == root
-            or (os.path.islink(path) and within(os.path.realpath(path)))
-        ):
+        parent, name = os.path.split(os.path.abspath(path))
+        if parent not in real_folders:
+            real_folders[parent] = os.path.realpath(parent)
+        real = (
+            os.path.realpath(path)
+            if os.path.islink(path)
+            else os.path.join(real_folders[parent], name)
+        )
+        if os.path.commonpath([root, real]) == root:
             found.append(path)
     return found
 
