@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -289,6 +290,29 @@ def test_a_resumed_training_equals_an_uninterrupted_one(tmp_path, workers):
         assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_a_resumed_run_logs_each_step_once_and_a_finished_one_is_not_overwritten(tmp_path):
+    """Killed after logging steps past its last checkpoint, a run resumes with TensorBoard
+    curves that run again from there, as metrics.csv does; a folder whose checkpoints were
+    deleted still keeps its finished generator unless told to overwrite it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    cfg = micro_config(max_steps=4, checkpoint_every=2, log_every=1)
+    Trainer(cfg, str(out), ctx).run()
+    (out / "checkpoints" / "latest").write_text("step_00000002")  # killed before step 4's
+    Trainer(cfg, str(out), ctx).run(resume=True)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("lr")] == [1, 2, 3, 4]
+    assert [int(r["step"]) for r in _metrics(out)] == [1, 2, 3, 4]
+    shutil.rmtree(out / "checkpoints")
+    with pytest.raises(ValueError, match="generator and summary.json but no checkpoint"):
+        Trainer(cfg, str(out), ctx).run()
+    Trainer(cfg, str(out), ctx).run(overwrite=True)
+    assert (out / "checkpoints" / "latest").read_text() == "step_00000004"
+
+
 def test_a_used_out_folder_is_resumed_with_its_own_config_or_overwritten(tmp_path):
     out = tmp_path / "run"
     ctx = distributed.Context(0, 1, torch.device("cpu"))
@@ -463,6 +487,16 @@ def test_shipped_configs_and_overrides():
         TrainConfig(objective="maximise")
     with pytest.raises(ValueError, match="keep_checkpoints must be at least 1"):
         TrainConfig(keep_checkpoints=0)
+    for bad, message in (
+        ({"scale_range": [0.5]}, "scale_range must be"),
+        ({"object_context": [3.0, 1.2]}, "object_context must be"),
+        ({"oversample_ratio": 0.5}, "oversample_ratio at least 1"),
+        ({"surrogate_reset_every": -1}, "surrogate_reset_every must be"),
+        ({"val_fraction": 1.0}, "val_fraction must be"),
+        ({"eot_p": 1.5}, "eot_p in"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**bad)
 
 
 def test_a_config_with_a_base_holds_only_what_differs(tmp_path):
@@ -471,7 +505,13 @@ def test_a_config_with_a_base_holds_only_what_differs(tmp_path):
     assert learning["base"] == "adapt" and "batch_size" not in learning
     assert load_config("adapt_learning").batch_size == load_config("adapt").batch_size
     assert load_config("adapt_learning").max_steps != load_config("adapt").max_steps
-    (tmp_path / "a.json").write_text(json.dumps({"base": str(tmp_path / "b.json")}))
+    # a base named by a relative path is the one beside the config, wherever one runs from
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "child.json").write_text(json.dumps({"base": "parent.json", "lr": 0.5}))
+    (tmp_path / "mine" / "parent.json").write_text(json.dumps({"base": "adapt", "seed": 7}))
+    child = load_config(str(tmp_path / "mine" / "child.json"))
+    assert (child.lr, child.seed, child.batch_size) == (0.5, 7, load_config("adapt").batch_size)
+    (tmp_path / "a.json").write_text(json.dumps({"base": "b.json"}))
     (tmp_path / "b.json").write_text(json.dumps({"base": str(tmp_path / "a.json")}))
     with pytest.raises(ValueError, match="config bases form a loop"):
         load_config(str(tmp_path / "a.json"))
@@ -589,6 +629,13 @@ def test_a_surrogate_that_predicts_nothing_restarts_at_a_lower_learning_rate(tmp
     summary = resumed.run(resume=True)
     assert [w.split(":")[0] for w in summary["warnings"]] == ["step 6", "step 14", "step 16"]
     assert resumed.surrogate_lr == pytest.approx(1 / 3) and summary["surrogate_restarts"] == 1
+    # Stopped before its first judgement: the end's warning stays in that run's summary,
+    # and the resumed run restarts the surrogate where one that ran through did.
+    early = Trainer(dataclasses.replace(cfg, max_steps=4), str(tmp_path / "early"), ctx).run()
+    assert [w.split(":")[0] for w in early["warnings"]] == ["step 4"]
+    summary = Trainer(cfg, str(tmp_path / "early"), ctx).run(resume=True)
+    assert [w.split(":")[0] for w in summary["warnings"]] == ["step 6", "step 14", "step 16"]
+    assert summary["surrogate_restarts"] == 1
     with pytest.raises(ValueError, match="surrogate_restarts must be 0 or more"):
         micro_config(surrogate_restarts=-1)
 

@@ -149,12 +149,24 @@ class TrainConfig:
         unknown = sorted(set(self.eot) - set(EOT_KINDS))
         if unknown:
             raise ValueError(f"eot counter-measures must be some of {EOT_KINDS}, got {unknown}")
-        self.scale_range = tuple(self.scale_range)
-        self.eot_scale = tuple(self.eot_scale)
-        if len(self.eot_scale) != 2 or not 0 < self.eot_scale[0] <= self.eot_scale[1]:
-            raise ValueError(f"eot_scale must be (lo, hi) with 0 < lo <= hi, got {self.eot_scale}")
+        self.scale_range = _range(self.scale_range, "scale_range")
+        self.eot_scale = _range(self.eot_scale, "eot_scale")
         if self.object_context is not None:
-            self.object_context = tuple(self.object_context)
+            self.object_context = _range(self.object_context, "object_context")
+        if self.surrogate_reset_every < 0:
+            raise ValueError(
+                f"surrogate_reset_every must be 0 (never) or more, got {self.surrogate_reset_every}"
+            )
+        if not 0 <= self.importance_ratio <= 1 or self.oversample_ratio < 1:
+            raise ValueError(
+                "importance_ratio must be in [0, 1] and oversample_ratio at least 1 (points "
+                f"drawn per point kept), got {self.importance_ratio} and {self.oversample_ratio}"
+            )
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.eot_p <= 1:
+            raise ValueError(
+                "val_fraction must be in [0, 1) and eot_p in [0, 1], got "
+                f"{self.val_fraction} and {self.eot_p}"
+            )
         frozen = self.freeze_backbone
         vit = isinstance(self.generator, str) and self.generator.startswith("vit_")
         if vit and not (self.init or self.pretrain_steps):
@@ -255,6 +267,14 @@ def shipped_configs() -> list:
     return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
 
 
+def _range(value, name: str) -> tuple:
+    """A (lo, hi) setting as a tuple, refused unless 0 < lo <= hi."""
+    pair = tuple(value)
+    if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+        raise ValueError(f"{name} must be (lo, hi) with 0 < lo <= hi, got {list(pair)}")
+    return pair
+
+
 def load_config(name_or_path: str, explicit: dict | None = None, **overrides) -> TrainConfig:
     """A shipped config by name (``tiny``, ``vit_b``) or a JSON file, with overrides applied.
 
@@ -268,21 +288,27 @@ def load_config(name_or_path: str, explicit: dict | None = None, **overrides) ->
     return TrainConfig.from_dict(data)
 
 
-def _config_data(name_or_path: str, seen: tuple) -> dict:
-    """The fields of a config file, its ``base``'s first (``seen``: the configs that
-    named this one as their base)."""
-    path = name_or_path
-    if not os.path.isfile(path):
-        path = os.path.join(CONFIG_DIR, f"{name_or_path}.json")
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"config {name_or_path!r} is neither a file nor a shipped config "
-                f"({', '.join(shipped_configs())})"
-            )
-    if name_or_path in seen:
-        raise ValueError(f"config bases form a loop: {' -> '.join((*seen, name_or_path))}")
+def _config_data(name_or_path: str, seen: tuple, folder: str | None = None) -> dict:
+    """The fields of a config file, its ``base``'s first (``seen``: the real paths of the
+    configs that named this one as their base). A base is looked for beside the config
+    that names it (``folder``), then among the shipped configs, then as given."""
+    near = os.path.join(folder, name_or_path) if folder else None
+    shipped = os.path.join(CONFIG_DIR, f"{name_or_path}.json")
+    candidates = [near] if near else []
+    candidates += [shipped, name_or_path] if folder else [name_or_path, shipped]
+    path = next((p for p in candidates if os.path.isfile(p)), None)
+    if path is None:
+        raise ValueError(
+            f"config {name_or_path!r} is neither a file nor a shipped config "
+            f"({', '.join(shipped_configs())})"
+        )
+    real = os.path.realpath(path)
+    if real in seen:
+        raise ValueError(f"config bases form a loop: {' -> '.join((*seen, real))}")
     with open(path) as f:
         data = json.load(f)
     data.pop("_comment", None)
     base = data.pop("base", None)
-    return {**_config_data(base, (*seen, name_or_path)), **data} if base else data
+    if not base:
+        return data
+    return {**_config_data(base, (*seen, real), os.path.dirname(real)), **data}

@@ -430,24 +430,40 @@ class Trainer:
         since_restart = count(self.step, 0) - count(self.restarted_at, 0)
         return min(count(self.step, every), since_restart)
 
-    def _watch_surrogate(self, scores: dict, done: bool) -> bool:
-        """Judge whether the surrogate predicts nothing on clean images, at each evaluation
-        once two of its phases have passed since it started, and at the end. The first
-        time it does, the run restarts it (returns True: :meth:`_restart_surrogate`) while
-        ``cfg.surrogate_restarts`` allow, else warns (log and summary) and judges it again
-        at the end only; a restart is reported as a warning too."""
+    def _dead_surrogate(self, scores: dict) -> str | None:
+        """What is wrong when the surrogate predicts nothing on clean images (IoU below
+        ``DEAD_SURROGATE_IOU``) after training since it started, else None."""
         split = "val" if "iou_val_clean" in scores else "train"
         iou = scores[f"iou_{split}_clean"]
         trained = self._surrogate_trained()
-        watching = len(self.warnings) == self.restarts  # no warning yet but the restarts'
-        due = done or (trained >= 2 * self.schedule.surrogate and watching)
-        if not trained or not due or iou >= DEAD_SURROGATE_IOU:
-            return False
-        restart = not done and self.restarts < self.cfg.surrogate_restarts
-        found = (
+        if not trained or iou >= DEAD_SURROGATE_IOU:
+            return None
+        return (
             f"step {self.step}: the surrogate predicts nothing on clean {split} images (IoU "
             f"{iou:.3f} after {trained} surrogate steps since it started)"
         )
+
+    def _advice(self, found: str) -> str:
+        return (
+            f"{found}, so the generator learns against a model that has not learned "
+            "these masks; try a lower surrogate learning rate "
+            f"(--set surrogate_lr={self.surrogate_lr / 3:.0e})"
+        )
+
+    def _watch_surrogate(self, scores: dict) -> bool:
+        """Judge whether the surrogate predicts nothing, at each evaluation once two of its
+        phases have passed since it started. The first time it does, the run restarts it
+        (returns True: :meth:`_restart_surrogate`) while ``cfg.surrogate_restarts`` allow,
+        else warns (log and summary) and stops watching; a restart is reported as a warning
+        too. What it finds is saved with the checkpoints, so a run stopped and resumed
+        judges as one that ran through (the end of a run judges apart: :meth:`_finish`)."""
+        watching = len(self.warnings) == self.restarts  # no warning yet but the restarts'
+        if not watching or self._surrogate_trained() < 2 * self.schedule.surrogate:
+            return False
+        found = self._dead_surrogate(scores)
+        if found is None:
+            return False
+        restart = self.restarts < self.cfg.surrogate_restarts
         if restart:
             message = (
                 f"{found}; restarted it from fresh weights at a third of its learning rate "
@@ -455,11 +471,7 @@ class Trainer:
                 f"surrogate_restarts {self.cfg.surrogate_restarts})"
             )
         else:
-            message = (
-                f"{found}, so the generator learns against a model that has not learned "
-                "these masks; try a lower surrogate learning rate "
-                f"(--set surrogate_lr={self.surrogate_lr / 3:.0e})"
-            )
+            message = self._advice(found)
         logger.warning(message)
         self.warnings.append(message)
         return restart
@@ -639,7 +651,11 @@ class Trainer:
         if not append:
             writer.writeheader()
             csv_file.flush()  # a run killed before its first row still leaves the header
-        return csv_file, writer, SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
+        events = os.path.join(self.out_dir, "tensorboard")
+        if not resume and os.path.isdir(events):
+            shutil.rmtree(events)  # a start afresh: the curves of an attempt killed early
+        # on resume, the steps past the checkpoint are dropped there too, as from metrics.csv
+        return csv_file, writer, SummaryWriter(events, purge_step=self.step + 1 if resume else None)
 
     def _log(self, row: dict) -> None:
         self.csv_writer.writerow(
@@ -672,6 +688,16 @@ class Trainer:
                 )
             self.load_checkpoint(latest)
             logger.info("resumed from step %d", self.step)
+        elif finished := [
+            n
+            for n in ("generator", "summary.json")
+            if os.path.exists(os.path.join(self.out_dir, n))
+        ]:
+            raise ValueError(
+                f"{self.out_dir} holds an earlier training's {' and '.join(finished)} but no "
+                "checkpoint to continue from: start over with --overwrite (deletes them) or "
+                "choose another --out"
+            )
         distributed.check_same(ctx, self.step, "step to start from (do all see the same --out?)")
         self._enter_stage(self._stage_for(self.step))
         self.generator.train()
@@ -737,7 +763,7 @@ class Trainer:
                                 if k.startswith(("iou", "texture"))
                             )
                         )
-                        restart = self._watch_surrogate(row, done)
+                        restart = self._watch_surrogate(row)
                     self._log(row)
                 if check and distributed.agree(ctx, restart):
                     self._restart_surrogate()
@@ -762,7 +788,12 @@ class Trainer:
         summary = {"steps": self.step, "wall_s": round(wall_s, 1), **scores}
         summary["generator"] = os.path.join(self.out_dir, "generator")
         summary["skipped_pairs"] = {p.mask: why for p, why in self.train_data.skipped.items()}
-        summary["warnings"] = self.warnings
+        summary["warnings"] = list(self.warnings)
+        found = self._dead_surrogate(scores)
+        if found and not any(w.startswith(f"step {self.step}:") for w in self.warnings):
+            # the end's judgement: in the summary only, so a longer resumed run still watches
+            summary["warnings"].append(self._advice(found))
+            logger.warning(summary["warnings"][-1])
         summary["surrogate_restarts"] = self.restarts
         save_generator(
             self.generator, self.gen_config, summary["generator"], self._generator_metadata()
