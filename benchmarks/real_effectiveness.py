@@ -103,7 +103,7 @@ STRESS = {  # the first three run by default; the rest are the informed attacks
 }
 DEFAULT_STRESS = ("jpeg75", "blur1", "half_scale")
 BASELINES = ("random", "random_flat", "pattern")
-EXTRA_BASELINES = ("class_pattern",)
+EXTRA_BASELINES = ("class_pattern", "class_colour")
 STRESS_BASELINES = ("pattern", "none")  # one tile per class: the yardstick of class keys
 
 
@@ -158,7 +158,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--stress-baselines",
         nargs="*",
-        choices=STRESS_BASELINES,
+        choices=STRESS_BASELINES + EXTRA_BASELINES,
         default=list(STRESS_BASELINES),
         help="what stress rows train besides clean and protected: the pattern and clean "
         "images (none) through the counter-measure; neither depends on the generator, so a "

@@ -18,7 +18,12 @@ from scipy import ndimage
 import fiftyone_unseg
 from fiftyone_unseg import sample_data
 from fiftyone_unseg.audit import ProtectionReport, evaluate_protection, load_report
-from fiftyone_unseg.audit.baselines import ClassPatternNoise, PatternNoise, RandomNoise
+from fiftyone_unseg.audit.baselines import (
+    ClassColourNoise,
+    ClassPatternNoise,
+    PatternNoise,
+    RandomNoise,
+)
 from fiftyone_unseg.audit.countermeasures import Countermeasure
 from fiftyone_unseg.audit.splits import split_samples
 from fiftyone_unseg.audit.targets import resolve_targets
@@ -163,6 +168,28 @@ def test_class_pattern_gives_each_class_one_tile_in_every_image():
         ClassPatternNoise()(images, classes > 0)
 
 
+def test_class_colour_gives_each_class_one_flat_colour_in_every_image():
+    images = torch.rand(2, 3, 16, 16)
+    classes = torch.zeros(2, 1, 16, 16, dtype=torch.int64)
+    classes[0, :, :8] = 1
+    classes[1, :, 8:] = 1  # class 0 at the top of one image, the bottom of the other
+    classes[0, :, 8:, 8:] = 2
+    colour = ClassColourNoise(seed=3)(images, classes > 0, classes)
+    first = colour[0, :, 0, 0]
+    assert first.abs().sum() > 0 and set(first.tolist()) <= {-1.0, 0.0, 1.0}
+    for image, rows, cols in ((0, slice(0, 8), slice(None)), (1, slice(8, 16), slice(None))):
+        region = colour[image, :, rows, cols]
+        assert torch.equal(region, first[:, None, None].expand_as(region))  # flat, everywhere
+    assert not torch.equal(colour[0, :, 12, 12], first)  # another class
+    assert not torch.equal(colour[0, :, 12, 0], first)  # the background
+    assert not torch.equal(colour[0, :, 12, 0], colour[0, :, 12, 12])
+    twenty_six = ClassColourNoise(seed=3).colours
+    assert len({tuple(c.tolist()) for c in twenty_six}) == 26  # no two classes of 26 alike
+    assert not torch.equal(ClassColourNoise(seed=4)(images, classes > 0, classes), colour)
+    with pytest.raises(ValueError, match="class map"):
+        ClassColourNoise()(images, classes > 0)
+
+
 def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
     dataset = sample_dataset.clone("audit-budgets")
     split = split_samples(dataset)
@@ -175,7 +202,7 @@ def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
         dataset,
         split.train_ids,
         targets,
-        ["clean", "random", "random_flat", "pattern", "class_pattern"],
+        ["clean", "random", "random_flat", "pattern", "class_pattern", "class_colour"],
         str(tmp_path),
     )
     for sample_id in split.train_ids:
@@ -184,7 +211,7 @@ def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
         masks, _ = targets.instances({"instances": sample.instances}, *clean.shape[:2])
         objects = masks.any(0)
         eps, eps_bg = (4.6, 1.5) if sample_id == first else (8, 2)
-        for variant in ("random", "pattern", "class_pattern"):
+        for variant in ("random", "pattern", "class_pattern", "class_colour"):
             diff = np.abs(_uint8(paths[variant][sample_id]) - clean)
             assert diff[objects].max() <= eps and diff[~objects].max() <= eps_bg, variant
             assert diff[objects].max() == int(eps)  # the budget is used

@@ -17,6 +17,9 @@ contract of the generator's output, so the same
 - :class:`ClassPatternNoise`: class keys alone (:mod:`fiftyone_unseg.class_keys` at
   ``class_mix`` 1): one texture per class and one for the background, the same in every
   image; what protection's class keys give without the generator;
+- :class:`ClassColourNoise`: one flat colour per class and one for the background, the
+  same in every image: the low-frequency class shortcut, which JPEG, blur and rescaling
+  leave almost whole;
 - :class:`NoNoise`: zero noise, i.e. the clean images; with a counter-measure it
   measures what the counter-measure alone costs a victim.
 """
@@ -94,6 +97,29 @@ class ClassPatternNoise:
         )
 
 
+class ClassColourNoise:
+    """One constant colour per class value (and one for the background, value 0): the
+    seeded permutation of the 26 non-zero colours in {-1, 0, 1}^3, class value k taking
+    colour k modulo 26."""
+
+    name = "class_colour"
+    mask_aligned = True
+
+    def __init__(self, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        grid = torch.cartesian_prod(*[torch.tensor([-1.0, 0.0, 1.0])] * 3)
+        colours = grid[grid.abs().sum(1) > 0]
+        self.colours = colours[torch.randperm(len(colours), generator=generator)]
+
+    def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor, classes=None):
+        """images Bx3xHxW, mask_prompts Bx1xHxW, classes Bx1xHxW integers (0 background,
+        k + 1 for class k) -> noise Bx3xHxW in {-1, 0, 1}."""
+        if classes is None:
+            raise ValueError("the class colour needs each image's class map")
+        index = classes[:, 0].long() % len(self.colours)  # B x H x W
+        return self.colours[index].permute(0, 3, 1, 2).to(images.dtype)
+
+
 class NoNoise:
     """Zero noise: the clean images, passed like every baseline through the audit's
     counter-measure."""
@@ -114,5 +140,6 @@ BASELINES = {
     "random_flat": FlatRandomNoise,
     "pattern": PatternNoise,
     "class_pattern": ClassPatternNoise,
+    "class_colour": ClassColourNoise,
     "none": NoNoise,
 }

@@ -76,8 +76,8 @@ def evaluate_protection(
     and seed: ``clean`` (the originals), ``protected`` (the images in ``protected_field``)
     and each of ``baselines`` ("random": uniform noise, "random_flat": the same at the
     object budget on every pixel, "pattern": a mask-aligned tile shortcut,
-    "class_pattern": one tile per class, all at the samples' protection budgets, see
-    :mod:`fiftyone_unseg.audit.baselines`). Every model is tested on the CLEAN test images.
+    "class_pattern": one tile per class, "class_colour": one flat colour per class, all at
+    the samples' protection budgets, see :mod:`fiftyone_unseg.audit.baselines`). Every model is tested on the CLEAN test images.
 
     Arguments:
       samples: a FiftyOne dataset or view.
@@ -93,8 +93,9 @@ def evaluate_protection(
         compares the baselines with clean training only, and without baselines trains
         clean images alone: a calibration run that shows whether the victims learn the
         data at these settings (their clean score against ``chance``).
-      baselines: any of "random", "random_flat", "pattern", "class_pattern", "none" (the clean images
-        again: with a ``countermeasure``, what the counter-measure alone costs).
+      baselines: any of "random", "random_flat", "pattern", "class_pattern", "class_colour",
+        "none" (the clean images again: with a ``countermeasure``, what the counter-measure
+        alone costs).
       countermeasure: applied to the protected and baseline training images (never to
         clean ones): "jpeg:75", "blur:1.0", "downscale:0.5", "grayscale", "median:3",
         "bilateral:25" or "texture:16" (each class's mean texture estimated from the

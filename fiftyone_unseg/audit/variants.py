@@ -2,10 +2,10 @@
 
 - ``clean``: the original images, as they are;
 - ``protected``: the images in the protected field (``protected_filepath``);
-- a baseline (``random``, ``random_flat``, ``pattern``, ``class_pattern``): the original
-  plus that noise at the sample's protection budgets (its ``unseg.eps`` / ``unseg.eps_bg``
-  when protected, else the defaults), eps on the union of its instances, eps_bg elsewhere
-  (``random_flat``: eps everywhere).
+- a baseline (``random``, ``random_flat``, ``pattern``, ``class_pattern``,
+  ``class_colour``): the original plus that noise at the sample's protection budgets
+  (its ``unseg.eps`` / ``unseg.eps_bg`` when protected, else the defaults), eps on the
+  union of its instances, eps_bg elsewhere (``random_flat``: eps everywhere).
 
 A counter-measure applies to every variant but ``clean``; one learnt from the training
 set (``texture``) is fitted on each variant's images after they are all made. Images

@@ -36,6 +36,7 @@ _BASELINE_LABELS = {
     "random_flat": "random flat (uniform noise at the object budget everywhere)",
     "pattern": "pattern (mask-aligned tiles)",
     "class_pattern": "class pattern (one tile per class: class keys alone)",
+    "class_colour": "class colour (one flat colour per class: a low-frequency shortcut)",
     "none": "none (clean images through the counter-measure)",
 }
 
