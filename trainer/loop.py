@@ -194,6 +194,8 @@ class Trainer:
         self.restarts = 0  # of a surrogate that predicted nothing (cfg.surrogate_restarts)
         self.restarted_at = 0  # the step of the last restart
         self.last_evaluation = (None, {})  # (step, scores) of the latest evaluate()
+        if ctx.world_size > 1:  # the models are built alike (and DDP broadcasts rank 0's);
+            torch.manual_seed(cfg.seed + ctx.rank)  # loss points and prompt noise are not
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -300,7 +302,8 @@ class Trainer:
         """Re-initialise the surrogate (the same weights from ``seed`` on every process) and
         its optimiser: every ``cfg.surrogate_reset_every`` blocks, so the generator's noise
         must be learnable from scratch, not by one co-adapted model, and on a restart."""
-        with torch.random.fork_rng(devices=[]):
+        devices = [self.ctx.device] if self.ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # manual_seed seeds CUDA too
             torch.manual_seed(seed)
             fresh = self._new_surrogate()
         self.surrogate.load_state_dict(fresh.state_dict())
