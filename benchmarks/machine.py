@@ -8,12 +8,13 @@ import torch
 
 from fiftyone_unseg.cli import budget_arg
 from fiftyone_unseg.io import atomic_write_bytes
-from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG
+from fiftyone_unseg.settings import CLASS_STYLES, DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG
 
 
 def add_protection_arguments(parser) -> None:
     """The effectiveness benchmarks' ``--generator``, ``--eps``, ``--eps-bg`` and
-    ``--class-mix`` (the protection measured), with protect's defaults."""
+    ``--class-mix``, ``--class-style`` (the protection measured), with protect's
+    defaults."""
     parser.add_argument("--generator", help="checkpoint directory (default: the shipped one)")
     parser.add_argument("--eps", type=budget_arg, default=DEFAULT_EPS, help="object budget")
     parser.add_argument(
@@ -24,6 +25,12 @@ def add_protection_arguments(parser) -> None:
         type=float,
         default=DEFAULT_CLASS_MIX,
         help="protect's class_mix (share of the secret class textures; 0: the generator alone)",
+    )
+    parser.add_argument(
+        "--class-style",
+        choices=CLASS_STYLES,
+        default="texture",
+        help="protect's class_style: each class's key an 8x8 texture or one flat colour",
     )
 
 

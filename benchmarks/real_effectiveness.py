@@ -265,7 +265,7 @@ def run(args) -> dict:
         train = dataset.match_tags("train")
         protect(
             train, field, generator=generator, eps=args.eps, eps_bg=args.eps_bg,
-            class_mix=args.class_mix, prompt=args.prompt,
+            class_mix=args.class_mix, class_style=args.class_style, prompt=args.prompt,
             progress=tqdm_progress(f"protect {name}"),
         )  # fmt: skip
         quality[name] = {
@@ -299,6 +299,7 @@ def run(args) -> dict:
         "eps": args.eps,
         "eps_bg": args.eps_bg,
         "class_mix": args.class_mix,
+        "class_style": args.class_style,
         "prompt": args.prompt,
         "data": {
             name: {
@@ -401,7 +402,8 @@ def table(results: dict) -> str:
 
     width = max([10, *map(len, results["victims"])])
     lines = [
-        f"generator {results['generator']}, class mix {results.get('class_mix', 0.0)}, prompt "
+        f"generator {results['generator']}, class mix {results.get('class_mix', 0.0)} "
+        f"({results.get('class_style', 'texture')}), prompt "
         f"{results.get('prompt', 'all')}, eps "
         f"{results['eps'] * 255:g}/255 objects, {results['eps_bg'] * 255:g}/255 background; "
         "victim seeds from "
@@ -452,8 +454,8 @@ def table(results: dict) -> str:
 def merge(old: dict, new: dict, add: bool = False) -> dict:
     """``old`` with the victims and stress tests that ``new`` measured replaced, or with
     ``add``, their scores at ``new``'s victim seeds added (:func:`real_rows.add_seeds`)."""
-    old = {"class_mix": 0.0, "prompt": "all", **old}  # files from before the options
-    same = ("generator", "eps", "eps_bg", "class_mix", "prompt", "quick")
+    old = {"class_mix": 0.0, "class_style": "texture", "prompt": "all", **old}  # older files
+    same = ("generator", "eps", "eps_bg", "class_mix", "class_style", "prompt", "quick")
     changed = other_splits(old, new)
     if changed and add:
         raise SystemExit(f"--add-seeds: the {', '.join(changed)} split differs from the file's")

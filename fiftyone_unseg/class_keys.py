@@ -11,7 +11,13 @@ subtracted by anyone who knows the method; the audit's ``class_pattern`` baselin
 the same textures alone.
 
 Textures are 8 x 8 pixel tiles laid from the image origin at full resolution, so one
-class carries the same texture in every image of a dataset.
+class carries the same texture in every image of a dataset. With ``style="colour"`` each
+class gets one flat colour instead (drawn on the surface of the [-1, 1]^3 cube): a
+shortcut at the lowest frequency, which JPEG, blur and rescaling leave almost whole and
+the informed texture attack (``texture:P``, which measures texture around each class's
+mean colour) does not see; on CamVid it is the one noise at 8/255 that moved the semantic
+victim (docs/GENERATOR_HISTORY.md, "A flat colour per class"). It costs more PSNR than a
+texture at the same mix, and a flat tint is easier to see on large flat regions.
 Only :attr:`ClassKeys.fingerprint` is recorded on protected samples, never the key.
 A key of one's own travels in the ``UNSEG_CLASS_KEY`` environment variable
 (:data:`~fiftyone_unseg.settings.CLASS_KEY_SECRET`: the CLI's default, the App's plugin
@@ -26,6 +32,8 @@ import hashlib
 import numpy as np
 import torch
 
+from fiftyone_unseg.settings import CLASS_STYLES
+
 TILE = 8  # texture side in pixels
 
 
@@ -38,27 +46,37 @@ def default_class_key(dataset) -> str:
 class ClassKeys:
     """Per-class textures drawn from ``key``, mixed into noise with weight ``mix``."""
 
-    def __init__(self, key: str, mix: float) -> None:
+    def __init__(self, key: str, mix: float, style: str = "texture") -> None:
         if not 0 < mix <= 1:
             raise ValueError(f"class_mix must be in (0, 1], got {mix}")
         if not key:
             raise ValueError("the class key must be a non-empty string")
-        self.key, self.mix = key, float(mix)
+        if style not in CLASS_STYLES:
+            raise ValueError(f"class_style must be one of {CLASS_STYLES}, got {style!r}")
+        self.key, self.mix, self.style = key, float(mix), style
         self._textures: dict[str | None, torch.Tensor] = {}
 
     @property
     def fingerprint(self) -> str:
-        """First 12 hex digits of the key's SHA-256: names the key without revealing it."""
-        return hashlib.sha256(self.key.encode()).hexdigest()[:12]
+        """First 12 hex digits of the key's SHA-256, names the key without revealing it;
+        after ``colour:`` for flat colours (so copies made with the other style differ)."""
+        digest = hashlib.sha256(self.key.encode()).hexdigest()[:12]
+        return digest if self.style == "texture" else f"{self.style}:{digest}"
 
     def texture(self, name: str | None) -> torch.Tensor:
-        """The 3 x TILE x TILE +-1 texture of class ``name`` (None: the background)."""
+        """The 3 x TILE x TILE texture of class ``name`` (None: the background): +-1, or
+        with the "colour" style one colour in [-1, 1]^3, its largest channel at +-1, on
+        every pixel."""
         if name in self._textures:
             return self._textures[name]
         label = "\0background" if name is None else f"class:{name}"
         seed = hashlib.sha256(f"{self.key}\0{label}".encode()).digest()[:8]
         generator = torch.Generator().manual_seed(int.from_bytes(seed, "little") >> 1)
-        texture = torch.randint(0, 2, (3, TILE, TILE), generator=generator) * 2.0 - 1
+        if self.style == "colour":  # a point on the cube's surface: one channel at +-1
+            colour = torch.rand(3, generator=generator) * 2 - 1
+            texture = (colour / colour.abs().max())[:, None, None].expand(3, TILE, TILE).clone()
+        else:
+            texture = torch.randint(0, 2, (3, TILE, TILE), generator=generator) * 2.0 - 1
         self._textures[name] = texture
         return texture
 

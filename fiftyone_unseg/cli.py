@@ -19,6 +19,7 @@ from tqdm import tqdm
 from fiftyone_unseg import database
 from fiftyone_unseg.settings import (
     CLASS_KEY_SECRET,
+    CLASS_STYLES,
     DEFAULT_CLASS_MIX,
     DEFAULT_EPS,
     DEFAULT_EPS_BG,
@@ -189,6 +190,7 @@ def _cmd_protect(args) -> int:
             progress=tqdm_progress("protect"),
             class_mix=args.class_mix,
             class_key=args.class_key,
+            class_style=args.class_style,
         )
     except FileNotFoundError as e:  # no default generator installed, or a wrong --generator
         raise ValueError(str(e)) from e
@@ -364,6 +366,13 @@ def _add_protect_commands(subparsers) -> None:
         default=os.environ.get(CLASS_KEY_SECRET) or None,
         help=f"secret of the class textures (default: ${CLASS_KEY_SECRET} if set, else one per "
         "dataset; prefer the variable: a key on the command line is in the shell history)",
+    )
+    p.add_argument(
+        "--class-style",
+        choices=CLASS_STYLES,
+        default="texture",
+        help="what each class's key is, with --class-mix: an 8x8 texture (default) or one flat "
+        "colour (survives JPEG, blur and rescaling; costs more PSNR)",
     )
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format")
     p.add_argument("--quality", type=int, help="JPEG quality, with --format jpg (default 95)")

@@ -156,6 +156,7 @@ def protect(
     run_key: str = DEFAULT_RUN_KEY,
     class_mix: float = DEFAULT_CLASS_MIX,
     class_key: str | None = None,
+    class_style: str = "texture",
     background="auto",
     ignore="auto",
 ) -> dict:
@@ -197,6 +198,9 @@ def protect(
       class_key: the secret the class textures are drawn from; default: derived from the
         dataset's database id, so every run and shard on this dataset uses the same one.
         Only its fingerprint is recorded.
+      class_style: "texture" (an 8 x 8 tile per class) or "colour" (one flat colour per
+        class: survives JPEG, blur and rescaling, costs more PSNR; recorded in the
+        fingerprint as ``colour:<digits>``).
       background, ignore: of a Segmentation field, the pixel value that is background
         (None: every class is an object) and the values that are no class (void): both
         get the background budget. "auto" reads them from the mask targets (see
@@ -248,7 +252,7 @@ def protect(
     dataset = samples._dataset
     keys = None
     if class_mix:
-        keys = ClassKeys(class_key or default_class_key(dataset), class_mix)
+        keys = ClassKeys(class_key or default_class_key(dataset), class_mix, class_style)
     settings = {
         "generator_id": model.generator_id,
         "generator_size": getattr(getattr(model, "config", None), "img_size", None),

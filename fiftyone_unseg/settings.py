@@ -14,6 +14,7 @@ IGNORE = 255  # class-map value of pixels that are no class: no loss, not scored
 DEFAULT_EPS = 8 / 255
 DEFAULT_EPS_BG = 2 / 255
 DEFAULT_CLASS_MIX = 0.0
+CLASS_STYLES = ("texture", "colour")  # what a class key is: an 8x8 tile or a flat colour
 CLASS_KEY_SECRET = "UNSEG_CLASS_KEY"
 """Environment variable (the App's plugin secret) holding a class key of one's own."""
 PRESETS = {

@@ -216,6 +216,12 @@ def test_protect_operator_reads_the_class_key_secret(tmp_path, generators, monke
         result = foo.execute_operator(PROTECT, ctx=run)
         assert result.error is None and result.result["skipped"] == skipped
     assert set(dataset.values("unseg.class_key")) != {ClassKeys(KEY, 1).fingerprint}
+    assert form(params)["class_style"]["default"] == "texture"
+    run = {"dataset": dataset.name, "params": {**params, "class_style": "colour"}}
+    assert foo.execute_operator(PROTECT, ctx=run).result["protected"] == 2
+    assert set(dataset.values("unseg.class_key")) == {
+        "colour:" + ClassKeys(f"unseg-dataset-{dataset._doc.id}", 1).fingerprint
+    }
 
 
 def test_cli_takes_the_class_key_from_the_environment(tmp_path, generators, monkeypatch):  # noqa: F811
@@ -228,6 +234,9 @@ def test_cli_takes_the_class_key_from_the_environment(tmp_path, generators, monk
     typed = [*args, "--class-key", "typed", "--overwrite"]  # the flag wins
     assert cli.run(cli.build_parser(), typed) == 0
     assert dataset.first().unseg.class_key == ClassKeys("typed", 1).fingerprint
+    coloured = [*typed, "--class-style", "colour"]
+    assert cli.run(cli.build_parser(), coloured) == 0
+    assert dataset.first().unseg.class_key == ClassKeys("typed", 1, "colour").fingerprint
 
 
 def test_the_panel_says_a_scheduled_run_has_not_run_yet(tmp_path, generators):  # noqa: F811

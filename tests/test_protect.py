@@ -470,6 +470,39 @@ def test_class_keys_give_each_class_one_texture_in_every_image(tmp_path):
     assert "k1" not in repr(recorded.to_dict())  # the key itself is never stored
 
 
+def test_colour_class_keys_give_each_class_one_flat_colour_and_are_recorded(tmp_path):
+    dataset = _scene_dataset("class-colours", tmp_path, count=2)
+    inner_thing, inner_other = (slice(16, 40), slice(20, 52)), (slice(44, 58), slice(4, 16))
+    far = (slice(0, 8), slice(56, 64))
+
+    def colours(**options):
+        summary = protect(dataset, "dets", generator=AreaNoise(), **options)
+        out = []
+        for sample in dataset:
+            noise = _noise(sample)
+            regions = (noise[inner_thing] / EPS, noise[inner_other] / EPS, noise[far] / EPS_BG)
+            out.append([r.reshape(-1, 3) for r in regions])
+        return summary, out
+
+    summary, (first, second) = colours(class_mix=1.0, class_key="k1", class_style="colour")
+    assert summary["protected"] == 2
+    means = []
+    for region, again in zip(first, second):  # one colour per class, in every image
+        mean = region.mean(0)
+        assert np.abs(region - mean).max() < 0.07 and np.allclose(again.mean(0), mean, atol=0.07)
+        assert np.abs(mean).max() > 0.93  # its largest channel at the budget
+        means.append(mean)
+    thing, other, background = means
+    assert np.abs(thing - other).max() > 0.2 and np.abs(thing - background).max() > 0.2
+    recorded = dataset.first().unseg
+    assert recorded.class_key == "colour:" + ClassKeys("k1", 1).fingerprint
+    # the same key as textures is another protection: the copies are made again
+    summary, (textured, _) = colours(class_mix=1.0, class_key="k1")
+    assert summary["protected"] == 2 and np.abs(textured[0] - textured[0].mean(0)).max() > 0.5
+    with pytest.raises(ValueError, match="class_style must be one of"):
+        protect(dataset, "dets", generator=AreaNoise(), class_mix=1.0, class_style="stripes")
+
+
 def test_class_keys_default_to_one_key_per_dataset_and_a_new_key_reprotects(tmp_path):
     dataset = _scene_dataset("class-key-default", tmp_path, count=1)
     other = _scene_dataset("class-key-other", tmp_path / "other", count=1)

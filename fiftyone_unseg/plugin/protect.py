@@ -37,6 +37,10 @@ CLASS_KEY_SOURCES = {
     "secret": f"The {CLASS_KEY_SECRET} secret (the key `unseg protect` takes from the "
     "environment variable of that name)",
 }
+CLASS_STYLE_LABELS = {
+    "texture": "A secret 8x8 texture (survives little: JPEG and blur remove it)",
+    "colour": "A secret flat colour (survives JPEG, blur and rescaling; more visible)",
+}
 MAX_FAILURES = 50  # failures a result lists; ``failed`` counts them all
 
 
@@ -144,6 +148,10 @@ class ProtectSamples(foo.Operator):
             max=1.0,
         )
         if param(ctx.params, "class_mix", DEFAULT_CLASS_MIX) > 0:
+            styles = types.RadioGroup(label="Class key: what each class gets")
+            for style, label in CLASS_STYLE_LABELS.items():
+                styles.add_choice(style, label=label)
+            inputs.enum("class_style", list(CLASS_STYLE_LABELS), default="texture", view=styles)
             sources = types.RadioGroup(label="Class key's secret")
             for source, label in CLASS_KEY_SOURCES.items():
                 sources.add_choice(source, label=label)
@@ -246,6 +254,7 @@ class ProtectSamples(foo.Operator):
             progress=app_progress(ctx, "images"),
             class_mix=param(params, "class_mix", DEFAULT_CLASS_MIX),
             class_key=_class_key(ctx),
+            class_style=params.get("class_style", "texture"),
             device=params.get("device", "cpu"),
             output_dir=params.get("output_dir") or None,
             background=background,
