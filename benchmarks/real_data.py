@@ -97,6 +97,9 @@ def _persistent(name: str, overwrite: bool = True) -> fo.Dataset:
     return dataset
 
 
+CAMVID_UNSEEN_DRIVE = "Seq05VD"  # the test split's 171 frames of a drive not in training
+
+
 def load_camvid(root: str, name: str = "real-camvid", splits=("train", "test"), limit=None):
     """CamVid's ``splits`` as one dataset tagged by split; ``ground_truth`` holds the class
     masks (FiftyOne's ImageSegmentationDirectory importer), ``limit`` images per split."""

@@ -278,6 +278,8 @@ def run(args) -> dict:
         task = TASKS[victim]
         result = _audit(datasets[task.dataset], victim, task, args.baselines, None, args)
         row = _summary(result, args.baselines, args)
+        if task.dataset == "camvid":
+            row["unseen_drive"] = _unseen_drive(datasets["camvid"], victim, task, row, None)
         if _checkpoint(victim, args):
             row["checkpoint"] = _describe_file(args.sam_checkpoint)
             row["pretrained"] = _pretrained_score(datasets[task.dataset], victim, task, args)
@@ -287,12 +289,17 @@ def run(args) -> dict:
         task = TASKS[args.stress_victim]
         baselines = tuple(args.stress_baselines)
         result = _audit(datasets[task.dataset], args.stress_victim, task, baselines, name, args)
+        row = _summary(result, baselines, args)
+        if task.dataset == "camvid":
+            row["unseen_drive"] = _unseen_drive(
+                datasets["camvid"], args.stress_victim, task, row, name
+            )
         stress[stress_key(_row_key(args.stress_victim, args), name)] = {
             "victim": _row_key(args.stress_victim, args),
             "dataset": task.dataset,
             "countermeasure": STRESS[name],
             "countermeasure_ratio": None,  # without the "none" baseline
-            **_summary(result, baselines, args),
+            **row,
         }
     return {
         "generator": generator.generator_id,
@@ -354,7 +361,7 @@ def _row_key(victim: str, args) -> str:
 def _audit(dataset, victim: str, task: Task, baselines, stress, args, untrained=False):
     """``victim``'s audit on ``dataset`` (with ``untrained``: its starting weights alone,
     on the clean test images)."""
-    run_key = f"real_{victim}" + (f"_{stress}" if stress else "") + ("_0" if untrained else "")
+    run_key = _run_key(victim, stress) + ("_0" if untrained else "")
     checkpoint = _checkpoint(victim, args)
     if untrained:
         epochs = 0
@@ -376,6 +383,40 @@ def _audit(dataset, victim: str, task: Task, baselines, stress, args, untrained=
         progress=tqdm_progress(run_key, unit="epoch"),
     )
     return report.results[0]
+
+
+def _run_key(victim: str, stress: str | None) -> str:
+    """The audit's run key, which names its prediction fields."""
+    return f"real_{victim}" + (f"_{stress}" if stress else "")
+
+
+def _unseen_drive(dataset, victim: str, task: Task, row: dict, stress) -> dict:
+    """The first victim seed's scores and ratios on CamVid's test frames from the drive
+    no training frame comes from (:data:`real_data.CAMVID_UNSEEN_DRIVE`); the other test
+    frames continue a training drive."""
+    from fiftyone import ViewField as F
+
+    from fiftyone_unseg.audit.targets import resolve_targets
+    from fiftyone_unseg.audit.victims import make_victim
+
+    prefix = real_data.CAMVID_UNSEEN_DRIVE
+    view = dataset.match_tags("test").match(F("filepath").re_match(f".*/{prefix}_[^/]*$"))
+    if not len(view):  # a --quick run may draw none
+        return None
+    targets = resolve_targets(dataset, task.label_field)
+    scores = {}
+    for variant in row["runs"]:
+        field = f"{_run_key(victim, stress)}_{victim}_{variant}"  # the audit's, first seed
+        scores[variant] = make_victim(victim).score(
+            view, field, task.label_field, f"{field}_unseen", targets
+        )[0]
+    names = {"protected": "ratio", "none": "countermeasure_ratio"}
+    ratios = {
+        names.get(v, f"{v}_ratio"): s / scores["clean"] if scores["clean"] else None
+        for v, s in scores.items()
+        if v != "clean"
+    }
+    return {"images": len(view), "victim_seed": row["victim_seeds"][0], **scores, **ratios}
 
 
 def _pretrained_score(dataset, victim: str, task: Task, args) -> float:

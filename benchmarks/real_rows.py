@@ -10,7 +10,8 @@ import numpy as np
 
 SCORED = ("clean", "protected")  # the spread is the larger sample sd of these two
 # What a row says besides its scores: kept when its scores are recomputed.
-NAMING = ("dataset", "victim", "countermeasure", "checkpoint", "pretrained")
+# (``unseen_drive`` holds the scores of one victim seed, which it names.)
+NAMING = ("dataset", "victim", "countermeasure", "checkpoint", "pretrained", "unseen_drive")
 
 
 def summary_row(metric: str, chance: float | None, runs: dict, victim_seeds: list) -> dict:

@@ -55,6 +55,10 @@ def test_a_quick_run_on_real_photos_writes_the_table_and_json(tmp_path):
     for key in ("random_ratio", "random_flat_ratio", "pattern_ratio", "spread"):
         assert key in row
     assert len(row["runs"]["clean"]) == 2  # two victim seeds behind each number
+    unseen = row["unseen_drive"]  # the test frames of the drive no training frame is from
+    assert 0 < unseen["images"] < 8 and unseen["victim_seed"] == 0
+    assert unseen["ratio"] == pytest.approx(unseen["protected"] / unseen["clean"])
+    assert set(unseen) > {"clean", "protected", "random", "pattern_ratio"}
     if row["gain_ratio"] is not None:
         expected = (row["protected"] - row["chance"]) / (row["clean"] - row["chance"])
         assert row["gain_ratio"] == pytest.approx(expected)
@@ -64,6 +68,7 @@ def test_a_quick_run_on_real_photos_writes_the_table_and_json(tmp_path):
     stress = results["stress"]["jpeg75"]
     assert stress["victim"] == "semantic" and stress["countermeasure"] == "jpeg:75"
     assert {"ratio", "pattern_ratio", "countermeasure_ratio"} <= set(stress)
+    assert "countermeasure_ratio" in stress["unseen_drive"]
     assert "semantic   camvid" in proc.stdout and "jpeg75" in proc.stdout
     # a third victim seed of the stress row joins the two it has; the victims stay
     proc = _bench(
@@ -75,6 +80,7 @@ def test_a_quick_run_on_real_photos_writes_the_table_and_json(tmp_path):
     grown = updated["stress"]["jpeg75"]
     assert grown["victim_seeds"] == [0, 1, 2] and len(grown["runs"]["pattern"]) == 3
     assert grown["runs"]["clean"][:2] == stress["runs"]["clean"]
+    assert grown["unseen_drive"] == stress["unseen_drive"]  # victim seed 0's, kept
     assert updated["victims"]["semantic"] == row and updated["victim_seed"] == 0
 
 
