@@ -186,6 +186,10 @@ def test_class_colour_gives_each_class_one_flat_colour_in_every_image():
     twenty_six = ClassColourNoise(seed=3).colours
     assert len({tuple(c.tolist()) for c in twenty_six}) == 26  # no two classes of 26 alike
     assert not torch.equal(ClassColourNoise(seed=4)(images, classes > 0, classes), colour)
+    many = torch.arange(81).reshape(1, 1, 9, 9)  # COCO's 80 classes and the background
+    seen = ClassColourNoise(seed=3)(torch.rand(1, 3, 9, 9), many > 0, many)[0].flatten(1).T
+    assert len({tuple(c.tolist()) for c in seen}) == 81  # no class shares another's colour
+    assert seen.abs().amax(1).min() == 1 and torch.equal(seen[:3], twenty_six[:3])
     with pytest.raises(ValueError, match="class map"):
         ClassColourNoise()(images, classes > 0)
 
@@ -532,6 +536,8 @@ def test_invalid_requests_name_the_problem(sample_dataset):
         ({"run_key": "has space"}, "run_key"),
         ({"epochs": 0}, "epochs"),
         ({"epochs": {"semntic": 3}}, r"epochs: unknown victims \['semntic'\]"),
+        ({"seeds": 1.5}, "seeds must be a whole number"),
+        ({"seed": 0.5}, "seed a whole number"),
         ({}, "protected_filepath"),  # not protected yet
     ]
     for kwargs, message in cases:

@@ -615,6 +615,45 @@ def test_audit_leaves_out_unreadable_samples_and_names_unreadable_masks(tmp_path
     sample.save()
     with pytest.raises(ValueError, match="no 'seg_db' label: unlabelled, neither trained"):
         _readable(dataset, Split((ids[2],), (ids[3],), "test"), None, targets)
+    # A detection's mask file that is gone leaves its sample out too, named by the file.
+    sample = dataset[ids[3]]
+    detection = sample.dets.detections[0]
+    detection.mask, detection.mask_path = None, str(tmp_path / "lost-detection.png")
+    sample.save()
+    targets = resolve_targets(dataset, "dets")
+    split, skipped = _readable(dataset, Split((ids[0],), (ids[3], ids[2]), "test"), None, targets)
+    assert split.test_ids == (ids[2],) and [s["id"] for s in skipped] == [ids[3]]
+    assert skipped[0]["filepath"].endswith("lost-detection.png")
+
+
+def test_an_audit_of_a_view_without_the_protection_fields_still_reads_originals_and_budgets(
+    tmp_path,
+    generators,  # noqa: F811
+):
+    """Protected with ``replace_filepath``, then audited through a view that leaves out
+    ``original_filepath`` and ``unseg``: the clean images are still the originals and the
+    baselines still keep to each sample's recorded budgets."""
+    from fiftyone_unseg.audit.variants import training_images
+
+    images = {f"v{i}.png": Image.fromarray(_texture(64, 64, i)) for i in range(2)}
+    dataset = _dataset("audit-view", tmp_path / "in", images)
+    originals = dataset.values("filepath")
+    protect(dataset, "dets", generator=generators["random"], eps=4 / 255, eps_bg=1 / 255,
+            replace_filepath=True, output_dir=str(tmp_path / "out"))  # fmt: skip
+    assert dataset.values("filepath") != originals
+    view = dataset.select_fields("dets")
+    ids = view.values("id")
+    targets = resolve_targets(view, "dets")
+    paths = training_images(view, ids, targets, ["clean", "random"], str(tmp_path / "train"),
+                            protected_field=None)  # fmt: skip
+    assert [paths["clean"][i] for i in ids] == originals
+    for sample_id, original in zip(ids, originals):
+        change = np.abs(_uint8(paths["random"][sample_id]) - _uint8(original))
+        assert change.max() == 4  # the recorded budget, not the default 8/255
+
+
+def _uint8(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), np.int16)
 
 
 def test_pickled_code_never_runs_anywhere_a_checkpoint_is_loaded(tmp_path, generators, unseg):  # noqa: F811

@@ -98,9 +98,9 @@ class ClassPatternNoise:
 
 
 class ClassColourNoise:
-    """One constant colour per class value (and one for the background, value 0): the
-    seeded permutation of the 26 non-zero colours in {-1, 0, 1}^3, class value k taking
-    colour k modulo 26."""
+    """One constant colour per class value (and one for the background, value 0): values
+    0 to 25 take the seeded permutation of the 26 non-zero colours of {-1, 0, 1}^3, and
+    any further value a colour of its own drawn on the surface of the [-1, 1]^3 cube."""
 
     name = "class_colour"
     mask_aligned = True
@@ -110,14 +110,18 @@ class ClassColourNoise:
         grid = torch.cartesian_prod(*[torch.tensor([-1.0, 0.0, 1.0])] * 3)
         colours = grid[grid.abs().sum(1) > 0]
         self.colours = colours[torch.randperm(len(colours), generator=generator)]
+        self.seed = seed
 
     def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor, classes=None):
         """images Bx3xHxW, mask_prompts Bx1xHxW, classes Bx1xHxW integers (0 background,
         k + 1 for class k) -> noise Bx3xHxW in {-1, 0, 1}."""
         if classes is None:
             raise ValueError("the class colour needs each image's class map")
-        index = classes[:, 0].long() % len(self.colours)  # B x H x W
-        return self.colours[index].permute(0, 3, 1, 2).to(images.dtype)
+        for value in range(len(self.colours), int(classes.max()) + 1):
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + value)
+            colour = torch.rand(1, 3, generator=generator) * 2 - 1
+            self.colours = torch.cat([self.colours, colour / colour.abs().max()])
+        return self.colours[classes[:, 0].long()].permute(0, 3, 1, 2).to(images.dtype)
 
 
 class NoNoise:

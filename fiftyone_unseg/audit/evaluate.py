@@ -146,8 +146,12 @@ def evaluate_protection(
     check_budgets(eps, eps_bg)
     device = str(resolve_device(device))
     victims, baselines = _check(victims, baselines, protected_field, measure, run_key)
-    if int(seeds) != seeds or seeds < 1:
-        raise ValueError(f"seeds must be a whole number of trainings, at least 1; got {seeds}")
+    if int(seeds) != seeds or seeds < 1 or int(seed) != seed:
+        raise ValueError(
+            f"seeds must be a whole number of trainings, at least 1, and seed a whole "
+            f"number; got {seeds} and {seed}"
+        )
+    seed, seeds = int(seed), int(seeds)
     targets = resolve_targets(samples, label_field, semantic_field, background, ignore)
     split, skipped = _readable(
         samples, split_samples(samples, split_tags, train_fraction, seed), protected_field, targets
@@ -340,8 +344,8 @@ def _readable(
                 error = ValueError(f"no {field!r} label: unlabelled, neither trained nor tested")
                 skipped.append(failure(sample_id, paths[sample_id][0], error))
                 paths[sample_id] = []
-    if protected_field and samples.has_field(protected_field):
-        view = samples.select(split.train_ids)
+    if protected_field and samples._dataset.has_field(protected_field):
+        view = samples._dataset.select(split.train_ids)
         for sample_id, path in zip(view.values("id"), view.values(protected_field)):
             if path and os.path.isfile(path):  # missing ones: protected_paths explains
                 paths[sample_id].append(path)
@@ -353,17 +357,20 @@ def _readable(
                 skipped.append(failure(sample_id, path, error))
                 logger.warning("skipping sample %s: %s", sample_id, error)
                 break
-    for field in _mask_fields(targets):
+    for field in targets.fields if targets is not None else ():
         view = samples.select(ids)
         unread = {s["id"] for s in skipped}
         for sample_id, label in zip(view.values("id"), view.values(field)):
-            if sample_id in unread or label is None or label.mask_path is None:
+            if sample_id in unread or label is None:
                 continue
-            try:
-                load_mask(label)
-            except ValueError as error:
-                skipped.append(failure(sample_id, label.mask_path, error))
-                logger.warning("skipping sample %s: %s", sample_id, error)
+            for mask_path, owner in _mask_files(label):
+                try:
+                    load_mask(owner)
+                except ValueError as error:
+                    skipped.append(failure(sample_id, mask_path, error))
+                    logger.warning("skipping sample %s: %s", sample_id, error)
+                    unread.add(sample_id)
+                    break
     if not skipped:
         return split, []
     bad = {s["id"] for s in skipped}
@@ -377,12 +384,11 @@ def _readable(
     return Split(train, test, split.source), skipped
 
 
-def _mask_fields(targets: Targets | None) -> list[str]:
-    """The Segmentation fields among ``targets``' label fields."""
-    if targets is None:
-        return []
-    own = [targets.label_field] if targets.label_type is fo.Segmentation else []
-    return own + ([targets.semantic_field] if targets.semantic_field else [])
+def _mask_files(label) -> list[tuple[str, object]]:
+    """(mask file, the label or detection it belongs to) of a label whose masks are on
+    disk: a Segmentation's ``mask_path``, each of its Detections' ``mask_path``."""
+    owners = [label] if isinstance(label, fo.Segmentation) else getattr(label, "detections", [])
+    return [(o.mask_path, o) for o in owners if getattr(o, "mask_path", None)]
 
 
 def _median_side(paths) -> int:

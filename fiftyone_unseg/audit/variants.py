@@ -32,18 +32,25 @@ CLEAN = "clean"
 PROTECTED = "protected"
 
 
+def _stored(samples, ids):
+    """The samples ``ids`` with every field the dataset stores, in that order: a view that
+    leaves out what protection recorded (``original_filepath``, ``unseg``, the protected
+    field) must not make the copies pass for originals or the budgets for the defaults."""
+    return samples._dataset.select(ids, ordered=True)
+
+
 def clean_paths(samples, ids) -> dict[str, str]:
     """Sample id -> its original image (``original_filepath`` where protection replaced
     ``filepath``)."""
-    view = samples.select(ids, ordered=True)
+    view = _stored(samples, ids)
     originals = optional_values(view, "original_filepath")
     return {i: o or f for i, f, o in zip(view.values("id"), view.values("filepath"), originals)}
 
 
 def protected_paths(samples, ids, protected_field: str) -> dict[str, str]:
     """Sample id -> its protected image; ValueError if any sample has none."""
-    view = samples.select(ids, ordered=True)
-    if not samples.has_field(protected_field):
+    view = _stored(samples, ids)
+    if not view.has_field(protected_field):
         raise ValueError(
             f"no field {protected_field!r}: protect the training samples first "
             "(fiftyone_unseg.protect / unseg protect), or pass no protected field to "
@@ -81,8 +88,9 @@ def training_images(
     eps_bg: float = 2 / 255,
 ) -> dict[str, dict[str, str]]:
     """Variant -> (sample id -> training image path) for the samples ``ids``. The
-    baselines' noise is drawn from fixed seeds: every victim seed, in one audit or added
-    by another, trains on the same baseline images."""
+    baselines' noise is drawn from fixed seeds: every victim seed of one audit, and of
+    another on the same split (tags; a random split follows the audit's seed), trains on
+    the same baseline images."""
     learned = countermeasure if countermeasure is not None and countermeasure.learned else None
     if learned is not None:
         countermeasure = None
@@ -91,10 +99,11 @@ def training_images(
     out[CLEAN] = clean
     sources = {variant: BASELINES[variant]() for variant in variants if variant in BASELINES}
     protected = protected_paths(samples, ids, protected_field) if PROTECTED in variants else {}
-    view = samples.select(ids, ordered=True)
+    view = samples.select(ids, ordered=True)  # the labels as the view shows them
+    stored = _stored(samples, ids)
     budgets = zip(
-        _or_default(optional_values(view, "unseg.eps"), eps),
-        _or_default(optional_values(view, "unseg.eps_bg"), eps_bg),
+        _or_default(optional_values(stored, "unseg.eps"), eps),
+        _or_default(optional_values(stored, "unseg.eps_bg"), eps_bg),
     )
     labels = zip(*(view.values(field) for field in targets.fields))
     for sample_id, sample_labels, (sample_eps, sample_eps_bg) in zip(ids, labels, budgets):
@@ -138,7 +147,7 @@ def _subtract_class_texture(paths: dict, view, targets: Targets, period: int, fo
             image = _to_uint8(torch.from_numpy(read_rgb(path)).permute(2, 0, 1))
             yield sample_id, image, targets.instance_class_map(labels[sample_id], *image.shape[:2])
 
-    texture = ClassTexture(period, generator_frame(view))
+    texture = ClassTexture(period, generator_frame(_stored(view, list(paths))))
     texture.fit((image, classes) for _, image, classes in pairs())
     for sample_id, image, classes in pairs():
         paths[sample_id] = _write(None, texture(image, classes), None, folder, variant, sample_id)
