@@ -55,7 +55,7 @@ def save_generator(
     weights_tmp, config_tmp = _temp_path(directory), _temp_path(directory)
     try:
         save_file(tensors, weights_tmp)
-        _fsync(weights_tmp)
+        fsync_path(weights_tmp)
         generator_id = _file_id(weights_tmp)
         info = {
             "format": FORMAT,
@@ -66,7 +66,7 @@ def save_generator(
             "metadata": extra_metadata or {},
         }
         config_tmp.write_text(json.dumps(info, indent=2))
-        _fsync(config_tmp)
+        fsync_path(config_tmp)
         for tmp in (weights_tmp, config_tmp):  # mkstemp's files are private (0600)
             tmp.chmod(FILE_MODE)
         os.replace(weights_tmp, directory / WEIGHTS_FILE)
@@ -74,7 +74,7 @@ def save_generator(
     finally:
         weights_tmp.unlink(missing_ok=True)
         config_tmp.unlink(missing_ok=True)
-    _fsync(directory)
+    fsync_path(directory)
     return generator_id
 
 
@@ -233,7 +233,8 @@ def _temp_path(directory: Path) -> Path:
     return Path(name)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path) -> None:
+    """Flush a file's or a folder's entries to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

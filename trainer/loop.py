@@ -27,7 +27,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from fiftyone_unseg import io
-from fiftyone_unseg.checkpoint import CONFIG_FILE, clear_run_outputs, save_generator
+from fiftyone_unseg.checkpoint import (
+    CONFIG_FILE,
+    clear_run_outputs,
+    fsync_path,
+    save_generator,
+)
 from fiftyone_unseg.modeling import NoiseGenerator, build_noise_generator
 from fiftyone_unseg.modeling.build import load_state_file
 from trainer import distributed
@@ -557,8 +562,11 @@ class Trainer:
             "restarted_at": self.restarted_at,
         }
         torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+        for done in ("surrogate.safetensors", "trainer_state.pt", ""):  # on disk before
+            fsync_path(os.path.join(tmp, done))  # ``latest`` names them (power loss)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        fsync_path(self.checkpoint_root)
         io.atomic_write_bytes(name.encode(), os.path.join(self.checkpoint_root, "latest"))
         kept = sorted(d for d in os.listdir(self.checkpoint_root) if d.startswith("step_"))
         for old in kept[: -self.cfg.keep_checkpoints]:
