@@ -4,6 +4,7 @@ report and run, CLI and operator (CPU, 64 px images, 1-epoch trainings)."""
 import dataclasses
 import io
 import json
+import logging
 import os
 
 import fiftyone as fo
@@ -228,6 +229,21 @@ def test_baselines_stay_within_each_samples_budgets(sample_dataset, tmp_path):
         unclipped = (clean > 10) & (clean < 245)
         same = objects[:-8] & objects[8:] & unclipped[:-8].all(-1) & unclipped[8:].all(-1)
         assert (pattern[:-8][same] == pattern[8:][same]).all()  # the tile repeats every 8 rows
+
+
+def test_baselines_warn_where_protection_budgeted_other_pixels(sample_dataset, tmp_path, caplog):
+    dataset = sample_dataset.clone("audit-other-budgets")
+    split = split_samples(dataset)
+    first = split.train_ids[0]
+    facts = {first: fo.DynamicEmbeddedDocument(label_field="instances", prompt="classes:car")}
+    dataset.set_values("unseg", facts, key_field="id", dynamic=True)
+    targets = resolve_targets(dataset, "instances")
+    with caplog.at_level(logging.WARNING, logger="fiftyone_unseg.audit.variants"):
+        training_images(dataset, split.train_ids, targets, ["clean"], str(tmp_path))
+        assert not caplog.records  # no baseline, nothing to compare
+        training_images(dataset, split.train_ids, targets, ["clean", "random"], str(tmp_path))
+    assert "1 training samples" in caplog.text and first in caplog.text
+    assert "'classes:car'" in caplog.text
 
 
 def test_no_noise_baseline_is_the_clean_image_through_the_countermeasure(sample_dataset, tmp_path):

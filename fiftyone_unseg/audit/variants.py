@@ -14,6 +14,7 @@ that change are written losslessly as ``<folder>/<variant>/<sample id>.png``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 
@@ -27,6 +28,8 @@ from fiftyone_unseg.audit.countermeasures import Countermeasure
 from fiftyone_unseg.audit.targets import Targets
 from fiftyone_unseg.io import atomic_write_image, read_rgb
 from fiftyone_unseg.protect import STALE, optional_values, protected_pixels, protection_states
+
+logger = logging.getLogger(__name__)
 
 CLEAN = "clean"
 PROTECTED = "protected"
@@ -101,6 +104,8 @@ def training_images(
     protected = protected_paths(samples, ids, protected_field) if PROTECTED in variants else {}
     view = samples.select(ids, ordered=True)  # the labels as the view shows them
     stored = _stored(samples, ids)
+    if sources:
+        _warn_of_other_object_budgets(stored, ids, targets.label_field)
     budgets = zip(
         _or_default(optional_values(stored, "unseg.eps"), eps),
         _or_default(optional_values(stored, "unseg.eps_bg"), eps_bg),
@@ -159,6 +164,27 @@ def generator_frame(view, default: int = 256) -> int:
     generators'): the grid an informed attacker fits the texture in."""
     sizes = Counter(s for s in optional_values(view, "unseg.generator_size") if s)
     return sizes.most_common(1)[0][0] if sizes else default
+
+
+def _warn_of_other_object_budgets(stored, ids, label_field: str) -> None:
+    """Log the samples whose protection put the object budget on other pixels than the
+    baselines do (every segment of ``label_field``): protected through another field or
+    with a class prompt, which gave the other segments the background budget."""
+    fields = optional_values(stored, "unseg.label_field")
+    prompts = optional_values(stored, "unseg.prompt")
+    other = [
+        (i, f, p)
+        for i, f, p in zip(ids, fields, prompts)
+        if f is not None and (f != label_field or (p or "").startswith("classes:"))
+    ]
+    if other:
+        sample_id, field, prompt = other[0]
+        logger.warning(
+            "%d training samples were protected with the object budget on other pixels than "
+            "the baselines put it on (every segment of %r), e.g. sample %s: field %r, prompt "
+            "%r; the baselines' comparison with protection is not at the same budget map",
+            len(other), label_field, sample_id, field, prompt,
+        )  # fmt: skip
 
 
 def _or_default(values: list, default: float) -> list[float]:
