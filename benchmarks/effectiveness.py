@@ -120,6 +120,7 @@ def run(args) -> dict:
         eps=args.eps,
         eps_bg=args.eps_bg,
         class_mix=args.class_mix,
+        class_style=args.class_style,
         progress=tqdm_progress("protect"),
     )
     psnr = dataset.values("unseg.psnr")
@@ -184,6 +185,7 @@ def run(args) -> dict:
         "eps": dataset.first()["unseg"]["eps"],
         "eps_bg": dataset.first()["unseg"]["eps_bg"],
         "class_mix": args.class_mix,
+        "class_style": args.class_style,
         "victims": victims,
         "psnr": float(np.mean([p for p in psnr if p is not None])),
         "ssim": float(np.mean([s for s in ssim if s is not None])),
@@ -237,8 +239,8 @@ def table(results: dict) -> str:
 
 def merge(old: dict, new: dict) -> dict:
     """``old`` with the victims and stress tests that ``new`` measured replaced."""
-    old = {"victim_seed": 0, "class_mix": 0.0, **old}  # files from before those options
-    same = ("generator", "dataset", "eps", "eps_bg", "class_mix", "victim_seed")
+    old = {"victim_seed": 0, "class_mix": 0.0, "class_style": "texture", **old}  # older files
+    same = ("generator", "dataset", "eps", "eps_bg", "class_mix", "class_style", "victim_seed")
     return merge_results(old, new, same, ("victims", "stress"))
 
 

@@ -64,6 +64,8 @@ def add_seeds(old: dict, new: dict, first_seed: int) -> dict:
     if overlap:
         raise SystemExit(f"--add-seeds: victim seeds {overlap} are already in the row")
     runs = {v: runs_old[v] + new["runs"][v] for v in new["runs"] if v in runs_old}
+    if "unseen_drive" not in old and "unseen_drive" in new:  # a row from before it was kept
+        old = {**old, "unseen_drive": new["unseen_drive"]}
     return _with_runs(old, runs, seeds_old + new["victim_seeds"])
 
 

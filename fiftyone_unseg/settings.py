@@ -19,8 +19,8 @@ CLASS_KEY_SECRET = "UNSEG_CLASS_KEY"
 """Environment variable (the App's plugin secret) holding a class key of one's own."""
 PRESETS = {
     "default": "the shipped default, noise specific to each image, trained against a "
-    "surrogate that keeps learning: YOLO on pets at 0.004 of clean, 0.05 after a blur or "
-    "half-scale, 0.56 after JPEG 75; CamVid semantic 0.97, 0.89 after JPEG 75; 33.5 dB",
+    "surrogate that keeps learning: YOLO on pets at 0.004 of clean, 0.04 and 0.07 after a "
+    "blur and half-scale, 0.56 after JPEG 75; CamVid semantic 0.97, 0.89 after JPEG 75; 33.5 dB",
     "robust": "the default fine-tuned through JPEG, blur and rescaling against a surrogate "
     "that keeps learning: CamVid semantic at 0.60 of clean after a blur, 0.67 after "
     "half-scale, 0.88 after JPEG 75 (default 0.74, 0.74, 0.89); YOLO on pets 0.02, 0.01 "

@@ -487,6 +487,12 @@ def test_shipped_configs_and_overrides():
         TrainConfig(objective="maximise")
     with pytest.raises(ValueError, match="keep_checkpoints must be at least 1"):
         TrainConfig(keep_checkpoints=0)
+    assert TrainConfig(object_context=[]).object_context is None  # "off", as it was
+    # a checkpoint's config from before a check it fails still names what differs
+    reversed_range = {**TrainConfig().to_dict(), "scale_range": [2.0, 0.1]}
+    assert TrainConfig().resume_conflicts(reversed_range) == {
+        "scale_range": ([2.0, 0.1], [0.1, 2.0])
+    }
     for bad, message in (
         ({"scale_range": [0.5]}, "scale_range must be"),
         ({"object_context": [3.0, 1.2]}, "object_context must be"),
@@ -636,6 +642,11 @@ def test_a_surrogate_that_predicts_nothing_restarts_at_a_lower_learning_rate(tmp
     summary = Trainer(cfg, str(tmp_path / "early"), ctx).run(resume=True)
     assert [w.split(":")[0] for w in summary["warnings"]] == ["step 6", "step 14", "step 16"]
     assert summary["surrogate_restarts"] == 1
+    # Judged dead at its last step: restarted there, as a longer run would, and the summary
+    # still says the generator learned against a surrogate that predicted nothing.
+    last = Trainer(dataclasses.replace(cfg, max_steps=6), str(tmp_path / "last"), ctx).run()
+    assert [w.split(":")[0] for w in last["warnings"]] == ["step 6", "step 6"]
+    assert "restarted" in last["warnings"][0] and "has not learned" in last["warnings"][1]
     with pytest.raises(ValueError, match="surrogate_restarts must be 0 or more"):
         micro_config(surrogate_restarts=-1)
 

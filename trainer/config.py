@@ -151,6 +151,8 @@ class TrainConfig:
             raise ValueError(f"eot counter-measures must be some of {EOT_KINDS}, got {unknown}")
         self.scale_range = _range(self.scale_range, "scale_range")
         self.eot_scale = _range(self.eot_scale, "eot_scale")
+        if self.object_context is not None and len(self.object_context) == 0:
+            self.object_context = None  # [] said "off" before None did
         if self.object_context is not None:
             self.object_context = _range(self.object_context, "object_context")
         if self.surrogate_reset_every < 0:
@@ -212,9 +214,11 @@ class TrainConfig:
         """key -> (saved value, this value) for each setting in which this config differs
         from ``saved`` (the config a checkpoint was trained with) other than
         :data:`RESUMABLE_CHANGES`."""
-        before, now = (
-            json.loads(json.dumps(c.to_dict())) for c in (TrainConfig.from_dict(saved), self)
-        )
+        try:
+            earlier = TrainConfig.from_dict(saved).to_dict()
+        except ValueError:  # saved before a check it fails: compared as it was written
+            earlier = {**self.to_dict(), **saved}
+        before, now = (json.loads(json.dumps(c)) for c in (earlier, self.to_dict()))
         return {
             k: (before[k], now[k])
             for k in now

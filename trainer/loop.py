@@ -199,6 +199,7 @@ class Trainer:
         self.restarts = 0  # of a surrogate that predicted nothing (cfg.surrogate_restarts)
         self.restarted_at = 0  # the step of the last restart
         self.last_evaluation = (None, {})  # (step, scores) of the latest evaluate()
+        self.end_found = None  # what _dead_surrogate found at the last step, before a restart
         if ctx.world_size > 1:  # the models are built alike (and DDP broadcasts rank 0's);
             torch.manual_seed(cfg.seed + ctx.rank)  # loss points and prompt noise are not
 
@@ -774,6 +775,8 @@ class Trainer:
                                 if k.startswith(("iou", "texture"))
                             )
                         )
+                        if done:
+                            self.end_found = self._dead_surrogate(row)
                         restart = self._watch_surrogate(row)
                     self._log(row)
                 if check and distributed.agree(ctx, restart):
@@ -800,9 +803,11 @@ class Trainer:
         summary["generator"] = os.path.join(self.out_dir, "generator")
         summary["skipped_pairs"] = {p.mask: why for p, why in self.train_data.skipped.items()}
         summary["warnings"] = list(self.warnings)
-        found = self._dead_surrogate(scores)
-        if found and not any(w.startswith(f"step {self.step}:") for w in self.warnings):
-            # the end's judgement: in the summary only, so a longer resumed run still watches
+        # The end's judgement, of the surrogate the generator last learned against (before
+        # any restart at this step), in the summary only: a longer resumed run still watches.
+        found = self.end_found if step == self.step else self._dead_surrogate(scores)
+        last = self.warnings[-1] if self.warnings else ""
+        if found and not (last.startswith(f"step {self.step}:") and "restarted" not in last):
             summary["warnings"].append(self._advice(found))
             logger.warning(summary["warnings"][-1])
         summary["surrogate_restarts"] = self.restarts

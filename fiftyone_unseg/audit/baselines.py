@@ -114,7 +114,7 @@ class ClassColourNoise:
 
     def __call__(self, images: torch.Tensor, mask_prompts: torch.Tensor, classes=None):
         """images Bx3xHxW, mask_prompts Bx1xHxW, classes Bx1xHxW integers (0 background,
-        k + 1 for class k) -> noise Bx3xHxW in {-1, 0, 1}."""
+        k + 1 for class k) -> noise Bx3xHxW in [-1, 1], flat on each class."""
         if classes is None:
             raise ValueError("the class colour needs each image's class map")
         for value in range(len(self.colours), int(classes.max()) + 1):
