@@ -403,13 +403,11 @@ def _unseen_drive(dataset, victim: str, task: Task, row: dict, stress) -> dict:
     view = dataset.match_tags("test").match(F("filepath").re_match(f".*/{prefix}_[^/]*$"))
     if not len(view):  # a --quick run may draw none
         return None
-    targets = resolve_targets(dataset, task.label_field)
+    targets, scorer = resolve_targets(dataset, task.label_field), make_victim(victim)
     scores = {}
     for variant in row["runs"]:
         field = f"{_run_key(victim, stress)}_{victim}_{variant}"  # the audit's, first seed
-        scores[variant] = make_victim(victim).score(
-            view, field, task.label_field, f"{field}_unseen", targets
-        )[0]
+        scores[variant] = scorer.score(view, field, task.label_field, f"{field}_unseen", targets)[0]
     names = {"protected": "ratio", "none": "countermeasure_ratio"}
     ratios = {
         names.get(v, f"{v}_ratio"): s / scores["clean"] if scores["clean"] else None

@@ -37,6 +37,13 @@ from fiftyone_unseg.settings import CLASS_STYLES
 TILE = 8  # texture side in pixels
 
 
+def cube_colour(generator: torch.Generator) -> torch.Tensor:
+    """A colour (3,) drawn on the surface of the [-1, 1]^3 cube: its largest channel at
+    +-1."""
+    colour = torch.rand(3, generator=generator) * 2 - 1
+    return colour / colour.abs().max()
+
+
 def default_class_key(dataset) -> str:
     """The key ``protect`` uses without one: from the dataset's database id, so every run
     and shard on a dataset draws the same textures."""
@@ -72,9 +79,8 @@ class ClassKeys:
         label = "\0background" if name is None else f"class:{name}"
         seed = hashlib.sha256(f"{self.key}\0{label}".encode()).digest()[:8]
         generator = torch.Generator().manual_seed(int.from_bytes(seed, "little") >> 1)
-        if self.style == "colour":  # a point on the cube's surface: one channel at +-1
-            colour = torch.rand(3, generator=generator) * 2 - 1
-            texture = (colour / colour.abs().max())[:, None, None].expand(3, TILE, TILE).clone()
+        if self.style == "colour":
+            texture = cube_colour(generator)[:, None, None].expand(3, TILE, TILE).clone()
         else:
             texture = torch.randint(0, 2, (3, TILE, TILE), generator=generator) * 2.0 - 1
         self._textures[name] = texture

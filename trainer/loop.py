@@ -304,12 +304,15 @@ class Trainer:
             and step == self.schedule.block_start(block)
         )
 
+    def _cuda_devices(self) -> list:
+        """The devices whose random streams ``fork_rng`` must keep: this process's GPU."""
+        return [self.ctx.device] if self.ctx.device.type == "cuda" else []
+
     def _reset_surrogate(self, seed: int) -> None:
         """Re-initialise the surrogate (the same weights from ``seed`` on every process) and
         its optimiser: every ``cfg.surrogate_reset_every`` blocks, so the generator's noise
         must be learnable from scratch, not by one co-adapted model, and on a restart."""
-        devices = [self.ctx.device] if self.ctx.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # manual_seed seeds CUDA too
+        with torch.random.fork_rng(devices=self._cuda_devices()):  # manual_seed seeds CUDA
             torch.manual_seed(seed)
             fresh = self._new_surrogate()
         self.surrogate.load_state_dict(fresh.state_dict())
@@ -399,9 +402,8 @@ class Trainer:
         drawing nothing from the training's random streams: how often the main process
         evaluates leaves the training as it is."""
         python_state = random.getstate()
-        devices = [self.ctx.device] if self.ctx.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=self._cuda_devices()):
                 return self._evaluate()
         finally:
             random.setstate(python_state)
@@ -806,8 +808,7 @@ class Trainer:
         # The end's judgement, of the surrogate the generator last learned against (before
         # any restart at this step), in the summary only: a longer resumed run still watches.
         found = self.end_found if step == self.step else self._dead_surrogate(scores)
-        last = self.warnings[-1] if self.warnings else ""
-        if found and not (last.startswith(f"step {self.step}:") and "restarted" not in last):
+        if found and self._advice(found) not in self.warnings:  # the watch's own, this step
             summary["warnings"].append(self._advice(found))
             logger.warning(summary["warnings"][-1])
         summary["surrogate_restarts"] = self.restarts

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from fiftyone_unseg.class_keys import ClassKeys
+from fiftyone_unseg.class_keys import ClassKeys, cube_colour
 
 
 class RandomNoise:
@@ -119,8 +119,7 @@ class ClassColourNoise:
             raise ValueError("the class colour needs each image's class map")
         for value in range(len(self.colours), int(classes.max()) + 1):
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + value)
-            colour = torch.rand(1, 3, generator=generator) * 2 - 1
-            self.colours = torch.cat([self.colours, colour / colour.abs().max()])
+            self.colours = torch.cat([self.colours, cube_colour(generator)[None]])
         return self.colours[classes[:, 0].long()].permute(0, 3, 1, 2).to(images.dtype)
 
 

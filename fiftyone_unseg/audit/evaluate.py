@@ -77,7 +77,8 @@ def evaluate_protection(
     and each of ``baselines`` ("random": uniform noise, "random_flat": the same at the
     object budget on every pixel, "pattern": a mask-aligned tile shortcut,
     "class_pattern": one tile per class, "class_colour": one flat colour per class, all at
-    the samples' protection budgets, see :mod:`fiftyone_unseg.audit.baselines`). Every model is tested on the CLEAN test images.
+    the samples' protection budgets, see :mod:`fiftyone_unseg.audit.baselines`). Every
+    model is tested on the CLEAN test images.
 
     Arguments:
       samples: a FiftyOne dataset or view.
