@@ -38,7 +38,9 @@ before training (by default when the stress victim is among ``--victims``); the
 informed ones on request (JPEG 90, grayscale, median 3x3, a bilateral
 "purification", quarter-scale, and ``class_texture``: each class's mean
 texture on the generator's patch grid, estimated with the labels over the training
-images and subtracted, :mod:`fiftyone_unseg.audit.class_texture`); ``--stress-victim
+images and subtracted, :mod:`fiftyone_unseg.audit.class_texture`; ``class_tint``: each
+class's mean colour against the clean originals of a tenth of the training images,
+subtracted: the informed attack on colour class keys); ``--stress-victim
 yolo`` measures them on another victim, kept as ``yolo_jpeg75`` and so on. ``ratio`` =
 protected / clean, ``gain_ratio`` = (protected - chance) / (clean - chance), ``spread`` = the
 largest sample standard deviation over the seeds of clean and protected (none with one
@@ -100,6 +102,7 @@ STRESS = {  # the first three run by default; the rest are the informed attacks
     "bilateral": "bilateral:25",
     "quarter_scale": "downscale:0.25",
     "class_texture": "texture:16",
+    "class_tint": "tint:0.1",
 }
 DEFAULT_STRESS = ("jpeg75", "blur1", "half_scale")
 BASELINES = ("random", "random_flat", "pattern")

@@ -544,8 +544,10 @@ def _add_evaluate_command(subparsers) -> None:
     )
     p.add_argument(
         "--countermeasure",
-        help="jpeg:75, blur:1.0, downscale:0.5, grayscale, median:3, bilateral:25 or texture:16 "
-        "(an informed attacker's per-class texture, estimated with the labels and subtracted)",
+        help="jpeg:75, blur:1.0, downscale:0.5, grayscale, median:3, bilateral:25, texture:16 "
+        "(an informed attacker's per-class texture, estimated with the labels and subtracted) "
+        "or tint:0.1 (each class's tint against the clean originals of that share of the "
+        "training samples, subtracted: the informed attack on colour class keys)",
     )
     p.add_argument(
         "--eps",

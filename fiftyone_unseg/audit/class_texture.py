@@ -1,4 +1,7 @@
-"""An informed attack: estimate the texture protection adds to each class, and subtract it.
+"""Informed attacks: estimate what protection adds to each class, and subtract it.
+
+:class:`ClassTexture` finds a fixed texture per class, :class:`ClassTint` a flat colour
+per class (colour class keys).
 
 A trainer who knows the method and holds the labels they are about to train on can look
 for what protection adds to every image alike. The generator is a ViT on an SxS model
@@ -11,6 +14,13 @@ positions, a fixed per-class texture does not, whatever its frequencies. Subtrac
 that mean from every image removes the texture and leaves only the image-specific part
 of the noise. (A high-pass residual, image minus a 1 px blur, finds nothing of the
 default generator's texture on CamVid: its grid is 15 to 60 px wide there.)
+
+A flat tint per class is what that centring removes, so it needs another yardstick: the
+class's own mean colour in clean photos of the same source. An attacker holding a few
+such photos with labels (published before protection, or their own) compares each
+class's mean colour over the training images with it; the difference is the tint plus
+the sampling error of the two means, and subtracting it leaves the victim the clean
+colours of the classes it can estimate well.
 """
 
 from __future__ import annotations
@@ -60,14 +70,49 @@ class ClassTexture:
 
     def __call__(self, image: np.ndarray, class_map: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 minus the fitted texture of its classes (none for unseen ones)."""
-        if not len(self.texture):
-            return image
-        index = self.bins(class_map)
-        known = index < len(self.texture)
-        texture = np.where(
-            known[..., None], self.texture[np.where(known, index, 0)], 0.0
+        return subtract(image, self.texture, self.bins(class_map))
+
+
+class ClassTint:
+    """Each class's mean colour in the training images minus its mean colour in clean
+    reference photos: the flat colour protection added to it."""
+
+    def __init__(self) -> None:
+        self.tint = np.zeros((0, 3), np.float64)  # classes x 3, in levels of 255
+
+    def fit(
+        self,
+        pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+        reference: Iterable[tuple[np.ndarray, np.ndarray]],
+    ) -> ClassTint:
+        """Fit on (HxWx3 uint8 image, HxW class map) pairs of the training images and of
+        the clean reference photos; a class missing from either gets no tint."""
+        sums, counts = bin_sums((m, i.reshape(-1, 3).astype(np.float64)) for i, m in pairs)
+        ref_sums, ref_counts = bin_sums(
+            (m, i.reshape(-1, 3).astype(np.float64)) for i, m in reference
         )  # fmt: skip
-        return np.clip(np.round(image - texture), 0, 255).astype(np.uint8)
+        size = min(len(counts), len(ref_counts))
+        seen = (counts[:size] > 0) & (ref_counts[:size] > 0)
+        self.tint = np.zeros((size, 3))
+        self.tint[seen] = (
+            sums[:size][seen] / counts[:size][seen, None]
+            - ref_sums[:size][seen] / ref_counts[:size][seen, None]
+        )
+        return self
+
+    def __call__(self, image: np.ndarray, class_map: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 minus the fitted tint of its classes (none for unseen ones)."""
+        return subtract(image, self.tint, class_map.astype(np.int64))
+
+
+def subtract(image: np.ndarray, table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 minus ``table`` (bins x 3) at each pixel's bin (HxW ``index``); bins
+    past the table's end lose nothing."""
+    if not len(table):
+        return image
+    known = index < len(table)
+    values = np.where(known[..., None], table[np.where(known, index, 0)], 0.0)
+    return np.clip(np.round(image - values), 0, 255).astype(np.uint8)
 
 
 def bin_sums(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,12 @@ Each is deterministic and maps an HxWx3 uint8 RGB image to one of the same shape
 - ``texture:P``: the informed attack of :mod:`.class_texture`: each class's mean
   texture per phase of a P-pixel grid in the generator's frame, estimated over the
   training set with its labels, subtracted from every image. It learns from the whole
-  set, so :func:`.variants.training_images` applies it, never ``__call__``.
+  set, so :func:`.variants.training_images` applies it, never ``__call__``;
+- ``tint:F``: the informed attack on colour class keys (:class:`.class_texture.ClassTint`):
+  each class's mean colour over the training set against its mean colour in the clean
+  originals of a share F of the training samples (evenly spread over them: the clean
+  photos with labels an attacker holds), subtracted from every image. Learned like
+  ``texture``.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-KINDS = ("jpeg", "blur", "downscale", "grayscale", "median", "bilateral", "texture")
+KINDS = ("jpeg", "blur", "downscale", "grayscale", "median", "bilateral", "texture", "tint")
+LEARNED = ("texture", "tint")  # estimated from the whole training set
 _DEFAULTS = {
-    "jpeg": 75.0, "blur": 1.0, "downscale": 0.5, "median": 3.0, "bilateral": 25.0, "texture": 16.0
+    "jpeg": 75.0, "blur": 1.0, "downscale": 0.5, "median": 3.0, "bilateral": 25.0,
+    "texture": 16.0, "tint": 0.1,
 }  # fmt: skip
 
 
@@ -42,7 +49,7 @@ class Countermeasure:
     @classmethod
     def parse(cls, text: str | None) -> Countermeasure | None:
         """``"jpeg:75"``, ``"blur:1.0"``, ``"downscale:0.5"``, ``"grayscale"``, ``"median:3"``,
-        ``"bilateral:25"``, ``"texture:16"`` or a bare kind (its default value); None or ""
+        ``"bilateral:25"``, ``"texture:16"``, ``"tint:0.1"`` or a bare kind (its default value); None or ""
         or "none" for none."""
         if not text or text == "none":
             return None
@@ -64,6 +71,7 @@ class Countermeasure:
             "median": number >= 3 and number == int(number) and int(number) % 2 == 1,
             "bilateral": number > 0,
             "texture": number >= 2 and number == int(number),
+            "tint": 0 < number <= 1,
         }[kind]
         if not valid:
             ranges = {
@@ -73,6 +81,7 @@ class Countermeasure:
                 "median": "an odd integer >= 3",
                 "bilateral": "> 0",
                 "texture": "an integer >= 2",
+                "tint": "in (0, 1]",
             }
             raise ValueError(f"countermeasure {text!r}: the {kind} value must be {ranges[kind]}")
         return cls(kind, number)
@@ -82,8 +91,8 @@ class Countermeasure:
 
     @property
     def learned(self) -> bool:
-        """True when it is estimated from the whole training set (``texture``)."""
-        return self.kind == "texture"
+        """True when it is estimated from the whole training set (:data:`LEARNED`)."""
+        return self.kind in LEARNED
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> HxWx3 uint8."""

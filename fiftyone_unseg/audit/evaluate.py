@@ -99,8 +99,10 @@ def evaluate_protection(
         alone costs).
       countermeasure: applied to the protected and baseline training images (never to
         clean ones): "jpeg:75", "blur:1.0", "downscale:0.5", "grayscale", "median:3",
-        "bilateral:25" or "texture:16" (each class's mean texture estimated from the
-        labelled training images and subtracted, an informed attack); see
+        "bilateral:25", "texture:16" (each class's mean texture estimated from the
+        labelled training images and subtracted, an informed attack) or "tint:0.1" (each
+        class's mean colour against the clean originals of that share of the training
+        samples, subtracted: the informed attack on colour class keys); see
         :class:`fiftyone_unseg.audit.countermeasures.Countermeasure`.
       eps, eps_bg: the baselines' budgets for samples without recorded protection budgets.
       split_tags: (train tag, test tag); without both tags present (or with None), a

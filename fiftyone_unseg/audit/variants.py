@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from fiftyone_unseg.audit.baselines import BASELINES
-from fiftyone_unseg.audit.class_texture import ClassTexture
+from fiftyone_unseg.audit.class_texture import ClassTexture, ClassTint
 from fiftyone_unseg.audit.countermeasures import Countermeasure
 from fiftyone_unseg.audit.targets import Targets
 from fiftyone_unseg.io import atomic_write_image, read_rgb
@@ -135,27 +135,43 @@ def training_images(
     if learned is not None:
         for variant in variants:
             if variant != CLEAN:
-                _subtract_class_texture(
-                    out[variant], view, targets, int(learned.value), folder, variant
-                )
+                _subtract_learned(out[variant], view, targets, learned, clean, folder, variant)
     return out
 
 
-def _subtract_class_texture(paths: dict, view, targets: Targets, period: int, folder, variant):
-    """Fit a :class:`ClassTexture` on the images ``paths`` (sample id -> file) with their
-    labels in ``view``, subtract it from each and point ``paths`` at the results."""
+def _subtract_learned(
+    paths: dict, view, targets: Targets, learned: Countermeasure, clean: dict, folder, variant
+):
+    """Fit the informed attack ``learned`` (``texture`` or ``tint``) on the images
+    ``paths`` (sample id -> file) with their labels in ``view`` (``tint``: against the
+    clean images ``clean`` of its share of them), subtract it from each and point
+    ``paths`` at the results."""
     labels = zip(*(view.values(field) for field in targets.fields))
     labels = dict(zip(view.values("id"), (dict(zip(targets.fields, x)) for x in labels)))
 
-    def pairs():
-        for sample_id, path in paths.items():
+    def pairs(files: dict):
+        for sample_id, path in files.items():
             image = _to_uint8(torch.from_numpy(read_rgb(path)).permute(2, 0, 1))
             yield sample_id, image, targets.instance_class_map(labels[sample_id], *image.shape[:2])
 
-    texture = ClassTexture(period, generator_frame(_stored(view, list(paths))))
-    texture.fit((image, classes) for _, image, classes in pairs())
-    for sample_id, image, classes in pairs():
-        paths[sample_id] = _write(None, texture(image, classes), None, folder, variant, sample_id)
+    if learned.kind == "texture":
+        attack = ClassTexture(int(learned.value), generator_frame(_stored(view, list(paths))))
+        attack.fit((image, classes) for _, image, classes in pairs(paths))
+    else:
+        held = reference_ids(list(clean), learned.value)
+        attack = ClassTint().fit(
+            ((image, classes) for _, image, classes in pairs(paths)),
+            ((image, classes) for _, image, classes in pairs({i: clean[i] for i in held})),
+        )
+    for sample_id, image, classes in pairs(paths):
+        paths[sample_id] = _write(None, attack(image, classes), None, folder, variant, sample_id)
+
+
+def reference_ids(ids: list, share: float) -> list:
+    """The share ``share`` of ``ids`` (at least one) evenly spread over them: the
+    training samples whose clean originals the ``tint`` attacker holds."""
+    count = max(1, round(share * len(ids)))
+    return [ids[i] for i in sorted(set(np.linspace(0, len(ids) - 1, count).round().astype(int)))]
 
 
 def generator_frame(view, default: int = 256) -> int:

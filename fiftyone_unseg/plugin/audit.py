@@ -28,6 +28,7 @@ COUNTERMEASURE_VALUES = {
     "median": ("Median window (odd px)", 3.0),
     "bilateral": ("Bilateral colour sigma (/255)", 25.0),
     "texture": ("Class texture: grid period (generator px)", 16.0),
+    "tint": ("Class tint: share of training photos the attacker holds clean", 0.1),
 }
 
 
