@@ -39,7 +39,13 @@ import time
 import held_out
 import numpy as np
 import torch
-from machine import add_protection_arguments, machine_facts, merge_results, output_path
+from machine import (
+    add_protection_arguments,
+    machine_facts,
+    merge_results,
+    output_path,
+    resolve_protection,
+)
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.audit.baselines import BASELINES
@@ -101,6 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "this run measures (its victims and stress tests)",
     )
     args = parser.parse_args(argv)
+    resolve_protection(parser, args)
     args.out = output_path(parser, args, os.path.join(RESULTS, "effectiveness.json"))
     if args.quick:
         args.num, args.epochs = 12, 2
@@ -186,6 +193,7 @@ def run(args) -> dict:
         "eps_bg": dataset.first()["unseg"]["eps_bg"],
         "class_mix": args.class_mix,
         "class_style": args.class_style,
+        "preset": args.preset,
         "victims": victims,
         "psnr": float(np.mean([p for p in psnr if p is not None])),
         "ssim": float(np.mean([s for s in ssim if s is not None])),

@@ -8,14 +8,23 @@ import torch
 
 from fiftyone_unseg.cli import budget_arg
 from fiftyone_unseg.io import atomic_write_bytes
-from fiftyone_unseg.settings import CLASS_STYLES, DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG
+from fiftyone_unseg.settings import (
+    CLASS_STYLES,
+    DEFAULT_EPS,
+    DEFAULT_EPS_BG,
+    PRESETS,
+    preset_protection,
+)
 
 
 def add_protection_arguments(parser) -> None:
-    """The effectiveness benchmarks' ``--generator``, ``--eps``, ``--eps-bg`` and
-    ``--class-mix``, ``--class-style`` (the protection measured), with protect's
-    defaults."""
-    parser.add_argument("--generator", help="checkpoint directory (default: the shipped one)")
+    """The effectiveness benchmarks' ``--preset``, ``--generator``, ``--eps``,
+    ``--eps-bg``, ``--class-mix`` and ``--class-style`` (the protection measured), with
+    protect's defaults; :func:`resolve_protection` fills in the preset's."""
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), help="a named protection, as unseg protect's"
+    )
+    parser.add_argument("--generator", help="checkpoint directory (default: the preset's)")
     parser.add_argument("--eps", type=budget_arg, default=DEFAULT_EPS, help="object budget")
     parser.add_argument(
         "--eps-bg", type=budget_arg, default=DEFAULT_EPS_BG, help="background budget"
@@ -23,15 +32,26 @@ def add_protection_arguments(parser) -> None:
     parser.add_argument(
         "--class-mix",
         type=float,
-        default=DEFAULT_CLASS_MIX,
-        help="protect's class_mix (share of the secret class textures; 0: the generator alone)",
+        help="protect's class_mix (share of the secret class keys; 0: the generator alone; "
+        "default: the preset's)",
     )
     parser.add_argument(
         "--class-style",
         choices=CLASS_STYLES,
-        default="texture",
-        help="protect's class_style: each class's key an 8x8 texture or one flat colour",
+        help="protect's class_style: each class's key an 8x8 texture or one flat colour "
+        "(default: the preset's)",
     )
+
+
+def resolve_protection(parser, args) -> None:
+    """Set ``args.generator``, ``args.class_mix`` and ``args.class_style`` to what
+    protect uses: those given, the rest ``--preset``'s (as ``unseg protect``)."""
+    try:
+        args.generator, args.class_mix, args.class_style = preset_protection(
+            args.preset, args.generator, args.class_mix, args.class_style
+        )
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def machine_facts() -> dict:

@@ -75,7 +75,13 @@ from dataclasses import dataclass
 import numpy as np
 import real_data
 import torch
-from machine import add_protection_arguments, machine_facts, merge_results, output_path
+from machine import (
+    add_protection_arguments,
+    machine_facts,
+    merge_results,
+    output_path,
+    resolve_protection,
+)
 from real_rows import (
     add_seeds,
     borrow_baselines,
@@ -203,7 +209,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--out",
-        help=f"default: {os.path.relpath(RESULTS)}/effectiveness.json (with --quick: required)",
+        help=f"default: {os.path.relpath(RESULTS)}/effectiveness.json, with another --preset "
+        "than the default <preset>.json (with --quick: required)",
     )
     parser.add_argument(
         "--update",
@@ -226,7 +233,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--baselines-from benchmarks/results/real/effectiveness.json` for a new generator",
     )
     args = parser.parse_args(argv)
-    args.out = output_path(parser, args, os.path.join(RESULTS, "effectiveness.json"))
+    resolve_protection(parser, args)
+    args.out = output_path(parser, args, default_results(args.preset))
     if args.add_seeds and not args.update:
         parser.error("--add-seeds adds to what --out holds: give --update too")
     if args.quick:
@@ -236,6 +244,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         if not args.stress:
             print(f"no stress rows: --stress-victim {args.stress_victim} is not among --victims")
     return args
+
+
+def default_results(preset: str | None) -> str:
+    """The committed results of ``preset``: ``effectiveness.json`` for the default (the
+    model card's), ``<preset>.json`` for the others."""
+    name = "effectiveness" if preset in (None, "default") else preset
+    return os.path.join(RESULTS, f"{name}.json")
 
 
 def _load(name: str, root: str, limit):
@@ -310,6 +325,7 @@ def run(args) -> dict:
         "eps_bg": args.eps_bg,
         "class_mix": args.class_mix,
         "class_style": args.class_style,
+        "preset": args.preset,
         "prompt": args.prompt,
         "data": {
             name: {

@@ -1,7 +1,8 @@
 """The real-data tables the model cards and the README quote, from
-``benchmarks/results/real/`` (``effectiveness.json``: the default generator;
-``robust.json``: the robust preset's; ``more_countermeasures/<preset>.json``: more
+``benchmarks/results/real/`` (``effectiveness.json``: the default preset's;
+``<preset>.json``: the other presets'; ``more_countermeasures/<preset>.json``: more
 counter-measures, measured in runs of their own, each row with its own clean victims).
+The README compares every preset; the robust generator's card, the two generators.
 
 Its own module, free of side effects on import: ``real_effectiveness`` opens a private
 FiftyOne database on import, which a test process must never do.
@@ -17,6 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results", "real")
 MORE_COUNTERMEASURES = "more_countermeasures"  # {preset}.json: stress rows of another run
 DATASET_NAMES = {"camvid": "CamVid", "pets": "the pets", "coco": "COCO"}
+PRESET_RESULTS = {"default": "effectiveness", "robust": "robust", "semantic": "semantic"}
+CARDS = ("default", "robust")  # the presets with a generator of their own, and its card
 
 
 def card_table(results: dict) -> str:
@@ -123,22 +126,24 @@ def write_tables() -> None:
     and the presets' model cards from the committed results."""
     results = {
         name: json.load(open(os.path.join(RESULTS, f"{file}.json")))
-        for name, file in (("default", "effectiveness"), ("robust", "robust"))
+        for name, file in PRESET_RESULTS.items()
     }
     smoke = [name for name, r in results.items() if r.get("quick")]
     if smoke:
         raise SystemExit(f"{', '.join(smoke)}: --quick smoke results, not the benchmark's")
+    generators = {name: results[name] for name in CARDS}
     tables = {
         "preset_table": preset_table(results),
         "preset_table_yolo": preset_table(results, "yolo"),
-        "default_table": card_table(results["default"]),
-        "robust_table": card_table(results["robust"]),
+        "generators_table": preset_table(generators),
+        "generators_table_yolo": preset_table(generators, "yolo"),
+        **{f"{name}_table": card_table(results[name]) for name in CARDS},
     }
-    for name in results:  # counter-measures measured on another CPU model, each row whole
+    for name in CARDS:  # counter-measures measured on another CPU model, each row whole
         path = os.path.join(RESULTS, MORE_COUNTERMEASURES, f"{name}.json")
         if os.path.isfile(path):
             tables[f"{name}_more_table"] = card_table(json.load(open(path)))
-    cards = [f"fiftyone_unseg/weights/{name}/MODEL_CARD.md" for name in results]
+    cards = [f"fiftyone_unseg/weights/{name}/MODEL_CARD.md" for name in CARDS]
     for path in ("README.md", *cards):
         path = os.path.join(REPO, path)
         with open(path) as f:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .io import FILE_MODE
 from .modeling import NoiseGenerator, SamConfig, build_noise_generator
-from .settings import PRESETS
+from .settings import GENERATORS, PRESETS
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -27,10 +27,10 @@ FORMAT = "fiftyone-unseg-generator"
 DEFAULT_GENERATOR_DIR = Path(__file__).parent / "weights" / "default"
 
 
-def preset_dir(name: str) -> Path:
-    """The folder of a shipped generator (:data:`fiftyone_unseg.settings.PRESETS`)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+def shipped_generator_dir(name: str) -> Path:
+    """The folder of a shipped generator (:data:`fiftyone_unseg.settings.GENERATORS`)."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown shipped generator {name!r}; choose one of {list(GENERATORS)}")
     return DEFAULT_GENERATOR_DIR if name == "default" else DEFAULT_GENERATOR_DIR.with_name(name)
 
 
@@ -84,7 +84,7 @@ def load_generator(
     """Load a checkpoint directory (or the ``.safetensors`` file in it) in eval mode.
 
     ``path=None`` loads the default generator shipped in ``fiftyone_unseg/weights/default/``;
-    a preset's name (``"robust"``), unless a folder of that name exists, its shipped one.
+    a shipped generator's name (``"robust"``), unless a folder of that name exists, that one.
     The returned model has ``.config``, ``.generator_id`` and ``.metadata`` (what the
     save recorded: the training run, and the generator it started from) set. Raises
     FileNotFoundError for missing files and ValueError for anything that is not a matching
@@ -169,15 +169,15 @@ def clear_run_outputs(folder: str | os.PathLike) -> None:
 
 def generator_id(path: str | os.PathLike | None = None) -> str:
     """The id of the generator at ``path`` (a checkpoint folder, its tensor file or a
-    preset name; None: the default) without building it: its weights' digest."""
+    shipped generator's name; None: the default) without building it: its weights' digest."""
     return _file_id(_resolve_weights(path))
 
 
 def _resolve_weights(path: str | os.PathLike | None) -> Path:
     """The tensor file to load for ``path`` (a checkpoint directory or its tensor file)."""
-    if path is None or (path in PRESETS and not os.path.exists(path)):
+    if path is None or (path in GENERATORS and not os.path.exists(path)):
         name = path or "default"
-        weights = preset_dir(name) / WEIGHTS_FILE
+        weights = shipped_generator_dir(name) / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(
                 f"No {name} generator is installed yet (expected {weights}). Train one with "
@@ -195,9 +195,10 @@ def _resolve_weights(path: str | os.PathLike | None) -> Path:
             "official SAM weights go through build_noise_generator(..., sam_checkpoint=...)."
         )
     if not path.is_file():
+        preset = f": {path} is a preset, give it as the preset" if str(path) in PRESETS else ""
         raise FileNotFoundError(
             f"generator checkpoint not found: {path} (a folder holding {WEIGHTS_FILE} and "
-            f"{CONFIG_FILE}, or a shipped preset: {', '.join(PRESETS)})"
+            f"{CONFIG_FILE}, or a shipped generator: {', '.join(GENERATORS)}){preset}"
         )
     return path
 

@@ -173,7 +173,8 @@ def _cmd_protect(args) -> int:
         summary = protect(
             samples,
             args.label_field,
-            generator=args.generator or args.preset,
+            generator=args.generator,
+            preset=args.preset,
             eps=args.eps,
             eps_bg=args.eps_bg,
             prompt=args.classes or ("instance" if args.per_instance else "all"),
@@ -320,8 +321,8 @@ def _add_protect_commands(subparsers) -> None:
     source.add_argument(
         "--preset",
         choices=list(PRESETS),
-        help="a shipped generator: "
-        + "; ".join(f"{name}: {what}" for name, what in PRESETS.items())
+        help="a named protection (default: default): "
+        + "; ".join(f"{name}: {preset.what}" for name, preset in PRESETS.items())
         + " (README, Presets)",
     )
     p.add_argument(
@@ -358,8 +359,8 @@ def _add_protect_commands(subparsers) -> None:
     p.add_argument(
         "--class-mix",
         type=_share,
-        default=DEFAULT_CLASS_MIX,
-        help=f"share of each class's secret texture in its noise, 0 for none ({DEFAULT_CLASS_MIX})",
+        help="share of each class's secret texture in its noise, 0 for none (default: the "
+        f"preset's, {DEFAULT_CLASS_MIX} but for semantic's 1)",
     )
     p.add_argument(
         "--class-key",
@@ -370,9 +371,9 @@ def _add_protect_commands(subparsers) -> None:
     p.add_argument(
         "--class-style",
         choices=CLASS_STYLES,
-        default="texture",
-        help="what each class's key is, with --class-mix: an 8x8 texture (default) or one flat "
-        "colour (survives JPEG, blur and rescaling; costs more PSNR)",
+        help="what each class's key is, with --class-mix: an 8x8 texture or one flat colour "
+        "(survives JPEG, blur and rescaling; costs more PSNR); default: the preset's, texture "
+        "but for semantic's colour",
     )
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="output format")
     p.add_argument("--quality", type=int, help="JPEG quality, with --format jpg (default 95)")

@@ -55,7 +55,7 @@ from fiftyone_unseg.geometry import CACHE_BAND_PIXELS, Frame, row_bands
 from fiftyone_unseg.io import CarriedMetadata, carried_metadata, encode_marked, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
 from fiftyone_unseg.modeling import NoiseGenerator
-from fiftyone_unseg.settings import DEFAULT_CLASS_MIX, DEFAULT_EPS, DEFAULT_EPS_BG, check_budgets
+from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG, check_budgets, preset_protection
 
 logger = logging.getLogger(__name__)
 
@@ -154,11 +154,12 @@ def protect(
     overwrite: bool = False,
     progress=None,
     run_key: str = DEFAULT_RUN_KEY,
-    class_mix: float = DEFAULT_CLASS_MIX,
+    class_mix: float | None = None,
     class_key: str | None = None,
-    class_style: str = "texture",
+    class_style: str | None = None,
     background="auto",
     ignore="auto",
+    preset: str | None = None,
 ) -> dict:
     """Write a protected copy of every image in ``samples``; originals are never touched.
 
@@ -167,10 +168,9 @@ def protect(
       label_field: a ``Segmentation``, ``Detections`` or ``Polylines`` field whose
         segments prompt the generator and get the object budget (see
         :mod:`fiftyone_unseg.labels` for how each type is rasterised).
-      generator: a checkpoint directory, a preset's name (a shipped generator:
-        "default", or "robust" for images that will be re-encoded or resized, see
-        :data:`fiftyone_unseg.settings.PRESETS`), a loaded ``NoiseGenerator``, or None
-        for the shipped default.
+      generator: a checkpoint directory, a shipped generator's name ("default", or
+        "robust" for images that will be re-encoded or resized), a loaded
+        ``NoiseGenerator``, or None: the ``preset``'s.
       eps, eps_bg: L-infinity budgets on object and background pixels, as fractions of
         the image range (8/255; at most 64/255, eps_bg <= eps).
       prompt: "all" (default, as the reference: one pass prompted with the union of
@@ -193,19 +193,25 @@ def protect(
       run_key: key of the FiftyOne run recorded on the dataset (``_shard<i>of<n>`` is
         appended for shards).
       class_mix: share of the noise on each segment that is its class's secret texture
-        (the background gets one too), the rest the generator's noise; 0 (default): the
-        generator's noise alone. See :mod:`fiftyone_unseg.class_keys`.
+        (the background gets one too), the rest the generator's noise; 0: the
+        generator's noise alone; None: the preset's (0 but for "semantic"). See
+        :mod:`fiftyone_unseg.class_keys`.
       class_key: the secret the class textures are drawn from; default: derived from the
         dataset's database id, so every run and shard on this dataset uses the same one.
         Only its fingerprint is recorded.
       class_style: "texture" (an 8 x 8 tile per class) or "colour" (one flat colour per
         class: survives JPEG, blur and rescaling, costs more PSNR; recorded in the
-        fingerprint as ``colour:<digits>``).
+        fingerprint as ``colour:<digits>``); None: the preset's.
       background, ignore: of a Segmentation field, the pixel value that is background
         (None: every class is an object) and the values that are no class (void): both
         get the background budget. "auto" reads them from the mask targets (see
         :func:`fiftyone_unseg.labels.segment_values`); values other than FiftyOne's
         convention (0 background, nothing ignored) are recorded in ``prompt``.
+      preset: a named protection (:data:`fiftyone_unseg.settings.PRESETS`): "default";
+        "robust", the robust generator; "semantic", one secret flat colour per class
+        instead of the generator's noise (``class_mix=1, class_style="colour"``), for
+        semantic datasets. ``class_mix`` and ``class_style`` given override its own; a
+        ``generator`` is refused with it.
 
     Each protected sample gets ``protected_filepath`` and an ``unseg`` document:
     the settings (``generator_id``, ``label_field``, ``prompt``, ``eps``, ``eps_bg``,
@@ -240,6 +246,7 @@ def protect(
     --limit 20``); a later run on the whole dataset skips them.
     """
     started = time.monotonic()
+    generator, class_mix, class_style = preset_protection(preset, generator, class_mix, class_style)
     image_format = _check_options(
         eps, eps_bg, image_format, jpeg_quality, batch_size, shard, run_key
     )
@@ -540,8 +547,8 @@ def _check_options(eps, eps_bg, image_format, jpeg_quality, batch_size, shard, r
 
 
 def _load_model(generator, device: str) -> NoiseGenerator:
-    """A generator in eval mode on ``device`` from a path, a preset's name, a model or None
-    (the default)."""
+    """A generator in eval mode on ``device`` from a path, a shipped generator's name, a
+    model or None (the default)."""
     if generator is None or isinstance(generator, (str, os.PathLike)):
         return load_generator(generator, device=device)
     if not getattr(generator, "generator_id", None):

@@ -9,6 +9,7 @@ the App's form use this module without FiftyOne or torch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 IGNORE = 255  # class-map value of pixels that are no class: no loss, not scored
 DEFAULT_EPS = 8 / 255
@@ -17,17 +18,70 @@ DEFAULT_CLASS_MIX = 0.0
 CLASS_STYLES = ("texture", "colour")  # what a class key is: an 8x8 tile or a flat colour
 CLASS_KEY_SECRET = "UNSEG_CLASS_KEY"
 """Environment variable (the App's plugin secret) holding a class key of one's own."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named protection: a shipped generator (``fiftyone_unseg/weights/<generator>/``)
+    and the class keys mixed into its noise (``class_mix`` 0: none), with what it is for."""
+
+    generator: str
+    what: str
+    class_mix: float = DEFAULT_CLASS_MIX
+    class_style: str = "texture"
+
+
 PRESETS = {
-    "default": "the shipped default, noise specific to each image, trained against a "
-    "surrogate that keeps learning: YOLO on pets at 0.004 of clean, 0.04 and 0.07 after a "
-    "blur and half-scale, 0.56 after JPEG 75; CamVid semantic 0.97, 0.89 after JPEG 75; 33.5 dB",
-    "robust": "the default fine-tuned through JPEG, blur and rescaling against a surrogate "
-    "that keeps learning: CamVid semantic at 0.60 of clean after a blur, 0.67 after "
-    "half-scale, 0.88 after JPEG 75 (default 0.74, 0.74, 0.89); YOLO on pets 0.02, 0.01 "
-    "after a blur, 0.03 after half-scale, 0.58 after JPEG 75; 33.3 dB",
+    "default": Preset(
+        "default",
+        "the shipped default, noise specific to each image, trained against a surrogate that "
+        "keeps learning: YOLO on pets at 0.004 of clean, 0.04 and 0.07 after a blur and "
+        "half-scale, 0.56 after JPEG 75; CamVid semantic 0.97, 0.89 after JPEG 75; 33.5 dB",
+    ),
+    "robust": Preset(
+        "robust",
+        "the default fine-tuned through JPEG, blur and rescaling against a surrogate that "
+        "keeps learning: CamVid semantic at 0.60 of clean after a blur, 0.67 after "
+        "half-scale, 0.88 after JPEG 75 (default 0.74, 0.74, 0.89); YOLO on pets 0.02, 0.01 "
+        "after a blur, 0.03 after half-scale, 0.58 after JPEG 75; 33.3 dB",
+    ),
+    "semantic": Preset(
+        "default",
+        "for semantic datasets: one secret flat colour per class instead of the generator's "
+        "noise (colour class keys at share 1): CamVid semantic at 0.61 of clean, 0.58 after "
+        "JPEG 75, 0.43 after a blur, 0.47 after half-scale (three victim seeds); 32 to 34 "
+        "dB, a tint can show on large flat regions; no help against instance models (YOLO "
+        "0.43)",
+        class_mix=1.0,
+        class_style="colour",
+    ),
 }
-"""Shipped generators by name (``fiftyone_unseg/weights/<name>/``), with what each is for;
-the model cards hold what each measured."""
+"""Protections by name (``unseg protect --preset``, ``protect(preset=...)``, the App's
+choice), with what each is for; README "Presets" and the model cards hold what each
+measured."""
+GENERATORS = tuple(dict.fromkeys(preset.generator for preset in PRESETS.values()))
+"""The shipped generators' names."""
+
+
+def preset_protection(preset, generator, class_mix, class_style) -> tuple:
+    """(generator, class_mix, class_style) to protect with: those given (not None), the
+    rest the preset's. Without a preset, the generator given (None: the default) and no
+    class keys. ValueError for an unknown preset, or one given with a generator."""
+    if preset is None:
+        chosen, generator = PRESETS["default"], generator
+    elif preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    elif generator is not None:
+        raise ValueError(f"give a generator or a preset ({preset!r}), not both")
+    else:
+        chosen, generator = PRESETS[preset], PRESETS[preset].generator
+    return (
+        generator,
+        chosen.class_mix if class_mix is None else class_mix,
+        chosen.class_style if class_style is None else class_style,
+    )
+
+
 MAX_BUDGET = 64 / 255
 """Budgets above are refused: a quarter of the range, plain to see."""
 VISIBLE_BUDGET = 16 / 255

@@ -15,7 +15,7 @@ from fiftyone_unseg.checkpoint import (
     DEFAULT_GENERATOR_DIR,
     WEIGHTS_FILE,
     load_generator,
-    preset_dir,
+    shipped_generator_dir,
 )
 from fiftyone_unseg.modeling import NoiseGenerator
 from fiftyone_unseg.sample_data import make_scene
@@ -79,7 +79,7 @@ def test_card_names_the_commands_and_configs_that_made_the_weights(preset):
     """One `unseg train` line per training stage, first to last: each rebuilds the config
     of its stage in the checkpoint's lineage (the last one: the shipped weights; each
     before it: the generator the next started from), and the Makefile runs them all."""
-    folder = preset_dir(preset)
+    folder = shipped_generator_dir(preset)
     if not (folder / CONFIG_FILE).is_file():
         pytest.skip(f"no {preset} generator shipped")
     info = json.loads((folder / CONFIG_FILE).read_text())

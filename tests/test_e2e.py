@@ -22,7 +22,7 @@ from fiftyone_unseg import protect, sample_data, visualize_noise
 from fiftyone_unseg.audit.report import ProtectionReport, VictimResult, record_run, write_report
 from fiftyone_unseg.checkpoint import save_generator
 from fiftyone_unseg.modeling import build_noise_generator
-from fiftyone_unseg.protect import DEFAULT_CLASS_MIX
+from fiftyone_unseg.settings import DEFAULT_CLASS_MIX
 from fiftyone_unseg.summary import protection_summary, summary_markdown
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts", "e2e")
@@ -262,7 +262,7 @@ def test_app_runs_operators_and_shows_the_panel(app_url, page, generator, tmp_pa
     deadline = time.monotonic() + 30  # the form drops the Segmentation-only inputs on re-render
     while text_inputs.count() != 3 and time.monotonic() < deadline:
         page.wait_for_timeout(200)
-    output_field, generator_field, device_field = text_inputs.all()
+    generator_field, output_field, device_field = text_inputs.all()  # the preset first
     assert output_field.input_value() == ""  # the default output folder
     generator_field.fill(generator)
     assert device_field.input_value() == "cpu"

@@ -1,4 +1,5 @@
-"""Presets: shipped generators chosen by name from the SDK, the CLI and the App."""
+"""Presets: named protections (a shipped generator, and class keys) chosen by name from the
+SDK, the CLI and the App."""
 
 import json
 import shutil
@@ -10,11 +11,11 @@ from test_default_generator import lineage
 from test_protect import _scene_dataset, generators  # noqa: F401
 
 from fiftyone_unseg import checkpoint, cli, protect
-from fiftyone_unseg.checkpoint import CONFIG_FILE, load_generator, preset_dir
+from fiftyone_unseg.checkpoint import CONFIG_FILE, load_generator, shipped_generator_dir
 from fiftyone_unseg.settings import PRESETS
 
 PROTECT = "@unseg/unseg/protect_samples"
-SHIPPED = preset_dir("robust")
+SHIPPED = shipped_generator_dir("robust")
 
 
 @pytest.fixture
@@ -41,8 +42,10 @@ def test_a_preset_name_loads_its_shipped_generator_unless_a_folder_has_that_name
     monkeypatch.chdir(tmp_path)  # a checkpoint folder called "robust" here is what it names
     shutil.copytree(generators["random"], tmp_path / "robust")
     assert load_generator("robust").generator_id == weights["default"]
-    with pytest.raises(ValueError, match="unknown preset 'fast'; choose one of"):
-        preset_dir("fast")
+    with pytest.raises(ValueError, match="unknown shipped generator 'fast'; choose one of"):
+        shipped_generator_dir("fast")
+    with pytest.raises(FileNotFoundError, match="semantic is a preset, give it as the preset"):
+        load_generator("semantic")
 
 
 def test_a_missing_preset_says_how_to_make_it(tmp_path, monkeypatch):
@@ -72,11 +75,69 @@ def test_sdk_cli_and_app_protect_with_the_robust_preset(tmp_path, weights):
     field = form.to_json()["type"]["properties"]["preset"]
     assert field["default"] == "default"
     choices = {c["value"]: c["description"] for c in field["view"]["choices"]}
-    assert choices == PRESETS
+    assert choices == {name: preset.what for name, preset in PRESETS.items()}
     params = {"label_field": "dets", "preset": "robust"}
     result = foo.execute_operator(PROTECT, ctx={"dataset": dataset.name, "params": params})
     assert result.error is None, result.error
     assert set(dataset.values("unseg.generator_id")) == {weights["robust"]}
+
+
+def test_sdk_cli_and_app_protect_with_the_semantic_preset_colour_class_keys(
+    tmp_path,
+    weights,
+    monkeypatch,
+):
+    """The semantic preset is the default generator with one flat colour per class at
+    share 1: each class's noise is one colour, the same in every image."""
+    import numpy as np
+
+    from fiftyone_unseg.io import read_rgb
+
+    monkeypatch.delenv("UNSEG_CLASS_KEY", raising=False)
+    dataset = _scene_dataset("preset-semantic-sdk", tmp_path / "sdk")
+    summary = protect(dataset, "dets", preset="semantic")
+    assert summary["protected"] == len(dataset)
+    assert set(dataset.values("unseg.generator_id")) == {weights["default"]}
+    assert set(dataset.values("unseg.class_mix")) == {1.0}
+    (fingerprint,) = set(dataset.values("unseg.class_key"))
+    assert fingerprint.startswith("colour:")
+    for sample in dataset:  # the noise on the first box is one colour
+        box = sample.dets.detections[0].bounding_box
+        noise = read_rgb(sample.protected_filepath) - read_rgb(sample.filepath)
+        height, width = noise.shape[:2]
+        top, left = int(box[1] * height) + 2, int(box[0] * width) + 2
+        patch = noise[top : top + 3, left : left + 3].reshape(-1, 3)
+        assert np.abs(patch).max() > 3 / 255 and np.ptp(patch, axis=0).max() < 1.5 / 255
+    # class settings given override the preset's; a generator with it is refused
+    again = _scene_dataset("preset-semantic-mix", tmp_path / "mix")
+    protect(again, "dets", preset="semantic", class_mix=0.5)
+    assert set(again.values("unseg.class_mix")) == {0.5}
+    assert {k.split(":")[0] for k in again.values("unseg.class_key")} == {"colour"}
+    with pytest.raises(ValueError, match="a generator or a preset"):
+        protect(again, "dets", preset="semantic", generator="robust")
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        protect(again, "dets", preset="fast")
+
+    dataset = _scene_dataset("preset-semantic-cli", tmp_path / "cli")
+    args = ["protect", "--dataset", dataset.name, "--label-field", "dets", "--preset", "semantic"]
+    assert cli.run(cli.build_parser(), args) == 0
+    assert set(dataset.values("unseg.class_mix")) == {1.0}
+    assert {k.split(":")[0] for k in dataset.values("unseg.class_key")} == {"colour"}
+
+    dataset = _scene_dataset("preset-semantic-app", tmp_path / "app")
+    operator = foo.get_operator(PROTECT)
+    params = {"label_field": "dets", "preset": "semantic"}
+    form = operator.resolve_input(
+        ExecutionContext({"dataset_name": dataset.name, "params": params})
+    ).to_json()["type"]["properties"]
+    assert "class_mix" not in form and "class_style" not in form  # the preset's keys
+    assert "colour per class at share 1" in form["preset_class_keys"]["view"]["label"]
+    assert "class_key_source" in form
+    params["class_mix"] = 0.0  # left from the default preset's form: the preset's keys win
+    result = foo.execute_operator(PROTECT, ctx={"dataset": dataset.name, "params": params})
+    assert result.error is None, result.error
+    assert set(dataset.values("unseg.class_mix")) == {1.0}
+    assert set(dataset.values("unseg.generator_id")) == {weights["default"]}
 
 
 def test_app_form_says_when_the_chosen_preset_is_not_installed(tmp_path, monkeypatch):

@@ -750,7 +750,7 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     for extra, message in [
         (["--device", "tpu0"], "unknown device 'tpu0': use cpu, cuda or cuda:N"),
         (["--quality", "50"], "--quality is the JPEG quality: give --format jpg too"),
-        (["--generator", "robst"], "not found: robst .*or a shipped preset: default, robust"),
+        (["--generator", "robst"], "not found: robst .*or a shipped generator: default, robust"),
     ]:
         assert cli.run(parser, [*target, *extra]) == 2, extra
         assert re.search(message, capsys.readouterr().err), extra

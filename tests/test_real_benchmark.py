@@ -427,3 +427,45 @@ def test_texture_share_shows_both_shipped_generators_make_noise_specific_to_each
     # blocks keep most of it (0.94 on 6 frames, colour included).
     assert results["dataset"] == "camvid" and default["kept_jpeg75"] > 0.8
     assert all(0 < row["grey"] <= 1 for row in (default, robust))
+
+
+PARSE = """
+import json, sys
+sys.path.insert(0, {benchmarks!r})
+import real_effectiveness
+
+out = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        a = real_effectiveness.parse_args(argv)
+        out.append([a.generator, a.class_mix, a.class_style, a.preset, a.out])
+    except SystemExit as error:
+        out.append(error.code)
+print(json.dumps(out))
+"""
+
+
+def test_a_preset_sets_what_the_benchmark_protects_with_and_the_file_it_writes():
+    argvs = [
+        [],
+        ["--preset", "semantic"],
+        ["--preset", "semantic", "--class-mix", "0.5"],
+        ["--preset", "robust"],
+        ["--generator", "runs/x/generator", "--class-mix", "0.3"],
+        ["--preset", "robust", "--generator", "runs/x/generator"],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE.format(benchmarks=BENCHMARKS), json.dumps(argvs)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = os.path.join(BENCHMARKS, "results", "real")
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
+        [None, 0.0, "texture", None, os.path.join(results, "effectiveness.json")],
+        ["default", 1.0, "colour", "semantic", os.path.join(results, "semantic.json")],
+        ["default", 0.5, "colour", "semantic", os.path.join(results, "semantic.json")],
+        ["robust", 0.0, "texture", "robust", os.path.join(results, "robust.json")],
+        ["runs/x/generator", 0.3, "texture", None, os.path.join(results, "effectiveness.json")],
+        2,  # a preset and a generator: refused
+    ]
+    assert "a generator or a preset ('robust'), not both" in proc.stderr

@@ -3,7 +3,7 @@
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_unseg.checkpoint import WEIGHTS_FILE, preset_dir
+from fiftyone_unseg.checkpoint import WEIGHTS_FILE, shipped_generator_dir
 from fiftyone_unseg.labels import class_names
 from fiftyone_unseg.plugin.forms import (
     form_error,
@@ -142,18 +142,45 @@ class ProtectSamples(foo.Operator):
         warning = visibility_warning(max(eps or 0, eps_bg or 0) / 255)
         if warning:
             inputs.view("budget_visible", types.Warning(label=sentence(warning)))
-        inputs.float(
-            "class_mix",
-            label="Class key: share of each class's secret texture in its noise (0: none)",
-            default=DEFAULT_CLASS_MIX,
-            min=0.0,
-            max=1.0,
+        presets = types.RadioGroup(label="Preset")
+        for name, chosen in PRESETS.items():
+            presets.add_choice(name, label=name, description=chosen.what)
+        inputs.enum("preset", list(PRESETS), default="default", view=presets)
+        preset = PRESETS.get(ctx.params.get("preset") or "default", PRESETS["default"])
+        inputs.str(
+            "generator",
+            label="Or a generator checkpoint folder (empty: the preset's)",
+            default="",
         )
-        if param(ctx.params, "class_mix", DEFAULT_CLASS_MIX) > 0:
-            styles = types.RadioGroup(label="Class key: what each class gets")
-            for style, label in CLASS_STYLE_LABELS.items():
-                styles.add_choice(style, label=label)
-            inputs.enum("class_style", list(CLASS_STYLE_LABELS), default="texture", view=styles)
+        installed = (shipped_generator_dir(preset.generator) / WEIGHTS_FILE).is_file()
+        if not ctx.params.get("generator") and not installed:
+            form_error(
+                inputs,
+                "no_generator",
+                f"No {preset.generator} generator installed: give a checkpoint",
+            )
+        if preset.class_mix:  # the preset's class keys, as they were measured
+            inputs.view(
+                "preset_class_keys",
+                types.Notice(
+                    label=f"Class keys: the preset's, one secret {preset.class_style} per "
+                    f"class at share {preset.class_mix:g} of the noise"
+                ),
+            )
+        else:
+            inputs.float(
+                "class_mix",
+                label="Class key: share of each class's secret texture in its noise (0: none)",
+                default=DEFAULT_CLASS_MIX,
+                min=0.0,
+                max=1.0,
+            )
+            if param(ctx.params, "class_mix", DEFAULT_CLASS_MIX) > 0:
+                styles = types.RadioGroup(label="Class key: what each class gets")
+                for style, label in CLASS_STYLE_LABELS.items():
+                    styles.add_choice(style, label=label)
+                inputs.enum("class_style", list(CLASS_STYLE_LABELS), default="texture", view=styles)
+        if preset.class_mix or param(ctx.params, "class_mix", DEFAULT_CLASS_MIX) > 0:
             sources = types.RadioGroup(label="Class key's secret")
             for source, label in CLASS_KEY_SOURCES.items():
                 sources.add_choice(source, label=label)
@@ -202,20 +229,6 @@ class ProtectSamples(foo.Operator):
             default=0,
             min=0,
         )
-        presets = types.RadioGroup(label="Preset (a shipped generator)")
-        for name, what in PRESETS.items():
-            presets.add_choice(name, label=name, description=what)
-        inputs.enum("preset", list(PRESETS), default="default", view=presets)
-        inputs.str(
-            "generator",
-            label="Or a generator checkpoint folder (empty: the preset's)",
-            default="",
-        )
-        preset = ctx.params.get("preset") or "default"
-        if not ctx.params.get("generator") and not (preset_dir(preset) / WEIGHTS_FILE).is_file():
-            form_error(
-                inputs, "no_generator", f"No {preset} generator installed: give a checkpoint"
-            )
         inputs.str("device", label="Device (cpu, cuda, cuda:N, mps)", default="cpu")
         return form
 
@@ -242,10 +255,13 @@ class ProtectSamples(foo.Operator):
         if params.get("preview"):  # as `unseg protect --limit N`
             samples = samples.take(params["preview"], seed=0)
         background, ignore = segment_value_params(params)
+        chosen = params.get("preset") or "default"
+        preset = PRESETS.get(chosen, PRESETS["default"])  # with a generator: its class keys
         summary = protect(
             samples,
             params["label_field"],
-            generator=params.get("generator") or params.get("preset") or None,
+            generator=params.get("generator") or None,
+            preset=None if params.get("generator") else chosen,
             eps=param(params, "eps", 8.0) / 255,
             eps_bg=param(params, "eps_bg", 2.0) / 255,
             prompt=params.get("classes") if prompt == "classes" else prompt,
@@ -254,9 +270,9 @@ class ProtectSamples(foo.Operator):
             replace_filepath=params.get("replace_filepath", False),
             overwrite=params.get("overwrite", False),
             progress=app_progress(ctx, "images"),
-            class_mix=param(params, "class_mix", DEFAULT_CLASS_MIX),
+            class_mix=preset.class_mix or param(params, "class_mix", DEFAULT_CLASS_MIX),
             class_key=_class_key(ctx),
-            class_style=params.get("class_style", "texture"),
+            class_style=preset.class_style if preset.class_mix else params.get("class_style"),
             device=params.get("device", "cpu"),
             output_dir=params.get("output_dir") or None,
             background=background,
