@@ -16,8 +16,11 @@ class gets one flat colour instead (drawn on the surface of the [-1, 1]^3 cube):
 shortcut at the lowest frequency, which JPEG, blur and rescaling leave almost whole and
 the informed texture attack (``texture:P``, which measures texture around each class's
 mean colour) does not see; on CamVid it is the one noise at 8/255 that moved the semantic
-victim (docs/GENERATOR_HISTORY.md, "A flat colour per class"). It costs more PSNR than a
-texture at the same mix, and a flat tint is easier to see on large flat regions.
+victim (docs/GENERATOR_HISTORY.md, "A flat colour per class"; the ``semantic`` preset).
+An attacker holding clean labelled photos of the same source can estimate each tint
+against them (``tint:F``, :class:`fiftyone_unseg.audit.class_texture.ClassTint`). It
+costs more PSNR than a texture at the same mix, and a flat tint is easier to see on
+large flat regions.
 Only :attr:`ClassKeys.fingerprint` is recorded on protected samples, never the key.
 A key of one's own travels in the ``UNSEG_CLASS_KEY`` environment variable
 (:data:`~fiftyone_unseg.settings.CLASS_KEY_SECRET`: the CLI's default, the App's plugin
