@@ -40,7 +40,8 @@ informed ones on request (JPEG 90, grayscale, median 3x3, a bilateral
 texture on the generator's patch grid, estimated with the labels over the training
 images and subtracted, :mod:`fiftyone_unseg.audit.class_texture`; ``class_tint``: each
 class's mean colour against the clean originals of a tenth of the training images,
-subtracted: the informed attack on colour class keys); ``--stress-victim
+subtracted: the informed attack on colour class keys; ``class_tint_few``: the same with
+a fiftieth); ``--stress-victim
 yolo`` measures them on another victim, kept as ``yolo_jpeg75`` and so on. ``ratio`` =
 protected / clean, ``gain_ratio`` = (protected - chance) / (clean - chance), ``spread`` = the
 largest sample standard deviation over the seeds of clean and protected (none with one
@@ -109,6 +110,7 @@ STRESS = {  # the first three run by default; the rest are the informed attacks
     "quarter_scale": "downscale:0.25",
     "class_texture": "texture:16",
     "class_tint": "tint:0.1",
+    "class_tint_few": "tint:0.02",
 }
 DEFAULT_STRESS = ("jpeg75", "blur1", "half_scale")
 BASELINES = ("random", "random_flat", "pattern")

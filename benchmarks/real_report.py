@@ -65,8 +65,8 @@ def preset_table(presets: dict, victim: str = "semantic") -> str:
     :func:`card_table` takes them) on one victim: each one's ratio (victim seeds) on
     unaltered images and after each counter-measure that victim was measured under, with
     the pattern's ratio and the counter-measure's own cost (generator-independent: from
-    the first preset that has them; each preset's, with its seeds, where their rows were
-    measured at other victim seeds), the mean PSNR on the victim's dataset, and the CPU
+    the first preset that has them; one per set of victim seeds, with its seeds, where the
+    presets' rows were measured at other seeds), the mean PSNR on the victim's dataset, and the CPU
     model that measured each (semantic trainings differ between models)."""
 
     def num(x):
@@ -78,11 +78,14 @@ def preset_table(presets: dict, victim: str = "semantic") -> str:
     def first(rows, key):
         return next((r[key] for r in rows if r and r.get(key) is not None), None)
 
-    def baseline(rows, key):  # one value where the presets' rows share their seeds
-        measured = [r for r in rows if r and r.get(key) is not None]
-        if len({tuple(r.get("victim_seeds") or ()) for r in measured}) <= 1:
-            return num(first(measured, key))
-        return " / ".join(f"{r[key]:.2f} ({r['seeds']})" for r in measured)
+    def baseline(rows, key):  # one value per set of victim seeds the presets' rows have
+        measured = {}
+        for r in rows:
+            if r and r.get(key) is not None:
+                measured.setdefault(tuple(r.get("victim_seeds") or ()), r)
+        if len(measured) <= 1:
+            return num(first(list(measured.values()), key))
+        return " / ".join(f"{r[key]:.2f} ({r['seeds']})" for r in measured.values())
 
     names = list(presets)
     lines = [

@@ -170,7 +170,7 @@ def test_the_shipped_robust_generator_was_trained_against_countermeasures():
 
 
 @pytest.mark.skipif(not (SHIPPED / CONFIG_FILE).is_file(), reason="no robust generator shipped")
-def test_the_robust_card_and_the_readme_quote_the_committed_benchmark():
+def test_the_robust_card_and_the_readme_quote_the_presets_committed_benchmark():
     import os
     import sys
 
@@ -189,6 +189,15 @@ def test_the_robust_card_and_the_readme_quote_the_committed_benchmark():
     more = json.loads(open(os.path.join(results, "more_countermeasures", "robust.json")).read())
     assert more["generator"] == robust["generator"] and card_table(more) in card
     readme = open(os.path.join(repo, "README.md")).read()
+    semantic = json.loads(open(os.path.join(results, "semantic.json")).read())
+    preset = PRESETS["semantic"]  # what its rows measured: the preset's protection
+    assert semantic["generator"] == load_generator(preset.generator).generator_id
+    assert (semantic["class_mix"], semantic["class_style"]) == (
+        preset.class_mix,
+        preset.class_style,
+    )
     for victim in ("semantic", "yolo"):
-        table = preset_table({"default": default, "robust": robust}, victim)
-        assert robust["victims"][victim] and table in card and table in readme
+        both = preset_table({"default": default, "robust": robust}, victim)
+        assert robust["victims"][victim] and both in card
+        presets = preset_table({"default": default, "robust": robust, "semantic": semantic}, victim)
+        assert semantic["victims"][victim] and presets in readme
