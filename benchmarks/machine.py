@@ -17,18 +17,21 @@ from fiftyone_unseg.settings import (
 )
 
 
-def add_protection_arguments(parser) -> None:
+def add_protection_arguments(parser, budgets_only: bool = False) -> None:
     """The effectiveness benchmarks' ``--preset``, ``--generator``, ``--eps``,
     ``--eps-bg``, ``--class-mix`` and ``--class-style`` (the protection measured), with
-    protect's defaults; :func:`resolve_protection` fills in the preset's."""
-    parser.add_argument(
-        "--preset", choices=list(PRESETS), help="a named protection, as unseg protect's"
-    )
-    parser.add_argument("--generator", help="checkpoint directory (default: the preset's)")
+    protect's defaults; :func:`resolve_protection` fills in the preset's. With
+    ``budgets_only``, the budgets alone (a benchmark that names its generators itself)."""
     parser.add_argument("--eps", type=budget_arg, default=DEFAULT_EPS, help="object budget")
     parser.add_argument(
         "--eps-bg", type=budget_arg, default=DEFAULT_EPS_BG, help="background budget"
     )
+    if budgets_only:
+        return
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), help="a named protection, as unseg protect's"
+    )
+    parser.add_argument("--generator", help="checkpoint directory (default: the preset's)")
     parser.add_argument(
         "--class-mix",
         type=float,

@@ -55,12 +55,12 @@ PETS_SIDE = 128  # the long side the real-data benchmark publishes the pets at (
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="the real data folder (default: ../shared/data)")
-    add_protection_arguments(parser)
+    add_protection_arguments(parser, budgets_only=True)
     parser.add_argument(
         "--generators",
         nargs="+",
         default=["default", "robust"],
-        help="shipped presets (default, robust) or checkpoint folders",
+        help="shipped generators (default, robust) or checkpoint folders",
     )
     parser.add_argument("--dataset", choices=("camvid", "pets"), default="camvid")
     parser.add_argument("--every", type=int, default=3, help="every Nth training frame")

@@ -701,6 +701,12 @@ def test_operator_runs_the_audit(sample_dataset):
     assert result.result["notes"] == "\n".join(f"warning: {x}" for x in report.unlearnt())
     assert report.countermeasure == "downscale:0.5"
     assert set(report.results[0].scores) == {"clean", "random", "none"}
+    # a value the counter-measure cannot take is refused in the form, naming the range
+    bad = {"label_field": "instances", "countermeasure": "tint", "countermeasure_value": 16.0}
+    ctx = ExecutionContext({"dataset_name": dataset.name, "params": bad})
+    form = foo.get_operator("@unseg/unseg/evaluate_protection").resolve_input(ctx).to_json()
+    error = form["type"]["properties"]["countermeasure_invalid"]["view"]["label"]
+    assert "tint:16" in error and "in (0, 1]" in error
     no_measure = {"label_field": "instances", "use_protected": False, "baselines": ["none"]}
     with pytest.raises(ExecutionError, match="'none' baseline needs a counter-measure"):
         foo.execute_operator(

@@ -162,12 +162,13 @@ def test_the_attack_fits_its_texture_in_the_frame_of_the_protecting_generator(
     assert generator_frame(dataset) == 64  # the most common
 
 
+@pytest.mark.parametrize("field", ["instances", "ground_truth"])  # Detections, Segmentation
 def test_training_images_subtract_the_class_tint_of_the_class_colour_baseline(
-    sample_dataset, tmp_path
+    sample_dataset, tmp_path, field
 ):
     ids = split_samples(sample_dataset).train_ids
-    targets = resolve_targets(sample_dataset, "instances")
-    variants = ["clean", "class_colour", "random"]
+    targets = resolve_targets(sample_dataset, field)
+    variants = ["clean", "class_colour", "random", "none"]
     plain = training_images(sample_dataset, ids, targets, variants, str(tmp_path / "a"))
     attacked = training_images(
         sample_dataset,
@@ -194,3 +195,5 @@ def test_training_images_subtract_the_class_tint_of_the_class_colour_baseline(
             assert share > 0.9
         else:
             assert share < most_left
+    # clean images against themselves as references: no tint, nothing changes
+    assert np.abs(read(attacked["none"]) - clean).max() <= 1

@@ -222,6 +222,14 @@ def test_protect_operator_reads_the_class_key_secret(tmp_path, generators, monke
     assert set(dataset.values("unseg.class_key")) == {
         "colour:" + ClassKeys(f"unseg-dataset-{dataset._doc.id}", 1).fingerprint
     }
+    # a preset with class keys of its own hides the share, and still takes the secret
+    preset = {"label_field": "dets", "preset": "semantic", "generator": generators["random"]}
+    inputs = form(preset)
+    assert "class_mix" not in inputs and inputs["class_key_source"]["default"] == "secret"
+    run = {"dataset": dataset.name, "params": {**preset, "class_key_source": "secret"}}
+    assert foo.execute_operator(PROTECT, ctx=run).result["protected"] == 2
+    assert set(dataset.values("unseg.class_key")) == {"colour:" + ClassKeys(KEY, 1).fingerprint}
+    assert set(dataset.values("unseg.class_mix")) == {1.0}
 
 
 def test_cli_takes_the_class_key_from_the_environment(tmp_path, generators, monkeypatch):  # noqa: F811

@@ -246,8 +246,8 @@ def _kinds(hint) -> tuple:
 
 
 def init_generator(init: str):
-    """The generator ``init`` names: "default" (the shipped one), another shipped preset
-    ("robust") or a checkpoint folder, loaded safely (:func:`fiftyone_unseg.checkpoint.load_generator`)."""
+    """The generator ``init`` names: "default" (the shipped one), another shipped
+    generator ("robust") or a checkpoint folder, loaded safely (:func:`fiftyone_unseg.checkpoint.load_generator`)."""
     from fiftyone_unseg.checkpoint import load_generator
 
     try:

@@ -8,7 +8,7 @@
   union of its instances, eps_bg elsewhere (``random_flat``: eps everywhere).
 
 A counter-measure applies to every variant but ``clean``; one learnt from the training
-set (``texture``) is fitted on each variant's images after they are all made. Images
+set (``texture``, ``tint``) is fitted on each variant's images after they are all made. Images
 that change are written losslessly as ``<folder>/<variant>/<sample id>.png``.
 """
 
@@ -148,11 +148,14 @@ def _subtract_learned(
     ``paths`` at the results."""
     labels = zip(*(view.values(field) for field in targets.fields))
     labels = dict(zip(view.values("id"), (dict(zip(targets.fields, x)) for x in labels)))
+    # a tint is keyed per class over a Segmentation's whole class map (void its own bin)
+    semantic = learned.kind == "tint" and targets.instances_derived
+    class_map = targets.semantic if semantic else targets.instance_class_map
 
     def pairs(files: dict):
         for sample_id, path in files.items():
             image = _to_uint8(torch.from_numpy(read_rgb(path)).permute(2, 0, 1))
-            yield sample_id, image, targets.instance_class_map(labels[sample_id], *image.shape[:2])
+            yield sample_id, image, class_map(labels[sample_id], *image.shape[:2])
 
     if learned.kind == "texture":
         attack = ClassTexture(int(learned.value), generator_frame(_stored(view, list(paths))))

@@ -64,7 +64,7 @@ class AdaptGenerator(foo.Operator):
         )
         inputs.str(
             "init",
-            label="Generator to adapt: a preset (default, robust) or a checkpoint folder",
+            label="Generator to adapt: a shipped one (default, robust) or a checkpoint folder",
             description="The adaptation simulates no counter-measures: audit an adapted "
             "robust generator after JPEG and resizing before relying on it",
             default="default",

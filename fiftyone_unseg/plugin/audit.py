@@ -8,7 +8,7 @@ import fiftyone.operators.types as types
 
 from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
 from fiftyone_unseg.audit.baselines import BASELINES
-from fiftyone_unseg.audit.countermeasures import KINDS
+from fiftyone_unseg.audit.countermeasures import KINDS, Countermeasure
 from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS
 from fiftyone_unseg.plugin.forms import (
     dropdown,
@@ -54,6 +54,15 @@ WEIGHTS_INPUTS = {
         "Semantic: local LRASPP-MobileNetV3 state dict (empty: from scratch)",
     ),
 }
+
+
+def _countermeasure(params: dict) -> str:
+    """The form's counter-measure as :meth:`Countermeasure.parse` takes it: its kind, with
+    its value (the kind's default where the field is empty)."""
+    kind = params.get("countermeasure") or "none"
+    if kind not in COUNTERMEASURE_VALUES:
+        return kind
+    return f"{kind}:{param(params, 'countermeasure_value', COUNTERMEASURE_VALUES[kind][1]):g}"
 
 
 class EvaluateProtection(foo.Operator):
@@ -115,6 +124,10 @@ class EvaluateProtection(foo.Operator):
         if kind in COUNTERMEASURE_VALUES:
             label, default = COUNTERMEASURE_VALUES[kind]
             inputs.float("countermeasure_value", label=label, default=default)
+            try:
+                Countermeasure.parse(_countermeasure(ctx.params))
+            except ValueError as error:
+                form_error(inputs, "countermeasure_invalid", str(error))
         top = MAX_BUDGET * 255
         inputs.float("eps", label="Baselines' object budget (/255)", default=8.0, min=0.01, max=top)
         inputs.float(
@@ -159,9 +172,7 @@ class EvaluateProtection(foo.Operator):
 
     def execute(self, ctx):
         params = ctx.params
-        kind = params.get("countermeasure", "none")
-        if kind in COUNTERMEASURE_VALUES:
-            kind = f"{kind}:{params.get('countermeasure_value', COUNTERMEASURE_VALUES[kind][1])}"
+        kind = _countermeasure(params)
         background, ignore = segment_value_params(params)
         report = evaluate_protection(
             ctx.target_view(),

@@ -83,10 +83,11 @@ def _problems(ctx, outputs) -> None:
         outputs.list("failures", types.Object(), label=label, view=table)
 
 
-def _class_key(ctx) -> str | None:
-    """The class key a run draws its textures from: None for the dataset's own, else the
-    plugin secret, resolved where the run executes, so the key never enters its params."""
-    if ctx.params.get("class_key_source") != "secret" or not ctx.params.get("class_mix"):
+def _class_key(ctx, class_mix: float) -> str | None:
+    """The class key a run with class keys at share ``class_mix`` draws them from: None
+    for the dataset's own, else the plugin secret, resolved where the run executes, so
+    the key never enters its params."""
+    if ctx.params.get("class_key_source") != "secret" or not class_mix:
         return None
     key = ctx.secret(CLASS_KEY_SECRET)
     if not key:
@@ -149,7 +150,8 @@ class ProtectSamples(foo.Operator):
         preset = PRESETS.get(ctx.params.get("preset") or "default", PRESETS["default"])
         inputs.str(
             "generator",
-            label="Or a generator checkpoint folder (empty: the preset's)",
+            label="Or a generator checkpoint folder (empty: the preset's; given, it takes "
+            "the preset's class keys, if any)",
             default="",
         )
         installed = (shipped_generator_dir(preset.generator) / WEIGHTS_FILE).is_file()
@@ -257,6 +259,7 @@ class ProtectSamples(foo.Operator):
         background, ignore = segment_value_params(params)
         chosen = params.get("preset") or "default"
         preset = PRESETS.get(chosen, PRESETS["default"])  # with a generator: its class keys
+        class_mix = preset.class_mix or param(params, "class_mix", DEFAULT_CLASS_MIX)
         summary = protect(
             samples,
             params["label_field"],
@@ -270,8 +273,8 @@ class ProtectSamples(foo.Operator):
             replace_filepath=params.get("replace_filepath", False),
             overwrite=params.get("overwrite", False),
             progress=app_progress(ctx, "images"),
-            class_mix=preset.class_mix or param(params, "class_mix", DEFAULT_CLASS_MIX),
-            class_key=_class_key(ctx),
+            class_mix=class_mix,
+            class_key=_class_key(ctx, class_mix),
             class_style=preset.class_style if preset.class_mix else params.get("class_style"),
             device=params.get("device", "cpu"),
             output_dir=params.get("output_dir") or None,
