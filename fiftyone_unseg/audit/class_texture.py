@@ -87,22 +87,24 @@ class ClassTint:
     ) -> ClassTint:
         """Fit on (HxWx3 uint8 image, HxW class map) pairs of the training images and of
         the clean reference photos; a class missing from either gets no tint."""
-        sums, counts = bin_sums((m, i.reshape(-1, 3).astype(np.float64)) for i, m in pairs)
-        ref_sums, ref_counts = bin_sums(
-            (m, i.reshape(-1, 3).astype(np.float64)) for i, m in reference
-        )  # fmt: skip
+        means, counts = _class_means(pairs)
+        ref_means, ref_counts = _class_means(reference)
         size = min(len(counts), len(ref_counts))
         seen = (counts[:size] > 0) & (ref_counts[:size] > 0)
         self.tint = np.zeros((size, 3))
-        self.tint[seen] = (
-            sums[:size][seen] / counts[:size][seen, None]
-            - ref_sums[:size][seen] / ref_counts[:size][seen, None]
-        )
+        self.tint[seen] = means[:size][seen] - ref_means[:size][seen]
         return self
 
     def __call__(self, image: np.ndarray, class_map: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 minus the fitted tint of its classes (none for unseen ones)."""
         return subtract(image, self.tint, class_map.astype(np.int64))
+
+
+def _class_means(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's mean colour (classes x 3) over (image, class map) pairs, and its pixel
+    count (classes)."""
+    sums, counts = bin_sums((m, i.reshape(-1, 3).astype(np.float64)) for i, m in pairs)
+    return sums / np.maximum(counts, 1)[:, None], counts
 
 
 def subtract(image: np.ndarray, table: np.ndarray, index: np.ndarray) -> np.ndarray:

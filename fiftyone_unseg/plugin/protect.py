@@ -84,6 +84,15 @@ def _problems(ctx, outputs) -> None:
         outputs.list("failures", types.Object(), label=label, view=table)
 
 
+def _class_keys(params: dict) -> tuple[float, str | None]:
+    """(class_mix, class_style) a run of the form protects with: the preset's own class
+    keys where it has some (with a checkpoint folder too), else the form's."""
+    preset = PRESETS.get(params.get("preset") or "default", PRESETS["default"])
+    if preset.class_mix:
+        return preset.class_mix, preset.class_style
+    return param(params, "class_mix", DEFAULT_CLASS_MIX), params.get("class_style")
+
+
 def _class_key(ctx, class_mix: float) -> str | None:
     """The class key a run with class keys at share ``class_mix`` draws them from: None
     for the dataset's own, else the plugin secret, resolved where the run executes, so
@@ -183,7 +192,7 @@ class ProtectSamples(foo.Operator):
                 for style, label in CLASS_STYLE_LABELS.items():
                     styles.add_choice(style, label=label)
                 inputs.enum("class_style", list(CLASS_STYLE_LABELS), default="texture", view=styles)
-        if preset.class_mix or param(ctx.params, "class_mix", DEFAULT_CLASS_MIX) > 0:
+        if _class_keys(ctx.params)[0] > 0:
             sources = types.RadioGroup(label="Class key's secret")
             for source, label in CLASS_KEY_SOURCES.items():
                 sources.add_choice(source, label=label)
@@ -258,14 +267,12 @@ class ProtectSamples(foo.Operator):
         if params.get("preview"):  # as `unseg protect --limit N`
             samples = samples.take(params["preview"], seed=0)
         background, ignore = segment_value_params(params)
-        chosen = params.get("preset") or "default"
-        preset = PRESETS.get(chosen, PRESETS["default"])  # with a generator: its class keys
-        class_mix = preset.class_mix or param(params, "class_mix", DEFAULT_CLASS_MIX)
+        class_mix, class_style = _class_keys(params)
         summary = protect(
             samples,
             params["label_field"],
             generator=params.get("generator") or None,
-            preset=None if params.get("generator") else chosen,
+            preset=None if params.get("generator") else params.get("preset") or None,
             eps=param(params, "eps", 8.0) / 255,
             eps_bg=param(params, "eps_bg", 2.0) / 255,
             prompt=params.get("classes") if prompt == "classes" else prompt,
@@ -276,7 +283,7 @@ class ProtectSamples(foo.Operator):
             progress=app_progress(ctx, "images"),
             class_mix=class_mix,
             class_key=_class_key(ctx, class_mix),
-            class_style=preset.class_style if preset.class_mix else params.get("class_style"),
+            class_style=class_style,
             device=params.get("device", "cpu"),
             output_dir=params.get("output_dir") or None,
             background=background,
