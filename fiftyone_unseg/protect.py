@@ -6,7 +6,8 @@ One image on its way from ``unseg protect`` to the written file:
    rasterised into segments (:func:`fiftyone_unseg.labels.segment_map`);
 2. :class:`Frame` maps the image to the generator's SxS input and the prompt
    segments to mask prompts at S/4;
-3. the generator turns a batch of them into noise (:func:`_generate`);
+3. the generator turns a batch of them into noise (:func:`_generate`; with class keys
+   at share 1, the whole noise, steps 2 and 3 are skipped);
 4. :class:`Frame` maps the noise back to HxW; the eps map (object budget on the
    prompt segments, background budget elsewhere, at full resolution) scales it
    and it is added and clamped (:func:`_compose`);
@@ -101,6 +102,7 @@ SETTINGS = (
 )
 # What protection_states says of a sample's copy (None: it has none).
 CURRENT, STALE = "current", "stale"
+NO_GENERATOR = "none"  # the generator_id of copies whose noise is class keys alone (mix 1)
 # The attributes of a label (or of its detections / polylines) that its segments are made of.
 _PROMPT_ATTRIBUTES = ("label", "bounding_box", "points", "mask", "mask_path")
 
@@ -130,8 +132,10 @@ class _Loaded:
     segments: np.ndarray  # HxW integers: 0 background, k the k-th prompt segment
     names: list  # the class name of each segment
     frame: Frame
-    model_input: torch.Tensor  # 3xSxS
-    prompts: torch.Tensor  # Kx1x(S/4)x(S/4): the union, then one per segment in instance mode
+    model_input: torch.Tensor | None  # 3xSxS; None without a generator (class keys alone)
+    prompts: (
+        torch.Tensor | None
+    )  # Kx1x(S/4)x(S/4): the union, then one per segment in instance mode
     num_segments: int
     made_from: dict  # source_hash, source_stat, label_hash: what the copy is made from
     metadata: CarriedMetadata  # what the copy keeps of the original file's metadata
@@ -194,7 +198,8 @@ def protect(
         appended for shards).
       class_mix: share of the noise on each segment that is its class's secret texture
         (the background gets one too), the rest the generator's noise; 0: the
-        generator's noise alone; None: the preset's (0 but for "semantic"). See
+        generator's noise alone; 1: the textures alone, no generator runs (``generator``
+        is not used; ``generator_id`` "none"); None: the preset's (0 but for "semantic"). See
         :mod:`fiftyone_unseg.class_keys`.
       class_key: the secret the class textures are drawn from; default: derived from the
         dataset's database id, so every run and shard on this dataset uses the same one.
@@ -255,13 +260,15 @@ def protect(
         raise ValueError("nothing to protect: the collection has no samples")
     spec = resolve_prompt(samples, label_field, prompt, background, ignore)
     device = resolve_device(device)
-    model = _load_model(generator, device)
     dataset = samples._dataset
     keys = None
     if class_mix:
         keys = ClassKeys(class_key or default_class_key(dataset), class_mix, class_style)
+    model = None if keys and keys.mix == 1 else _load_model(generator, device)
+    if model is None and generator is not None and preset is None:
+        logger.warning("class_mix 1: the noise is the class keys alone; the generator is not used")
     settings = {
-        "generator_id": model.generator_id,
+        "generator_id": model.generator_id if model else NO_GENERATOR,
         "generator_size": getattr(getattr(model, "config", None), "img_size", None),
         "label_field": label_field,
         # with class keys, which class a mask target names decides its region's texture
@@ -703,10 +710,13 @@ def _done(samples, settings: dict) -> list[bool]:
 
 def _recorded(columns: list, i: int) -> tuple:
     """The :data:`SETTINGS` recorded on the i-th sample (samples protected before class
-    keys existed had them off)."""
+    keys existed had them off; those with keys at share 1 from before it ran no generator
+    recorded the one whose noise the keys replaced)."""
     values = dict(zip(SETTINGS, (column[i] for column in columns)))
     if values["generator_id"] is not None and values["class_mix"] is None:
         values["class_mix"] = 0.0
+    if values["generator_id"] is not None and values["class_mix"] == 1:
+        values["generator_id"] = NO_GENERATOR
     return tuple(values.values())
 
 
@@ -811,7 +821,8 @@ class _Run:
                 writing = []
             ahead = following and self.overlap and not alone
             reading = self._start(pool, following[0]) if ahead else []
-            noises = _generate(self.model, loaded, self.device) if loaded else []
+            noises = _generate(self.model, loaded, self.device) if loaded and self.model else []
+            noises = noises or [None] * len(loaded)
             written = [
                 (item.task, pool.submit(_write, item, noise, self.settings, self.keys))
                 for item, noise in zip(loaded, noises)
@@ -874,7 +885,10 @@ class _Run:
             for path in self.stale.pop(os.path.basename(task.target), []):
                 if os.path.lexists(path):
                     os.remove(path)  # a killed run's partial file for this sample
-        return [(t, pool.submit(_load, t, found, self.spec, self.model.img_size)) for t in mine]
+        return [
+            (t, pool.submit(_load, t, found, self.spec, self.model and self.model.img_size))
+            for t in mine
+        ]
 
     def _fail(self, task: _Task, error: BaseException) -> None:
         self.failures.append(failure(task.id, task.source, error))
@@ -912,10 +926,11 @@ class _Run:
         self.report(self.protected + self.skipped + self.busy + len(self.failures))
 
 
-def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
+def _load(task: _Task, labels: dict, spec: PromptSpec, size: int | None) -> _Loaded:
     """Hash what the copy is made from, then read the image, rasterise its segments
-    (``labels``: id -> label as stored) and map both to the model frame. Hashing first: a
-    file changed meanwhile leaves the copy stale, never current."""
+    (``labels``: id -> label as stored) and map both to the generator's SxS frame (``size``
+    None: no generator). Hashing first: a file changed meanwhile leaves the copy stale,
+    never current."""
     if task.id not in labels:
         raise ValueError("the sample left the view during the run")
     label = labels[task.id]
@@ -929,10 +944,13 @@ def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
     frame = Frame(image.shape[0], image.shape[1], size)
     segments, names = segment_classes(label, frame.height, frame.width, spec)
     present = present_values(segments)
-    prompts = [frame.prompt(segments)]
-    if spec.mode == "instance":
-        prompts += [frame.prompt(segments == k) for k in present]
-    model_input = frame.to_model(torch.from_numpy(image).permute(2, 0, 1))
+    model_input = prompts = None
+    if size:
+        prompts = [frame.prompt(segments)]
+        if spec.mode == "instance":
+            prompts += [frame.prompt(segments == k) for k in present]
+        prompts = torch.stack(prompts)
+        model_input = frame.to_model(torch.from_numpy(image).permute(2, 0, 1))
     return _Loaded(
         task,
         image,
@@ -940,7 +958,7 @@ def _load(task: _Task, labels: dict, spec: PromptSpec, size: int) -> _Loaded:
         names,
         frame,
         model_input,
-        torch.stack(prompts),
+        prompts,
         len(present),
         made_from,
         carried_metadata(task.source),
@@ -974,8 +992,11 @@ def _generate(model: NoiseGenerator, batch: list[_Loaded], device) -> list[torch
     return combined
 
 
-def _write(item: _Loaded, noise: torch.Tensor, settings: dict, keys: ClassKeys | None) -> dict:
-    """Compose, measure, encode and write one protected image; returns its facts."""
+def _write(
+    item: _Loaded, noise: torch.Tensor | None, settings: dict, keys: ClassKeys | None
+) -> dict:
+    """Compose, measure, encode and write one protected image (``noise`` None: the class
+    keys alone); returns its facts."""
     protected = _compose(item, noise, settings["eps"], settings["eps_bg"], keys)
     data = encode_marked(
         protected, item.task.owner, settings["format"], settings["quality"], item.metadata
@@ -994,17 +1015,24 @@ def _write(item: _Loaded, noise: torch.Tensor, settings: dict, keys: ClassKeys |
 
 
 def _compose(
-    item: _Loaded, noise: torch.Tensor, eps: float, eps_bg: float, keys: ClassKeys | None = None
+    item: _Loaded,
+    noise: torch.Tensor | None,
+    eps: float,
+    eps_bg: float,
+    keys: ClassKeys | None = None,
 ) -> np.ndarray:
     """The protected image, HxWx3 uint8: clamp(original + noise * eps map), in row bands;
-    ``keys`` mix the class textures into the noise first. Rounding to 8 bits never leaves
-    the budget (:func:`protected_pixels`)."""
+    ``keys`` mix the class textures into the noise first (``noise`` None: the keys at share
+    1 alone). Rounding to 8 bits never leaves the budget (:func:`protected_pixels`)."""
     out = np.empty(item.image.shape, np.uint8)
-    region = item.frame.region_of(noise)
+    region = None if noise is None else item.frame.region_of(noise)
     for rows in row_bands(item.frame.height, item.frame.width, CACHE_BAND_PIXELS):
         image = torch.from_numpy(item.image[rows]).permute(2, 0, 1)[None]
         objects = torch.from_numpy(item.segments[rows] > 0)[None, None]
-        full = item.frame.from_region(region, rows)  # 3 x rows x W
+        if region is None:
+            full = torch.zeros(3, rows.stop - rows.start, item.frame.width)
+        else:
+            full = item.frame.from_region(region, rows)  # 3 x rows x W
         if keys is not None:
             full = keys.apply(full, item.segments[rows], item.names, rows.start)
         full = full[None]

@@ -23,7 +23,8 @@ CLASS_KEY_SECRET = "UNSEG_CLASS_KEY"
 @dataclass(frozen=True)
 class Preset:
     """A named protection: a shipped generator (``fiftyone_unseg/weights/<generator>/``)
-    and the class keys mixed into its noise (``class_mix`` 0: none), with what it is for."""
+    and the class keys mixed into its noise (``class_mix`` 0: none; 1: the keys alone, no
+    generator runs), with what it is for."""
 
     generator: str
     what: str

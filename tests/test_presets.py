@@ -12,6 +12,7 @@ from test_protect import _scene_dataset, generators  # noqa: F401
 
 from fiftyone_unseg import checkpoint, cli, protect
 from fiftyone_unseg.checkpoint import CONFIG_FILE, load_generator, shipped_generator_dir
+from fiftyone_unseg.protect import NO_GENERATOR
 from fiftyone_unseg.settings import PRESETS
 
 PROTECT = "@unseg/unseg/protect_samples"
@@ -87,17 +88,25 @@ def test_sdk_cli_and_app_protect_with_the_semantic_preset_colour_class_keys(
     weights,
     monkeypatch,
 ):
-    """The semantic preset is the default generator with one flat colour per class at
-    share 1: each class's noise is one colour, the same in every image."""
+    """The semantic preset is one flat colour per class at share 1: each class's noise is
+    one colour, the same in every image, and no generator runs (none need be installed)."""
     import numpy as np
 
     from fiftyone_unseg.io import read_rgb
 
     monkeypatch.delenv("UNSEG_CLASS_KEY", raising=False)
     dataset = _scene_dataset("preset-semantic-sdk", tmp_path / "sdk")
+    installed = checkpoint.DEFAULT_GENERATOR_DIR
+    monkeypatch.setattr(checkpoint, "DEFAULT_GENERATOR_DIR", tmp_path / "no-weights")
     summary = protect(dataset, "dets", preset="semantic")
     assert summary["protected"] == len(dataset)
-    assert set(dataset.values("unseg.generator_id")) == {weights["default"]}
+    assert set(dataset.values("unseg.generator_id")) == {NO_GENERATOR}
+    # copies from before share 1 skipped the generator recorded the default's id: current
+    dataset.set_values("unseg.generator_id", [weights["default"]] * len(dataset))
+    assert protect(dataset, "dets", preset="semantic")["skipped"] == len(dataset)
+    with pytest.raises(FileNotFoundError):  # below share 1 the default generator runs
+        protect(dataset, "dets", preset="semantic", class_mix=0.5)
+    monkeypatch.setattr(checkpoint, "DEFAULT_GENERATOR_DIR", installed)
     assert set(dataset.values("unseg.class_mix")) == {1.0}
     (fingerprint,) = set(dataset.values("unseg.class_key"))
     assert fingerprint.startswith("colour:")
@@ -112,6 +121,7 @@ def test_sdk_cli_and_app_protect_with_the_semantic_preset_colour_class_keys(
     again = _scene_dataset("preset-semantic-mix", tmp_path / "mix")
     protect(again, "dets", preset="semantic", class_mix=0.5)
     assert set(again.values("unseg.class_mix")) == {0.5}
+    assert set(again.values("unseg.generator_id")) == {weights["default"]}
     assert {k.split(":")[0] for k in again.values("unseg.class_key")} == {"colour"}
     with pytest.raises(ValueError, match="a generator or a preset"):
         protect(again, "dets", preset="semantic", generator="robust")
@@ -131,13 +141,15 @@ def test_sdk_cli_and_app_protect_with_the_semantic_preset_colour_class_keys(
         ExecutionContext({"dataset_name": dataset.name, "params": params})
     ).to_json()["type"]["properties"]
     assert "class_mix" not in form and "class_style" not in form  # the preset's keys
+    assert "generator" not in form  # no generator runs at share 1
     assert "colour per class at share 1" in form["preset_class_keys"]["view"]["label"]
     assert "class_key_source" in form
     params["class_mix"] = 0.0  # left from the default preset's form: the preset's keys win
+    params["generator"] = str(tmp_path / "gone")  # so is a checkpoint the form hides now
     result = foo.execute_operator(PROTECT, ctx={"dataset": dataset.name, "params": params})
     assert result.error is None, result.error
     assert set(dataset.values("unseg.class_mix")) == {1.0}
-    assert set(dataset.values("unseg.generator_id")) == {weights["default"]}
+    assert set(dataset.values("unseg.generator_id")) == {NO_GENERATOR}
 
 
 def test_app_form_says_when_the_chosen_preset_is_not_installed(tmp_path, monkeypatch):
@@ -191,7 +203,7 @@ def test_the_robust_card_and_the_readme_quote_the_presets_committed_benchmark():
     readme = open(os.path.join(repo, "README.md")).read()
     semantic = json.loads(open(os.path.join(results, "semantic.json")).read())
     preset = PRESETS["semantic"]  # what its rows measured: the preset's protection
-    assert semantic["generator"] == load_generator(preset.generator).generator_id
+    assert semantic["generator"] == NO_GENERATOR
     assert (semantic["class_mix"], semantic["class_style"]) == (
         preset.class_mix,
         preset.class_style,

@@ -158,14 +158,15 @@ class ProtectSamples(foo.Operator):
             presets.add_choice(name, label=name, description=chosen.what)
         inputs.enum("preset", list(PRESETS), default="default", view=presets)
         preset = PRESETS.get(ctx.params.get("preset") or "default", PRESETS["default"])
-        inputs.str(
-            "generator",
-            label="Or a generator checkpoint folder (empty: the preset's; given, it takes "
-            "the preset's class keys, if any)",
-            default="",
-        )
+        if preset.class_mix < 1:  # at share 1 the class keys are the whole noise
+            inputs.str(
+                "generator",
+                label="Or a generator checkpoint folder (empty: the preset's; given, it takes "
+                "the preset's class keys, if any)",
+                default="",
+            )
         installed = (shipped_generator_dir(preset.generator) / WEIGHTS_FILE).is_file()
-        if not ctx.params.get("generator") and not installed:
+        if preset.class_mix < 1 and not ctx.params.get("generator") and not installed:
             form_error(
                 inputs,
                 "no_generator",
@@ -268,11 +269,12 @@ class ProtectSamples(foo.Operator):
             samples = samples.take(params["preview"], seed=0)
         background, ignore = segment_value_params(params)
         class_mix, class_style = _class_keys(params)
+        generator = params.get("generator") if class_mix < 1 else None  # the form hides it
         summary = protect(
             samples,
             params["label_field"],
-            generator=params.get("generator") or None,
-            preset=None if params.get("generator") else params.get("preset") or None,
+            generator=generator or None,
+            preset=None if generator else params.get("preset") or None,
             eps=param(params, "eps", 8.0) / 255,
             eps_bg=param(params, "eps_bg", 2.0) / 255,
             prompt=params.get("classes") if prompt == "classes" else prompt,
