@@ -133,9 +133,7 @@ class _Loaded:
     names: list  # the class name of each segment
     frame: Frame
     model_input: torch.Tensor | None  # 3xSxS; None without a generator (class keys alone)
-    prompts: (
-        torch.Tensor | None
-    )  # Kx1x(S/4)x(S/4): the union, then one per segment in instance mode
+    prompts: torch.Tensor | None  # Kx1x(S/4)x(S/4): the union, then each segment (instance)
     num_segments: int
     made_from: dict  # source_hash, source_stat, label_hash: what the copy is made from
     metadata: CarriedMetadata  # what the copy keeps of the original file's metadata
@@ -821,8 +819,10 @@ class _Run:
                 writing = []
             ahead = following and self.overlap and not alone
             reading = self._start(pool, following[0]) if ahead else []
-            noises = _generate(self.model, loaded, self.device) if loaded and self.model else []
-            noises = noises or [None] * len(loaded)
+            if loaded and self.model:
+                noises = _generate(self.model, loaded, self.device)
+            else:  # nothing read, or class keys alone
+                noises = [None] * len(loaded)
             written = [
                 (item.task, pool.submit(_write, item, noise, self.settings, self.keys))
                 for item, noise in zip(loaded, noises)
