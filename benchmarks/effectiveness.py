@@ -44,12 +44,12 @@ from machine import (
     machine_facts,
     merge_results,
     output_path,
+    protection_generator,
     resolve_protection,
 )
 
 from fiftyone_unseg import evaluate_protection, protect
 from fiftyone_unseg.audit.baselines import BASELINES
-from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import tqdm_progress
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -118,7 +118,7 @@ def run(args) -> dict:
     """The measurements as the JSON document described in the module docstring."""
     started = time.monotonic()
     torch.set_num_threads(args.threads)
-    generator = load_generator(args.generator)
+    generator, generator_id = protection_generator(args)
     dataset = held_out.create("bench-effectiveness", args)
     protect(
         dataset,
@@ -187,7 +187,7 @@ def run(args) -> dict:
             stress[name]["clean_countermeasure"] = result.scores["none"]
             stress[name]["countermeasure_ratio"] = result.ratio("none")
     return {
-        "generator": generator.generator_id,
+        "generator": generator_id,
         "dataset": held_out.describe(args),
         "eps": dataset.first()["unseg"]["eps"],
         "eps_bg": dataset.first()["unseg"]["eps_bg"],

@@ -6,12 +6,14 @@ import platform
 
 import torch
 
+from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import budget_arg
 from fiftyone_unseg.io import atomic_write_bytes
 from fiftyone_unseg.settings import (
     CLASS_STYLES,
     DEFAULT_EPS,
     DEFAULT_EPS_BG,
+    NO_GENERATOR,
     PRESETS,
     preset_protection,
 )
@@ -55,6 +57,16 @@ def resolve_protection(parser, args) -> None:
         )
     except ValueError as error:
         parser.error(str(error))
+
+
+def protection_generator(args) -> tuple:
+    """(model, generator_id) of the generator protect runs with ``args`` (after
+    :func:`resolve_protection`): (None, "none") where class keys at share 1 are the whole
+    noise."""
+    if args.class_mix == 1:
+        return None, NO_GENERATOR
+    model = load_generator(args.generator)
+    return model, model.generator_id
 
 
 def machine_facts() -> dict:

@@ -81,6 +81,7 @@ from machine import (
     machine_facts,
     merge_results,
     output_path,
+    protection_generator,
     resolve_protection,
 )
 from real_rows import (
@@ -94,10 +95,8 @@ from real_rows import (
 )
 
 from fiftyone_unseg import evaluate_protection, protect
-from fiftyone_unseg.checkpoint import load_generator
 from fiftyone_unseg.cli import tqdm_progress
 from fiftyone_unseg.labels import PROMPT_MODES
-from fiftyone_unseg.protect import NO_GENERATOR
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "real")
 STRESS = {  # the first three run by default; the rest are the informed attacks
@@ -270,8 +269,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     root = real_data.data_dir(args.data)
     limit = QUICK_LIMIT if args.quick else None
-    # at class_mix 1 the class keys are the whole noise: no generator runs
-    generator = load_generator(args.generator) if args.class_mix != 1 else None
+    generator, generator_id = protection_generator(args)
     wanted = set(args.victims) | ({args.stress_victim} if args.stress else set())
     datasets, quality, sides = {}, {}, {}
     for name in sorted({TASKS[v].dataset for v in wanted}):
@@ -324,7 +322,7 @@ def run(args) -> dict:
             **row,
         }
     return {
-        "generator": generator.generator_id if generator else NO_GENERATOR,
+        "generator": generator_id,
         "eps": args.eps,
         "eps_bg": args.eps_bg,
         "class_mix": args.class_mix,

@@ -56,7 +56,13 @@ from fiftyone_unseg.geometry import CACHE_BAND_PIXELS, Frame, row_bands
 from fiftyone_unseg.io import CarriedMetadata, carried_metadata, encode_marked, read_rgb
 from fiftyone_unseg.labels import PromptSpec, present_values, resolve_prompt, segment_classes
 from fiftyone_unseg.modeling import NoiseGenerator
-from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG, check_budgets, preset_protection
+from fiftyone_unseg.settings import (
+    DEFAULT_EPS,
+    DEFAULT_EPS_BG,
+    NO_GENERATOR,
+    check_budgets,
+    preset_protection,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +108,6 @@ SETTINGS = (
 )
 # What protection_states says of a sample's copy (None: it has none).
 CURRENT, STALE = "current", "stale"
-NO_GENERATOR = "none"  # the generator_id of copies whose noise is class keys alone (mix 1)
 # The attributes of a label (or of its detections / polylines) that its segments are made of.
 _PROMPT_ATTRIBUTES = ("label", "bounding_box", "points", "mask", "mask_path")
 
@@ -819,7 +824,7 @@ class _Run:
                 writing = []
             ahead = following and self.overlap and not alone
             reading = self._start(pool, following[0]) if ahead else []
-            if loaded and self.model:
+            if loaded and self.model is not None:
                 noises = _generate(self.model, loaded, self.device)
             else:  # nothing read, or class keys alone
                 noises = [None] * len(loaded)

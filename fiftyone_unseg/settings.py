@@ -62,6 +62,8 @@ PRESETS = {
 """Protections by name (``unseg protect --preset``, ``protect(preset=...)``, the App's
 choice), with what each is for; README "Presets" and the model cards hold what each
 measured."""
+NO_GENERATOR = "none"
+"""The ``generator_id`` of copies whose noise is class keys alone (``class_mix`` 1)."""
 GENERATORS = tuple(dict.fromkeys(preset.generator for preset in PRESETS.values()))
 """The shipped generators' names."""
 

@@ -12,8 +12,7 @@ from test_protect import _scene_dataset, generators  # noqa: F401
 
 from fiftyone_unseg import checkpoint, cli, protect
 from fiftyone_unseg.checkpoint import CONFIG_FILE, load_generator, shipped_generator_dir
-from fiftyone_unseg.protect import NO_GENERATOR
-from fiftyone_unseg.settings import PRESETS
+from fiftyone_unseg.settings import NO_GENERATOR, PRESETS
 
 PROTECT = "@unseg/unseg/protect_samples"
 SHIPPED = shipped_generator_dir("robust")
@@ -162,6 +161,13 @@ def test_app_form_says_when_the_chosen_preset_is_not_installed(tmp_path, monkeyp
     )
     error = form.to_json()["type"]["properties"]["no_generator"]["view"]
     assert error["label"] == "No robust generator installed: give a checkpoint"
+    for params in ({"preset": "semantic"}, {"preset": "default", "class_mix": 1.0}):
+        form = operator.resolve_input(  # class keys alone: no generator to give or install
+            ExecutionContext(
+                {"dataset_name": dataset.name, "params": {"label_field": "dets", **params}}
+            )
+        ).to_json()["type"]["properties"]
+        assert "no_generator" not in form and "generator" not in form, params
 
 
 @pytest.mark.skipif(not (SHIPPED / CONFIG_FILE).is_file(), reason="no robust generator shipped")

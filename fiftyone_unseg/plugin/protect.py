@@ -86,7 +86,8 @@ def _problems(ctx, outputs) -> None:
 
 def _class_keys(params: dict) -> tuple[float, str | None]:
     """(class_mix, class_style) a run of the form protects with: the preset's own class
-    keys where it has some (with a checkpoint folder too), else the form's."""
+    keys where it has some (with a checkpoint folder too), else the form's; at share 1 no
+    generator runs."""
     preset = PRESETS.get(params.get("preset") or "default", PRESETS["default"])
     if preset.class_mix:
         return preset.class_mix, preset.class_style
@@ -158,7 +159,8 @@ class ProtectSamples(foo.Operator):
             presets.add_choice(name, label=name, description=chosen.what)
         inputs.enum("preset", list(PRESETS), default="default", view=presets)
         preset = PRESETS.get(ctx.params.get("preset") or "default", PRESETS["default"])
-        if preset.class_mix < 1:  # at share 1 the class keys are the whole noise
+        keys_alone = _class_keys(ctx.params)[0] == 1  # the class keys are the whole noise
+        if not keys_alone:
             inputs.str(
                 "generator",
                 label="Or a generator checkpoint folder (empty: the preset's; given, it takes "
@@ -166,7 +168,7 @@ class ProtectSamples(foo.Operator):
                 default="",
             )
         installed = (shipped_generator_dir(preset.generator) / WEIGHTS_FILE).is_file()
-        if preset.class_mix < 1 and not ctx.params.get("generator") and not installed:
+        if not keys_alone and not ctx.params.get("generator") and not installed:
             form_error(
                 inputs,
                 "no_generator",
