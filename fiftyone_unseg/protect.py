@@ -703,7 +703,8 @@ def _done(samples, settings: dict) -> list[bool]:
         ["id", "protected_filepath"] + [f"unseg.{k}" for k in SETTINGS]
     )
     current = tuple(settings[k] for k in SETTINGS)
-    candidates = [i for i in range(len(ids)) if _recorded(previous, i) == current and paths[i]]
+    recorded = [recorded_settings(dict(zip(SETTINGS, row))) for row in zip(*previous)]
+    candidates = [i for i in range(len(ids)) if tuple(recorded[i].values()) == current and paths[i]]
     states = protection_states(stored.select([ids[i] for i in candidates], ordered=True))
     done = [False] * len(ids)
     for i, state in zip(candidates, states):
@@ -711,16 +712,17 @@ def _done(samples, settings: dict) -> list[bool]:
     return done
 
 
-def _recorded(columns: list, i: int) -> tuple:
-    """The :data:`SETTINGS` recorded on the i-th sample (samples protected before class
-    keys existed had them off; those with keys at share 1 from before it ran no generator
-    recorded the one whose noise the keys replaced)."""
-    values = dict(zip(SETTINGS, (column[i] for column in columns)))
+def recorded_settings(values: dict) -> dict:
+    """Settings recorded on a copy (``generator_id``, ``class_mix`` among them) as a run
+    today records them: copies from before class keys existed had them off; those with
+    keys at share 1 from before that share ran no generator name the one whose noise the
+    keys replaced."""
+    values = dict(values)
     if values["generator_id"] is not None and values["class_mix"] is None:
         values["class_mix"] = 0.0
     if values["generator_id"] is not None and values["class_mix"] == 1:
         values["generator_id"] = NO_GENERATOR
-    return tuple(values.values())
+    return values
 
 
 def _overlaps(device) -> bool:

@@ -15,6 +15,7 @@ from fiftyone_unseg.protect import (
     noise_paths,
     optional_values,
     protection_states,
+    recorded_settings,
     stored_samples,
 )
 
@@ -114,7 +115,8 @@ def _visualized(samples, copies: dict, heatmap_field: str | None) -> int:
 def _settings(columns: list[list]) -> list[dict]:
     """Distinct protection settings (``columns``: the protected samples' values of each
     of ``SETTING_KEYS``), with their counts."""
-    counts = Counter(zip(*columns))
+    rows = [recorded_settings(dict(zip(SETTING_KEYS, row))) for row in zip(*columns)]
+    counts = Counter(tuple(row.values()) for row in rows)
     return [{**dict(zip(SETTING_KEYS, row)), "count": count} for row, count in counts.most_common()]
 
 

@@ -13,6 +13,7 @@ from test_protect import _scene_dataset, generators  # noqa: F401
 from fiftyone_unseg import checkpoint, cli, protect
 from fiftyone_unseg.checkpoint import CONFIG_FILE, load_generator, shipped_generator_dir
 from fiftyone_unseg.settings import NO_GENERATOR, PRESETS
+from fiftyone_unseg.summary import protection_summary
 
 PROTECT = "@unseg/unseg/protect_samples"
 SHIPPED = shipped_generator_dir("robust")
@@ -101,8 +102,13 @@ def test_sdk_cli_and_app_protect_with_the_semantic_preset_colour_class_keys(
     assert summary["protected"] == len(dataset)
     assert set(dataset.values("unseg.generator_id")) == {NO_GENERATOR}
     # copies from before share 1 skipped the generator recorded the default's id: current
-    dataset.set_values("unseg.generator_id", [weights["default"]] * len(dataset))
+    half = len(dataset) // 2 + 1
+    dataset.set_values(
+        "unseg.generator_id", [weights["default"]] * half + [NO_GENERATOR] * (len(dataset) - half)
+    )
     assert protect(dataset, "dets", preset="semantic")["skipped"] == len(dataset)
+    (setting,) = protection_summary(dataset)["settings"]  # one protection, one row
+    assert setting["generator_id"] == NO_GENERATOR and setting["count"] == len(dataset)
     with pytest.raises(FileNotFoundError):  # below share 1 the default generator runs
         protect(dataset, "dets", preset="semantic", class_mix=0.5)
     monkeypatch.setattr(checkpoint, "DEFAULT_GENERATOR_DIR", installed)
