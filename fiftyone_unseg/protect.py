@@ -893,7 +893,12 @@ class _Run:
                 if os.path.lexists(path):
                     os.remove(path)  # a killed run's partial file for this sample
         return [
-            (t, pool.submit(_load, t, found, self.spec, self.model and self.model.img_size))
+            (
+                t,
+                pool.submit(
+                    _load, t, found, self.spec, self.model.img_size if self.model else None
+                ),
+            )
             for t in mine
         ]
 

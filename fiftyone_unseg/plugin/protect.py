@@ -159,7 +159,8 @@ class ProtectSamples(foo.Operator):
             presets.add_choice(name, label=name, description=chosen.what)
         inputs.enum("preset", list(PRESETS), default="default", view=presets)
         preset = PRESETS.get(ctx.params.get("preset") or "default", PRESETS["default"])
-        keys_alone = _class_keys(ctx.params)[0] == 1  # the class keys are the whole noise
+        class_mix = _class_keys(ctx.params)[0]
+        keys_alone = class_mix == 1  # the class keys are the whole noise
         if not keys_alone:
             inputs.str(
                 "generator",
@@ -195,7 +196,7 @@ class ProtectSamples(foo.Operator):
                 for style, label in CLASS_STYLE_LABELS.items():
                     styles.add_choice(style, label=label)
                 inputs.enum("class_style", list(CLASS_STYLE_LABELS), default="texture", view=styles)
-        if _class_keys(ctx.params)[0] > 0:
+        if class_mix > 0:
             sources = types.RadioGroup(label="Class key's secret")
             for source, label in CLASS_KEY_SOURCES.items():
                 sources.add_choice(source, label=label)
