@@ -178,8 +178,7 @@ def _cmd_protect(args) -> int:
             eps=args.eps,
             eps_bg=args.eps_bg,
             prompt=args.classes or ("instance" if args.per_instance else "all"),
-            background=args.background,
-            ignore="auto" if args.ignore is None else args.ignore,
+            **_segment_values(args),
             output_dir=args.output_dir,
             image_format=args.format,
             jpeg_quality=95 if args.quality is None else args.quality,
@@ -306,6 +305,30 @@ def _pixel_value(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _add_segment_values(p) -> None:
+    """``--background`` and ``--ignore``: what :func:`_segment_values` reads."""
+    p.add_argument(
+        "--background",
+        type=_pixel_value,
+        default="auto",
+        help="Segmentation fields: the pixel value that is background, or 'none' when every "
+        "class is an object (default: from the mask targets; 0 unless they name 0 a class)",
+    )
+    p.add_argument(
+        "--ignore",
+        nargs="*",
+        type=int,
+        help="Segmentation fields: pixel values that are no class (void), neither protected "
+        "as objects nor learnt nor scored; none after the flag for none (default: from the "
+        "mask targets, and 255 when 0 is a class)",
+    )
+
+
+def _segment_values(args) -> dict:
+    """``background`` and ``ignore`` keywords from :func:`_add_segment_values`' options."""
+    return {"background": args.background, "ignore": "auto" if args.ignore is None else args.ignore}
+
+
 def _add_protect_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "protect",
@@ -317,7 +340,11 @@ def _add_protect_commands(subparsers) -> None:
         "--label-field", required=True, help="Segmentation, Detections or Polylines field"
     )
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--generator", help="generator checkpoint folder (default: the preset's)")
+    source.add_argument(
+        "--generator",
+        help="a generator checkpoint folder or a shipped one's name (default, robust; "
+        "default: the preset's)",
+    )
     source.add_argument(
         "--preset",
         choices=list(PRESETS),
@@ -342,20 +369,7 @@ def _add_protect_commands(subparsers) -> None:
     )
     p.add_argument("--classes", nargs="+", help="prompt with these classes only")
     p.add_argument("--per-instance", action="store_true", help="one prompt per segment")
-    p.add_argument(
-        "--background",
-        type=_pixel_value,
-        default="auto",
-        help="Segmentation fields: the pixel value that is background, or 'none' when every "
-        "class is an object (default: from the mask targets; 0 unless they name 0 a class)",
-    )
-    p.add_argument(
-        "--ignore",
-        nargs="*",
-        type=int,
-        help="Segmentation fields: pixel values that are no class (void); none after the flag "
-        "for none (default: from the mask targets, and 255 when 0 is a class)",
-    )
+    _add_segment_values(p)
     p.add_argument(
         "--class-mix",
         type=_share,
@@ -468,13 +482,14 @@ def _per_victim(values: list[str] | None, option: str) -> int | dict | None:
 
 def _cmd_evaluate(args) -> int:
     from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
-    from fiftyone_unseg.audit.victims import VICTIMS
+    from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS
 
     report = evaluate_protection(
         _collection(args),
         args.label_field,
-        victims=args.victims or VICTIMS,
+        victims=args.victims or DEFAULT_VICTIMS,
         semantic_field=args.semantic_field,
+        **_segment_values(args),
         protected_field=None if args.protected_field == "none" else args.protected_field,
         baselines=args.baselines,
         countermeasure=args.countermeasure,
@@ -522,12 +537,13 @@ def _add_evaluate_command(subparsers) -> None:
     _add_target(p, "audit")
     p.add_argument("--label-field", required=True, help="instances for yolo / sam, e.g. instances")
     p.add_argument("--semantic-field", help="Segmentation field for the semantic victim")
+    _add_segment_values(p)
     p.add_argument(
         "--victims",
         nargs="+",
         choices=_Choices("fiftyone_unseg.audit.victims", "VICTIMS"),
         metavar="VICTIM",
-        help="%(choices)s (default: all)",
+        help="%(choices)s (default: yolo sam semantic; sam_point is the second interactive metric)",
     )
     p.add_argument(
         "--protected-field",

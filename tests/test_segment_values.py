@@ -161,6 +161,22 @@ def test_void_is_neither_learnt_nor_scored_and_chance_is_the_majority_class(road
     assert set(np.unique(prediction)) <= {SKY, ROAD, CAR}  # no 'background' answer
 
 
+def test_the_cli_audit_takes_background_and_ignore_values(road, unseg):
+    """As protect does: a pets-like set whose mask targets leave an unnamed 255 a class
+    unless ``--ignore 255`` says it is void."""
+    road.mask_targets = {"ground_truth": {0: "background", ROAD: "road", CAR: "car"}}
+    road.persistent = True
+    road.save()
+    audit = ("evaluate", "--dataset", road.name, "--label-field", "ground_truth", "--victims",
+             "semantic", "--protected-field", "none", "--epochs", "1", "--image-size", "64")  # fmt: skip
+    unseg(*audit, "--run-key", "auto_values")
+    unseg(*audit, "--ignore", "255", "--background", "none", "--run-key", "given_values")
+    road.reload()
+    auto, given = (road.get_run_info(key).config for key in ("auto_values", "given_values"))
+    assert (auto.background, auto.ignore) == (0, [])
+    assert (given.background, given.ignore) == (None, [VOID])
+
+
 def test_clicks_fall_inside_their_objects():
     masks = torch.zeros(3, 20, 30, dtype=torch.bool)
     masks[0, 2:5, 3:9] = True
