@@ -597,9 +597,10 @@ def _shard_view(samples, shard):
 
 
 def check_images(samples, action: str) -> None:
-    """ValueError unless ``samples`` are images of a flat dataset; ``action`` (protect,
-    export, ...) names what refuses them. A grouped dataset's methods see only its default
-    slice, so the message says how to make a slice a dataset of its own."""
+    """ValueError unless ``samples`` are images of a flat dataset, not a generated view;
+    ``action`` (protect, export, ...) names what refuses them. A grouped dataset's methods
+    see only its default slice, so the message says how to make a slice a dataset of its
+    own; a patches view's writes would land in its temporary dataset."""
     dataset = samples._dataset
     if dataset.media_type == fom.GROUP:
         first = next(iter(dataset.group_slices), "SLICE")
@@ -610,6 +611,13 @@ def check_images(samples, action: str) -> None:
         )
     if samples.media_type != fom.IMAGE:
         raise ValueError(f"{action} works on images; this collection holds {samples.media_type}")
+    if samples._is_generated:  # patches, clips or frames: a temporary dataset of their own
+        source = samples._root_dataset.name
+        raise ValueError(
+            f"{action} works on a dataset's own samples, and this view's are generated from "
+            f"{source!r} (patches, clips or frames): select their images in the dataset "
+            f"itself, e.g. fo.load_dataset({source!r}).select(view.distinct('sample_id'))"
+        )
 
 
 def stored_samples(samples):

@@ -753,6 +753,13 @@ def test_operator_runs_the_audit(sample_dataset):
     )
     fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
     assert fields["countermeasure_unused"]["invalid"]  # nothing it would apply to
+    ctx = ExecutionContext({"dataset_name": dataset.name, "params": {**clean_only, "victims": []}})
+    fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert fields["no_victims"]["invalid"]  # not quietly the default three
+    dataset.add_sample_field("protected_filepath", fo.StringField)  # a restore leaves it
+    ctx = ExecutionContext({"dataset_name": dataset.name, "params": {"label_field": "instances"}})
+    fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert fields["use_protected"]["default"] is False  # no protected image to train on
 
 
 def test_audit_of_images_protected_by_the_generator(sample_dataset, tmp_path):

@@ -142,6 +142,52 @@ def test_grouped_datasets_are_refused_with_the_way_to_a_slice_of_their_own(tmp_p
     dataset.delete()
 
 
+def test_a_patches_view_is_refused_naming_its_source(tmp_path, generators):  # noqa: F811
+    """A generated view's samples live in a temporary dataset of their own: protecting
+    them would write there, and the dataset itself would show nothing protected."""
+    dataset = _scene_dataset("patches-source", tmp_path, count=2)
+    patches = dataset.to_patches("dets")
+    with pytest.raises(ValueError, match="^protect works on a dataset's own samples.*patches-source"):
+        protect(patches, "dets", generator=generators["random"])
+    operator = foo.get_operator(PROTECT)
+    ctx = ExecutionContext({"dataset_name": dataset.name, "view": patches._serialize()})
+    properties = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert "generated from 'patches-source'" in next(iter(properties.values()))["view"]["label"]
+    assert not dataset.exists("protected_filepath").count()
+
+
+def test_large_runs_are_delegated_and_report_progress(tmp_path, generators, monkeypatch):  # noqa: F811
+    """Above IMMEDIATE_SAMPLES an immediate run would outlast the App's operator timeout
+    without progress: the run is queued instead, and a delegated executor runs it,
+    reporting progress as it goes."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    dataset = _scene_dataset("plugin-delegated", tmp_path, count=3)
+    params = {"label_field": "dets", "generator": generators["random"]}
+    operator = foo.get_operator(PROTECT)
+    small = operator.resolve_execution_options(ExecutionContext({"dataset_name": dataset.name}))
+    assert small.allow_immediate_execution and not small.default_choice_to_delegated
+    monkeypatch.setattr(plugin_protect, "IMMEDIATE_SAMPLES", 2)
+    ctx = ExecutionContext({"dataset_name": dataset.name, "params": params})
+    large = operator.resolve_execution_options(ctx)
+    assert not large.allow_immediate_execution and large.default_choice_to_delegated
+    preview = ExecutionContext({"dataset_name": dataset.name, "params": {**params, "preview": 2}})
+    assert operator.resolve_execution_options(preview).allow_immediate_execution
+
+    queued = foo.execute_operator(PROTECT, ctx={"dataset": dataset.name, "params": params})
+    assert queued.delegated and not dataset.exists("protected_filepath").count()
+    service = DelegatedOperationService()
+    progress = []
+    original = service.set_progress
+    monkeypatch.setattr(
+        service, "set_progress", lambda id, p: progress.append(p.label) or original(id, p)
+    )
+    (ran,) = service.execute_queued_operations(operator=PROTECT, dataset_name=dataset.name)
+    assert ran.error is None, ran.error
+    assert ran.result["protected"] == 3 and dataset.exists("protected_filepath").count() == 3
+    assert progress[-1] == "images 3/3"
+
+
 def _protect_and_show(dataset, generator: str) -> tuple[dict, dict]:
     """The protect operator's result on ``dataset`` and its output properties."""
     params = {"label_field": "dets", "generator": generator}

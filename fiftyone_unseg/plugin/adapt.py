@@ -10,7 +10,7 @@ from fiftyone_unseg.adapt import (
     training_warnings,
 )
 from fiftyone_unseg.plugin.forms import label_field_form
-from fiftyone_unseg.plugin.progress import app_progress
+from fiftyone_unseg.plugin.progress import IMMEDIATE_STEPS, app_progress, execution_options
 
 
 class AdaptGenerator(foo.Operator):
@@ -28,6 +28,10 @@ class AdaptGenerator(foo.Operator):
             allow_delegated_execution=True,
             default_choice_to_delegated=True,
         )
+
+    def resolve_execution_options(self, ctx):  # a trial run of a few steps, or delegated
+        steps = ctx.params.get("steps")
+        return execution_options(self, bool(steps) and steps <= IMMEDIATE_STEPS)
 
     def resolve_input(self, ctx):
         inputs, form, ok = label_field_form(

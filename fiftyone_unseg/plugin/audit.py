@@ -18,7 +18,13 @@ from fiftyone_unseg.plugin.forms import (
     segment_value_inputs,
     segment_value_params,
 )
-from fiftyone_unseg.plugin.progress import app_progress
+from fiftyone_unseg.plugin.progress import (
+    IMMEDIATE_EPOCHS,
+    IMMEDIATE_SAMPLES,
+    app_progress,
+    execution_options,
+    target_size,
+)
 from fiftyone_unseg.settings import MAX_BUDGET
 
 COUNTERMEASURE_VALUES = {
@@ -81,6 +87,11 @@ class EvaluateProtection(foo.Operator):
             default_choice_to_delegated=True,
         )
 
+    def resolve_execution_options(self, ctx):  # a smoke check of a small set, or delegated
+        epochs = ctx.params.get("epochs")  # 0 or none: each victim's default (tens)
+        small = target_size(ctx) <= IMMEDIATE_SAMPLES
+        return execution_options(self, bool(epochs) and epochs <= IMMEDIATE_EPOCHS and small)
+
     def resolve_input(self, ctx):
         inputs, form, ok = label_field_form(
             ctx, "UnSeg: evaluate protection", "Audit", "Label field (instances)"
@@ -94,7 +105,10 @@ class EvaluateProtection(foo.Operator):
         class_maps = ctx.params.get("semantic_field") or ctx.params.get("label_field")
         segment_value_inputs(ctx, inputs, class_maps or fields[0])
         dropdown(inputs, "victims", VICTIMS, "Victims", list(DEFAULT_VICTIMS), multiple=True)
-        protected = ctx.dataset.has_field("protected_filepath")
+        if ctx.params.get("victims") == []:  # emptied, not left at the default
+            form_error(inputs, "no_victims", "Choose at least one victim to train")
+        field = "protected_filepath"  # kept by a restore that deleted every copy
+        protected = ctx.dataset.has_field(field) and bool(len(ctx.dataset.exists(field).limit(1)))
         inputs.bool("use_protected", default=protected, label="Train on the protected images")
         if ctx.params.get("use_protected", protected):
             inputs.str("protected_field", default="protected_filepath", label="Protected field")

@@ -5,7 +5,12 @@ import fiftyone.operators.types as types
 
 from fiftyone_unseg.export import EXPORT_TYPES, export_protected, exportable_fields
 from fiftyone_unseg.plugin.forms import form_error, require_protection, target_form, unusable
-from fiftyone_unseg.plugin.progress import app_progress
+from fiftyone_unseg.plugin.progress import (
+    IMMEDIATE_SAMPLES,
+    app_progress,
+    execution_options,
+    target_size,
+)
 from fiftyone_unseg.plugin.protect import operator_config
 
 FORMAT_LABELS = {
@@ -29,6 +34,9 @@ class ExportProtected(foo.Operator):
             "UnSeg: export protected copy",
             "Write the protected images with their labels in a standard format, to publish",
         )
+
+    def resolve_execution_options(self, ctx):
+        return execution_options(self, target_size(ctx) <= IMMEDIATE_SAMPLES)
 
     def resolve_input(self, ctx):
         inputs, form = target_form(ctx, "UnSeg: export protected copy", "Export")

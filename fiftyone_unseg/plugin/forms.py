@@ -35,13 +35,14 @@ def target_form(ctx, label: str, action: str) -> tuple[types.Object, types.Prope
 
 
 def unusable(ctx, action: str) -> str | None:
-    """Why ``action`` cannot run on the App's dataset (none open, or grouped), or None."""
+    """Why ``action`` cannot run on the App's dataset or view (none open, grouped, or a
+    patches view), or None."""
     from fiftyone_unseg.protect import check_images
 
     if ctx.dataset is None:
         return NO_DATASET
     try:
-        check_images(ctx.dataset, action)
+        check_images(ctx.view, action)
     except ValueError as error:
         return str(error)
     return None

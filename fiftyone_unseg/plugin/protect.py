@@ -15,7 +15,12 @@ from fiftyone_unseg.plugin.forms import (
     target_form,
     unusable,
 )
-from fiftyone_unseg.plugin.progress import app_progress
+from fiftyone_unseg.plugin.progress import (
+    IMMEDIATE_SAMPLES,
+    app_progress,
+    execution_options,
+    target_size,
+)
 from fiftyone_unseg.protect import protect, restore, unnamed_warning
 from fiftyone_unseg.settings import (
     CLASS_KEY_SECRET,
@@ -120,6 +125,10 @@ class ProtectSamples(foo.Operator):
             "UnSeg: protect samples",
             "Make images unlearnable with bounded noise from the UnSeg generator",
         )
+
+    def resolve_execution_options(self, ctx):
+        count = ctx.params.get("preview") or target_size(ctx)
+        return execution_options(self, count <= IMMEDIATE_SAMPLES)
 
     def resolve_input(self, ctx):
         inputs, form, ok = label_field_form(
@@ -366,6 +375,9 @@ class VisualizeNoise(foo.Operator):
             "UnSeg: visualize noise",
             "Show where and how much noise protection added, as heatmaps",
         )
+
+    def resolve_execution_options(self, ctx):
+        return execution_options(self, target_size(ctx) <= IMMEDIATE_SAMPLES)
 
     def resolve_input(self, ctx):
         inputs, form = target_form(ctx, "UnSeg: visualize noise", "Visualize")
