@@ -124,6 +124,13 @@ def test_the_app_forms_take_background_and_ignore_values(road):
         bad = ExecutionContext({"dataset_name": road.name, "params": {"ignore": "void"}})
         fields = operator.resolve_input(bad).to_json()["type"]["properties"]
         assert "give whole pixel values" in fields["segment_values"]["view"]["label"]
+    operator = foo.get_operator("@unseg/unseg/protect_samples")
+    for typed, offered in (({}, ["car", "road"]), ({"background": "none"}, ["background", "car", "road"]),
+                           ({"ignore": str(CAR)}, ["road"])):  # fmt: skip
+        params = {"label_field": "ground_truth", "prompt": "classes", **typed}
+        ctx = ExecutionContext({"dataset_name": road.name, "params": params})
+        fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+        assert sorted(c["value"] for c in fields["classes"]["view"]["choices"]) == offered, typed
 
     params = {"label_field": "ground_truth", "ignore": "255"}
     result = foo.execute_operator(

@@ -4,7 +4,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_unseg.checkpoint import WEIGHTS_FILE, shipped_generator_dir
-from fiftyone_unseg.labels import class_names
+from fiftyone_unseg.labels import class_names, segment_values
 from fiftyone_unseg.plugin.forms import (
     form_error,
     label_field_form,
@@ -265,7 +265,11 @@ class ProtectSamples(foo.Operator):
         inputs.enum("prompt", list(PROMPTS), default="all", view=modes)
         if ctx.params.get("prompt") != "classes":
             return
-        names = class_names(ctx.dataset, label_field)
+        try:  # the classes of the background and ignore values typed in this form
+            roles = segment_values(ctx.dataset, label_field, *segment_value_params(ctx.params))
+        except ValueError:  # the form says what is wrong with them
+            roles = None
+        names = class_names(ctx.dataset, label_field, roles)
         choices = types.Dropdown(multiple=True, label="Classes")
         for name in names:
             choices.add_choice(name, label=name)
