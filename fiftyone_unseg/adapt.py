@@ -19,7 +19,7 @@ import sys
 import time
 
 from fiftyone_unseg.checkpoint import clear_run_outputs, generator_id
-from fiftyone_unseg.io import atomic_write_bytes, safe_name
+from fiftyone_unseg.io import atomic_write_bytes, safe_name, try_lock, unlock
 from fiftyone_unseg.protect import check_images
 
 # trainer/configs/<recipe>.json -> its bilevel steps: a fresh surrogate every block (about
@@ -73,7 +73,8 @@ def adapt_generator(
       overwrite: replace the training ``output_dir`` holds if it learned from other
         samples, labels or settings (its generator is deleted).
 
-    Raises RuntimeError with the trainer's last lines if it fails.
+    Raises RuntimeError with the trainer's last lines if it fails, and before any work
+    while another adaptation trains into ``output_dir`` (a second click in the App).
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown adaptation recipe {recipe!r}: choose one of {list(RECIPES)}")
@@ -98,18 +99,28 @@ def adapt_generator(
         default_output_dir(dataset.name), f"{recipe}-{source['fingerprint']}"
     )
     out = os.path.abspath(output_dir or default_dir)
-    replace = overwrite or not output_dir  # our own folder is ours to replace
-    start_over = _claim(out, source, replace)
-    data, view_name = dataset.name, f"{ADAPT_VIEW}-{source['fingerprint']}"
-    if samples is not dataset:  # one per adaptation: another running beside reads its own
-        dataset.save_view(view_name, samples, overwrite=True)
-        data = f"{dataset.name}@{view_name}"
+    lock_path = out + ".lock"  # beside the folder, which a replacing run empties
+    lock = try_lock(lock_path)
+    if lock is None:
+        raise RuntimeError(
+            f"{out} is in use by another adaptation (it holds {lock_path}): wait for it to "
+            "finish, or choose another output folder"
+        )
     try:
-        return _adapt(data, label_field, recipe, init, out, steps, device, seed, start_over,
-                      replace, progress)  # fmt: skip
+        replace = overwrite or not output_dir  # our own folder is ours to replace
+        start_over = _claim(out, source, replace)
+        data, view_name = dataset.name, f"{ADAPT_VIEW}-{source['fingerprint']}"
+        if samples is not dataset:  # one per adaptation: another running beside reads its own
+            dataset.save_view(view_name, samples, overwrite=True)
+            data = f"{dataset.name}@{view_name}"
+        try:
+            return _adapt(data, label_field, recipe, init, out, steps, device, seed,
+                          start_over, replace, progress)  # fmt: skip
+        finally:
+            if dataset.has_saved_view(view_name):
+                dataset.delete_saved_view(view_name)
     finally:
-        if dataset.has_saved_view(view_name):
-            dataset.delete_saved_view(view_name)
+        unlock(lock, lock_path)
 
 
 def _adapt(

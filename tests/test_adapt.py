@@ -61,6 +61,18 @@ def test_adapting_needs_data_and_an_existing_generator(sample_dataset, tmp_path)
         load_config("adapt", init="nowhere/").generator_config()
 
 
+def test_a_second_adaptation_into_a_busy_folder_is_refused(sample_dataset, tmp_path):
+    from fiftyone_unseg import io
+    from fiftyone_unseg.adapt import adapt_generator
+
+    out = tmp_path / "adapted"
+    held = io.try_lock(f"{out}.lock")  # the first run, still training there
+    with pytest.raises(RuntimeError, match="in use by another adaptation"):
+        adapt_generator(sample_dataset.limit(2), "instances", output_dir=str(out), steps=1)
+    assert not out.exists()  # nothing claimed, nothing written
+    io.unlock(held, f"{out}.lock")
+
+
 def test_each_adaptation_recipe_is_a_shipped_config_of_its_stated_length(sample_dataset):
     from fiftyone_unseg.adapt import RECIPES, adapt_generator
 
