@@ -876,6 +876,48 @@ def test_an_audit_under_a_counter_measure_reuses_the_identical_clean_trainings(t
         assert dataset.count(new.fields["clean"]) == len(dataset.match_tags("test"))
 
 
+def test_a_stopped_audit_resumes_with_the_trainings_it_finished(monkeypatch):
+    from fiftyone_unseg.audit.reuse import training_key
+    from fiftyone_unseg.audit.victims.semantic import SemanticVictim
+
+    dataset = _dataset("audit-resume")
+    kwargs = {"victims": ["semantic"], "protected_field": None, "baselines": ["pattern"],
+              "seeds": 2, "run_key": "resumed", **TINY}  # fmt: skip
+    trained = []
+    train = SemanticVictim.train
+
+    def counted(self, examples, targets, settings, folder, on_epoch):
+        trained.append((os.path.basename(folder), settings.seed))
+        return train(self, examples, targets, settings, folder, on_epoch)
+
+    monkeypatch.setattr(SemanticVictim, "train", counted)
+
+    def stop_in_the_third(done, total):  # one epoch a training: the third one's end
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_protection(dataset, "instances", progress=stop_in_the_third, **kwargs)
+    assert trained == [("clean", 0), ("clean-seed1", 1), ("pattern", 0)]
+    trained.clear()
+    progress = []
+    report = evaluate_protection(
+        dataset, "instances", progress=lambda done, total: progress.append((done, total)), **kwargs
+    )
+    assert trained == [("pattern", 0), ("pattern-seed1", 1)]  # the clean two were finished
+    assert progress[-1] == (4, 4)
+    (result,) = report.results
+    assert len(result.runs["clean"]) == len(result.runs["pattern"]) == 2
+    assert dataset.has_evaluation(result.eval_keys["clean"])
+    assert dataset.count(result.fields["clean"]) == len(dataset.match_tags("test"))
+    trained.clear()  # trained again: other settings, or asked to
+    evaluate_protection(dataset, "instances", **{**kwargs, "seeds": 1, "reuse_clean": False})
+    assert trained == [("clean", 0), ("pattern", 0)]
+    examples = [Example("a", dataset.first().filepath, {})]
+    keys = {training_key("f", v, examples, s) for v in ("clean", "pattern") for s in (0, 1)}
+    assert len(keys) == 4
+
+
 def test_clean_trainings_of_other_code_or_libraries_are_not_reused(monkeypatch):
     import importlib.metadata
 

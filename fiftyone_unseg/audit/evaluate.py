@@ -27,6 +27,9 @@ from fiftyone_unseg.audit.reuse import (
     copy_predictions,
     examples_digest,
     find_clean_run,
+    finished_training,
+    save_training,
+    training_key,
 )
 from fiftyone_unseg.audit.splits import Split, split_samples
 from fiftyone_unseg.audit.targets import Targets, resolve_targets
@@ -237,6 +240,7 @@ def evaluate_protection(
             seeds,
             on_epoch,
             reused[name],
+            fingerprints[name] if reuse_clean else None,
         )
         for name, victim in models.items()
     ]
@@ -287,12 +291,13 @@ def evaluate_protection(
 
 def _audit_victim(
     name, victim, settings, train, test, test_view, gt_field, targets, folder, run_key, seeds,
-    on_epoch, reuse=None,
+    on_epoch, reuse=None, fingerprint=None,
 ) -> VictimResult:  # fmt: skip
     """Train ``victim`` ``seeds`` times per variant (``train``: variant -> examples), predict
     the clean ``test`` examples, store the first seed's predictions and score each seed's
     against ``gt_field``. The clean variant comes from ``reuse`` (a :class:`CleanRun`)
-    when given."""
+    when given; with the victim's ``fingerprint``, each training this folder recorded as
+    finished under its key (:func:`training_key`) is taken, not trained again."""
     started = time.monotonic()
     result = VictimResult(name, victim.metric, settings=_public(settings))
     dataset, ids = test_view._dataset, [example.sample_id for example in test]
@@ -310,15 +315,30 @@ def _audit_victim(
         for k in range(0 if scores else seeds):
             work = os.path.join(folder, variant if k == 0 else f"{variant}-seed{k}")
             run = dataclasses.replace(settings, seed=settings.seed + k)
-            model = victim.train(examples, targets, run, work, on_epoch)
-            predictions = victim.predict(
-                model, test, targets, run, os.path.join(work, "predictions")
-            )
+            key = fingerprint and training_key(fingerprint, variant, examples, run.seed)
+            finished = key and finished_training(work, key, predictions=k == 0)
+            if finished:  # an audit stopped after this training: its record
+                logger.info("%s %s seed %d: taken from %s", name, variant, run.seed, work)
+                score, chance, predictions = finished
+                for _ in range(settings.epochs):
+                    on_epoch()
+                if k > 0:
+                    scores.append(float(score))
+                    continue
+            else:
+                model = victim.train(examples, targets, run, work, on_epoch)
+                predictions = victim.predict(
+                    model, test, targets, run, os.path.join(work, "predictions")
+                )
             field = pred_field if k == 0 else f"{pred_field}_seed{k}"
             dataset.set_values(field, dict(zip(ids, predictions)), key_field="id")
             score, chance = victim.score(test_view, field, gt_field, f"{field}_eval", targets)
             scores.append(float(score))
             result.chance = float(chance)
+            if key:
+                save_training(
+                    work, key, float(score), float(chance), predictions if k == 0 else None
+                )
             if k > 0:  # only its score is kept
                 dataset.delete_evaluation(f"{field}_eval")
                 dataset.delete_sample_field(field)

@@ -1,4 +1,4 @@
-"""Clean trainings shared between audits of one dataset.
+"""Trainings shared between audits of one dataset, and within one audit that resumes.
 
 A counter-measure never touches the clean images, so an audit under JPEG, blur or another
 attack trains exactly the clean victims that the plain audit trained. Each audit records
@@ -6,7 +6,10 @@ a fingerprint of its clean trainings per victim (the training and test samples w
 their image bytes and labels, the targets, the settings, seeds and starting weights, the
 audit's code and the versions of torch, Ultralytics and FiftyOne);
 a later audit with the same fingerprint takes the scores and a copy of the predictions
-instead of training again.
+instead of training again. Within an audit, each finished training leaves its score
+(and, for a variant's first seed, its predictions) in its folder under a key of that
+fingerprint, the variant's training images and the seed: an audit that was stopped takes
+them and trains only what it had not finished.
 """
 
 from __future__ import annotations
@@ -99,6 +102,56 @@ def _python_files(paths: list[str]) -> list[str]:
     for folder in (p for p in paths if os.path.isdir(p)):
         found += [os.path.join(r, f) for r, _, files in os.walk(folder) for f in files]
     return sorted(p for p in found if p.endswith(".py"))
+
+
+TRAINED_FILE = "trained.json"  # in a training's folder: what it scored, under its key
+
+
+def training_key(fingerprint: str, variant: str, examples: list[Example], seed: int) -> str:
+    """A training's key: the victim's :func:`clean_fingerprint` (code, settings, targets,
+    test examples), the variant and its training examples (image bytes, labels), the
+    seed; hashed (hex)."""
+    data = examples_digest(examples, [])
+    facts = f"{fingerprint};{variant};{data};{seed}".encode()
+    return hashlib.blake2b(facts, digest_size=16).hexdigest()
+
+
+def save_training(folder: str, key: str, score: float, chance, predictions=None) -> None:
+    """Record a finished training in ``folder``: its score, the trivial predictor's, and
+    its test predictions (FiftyOne labels) if given."""
+    record = {"key": key, "score": score, "chance": chance}
+    if predictions is not None:
+        record["predictions"] = [None if p is None else p.to_json() for p in predictions]
+    atomic_write_bytes(json.dumps(record).encode(), os.path.join(folder, TRAINED_FILE))
+
+
+def finished_training(folder: str, key: str, predictions: bool):
+    """(score, chance, predictions or None) of the training ``folder`` recorded under
+    ``key`` (with its predictions where ``predictions``), or None: none, another, or cut."""
+    try:
+        with open(os.path.join(folder, TRAINED_FILE)) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if record.get("key") != key or (predictions and "predictions" not in record):
+        return None
+    labels = [_label(p) for p in record["predictions"]] if predictions else None
+    if labels and any(
+        p is not None and label is None for p, label in zip(record["predictions"], labels)
+    ):
+        return None
+    return record["score"], record["chance"], labels
+
+
+def _label(text: str | None):
+    """The FiftyOne label ``text`` (its ``to_json``) holds; None for None or what is no
+    label class."""
+    if text is None:
+        return None
+    kind = getattr(fo, str(json.loads(text).get("_cls")), None)
+    if not (isinstance(kind, type) and issubclass(kind, fo.Label)):
+        return None
+    return kind.from_json(text)
 
 
 def find_clean_run(dataset: fo.Dataset, name: str, fingerprint: str) -> CleanRun | None:
