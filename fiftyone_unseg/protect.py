@@ -611,12 +611,17 @@ def check_images(samples, action: str) -> None:
         )
     if samples.media_type != fom.IMAGE:
         raise ValueError(f"{action} works on images; this collection holds {samples.media_type}")
-    if samples._is_generated:  # patches, clips or frames: a temporary dataset of their own
+    if samples._is_generated:  # patches or video frames: a temporary dataset of their own
         source = samples._root_dataset.name
+        way = (
+            f"select their images in the dataset itself, e.g. fo.load_dataset({source!r})"
+            ".select(view.distinct('sample_id'))"
+            if samples._is_patches
+            else "video frames are not images of a dataset of their own"
+        )
         raise ValueError(
             f"{action} works on a dataset's own samples, and this view's are generated from "
-            f"{source!r} (patches, clips or frames): select their images in the dataset "
-            f"itself, e.g. fo.load_dataset({source!r}).select(view.distinct('sample_id'))"
+            f"{source!r}: {way}"
         )
 
 

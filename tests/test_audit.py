@@ -913,9 +913,37 @@ def test_a_stopped_audit_resumes_with_the_trainings_it_finished(monkeypatch):
     trained.clear()  # trained again: other settings, or asked to
     evaluate_protection(dataset, "instances", **{**kwargs, "seeds": 1, "reuse_clean": False})
     assert trained == [("clean", 0), ("pattern", 0)]
+    trained.clear()  # those replaced the first seeds' files: their records went with them
+    evaluate_protection(dataset, "instances", **kwargs)
+    assert trained == [("clean", 0), ("pattern", 0)]
     examples = [Example("a", dataset.first().filepath, {})]
     keys = {training_key("f", v, examples, s) for v in ("clean", "pattern") for s in (0, 1)}
     assert len(keys) == 4
+
+
+def test_a_resumed_training_keeps_the_chance_it_recorded(monkeypatch):
+    """YOLO's trivial predictor (its training set's median box) is known only from
+    training: a training taken from its record takes the chance recorded with it, not a
+    score of a victim that never trained in this process."""
+    from fiftyone_unseg.audit.reuse import TRAINED_FILE
+    from fiftyone_unseg.audit.victims.yolo import YoloVictim
+
+    dataset = _dataset("audit-resume-yolo", num=8)
+    kwargs = {"victims": ["yolo"], "protected_field": None, "run_key": "resumed", **TINY}
+    first = evaluate_protection(dataset, "instances", **kwargs)
+    record_path = os.path.join(first.folder, "yolo", "clean", TRAINED_FILE)
+    with open(record_path) as f:
+        record = json.load(f)
+    assert record["score"] == first.results[0].scores["clean"]
+    record["chance"] = 0.25  # as a training on other samples would have known it
+    with open(record_path, "w") as f:
+        json.dump(record, f)
+    dataset.delete_run("resumed")  # stopped before it was recorded: nothing to reuse
+    monkeypatch.setattr(YoloVictim, "train", lambda *a: pytest.fail("trained again"))
+    again = evaluate_protection(dataset, "instances", **kwargs)
+    assert again.results[0].chance == 0.25
+    assert again.results[0].scores == first.results[0].scores
+    assert dataset.has_evaluation(again.results[0].eval_keys["clean"])
 
 
 def test_clean_trainings_of_other_code_or_libraries_are_not_reused(monkeypatch):

@@ -147,7 +147,9 @@ def test_a_patches_view_is_refused_naming_its_source(tmp_path, generators):  # n
     them would write there, and the dataset itself would show nothing protected."""
     dataset = _scene_dataset("patches-source", tmp_path, count=2)
     patches = dataset.to_patches("dets")
-    with pytest.raises(ValueError, match="^protect works on a dataset's own samples.*patches-source"):
+    with pytest.raises(
+        ValueError, match="^protect works on a dataset's own samples.*patches-source"
+    ):
         protect(patches, "dets", generator=generators["random"])
     operator = foo.get_operator(PROTECT)
     ctx = ExecutionContext({"dataset_name": dataset.name, "view": patches._serialize()})
@@ -167,6 +169,14 @@ def test_large_runs_are_delegated_and_report_progress(tmp_path, generators, monk
     operator = foo.get_operator(PROTECT)
     small = operator.resolve_execution_options(ExecutionContext({"dataset_name": dataset.name}))
     assert small.allow_immediate_execution and not small.default_choice_to_delegated
+    audit = foo.get_operator("@unseg/unseg/evaluate_protection")
+    for choices, immediate in (
+        ({"epochs": 1}, True),  # three victims, clean images alone, one epoch
+        ({}, False),  # each victim's own epochs: tens
+        ({"epochs": 1, "seeds": 3}, False),  # nine trainings
+    ):
+        ctx = ExecutionContext({"dataset_name": dataset.name, "params": choices})
+        assert audit.resolve_execution_options(ctx).allow_immediate_execution is immediate
     monkeypatch.setattr(plugin_protect, "IMMEDIATE_SAMPLES", 2)
     ctx = ExecutionContext({"dataset_name": dataset.name, "params": params})
     large = operator.resolve_execution_options(ctx)

@@ -28,6 +28,7 @@ from fiftyone_unseg.audit.reuse import (
     examples_digest,
     find_clean_run,
     finished_training,
+    forget_training,
     save_training,
     training_key,
 )
@@ -319,29 +320,29 @@ def _audit_victim(
             finished = key and finished_training(work, key, predictions=k == 0)
             if finished:  # an audit stopped after this training: its record
                 logger.info("%s %s seed %d: taken from %s", name, variant, run.seed, work)
-                score, chance, predictions = finished
                 for _ in range(settings.epochs):
                     on_epoch()
-                if k > 0:
-                    scores.append(float(score))
-                    continue
+                score, chance, predictions = finished
+                if k == 0:  # its predictions and evaluation, as a training leaves them
+                    dataset.set_values(pred_field, dict(zip(ids, predictions)), key_field="id")
+                    victim.score(test_view, pred_field, gt_field, f"{pred_field}_eval", targets)
             else:
+                forget_training(work)  # its folder's files are being replaced
                 model = victim.train(examples, targets, run, work, on_epoch)
                 predictions = victim.predict(
                     model, test, targets, run, os.path.join(work, "predictions")
                 )
-            field = pred_field if k == 0 else f"{pred_field}_seed{k}"
-            dataset.set_values(field, dict(zip(ids, predictions)), key_field="id")
-            score, chance = victim.score(test_view, field, gt_field, f"{field}_eval", targets)
+                field = pred_field if k == 0 else f"{pred_field}_seed{k}"
+                dataset.set_values(field, dict(zip(ids, predictions)), key_field="id")
+                score, chance = victim.score(test_view, field, gt_field, f"{field}_eval", targets)
+                if k > 0:  # only its score is kept
+                    dataset.delete_evaluation(f"{field}_eval")
+                    dataset.delete_sample_field(field)
+                if key:
+                    save_training(work, key, float(score), float(chance), predictions, k == 0)
             scores.append(float(score))
-            result.chance = float(chance)
-            if key:
-                save_training(
-                    work, key, float(score), float(chance), predictions if k == 0 else None
-                )
-            if k > 0:  # only its score is kept
-                dataset.delete_evaluation(f"{field}_eval")
-                dataset.delete_sample_field(field)
+            if k == 0:  # the trivial predictor as the training knew it (YOLO's: its prior)
+                result.chance = float(chance)
         result.scores[variant] = float(np.mean(scores))
         if seeds > 1:
             result.runs[variant] = scores

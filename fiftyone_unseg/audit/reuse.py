@@ -116,18 +116,28 @@ def training_key(fingerprint: str, variant: str, examples: list[Example], seed: 
     return hashlib.blake2b(facts, digest_size=16).hexdigest()
 
 
-def save_training(folder: str, key: str, score: float, chance, predictions=None) -> None:
+def save_training(folder: str, key: str, score: float, chance, predictions, keep: bool) -> None:
     """Record a finished training in ``folder``: its score, the trivial predictor's, and
-    its test predictions (FiftyOne labels) if given."""
+    where ``keep`` its test ``predictions`` (FiftyOne labels; mask files stay in place)."""
     record = {"key": key, "score": score, "chance": chance}
-    if predictions is not None:
+    if keep:
         record["predictions"] = [None if p is None else p.to_json() for p in predictions]
     atomic_write_bytes(json.dumps(record).encode(), os.path.join(folder, TRAINED_FILE))
 
 
+def forget_training(folder: str) -> None:
+    """Remove ``folder``'s record before a training replaces its files: a record must never
+    outlive the files it names."""
+    try:
+        os.remove(os.path.join(folder, TRAINED_FILE))
+    except FileNotFoundError:
+        pass
+
+
 def finished_training(folder: str, key: str, predictions: bool):
     """(score, chance, predictions or None) of the training ``folder`` recorded under
-    ``key`` (with its predictions where ``predictions``), or None: none, another, or cut."""
+    ``key`` (with its predictions where ``predictions``), or None: none, another, cut, or
+    one whose mask files are gone."""
     try:
         with open(os.path.join(folder, TRAINED_FILE)) as f:
             record = json.load(f)
@@ -136,22 +146,24 @@ def finished_training(folder: str, key: str, predictions: bool):
     if record.get("key") != key or (predictions and "predictions" not in record):
         return None
     labels = [_label(p) for p in record["predictions"]] if predictions else None
-    if labels and any(
-        p is not None and label is None for p, label in zip(record["predictions"], labels)
-    ):
-        return None
+    for text, label in zip(record["predictions"] if predictions else [], labels or []):
+        if text is not None and label is None:
+            return None
     return record["score"], record["chance"], labels
 
 
 def _label(text: str | None):
-    """The FiftyOne label ``text`` (its ``to_json``) holds; None for None or what is no
-    label class."""
+    """The FiftyOne label ``text`` (its ``to_json``) holds; None for None, for what is no
+    label class and for a label whose mask file is gone."""
     if text is None:
         return None
     kind = getattr(fo, str(json.loads(text).get("_cls")), None)
     if not (isinstance(kind, type) and issubclass(kind, fo.Label)):
         return None
-    return kind.from_json(text)
+    label = kind.from_json(text)
+    owners = [label, *(getattr(label, "detections", None) or [])]
+    paths = [o.mask_path for o in owners if getattr(o, "mask_path", None)]
+    return label if all(os.path.isfile(p) for p in paths) else None
 
 
 def find_clean_run(dataset: fo.Dataset, name: str, fingerprint: str) -> CleanRun | None:

@@ -21,6 +21,7 @@ from fiftyone_unseg.plugin.forms import (
 from fiftyone_unseg.plugin.progress import (
     IMMEDIATE_EPOCHS,
     IMMEDIATE_SAMPLES,
+    IMMEDIATE_TRAININGS,
     app_progress,
     execution_options,
     target_size,
@@ -71,6 +72,16 @@ def _countermeasure(params: dict) -> str:
     return f"{kind}:{param(params, 'countermeasure_value', COUNTERMEASURE_VALUES[kind][1]):g}"
 
 
+def _use_protected(ctx) -> bool:
+    """The form's choice; by default whether the dataset holds protected images."""
+    if "use_protected" in ctx.params:
+        return bool(ctx.params["use_protected"])
+    if ctx.dataset is None:
+        return False
+    field = "protected_filepath"  # kept by a restore that deleted every copy
+    return ctx.dataset.has_field(field) and bool(len(ctx.dataset.exists(field).limit(1)))
+
+
 class EvaluateProtection(foo.Operator):
     """Train victims on clean vs protected images and test them on clean ones."""
 
@@ -88,8 +99,12 @@ class EvaluateProtection(foo.Operator):
         )
 
     def resolve_execution_options(self, ctx):  # a smoke check of a small set, or delegated
-        epochs = ctx.params.get("epochs")  # 0 or none: each victim's default (tens)
-        small = target_size(ctx) <= IMMEDIATE_SAMPLES
+        params = ctx.params
+        epochs = params.get("epochs")  # 0 or none: each victim's default (tens)
+        variants = 1 + _use_protected(ctx) + len(params.get("baselines") or ())
+        victims = len(params.get("victims") or DEFAULT_VICTIMS)
+        trainings = victims * variants * (params.get("seeds") or 1)
+        small = target_size(ctx) <= IMMEDIATE_SAMPLES and trainings <= IMMEDIATE_TRAININGS
         return execution_options(self, bool(epochs) and epochs <= IMMEDIATE_EPOCHS and small)
 
     def resolve_input(self, ctx):
@@ -107,10 +122,9 @@ class EvaluateProtection(foo.Operator):
         dropdown(inputs, "victims", VICTIMS, "Victims", list(DEFAULT_VICTIMS), multiple=True)
         if ctx.params.get("victims") == []:  # emptied, not left at the default
             form_error(inputs, "no_victims", "Choose at least one victim to train")
-        field = "protected_filepath"  # kept by a restore that deleted every copy
-        protected = ctx.dataset.has_field(field) and bool(len(ctx.dataset.exists(field).limit(1)))
+        protected = _use_protected(ctx)
         inputs.bool("use_protected", default=protected, label="Train on the protected images")
-        if ctx.params.get("use_protected", protected):
+        if protected:
             inputs.str("protected_field", default="protected_filepath", label="Protected field")
         labels = {name: _BASELINE_LABELS.get(name, name) for name in BASELINES}
         dropdown(inputs, "baselines", labels, "Baselines", [], multiple=True)
@@ -194,9 +208,7 @@ class EvaluateProtection(foo.Operator):
             victims=params.get("victims") or DEFAULT_VICTIMS,
             semantic_field=params.get("semantic_field") or None,
             protected_field=(
-                params.get("protected_field", "protected_filepath")
-                if params.get("use_protected", True)
-                else None
+                params.get("protected_field", "protected_filepath") if _use_protected(ctx) else None
             ),
             baselines=params.get("baselines") or (),
             countermeasure=kind,

@@ -42,7 +42,7 @@ def unusable(ctx, action: str) -> str | None:
     if ctx.dataset is None:
         return NO_DATASET
     try:
-        check_images(ctx.view, action)
+        check_images(ctx.target_view(), action)
     except ValueError as error:
         return str(error)
     return None

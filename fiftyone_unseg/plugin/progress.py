@@ -10,6 +10,7 @@ from fiftyone.operators.executor import ExecutionOptions
 
 IMMEDIATE_SAMPLES = 200  # images an immediate protect, visualize or export may write
 IMMEDIATE_EPOCHS = 1  # an audit's victims train this long at most in an immediate run
+IMMEDIATE_TRAININGS = 8  # and this many times (victims x variants x seeds)
 IMMEDIATE_STEPS = 20  # an adaptation's training steps in an immediate run
 
 
