@@ -20,6 +20,8 @@ MORE_COUNTERMEASURES = "more_countermeasures"  # {preset}.json: stress rows of a
 DATASET_NAMES = {"camvid": "CamVid", "pets": "the pets", "coco": "COCO"}
 PRESET_RESULTS = {"default": "effectiveness", "robust": "robust", "semantic": "semantic"}
 CARDS = ("default", "robust")  # the presets with a generator of their own, and its card
+# The semantic preset against victims trained longer: the epochs and their results file
+TRAINING_LENGTHS = {24: "class_colour/semantic_epochs24", 40: "class_colour/semantic_epochs40"}
 
 
 def card_table(results: dict) -> str:
@@ -124,6 +126,37 @@ def preset_table(presets: dict, victim: str = "semantic") -> str:
     return "\n".join(lines)
 
 
+def epochs_table(results: dict) -> str:
+    """The markdown table of one preset's semantic rows by the victim's training length
+    (epochs -> results): clean mIoU, the ratio (victim seeds), each seed's ratio, the mean
+    PSNR over the runs' keys."""
+    lines = [
+        "| victim trained for | clean mIoU | ratio (seeds) | per seed | mean PSNR (dB) |",
+        "|---|---|---|---|---|",
+    ]
+    for epochs, result in sorted(results.items()):
+        row = result["victims"]["semantic"]
+        runs = row.get("runs", {})
+        each = [p / c for p, c in zip(runs.get("protected", []), runs.get("clean", []))]
+        seeds = ", ".join(f"{r:.2f}" for r in each) or "-"
+        lines.append(
+            f"| {epochs} epochs | {row['clean']:.3f} | {row['ratio']:.2f} ({row['seeds']}) "
+            f"| {seeds} | {result['quality']['camvid']['psnr']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def semantic_by_epochs(semantic: dict) -> dict:
+    """The semantic preset's results by the victim's epochs: the table's (``semantic``)
+    and those of :data:`TRAINING_LENGTHS` that are committed."""
+    results = {semantic["victims"]["semantic"]["settings"]["epochs"]: semantic}
+    for epochs, file in TRAINING_LENGTHS.items():
+        path = os.path.join(RESULTS, f"{file}.json")
+        if os.path.isfile(path):
+            results[epochs] = json.load(open(path))
+    return results
+
+
 def write_tables() -> None:
     """Rewrite the tables between ``<!-- name -->`` and ``<!-- /name -->`` in the README
     and the presets' model cards from the committed results."""
@@ -140,6 +173,7 @@ def write_tables() -> None:
         "preset_table_yolo": preset_table(results, "yolo"),
         "generators_table": preset_table(generators),
         "generators_table_yolo": preset_table(generators, "yolo"),
+        "semantic_epochs_table": epochs_table(semantic_by_epochs(results["semantic"])),
         **{f"{name}_table": card_table(results[name]) for name in CARDS},
     }
     for name in CARDS:  # counter-measures measured on another CPU model, each row whole

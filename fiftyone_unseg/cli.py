@@ -608,7 +608,10 @@ def _add_evaluate_command(subparsers) -> None:
         help="train the clean victims again even where an earlier audit of this dataset "
         "trained the very same ones (by default their scores and predictions are reused)",
     )
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(
+        func=_cmd_evaluate,
+        interrupted="re-run the same command to resume (finished trainings are kept)",
+    )
 
 
 def add_commands(subparsers) -> None:

@@ -200,7 +200,7 @@ def test_the_robust_card_and_the_readme_quote_the_presets_committed_benchmark():
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, os.path.join(repo, "benchmarks"))
-    from real_report import card_table, preset_table
+    from real_report import card_table, epochs_table, preset_table, semantic_by_epochs
 
     results = os.path.join(repo, "benchmarks", "results", "real")
     robust = json.loads(open(os.path.join(results, "robust.json")).read())
@@ -225,3 +225,8 @@ def test_the_robust_card_and_the_readme_quote_the_presets_committed_benchmark():
         assert robust["victims"][victim] and both in card
         presets = preset_table({"default": default, "robust": robust, "semantic": semantic}, victim)
         assert semantic["victims"][victim] and presets in readme
+    by_epochs = semantic_by_epochs(semantic)
+    assert sorted(by_epochs) == [12, 24, 40] and epochs_table(by_epochs) in readme
+    for epochs, result in by_epochs.items():  # the same protection, trained for that long
+        assert result["victims"]["semantic"]["settings"]["epochs"] == epochs
+        assert (result["class_mix"], result["class_style"]) == (1.0, "colour")

@@ -153,6 +153,37 @@ def test_ctrl_c_says_how_to_go_on_in_one_line(tmp_path, generators):  # noqa: F8
     assert err.rstrip().endswith("unseg protect: interrupted; re-run the same command to resume")
 
 
+def test_an_audit_stopped_with_ctrl_c_resumes_with_its_finished_trainings(tmp_path):
+    from fiftyone_unseg import sample_data
+    from fiftyone_unseg.audit.reuse import TRAINED_FILE
+
+    sample_data.create_sample_dataset("audit-stopped", num=12, size=64, overwrite=True)
+    out = tmp_path / "audit"
+    audit = ["evaluate", "--dataset", "audit-stopped", "--label-field", "instances",
+             "--victims", "semantic", "--protected-field", "none", "--baselines", "pattern",
+             "--seeds", "2", "--epochs", "2", "--image-size", "64", "--output-dir", str(out)]  # fmt: skip
+    first = out / "semantic" / "clean" / TRAINED_FILE
+    proc = _start(*audit)
+    deadline = time.monotonic() + 300
+    while not first.exists():  # the first training is finished: stop the rest
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.rstrip().endswith(
+        "unseg evaluate: interrupted; re-run the same command to resume (finished trainings "
+        "are kept)"
+    )
+    kept = os.stat(first)
+    done = subprocess.run([UNSEG, *audit], capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert os.stat(first).st_ino == kept.st_ino  # taken, not trained and recorded again
+    assert (out / "semantic" / "pattern-seed1" / TRAINED_FILE).exists()
+    assert "| semantic | mIoU |" in done.stdout
+
+
 def test_a_reader_that_stops_reading_ends_the_output_quietly():
     fo.Dataset("piped", persistent=True, overwrite=True)
     proc = _start("status", "--dataset", "piped", "--json")
