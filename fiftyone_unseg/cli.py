@@ -466,23 +466,9 @@ def _add_protect_commands(subparsers) -> None:
     p.set_defaults(func=_cmd_status)
 
 
-def _per_victim(values: list[str] | None, option: str) -> int | dict | None:
-    """``["5"]`` -> 5 (every victim); ``["yolo=30", "sam=8"]`` -> {"yolo": 30, "sam": 8}."""
-    if not values:
-        return None
-    try:
-        if len(values) == 1 and "=" not in values[0]:
-            return int(values[0])
-        return {name: int(value) for name, value in (v.split("=") for v in values)}
-    except ValueError:
-        raise ValueError(
-            f"{option} {' '.join(values)}: give one number or victim=number pairs"
-        ) from None
-
-
 def _cmd_evaluate(args) -> int:
     from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
-    from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS
+    from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, per_victim
 
     report = evaluate_protection(
         _collection(args),
@@ -497,8 +483,8 @@ def _cmd_evaluate(args) -> int:
         eps_bg=args.eps_bg,
         split_tags=args.split_tags or None,
         train_fraction=args.train_fraction,
-        epochs=_per_victim(args.epochs, "--epochs"),
-        image_size=_per_victim(args.image_size, "--image-size"),
+        epochs=per_victim(" ".join(args.epochs or ()), "--epochs"),
+        image_size=per_victim(" ".join(args.image_size or ()), "--image-size"),
         seed=args.seed,
         seeds=args.seeds,
         device=args.device,

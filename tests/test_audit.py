@@ -561,12 +561,14 @@ def test_invalid_requests_name_the_problem(sample_dataset):
             evaluate_protection(sample_dataset, "instances", **kwargs)
     with pytest.raises(ValueError, match="does not exist"):
         evaluate_protection(sample_dataset, "nope")
-    from fiftyone_unseg.cli import _per_victim
+    from fiftyone_unseg.audit.victims import per_victim
 
-    assert _per_victim(["yolo=3", "sam=2"], "--epochs") == {"yolo": 3, "sam": 2}
-    for values in (["abc"], ["yolo:3"], ["yolo=x"]):
+    assert per_victim("yolo=3 sam=2", "--epochs") == {"yolo": 3, "sam": 2}
+    assert per_victim("yolo=3, sam=0", "Epochs") == {"yolo": 3, "sam": 0}  # the App's field
+    assert per_victim("5", "--epochs") == 5 and per_victim(" ", "--epochs") is None
+    for values in ("abc", "yolo:3", "yolo=x"):
         with pytest.raises(ValueError, match="--epochs .*: give one number or victim=number"):
-            _per_victim(values, "--epochs")
+            per_victim(values, "--epochs")
 
 
 def test_object_centred_crops_map_boxes_and_masks_alike():
@@ -686,8 +688,8 @@ def test_operator_runs_the_audit(sample_dataset):
                 "baselines": ["random", "none"],
                 "countermeasure": "downscale",
                 "countermeasure_value": 0.5,
-                "epochs": 1,
-                "image_size": SIZE,
+                "epochs": "1",
+                "image_size": str(SIZE),
                 "run_key": "from_operator",
             },
         },
@@ -718,8 +720,8 @@ def test_operator_runs_the_audit(sample_dataset):
         "victims": ["semantic"],
         "use_protected": False,
         "baselines": [],
-        "epochs": 1,
-        "image_size": SIZE,
+        "epochs": "1",
+        "image_size": str(SIZE),
         "train_tag": "no-such-tag",
         "train_fraction": 0.5,
         "retrain_clean": True,
@@ -756,6 +758,11 @@ def test_operator_runs_the_audit(sample_dataset):
     ctx = ExecutionContext({"dataset_name": dataset.name, "params": {**clean_only, "victims": []}})
     fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
     assert fields["no_victims"]["invalid"]  # not quietly the default three
+    ctx = ExecutionContext(
+        {"dataset_name": dataset.name, "params": {**clean_only, "epochs": "yolo:3"}}
+    )
+    fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert "give one number or victim=number pairs" in fields["epochs_invalid"]["view"]["label"]
     dataset.add_sample_field("protected_filepath", fo.StringField)  # a restore leaves it
     ctx = ExecutionContext({"dataset_name": dataset.name, "params": {"label_field": "instances"}})
     fields = operator.resolve_input(ctx).to_json()["type"]["properties"]

@@ -171,9 +171,11 @@ def test_large_runs_are_delegated_and_report_progress(tmp_path, generators, monk
     assert small.allow_immediate_execution and not small.default_choice_to_delegated
     audit = foo.get_operator("@unseg/unseg/evaluate_protection")
     for choices, immediate in (
-        ({"epochs": 1}, True),  # three victims, clean images alone, one epoch
+        ({"epochs": "1"}, True),  # three victims, clean images alone, one epoch
         ({}, False),  # each victim's own epochs: tens
-        ({"epochs": 1, "seeds": 3}, False),  # nine trainings
+        ({"epochs": "1", "seeds": 3}, False),  # nine trainings
+        ({"epochs": "semantic=1", "victims": ["semantic"]}, True),  # as the CLI takes them
+        ({"epochs": "semantic=1", "victims": ["semantic", "yolo"]}, False),  # yolo's own
     ):
         ctx = ExecutionContext({"dataset_name": dataset.name, "params": choices})
         assert audit.resolve_execution_options(ctx).allow_immediate_execution is immediate

@@ -9,7 +9,7 @@ import fiftyone.operators.types as types
 from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.countermeasures import KINDS, Countermeasure
-from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS
+from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS, per_victim
 from fiftyone_unseg.plugin.forms import (
     dropdown,
     form_error,
@@ -72,6 +72,26 @@ def _countermeasure(params: dict) -> str:
     return f"{kind}:{param(params, 'countermeasure_value', COUNTERMEASURE_VALUES[kind][1]):g}"
 
 
+PER_VICTIM_INPUTS = {"epochs": "Epochs", "image_size": "Image size"}
+PER_VICTIM_HELP = (
+    "Empty: each victim's default; N for every victim, or victim=N pairs as `unseg evaluate` "
+    "takes them (e.g. yolo=30 sam=0: sam=0 scores a SAM checkpoint as it is)"
+)
+
+
+def _most_epochs(ctx) -> int | None:
+    """The most epochs a chosen victim trains for; None where one trains its default
+    (tens) or the field cannot be read."""
+    try:
+        epochs = per_victim(ctx.params.get("epochs") or None, PER_VICTIM_INPUTS["epochs"])
+    except ValueError:
+        return None
+    if isinstance(epochs, dict):
+        victims = ctx.params.get("victims") or DEFAULT_VICTIMS
+        return max(epochs[v] for v in victims) if set(victims) <= set(epochs) else None
+    return epochs
+
+
 def _use_protected(ctx) -> bool:
     """The form's choice; by default whether the dataset holds protected images."""
     if "use_protected" in ctx.params:
@@ -100,12 +120,12 @@ class EvaluateProtection(foo.Operator):
 
     def resolve_execution_options(self, ctx):  # a smoke check of a small set, or delegated
         params = ctx.params
-        epochs = params.get("epochs")  # 0 or none: each victim's default (tens)
+        epochs = _most_epochs(ctx)
         variants = 1 + _use_protected(ctx) + len(params.get("baselines") or ())
         victims = len(params.get("victims") or DEFAULT_VICTIMS)
         trainings = victims * variants * (params.get("seeds") or 1)
         small = target_size(ctx) <= IMMEDIATE_SAMPLES and trainings <= IMMEDIATE_TRAININGS
-        return execution_options(self, bool(epochs) and epochs <= IMMEDIATE_EPOCHS and small)
+        return execution_options(self, epochs is not None and epochs <= IMMEDIATE_EPOCHS and small)
 
     def resolve_input(self, ctx):
         inputs, form, ok = label_field_form(
@@ -184,8 +204,12 @@ class EvaluateProtection(foo.Operator):
             default=False,
             label="Train the clean victims again (else taken from an identical earlier audit)",
         )
-        inputs.int("epochs", label="Epochs (0: each victim's default)", default=0, min=0)
-        inputs.int("image_size", label="Image size (0: each victim's default)", default=0, min=0)
+        for name, label in PER_VICTIM_INPUTS.items():
+            inputs.str(name, label=label, default="", description=PER_VICTIM_HELP)
+            try:
+                per_victim(ctx.params.get(name) or None, label)
+            except ValueError as error:
+                form_error(inputs, f"{name}_invalid", str(error))
         inputs.int("seed", label="Seed", default=0)
         inputs.int(
             "seeds",
@@ -214,8 +238,10 @@ class EvaluateProtection(foo.Operator):
             countermeasure=kind,
             eps=param(params, "eps", 8.0) / 255,
             eps_bg=param(params, "eps_bg", 2.0) / 255,
-            epochs=params.get("epochs") or None,
-            image_size=params.get("image_size") or None,
+            epochs=per_victim(params.get("epochs") or None, PER_VICTIM_INPUTS["epochs"]),
+            image_size=per_victim(
+                params.get("image_size") or None, PER_VICTIM_INPUTS["image_size"]
+            ),
             seed=param(params, "seed", 0),
             seeds=params.get("seeds") or 1,
             split_tags=(params.get("train_tag", "train"), params.get("test_tag", "test")),

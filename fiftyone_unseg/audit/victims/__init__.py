@@ -8,6 +8,23 @@ VICTIMS = ("yolo", "sam", "sam_point", "semantic")
 DEFAULT_VICTIMS = ("yolo", "sam", "semantic")  # sam_point: the second interactive metric
 
 
+def per_victim(text: str | int | None, option: str) -> int | dict | None:
+    """``"5"`` -> 5 (every victim); ``"yolo=30 sam=8"`` (or with commas) ->
+    {"yolo": 30, "sam": 8}; empty -> None (each victim's default). ValueError naming
+    ``option`` for anything else."""
+    words = str(text if text is not None else "").replace(",", " ").split()
+    if not words:
+        return None
+    try:
+        if len(words) == 1 and "=" not in words[0]:
+            return int(words[0])
+        return {name: int(value) for name, value in (w.split("=") for w in words)}
+    except ValueError:
+        raise ValueError(
+            f"{option} {' '.join(words)}: give one number or victim=number pairs"
+        ) from None
+
+
 def make_victim(
     name: str,
     yolo_weights: str | None = None,
@@ -30,4 +47,4 @@ def make_victim(
     raise ValueError(f"unknown victim {name!r}; choose from {', '.join(VICTIMS)}")
 
 
-__all__ = ["DEFAULT_VICTIMS", "VICTIMS", "Victim", "make_victim"]
+__all__ = ["DEFAULT_VICTIMS", "VICTIMS", "Victim", "make_victim", "per_victim"]
