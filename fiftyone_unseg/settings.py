@@ -43,7 +43,7 @@ PRESETS = {
         "robust",
         "the default fine-tuned through JPEG, blur and rescaling against a surrogate that "
         "keeps learning: CamVid semantic at 0.60 of clean after a blur, 0.67 after "
-        "half-scale, 0.88 after JPEG 75 (default 0.74, 0.74, 0.89); YOLO on pets 0.02, 0.01 "
+        "half-scale, 0.88 after JPEG 75 (default 0.74, 0.74, 0.89); YOLO on pets 0.02, 0.02 "
         "after a blur, 0.03 after half-scale, 0.58 after JPEG 75; 33.3 dB",
     ),
     "semantic": Preset(
