@@ -38,15 +38,29 @@ def _start(*args) -> subprocess.Popen:
     )
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it ended first."""
+def _signal_when(proc: subprocess.Popen, ready, sig, timeout: float = 120) -> None:
+    """Send ``sig`` to ``proc`` as soon as ``ready()`` holds; fail if it ended first."""
     deadline = time.monotonic() + timeout
     while not ready():
-        assert proc.poll() is None, f"finished before it could be killed:\n{proc.stderr.read()}"
+        assert proc.poll() is None, f"finished before the signal:\n{proc.stderr.read()}"
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, sig)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail if it ended first."""
+    _signal_when(proc, ready, signal.SIGKILL, timeout)
     proc.wait()
+
+
+def _interrupt_when(proc: subprocess.Popen, ready, timeout: float = 120) -> str:
+    """Ctrl-C ``proc`` as soon as ``ready()`` holds; check that it ends as ``unseg`` ends an
+    interrupted run (status 130, no traceback) and return its stderr."""
+    _signal_when(proc, ready, signal.SIGINT, timeout)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    return err
 
 
 def _check_protected(dataset) -> list[str]:
@@ -142,14 +156,7 @@ def test_ctrl_c_says_how_to_go_on_in_one_line(tmp_path, generators):  # noqa: F8
     output = default_output_dir(dataset)
     proc = _start("protect", "--dataset", "interrupted", "--label-field", "dets",
                   "--batch-size", "2", "--generator", generators["random"])  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (os.path.isdir(output) and os.listdir(output)):
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    err = _interrupt_when(proc, lambda: os.path.isdir(output) and os.listdir(output))
     assert err.rstrip().endswith("unseg protect: interrupted; re-run the same command to resume")
 
 
@@ -164,14 +171,7 @@ def test_an_audit_stopped_with_ctrl_c_resumes_with_its_finished_trainings(tmp_pa
              "--seeds", "2", "--epochs", "2", "--image-size", "64", "--output-dir", str(out)]  # fmt: skip
     first = out / "semantic" / "clean" / TRAINED_FILE
     proc = _start(*audit)
-    deadline = time.monotonic() + 300
-    while not first.exists():  # the first training is finished: stop the rest
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    err = _interrupt_when(proc, first.exists, timeout=300)  # the first training is finished
     assert err.rstrip().endswith(
         "unseg evaluate: interrupted; re-run the same command to resume (finished trainings "
         "are kept)"

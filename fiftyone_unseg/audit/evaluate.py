@@ -322,22 +322,22 @@ def _audit_victim(
                 logger.info("%s %s seed %d: taken from %s", name, variant, run.seed, work)
                 for _ in range(settings.epochs):
                     on_epoch()
-                score, chance, predictions = finished
-                if k == 0:  # its predictions and evaluation, as a training leaves them
-                    dataset.set_values(pred_field, dict(zip(ids, predictions)), key_field="id")
-                    victim.score(test_view, pred_field, gt_field, f"{pred_field}_eval", targets)
+                score, chance, predictions = finished  # predictions: the first seed's only
             else:
                 forget_training(work)  # its folder's files are being replaced
                 model = victim.train(examples, targets, run, work, on_epoch)
                 predictions = victim.predict(
                     model, test, targets, run, os.path.join(work, "predictions")
                 )
+            if predictions is not None:
                 field = pred_field if k == 0 else f"{pred_field}_seed{k}"
                 dataset.set_values(field, dict(zip(ids, predictions)), key_field="id")
-                score, chance = victim.score(test_view, field, gt_field, f"{field}_eval", targets)
+                scored = victim.score(test_view, field, gt_field, f"{field}_eval", targets)
                 if k > 0:  # only its score is kept
                     dataset.delete_evaluation(f"{field}_eval")
                     dataset.delete_sample_field(field)
+            if not finished:
+                score, chance = scored
                 if key:
                     save_training(work, key, float(score), float(chance), predictions, k == 0)
             scores.append(float(score))

@@ -145,10 +145,13 @@ def finished_training(folder: str, key: str, predictions: bool):
         return None
     if record.get("key") != key or (predictions and "predictions" not in record):
         return None
-    labels = [_label(p) for p in record["predictions"]] if predictions else None
-    for text, label in zip(record["predictions"] if predictions else [], labels or []):
-        if text is not None and label is None:
-            return None
+    if not predictions:
+        return record["score"], record["chance"], None
+    labels = [_label(p) for p in record["predictions"]]
+    if any(
+        text is not None and label is None for text, label in zip(record["predictions"], labels)
+    ):
+        return None
     return record["score"], record["chance"], labels
 
 

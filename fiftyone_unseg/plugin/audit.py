@@ -13,6 +13,7 @@ from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS, per_victim
 from fiftyone_unseg.plugin.forms import (
     dropdown,
     form_error,
+    has_protection,
     label_field_form,
     param,
     segment_value_inputs,
@@ -96,10 +97,7 @@ def _use_protected(ctx) -> bool:
     """The form's choice; by default whether the dataset holds protected images."""
     if "use_protected" in ctx.params:
         return bool(ctx.params["use_protected"])
-    if ctx.dataset is None:
-        return False
-    field = "protected_filepath"  # kept by a restore that deleted every copy
-    return ctx.dataset.has_field(field) and bool(len(ctx.dataset.exists(field).limit(1)))
+    return ctx.dataset is not None and has_protection(ctx.dataset)
 
 
 class EvaluateProtection(foo.Operator):

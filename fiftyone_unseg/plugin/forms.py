@@ -68,10 +68,16 @@ def label_field_form(ctx, label: str, action: str, field_label: str):
     return inputs, form, True
 
 
+def has_protection(dataset) -> bool:
+    """Whether ``dataset`` has protected samples (a restore that deleted every copy keeps
+    the ``protected_filepath`` field, empty)."""
+    field = "protected_filepath"
+    return dataset.has_field(field) and bool(len(dataset.exists(field).limit(1)))
+
+
 def require_protection(ctx, inputs) -> bool:
     """Whether the dataset has protected samples; if not, the form says so and cannot run."""
-    field = "protected_filepath"  # kept by a restore that deleted every copy
-    if ctx.dataset.has_field(field) and len(ctx.dataset.exists(field).limit(1)):
+    if has_protection(ctx.dataset):
         return True
     form_error(inputs, "not_protected", NOT_PROTECTED)
     return False
