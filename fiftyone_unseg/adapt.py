@@ -27,7 +27,7 @@ from fiftyone_unseg.protect import check_images
 # core; on the pets it kept YOLO's protection through JPEG 75, blur and half-scale,
 # docs/GENERATOR_HISTORY.md)
 RECIPES = {"adapt": 600, "adapt_learning": 2400}
-ADAPT_VIEW = "unseg-adapt"  # + "-<fingerprint>": the saved view a view is trained through
+ADAPT_VIEW = "unseg-adapt"  # the start of the saved view a view is trained through
 SOURCE_FILE = "adapted_on.json"  # in a training's folder: the samples and settings it used
 _POLL_S = 2.0
 
@@ -58,7 +58,7 @@ def adapt_generator(
 
     Arguments:
       samples: a dataset or view (a view is saved as the saved view
-        ``<ADAPT_VIEW>-<fingerprint>`` while the trainer runs, so it sees the same samples).
+        :func:`adapt_view_name` while the trainer runs, so it sees the same samples).
       label_field: the masks to train on (each instance or class region is one object).
       output_dir: the training run's folder (metrics, checkpoints, the generator); default
         ``<default_output_dir>/<recipe>-<fingerprint>``, one per samples, labels and
@@ -109,7 +109,7 @@ def adapt_generator(
     try:
         replace = overwrite or not output_dir  # our own folder is ours to replace
         start_over = _claim(out, source, replace)
-        data, view_name = dataset.name, f"{ADAPT_VIEW}-{source['fingerprint']}"
+        data, view_name = dataset.name, adapt_view_name(source["fingerprint"], out)
         if samples is not dataset:  # one per adaptation: another running beside reads its own
             dataset.save_view(view_name, samples, overwrite=True)
             data = f"{dataset.name}@{view_name}"
@@ -121,6 +121,13 @@ def adapt_generator(
                 dataset.delete_saved_view(view_name)
     finally:
         unlock(lock, lock_path)
+
+
+def adapt_view_name(fingerprint: str, out: str) -> str:
+    """The saved view an adaptation of a view trains through while it runs:
+    ``<ADAPT_VIEW>-<fingerprint>-<8 hex digits of the output folder>``, so two adaptations
+    of the same samples into two folders never share (and delete) one view."""
+    return f"{ADAPT_VIEW}-{fingerprint}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
 
 
 def _adapt(

@@ -494,9 +494,28 @@ def file_hash(path: str) -> str | None:
         return None
 
 
+_MASK_HASHES: dict[tuple[str, str], str | None] = {}  # (path, file_stat) -> file_hash
+_MASK_HASHES_LIMIT = 100_000  # entries; past it the memo starts again
+
+
+def mask_file_hash(path: str) -> str | None:
+    """:func:`file_hash` of a mask file, remembered in this process by the file's path, size
+    and modification time (:func:`file_stat`), as originals are: a panel refresh or a
+    status re-reads only the masks that changed since the last."""
+    stat = file_stat(path)
+    if stat is None:
+        return None
+    key = (os.path.abspath(path), stat)
+    if key not in _MASK_HASHES:
+        if len(_MASK_HASHES) >= _MASK_HASHES_LIMIT:
+            _MASK_HASHES.clear()
+        _MASK_HASHES[key] = file_hash(path)
+    return _MASK_HASHES[key]
+
+
 def label_hash(label) -> str:
     """BLAKE2b (128 bits, hex) of what a label gives the prompt: the class, box, points
-    and mask (a mask file by its bytes) of it or of each of its detections / polylines,
+    and mask (a mask file by its bytes, :func:`mask_file_hash`) of it or of each of its detections / polylines,
     in order; not tags, confidences or other attributes."""
     digest = hashlib.blake2b(digest_size=16)
     if isinstance(label, fo.Detections):
@@ -512,7 +531,7 @@ def label_hash(label) -> str:
             if isinstance(value, np.ndarray):
                 value = (value.dtype.str, value.shape, hashlib.blake2b(value.tobytes()).digest())
             elif name == "mask_path" and value:
-                value = file_hash(value)
+                value = mask_file_hash(value)
             digest.update(f"{name}={value!r};".encode())
     return digest.hexdigest()
 

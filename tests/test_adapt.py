@@ -8,6 +8,7 @@ import fiftyone.operators as foo
 import pytest
 import torch
 
+from fiftyone_unseg.adapt import adapt_view_name
 from fiftyone_unseg.checkpoint import load_generator
 from trainer import distributed
 from trainer.config import load_config
@@ -131,9 +132,29 @@ def test_the_app_operator_adapts_in_a_trainer_process_and_reports_progress(
     assert not dataset.list_saved_views()  # and gone once it has run
     with open(out / "adapted_on.json") as f:
         source = json.load(f)
-    assert source["samples"] == 12 and data == (
-        f"fiftyone:{dataset.name}@unseg-adapt-{source['fingerprint']}:instances"
-    )
+    view_name = adapt_view_name(source["fingerprint"], str(out))
+    assert source["samples"] == 12 and data == f"fiftyone:{dataset.name}@{view_name}:instances"
+
+
+def test_an_adaptation_leaves_the_view_of_another_into_another_folder(sample_dataset, tmp_path):
+    from fiftyone_unseg.adapt import adapt_generator, training_fingerprint
+
+    dataset = sample_dataset.clone()
+    samples = dataset.limit(4)
+    settings = {
+        "recipe": "adapt",
+        "label_field": "instances",
+        "steps": 1,
+        "init": "default",
+        "init_id": load_generator().generator_id,
+        "seed": 0,
+    }  # fmt: skip: adapt_generator's own, so both trainings learn from the same
+    fingerprint = training_fingerprint(samples, "instances", settings)
+    other = adapt_view_name(fingerprint, str(tmp_path / "first"))  # still training
+    dataset.save_view(other, samples)
+    adapt_generator(samples, "instances", output_dir=str(tmp_path / "second"), steps=1)
+    assert dataset.list_saved_views() == [other]  # its view is neither replaced nor deleted
+    assert len(dataset.load_saved_view(other)) == 4
 
 
 def test_the_fingerprint_follows_the_samples_their_labels_and_the_settings(sample_dataset):

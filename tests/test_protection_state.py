@@ -79,6 +79,30 @@ def test_originals_are_hashed_again_only_where_their_size_or_time_changed(
     assert sorted(hashed) == sorted([touched.filepath, legacy.filepath])
 
 
+def test_mask_files_are_read_again_only_where_their_size_or_time_changed(
+    tmp_path,
+    generators,  # noqa: F811
+    monkeypatch,
+):
+    dataset = _scene_dataset("mask-stat", tmp_path, count=3)
+    mask_path = dataset.first().seg_path.mask_path  # one mask file for every scene
+    Image.open(mask_path).save(mask_path, compress_level=0)  # its size: its pixel count
+    protect(dataset, "seg_path", generator=generators["random"])
+    hashed = []
+    file_hash = protect_module.file_hash
+    monkeypatch.setattr(protect_module, "file_hash", lambda p: hashed.append(p) or file_hash(p))
+    for _ in range(2):  # a panel refreshed twice
+        assert _counts(dataset) == (3, 0)
+    assert mask_path not in hashed  # remembered since protect read it
+    mask = np.array(Image.open(mask_path))
+    mask[0, 0] = mask[0, 0] ^ 1  # another class on one pixel: the same size on disk
+    size = os.path.getsize(mask_path)
+    Image.fromarray(mask).save(mask_path, compress_level=0)
+    assert os.path.getsize(mask_path) == size  # only the time tells it changed
+    assert _counts(dataset) == (0, 3)
+    assert mask_path in hashed  # read again
+
+
 def test_a_failed_reprotection_leaves_its_earlier_copy_stale_till_protected(tmp_path, generators):  # noqa: F811
     dataset = _scene_dataset("failed-again", tmp_path, count=4)
     protect(dataset, "seg_path", generator=generators["random"])
