@@ -836,6 +836,10 @@ def test_protect_operator_form_rejects_what_cannot_run(tmp_path, generators):
                 "@unseg/unseg/protect_samples", ctx={"dataset": name, "params": params}
             )
     operator = foo.get_operator("@unseg/unseg/protect_samples")
+    for budgets, wrong in (({"eps": None, "eps_bg": 10.0}, True), ({"eps_bg": None}, False)):
+        ctx = ExecutionContext({"dataset_name": scenes.name, "params": budgets})  # cleared
+        fields = operator.resolve_input(ctx).to_json()["type"]["properties"]
+        assert ("budget_order" in fields) == wrong  # a cleared field is its default
     for eps, warned in ((16.0, False), (24.0, True)):  # /255, as --eps counts
         ctx = ExecutionContext({"dataset_name": scenes.name, "params": {"eps": eps}})
         fields = operator.resolve_input(ctx).to_json()["type"]["properties"]

@@ -155,12 +155,12 @@ class ProtectSamples(foo.Operator):
             min=0.0,
             max=MAX_BUDGET * 255,
         )
-        eps, eps_bg = ctx.params.get("eps"), ctx.params.get("eps_bg")
-        if eps is not None and eps_bg is not None and eps_bg > eps:
+        eps, eps_bg = param(ctx.params, "eps", 8.0), param(ctx.params, "eps_bg", 2.0)
+        if eps_bg > eps:  # a cleared field is its default, as in execute
             form_error(
                 inputs, "budget_order", "The background budget must not exceed the object one"
             )
-        warning = visibility_warning(max(eps or 0, eps_bg or 0) / 255)
+        warning = visibility_warning(max(eps, eps_bg) / 255)
         if warning:
             inputs.view("budget_visible", types.Warning(label=sentence(warning)))
         presets = types.RadioGroup(label="Preset")
