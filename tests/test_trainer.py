@@ -367,8 +367,24 @@ def test_a_resume_refuses_another_starting_generator_or_number_of_processes(tmp_
     torch.save({**state, "world_size": 2}, state_file)
     with pytest.raises(ValueError, match="trained by 2 process.*this run has 1.*nproc-per-node"):
         Trainer(longer, out, ctx).run(resume=True)
+    pairs = state["train_pairs"]  # the same --data, holding more images since
+    torch.save({**state, "train_pairs": pairs - 1}, state_file)
+    with pytest.raises(
+        ValueError, match=f"on {pairs - 1} training pairs, --data now gives {pairs}"
+    ):
+        Trainer(longer, out, ctx).run(resume=True)
     torch.save(state, state_file)
     assert Trainer(longer, out, ctx).run(resume=True)["steps"] == 4
+
+
+def test_a_resume_with_nothing_to_resume_says_so(tmp_path, caplog):
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    with caplog.at_level(logging.WARNING, logger="trainer"):
+        summary = Trainer(micro_config(max_steps=2), str(tmp_path / "typo"), ctx).run(resume=True)
+    assert summary["steps"] == 2
+    assert f"no checkpoint in {tmp_path / 'typo'} to resume from: starting at step 0" in caplog.text
+    with pytest.raises(ValueError, match="fewer than one batch of 64.*smaller --batch-size"):
+        Trainer(micro_config(batch_size=64), str(tmp_path / "small"), ctx)
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
@@ -1035,3 +1051,20 @@ def test_pairs_skipped_in_dataloader_workers_reach_the_summary(tmp_path):
     summary = trainer.run()
     assert empty and set(summary["skipped_pairs"]) == empty
     assert all("mask is empty" in why for why in summary["skipped_pairs"].values())
+
+
+def test_negatives_with_empty_masks_are_left_out_of_the_evaluation_sets(tmp_path):
+    im, gt = tmp_path / "im", tmp_path / "gt"
+    im.mkdir()
+    gt.mkdir()
+    square = np.zeros((32, 32), np.uint8)
+    square[8:24, 8:24] = 255
+    for k in range(16):  # negatives first: the sorted pairs an evaluation set used to take
+        Image.new("RGB", (32, 32), (15 * k, 90, 30)).save(im / f"{k:02d}.jpg")
+        Image.fromarray(square * (k >= 10)).save(gt / f"{k:02d}.png")
+    cfg = micro_config(data=[f"{im}:{gt}"], max_steps=2, val_every=1, val_images=2)
+    trainer = Trainer(cfg, str(tmp_path / "run"), distributed.Context(0, 1, torch.device("cpu")))
+    for data in trainer.eval_sets.values():
+        assert len(data) == 2 and all(int(os.path.basename(p.mask)[:-4]) >= 10 for p in data.pairs)
+    summary = trainer.run()  # evaluated at every step
+    assert 0 <= summary["iou_train_clean"] <= 1

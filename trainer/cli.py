@@ -101,7 +101,9 @@ def add_train_command(subparsers) -> None:
         help="any other config field, repeatable, VALUE as JSON (e.g. --set pretrain_steps=600)",
     )
     p.set_defaults(  # only fiftyone: data connect
-        func=_cmd_train, needs_database=False, interrupted="add --resume to continue"
+        func=_cmd_train,
+        needs_database=False,
+        interrupted="run it again with --resume (in place of --overwrite) to continue",
     )
 
 

@@ -377,6 +377,29 @@ def _header_problem(pair) -> str | None:
     return None
 
 
+def evaluation_pairs(pairs, count: int) -> list:
+    """The first ``count`` pairs whose files decode to an image and a mask with an object
+    pixel (a fixed evaluation set; the others, e.g. negatives with empty masks, are
+    logged and passed over), fewer where ``pairs`` hold fewer."""
+    chosen = []
+    for pair in pairs:
+        if len(chosen) == count:
+            break
+        problem = _header_problem(pair)
+        if problem is None:
+            try:
+                mask = io.read_mask(pair.mask)
+            except ValueError as error:
+                problem = str(error)
+            else:
+                problem = None if mask.any() else f"{pair.mask}: mask is empty"
+        if problem is None:
+            chosen.append(pair)
+        else:
+            logger.warning("not evaluating on %s", problem)
+    return chosen
+
+
 def collate_reporting_skips(batch) -> tuple:
     """``default_collate`` of (image, mask) items, plus the pairs skipped so far by the
     dataset copy that read them: a DataLoader worker's copy would keep them to itself."""

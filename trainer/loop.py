@@ -37,7 +37,13 @@ from fiftyone_unseg.modeling import NoiseGenerator, build_noise_generator
 from fiftyone_unseg.modeling.build import load_state_file
 from trainer import distributed
 from trainer.config import TrainConfig, init_generator
-from trainer.data import PairDataset, collate_reporting_skips, load_pairs, split_pairs
+from trainer.data import (
+    PairDataset,
+    collate_reporting_skips,
+    evaluation_pairs,
+    load_pairs,
+    split_pairs,
+)
 from trainer.eot import random_countermeasure
 from trainer.losses import mask_iou, mask_loss, shared_texture_share
 from trainer.prompts import (
@@ -169,10 +175,11 @@ class Trainer:
             object_context=cfg.object_context,
         )
         self.eval_sets = {  # fixed images, no augmentation
-            name: PairDataset(
-                pairs[: cfg.val_images], self.side, False, object_context=cfg.object_context
+            name: PairDataset(pairs, self.side, False, object_context=cfg.object_context)
+            for name, pairs in (
+                ("train", evaluation_pairs(train_pairs, cfg.val_images)),
+                ("val", evaluation_pairs(val_pairs, cfg.val_images)),
             )
-            for name, pairs in (("train", train_pairs), ("val", val_pairs))
             if pairs
         }
         self.sampler = DistributedSampler(
@@ -186,8 +193,9 @@ class Trainer:
         self.steps_per_epoch = len(self.sampler) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"{len(train_pairs)} training pairs are fewer than one batch of "
-                f"{cfg.batch_size} per process x {ctx.world_size} processes"
+                f"{len(self.train_data)} training pairs are fewer than one batch of "
+                f"{cfg.batch_size} per process x {ctx.world_size} processes: give more data "
+                "or a smaller --batch-size"
             )
         self.schedule = self._schedule()
         self.surrogate_lr = cfg.lr if cfg.surrogate_lr is None else cfg.surrogate_lr
@@ -556,6 +564,7 @@ class Trainer:
             "step": self.step,
             "stage": self.stage,
             "world_size": self.ctx.world_size,
+            "train_pairs": len(self.train_data),
             "opt_surrogate": self.opt_surrogate.state_dict(),
             "opt_generator": self.opt_generator.state_dict(),
             "rng": rng_states or [self.rng_state()],  # one per process, by rank
@@ -589,7 +598,8 @@ class Trainer:
         """Resume from the checkpoint at ``path``; ValueError if it was trained with a
         config that this one must not continue (:meth:`TrainConfig.resume_conflicts`), by
         another number of processes (where each step's data fall and the epochs' lengths
-        follow it), or from a generator other than the one ``init`` now names."""
+        follow it), on another number of training pairs (the data changed), or from a
+        generator other than the one ``init`` now names."""
         with open(os.path.join(path, "generator", CONFIG_FILE)) as f:
             metadata = json.load(f)["metadata"]
         saved = metadata["train_config"]
@@ -617,6 +627,14 @@ class Trainer:
                 f"{path} was trained by {processes} process(es), this run has "
                 f"{self.ctx.world_size}: resume it with as many (torchrun --nproc-per-node), "
                 "start over with --overwrite or choose another --out"
+            )
+        pairs = state.get("train_pairs", len(self.train_data))  # older checkpoints: unknown
+        if pairs != len(self.train_data):
+            raise ValueError(
+                f"{path} was trained on {pairs} training pairs, --data now gives "
+                f"{len(self.train_data)} (the data changed, and with them each step's images "
+                "and the epochs' lengths): resume it with the same data, start over with "
+                "--overwrite or choose another --out"
             )
         weights = safetensors.torch.load_file(
             os.path.join(path, "generator", "model.safetensors"), device=str(self.ctx.device)
@@ -648,8 +666,8 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         os.makedirs(self.out_dir, exist_ok=True)
-        with open(os.path.join(self.out_dir, "train_config.json"), "w") as f:
-            json.dump(self.cfg.to_dict(), f, indent=2)
+        config = json.dumps(self.cfg.to_dict(), indent=2).encode()
+        io.atomic_write_bytes(config, os.path.join(self.out_dir, "train_config.json"))
         path = os.path.join(self.out_dir, "metrics.csv")
         append = resume and os.path.exists(path) and os.path.getsize(path) > 0
         if append:
@@ -712,6 +730,8 @@ class Trainer:
                 "checkpoint to continue from: start over with --overwrite (deletes them) or "
                 "choose another --out"
             )
+        elif resume and ctx.is_main:
+            logger.warning("no checkpoint in %s to resume from: starting at step 0", self.out_dir)
         distributed.check_same(ctx, self.step, "step to start from (do all see the same --out?)")
         self._enter_stage(self._stage_for(self.step))
         self.generator.train()
