@@ -234,9 +234,10 @@ def _cmd_restore(args) -> int:
     summary = restore(_collection(args), delete_protected=args.delete_protected)
     print(
         f"Restored {summary['restored']} originals ({summary['unchanged']} unchanged, "
-        f"{summary['deleted']} protected files deleted)"
+        f"{summary['deleted']} protected files deleted, {summary['failed']} failed)"
     )
-    return 0
+    _print_failures(summary)
+    return 1 if summary["failed"] else 0
 
 
 def _cmd_export(args) -> int:

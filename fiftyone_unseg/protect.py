@@ -361,28 +361,45 @@ def restore(samples, delete_protected: bool = False) -> dict:
     Idempotent. Protected files stay on disk and in ``protected_filepath`` unless
     ``delete_protected``: then the files this package wrote for these samples (protected
     copies and their noise images) are deleted, their ``protected_filepath`` and
-    ``unseg`` fields and the fields pointing at their noise images cleared.
-    Returns counts: ``restored``, ``unchanged``, ``deleted`` (protected copies).
+    ``unseg`` fields and the fields pointing at their noise images cleared. A sample whose
+    original image file is gone (moved, or on a drive not mounted) is left as it is, its
+    protected copy kept, and listed in ``failures``.
+    Returns ``restored``, ``unchanged``, ``deleted`` (protected copies) and ``failed``
+    counts and the ``failures`` (``id``, ``filepath``, ``reason``).
     """
     check_images(samples, "restore")
     stored = stored_samples(samples)  # a view may leave the path fields out
     ids = stored.values("id")
     originals = optional_values(stored, "original_filepath")
-    restored = {i: o for i, o in zip(ids, originals) if o}
+    copies = (
+        optional_values(stored, "protected_filepath") if delete_protected else [None] * len(ids)
+    )
+    failures = [
+        failure(i, path, ValueError(f"{path}: the original image is missing (its protected "
+                                    "copy is kept and the sample left as it is)"))
+        for i, path, original, copy in zip(ids, original_paths(stored), originals, copies)
+        if (original or copy) and not os.path.isfile(path)
+    ]  # fmt: skip
+    missing = {f["id"] for f in failures}
+    restored = {i: o for i, o in zip(ids, originals) if o and i not in missing}
     dataset = samples._dataset
     if restored:
         dataset.set_values("filepath", restored, key_field="id")
         dataset.set_values("original_filepath", dict.fromkeys(restored), key_field="id")
         _refresh_metadata(dataset, restored)
     deleted = 0
-    protected = {}
-    if delete_protected:
-        protected = {i: p for i, p in zip(ids, optional_values(stored, "protected_filepath")) if p}
+    protected = {i: p for i, p in zip(ids, copies) if p and i not in missing}
     if protected:  # nothing protected, nothing to clear (the fields may not exist)
         deleted = _discard(dataset, protected)
         for field in ("protected_filepath", "unseg"):
             dataset.set_values(field, dict.fromkeys(protected), key_field="id")
-    return {"restored": len(restored), "unchanged": len(ids) - len(restored), "deleted": deleted}
+    return {
+        "restored": len(restored),
+        "unchanged": len(ids) - len(restored) - len(failures),
+        "deleted": deleted,
+        "failed": len(failures),
+        "failures": failures,
+    }
 
 
 def default_output_dir(dataset) -> str:

@@ -630,7 +630,13 @@ def test_replace_filepath_and_restore_round_trip(tmp_path, generators):
     originals = dataset.values("filepath")
     before = _hashes(originals)
     # never protected: nothing to restore or delete, and no field is invented
-    assert restore(dataset, delete_protected=True) == {"restored": 0, "unchanged": 3, "deleted": 0}
+    assert restore(dataset, delete_protected=True) == {
+        "restored": 0,
+        "unchanged": 3,
+        "deleted": 0,
+        "failed": 0,
+        "failures": [],
+    }
     assert not dataset.has_field("protected_filepath")
     unprotected = dataset.match(fo.ViewField("protected_filepath") == None)  # noqa: E711
     protect(unprotected, "seg_db", generator=generators["random"], replace_filepath=True)
@@ -651,13 +657,45 @@ def test_replace_filepath_and_restore_round_trip(tmp_path, generators):
     assert "is a protected copy (unseg wrote it for sample" in summary["failures"][0]["reason"]
     clone.delete()
 
-    assert restore(dataset) == {"restored": 3, "unchanged": 0, "deleted": 0}
-    assert restore(dataset) == {"restored": 0, "unchanged": 3, "deleted": 0}
+    assert restore(dataset) == {
+        "restored": 3,
+        "unchanged": 0,
+        "deleted": 0,
+        "failed": 0,
+        "failures": [],
+    }
+    assert restore(dataset) == {
+        "restored": 0,
+        "unchanged": 3,
+        "deleted": 0,
+        "failed": 0,
+        "failures": [],
+    }
     protected = dataset.values("protected_filepath")
     assert dataset.values("filepath") == originals and all(map(os.path.isfile, protected))
     assert restore(dataset, delete_protected=True)["deleted"] == 3
     assert not any(map(os.path.exists, protected)) and dataset.count("protected_filepath") == 0
     assert _hashes(originals) == before
+
+
+def test_restore_keeps_the_protected_copy_of_a_sample_whose_original_is_gone(tmp_path, generators):
+    dataset = _scene_dataset("gone", tmp_path)
+    protect(dataset, "seg_db", generator=generators["random"], replace_filepath=True)
+    gone, kept, _ = dataset
+    kept_original = kept.original_filepath
+    os.rename(gone.original_filepath, tmp_path / "moved.png")  # on a drive not mounted
+    summary = restore(dataset, delete_protected=True)
+    assert (summary["restored"], summary["deleted"], summary["failed"]) == (2, 2, 1)
+    assert summary["failures"][0]["id"] == gone.id
+    assert "the original image is missing" in summary["failures"][0]["reason"]
+    gone.reload()
+    assert gone.filepath == gone.protected_filepath and os.path.isfile(gone.filepath)
+    assert gone.original_filepath and gone.unseg is not None  # as it was: restorable later
+    kept.reload()
+    assert (kept.filepath, kept.original_filepath) == (kept_original, None)
+    assert kept.protected_filepath is None
+    os.rename(tmp_path / "moved.png", gone.original_filepath)  # the drive is back
+    assert restore(dataset)["restored"] == 1
 
 
 def test_run_is_recorded_with_config_and_counts(tmp_path, generators):

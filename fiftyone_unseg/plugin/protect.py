@@ -364,8 +364,9 @@ class RestoreOriginals(foo.Operator):
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        for name in ("restored", "unchanged", "deleted"):
+        for name in ("restored", "unchanged", "deleted", "failed"):
             outputs.int(name, label=name.capitalize())
+        _problems(ctx, outputs)
         return types.Property(outputs)
 
 
