@@ -33,7 +33,7 @@ import fiftyone.utils.labels as fou
 from fiftyone import ViewField as F
 
 from fiftyone_unseg import io as uio
-from fiftyone_unseg.labels import LIST_FIELDS
+from fiftyone_unseg.labels import LIST_FIELDS, load_mask
 from fiftyone_unseg.panoptic import IMAGE_ID_FIELD, unique_image_ids
 from fiftyone_unseg.protect import (
     CURRENT,
@@ -500,12 +500,31 @@ def _working_copy(view, fields: list[str]):
     copy.info = {k: v for k, v in copy.info.items() if k in EXPORTED_INFO}
     for field in fields:
         kind = getattr(copy.get_field(field), "document_type", None)  # None: not a label
-        if kind in (fo.Segmentation, fo.Heatmap, fo.Detections):
+        if kind is fo.Heatmap:
             fou.import_segmentations(copy, field, progress=False)
+        elif kind in (fo.Segmentation, fo.Detections):
+            _masks_into_database(copy, field)
     copy.app_config.media_fields = ["filepath"]
     copy.app_config.grid_media_field = copy.app_config.modal_media_field = "filepath"
     copy.save()
     return copy
+
+
+def _masks_into_database(copy, field: str) -> None:
+    """Read the mask files of ``field``'s Segmentations or Detections into the database
+    (:func:`~fiftyone_unseg.labels.load_mask`: a palette PNG as its class indices, where
+    FiftyOne's own reader gives its colours); ValueError naming the sample and the file
+    if one cannot be read."""
+    for sample in copy.select_fields(field).iter_samples(autosave=True):
+        label = sample[field]
+        items = label.detections if isinstance(label, fo.Detections) else [label]
+        for item in items if label is not None else []:
+            if item.mask is None and item.mask_path:
+                try:
+                    item.mask = load_mask(item)
+                except ValueError as error:
+                    raise ValueError(f"sample {sample.id}: {error}") from error
+                item.mask_path = None
 
 
 def _work_folder(export_dir: str) -> str:

@@ -152,6 +152,22 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
     ]
 
 
+def test_palette_masks_are_exported_as_their_class_indices(tmp_path, generators):  # noqa: F811
+    dataset = _nested_dataset("export-palette", tmp_path, generators["random"])
+    paths = set(dataset.values("seg_path.mask_path"))
+    for path in paths:  # VOC's layout: class indices in a palette PNG, shown as colours
+        indices = read_mask(path).astype(np.uint8)
+        palette = Image.fromarray(indices)
+        palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [255] * 759)
+        palette.save(path)
+        assert Image.open(path).mode == "P" and np.array_equal(read_mask(path), indices)
+    masks = tmp_path / "masks"
+    export_protected(dataset, str(masks), "segmentation-dir", "seg_path")
+    semantic = (_box((16, 40, 20, 52), 64, 64) + 2 * _box((44, 58, 4, 16), 64, 64)).astype(int)
+    for name in EXPORTED:  # FiftyOne's own reader would have written the colours
+        assert np.array_equal(read_mask(str(masks / "labels" / name)), semantic)
+
+
 def test_export_never_publishes_the_noise_the_record_or_local_notes(tmp_path, generators):  # noqa: F811
     dataset = _nested_dataset("export-secrets", tmp_path, generators["random"])
     visualize_noise(dataset, amplified_field="unseg_amplified")
