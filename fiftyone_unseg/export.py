@@ -41,6 +41,7 @@ from fiftyone_unseg.protect import (
     STALE,
     check_images,
     dataset_file_in,
+    label_file_paths,
     noise_paths,
     optional_values,
     original_paths,
@@ -182,7 +183,7 @@ def _export(
     if not kept:
         raise ValueError("nothing to export: no sample here has a protected copy")
     _check_owned([ids[i] for i in kept], [protected[i] for i in kept])
-    _check_outside(export_dir, originals + protected + _mask_paths(samples, fields))
+    _check_outside(export_dir, originals + protected + label_file_paths(samples))
     if replacing:
         _check_no_dataset_files(export_dir)
     names = export_names(
@@ -446,22 +447,9 @@ def _check_owned(ids: list[str], paths: list[str]) -> None:
         )
 
 
-def _mask_paths(samples, fields: list[str]) -> list[str]:
-    """The mask files that the exported label fields point to (None where in the database)."""
-    paths = []
-    for field in fields:
-        kind = getattr(samples.get_field(field), "document_type", None)  # None: not a label
-        if kind in (fo.Segmentation, fo.Heatmap):
-            attribute = "map_path" if kind is fo.Heatmap else "mask_path"
-            paths += samples.values(f"{field}.{attribute}")
-        elif kind is fo.Detections:
-            paths += samples.values(f"{field}.detections.mask_path", unwind=True)
-    return paths
-
-
 def _check_no_dataset_files(export_dir: str) -> None:
-    """ValueError if a dataset of the database has images, originals or protected copies
-    in ``export_dir``, which an overwrite would delete."""
+    """ValueError if a dataset of the database has images, originals, protected copies or
+    label files in ``export_dir``, which an overwrite would delete."""
     found = dataset_file_in(export_dir)
     if found:
         raise ValueError(

@@ -670,9 +670,10 @@ def stored_samples(samples):
 
 
 def dataset_file_in(folder: str, other_than: str | None = None) -> tuple[str, str] | None:
-    """(dataset name, path) of an image, original or protected copy that a dataset of the
-    database (other than ``other_than``) has in ``folder``, however either is spelt
-    through symlinks (real paths are compared); None if none has."""
+    """(dataset name, path) of an image, original, protected copy or label file (mask,
+    heatmap) that a dataset of the database (other than ``other_than``) has in
+    ``folder``, however either is spelt through symlinks (real paths are compared); None
+    if none has."""
     for name in fo.list_datasets():
         if name == other_than:
             continue
@@ -680,12 +681,35 @@ def dataset_file_in(folder: str, other_than: str | None = None) -> tuple[str, st
             dataset = fo.load_dataset(name)
         except ValueError:  # deleted meanwhile
             continue
-        for field in ("filepath", "original_filepath", "protected_filepath"):
-            if dataset.has_field(field):
-                found = paths_in(folder, dataset.distinct(field))
-                if found:
-                    return name, found[0]
+        images = [
+            dataset.distinct(field)
+            for field in ("filepath", "original_filepath", "protected_filepath")
+            if dataset.has_field(field)
+        ]
+        for paths in (*images, label_file_paths(dataset, distinct=True)):
+            found = paths_in(folder, paths)
+            if found:
+                return name, found[0]
     return None
+
+
+def label_file_paths(samples, fields=None, distinct: bool = False) -> list[str]:
+    """The files that label ``fields`` (default: every label field of ``samples``) point
+    to: Segmentation and Detection masks, Heatmap maps (None where in the database)."""
+    if fields is None:
+        fields = list(samples.get_field_schema(embedded_doc_type=fo.Label))
+    values = samples.distinct if distinct else samples.values
+    paths = []
+    for field in fields:
+        kind = getattr(samples.get_field(field), "document_type", None)  # None: not a label
+        if kind in (fo.Segmentation, fo.Heatmap):
+            paths += values(f"{field}.{'map_path' if kind is fo.Heatmap else 'mask_path'}")
+        elif kind is fo.Detections:
+            path = f"{field}.detections.mask_path"
+            paths += values(path) if distinct else values(path, unwind=True)
+        elif kind is fo.Detection:
+            paths += values(f"{field}.mask_path")
+    return paths
 
 
 def check_original(path: str) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import tempfile
 
 import fiftyone as fo
@@ -166,6 +167,25 @@ def test_palette_masks_are_exported_as_their_class_indices(tmp_path, generators)
     semantic = (_box((16, 40, 20, 52), 64, 64) + 2 * _box((44, 58, 4, 16), 64, 64)).astype(int)
     for name in EXPORTED:  # FiftyOne's own reader would have written the colours
         assert np.array_equal(read_mask(str(masks / "labels" / name)), semantic)
+
+
+def test_an_overwrite_never_replaces_a_folder_of_mask_files(tmp_path, generators):  # noqa: F811
+    """Of these samples (in any label field, exported or not) or of another dataset."""
+    dataset = _scene_dataset("export-masks", tmp_path / "scenes", count=2)
+    protect(dataset, "dets", generator=generators["random"])
+    other = _scene_dataset("export-masks-other", tmp_path / "other", count=1)
+    for samples, folder in ((dataset, tmp_path / "masks"), (other, tmp_path / "other-masks")):
+        folder.mkdir()
+        moved = str(folder / "semantic.png")
+        shutil.copy(samples.first().seg_path.mask_path, moved)
+        samples.set_values("seg_path.mask_path", [moved] * len(samples))
+    for folder, match in (
+        ("masks", "a file of these samples"),
+        ("other-masks", "export-masks-other"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            export_protected(dataset, str(tmp_path / folder), "images", overwrite=True)
+        assert os.path.isfile(tmp_path / folder / "semantic.png")
 
 
 def test_export_never_publishes_the_noise_the_record_or_local_notes(tmp_path, generators):  # noqa: F811
