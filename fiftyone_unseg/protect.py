@@ -473,7 +473,7 @@ def protection_states(samples) -> list[str | None]:
 
     def source_now(i: int) -> str | None:
         unchanged = stats[i] is not None and file_stat(originals[i]) == stats[i]
-        return sources[i] if unchanged else file_hash(originals[i])
+        return sources[i] if unchanged else remembered_file_hash(originals[i])
 
     with ThreadPoolExecutor(_WORKERS) as pool:
         source_hashes = pool.map(source_now, checked)
@@ -511,28 +511,29 @@ def file_hash(path: str) -> str | None:
         return None
 
 
-_MASK_HASHES: dict[tuple[str, str], str | None] = {}  # (path, file_stat) -> file_hash
-_MASK_HASHES_LIMIT = 100_000  # entries; past it the memo starts again
+_HASHES: dict[tuple[str, str], str | None] = {}  # (path, file_stat) -> file_hash
+_HASHES_LIMIT = 100_000  # entries; past it the memo starts again
 
 
-def mask_file_hash(path: str) -> str | None:
-    """:func:`file_hash` of a mask file, remembered in this process by the file's path, size
-    and modification time (:func:`file_stat`), as originals are: a panel refresh or a
-    status re-reads only the masks that changed since the last."""
+def remembered_file_hash(path: str) -> str | None:
+    """:func:`file_hash`, remembered in this process by the file's path, size and
+    modification time (:func:`file_stat`): a panel refresh or a status re-reads only the
+    mask files, and the originals whose recorded ``source_stat`` no longer matches (a
+    copied dataset), that changed since the last."""
     stat = file_stat(path)
     if stat is None:
         return None
     key = (os.path.abspath(path), stat)
-    if key not in _MASK_HASHES:
-        if len(_MASK_HASHES) >= _MASK_HASHES_LIMIT:
-            _MASK_HASHES.clear()
-        _MASK_HASHES[key] = file_hash(path)
-    return _MASK_HASHES[key]
+    if key not in _HASHES:
+        if len(_HASHES) >= _HASHES_LIMIT:
+            _HASHES.clear()
+        _HASHES[key] = file_hash(path)
+    return _HASHES[key]
 
 
 def label_hash(label) -> str:
     """BLAKE2b (128 bits, hex) of what a label gives the prompt: the class, box, points
-    and mask (a mask file by its bytes, :func:`mask_file_hash`) of it or of each of its detections / polylines,
+    and mask (a mask file by its bytes, :func:`remembered_file_hash`) of it or of each of its detections / polylines,
     in order; not tags, confidences or other attributes."""
     digest = hashlib.blake2b(digest_size=16)
     if isinstance(label, fo.Detections):
@@ -548,7 +549,7 @@ def label_hash(label) -> str:
             if isinstance(value, np.ndarray):
                 value = (value.dtype.str, value.shape, hashlib.blake2b(value.tobytes()).digest())
             elif name == "mask_path" and value:
-                value = mask_file_hash(value)
+                value = remembered_file_hash(value)
             digest.update(f"{name}={value!r};".encode())
     return digest.hexdigest()
 
