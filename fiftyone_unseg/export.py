@@ -42,7 +42,7 @@ from fiftyone_unseg.protect import (
     check_images,
     dataset_file_in,
     label_file_paths,
-    noise_paths,
+    noise_names,
     optional_values,
     original_paths,
     paths_in,
@@ -373,7 +373,7 @@ def _protection_fields(samples, fields: list[str]) -> list[str]:
         path
         for copy in optional_values(stored, "protected_filepath")
         if copy
-        for path in noise_paths(copy)
+        for path in noise_names(copy, samples._dataset)
     }
     found = []
     for field in fields:

@@ -557,13 +557,23 @@ def label_hash(label) -> str:
 _NOISE_NAMES = ("-magnitude.png", "-amplified.png")  # after the copy's stem, in noise/
 
 
-def noise_paths(protected_path: str) -> tuple[str, str]:
+def noise_paths(protected_path: str, reader: str | None = None) -> tuple[str, str]:
     """The noise images of a protected copy (:func:`fiftyone_unseg.visualize_noise`): its
-    magnitude map and its amplified noise, in ``noise/`` next to it."""
+    magnitude map and its amplified noise, in ``noise/`` next to it. ``reader``: the id of
+    a dataset that shows a copy written for another (a clone of the dataset that
+    protected it); its noise images are ``<stem>@<reader>``, so neither dataset's
+    visualization replaces the other's."""
     folder = os.path.join(os.path.dirname(protected_path), "noise")
     stem = os.path.splitext(os.path.basename(protected_path))[0]
+    stem += f"@{reader}" if reader else ""
     magnitude, amplified = (os.path.join(folder, stem + name) for name in _NOISE_NAMES)
     return magnitude, amplified
+
+
+def noise_names(protected_path: str, dataset) -> set[str]:
+    """Every noise image ``dataset`` may have of a copy: its own, or a reader's
+    (:func:`noise_paths`)."""
+    return {*noise_paths(protected_path), *noise_paths(protected_path, dataset._doc.id)}
 
 
 def is_noise_path(path, kind: int) -> bool:
@@ -1258,7 +1268,7 @@ def _discard(dataset, copies: dict, kept: dict | None = None) -> int:
     stay. Returns the number of copies deleted."""
     deleted, noise = 0, {}
     for sample_id, path in copies.items():
-        noise[sample_id] = set(noise_paths(path))
+        noise[sample_id] = noise_names(path, dataset)
         files = sorted(noise[sample_id])
         if (kept or {}).get(sample_id) != path:
             files.append(path)

@@ -12,7 +12,7 @@ from fiftyone_unseg.audit.report import METHOD, load_report, markdown_table, tab
 from fiftyone_unseg.protect import (
     CURRENT,
     STALE,
-    noise_paths,
+    noise_names,
     optional_values,
     protection_states,
     recorded_settings,
@@ -108,7 +108,10 @@ def _visualized(samples, copies: dict, heatmap_field: str | None) -> int:
         if name not in heatmaps:
             continue
         ids, maps = samples.values(["id", f"{name}.map_path"])
-        shown |= {i for i, m in zip(ids, maps) if i in copies and m in noise_paths(copies[i])}
+        dataset = samples._dataset
+        shown |= {
+            i for i, m in zip(ids, maps) if i in copies and m in noise_names(copies[i], dataset)
+        }
     return len(shown)
 
 

@@ -301,6 +301,34 @@ def test_a_clone_never_replaces_or_deletes_the_copies_of_its_source(tmp_path, ge
         clone.delete()
 
 
+@pytest.mark.parametrize("clone_first", [False, True])
+def test_a_clone_and_its_source_visualize_the_same_copies_side_by_side(
+    tmp_path,
+    generators,  # noqa: F811
+    clone_first,
+):
+    dataset = _scene_dataset(f"noise-source-{clone_first}", tmp_path, count=2)
+    protect(dataset, "dets", generator=generators["random"])
+    clone = dataset.clone(f"noise-clone-{clone_first}")  # it reads its source's copies
+    try:
+        first, second = (clone, dataset) if clone_first else (dataset, clone)
+        for samples in (first, second):
+            summary = visualize_noise(samples, amplified_field="noise_image")
+            assert (summary["visualized"], summary["failed"]) == (2, 0), summary["failures"]
+            assert protection_summary(samples)["num_visualized"] == 2
+        maps = {
+            name: d.values("unseg_noise.map_path") for name, d in (("s", dataset), ("c", clone))
+        }
+        assert not set(maps["s"]) & set(maps["c"]) and all(
+            map(os.path.isfile, maps["s"] + maps["c"])
+        )
+        assert restore(clone, delete_protected=True)["deleted"] == 0  # the copies are not its
+        assert not any(map(os.path.exists, maps["c"])) and all(map(os.path.isfile, maps["s"]))
+        assert _counts(dataset) == (2, 0) and visualize_noise(dataset)["visualized"] == 2
+    finally:
+        clone.delete()
+
+
 def test_a_deleted_copy_counts_as_none_everywhere(tmp_path, generators):  # noqa: F811
     dataset = _scene_dataset("deleted-copy", tmp_path, count=2)
     protect(dataset, "dets", generator=generators["random"])
