@@ -120,7 +120,10 @@ def load_coco_panoptic(
     dataset.info["panoptic_categories"] = list(categories.values())
     dataset.info["panoptic_field"] = label_field  # what a coco-panoptic export offers first
     dataset.save()
-    if fo.dataset_exists(name):
+    if fo.dataset_exists(name):  # the replaced dataset's protected copies go with it
+        from fiftyone_unseg.protect import restore
+
+        restore(fo.load_dataset(name), delete_protected=True)
         fo.delete_dataset(name)
     dataset.name = name
     return dataset

@@ -123,6 +123,9 @@ def test_things_get_the_object_budget_and_stuff_the_background_one(tmp_path, gen
     assert sample.unseg.num_segments == 5
     noise = np.abs(_noise(sample)).max(axis=2)
     assert (noise[:47] > EPS_BG + TOL).mean() > 0.9 and noise[47].max() <= EPS_BG + TOL  # void row
+    copy = sample.protected_filepath
+    load_coco_panoptic("panoptic-protect", images, annotations, overwrite=True)  # loaded again
+    assert not os.path.exists(copy)  # the replaced dataset's copies are not left behind
 
 
 def test_bad_panoptic_masks_are_named(tmp_path):
