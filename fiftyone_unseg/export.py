@@ -122,7 +122,7 @@ def export_protected(
     check_images(samples, "export")
     dataset_type = _dataset_type(dataset_type)
     fields = [label_field] if isinstance(label_field, str) else list(label_field or [])
-    export_dir = os.path.abspath(export_dir)
+    export_dir = os.path.realpath(export_dir)  # a symlink stays, its folder is exported to
     _check_fields(samples, dataset_type, fields, export_dir)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(f"{export_dir} exists and is not a folder")
@@ -156,6 +156,13 @@ def _export(
     replacing = os.path.isdir(export_dir) and bool(set(os.listdir(export_dir)) - keep)
     if replacing and not overwrite:
         raise ValueError(f"{export_dir} is not empty: choose another folder or overwrite it")
+    parent = os.path.dirname(export_dir)
+    if replacing and (os.path.ismount(export_dir) or not os.access(parent, os.W_OK)):
+        why = "is a mount point" if os.path.ismount(export_dir) else f"is in {parent}, read-only"
+        raise ValueError(
+            f"{export_dir} {why}: an overwrite replaces the folder itself; export into a new "
+            "folder inside it, or empty it first"
+        )
 
     # Read from the dataset: a view may have left these fields out.
     stored = stored_samples(samples)

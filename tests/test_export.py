@@ -310,6 +310,12 @@ def test_export_replaces_a_folder_only_when_asked_and_only_when_complete(
         str(tmp_path / "alias.png")
     ]
 
+    # An export folder named through a symlink: the link stays, its folder is replaced.
+    (tmp_path / "published").symlink_to(out)
+    summary = export_protected(dataset, str(tmp_path / "published"), "images", overwrite=True)
+    assert summary["export_dir"] == str(out) and os.path.islink(tmp_path / "published")
+    assert _files(tmp_path / "published") == {"scene0.png", "scene1.png"}
+
     # Where only the (empty) export folder can be written, the images are staged in it.
     def parent_read_only(*args, dir=None, **kwargs):
         if dir == str(tmp_path):
