@@ -231,7 +231,11 @@ def _print_preview(args, summary: dict) -> None:
 def _cmd_restore(args) -> int:
     from fiftyone_unseg.protect import restore
 
-    summary = restore(_collection(args), delete_protected=args.delete_protected)
+    summary = restore(
+        _collection(args),
+        delete_protected=args.delete_protected,
+        progress=tqdm_progress("restore", unit="sample"),
+    )
     print(
         f"Restored {summary['restored']} originals ({summary['unchanged']} unchanged, "
         f"{summary['deleted']} protected files deleted, {summary['failed']} failed)"

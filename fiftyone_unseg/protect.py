@@ -355,7 +355,7 @@ def unnamed_warning(label_field: str, values: list[str]) -> str:
     )
 
 
-def restore(samples, delete_protected: bool = False) -> dict:
+def restore(samples, delete_protected: bool = False, progress=None) -> dict:
     """Put the original images back as ``filepath`` where protection replaced them.
 
     Idempotent. Protected files stay on disk and in ``protected_filepath`` unless
@@ -364,6 +364,8 @@ def restore(samples, delete_protected: bool = False) -> dict:
     ``unseg`` fields and the fields pointing at their noise images cleared. A sample whose
     original image file is gone (moved, or on a drive not mounted) is left as it is, its
     protected copy kept, and listed in ``failures``.
+    ``progress``: optional ``progress(done, total)`` callable, over the samples whose
+    original comes back and then those whose copy is deleted.
     Returns ``restored``, ``unchanged``, ``deleted`` (protected copies) and ``failed``
     counts and the ``failures`` (``id``, ``filepath``, ``reason``).
     """
@@ -382,15 +384,19 @@ def restore(samples, delete_protected: bool = False) -> dict:
     ]  # fmt: skip
     missing = {f["id"] for f in failures}
     restored = {i: o for i, o in zip(ids, originals) if o and i not in missing}
+    protected = {i: p for i, p in zip(ids, copies) if p and i not in missing}
+    total = len(restored) + len(protected)
     dataset = samples._dataset
     if restored:
         dataset.set_values("filepath", restored, key_field="id")
         dataset.set_values("original_filepath", dict.fromkeys(restored), key_field="id")
-        _refresh_metadata(dataset, restored)
+        _refresh_metadata(
+            dataset, restored, (lambda done: progress(done, total)) if progress else None
+        )
     deleted = 0
-    protected = {i: p for i, p in zip(ids, copies) if p and i not in missing}
     if protected:  # nothing protected, nothing to clear (the fields may not exist)
-        deleted = _discard(dataset, protected)
+        done = (lambda count: progress(len(restored) + count, total)) if progress else None
+        deleted = _discard(dataset, protected, progress=done)
         for field in ("protected_filepath", "unseg"):
             dataset.set_values(field, dict.fromkeys(protected), key_field="id")
     return {
@@ -1254,20 +1260,29 @@ def _sync_filepaths(dataset, ids: list, replace_filepath: bool) -> None:
         _refresh_metadata(dataset, filepath)
 
 
-def _refresh_metadata(dataset, ids) -> None:
+_METADATA_CHUNK = 500  # samples whose metadata are recomputed between progress reports
+
+
+def _refresh_metadata(dataset, ids, progress=None) -> None:
     """Recompute the metadata (size, type, dimensions) of the samples ``ids``, whose
-    ``filepath`` changed."""
-    dataset.select(list(ids)).compute_metadata(overwrite=True, progress=False)
+    ``filepath`` changed; ``progress(done)`` after each chunk, if given."""
+    ids = list(ids)
+    for start in range(0, len(ids), _METADATA_CHUNK):
+        chunk = ids[start : start + _METADATA_CHUNK]
+        dataset.select(chunk).compute_metadata(overwrite=True, progress=False)
+        if progress is not None:
+            progress(start + len(chunk))
 
 
-def _discard(dataset, copies: dict, kept: dict | None = None) -> int:
+def _discard(dataset, copies: dict, kept: dict | None = None, progress=None) -> int:
     """Delete what this package wrote for earlier protected copies (sample id -> path):
     each copy, unless it is the sample's new one in ``kept``, and its noise images; clear
     the fields pointing at those noise images (heatmaps, media fields). Files not marked
     for their sample of this dataset (:func:`fiftyone_unseg.io.owns`; a clone's source's)
-    stay. Returns the number of copies deleted."""
+    stay. ``progress(done)`` every :data:`_METADATA_CHUNK` copies and at the end, if
+    given. Returns the number of copies deleted."""
     deleted, noise = 0, {}
-    for sample_id, path in copies.items():
+    for count, (sample_id, path) in enumerate(copies.items(), 1):
         noise[sample_id] = noise_names(path, dataset)
         files = sorted(noise[sample_id])
         if (kept or {}).get(sample_id) != path:
@@ -1276,6 +1291,8 @@ def _discard(dataset, copies: dict, kept: dict | None = None) -> int:
             if os.path.isfile(file) and uio.owns(uio.owner_of(dataset, sample_id), file):
                 os.remove(file)
                 deleted += file == path
+        if progress is not None and (count % _METADATA_CHUNK == 0 or count == len(copies)):
+            progress(count)
     if not noise:
         return deleted
     view = dataset.select(list(noise))

@@ -625,7 +625,8 @@ def test_files_the_run_did_not_write_are_never_overwritten(tmp_path, generators)
     assert _hashes([target]) == before
 
 
-def test_replace_filepath_and_restore_round_trip(tmp_path, generators):
+def test_replace_filepath_and_restore_round_trip(tmp_path, generators, monkeypatch):
+    monkeypatch.setattr(protect_module, "_METADATA_CHUNK", 2)  # progress between chunks
     dataset = _scene_dataset("replace", tmp_path)
     originals = dataset.values("filepath")
     before = _hashes(originals)
@@ -657,13 +658,15 @@ def test_replace_filepath_and_restore_round_trip(tmp_path, generators):
     assert "is a protected copy (unseg wrote it for sample" in summary["failures"][0]["reason"]
     clone.delete()
 
-    assert restore(dataset) == {
+    reported = []
+    assert restore(dataset, progress=lambda *done: reported.append(done)) == {
         "restored": 3,
         "unchanged": 0,
         "deleted": 0,
         "failed": 0,
         "failures": [],
     }
+    assert reported == [(2, 3), (3, 3)]
     assert restore(dataset) == {
         "restored": 0,
         "unchanged": 3,
@@ -673,7 +676,9 @@ def test_replace_filepath_and_restore_round_trip(tmp_path, generators):
     }
     protected = dataset.values("protected_filepath")
     assert dataset.values("filepath") == originals and all(map(os.path.isfile, protected))
-    assert restore(dataset, delete_protected=True)["deleted"] == 3
+    reported.clear()
+    assert restore(dataset, True, lambda *done: reported.append(done))["deleted"] == 3
+    assert reported == [(2, 3), (3, 3)]
     assert not any(map(os.path.exists, protected)) and dataset.count("protected_filepath") == 0
     assert _hashes(originals) == before
 

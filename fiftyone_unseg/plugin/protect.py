@@ -356,9 +356,14 @@ class RestoreOriginals(foo.Operator):
             inputs.bool("delete_protected", default=False, label="Also delete the protected images")
         return form
 
+    def resolve_execution_options(self, ctx):
+        return execution_options(self, target_size(ctx) <= IMMEDIATE_SAMPLES)
+
     def execute(self, ctx):
         summary = restore(
-            ctx.target_view(), delete_protected=ctx.params.get("delete_protected", False)
+            ctx.target_view(),
+            delete_protected=ctx.params.get("delete_protected", False),
+            progress=app_progress(ctx, "samples"),
         )
         return _finish(ctx, summary)
 
