@@ -152,7 +152,8 @@ def _adapt(
             _run([*command, "--resume"], out, steps, progress)
             return os.path.join(out, "generator")
         except RuntimeError as error:
-            if "another config" not in str(error) or not replace:  # a recipe changed since
+            refused = ("another config", "training pairs")  # a recipe or the data changed
+            if not any(why in str(error) for why in refused) or not replace:
                 raise
     clear_run_outputs(out)  # now, not once the trainer is set up: progress reads metrics.csv
     _run([*command, "--overwrite"], out, steps, progress)

@@ -121,9 +121,9 @@ def load_coco_panoptic(
     dataset.info["panoptic_field"] = label_field  # what a coco-panoptic export offers first
     dataset.save()
     if fo.dataset_exists(name):  # the replaced dataset's protected copies go with it
-        from fiftyone_unseg.protect import restore
+        from fiftyone_unseg.protect import delete_protection_files
 
-        restore(fo.load_dataset(name), delete_protected=True)
+        delete_protection_files(fo.load_dataset(name))
         fo.delete_dataset(name)
     dataset.name = name
     return dataset

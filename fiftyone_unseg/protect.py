@@ -408,6 +408,17 @@ def restore(samples, delete_protected: bool = False, progress=None) -> dict:
     }
 
 
+def delete_protection_files(dataset) -> int:
+    """Delete the protected copies and noise images this package wrote for ``dataset``'s
+    samples, before the dataset itself is deleted or replaced (:func:`restore` keeps the
+    copy of a sample whose original is gone; here the samples go too). Returns the
+    number of copies deleted."""
+    if dataset.media_type != fom.IMAGE or not dataset.has_field("protected_filepath"):
+        return 0
+    ids, copies = dataset.values(["id", "protected_filepath"])
+    return _discard(dataset, {i: p for i, p in zip(ids, copies) if p})
+
+
 def default_output_dir(dataset) -> str:
     """``<fo.config.default_dataset_dir>/unseg-protected/<dataset name>``: outside the
     originals' folders, so a recursive import of those never picks up protected copies."""
@@ -517,24 +528,29 @@ def file_hash(path: str) -> str | None:
         return None
 
 
-_HASHES: dict[tuple[str, str], str | None] = {}  # (path, file_stat) -> file_hash
-_HASHES_LIMIT = 100_000  # entries; past it the memo starts again
+_HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode, ctime) -> file_hash
+_HASHES_LIMIT = 1_000_000  # entries (about 200 MB); past it the memo starts again
 
 
 def remembered_file_hash(path: str) -> str | None:
-    """:func:`file_hash`, remembered in this process by the file's path, size and
-    modification time (:func:`file_stat`): a panel refresh or a status re-reads only the
-    mask files, and the originals whose recorded ``source_stat`` no longer matches (a
-    copied dataset), that changed since the last."""
-    stat = file_stat(path)
-    if stat is None:
+    """:func:`file_hash`, remembered in this process by the file's path, size, inode and
+    modification and change times: a panel refresh or a status re-reads only the mask
+    files, and the originals whose recorded ``source_stat`` no longer matches (a copied
+    dataset), that changed since the last (a write, rename or chmod changes the change
+    time, which no tool sets back). A file that could not be read is tried again."""
+    try:
+        stat = os.stat(path)
+    except OSError:
         return None
-    key = (os.path.abspath(path), stat)
-    if key not in _HASHES:
-        if len(_HASHES) >= _HASHES_LIMIT:
-            _HASHES.clear()
-        _HASHES[key] = file_hash(path)
-    return _HASHES[key]
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+    digest = _HASHES.get(key)
+    if digest is None:
+        digest = file_hash(path)
+        if digest is not None:
+            if len(_HASHES) >= _HASHES_LIMIT:
+                _HASHES.clear()
+            _HASHES[key] = digest
+    return digest
 
 
 def label_hash(label) -> str:

@@ -418,7 +418,7 @@ def create_sample_dataset(
             "`unseg sample-data --overwrite`) or pick another name"
         )
     dataset_dir = os.path.abspath(dataset_dir or default_dataset_dir(name))
-    from fiftyone_unseg.protect import dataset_file_in, restore
+    from fiftyone_unseg.protect import dataset_file_in, delete_protection_files
 
     found = dataset_file_in(dataset_dir, other_than=name)
     if found:
@@ -428,7 +428,7 @@ def create_sample_dataset(
         )
     _check_scene_folder(dataset_dir)  # before anything is deleted
     if fo.dataset_exists(name):  # the old scenes' copies go with them
-        restore(fo.load_dataset(name), delete_protected=True)
+        delete_protection_files(fo.load_dataset(name))
     records = write_scenes(dataset_dir, num, seed=seed, size=size, styles=styles, progress=progress)
 
     dataset = fo.Dataset(name, overwrite=overwrite, persistent=persistent)

@@ -9,7 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import fiftyone as fo
 import numpy as np
 
-from fiftyone_unseg.io import encode_marked, is_output_error, owner_of, owns, read_rgb, write_owned
+from fiftyone_unseg.io import (
+    encode_marked,
+    is_output_error,
+    marker,
+    owner_of,
+    read_rgb,
+    write_owned,
+)
 from fiftyone_unseg.protect import (
     CURRENT,
     DEFAULT_EPS,
@@ -192,7 +199,7 @@ def _visualize_one(
             f"{protected_path} is {protected.shape[:2]}, its original {original.shape[:2]}"
         )
     noise = protected - original  # HxWx3 in [-1, 1]
-    reader = None if owns(owner, protected_path) else owner.split("@")[1]  # a clone
+    reader = None if marker(protected_path) == owner else owner.split("@")[1]  # a clone
     map_path, image_path = noise_paths(protected_path, reader)
     magnitude = np.abs(noise).max(axis=2)
     write_owned(encode_marked(_to_uint8(magnitude), owner), map_path, owner)

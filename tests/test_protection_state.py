@@ -11,6 +11,7 @@ from PIL import Image
 from test_protect import EPS, TOL, _dataset, _noise, _scene_dataset, _texture, generators  # noqa: F401
 
 from fiftyone_unseg import evaluate_protection, export_protected, protect, restore, visualize_noise
+from fiftyone_unseg.io import encode_marked
 from fiftyone_unseg.summary import headline, protection_summary
 
 protect_module = importlib.import_module("fiftyone_unseg.protect")
@@ -104,6 +105,12 @@ def test_mask_files_are_read_again_only_where_their_size_or_time_changed(
     assert os.path.getsize(mask_path) == size  # only the time tells it changed
     assert _counts(dataset) == (0, 3)
     assert mask_path in hashed  # read again
+    hashed.clear()
+    os.utime(mask_path, ns=(5, 5))  # touched, then unreadable for a while
+    monkeypatch.setattr(protect_module, "file_hash", lambda p: hashed.append(p))
+    assert protect_module.remembered_file_hash(mask_path) is None and hashed == [mask_path]
+    monkeypatch.setattr(protect_module, "file_hash", file_hash)  # readable again, unchanged
+    assert protect_module.remembered_file_hash(mask_path) == file_hash(mask_path)
 
 
 def test_a_failed_reprotection_leaves_its_earlier_copy_stale_till_protected(tmp_path, generators):  # noqa: F811
@@ -301,15 +308,20 @@ def test_a_clone_never_replaces_or_deletes_the_copies_of_its_source(tmp_path, ge
         clone.delete()
 
 
-@pytest.mark.parametrize("clone_first", [False, True])
+@pytest.mark.parametrize("clone_first, legacy", [(False, False), (True, False), (False, True)])
 def test_a_clone_and_its_source_visualize_the_same_copies_side_by_side(
     tmp_path,
     generators,  # noqa: F811
     clone_first,
+    legacy,
 ):
-    dataset = _scene_dataset(f"noise-source-{clone_first}", tmp_path, count=2)
+    dataset = _scene_dataset(f"noise-source-{clone_first}-{legacy}", tmp_path, count=2)
     protect(dataset, "dets", generator=generators["random"])
-    clone = dataset.clone(f"noise-clone-{clone_first}")  # it reads its source's copies
+    for sample in dataset if legacy else []:  # marked before markers named the dataset
+        pixels = np.asarray(Image.open(sample.protected_filepath))
+        with open(sample.protected_filepath, "wb") as f:
+            f.write(encode_marked(pixels, sample.id))
+    clone = dataset.clone(f"noise-clone-{clone_first}-{legacy}")  # it reads its source's copies
     try:
         first, second = (clone, dataset) if clone_first else (dataset, clone)
         for samples in (first, second):
@@ -322,6 +334,8 @@ def test_a_clone_and_its_source_visualize_the_same_copies_side_by_side(
         assert not set(maps["s"]) & set(maps["c"]) and all(
             map(os.path.isfile, maps["s"] + maps["c"])
         )
+        if legacy:  # a copy marked with its sample alone is any dataset's to delete
+            return
         assert restore(clone, delete_protected=True)["deleted"] == 0  # the copies are not its
         assert not any(map(os.path.exists, maps["c"])) and all(map(os.path.isfile, maps["s"]))
         assert _counts(dataset) == (2, 0) and visualize_noise(dataset)["visualized"] == 2

@@ -209,9 +209,10 @@ def test_cli_creates_dataset_and_refuses_to_clobber(tmp_path, unseg):
     assert "`unseg sample-data --overwrite`" in again.stderr
     from fiftyone_unseg import protect
 
-    protect(ds, "ground_truth", output_dir=str(tmp_path / "copies"))
+    protect(ds, "ground_truth", output_dir=str(tmp_path / "copies"), replace_filepath=True)
     copies = ds.values("protected_filepath")
     assert all(os.path.isfile(p) for p in copies)
+    os.remove(ds.first().original_filepath)  # a copy restore would keep: its original is gone
     args = ["sample-data", "--name", "cli-made", "--num", "2", "--size", "64", "--overwrite"]
     unseg(*args, "--dir", str(tmp_path / "files"))
     assert len(fo.load_dataset("cli-made")) == 2

@@ -377,12 +377,16 @@ def _header_problem(pair) -> str | None:
     return None
 
 
+EVALUATION_SCAN = 50  # pairs read per evaluation pair wanted, at most
+
+
 def evaluation_pairs(pairs, count: int) -> list:
     """The first ``count`` pairs whose files decode to an image and a mask with an object
     pixel (a fixed evaluation set; the others, e.g. negatives with empty masks, are
-    logged and passed over), fewer where ``pairs`` hold fewer."""
-    chosen = []
-    for pair in pairs:
+    passed over, and counted in one log line), fewer where the first
+    ``EVALUATION_SCAN * count`` pairs hold fewer."""
+    chosen, passed = [], []
+    for pair in pairs[: EVALUATION_SCAN * count]:
         if len(chosen) == count:
             break
         problem = _header_problem(pair)
@@ -396,7 +400,9 @@ def evaluation_pairs(pairs, count: int) -> list:
         if problem is None:
             chosen.append(pair)
         else:
-            logger.warning("not evaluating on %s", problem)
+            passed.append(problem)
+    if passed:
+        logger.warning("evaluating on none of %d pairs, e.g. %s", len(passed), passed[0])
     return chosen
 
 
