@@ -152,7 +152,7 @@ def _adapt(
             _run([*command, "--resume"], out, steps, progress)
             return os.path.join(out, "generator")
         except RuntimeError as error:
-            refused = ("another config", "training pairs")  # a recipe or the data changed
+            refused = ("another config", "training pairs, --data now")  # recipe or data changed
             if not any(why in str(error) for why in refused) or not replace:
                 raise
     clear_run_outputs(out)  # now, not once the trainer is set up: progress reads metrics.csv

@@ -156,9 +156,9 @@ def _export(
     replacing = os.path.isdir(export_dir) and bool(set(os.listdir(export_dir)) - keep)
     if replacing and not overwrite:
         raise ValueError(f"{export_dir} is not empty: choose another folder or overwrite it")
-    parent = os.path.dirname(export_dir)
-    if replacing and (os.path.ismount(export_dir) or not os.access(parent, os.W_OK)):
-        why = "is a mount point" if os.path.ismount(export_dir) else f"is in {parent}, read-only"
+    parent, mounted = os.path.dirname(export_dir), os.path.ismount(export_dir)
+    if replacing and (mounted or not os.access(parent, os.W_OK)):
+        why = "is a mount point" if mounted else f"is in {parent}, read-only"
         raise ValueError(
             f"{export_dir} {why}: an overwrite replaces the folder itself; export into a new "
             "folder inside it, or empty it first"

@@ -555,8 +555,8 @@ def remembered_file_hash(path: str) -> str | None:
 
 def label_hash(label) -> str:
     """BLAKE2b (128 bits, hex) of what a label gives the prompt: the class, box, points
-    and mask (a mask file by its bytes, :func:`remembered_file_hash`) of it or of each of its detections / polylines,
-    in order; not tags, confidences or other attributes."""
+    and mask (a mask file by its bytes, :func:`remembered_file_hash`) of it or of each of
+    its detections / polylines, in order; not tags, confidences or other attributes."""
     digest = hashlib.blake2b(digest_size=16)
     if isinstance(label, fo.Detections):
         items = label.detections
@@ -726,14 +726,12 @@ def dataset_file_in(folder: str, other_than: str | None = None) -> tuple[str, st
     return None
 
 
-def label_file_paths(samples, fields=None, distinct: bool = False) -> list[str]:
-    """The files that label ``fields`` (default: every label field of ``samples``) point
-    to: Segmentation and Detection masks, Heatmap maps (None where in the database)."""
-    if fields is None:
-        fields = list(samples.get_field_schema(embedded_doc_type=fo.Label))
+def label_file_paths(samples, distinct: bool = False) -> list[str]:
+    """The files that the label fields of ``samples`` point to: Segmentation and Detection
+    masks, Heatmap maps (None where in the database)."""
     values = samples.distinct if distinct else samples.values
     paths = []
-    for field in fields:
+    for field in samples.get_field_schema(embedded_doc_type=fo.Label):
         kind = getattr(samples.get_field(field), "document_type", None)  # None: not a label
         if kind in (fo.Segmentation, fo.Heatmap):
             paths += values(f"{field}.{'map_path' if kind is fo.Heatmap else 'mask_path'}")
@@ -1276,15 +1274,15 @@ def _sync_filepaths(dataset, ids: list, replace_filepath: bool) -> None:
         _refresh_metadata(dataset, filepath)
 
 
-_METADATA_CHUNK = 500  # samples whose metadata are recomputed between progress reports
+_PROGRESS_CHUNK = 500  # samples restored or copies deleted between progress reports
 
 
 def _refresh_metadata(dataset, ids, progress=None) -> None:
     """Recompute the metadata (size, type, dimensions) of the samples ``ids``, whose
     ``filepath`` changed; ``progress(done)`` after each chunk, if given."""
     ids = list(ids)
-    for start in range(0, len(ids), _METADATA_CHUNK):
-        chunk = ids[start : start + _METADATA_CHUNK]
+    for start in range(0, len(ids), _PROGRESS_CHUNK):
+        chunk = ids[start : start + _PROGRESS_CHUNK]
         dataset.select(chunk).compute_metadata(overwrite=True, progress=False)
         if progress is not None:
             progress(start + len(chunk))
@@ -1295,7 +1293,7 @@ def _discard(dataset, copies: dict, kept: dict | None = None, progress=None) -> 
     each copy, unless it is the sample's new one in ``kept``, and its noise images; clear
     the fields pointing at those noise images (heatmaps, media fields). Files not marked
     for their sample of this dataset (:func:`fiftyone_unseg.io.owns`; a clone's source's)
-    stay. ``progress(done)`` every :data:`_METADATA_CHUNK` copies and at the end, if
+    stay. ``progress(done)`` every :data:`_PROGRESS_CHUNK` copies and at the end, if
     given. Returns the number of copies deleted."""
     deleted, noise = 0, {}
     for count, (sample_id, path) in enumerate(copies.items(), 1):
@@ -1307,7 +1305,7 @@ def _discard(dataset, copies: dict, kept: dict | None = None, progress=None) -> 
             if os.path.isfile(file) and uio.owns(uio.owner_of(dataset, sample_id), file):
                 os.remove(file)
                 deleted += file == path
-        if progress is not None and (count % _METADATA_CHUNK == 0 or count == len(copies)):
+        if progress is not None and (count % _PROGRESS_CHUNK == 0 or count == len(copies)):
             progress(count)
     if not noise:
         return deleted

@@ -103,12 +103,11 @@ def _visualized(samples, copies: dict, heatmap_field: str | None) -> int:
     """How many of ``copies`` (sample id -> protected copy) have a heatmap of their noise,
     in ``heatmap_field`` or in any heatmap field."""
     heatmaps = samples.get_field_schema(embedded_doc_type=fo.Heatmap)
-    shown = set()
+    shown, dataset = set(), samples._dataset
     for name in [heatmap_field] if heatmap_field else heatmaps:
         if name not in heatmaps:
             continue
         ids, maps = samples.values(["id", f"{name}.map_path"])
-        dataset = samples._dataset
         shown |= {
             i for i, m in zip(ids, maps) if i in copies and m in noise_names(copies[i], dataset)
         }

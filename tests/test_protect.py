@@ -626,7 +626,7 @@ def test_files_the_run_did_not_write_are_never_overwritten(tmp_path, generators)
 
 
 def test_replace_filepath_and_restore_round_trip(tmp_path, generators, monkeypatch):
-    monkeypatch.setattr(protect_module, "_METADATA_CHUNK", 2)  # progress between chunks
+    monkeypatch.setattr(protect_module, "_PROGRESS_CHUNK", 2)  # progress between chunks
     dataset = _scene_dataset("replace", tmp_path)
     originals = dataset.values("filepath")
     before = _hashes(originals)

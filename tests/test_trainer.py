@@ -1034,16 +1034,24 @@ def test_resume_after_a_crash_logs_each_step_once_and_clears_stale_temp_dirs(tmp
     assert not [d for d in os.listdir(os.path.join(out, "checkpoints")) if ".tmp-" in d]
 
 
-def test_pairs_skipped_in_dataloader_workers_reach_the_summary(tmp_path):
+def _folder_pairs(tmp_path, count: int, has_object) -> str:
+    """``count`` 32 px image/mask pairs in folders (``--data IMAGES:MASKS``), pair ``k``'s
+    mask a square where ``has_object(k)``, else empty."""
     im, gt = tmp_path / "im", tmp_path / "gt"
     im.mkdir()
     gt.mkdir()
     square = np.zeros((32, 32), np.uint8)
     square[8:24, 8:24] = 255
-    for k in range(12):  # every third mask empty: found only when read, in a worker
-        Image.new("RGB", (32, 32), (20 * k, 90, 30)).save(im / f"{k}.jpg")
-        Image.fromarray(square * (k % 3 > 0)).save(gt / f"{k}.png")
-    cfg = micro_config(data=[f"{im}:{gt}"], num_workers=2, max_steps=8, val_fraction=0.1)
+    for k in range(count):
+        Image.new("RGB", (32, 32), (15 * k, 90, 30)).save(im / f"{k:02d}.jpg")
+        Image.fromarray(square * bool(has_object(k))).save(gt / f"{k:02d}.png")
+    return f"{im}:{gt}"
+
+
+def test_pairs_skipped_in_dataloader_workers_reach_the_summary(tmp_path):
+    # every third mask empty: found only when read, in a worker
+    data = _folder_pairs(tmp_path, 12, lambda k: k % 3)
+    cfg = micro_config(data=[data], num_workers=2, max_steps=8, val_fraction=0.1)
     trainer = Trainer(cfg, str(tmp_path / "run"), distributed.Context(0, 1, torch.device("cpu")))
     empty = {
         p.mask for p in trainer.train_data.pairs if int(os.path.basename(p.mask)[:-4]) % 3 == 0
@@ -1054,15 +1062,9 @@ def test_pairs_skipped_in_dataloader_workers_reach_the_summary(tmp_path):
 
 
 def test_negatives_with_empty_masks_are_left_out_of_the_evaluation_sets(tmp_path):
-    im, gt = tmp_path / "im", tmp_path / "gt"
-    im.mkdir()
-    gt.mkdir()
-    square = np.zeros((32, 32), np.uint8)
-    square[8:24, 8:24] = 255
-    for k in range(16):  # negatives first: the sorted pairs an evaluation set used to take
-        Image.new("RGB", (32, 32), (15 * k, 90, 30)).save(im / f"{k:02d}.jpg")
-        Image.fromarray(square * (k >= 10)).save(gt / f"{k:02d}.png")
-    cfg = micro_config(data=[f"{im}:{gt}"], max_steps=2, val_every=1, val_images=2)
+    # negatives first: the sorted pairs an evaluation set used to take
+    data = _folder_pairs(tmp_path, 16, lambda k: k >= 10)
+    cfg = micro_config(data=[data], max_steps=2, val_every=1, val_images=2)
     trainer = Trainer(cfg, str(tmp_path / "run"), distributed.Context(0, 1, torch.device("cpu")))
     for data in trainer.eval_sets.values():
         assert len(data) == 2 and all(int(os.path.basename(p.mask)[:-4]) >= 10 for p in data.pairs)
