@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import fiftyone.operators as foo
 import pytest
@@ -272,3 +273,18 @@ def test_the_starting_generator_is_known_by_its_weights(tmp_path):
     assert generator_id("robust") != generator_id("default")
     with pytest.raises(FileNotFoundError, match="generator checkpoint not found"):
         generator_id(tmp_path / "nowhere")
+
+
+def test_a_view_of_fewer_objects_than_one_batch_adapts_and_says_so(sample_dataset, tmp_path):
+    from fiftyone_unseg.adapt import adapt_generator, training_warnings
+
+    view = sample_dataset.limit(1)  # a few objects; the recipe's batch is 16
+    generator = adapt_generator(view, "instances", output_dir=str(tmp_path / "one"), steps=1)
+    with open(os.path.join(os.path.dirname(generator), "summary.json")) as f:
+        assert json.load(f)["steps"] == 1  # trained, where it used to stop before its first
+    (warning,) = training_warnings(generator)  # what the App's adapt form shows
+    assert re.fullmatch(
+        r"\d+ training pairs are fewer than one batch of 16 per process x 1 processes: "
+        r"trained on batches of \d+; more data \(objects\) adapts the noise better",
+        warning,
+    )

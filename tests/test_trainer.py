@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -383,14 +384,32 @@ def test_a_resume_with_nothing_to_resume_says_so(tmp_path, caplog):
         summary = Trainer(micro_config(max_steps=2), str(tmp_path / "typo"), ctx).run(resume=True)
     assert summary["steps"] == 2
     assert f"no checkpoint in {tmp_path / 'typo'} to resume from: starting at step 0" in caplog.text
-    with pytest.raises(ValueError, match="fewer than one batch of 64.*smaller --batch-size"):
-        Trainer(micro_config(batch_size=64), str(tmp_path / "small"), ctx)
+
+
+def test_fewer_pairs_than_one_batch_train_on_all_of_them_with_a_warning(tmp_path):
+    ctx = distributed.Context(0, 1, torch.device("cpu"))
+    trainer = Trainer(micro_config(batch_size=64, max_steps=2), str(tmp_path / "small"), ctx)
+    pairs = len(trainer.train_data)
+    assert 1 < pairs < 64 and trainer.batch_size == pairs and trainer.steps_per_epoch == 1
+    images, _ = next(trainer._batches())
+    assert images.shape[0] == pairs
+    summary = trainer.run()
+    assert summary["steps"] == 2
+    assert summary["warnings"] == [
+        f"{pairs} training pairs are fewer than one batch of 64 per process x 1 processes: "
+        f"trained on batches of {pairs}; more data (objects) adapts the noise better"
+    ]
+    full = Trainer(micro_config(batch_size=2, max_steps=2), str(tmp_path / "full"), ctx)
+    assert full.batch_size == 2 and full.run()["warnings"] == []
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
     """The distributed path: torchrun, gloo, DDP, DistributedSampler, rank-0 outputs; the
-    scenes of a ``sample:`` source written once, by the main process, into an empty cache."""
-    cfg = micro_config(max_steps=4, checkpoint_every=2, log_every=1).to_dict()
+    scenes of a ``sample:`` source written once, by the main process, into an empty cache;
+    the pairs that either process skipped in the summary."""
+    folder = _folder_pairs(tmp_path, 40, lambda k: k % 2)  # every other mask empty
+    data = [DATA, folder]
+    cfg = micro_config(data=data, max_steps=4, checkpoint_every=2, log_every=1).to_dict()
     cfg_path = tmp_path / "micro.json"
     cfg_path.write_text(json.dumps(cfg))
     out = tmp_path / "ddp"
@@ -422,6 +441,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert checkpoint.load_generator(str(out / "generator")).generator_id
     state_file = out / "checkpoints" / "step_00000004" / "trainer_state.pt"
     assert torch.load(state_file, weights_only=True)["world_size"] == 2  # a resume needs 2
+    skipped = json.loads((out / "summary.json").read_text())["skipped_pairs"]
+    logged = set(re.findall(r"skipping (\S+): mask is empty", proc.stderr))  # by either
+    assert len(logged) > 1 and set(skipped) == logged
 
 
 def test_trainer_runs_where_fiftyone_is_missing(tmp_path):

@@ -190,13 +190,22 @@ class Trainer:
             seed=cfg.seed,
             drop_last=True,
         )
-        self.steps_per_epoch = len(self.sampler) // cfg.batch_size
-        if self.steps_per_epoch == 0:
+        if len(self.sampler) == 0:
             raise ValueError(
-                f"{len(self.train_data)} training pairs are fewer than one batch of "
-                f"{cfg.batch_size} per process x {ctx.world_size} processes: give more data "
-                "or a smaller --batch-size"
+                f"{len(self.train_data)} training pairs are fewer than one per process x "
+                f"{ctx.world_size} processes: give more data"
             )
+        # A small dataset (a few objects to adapt to) trains on all of its pairs at once.
+        self.batch_size = min(cfg.batch_size, len(self.sampler))
+        self.small_batch = None  # the summary's warning when the batch shrank
+        if self.batch_size < cfg.batch_size:
+            self.small_batch = (
+                f"{len(self.train_data)} training pairs are fewer than one batch of "
+                f"{cfg.batch_size} per process x {ctx.world_size} processes: trained on "
+                f"batches of {self.batch_size}; more data (objects) adapts the noise better"
+            )
+            logger.warning(self.small_batch)
+        self.steps_per_epoch = len(self.sampler) // self.batch_size
         self.schedule = self._schedule()
         self.surrogate_lr = cfg.lr if cfg.surrogate_lr is None else cfg.surrogate_lr
         self.opt_surrogate = torch.optim.Adam(self.surrogate.parameters(), lr=self.surrogate_lr)
@@ -276,10 +285,10 @@ class Trainer:
                 (self.cfg.seed * 100_003 + epoch) * 1_000 + self.ctx.rank
             )
             item_seeds = torch.randint(0, 2**31, (len(indices),), generator=seeds).tolist()
-            items = list(zip(indices, item_seeds))[offset * self.cfg.batch_size :]
+            items = list(zip(indices, item_seeds))[offset * self.batch_size :]
             loader = DataLoader(
                 self.train_data,
-                batch_size=self.cfg.batch_size,
+                batch_size=self.batch_size,
                 sampler=items,
                 drop_last=True,
                 num_workers=self.cfg.num_workers,
@@ -422,7 +431,7 @@ class Trainer:
         results = {}
         for name, data in self.eval_sets.items():
             clean, perturbed, shares = [], [], []
-            for images, masks in DataLoader(data, batch_size=self.cfg.batch_size):
+            for images, masks in DataLoader(data, batch_size=self.batch_size):
                 images, masks = images.to(self.ctx.device), masks.to(self.ctx.device)
                 prompts = Prompts(boxes=boxes_from_masks(masks), masks=masks)
                 with self._autocast():
@@ -784,7 +793,7 @@ class Trainer:
                     }
                     elapsed = time.perf_counter() - started
                     row["samples_per_s"] = (
-                        (self.step - start_step) * cfg.batch_size * ctx.world_size / elapsed
+                        (self.step - start_step) * self.batch_size * ctx.world_size / elapsed
                     )
                     if evaluate:
                         self.last_evaluation = (self.step, self.evaluate())
@@ -813,18 +822,22 @@ class Trainer:
             if ctx.is_main:
                 self.csv_file.close()
                 self.tensorboard.close()
-        return self._finish(time.perf_counter() - started) if ctx.is_main else {}
+        skipped = {}  # every process's reads: each skips the bad pairs of its own share
+        for found in distributed.gather(ctx, dict(self.train_data.skipped)):
+            skipped.update(found)
+        return self._finish(time.perf_counter() - started, skipped) if ctx.is_main else {}
 
-    def _finish(self, wall_s: float) -> dict:
+    def _finish(self, wall_s: float, skipped: dict) -> dict:
         """Write the final generator and ``summary.json``; returns the summary (with the
-        loop's final evaluation, or a new one when a resumed run had no step left)."""
+        loop's final evaluation, or a new one when a resumed run had no step left).
+        ``skipped``: the training pairs that any process skipped, and why."""
         step, scores = self.last_evaluation
         if step != self.step:
             scores = self.evaluate()
         summary = {"steps": self.step, "wall_s": round(wall_s, 1), **scores}
         summary["generator"] = os.path.join(self.out_dir, "generator")
-        summary["skipped_pairs"] = {p.mask: why for p, why in self.train_data.skipped.items()}
-        summary["warnings"] = list(self.warnings)
+        summary["skipped_pairs"] = {p.mask: why for p, why in skipped.items()}
+        summary["warnings"] = [w for w in (self.small_batch, *self.warnings) if w]
         # The end's judgement, of the surrogate the generator last learned against (before
         # any restart at this step), in the summary only: a longer resumed run still watches.
         found = self.end_found if step == self.step else self._dead_surrogate(scores)
