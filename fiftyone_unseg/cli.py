@@ -86,6 +86,27 @@ def _cmd_sample_data(args) -> int:
     return 0
 
 
+def _cmd_import_panoptic(args) -> int:
+    from fiftyone_unseg.panoptic import load_coco_panoptic
+
+    dataset = load_coco_panoptic(
+        args.name,
+        args.images,
+        args.annotations,
+        masks_dir=args.masks,
+        label_field=args.label_field,
+        things_field=None if args.things_field == "none" else args.things_field,
+        overwrite=args.overwrite,
+        progress=tqdm_progress("images"),
+    )
+    fields = [f for f in (args.label_field, args.things_field) if dataset.has_field(f)]
+    counts = ", ".join(f"{dataset.count(f'{f}.detections')} in {f!r}" for f in fields)
+    print(f"Created dataset {dataset.name!r}: {len(dataset)} samples; segments: {counts}")
+    field = fields[-1] if fields else args.label_field  # things: the reference's mode
+    print(f"Protect it: unseg protect --dataset {shlex.quote(dataset.name)} --label-field {field}")
+    return 0
+
+
 def budget_arg(text: str) -> float:
     """A budget as :func:`~fiftyone_unseg.settings.parse_budget` reads it (8/255, or 8 in
     1/255 units), as a fraction of the image range; above 16/255 a warning on stderr."""
@@ -625,6 +646,26 @@ def add_commands(subparsers) -> None:
     p.add_argument("--dir", default=None, help="where to write the image and mask files")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.set_defaults(func=_cmd_sample_data)
+    p = subparsers.add_parser(
+        "import-panoptic",
+        help="load a COCO-panoptic set (COCO, Cityscapes, ADE20K panoptic) as a dataset",
+        description="Every segment becomes a masked detection in --label-field (attributes "
+        "isthing, iscrowd, segment_id), the thing segments alone in --things-field.",
+    )
+    p.add_argument("--name", required=True, help="FiftyOne dataset name to create")
+    p.add_argument("--images", required=True, help="the folder of the images")
+    p.add_argument("--annotations", required=True, help="the panoptic JSON file")
+    p.add_argument(
+        "--masks",
+        help="the folder of the panoptic PNGs (default: the JSON's path without .json, "
+        "COCO's layout)",
+    )
+    p.add_argument("--label-field", default="panoptic", help="every segment (default: panoptic)")
+    p.add_argument(
+        "--things-field", default="things", help="the thing segments, or 'none' (default: things)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.set_defaults(func=_cmd_import_panoptic)
     _add_protect_commands(subparsers)
     _add_evaluate_command(subparsers)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -160,6 +161,25 @@ def test_bad_panoptic_masks_are_named(tmp_path):
     fo.Dataset("panoptic-taken")
     with pytest.raises(ValueError, match="dataset 'panoptic-taken' exists"):
         load_coco_panoptic("panoptic-taken", images, annotations, things_field=None)
+
+
+def test_the_cli_imports_a_panoptic_set_and_names_a_bad_mask(tmp_path, unseg):
+    images, annotations = _panoptic_set(tmp_path)
+    proc = unseg("import-panoptic", "--name", "panoptic-cli", "--images", images,
+                 "--annotations", annotations, "--things-field", "people")  # fmt: skip
+    assert "Created dataset 'panoptic-cli': 2 samples; segments: 5 in 'panoptic', 3 in " \
+        "'people'" in proc.stdout  # fmt: skip
+    assert "unseg protect --dataset panoptic-cli --label-field people" in proc.stdout
+    dataset = fo.load_dataset("panoptic-cli")
+    assert dataset.count("people.detections") == 3 and "things" not in dataset.get_field_schema()
+    assert dataset.info["panoptic_field"] == "panoptic"
+    os.remove(os.path.join(os.path.dirname(annotations), "panoptic_val", "000000.png"))
+    proc = unseg("import-panoptic", "--name", "panoptic-cli", "--images", images,
+                 "--annotations", annotations, "--overwrite", check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert re.search(r"error: .*000000\.jpg .*panoptic mask file not found", proc.stderr)
+    assert fo.load_dataset("panoptic-cli").count("people.detections") == 3  # kept whole
+    fo.delete_dataset("panoptic-cli")
 
 
 def _painted(sample, field="panoptic") -> np.ndarray:
