@@ -275,7 +275,7 @@ def _cmd_export(args) -> int:
         label_field=args.label_field,
         skip_unprotected=args.skip_unprotected,
         overwrite=args.overwrite,
-        progress=tqdm_progress("export (stage, then write)", unit="step"),
+        progress=tqdm_progress("export (stage, read labels, write)", unit="step"),
     )
     for line in summary["recovered"]:
         print(line)

@@ -105,9 +105,9 @@ def export_protected(
         made from an image or label that changed since); by default they stop the
         export (a published copy must not contain an original, or an old picture).
       overwrite: replace an existing, non-empty ``export_dir``.
-      progress: optional ``progress(done, total)`` callable: ``total`` is twice the
-        images, each counted once when its copy is staged and once when the exporter
-        has written it with its labels.
+      progress: optional ``progress(done, total)`` callable: ``total`` is three times the
+        images, each counted when its copy is staged, when its labels (masks read from
+        their files) are in the working copy, and when the exporter has written it.
       kwargs: passed to FiftyOne's exporter (``fo.SampleCollection.export``).
 
     Returns ``exported``, ``skipped`` (unprotected or stale samples left out),
@@ -200,17 +200,18 @@ def _export(
     copy = None
     try:
         media = os.path.join(work, "media")
-        staged = []
+        staged, report = [], _pass_progress(progress, 0, len(kept))
         for done, (i, name) in enumerate(zip(kept, names), 1):
             staged.append(os.path.join(media, name))
             with open(protected[i], "rb") as f:
                 uio.atomic_write_bytes(uio.unmarked(f.read()), staged[-1])
-            if progress is not None:
-                progress(done, 2 * len(kept))
+            report(done)
         kind = _kind(dataset_type)
         view = samples.select([ids[i] for i in kept], ordered=True)
         with_ids = issubclass(kind, tuple(_dataset_type(name) for name in _WITH_IMAGE_IDS))
-        copy = _working_copy(view, fields + [IMAGE_ID_FIELD] * with_ids)
+        copy = _working_copy(
+            view, fields + [IMAGE_ID_FIELD] * with_ids, _pass_progress(progress, 1, len(kept))
+        )
         copy.set_values("filepath", staged)
         copy.compute_metadata(overwrite=True, progress=False)  # of the staged files
         coco = issubclass(kind, fo.types.COCODetectionDataset)
@@ -233,7 +234,7 @@ def _export(
             ),
         )
         if progress is not None:
-            progress(2 * len(kept), 2 * len(kept))
+            progress(3 * len(kept), 3 * len(kept))
     finally:
         if copy is not None:
             copy.delete()
@@ -475,42 +476,58 @@ def _check_outside(export_dir: str, paths: list[str]) -> None:
         )
 
 
+def _pass_progress(progress, index: int, count: int):
+    """``report(done)``: ``done`` of ``count`` images through pass ``index`` of an export's
+    three (staged, in the working copy, written), as ``progress(done, 3 * count)``."""
+    if progress is None:
+        return lambda done: None
+    return lambda done: progress(index * count + min(done, count), 3 * count)
+
+
 def _exporter_progress(progress, count: int):
     """FiftyOne's progress argument that reports its exporter's samples (at 100 steps at
-    most) as the second half of ``progress(done, 2 * count)``; False without one."""
+    most) as the last pass of :func:`_pass_progress`; False without one."""
     if progress is None:
         return False
-    return fo.report_progress(
-        lambda bar: progress(count + min(bar.iteration, count - 1), 2 * count), n=100
-    )
+    report = _pass_progress(progress, 2, count)
+    return fo.report_progress(lambda bar: report(min(bar.iteration, count - 1)), n=100)
 
 
-def _working_copy(view, fields: list[str]):
+def _working_copy(view, fields: list[str], report):
     """A temporary dataset of ``view``'s ``fields`` (those it has) alone, masks in the
-    database (no path to the originals' folders), the App showing ``filepath`` only."""
+    database (no path to the originals' folders), the App showing ``filepath`` only;
+    ``report(done)`` as the samples' masks are read (over all fields)."""
     fields = [field for field in fields if view.has_field(field)]
     copy = view.select_fields(fields).clone()
     # The dataset's info may hold local paths or notes (the fiftyone format writes it
     # whole): keep what exporters read, the classes and COCO's public header.
     copy.info = {k: v for k, v in copy.info.items() if k in EXPORTED_INFO}
-    for field in fields:
-        kind = getattr(copy.get_field(field), "document_type", None)  # None: not a label
-        if kind is fo.Heatmap:
+    kinds = {field: getattr(copy.get_field(field), "document_type", None) for field in fields}
+    masked = [f for f in fields if kinds[f] in (fo.Heatmap, fo.Segmentation, fo.Detections)]
+    count = len(copy)
+    for k, field in enumerate(masked):
+        if kinds[field] is fo.Heatmap:
             fou.import_segmentations(copy, field, progress=False)
-        elif kind in (fo.Segmentation, fo.Detections):
-            _masks_into_database(copy, field)
+        else:
+            _masks_into_database(
+                copy, field, lambda done, k=k: report((k * count + done) // len(masked))
+            )
+        report((k + 1) * count // len(masked))
+    report(count)
     copy.app_config.media_fields = ["filepath"]
     copy.app_config.grid_media_field = copy.app_config.modal_media_field = "filepath"
     copy.save()
     return copy
 
 
-def _masks_into_database(copy, field: str) -> None:
+def _masks_into_database(copy, field: str, report) -> None:
     """Read the mask files of ``field``'s Segmentations or Detections into the database
     (:func:`~fiftyone_unseg.labels.load_mask`: a palette PNG as its class indices, where
-    FiftyOne's own reader gives its colours); ValueError naming the sample and the file
-    if one cannot be read."""
-    for sample in copy.select_fields(field).iter_samples(autosave=True):
+    FiftyOne's own reader gives its colours), ``report(done)`` as it goes;
+    ValueError naming the sample and the file if one cannot be read."""
+    samples = copy.select_fields(field).iter_samples(autosave=True)
+    for done, sample in enumerate(samples):
+        report(done)
         label = sample[field]
         items = label.detections if isinstance(label, fo.Detections) else [label]
         for item in items if label is not None else []:

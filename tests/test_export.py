@@ -76,9 +76,10 @@ def test_export_writes_protected_pixels_under_original_names_with_labels(
         dataset, str(coco), "coco", "dets", progress=lambda *done: reported.append(done)
     )
     assert summary["exported"] == 4 and summary["skipped"] == 0
-    # each image counted when staged, then as the exporter writes it; done once, at the end
-    assert [done for done, _ in reported] == [1, 2, 3, 4, 5, 6, 7, 7, 8]
-    assert {total for _, total in reported} == {8}
+    # each image counted when staged, when its masks are read, as the exporter writes it
+    done = [done for done, _ in reported]
+    assert done == sorted(done) and set(done) == set(range(1, 13)) and done[-2:] == [11, 12]
+    assert {total for _, total in reported} == {12}
     assert _files(coco) == {"labels.json"} | {f"data/{name}" for name in EXPORTED}
     for sample_id, name in zip(dataset.values("id"), EXPORTED):
         data = (coco / "data" / name).read_bytes()

@@ -95,7 +95,7 @@ class ExportProtected(foo.Operator):
             label_field=fields or None,
             skip_unprotected=params.get("skip_unprotected", False),
             overwrite=params.get("overwrite", False),
-            progress=app_progress(ctx, "export steps (stage, then write)"),
+            progress=app_progress(ctx, "export steps (stage, read labels, write)"),
         )
 
     def resolve_output(self, ctx):
