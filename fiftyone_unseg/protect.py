@@ -366,8 +366,9 @@ def restore(samples, delete_protected: bool = False, progress=None) -> dict:
     protected copy kept, and listed in ``failures``.
     ``progress``: optional ``progress(done, total)`` callable, over the samples whose
     original comes back and then those whose copy is deleted.
-    Returns ``restored``, ``unchanged``, ``deleted`` (protected copies) and ``failed``
-    counts and the ``failures`` (``id``, ``filepath``, ``reason``).
+    Returns ``restored``, ``unchanged`` (neither restored nor a copy deleted), ``deleted``
+    (protected copies) and ``failed`` counts and the ``failures`` (``id``, ``filepath``,
+    ``reason``).
     """
     check_images(samples, "restore")
     stored = stored_samples(samples)  # a view may leave the path fields out
@@ -401,7 +402,7 @@ def restore(samples, delete_protected: bool = False, progress=None) -> dict:
             dataset.set_values(field, dict.fromkeys(protected), key_field="id")
     return {
         "restored": len(restored),
-        "unchanged": len(ids) - len(restored) - len(failures),
+        "unchanged": len(ids) - len(restored.keys() | protected.keys()) - len(failures),
         "deleted": deleted,
         "failed": len(failures),
         "failures": failures,

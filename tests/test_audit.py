@@ -769,6 +769,37 @@ def test_operator_runs_the_audit(sample_dataset):
     assert fields["use_protected"]["default"] is False  # no protected image to train on
 
 
+def test_the_audit_form_reads_emptied_fields_and_offers_what_the_run_takes(sample_dataset):
+    """The App sends null for an emptied list or text field that has a default."""
+    dataset = sample_dataset.clone("audit-form")
+    operator = foo.get_operator("@unseg/unseg/evaluate_protection")
+
+    def form(**params) -> dict:
+        ctx = ExecutionContext({"dataset_name": dataset.name, "params": params})
+        return operator.resolve_input(ctx).to_json()["type"]["properties"]
+
+    fields = form()
+    assert fields["label_field"]["default"] == "instances"  # an instance field, not the map
+    assert "semantic_field" in fields and "eps" not in fields  # budgets: baselines' alone
+    assert "no_victims" not in fields
+    assert form(victims=None)["no_victims"]["invalid"]  # emptied: not the default three
+    with pytest.raises(ExecutionError, match="Choose at least one victim"):
+        params = {"label_field": "instances", "victims": None, "use_protected": False}
+        foo.execute_operator(
+            "@unseg/unseg/evaluate_protection", ctx={"dataset": dataset.name, "params": params}
+        )
+    # a Segmentation gives its class maps itself: no semantic field to pick
+    assert "semantic_field" not in form(label_field="ground_truth")
+    dataset.add_sample_field("earlier_audit_semantic_clean", fo.EmbeddedDocumentField,
+                             embedded_doc_type=fo.Segmentation)  # fmt: skip
+    dataset.register_run("earlier_audit", dataset.init_run(method="unseg-audit"))
+    choices = form()["semantic_field"]["type"]["values"]
+    assert "ground_truth" in choices and "earlier_audit_semantic_clean" not in choices
+    baselines = form(baselines=["random"], eps=4.0, eps_bg=6.0)
+    assert "eps" in baselines and baselines["budget_order"]["invalid"]
+    assert "budget_order" not in form(baselines=["random"], eps=None, eps_bg=6.0)  # 8 then
+
+
 def test_audit_of_images_protected_by_the_generator(sample_dataset, tmp_path):
     from test_modeling import MICRO
 

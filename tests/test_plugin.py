@@ -357,3 +357,33 @@ def test_protect_operator_runs_on_the_chosen_device(tmp_path, generators):  # no
     params = {"label_field": "dets", "generator": generators["random"], "device": "nope"}
     with pytest.raises(ExecutionError, match="unknown device 'nope'"):
         foo.execute_operator(PROTECT, ctx={"dataset": dataset.name, "params": params})
+
+
+def test_emptied_text_fields_read_as_their_labels_say(tmp_path, generators):  # noqa: F811
+    """The App sends null for an emptied text field with a default: an emptied ignore field
+    ignores nothing (its label says so), and values left from a Segmentation field do not
+    stop a run on a Detections field, where they mean nothing."""
+    from fiftyone_unseg.plugin.forms import segment_value_params
+
+    dataset = _scene_dataset("plugin-emptied", tmp_path, count=1)
+    operator = foo.get_operator(PROTECT)
+
+    def context(**params):
+        return ExecutionContext({"dataset_name": dataset.name, "params": params})
+
+    emptied = context(label_field="seg_db", ignore=None, background=None)
+    assert "segment_values" not in operator.resolve_input(emptied).to_json()["type"]["properties"]
+    assert segment_value_params(emptied, "seg_db") == ("auto", [])
+    assert segment_value_params(context(label_field="seg_db"), "seg_db") == ("auto", "auto")
+    left = {"label_field": "dets", "ignore": "void", "generator": generators["random"]}
+    assert segment_value_params(context(**left), "dets") == ("auto", "auto")
+    result = foo.execute_operator(PROTECT, ctx={"dataset": dataset.name, "params": left})
+    assert result.error is None and result.result["protected"] == 1
+
+
+def test_a_large_sample_dataset_is_generated_delegated():
+    operator = foo.get_operator("@unseg/unseg/load_sample_dataset")
+    for params, immediate in (({}, True), ({"num": 3000}, False), ({"size": 2048}, False)):
+        options = operator.resolve_execution_options(ExecutionContext({"params": params}))
+        assert options.allow_immediate_execution is immediate
+        assert options.default_choice_to_delegated is not immediate

@@ -677,7 +677,8 @@ def test_replace_filepath_and_restore_round_trip(tmp_path, generators, monkeypat
     protected = dataset.values("protected_filepath")
     assert dataset.values("filepath") == originals and all(map(os.path.isfile, protected))
     reported.clear()
-    assert restore(dataset, True, lambda *done: reported.append(done))["deleted"] == 3
+    summary = restore(dataset, True, lambda *done: reported.append(done))
+    assert (summary["deleted"], summary["unchanged"], summary["restored"]) == (3, 0, 0)
     assert reported == [(2, 3), (3, 3)]
     assert not any(map(os.path.exists, protected)) and dataset.count("protected_filepath") == 0
     assert _hashes(originals) == before

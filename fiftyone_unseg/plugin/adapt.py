@@ -9,7 +9,7 @@ from fiftyone_unseg.adapt import (
     default_output_dir,
     training_warnings,
 )
-from fiftyone_unseg.plugin.forms import label_field_form
+from fiftyone_unseg.plugin.forms import label_field_form, param
 from fiftyone_unseg.plugin.progress import IMMEDIATE_STEPS, app_progress, execution_options
 
 
@@ -100,7 +100,7 @@ class AdaptGenerator(foo.Operator):
             steps=params.get("steps"),
             recipe=params.get("recipe") or "adapt",
             init=params.get("init") or "default",
-            device=params.get("device", "cpu"),
+            device=param(params, "device", "cpu"),
             progress=app_progress(ctx, "steps"),
             overwrite=bool(params.get("overwrite")),
         )

@@ -10,6 +10,7 @@ from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.countermeasures import KINDS, Countermeasure
 from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS, per_victim
+from fiftyone_unseg.labels import label_type
 from fiftyone_unseg.plugin.forms import (
     dropdown,
     form_error,
@@ -27,7 +28,7 @@ from fiftyone_unseg.plugin.progress import (
     execution_options,
     target_size,
 )
-from fiftyone_unseg.settings import MAX_BUDGET
+from fiftyone_unseg.settings import DEFAULT_EPS, DEFAULT_EPS_BG, MAX_BUDGET
 
 COUNTERMEASURE_VALUES = {
     "jpeg": ("JPEG quality", 75.0),
@@ -88,9 +89,31 @@ def _most_epochs(ctx) -> int | None:
     except ValueError:
         return None
     if isinstance(epochs, dict):
-        victims = ctx.params.get("victims") or DEFAULT_VICTIMS
+        victims = _victims(ctx.params)
         return max(epochs[v] for v in victims) if set(victims) <= set(epochs) else None
     return epochs
+
+
+def _victims(params: dict) -> list:
+    """The chosen victims: the default where the form has not sent them, none where the
+    user emptied the list (the App sends null for an emptied list with a default)."""
+    if "victims" not in params:
+        return list(DEFAULT_VICTIMS)
+    return list(params["victims"] or ())
+
+
+def _class_maps(ctx) -> tuple[str | None, str]:
+    """(semantic field, the field the class maps come from): the semantic field only for
+    an instance label field (a Segmentation gives its class maps itself)."""
+    import fiftyone as fo
+
+    from fiftyone_unseg.labels import label_type
+
+    label_field = ctx.params["label_field"]
+    semantic = ctx.params.get("semantic_field") or None
+    if semantic is None or label_type(ctx.dataset, label_field) is fo.Segmentation:
+        return None, label_field
+    return semantic, semantic
 
 
 def _use_protected(ctx) -> bool:
@@ -120,25 +143,31 @@ class EvaluateProtection(foo.Operator):
         params = ctx.params
         epochs = _most_epochs(ctx)
         variants = 1 + _use_protected(ctx) + len(params.get("baselines") or ())
-        victims = len(params.get("victims") or DEFAULT_VICTIMS)
+        victims = len(_victims(params))
         trainings = victims * variants * (params.get("seeds") or 1)
         small = target_size(ctx) <= IMMEDIATE_SAMPLES and trainings <= IMMEDIATE_TRAININGS
         return execution_options(self, epochs is not None and epochs <= IMMEDIATE_EPOCHS and small)
 
     def resolve_input(self, ctx):
         inputs, form, ok = label_field_form(
-            ctx, "UnSeg: evaluate protection", "Audit", "Label field (instances)"
+            ctx,
+            "UnSeg: evaluate protection",
+            "Audit",
+            "Label field (instances)",
+            prefer=(fo.Detections, fo.Polylines),  # a Segmentation's instances are its regions
         )
         if not ok:
             return form
-        semantic = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
-        label = "Semantic field (none: class maps from the label field)"
-        dropdown(inputs, "semantic_field", ["", *semantic], label, "")
-        fields = inputs.properties["label_field"].type.values
-        class_maps = ctx.params.get("semantic_field") or ctx.params.get("label_field")
-        segment_value_inputs(ctx, inputs, class_maps or fields[0])
+        ctx.params.setdefault("label_field", inputs.properties["label_field"].default)
+        if label_type(ctx.dataset, ctx.params["label_field"]) is not fo.Segmentation:
+            semantic = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
+            audits = tuple(f"{key}_" for key in ctx.dataset.list_runs())  # their outputs
+            semantic = [f for f in semantic if not f.startswith(audits)]
+            label = "Semantic field (none: class maps from the label field)"
+            dropdown(inputs, "semantic_field", ["", *semantic], label, "")
+        segment_value_inputs(ctx, inputs, _class_maps(ctx)[1])
         dropdown(inputs, "victims", VICTIMS, "Victims", list(DEFAULT_VICTIMS), multiple=True)
-        if ctx.params.get("victims") == []:  # emptied, not left at the default
+        if not _victims(ctx.params):
             form_error(inputs, "no_victims", "Choose at least one victim to train")
         protected = _use_protected(ctx)
         inputs.bool("use_protected", default=protected, label="Train on the protected images")
@@ -146,7 +175,7 @@ class EvaluateProtection(foo.Operator):
             inputs.str("protected_field", default="protected_filepath", label="Protected field")
         labels = {name: _BASELINE_LABELS.get(name, name) for name in BASELINES}
         dropdown(inputs, "baselines", labels, "Baselines", [], multiple=True)
-        clean_only = not ctx.params.get("use_protected", protected) and not ctx.params.get(
+        clean_only = not param(ctx.params, "use_protected", protected) and not ctx.params.get(
             "baselines"
         )
         if clean_only:
@@ -158,7 +187,7 @@ class EvaluateProtection(foo.Operator):
                 ),
             )
         dropdown(inputs, "countermeasure", ["none", *KINDS], "Counter-measure", "none")
-        kind = ctx.params.get("countermeasure", "none")
+        kind = param(ctx.params, "countermeasure", "none")
         if kind == "none" and "none" in (ctx.params.get("baselines") or []):
             form_error(inputs, "no_countermeasure", "The 'none' baseline needs a counter-measure")
         if kind != "none" and clean_only:
@@ -174,11 +203,17 @@ class EvaluateProtection(foo.Operator):
                 Countermeasure.parse(_countermeasure(ctx.params))
             except ValueError as error:
                 form_error(inputs, "countermeasure_invalid", str(error))
-        top = MAX_BUDGET * 255
-        inputs.float("eps", label="Baselines' object budget (/255)", default=8.0, min=0.01, max=top)
-        inputs.float(
-            "eps_bg", label="Baselines' background budget (/255)", default=2.0, min=0, max=top
-        )
+        if ctx.params.get("baselines"):  # the budgets are theirs alone
+            top = MAX_BUDGET * 255
+            inputs.float(
+                "eps", label="Baselines' object budget (/255)", default=8.0, min=0.01, max=top
+            )
+            inputs.float(
+                "eps_bg", label="Baselines' background budget (/255)", default=2.0, min=0, max=top
+            )
+            if param(ctx.params, "eps_bg", 2.0) > param(ctx.params, "eps", 8.0):
+                message = "The baselines' background budget must not exceed the object one"
+                form_error(inputs, "budget_order", message)
         inputs.str("train_tag", label="Training samples' tag", default="train")
         inputs.str(
             "test_tag",
@@ -193,7 +228,7 @@ class EvaluateProtection(foo.Operator):
             min=0.05,
             max=0.95,
         )
-        chosen = ctx.params.get("victims") or DEFAULT_VICTIMS
+        chosen = _victims(ctx.params)
         for name, (victims, label) in WEIGHTS_INPUTS.items():
             if set(victims) & set(chosen):
                 inputs.str(name, label=label, default="")
@@ -223,35 +258,39 @@ class EvaluateProtection(foo.Operator):
     def execute(self, ctx):
         params = ctx.params
         kind = _countermeasure(params)
-        background, ignore = segment_value_params(params)
+        semantic_field, class_maps = _class_maps(ctx)
+        background, ignore = segment_value_params(ctx, class_maps)
+        baselines = params.get("baselines") or ()
         report = evaluate_protection(
             ctx.target_view(),
             params["label_field"],
-            victims=params.get("victims") or DEFAULT_VICTIMS,
-            semantic_field=params.get("semantic_field") or None,
+            victims=_victims(params),
+            semantic_field=semantic_field,
             protected_field=(
-                params.get("protected_field", "protected_filepath") if _use_protected(ctx) else None
+                param(params, "protected_field", "protected_filepath")
+                if _use_protected(ctx)
+                else None
             ),
-            baselines=params.get("baselines") or (),
+            baselines=baselines,
             countermeasure=kind,
-            eps=param(params, "eps", 8.0) / 255,
-            eps_bg=param(params, "eps_bg", 2.0) / 255,
+            eps=param(params, "eps", 8.0) / 255 if baselines else DEFAULT_EPS,
+            eps_bg=param(params, "eps_bg", 2.0) / 255 if baselines else DEFAULT_EPS_BG,
             epochs=per_victim(params.get("epochs") or None, PER_VICTIM_INPUTS["epochs"]),
             image_size=per_victim(
                 params.get("image_size") or None, PER_VICTIM_INPUTS["image_size"]
             ),
             seed=param(params, "seed", 0),
             seeds=params.get("seeds") or 1,
-            split_tags=(params.get("train_tag", "train"), params.get("test_tag", "test")),
+            split_tags=(param(params, "train_tag", "train"), param(params, "test_tag", "test")),
             train_fraction=param(params, "train_fraction", 0.7),
             yolo_weights=params.get("yolo_weights") or None,
             sam_checkpoint=params.get("sam_checkpoint") or None,
             semantic_weights=params.get("semantic_weights") or None,
-            reuse_clean=not params.get("retrain_clean", False),
-            device=params.get("device", "cpu"),
+            reuse_clean=not param(params, "retrain_clean", False),
+            device=param(params, "device", "cpu"),
             background=background,
             ignore=ignore,
-            run_key=params.get("run_key", DEFAULT_RUN_KEY),
+            run_key=param(params, "run_key", DEFAULT_RUN_KEY),
             progress=app_progress(ctx, "epochs"),
         )
         if not ctx.delegated:

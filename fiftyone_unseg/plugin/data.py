@@ -6,7 +6,7 @@ import fiftyone.operators.types as types
 
 from fiftyone_unseg import sample_data
 from fiftyone_unseg.plugin.forms import param
-from fiftyone_unseg.plugin.progress import app_progress
+from fiftyone_unseg.plugin.progress import IMMEDIATE_SCENES, app_progress, execution_options
 
 
 class LoadSampleDataset(foo.Operator):
@@ -23,6 +23,10 @@ class LoadSampleDataset(foo.Operator):
             allow_immediate_execution=True,
             allow_delegated_execution=True,
         )
+
+    def resolve_execution_options(self, ctx):  # scenes cost about their pixel count
+        pixels = param(ctx.params, "num", 100) * (param(ctx.params, "size", 512) / 512) ** 2
+        return execution_options(self, pixels <= IMMEDIATE_SCENES)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -50,7 +54,7 @@ class LoadSampleDataset(foo.Operator):
             default="",
         )
         inputs.bool("overwrite", label="Replace an existing dataset of this name", default=False)
-        if fo.dataset_exists(name) and not ctx.params.get("overwrite", False):
+        if fo.dataset_exists(name) and not param(ctx.params, "overwrite", False):
             prop = inputs.view(
                 "exists", types.Error(label=f"Dataset {name!r} exists: choose another name")
             )
@@ -65,7 +69,7 @@ class LoadSampleDataset(foo.Operator):
             size=param(ctx.params, "size", 512),
             styles=ctx.params.get("styles") or sample_data.DEFAULT_STYLES,
             dataset_dir=ctx.params.get("dataset_dir") or None,
-            overwrite=ctx.params.get("overwrite", False),
+            overwrite=param(ctx.params, "overwrite", False),
             progress=app_progress(ctx, "scenes"),
         )
         if not ctx.delegated:

@@ -4,7 +4,13 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_unseg.export import EXPORT_TYPES, export_protected, exportable_fields
-from fiftyone_unseg.plugin.forms import form_error, require_protection, target_form, unusable
+from fiftyone_unseg.plugin.forms import (
+    form_error,
+    param,
+    require_protection,
+    target_form,
+    unusable,
+)
 from fiftyone_unseg.plugin.progress import (
     IMMEDIATE_SAMPLES,
     app_progress,
@@ -48,7 +54,7 @@ class ExportProtected(foo.Operator):
         for name, label in FORMAT_LABELS.items():
             formats.add_choice(name, label=label)
         inputs.enum("format", list(EXPORT_TYPES), default="coco", required=True, view=formats)
-        data_format = ctx.params.get("format", "coco")
+        data_format = param(ctx.params, "format", "coco")
         fields = exportable_fields(ctx.dataset, data_format)  # of a type this format takes
         if data_format != "images" and not fields:
             name = FORMAT_LABELS[data_format].split(" (")[0]
@@ -84,7 +90,7 @@ class ExportProtected(foo.Operator):
 
     def execute(self, ctx):
         params = ctx.params
-        data_format = params.get("format", "coco")
+        data_format = param(params, "format", "coco")
         fields = {"images": None, "fiftyone": params.get("label_fields")}.get(
             data_format, params.get("label_field")
         )
@@ -93,8 +99,8 @@ class ExportProtected(foo.Operator):
             params["export_dir"],
             dataset_type=data_format,
             label_field=fields or None,
-            skip_unprotected=params.get("skip_unprotected", False),
-            overwrite=params.get("overwrite", False),
+            skip_unprotected=param(params, "skip_unprotected", False),
+            overwrite=param(params, "overwrite", False),
             progress=app_progress(ctx, "export steps (stage, read labels, write)"),
         )
 

@@ -48,11 +48,12 @@ def unusable(ctx, action: str) -> str | None:
     return None
 
 
-def label_field_form(ctx, label: str, action: str, field_label: str):
+def label_field_form(ctx, label: str, action: str, field_label: str, prefer: tuple = ()):
     """:func:`target_form` with a required dropdown ``label_field`` of the dataset's
-    Segmentation, Detections and Polylines fields; returns (inputs, form, ok): without an
-    open dataset or such a field the form says so and cannot run (ok False)."""
-    from fiftyone_unseg.labels import supported_label_fields
+    Segmentation, Detections and Polylines fields, by default the first of a type in
+    ``prefer`` (else the first); returns (inputs, form, ok): without an open dataset or
+    such a field the form says so and cannot run (ok False)."""
+    from fiftyone_unseg.labels import label_type, supported_label_fields
 
     inputs, form = target_form(ctx, label, action)
     if unusable(ctx, action):
@@ -64,7 +65,9 @@ def label_field_form(ctx, label: str, action: str, field_label: str):
     view = types.Dropdown(label=field_label)
     for name in fields:
         view.add_choice(name, label=name)
-    inputs.enum("label_field", fields, default=fields[0], required=True, view=view)
+    preferred = [name for name in fields if label_type(ctx.dataset, name) in prefer]
+    default = (preferred or fields)[0]
+    inputs.enum("label_field", fields, default=default, required=True, view=view)
     return inputs, form, True
 
 
@@ -122,18 +125,27 @@ def segment_value_inputs(ctx, inputs, field: str | None) -> None:
         default="auto",
     )
     try:
-        background, ignore = segment_value_params(ctx.params)
+        background, ignore = segment_value_params(ctx, field)
         segment_values(ctx.dataset, field, background, ignore)
     except ValueError as error:
         form_error(inputs, "segment_values", str(error))
 
 
-def segment_value_params(params: dict) -> tuple:
+def segment_value_params(ctx, field: str | None) -> tuple:
     """(background, ignore) as ``protect`` and ``evaluate_protection`` take them, from the
-    form of :func:`segment_value_inputs`; ValueError for what is not a pixel value."""
+    form of :func:`segment_value_inputs` for ``field``: ("auto", "auto") unless it is a
+    Segmentation (the form's values stay in the parameters when the field changes);
+    ValueError for what is not a pixel value. An emptied ignore field (the App sends null)
+    ignores nothing, as its label says."""
+    import fiftyone as fo
+
+    from fiftyone_unseg.labels import label_type
     from fiftyone_unseg.settings import parse_pixel_value
 
-    ignore = str(params.get("ignore", "auto")).strip()
+    params = ctx.params
+    if not field or label_type(ctx.dataset, field) is not fo.Segmentation:
+        return "auto", "auto"
+    ignore = str(params.get("ignore", "auto") or "").strip()
     try:
         background = parse_pixel_value(str(params.get("background") or "auto"))
         if ignore != "auto":

@@ -12,6 +12,7 @@ IMMEDIATE_SAMPLES = 200  # images an immediate protect, visualize or export may 
 IMMEDIATE_EPOCHS = 1  # an audit's victims train this long at most in an immediate run
 IMMEDIATE_TRAININGS = 8  # and this many times (victims x variants x seeds)
 IMMEDIATE_STEPS = 20  # an adaptation's training steps in an immediate run
+IMMEDIATE_SCENES = 500  # sample scenes of 512 px (about 0.2 s each) in an immediate run
 
 
 def app_progress(ctx, label: str):

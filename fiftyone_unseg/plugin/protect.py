@@ -266,7 +266,9 @@ class ProtectSamples(foo.Operator):
         if ctx.params.get("prompt") != "classes":
             return
         try:  # the classes of the background and ignore values typed in this form
-            roles = segment_values(ctx.dataset, label_field, *segment_value_params(ctx.params))
+            roles = segment_values(
+                ctx.dataset, label_field, *segment_value_params(ctx, label_field)
+            )
         except ValueError:  # the form says what is wrong with them
             roles = None
         names = class_names(ctx.dataset, label_field, roles)
@@ -279,11 +281,11 @@ class ProtectSamples(foo.Operator):
 
     def execute(self, ctx):
         params = ctx.params
-        prompt = params.get("prompt", "all")
+        prompt = param(params, "prompt", "all")
         samples = ctx.target_view()
         if params.get("preview"):  # as `unseg protect --limit N`
             samples = samples.take(params["preview"], seed=0)
-        background, ignore = segment_value_params(params)
+        background, ignore = segment_value_params(ctx, params["label_field"])
         class_mix, class_style = _class_keys(params)
         generator = params.get("generator") if class_mix < 1 else None  # the form hides it
         summary = protect(
@@ -294,15 +296,15 @@ class ProtectSamples(foo.Operator):
             eps=param(params, "eps", 8.0) / 255,
             eps_bg=param(params, "eps_bg", 2.0) / 255,
             prompt=params.get("classes") if prompt == "classes" else prompt,
-            image_format=params.get("image_format", "png"),
+            image_format=param(params, "image_format", "png"),
             jpeg_quality=param(params, "jpeg_quality", 95),
-            replace_filepath=params.get("replace_filepath", False),
-            overwrite=params.get("overwrite", False),
+            replace_filepath=param(params, "replace_filepath", False),
+            overwrite=param(params, "overwrite", False),
             progress=app_progress(ctx, "images"),
             class_mix=class_mix,
             class_key=_class_key(ctx, class_mix),
             class_style=class_style,
-            device=params.get("device", "cpu"),
+            device=param(params, "device", "cpu"),
             output_dir=params.get("output_dir") or None,
             background=background,
             ignore=ignore,
@@ -333,7 +335,7 @@ class ProtectSamples(foo.Operator):
             outputs.view("visibility_line", types.Notice(label=line))
         unnamed = (ctx.results or {}).get("unnamed_values")
         if unnamed:
-            message = unnamed_warning(ctx.params.get("label_field", ""), unnamed)
+            message = unnamed_warning(param(ctx.params, "label_field", ""), unnamed)
             outputs.view("unnamed_values", types.Warning(label=sentence(message)))
         _problems(ctx, outputs)
         return types.Property(outputs)
@@ -362,7 +364,7 @@ class RestoreOriginals(foo.Operator):
     def execute(self, ctx):
         summary = restore(
             ctx.target_view(),
-            delete_protected=ctx.params.get("delete_protected", False),
+            delete_protected=param(ctx.params, "delete_protected", False),
             progress=app_progress(ctx, "samples"),
         )
         return _finish(ctx, summary)
@@ -412,9 +414,9 @@ class VisualizeNoise(foo.Operator):
         params = ctx.params
         summary = visualize_noise(
             ctx.target_view(),
-            heatmap_field=params.get("heatmap_field", "unseg_noise"),
+            heatmap_field=param(params, "heatmap_field", "unseg_noise"),
             amplified_field=(
-                params.get("amplified_field", "unseg_noise_image")
+                param(params, "amplified_field", "unseg_noise_image")
                 if params.get("amplified")
                 else None
             ),
