@@ -913,6 +913,41 @@ def test_an_audit_under_a_counter_measure_reuses_the_identical_clean_trainings(t
         assert dataset.has_evaluation(new.eval_keys["clean"])
         assert dataset.count(new.fields["clean"]) == len(dataset.match_tags("test"))
 
+    # Its prediction masks deleted (its folder cleared to free the disk): trained again,
+    # where the copy of the missing files used to crash the audit.
+    for path in dataset.values(rerun.results[0].fields["clean"] + ".mask_path"):
+        if path:
+            os.remove(path)
+    again = evaluate_protection(
+        dataset, "instances", countermeasure="blur:1", run_key="again",
+        **{**kwargs, "victims": ["semantic"]},
+    )  # fmt: skip
+    assert again.results[0].reused == {} and not again.reused_trainings()
+
+
+def test_a_training_whose_files_a_reused_copy_replaced_is_not_resumed(monkeypatch):
+    from fiftyone_unseg.audit.victims.semantic import SemanticVictim
+
+    dataset = _dataset("audit-reuse-record", num=8)
+    kwargs = {"victims": ["semantic"], "protected_field": None, **TINY}
+    trained = []
+    train = SemanticVictim.train
+
+    def counted(self, examples, targets, settings, folder, on_epoch):
+        trained.append(settings.seed)
+        return train(self, examples, targets, settings, folder, on_epoch)
+
+    monkeypatch.setattr(SemanticVictim, "train", counted)
+    evaluate_protection(dataset, "instances", run_key="x", seed=0, **kwargs)  # recorded
+    evaluate_protection(dataset, "instances", run_key="q", seed=1, **kwargs)
+    # x at q's settings: q's clean predictions copied over x's files
+    copied = evaluate_protection(dataset, "instances", run_key="x", seed=1, **kwargs)
+    assert copied.results[0].reused == {"clean": "q"}
+    assert trained == [0, 1]
+    # x at its first settings again: its seed-0 record no longer names its files
+    report = evaluate_protection(dataset, "instances", run_key="x", seed=0, **kwargs)
+    assert trained == [0, 1, 0] and report.results[0].reused == {}
+
 
 def test_a_stopped_audit_resumes_with_the_trainings_it_finished(monkeypatch):
     from fiftyone_unseg.audit.reuse import training_key

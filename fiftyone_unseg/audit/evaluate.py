@@ -307,6 +307,7 @@ def _audit_victim(
         scores = []
         if variant == CLEAN and reuse is not None:
             logger.info("%s: clean trainings taken from audit %r", name, reuse.run_key)
+            forget_training(os.path.join(folder, CLEAN))  # its prediction files are replaced
             copy_predictions(
                 dataset, ids, reuse, pred_field, os.path.join(folder, CLEAN, "predictions")
             )

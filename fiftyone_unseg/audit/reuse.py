@@ -178,10 +178,21 @@ def find_clean_run(dataset: fo.Dataset, name: str, fingerprint: str) -> CleanRun
             continue
         result = next(r for r in load_report(dataset, run_key).results if r.victim == name)
         field = result.fields.get("clean")
-        if field and dataset.has_sample_field(field):
+        if field and dataset.has_sample_field(field) and _mask_files_there(dataset, field):
             scores = result.runs.get("clean", [result.scores["clean"]])
             return CleanRun(run_key, field, scores, result.chance)
     return None
+
+
+def _mask_files_there(dataset: fo.Dataset, field: str) -> bool:
+    """Whether every mask file that ``field``'s labels name exists (an audit's folder may
+    have been deleted to free the disk)."""
+    for label in dataset.exists(field).values(field):
+        owners = [label, *(getattr(label, "detections", None) or [])]
+        if any(o.mask_path and not os.path.isfile(o.mask_path) for o in owners
+               if hasattr(o, "mask_path")):  # fmt: skip
+            return False
+    return True
 
 
 def copy_predictions(dataset, ids, source: CleanRun, field: str, folder: str) -> None:
