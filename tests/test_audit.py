@@ -329,6 +329,16 @@ def test_yolo_export_writes_one_polygon_per_instance(sample_dataset, tmp_path):
             s.id + os.path.splitext(s.filepath)[1] for s in expected
         )
         assert len(os.listdir(tmp_path / "labels" / split)) == len(expected)
+    # a file type Ultralytics passes over is written as a PNG it reads, pixel for pixel
+    from ultralytics.data.utils import IMG_FORMATS
+
+    ppm = str(tmp_path / "scene.ppm")
+    Image.open(samples[0].filepath).convert("RGB").save(ppm)
+    assert "ppm" not in IMG_FORMATS
+    write_yolo_dataset(str(tmp_path / "ppm"), [Example(samples[0].id, ppm, examples[0].labels)],
+                       targets)  # fmt: skip
+    written = tmp_path / "ppm" / "images" / "train" / f"{samples[0].id}.png"
+    assert np.array_equal(np.asarray(Image.open(written)), np.asarray(Image.open(ppm)))
 
 
 def _boxes_dataset(name: str, folder, lefts) -> fo.Dataset:

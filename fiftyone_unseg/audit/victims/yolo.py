@@ -213,11 +213,15 @@ def trivial_map(view, gt_field: str, field: str, label: str, box) -> float:
 def write_yolo_dataset(folder: str, examples, targets) -> str:
     """Write ``examples`` as a YOLO segmentation dataset; returns its ``dataset.yaml``.
 
-    Images are linked as ``images/train/<sample id><ext>``; each instance becomes one
-    polygon row (its largest outer contour) of ``labels/train/<sample id>.txt``. The
-    first image doubles as the (required) validation split. What ``folder`` held is
-    removed first: Ultralytics trains on every image there, an earlier audit's too.
+    Images are linked as ``images/train/<sample id><ext>``, or written there as PNG where
+    Ultralytics would pass over their file type (PPM, GIF, ...: a variant would train on
+    fewer images than another); each instance becomes one polygon row (its largest outer
+    contour) of ``labels/train/<sample id>.txt``. The first image doubles as the
+    (required) validation split. What ``folder`` held is removed first: Ultralytics
+    trains on every image there, an earlier audit's too.
     """
+    from ultralytics.data.utils import IMG_FORMATS
+
     shutil.rmtree(folder, ignore_errors=True)
     for split in ("train", "val"):
         os.makedirs(os.path.join(folder, "images", split), exist_ok=True)
@@ -227,9 +231,13 @@ def write_yolo_dataset(folder: str, examples, targets) -> str:
         masks, classes = targets.instances(example.labels, *image.shape[:2])
         rows = [_polygon_row(mask, c) for mask, c in zip(masks, classes)]
         ext = os.path.splitext(example.image_path)[1]
+        readable = ext[1:].lower() in IMG_FORMATS
         for split in ("train", "val") if k == 0 else ("train",):
-            link = os.path.join(folder, "images", split, example.sample_id + ext)
-            os.symlink(os.path.abspath(example.image_path), link)
+            target = os.path.join(folder, "images", split, example.sample_id)
+            if readable:
+                os.symlink(os.path.abspath(example.image_path), target + ext)
+            else:
+                Image.fromarray(np.round(image * 255).astype(np.uint8)).save(target + ".png")
             with open(os.path.join(folder, "labels", split, example.sample_id + ".txt"), "w") as f:
                 f.write("".join(row for row in rows if row))
     config = {
