@@ -624,6 +624,15 @@ def test_audit_leaves_out_unreadable_samples_and_names_unreadable_masks(tmp_path
     split, skipped = _readable(dataset, Split((ids[0],), (ids[3], ids[2]), "test"), None, targets)
     assert split.test_ids == (ids[2],) and [s["id"] for s in skipped] == [ids[3]]
     assert skipped[0]["filepath"].endswith("lost-detection.png")
+    # An RGB class map (colours, not class indices) leaves its sample out, named by file.
+    rgb = str(tmp_path / "colours.png")
+    Image.fromarray(_texture(64, 64, 7)).save(rgb)
+    sample = dataset[ids[0]]
+    sample["seg_db"] = fo.Segmentation(mask_path=rgb)
+    sample.save()
+    targets = resolve_targets(dataset, "seg_db")
+    with pytest.raises(ValueError, match=f"e.g. sample {ids[0]}: .*colours.png: an RGB mask"):
+        _readable(dataset, Split((ids[0],), (ids[3],), "test"), None, targets)
 
 
 def test_an_audit_of_a_view_without_the_protection_fields_still_reads_originals_and_budgets(

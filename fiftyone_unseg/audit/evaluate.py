@@ -390,7 +390,11 @@ def _readable(
                 continue
             for mask_path, owner in _mask_files(label):
                 try:
-                    load_mask(owner)
+                    if load_mask(owner).ndim == 3 and isinstance(owner, fo.Segmentation):
+                        raise ValueError(
+                            f"{mask_path}: an RGB mask; the audit needs integer class masks "
+                            "(one class index per pixel)"
+                        )
                 except ValueError as error:
                     skipped.append(failure(sample_id, mask_path, error))
                     logger.warning("skipping sample %s: %s", sample_id, error)
@@ -403,8 +407,9 @@ def _readable(
     test = tuple(i for i in split.test_ids if i not in bad)
     if not train or not test:
         raise ValueError(
-            f"{len(bad)} samples have unreadable images or no labels ({skipped[0]['reason']}, "
-            "...): no training or no test samples are left"
+            f"{len(bad)} samples have unreadable images or masks or no labels (e.g. sample "
+            f"{skipped[0]['id']}: {skipped[0]['reason']}): no training or no test samples "
+            "are left"
         )
     return Split(train, test, split.source), skipped
 

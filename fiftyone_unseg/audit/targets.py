@@ -121,7 +121,10 @@ class Targets:
         if mask is None:
             return np.zeros((height, width), np.uint8)
         if mask.ndim == 3:
-            raise ValueError(f"{field!r} holds RGB masks; the audit needs integer class masks")
+            where = label.mask_path or "in the database"
+            raise ValueError(
+                f"{field!r} holds RGB masks ({where}); the audit needs integer class masks"
+            )
         out = np.zeros(mask.shape, np.uint8)
         for k, value in enumerate(self.semantic_values, start=1):
             out[mask == value] = k
