@@ -622,7 +622,8 @@ def _add_evaluate_command(subparsers) -> None:
     )
     p.set_defaults(
         func=_cmd_evaluate,
-        interrupted="re-run the same command to resume (finished trainings are kept)",
+        interrupted="re-run the same command to resume (finished trainings are kept; with "
+        "--retrain-clean all train again)",
     )
 
 
