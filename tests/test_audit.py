@@ -935,6 +935,22 @@ def test_an_audit_under_a_counter_measure_reuses_the_identical_clean_trainings(t
     assert again.results[0].reused == {} and not again.reused_trainings()
 
 
+def test_test_samples_without_instances_are_refused_before_training(tmp_path):
+    dataset = _dataset("audit-no-test-instances", num=8)
+    test = dataset.match_tags("test")
+    test.set_values("instances", [fo.Detections()] * len(test))
+    folder = tmp_path / "audit"
+    with pytest.raises(ValueError, match="none of the .* test samples holds an instance of "
+                       "'instances'"):  # fmt: skip
+        evaluate_protection(dataset, "instances", victims=["yolo"], protected_field=None,
+                            output_dir=str(folder), **TINY)  # fmt: skip
+    assert not folder.exists() or not any(folder.rglob("*.pt"))  # nothing trained
+    report = evaluate_protection(
+        dataset, "instances", victims=["semantic"], protected_field=None, **TINY
+    )  # the semantic victim scores the class maps: background alone is a score
+    assert report.results[0].victim == "semantic"
+
+
 def test_a_training_whose_files_a_reused_copy_replaced_is_not_resumed(monkeypatch):
     from fiftyone_unseg.audit.victims.semantic import SemanticVictim
 

@@ -178,6 +178,8 @@ def evaluate_protection(
     folder = os.path.abspath(output_dir or default_output_dir(dataset.name, run_key))
     _check_run_key(dataset, run_key)
     variants = [CLEAN] + ([PROTECTED] if protected_field else []) + list(baselines)
+    if any(model.labels == "instances" for model in models.values()):
+        _check_test_instances(_labels(samples, split.test_ids, targets), targets)
     images = training_images(
         samples,
         split.train_ids,
@@ -412,6 +414,25 @@ def _readable(
             "are left"
         )
     return Split(train, test, split.source), skipped
+
+
+def _check_test_instances(test_labels: list[dict], targets: Targets) -> None:
+    """ValueError, before anything trains, unless a test sample holds an instance of the
+    label field's classes: instance victims would have nothing to be scored on (FiftyOne's
+    mAP is -1 then). Instances of a Segmentation are its regions, found when painted."""
+    if targets.instances_derived:
+        return
+    for labels in test_labels:
+        label = labels.get(targets.label_field)
+        items = getattr(label, "detections", None) or getattr(label, "polylines", None) or []
+        if any(item.label in targets.instance_classes for item in items):
+            return
+    raise ValueError(
+        f"none of the {len(test_labels)} test samples holds an instance of "
+        f"{targets.label_field!r}: the instance victims (yolo, sam, sam_point) would have "
+        "nothing to be scored on; test on labelled samples (the test tag), or audit with "
+        "the semantic victim alone"
+    )
 
 
 def _mask_files(label) -> list[tuple[str, object]]:
