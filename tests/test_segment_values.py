@@ -67,6 +67,20 @@ def test_zero_named_as_a_class_is_an_object_and_unnamed_255_is_void(road):
     assert resolve_prompt(road, "ground_truth", ["sky"]).values == frozenset({SKY})
 
 
+def test_the_audit_neither_learns_nor_scores_values_the_mask_targets_do_not_name(road):
+    """Its score leaves out what the mask targets do not name; its class maps must too,
+    not teach those pixels as background."""
+    road.mask_targets = {"ground_truth": {0: "background", ROAD: "road", CAR: "car"}}
+    targets = resolve_targets(road, "ground_truth")
+    assert targets.segment_values.background == 0 and VOID not in targets.segment_values.ignore
+    label = road.first().ground_truth
+    mask = label.get_mask()
+    class_map = targets.semantic({"ground_truth": label}, *mask.shape)
+    assert (mask == VOID).any() and (class_map[mask == VOID] == IGNORE).all()
+    assert (class_map[mask == SKY] == 0).all()  # 0: the background
+    assert set(np.unique(class_map[(mask != VOID) & (mask != SKY)])) <= {1, 2}
+
+
 def test_explicit_values_override_the_mask_targets_and_messages_say_why(road):
     spec = resolve_prompt(road, "ground_truth", background=SKY, ignore=())
     assert spec.segment_values == SegmentValues(background=SKY)

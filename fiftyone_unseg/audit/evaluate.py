@@ -133,8 +133,8 @@ def evaluate_protection(
       progress: optional ``progress(done, total)`` callable, in training epochs.
       background, ignore: the class-map field's background value and ignore (void)
         values; "auto" reads them from its mask targets (see
-        :func:`fiftyone_unseg.labels.segment_values`). Void pixels are neither learnt nor
-        scored.
+        :func:`fiftyone_unseg.labels.segment_values`). Void pixels, and values the mask
+        targets do not name, are neither learnt nor scored.
       reuse_clean: take a victim's clean trainings (scores and a copy of the predictions)
         from an earlier audit of this dataset that trained the very same ones (same
         samples, image bytes, labels, settings, seeds and weights, see

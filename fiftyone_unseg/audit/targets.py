@@ -115,8 +115,10 @@ class Targets:
         return ids, label.detections if self.label_type is fo.Detections else label.polylines
 
     def _class_map(self, label, field: str, height: int, width: int) -> np.ndarray:
-        """A Segmentation's mask as an HxW uint8 class map (nearest-resized to HxW); ignore
-        values are :data:`IGNORE`, other values not among ``semantic_values`` background."""
+        """A Segmentation's mask as an HxW uint8 class map (nearest-resized to HxW): the
+        background value 0, ``semantic_values`` 1..K, every other value (ignore values,
+        values the mask targets do not name) :data:`IGNORE`: neither learnt nor scored,
+        as the scoring leaves out what its mask targets do not name."""
         mask = None if label is None else load_mask(label)
         if mask is None:
             return np.zeros((height, width), np.uint8)
@@ -125,11 +127,12 @@ class Targets:
             raise ValueError(
                 f"{field!r} holds RGB masks ({where}); the audit needs integer class masks"
             )
-        out = np.zeros(mask.shape, np.uint8)
+        out = np.full(mask.shape, IGNORE, np.uint8)
+        background = self.segment_values.background
+        if background is not None:
+            out[mask == background] = 0
         for k, value in enumerate(self.semantic_values, start=1):
             out[mask == value] = k
-        for value in self.segment_values.ignore:
-            out[mask == value] = IGNORE
         return fit_mask(out, height, width)
 
 
