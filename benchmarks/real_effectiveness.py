@@ -89,6 +89,7 @@ from real_rows import (
     borrow_baselines,
     measurement_differences,
     other_splits,
+    pool_keys,
     pooled,
     summary_row,
     without_rows_on,
@@ -525,6 +526,8 @@ def merge(old: dict, new: dict, add: bool = False) -> dict:
             print(f"--update: left out, measured on another split: {', '.join(dropped)}")
     if add:
         new = {**new, "victim_seed": old["victim_seed"]}
+        if old["class_mix"]:  # each run draws class keys of its own: their PSNRs pool
+            new["quality"] = pool_keys(old.get("quality", {}), new["quality"])
         for part in ("victims", "stress"):
             new[part] = {
                 key: add_seeds(old[part][key], row, old["victim_seed"])

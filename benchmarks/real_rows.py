@@ -130,6 +130,29 @@ def without_rows_on(results: dict, datasets: list, kept: dict) -> tuple[dict, li
     return trimmed, dropped
 
 
+def pool_keys(old: dict, new: dict) -> dict:
+    """Quality per dataset (``psnr``, ``ssim``, ``images``) of ``old`` with ``new``'s, a
+    run that drew class keys of its own, pooled in: each key's values in ``per_key``,
+    ``psnr`` and ``ssim`` their means, ``keys`` their number."""
+    pooled_quality = dict(old)
+    for name, quality in new.items():
+        before = old.get(name)
+        keys = [] if before is None else before.get("per_key") or [_key_quality(before)]
+        keys = [*keys, _key_quality(quality)]
+        pooled_quality[name] = {
+            **quality,
+            "psnr": float(np.mean([k["psnr"] for k in keys])),
+            "ssim": float(np.mean([k["ssim"] for k in keys])),
+            "keys": len(keys),
+            "per_key": keys,
+        }
+    return pooled_quality
+
+
+def _key_quality(quality: dict) -> dict:
+    return {"psnr": quality["psnr"], "ssim": quality["ssim"]}
+
+
 def pooled(quality: dict, key: str) -> float | None:
     """The mean of ``key`` over every protected training image of all datasets (each
     dataset's mean weighted by its ``images``)."""

@@ -469,3 +469,28 @@ def test_a_preset_sets_what_the_benchmark_protects_with_and_the_file_it_writes()
         2,  # a preset and a generator: refused
     ]
     assert "a generator or a preset ('robust'), not both" in proc.stderr
+
+
+def test_seeds_added_under_class_keys_pool_each_keys_quality():
+    """Each run of a class-key preset draws keys of its own: seeds added to a file keep
+    every key's PSNR, where the last run's used to replace them."""
+    sys.path.insert(0, BENCHMARKS)
+    from real_effectiveness import merge
+
+    quality = {"psnr": 32.0, "ssim": 0.98, "images": 367}
+    old = {
+        "generator": "none", "eps": 8 / 255, "eps_bg": 2 / 255, "class_mix": 1.0,
+        "class_style": "colour", "prompt": "all", "quick": False, "victim_seed": 0,
+        "victims": {}, "stress": {}, "data": {"camvid": {"test": 233}}, "seconds": 1.0,
+        "quality": {"camvid": {**quality, "keys": 2, "per_key": [
+            {"psnr": 32.0, "ssim": 0.98}, {"psnr": 34.0, "ssim": 0.96}]}},
+    }  # fmt: skip
+    new = {**old, "victim_seed": 5, "quality": {"camvid": {**quality, "psnr": 35.0}}}
+    merged = merge(old, new, add=True)
+    camvid = merged["quality"]["camvid"]
+    assert camvid["keys"] == 3 and camvid["psnr"] == pytest.approx((32 + 34 + 35) / 3)
+    assert camvid["ssim"] == pytest.approx((0.98 + 0.96 + 0.98) / 3)
+    assert merged["psnr"] == pytest.approx(camvid["psnr"])
+    plain = {**old, "class_mix": 0.0, "quality": {"camvid": quality}}
+    again = merge(plain, {**plain, "victim_seed": 5}, add=True)  # one noise: nothing to pool
+    assert again["quality"]["camvid"] == quality
