@@ -220,8 +220,7 @@ def write_yolo_dataset(folder: str, examples, targets) -> str:
     (required) validation split. What ``folder`` held is removed first: Ultralytics
     trains on every image there, an earlier audit's too.
     """
-    from ultralytics.data.utils import IMG_FORMATS
-
+    formats = _ultralytics().data.utils.IMG_FORMATS
     shutil.rmtree(folder, ignore_errors=True)
     for split in ("train", "val"):
         os.makedirs(os.path.join(folder, "images", split), exist_ok=True)
@@ -231,7 +230,7 @@ def write_yolo_dataset(folder: str, examples, targets) -> str:
         masks, classes = targets.instances(example.labels, *image.shape[:2])
         rows = [_polygon_row(mask, c) for mask, c in zip(masks, classes)]
         ext = os.path.splitext(example.image_path)[1]
-        readable = ext[1:].lower() in IMG_FORMATS
+        readable = ext[1:].lower() in formats
         for split in ("train", "val") if k == 0 else ("train",):
             target = os.path.join(folder, "images", split, example.sample_id)
             if readable:
