@@ -26,6 +26,7 @@ from fiftyone_unseg.audit.baselines import (
     RandomNoise,
 )
 from fiftyone_unseg.audit.countermeasures import Countermeasure
+from fiftyone_unseg.audit.report import METHOD
 from fiftyone_unseg.audit.splits import split_samples
 from fiftyone_unseg.audit.targets import resolve_targets
 from fiftyone_unseg.audit.training import Example, Settings
@@ -42,6 +43,7 @@ from fiftyone_unseg.audit.victims.yolo import (
     YoloVictim,
     _quiet_offline,
     _ultralytics,
+    _yolo_source,
     trivial_map,
     trivial_prior,
     write_yolo_dataset,
@@ -339,6 +341,10 @@ def test_yolo_export_writes_one_polygon_per_instance(sample_dataset, tmp_path):
                        targets)  # fmt: skip
     written = tmp_path / "ppm" / "images" / "train" / f"{samples[0].id}.png"
     assert np.array_equal(np.asarray(Image.open(written)), np.asarray(Image.open(ppm)))
+    # and predicted on as pixels (BGR, as Ultralytics takes arrays), not as a path it refuses
+    source = _yolo_source(ppm, IMG_FORMATS)
+    assert np.array_equal(source[..., ::-1], np.asarray(Image.open(ppm)))
+    assert _yolo_source(samples[0].filepath, IMG_FORMATS) == samples[0].filepath
 
 
 def _boxes_dataset(name: str, folder, lefts) -> fo.Dataset:
@@ -802,9 +808,14 @@ def test_the_audit_form_reads_emptied_fields_and_offers_what_the_run_takes(sampl
     assert "semantic_field" not in form(label_field="ground_truth")
     dataset.add_sample_field("earlier_audit_semantic_clean", fo.EmbeddedDocumentField,
                              embedded_doc_type=fo.Segmentation)  # fmt: skip
-    dataset.register_run("earlier_audit", dataset.init_run(method="unseg-audit"))
+    dataset.register_run("earlier_audit", dataset.init_run(method=METHOD))
+    dataset.register_run("ground", dataset.init_run(method="someone-elses"))  # not an audit
     choices = form()["semantic_field"]["type"]["values"]
     assert "ground_truth" in choices and "earlier_audit_semantic_clean" not in choices
+    ctx = ExecutionContext(
+        {"dataset_name": dataset.name, "params": {"victims": None, "epochs": "yolo=1"}}
+    )
+    assert operator.resolve_execution_options(ctx).allow_delegated_execution  # no crash
     baselines = form(baselines=["random"], eps=4.0, eps_bg=6.0)
     assert "eps" in baselines and baselines["budget_order"]["invalid"]
     assert "budget_order" not in form(baselines=["random"], eps=None, eps_bg=6.0)  # 8 then
@@ -952,6 +963,7 @@ def test_test_samples_without_instances_are_refused_before_training(tmp_path):
 
 
 def test_a_training_whose_files_a_reused_copy_replaced_is_not_resumed(monkeypatch):
+    from fiftyone_unseg.audit.reuse import TRAINED_FILE
     from fiftyone_unseg.audit.victims.semantic import SemanticVictim
 
     dataset = _dataset("audit-reuse-record", num=8)
@@ -973,6 +985,11 @@ def test_a_training_whose_files_a_reused_copy_replaced_is_not_resumed(monkeypatc
     # x at its first settings again: its seed-0 record no longer names its files
     report = evaluate_protection(dataset, "instances", run_key="x", seed=0, **kwargs)
     assert trained == [0, 1, 0] and report.results[0].reused == {}
+    # x again as it is: it takes its own clean training, whose record still names its files
+    record = os.path.join(report.folder, "semantic", "clean", TRAINED_FILE)
+    assert os.path.isfile(record)
+    again = evaluate_protection(dataset, "instances", run_key="x", seed=0, **kwargs)
+    assert again.results[0].reused == {"clean": "x"} and os.path.isfile(record)
 
 
 def test_a_stopped_audit_resumes_with_the_trainings_it_finished(monkeypatch):

@@ -29,6 +29,7 @@ from fiftyone_unseg.audit.reuse import (
     find_clean_run,
     finished_training,
     forget_training,
+    replaces_files,
     save_training,
     training_key,
 )
@@ -309,10 +310,10 @@ def _audit_victim(
         scores = []
         if variant == CLEAN and reuse is not None:
             logger.info("%s: clean trainings taken from audit %r", name, reuse.run_key)
-            forget_training(os.path.join(folder, CLEAN))  # its prediction files are replaced
-            copy_predictions(
-                dataset, ids, reuse, pred_field, os.path.join(folder, CLEAN, "predictions")
-            )
+            copies = os.path.join(folder, CLEAN, "predictions")
+            if replaces_files(dataset, reuse, copies):  # the record must not outlive
+                forget_training(os.path.join(folder, CLEAN))  # the files it names
+            copy_predictions(dataset, ids, reuse, pred_field, copies)
             victim.score(test_view, pred_field, gt_field, f"{pred_field}_eval", targets)
             scores, result.chance = list(reuse.scores), reuse.chance
             result.reused[variant] = reuse.run_key

@@ -164,9 +164,13 @@ def _label(text: str | None):
     if not (isinstance(kind, type) and issubclass(kind, fo.Label)):
         return None
     label = kind.from_json(text)
+    return label if all(os.path.isfile(p) for p in _mask_paths(label)) else None
+
+
+def _mask_paths(label) -> list[str]:
+    """The mask files ``label`` (a Segmentation, or Detections with masks) names."""
     owners = [label, *(getattr(label, "detections", None) or [])]
-    paths = [o.mask_path for o in owners if getattr(o, "mask_path", None)]
-    return label if all(os.path.isfile(p) for p in paths) else None
+    return [o.mask_path for o in owners if getattr(o, "mask_path", None)]
 
 
 def find_clean_run(dataset: fo.Dataset, name: str, fingerprint: str) -> CleanRun | None:
@@ -178,21 +182,20 @@ def find_clean_run(dataset: fo.Dataset, name: str, fingerprint: str) -> CleanRun
             continue
         result = next(r for r in load_report(dataset, run_key).results if r.victim == name)
         field = result.fields.get("clean")
-        if field and dataset.has_sample_field(field) and _mask_files_there(dataset, field):
+        if not field or not dataset.has_sample_field(field):
+            continue
+        labels = dataset.exists(field).values(field)  # masks in a folder since deleted: not
+        if all(os.path.isfile(p) for label in labels for p in _mask_paths(label)):
             scores = result.runs.get("clean", [result.scores["clean"]])
             return CleanRun(run_key, field, scores, result.chance)
     return None
 
 
-def _mask_files_there(dataset: fo.Dataset, field: str) -> bool:
-    """Whether every mask file that ``field``'s labels name exists (an audit's folder may
-    have been deleted to free the disk)."""
-    for label in dataset.exists(field).values(field):
-        owners = [label, *(getattr(label, "detections", None) or [])]
-        if any(o.mask_path and not os.path.isfile(o.mask_path) for o in owners
-               if hasattr(o, "mask_path")):  # fmt: skip
-            return False
-    return True
+def replaces_files(dataset, source: CleanRun, folder: str) -> bool:
+    """Whether :func:`copy_predictions` of ``source`` into ``folder`` replaces files there
+    (not when ``source``'s masks are those files: an audit taking the one it replaces)."""
+    paths = [p for label in dataset.values(source.field) if label for p in _mask_paths(label)]
+    return any(os.path.dirname(os.path.abspath(p)) != os.path.abspath(folder) for p in paths)
 
 
 def copy_predictions(dataset, ids, source: CleanRun, field: str, folder: str) -> None:

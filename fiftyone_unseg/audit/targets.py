@@ -9,7 +9,8 @@ names a separate ``Segmentation``, the class maps (semantic victim):
   maps paint the instances' classes;
 - ``Segmentation``: the class map is the mask (classes from the mask targets, else
   the values present), without its background value and with its ignore values
-  (void) marked :data:`IGNORE`, never learnt nor scored (see
+  (void) and the values its mask targets do not name marked :data:`IGNORE`, never
+  learnt nor scored (see
   :func:`fiftyone_unseg.labels.segment_values`); instances are the connected
   components of each class region.
 """
@@ -95,7 +96,8 @@ class Targets:
 
     def semantic(self, labels: dict, height: int, width: int) -> np.ndarray:
         """HxW uint8 class map: 0 background, k+1 for ``semantic_classes[k]``,
-        :data:`IGNORE` for ignore values."""
+        :data:`IGNORE` for ignore values (and, in a Segmentation, for values its mask
+        targets do not name)."""
         if self.semantic_field or self.label_type is fo.Segmentation:
             field = self.semantic_field or self.label_field
             return self._class_map(labels.get(field), field, height, width)

@@ -9,6 +9,7 @@ import fiftyone.operators.types as types
 from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.countermeasures import KINDS, Countermeasure
+from fiftyone_unseg.audit.report import METHOD
 from fiftyone_unseg.audit.victims import DEFAULT_VICTIMS, VICTIMS, per_victim
 from fiftyone_unseg.labels import label_type
 from fiftyone_unseg.plugin.forms import (
@@ -90,7 +91,7 @@ def _most_epochs(ctx) -> int | None:
         return None
     if isinstance(epochs, dict):
         victims = _victims(ctx.params)
-        return max(epochs[v] for v in victims) if set(victims) <= set(epochs) else None
+        return max(epochs[v] for v in victims) if victims and set(victims) <= set(epochs) else None
     return epochs
 
 
@@ -105,10 +106,6 @@ def _victims(params: dict) -> list:
 def _class_maps(ctx) -> tuple[str | None, str]:
     """(semantic field, the field the class maps come from): the semantic field only for
     an instance label field (a Segmentation gives its class maps itself)."""
-    import fiftyone as fo
-
-    from fiftyone_unseg.labels import label_type
-
     label_field = ctx.params["label_field"]
     semantic = ctx.params.get("semantic_field") or None
     if semantic is None or label_type(ctx.dataset, label_field) is fo.Segmentation:
@@ -161,7 +158,11 @@ class EvaluateProtection(foo.Operator):
         ctx.params.setdefault("label_field", inputs.properties["label_field"].default)
         if label_type(ctx.dataset, ctx.params["label_field"]) is not fo.Segmentation:
             semantic = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
-            audits = tuple(f"{key}_" for key in ctx.dataset.list_runs())  # their outputs
+            audits = tuple(  # the fields audits wrote: their ground truth and predictions
+                f"{key}_{part}_"
+                for key in ctx.dataset.list_runs(method=METHOD)
+                for part in ("gt", *VICTIMS)
+            )
             semantic = [f for f in semantic if not f.startswith(audits)]
             label = "Semantic field (none: class maps from the label field)"
             dropdown(inputs, "semantic_field", ["", *semantic], label, "")

@@ -148,10 +148,11 @@ class YoloVictim(Victim):
         import fiftyone.utils.ultralytics as fouu
 
         labels = []
-        with _quiet_offline():
+        with _quiet_offline() as ultralytics:
+            formats = ultralytics.data.utils.IMG_FORMATS
             for example in examples:
                 result = model.predict(
-                    example.image_path,
+                    _yolo_source(example.image_path, formats),
                     imgsz=settings.image_size,
                     device=settings.device,
                     conf=CONFIDENCE,
@@ -210,6 +211,14 @@ def trivial_map(view, gt_field: str, field: str, label: str, box) -> float:
         dataset.delete_sample_field(field)
 
 
+def _yolo_source(path: str, formats) -> str | np.ndarray:
+    """What Ultralytics reads of the image at ``path``: the path, or where it passes over
+    its file type (PPM, GIF, ...), the pixels as :func:`read_rgb` reads them (BGR uint8)."""
+    if os.path.splitext(path)[1][1:].lower() in formats:
+        return path
+    return cv2.cvtColor(np.round(read_rgb(path) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+
+
 def write_yolo_dataset(folder: str, examples, targets) -> str:
     """Write ``examples`` as a YOLO segmentation dataset; returns its ``dataset.yaml``.
 
@@ -229,14 +238,13 @@ def write_yolo_dataset(folder: str, examples, targets) -> str:
         image = read_rgb(example.image_path)
         masks, classes = targets.instances(example.labels, *image.shape[:2])
         rows = [_polygon_row(mask, c) for mask, c in zip(masks, classes)]
-        ext = os.path.splitext(example.image_path)[1]
-        readable = ext[1:].lower() in formats
+        source = _yolo_source(example.image_path, formats)
         for split in ("train", "val") if k == 0 else ("train",):
             target = os.path.join(folder, "images", split, example.sample_id)
-            if readable:
-                os.symlink(os.path.abspath(example.image_path), target + ext)
+            if isinstance(source, str):
+                os.symlink(os.path.abspath(source), target + os.path.splitext(source)[1])
             else:
-                Image.fromarray(np.round(image * 255).astype(np.uint8)).save(target + ".png")
+                cv2.imwrite(target + ".png", source)
             with open(os.path.join(folder, "labels", split, example.sample_id + ".txt"), "w") as f:
                 f.write("".join(row for row in rows if row))
     config = {
