@@ -956,10 +956,17 @@ def test_test_samples_without_instances_are_refused_before_training(tmp_path):
         evaluate_protection(dataset, "instances", victims=["yolo"], protected_field=None,
                             output_dir=str(folder), **TINY)  # fmt: skip
     assert not folder.exists() or not any(folder.rglob("*.pt"))  # nothing trained
+    # what an audit under this key wrote before it stopped unrecorded goes with the next
+    dataset.add_sample_field("unseg_audit_semantic_pattern", fo.StringField)
+    dataset.add_sample_field("unseg_audit_notes", fo.StringField)  # not an audit's output
     report = evaluate_protection(
         dataset, "instances", victims=["semantic"], protected_field=None, **TINY
     )  # the semantic victim scores the class maps: background alone is a score
     assert report.results[0].victim == "semantic"
+    assert not dataset.has_field("unseg_audit_semantic_pattern")
+    assert dataset.has_field("unseg_audit_notes") and dataset.has_field(
+        report.results[0].fields["clean"]
+    )
 
 
 def test_a_training_whose_files_a_reused_copy_replaced_is_not_resumed(monkeypatch):

@@ -561,19 +561,36 @@ def _check_run_key(dataset, run_key: str) -> None:
 
 def _forget(dataset, run_key: str, kept=()) -> None:
     """Delete the fields (but the prediction fields ``kept``, which this audit takes as its
-    own clean trainings) and evaluations of an earlier audit with this key."""
-    if run_key not in dataset.list_runs():
-        return
+    own clean trainings) and evaluations of an earlier audit with this key, and those an
+    audit under it wrote before it stopped unrecorded (``<run_key>_<victim>_...``,
+    ``<run_key>_gt_...``; not those of a recorded audit under another key)."""
     _check_run_key(dataset, run_key)
-    previous = load_report(dataset, run_key)
-    for result in previous.results:
-        for eval_key in result.eval_keys.values():
-            if dataset.has_evaluation(eval_key):
-                dataset.delete_evaluation(eval_key)
-        for field in result.fields.values():
-            if field not in kept and dataset.has_sample_field(field):
-                dataset.delete_sample_field(field)
-    for kind in ("instances", "semantic"):
-        if dataset.has_sample_field(f"{run_key}_gt_{kind}"):
-            dataset.delete_sample_field(f"{run_key}_gt_{kind}")
-    dataset.delete_run(run_key)
+    evaluations, fields = set(), set()
+    for key in dataset.list_runs(method=METHOD):
+        results = load_report(dataset, key).results
+        owned = {f for r in results for f in r.fields.values()} | {
+            f"{key}_gt_{kind}" for kind in ("instances", "semantic")
+        }
+        if key == run_key:
+            evaluations |= {e for r in results for e in r.eval_keys.values()}
+            fields |= owned
+        else:
+            kept = {*kept, *owned}
+    prefixes = tuple(f"{run_key}_{part}_" for part in ("gt", *VICTIMS))
+    for eval_key in dataset.list_evaluations():
+        if eval_key.startswith(prefixes) and eval_key[: -len("_eval")] not in kept:
+            evaluations.add(eval_key)
+    kept_evaluations = tuple(f"{field}_eval" for field in kept)  # and their fields
+    fields |= {
+        f
+        for f in dataset.get_field_schema()
+        if f.startswith(prefixes) and not f.startswith(kept_evaluations)
+    }
+    for eval_key in evaluations:
+        if dataset.has_evaluation(eval_key):
+            dataset.delete_evaluation(eval_key)
+    for field in fields - set(kept):
+        if dataset.has_sample_field(field):
+            dataset.delete_sample_field(field)
+    if run_key in dataset.list_runs():
+        dataset.delete_run(run_key)
