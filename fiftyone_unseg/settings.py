@@ -50,7 +50,7 @@ PRESETS = {
         "default",
         "for semantic datasets: one secret flat colour per class instead of the generator's "
         "noise (colour class keys at share 1): CamVid semantic at 0.63 of clean, 0.68 after "
-        "JPEG 75 (ten victim seeds), 0.47 after a blur, 0.53 after half-scale (five; 0.62 "
+        "JPEG 75 (ten victim seeds), 0.52 after a blur, 0.58 after half-scale (nine; 0.62 "
         "for a victim trained 40 epochs instead of 12); 32.9 dB, a tint can show on large flat regions. "
         "Undone by a grayscale conversion and by an attacker holding clean labelled photos "
         "of the same source; no help against instance models (YOLO on pets 0.64)",
