@@ -174,7 +174,7 @@ def test_an_audit_stopped_with_ctrl_c_resumes_with_its_finished_trainings(tmp_pa
     err = _interrupt_when(proc, first.exists, timeout=300)  # the first training is finished
     assert err.rstrip().endswith(
         "unseg evaluate: interrupted; re-run the same command to resume (finished trainings "
-        "are kept)"
+        "are kept; with --retrain-clean all train again)"
     )
     kept = os.stat(first)
     done = subprocess.run([UNSEG, *audit], capture_output=True, text=True, env=ENV, timeout=600)
