@@ -7,6 +7,7 @@ Free of side effects on import, like :mod:`real_report`: tests import it.
 """
 
 import numpy as np
+from machine import merge_results
 
 SCORED = ("clean", "protected")  # the spread is the larger sample sd of these two
 # What a row says besides its scores: kept when its scores are recomputed.
@@ -198,3 +199,55 @@ def _ratio(score: float, clean: float) -> float | None:
 
 def _sd(scores: list) -> float:
     return float(np.std(scores, ddof=1))
+
+
+def merge(old: dict, new: dict, add: bool = False) -> dict:
+    """``old`` with the victims and stress tests that ``new`` measured replaced, or with
+    ``add``, their scores at ``new``'s victim seeds added (:func:`add_seeds`)."""
+    old = {"class_mix": 0.0, "class_style": "texture", "prompt": "all", **old}  # older files
+    same = ("generator", "eps", "eps_bg", "class_mix", "class_style", "prompt", "quick")
+    changed = other_splits(old, new)
+    if changed and add:
+        raise SystemExit(f"--add-seeds: the {', '.join(changed)} split differs from the file's")
+    if changed:  # rows on the file's split of those datasets would mix with this run's
+        old, dropped = without_rows_on(old, changed, new)
+        if dropped:
+            print(f"--update: left out, measured on another split: {', '.join(dropped)}")
+    if add:
+        new = {**new, "victim_seed": old["victim_seed"]}
+        if old["class_mix"]:  # each run draws class keys of its own: their PSNRs pool
+            new["quality"] = pool_keys(old.get("quality", {}), new["quality"])
+        for part in ("victims", "stress"):
+            new[part] = {
+                key: add_seeds(old[part][key], row, old["victim_seed"])
+                if key in old.get(part, {})
+                else row
+                for key, row in new[part].items()
+            }
+    merged = merge_results(
+        old, new, (*same, "victim_seed"), ("victims", "stress", "quality", "data")
+    )
+    merged["psnr"] = pooled(merged["quality"], "psnr")
+    merged["ssim"] = pooled(merged["quality"], "ssim")
+    return merged
+
+
+def borrow(results: dict, donor: dict | None) -> dict:
+    """``results`` with every row completed from ``donor``'s same row
+    (:func:`borrow_baselines`), saying what each row took or why nothing."""
+    if donor is None:
+        return results
+    differs = measurement_differences(results, donor)
+    if differs:
+        print(f"--baselines-from: nothing taken, {', '.join(differs)} differ(s) there")
+        return results
+    results = dict(results)
+    for part in ("victims", "stress"):
+        results[part] = dict(results[part])
+        for key, row in results[part].items():
+            other = donor.get(part, {}).get(key)
+            results[part][key], taken = borrow_baselines(row, other, donor["victim_seed"])
+            why = "absent there" if other is None else "nothing missing, or other clean runs"
+            said = f"took {', '.join(taken)} from {donor['generator']}" if taken else why
+            print(f"--baselines-from: {part} {key}: {said}")
+    return results

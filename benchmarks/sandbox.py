@@ -11,8 +11,15 @@ import hashlib
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import uuid
+
+if "fiftyone" in sys.modules:  # its config is read: the database would be the caller's
+    raise ImportError(
+        "import sandbox before fiftyone (a test or a script that already uses a database "
+        "would send its subprocesses to the sandbox's)"
+    )
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 _PREFIX = f"unseg-bench-{_HOST}-"  # then <pid>-<random>

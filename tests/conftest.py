@@ -38,6 +38,30 @@ assert fo.config.database_name == os.environ["FIFTYONE_DATABASE_NAME"], (
 database.connect()
 
 
+# What subprocesses (the CLI, benchmarks) inherit to find the session's database.
+DATABASE_ENV = (
+    "FIFTYONE_DATABASE_NAME",
+    "FIFTYONE_DATABASE_URI",
+    "FIFTYONE_PRIVATE_DATABASE_PORT",
+    "FIFTYONE_DEFAULT_DATASET_DIR",
+)
+
+
+@pytest.fixture(autouse=True)
+def database_env_is_kept():
+    """Fails a test that changes :data:`DATABASE_ENV` (and puts it back): every later
+    ``unseg`` subprocess of its worker would look in another database."""
+    before = {key: os.environ.get(key) for key in DATABASE_ENV}
+    yield
+    changed = {k: os.environ.get(k) for k, v in before.items() if os.environ.get(k) != v}
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    assert not changed, f"the test changed the database environment: {changed}"
+
+
 def pytest_sessionfinish(session, exitstatus):
     try:
         fo.core.odm.get_db_client().drop_database(fo.config.database_name)

@@ -117,18 +117,13 @@ def test_a_failed_database_start_is_retried(tmp_path):
     """A port inherited from a parent whose database is gone: the first connection fails
     (after pymongo's 30 s), the next forgets the port and starts a service. In a database
     folder of its own: the service it starts and stops must not be the suite's."""
-    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-        # While it ran, CLI tests of the other worker found another (empty) database, in
-        # a PID namespace too; how is not traced: run it alone (pytest tests/test_database.py)
-        pytest.skip("run alone: it disturbs the database of tests running beside it")
     if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"]).returncode:
         pytest.skip("needs unshare --pid (root or user namespaces)")
     dead = {
         "FIFTYONE_PRIVATE_DATABASE_PORT": str(_free_port()),
         "FIFTYONE_DATABASE_DIR": str(tmp_path / "db"),
     }
-    # In a PID namespace: it finds no service of the suite's to join (and so never stops
-    # it), where CLI tests in the other worker lost their database while it ran.
+    # In a PID namespace: it finds no service of the suite's to join (and so never stops it).
     exe = os.path.join(os.path.dirname(sys.executable), "unseg")
     proc = subprocess.run(
         ["unshare", "--pid", "--fork", "--mount-proc", exe, "restore", "--dataset",
@@ -152,10 +147,6 @@ def test_processes_started_together_on_a_busy_cpu_all_connect(tmp_path):
     """Shards, the App, workers and the CLI start together: in a PID namespace (no database
     service of this user in sight) with a fresh database, 4 ``unseg status`` start at once,
     on a CPU kept busy, just after the service of the process that made the dataset ends."""
-    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-        # While it ran, CLI tests of the other worker found another (empty) database, in
-        # a PID namespace too; how is not traced: run it alone (pytest tests/test_database.py)
-        pytest.skip("run alone: it disturbs the database of tests running beside it")
     if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"]).returncode:
         pytest.skip("needs unshare --pid (root or user namespaces)")
     keep = ("FIFTYONE_PRIVATE_DATABASE_PORT", "FIFTYONE_DATABASE_URI")

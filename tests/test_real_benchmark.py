@@ -475,7 +475,7 @@ def test_seeds_added_under_class_keys_pool_each_keys_quality():
     """Each run of a class-key preset draws keys of its own: seeds added to a file keep
     every key's PSNR, where the last run's used to replace them."""
     sys.path.insert(0, BENCHMARKS)
-    from real_effectiveness import merge
+    from real_rows import merge
 
     quality = {"psnr": 32.0, "ssim": 0.98, "images": 367}
     old = {

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import fiftyone as fo
 import numpy as np
@@ -302,6 +303,9 @@ def test_a_resumed_run_logs_each_step_once_and_a_finished_one_is_not_overwritten
     cfg = micro_config(max_steps=4, checkpoint_every=2, log_every=1)
     Trainer(cfg, str(out), ctx).run()
     (out / "checkpoints" / "latest").write_text("step_00000002")  # killed before step 4's
+    # TensorBoard reads event files in name order: a second (then a counter that may roll
+    # over from 9 to 10 in this process). A resumed process starts in a later second.
+    time.sleep(1.01 - time.time() % 1)
     Trainer(cfg, str(out), ctx).run(resume=True)
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()

@@ -7,7 +7,7 @@ noises), :mod:`.countermeasures`, :mod:`.training` (the shared loop), :mod:`.vic
 (one module per model), :mod:`.report`.
 """
 
-from fiftyone_unseg.audit.evaluate import DEFAULT_RUN_KEY, evaluate_protection
+from fiftyone_unseg.audit.evaluate import DEFAULT_RUN_KEY, evaluate_protection, output_prefixes
 from fiftyone_unseg.audit.report import ProtectionReport, VictimResult, load_report
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "VictimResult",
     "evaluate_protection",
     "load_report",
+    "output_prefixes",
 ]

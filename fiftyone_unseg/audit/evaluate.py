@@ -559,6 +559,12 @@ def _check_run_key(dataset, run_key: str) -> None:
         raise ValueError(f"run key {run_key!r} belongs to another kind of run; choose another")
 
 
+def output_prefixes(run_key: str) -> tuple[str, ...]:
+    """How the names of the fields and evaluations an audit under ``run_key`` writes begin:
+    ``<run_key>_gt_`` (its ground truth), ``<run_key>_<victim>_`` (predictions)."""
+    return tuple(f"{run_key}_{part}_" for part in ("gt", *VICTIMS))
+
+
 def _forget(dataset, run_key: str, kept=()) -> None:
     """Delete the fields (but the prediction fields ``kept``, which this audit takes as its
     own clean trainings) and evaluations of an earlier audit with this key, and those an
@@ -576,7 +582,7 @@ def _forget(dataset, run_key: str, kept=()) -> None:
             fields |= owned
         else:
             kept = {*kept, *owned}
-    prefixes = tuple(f"{run_key}_{part}_" for part in ("gt", *VICTIMS))
+    prefixes = output_prefixes(run_key)
     for eval_key in dataset.list_evaluations():
         if eval_key.startswith(prefixes) and eval_key[: -len("_eval")] not in kept:
             evaluations.add(eval_key)

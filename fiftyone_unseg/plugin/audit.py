@@ -6,7 +6,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection
+from fiftyone_unseg.audit import DEFAULT_RUN_KEY, evaluate_protection, output_prefixes
 from fiftyone_unseg.audit.baselines import BASELINES
 from fiftyone_unseg.audit.countermeasures import KINDS, Countermeasure
 from fiftyone_unseg.audit.report import METHOD
@@ -159,9 +159,7 @@ class EvaluateProtection(foo.Operator):
         if label_type(ctx.dataset, ctx.params["label_field"]) is not fo.Segmentation:
             semantic = sorted(ctx.dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
             audits = tuple(  # the fields audits wrote: their ground truth and predictions
-                f"{key}_{part}_"
-                for key in ctx.dataset.list_runs(method=METHOD)
-                for part in ("gt", *VICTIMS)
+                p for key in ctx.dataset.list_runs(method=METHOD) for p in output_prefixes(key)
             )
             semantic = [f for f in semantic if not f.startswith(audits)]
             label = "Semantic field (none: class maps from the label field)"
