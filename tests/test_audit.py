@@ -956,6 +956,14 @@ def test_test_samples_without_instances_are_refused_before_training(tmp_path):
         evaluate_protection(dataset, "instances", victims=["yolo"], protected_field=None,
                             output_dir=str(folder), **TINY)  # fmt: skip
     assert not folder.exists() or not any(folder.rglob("*.pt"))  # nothing trained
+    # A Segmentation's instances are its regions: test masks of background alone have none
+    empty = fo.Segmentation(mask=np.zeros((SIZE, SIZE), np.uint8))
+    test.set_values("ground_truth", [empty.copy() for _ in range(len(test))])
+    with pytest.raises(ValueError, match="none of the .* test samples holds an instance of "
+                       "'ground_truth'"):  # fmt: skip
+        evaluate_protection(dataset, "ground_truth", victims=["sam_point"], protected_field=None,
+                            output_dir=str(folder), **TINY)  # fmt: skip
+    assert not folder.exists() or not any(folder.rglob("*.pt"))
     # what an audit under this key wrote before it stopped unrecorded goes with the next
     dataset.add_sample_field("unseg_audit_semantic_pattern", fo.StringField)
     dataset.add_sample_field("unseg_audit_notes", fo.StringField)  # not an audit's output

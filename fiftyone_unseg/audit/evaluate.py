@@ -420,14 +420,9 @@ def _readable(
 def _check_test_instances(test_labels: list[dict], targets: Targets) -> None:
     """ValueError, before anything trains, unless a test sample holds an instance of the
     label field's classes: instance victims would have nothing to be scored on (FiftyOne's
-    mAP is -1 then). Instances of a Segmentation are its regions, found when painted."""
-    if targets.instances_derived:
+    mAP is -1 then)."""
+    if any(targets.has_instance(labels) for labels in test_labels):
         return
-    for labels in test_labels:
-        label = labels.get(targets.label_field)
-        items = getattr(label, "detections", None) or getattr(label, "polylines", None) or []
-        if any(item.label in targets.instance_classes for item in items):
-            return
     raise ValueError(
         f"none of the {len(test_labels)} test samples holds an instance of "
         f"{targets.label_field!r}: the instance victims (yolo, sam, sam_point) would have "

@@ -69,6 +69,18 @@ class Targets:
         """True when instances come from a class map's connected components."""
         return self.label_type is fo.Segmentation
 
+    def has_instance(self, labels: dict) -> bool:
+        """Whether ``labels`` hold an instance of ``instance_classes`` (of a class map: a
+        pixel of one of its classes)."""
+        label = labels.get(self.label_field)
+        if label is None:
+            return False
+        if self.instances_derived:
+            mask = load_mask(label)
+            return mask is not None and bool(np.isin(mask, self.semantic_values).any())
+        items = getattr(label, "detections", None) or getattr(label, "polylines", None) or []
+        return any(item.label in self.instance_classes for item in items)
+
     def instances(self, labels: dict, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Instance masks KxHxW (bool) and their class indices K (int64)."""
         label = labels.get(self.label_field)
