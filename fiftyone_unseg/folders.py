@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from PIL import Image
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 INSTANCE_SEPARATOR = "__"
@@ -30,14 +32,15 @@ def instance_mask_name(stem: str, k: int, ext: str = ".png") -> str:
     return f"{stem}{INSTANCE_SEPARATOR}{k:02d}{ext}"
 
 
-def _files(folder: str, extensions) -> dict:
+def _files(folder: str, extensions) -> dict[str, list[str]]:
+    """Stem -> the paths of the files with that stem and one of ``extensions``, sorted."""
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: not a folder")
-    out = {}
+    out: dict[str, list[str]] = {}
     for name in sorted(os.listdir(folder)):
         stem, ext = os.path.splitext(name)
         if ext.lower() in extensions and not name.startswith("."):
-            out.setdefault(stem, os.path.join(folder, name))
+            out.setdefault(stem, []).append(os.path.join(folder, name))
     return out
 
 
@@ -47,17 +50,46 @@ def find_pairs(
     image_exts=IMAGE_EXTENSIONS,
     mask_exts=MASK_EXTENSIONS,
 ) -> list:
-    """All (image, mask) pairs of one set, sorted; images without a mask are left out."""
+    """All (image, mask) pairs of one set, sorted; images without a mask are left out.
+    ValueError naming the files where one folder holds two images of one stem that could
+    each be the mask."""
     images = _files(image_dir, tuple(e.lower() for e in image_exts))
     masks = _files(mask_dir, tuple(e.lower() for e in mask_exts))
     pairs = []
-    for stem, mask in masks.items():
-        image = images.get(stem)  # in one folder, an object mask is an "image" too
-        if (image is None or _same_file(image, mask)) and INSTANCE_SEPARATOR in stem:
-            image = images.get(stem.rsplit(INSTANCE_SEPARATOR, 1)[0])
-        if image is not None and not _same_file(image, mask):
-            pairs.append(Pair(image, mask))
+    for stem, mask_files in masks.items():
+        pair = _pair(images.get(stem, []), mask_files)
+        if pair is None and INSTANCE_SEPARATOR in stem:
+            pair = _pair(images.get(stem.rsplit(INSTANCE_SEPARATOR, 1)[0], []), mask_files)
+        if pair is not None:
+            pairs.append(pair)
     return sorted(pairs, key=lambda p: (p.image, p.mask))
+
+
+def _pair(image_files: list[str], mask_files: list[str]) -> Pair | None:
+    """The image and the mask among the files of one stem. In one folder a file may be
+    either (``0001.png`` next to ``0001.jpg`` is the mask); of two that may each be either
+    (``0001.png`` next to ``0001.tif``) the one-channel file is the mask."""
+    shared = [f for f in image_files if any(_same_file(f, m) for m in mask_files)]
+    image = next((f for f in image_files if f not in shared), None)
+    mask = next((f for f in mask_files if not any(_same_file(f, s) for s in shared)), None)
+    if image is None and mask is None and len(shared) > 1:
+        grey = [f for f in shared if not _is_colour(f)]
+        if len(grey) != 1:
+            raise ValueError(
+                f"{', '.join(shared)}: cannot tell which is the image and which the mask "
+                "(both have one channel, or both colours); keep masks in a folder of their own"
+            )
+        return Pair(next(f for f in shared if f not in grey), grey[0])
+    image, mask = image or next(iter(shared), None), mask or next(iter(shared), None)
+    if image is None or mask is None or _same_file(image, mask):
+        return None
+    return Pair(image, mask)
+
+
+def _is_colour(path: str) -> bool:
+    """Whether an image file has colour channels (read from its header)."""
+    with Image.open(path) as im:
+        return im.mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 
 
 def _same_file(a: str, b: str) -> bool:

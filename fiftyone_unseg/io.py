@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import re
@@ -23,6 +24,9 @@ _JPEG_EXIF_LIMIT = 65533 - len(_EXIF_HEADER)  # the most an APP1 segment holds; 
 # Write errors that no other file of the run would escape: stop instead of trying the rest.
 OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 _TEMP_SUFFIX = ".unseg-tmp"
+# The longest target name a temporary file's name carries whole: 255 bytes less the dot
+# before it, mkstemp's dot and 8 random characters, and the suffix.
+_TEMP_STEM_BYTES = 255 - 10 - len(_TEMP_SUFFIX)
 
 
 def _umask() -> int:
@@ -38,14 +42,15 @@ FILE_MODE = 0o666 & ~_umask()
 def atomic_write_bytes(data: bytes, path: str, replace: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
 
-    The bytes go to a hidden temporary file next to ``path`` (``.<name>.<random>.unseg-tmp``,
-    see :func:`stale_temp_files`), synced, then moved to ``path``. With ``replace=False``
+    The bytes go to a hidden temporary file next to ``path``
+    (``.<temp_stem(name)>.<random>.unseg-tmp``, see :func:`stale_temp_files`), synced,
+    then moved to ``path``. With ``replace=False``
     the move fails with FileExistsError if ``path`` appeared meanwhile (a hard link, where
     the filesystem has them).
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    name = os.path.basename(path)
+    name = temp_stem(os.path.basename(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=_TEMP_SUFFIX)
     try:
         os.fchmod(fd, FILE_MODE)
@@ -79,9 +84,20 @@ def is_temp_file(name: str) -> bool:
     return name.startswith(".") and name.endswith(_TEMP_SUFFIX)
 
 
+def temp_stem(name: str) -> str:
+    """What the temporary file of a write to the file ``name`` is named after: the name,
+    or for names too long to carry whole (a file name has at most 255 bytes), its start
+    and a hash of the whole."""
+    data = name.encode()
+    if len(data) <= _TEMP_STEM_BYTES:
+        return name
+    digest = hashlib.blake2b(data, digest_size=8).hexdigest()
+    return data[: _TEMP_STEM_BYTES - 17].decode("utf-8", "ignore") + "~" + digest
+
+
 def stale_temp_files(folder: str) -> dict[str, list[str]]:
     """Temporary files that :func:`atomic_write_bytes` left in ``folder`` (a killed
-    process), by the name of the file they were for."""
+    process), by the :func:`temp_stem` of the file they were for."""
     found: dict[str, list[str]] = {}
     if not os.path.isdir(folder):
         return found

@@ -43,9 +43,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import cv2
 import fiftyone as fo
 import fiftyone.core.media as fom
+import fiftyone.core.odm as foo
 import fiftyone.core.runs as fors
 import numpy as np
 import torch
+from bson import ObjectId
 from PIL import Image
 
 from fiftyone_unseg import io as uio
@@ -187,7 +189,9 @@ def protect(
         noise, the rest the union pass's noise; the image is encoded once).
       output_dir: where protected images go; default
         ``<fo.config.default_dataset_dir>/unseg-protected/<dataset name>``. Files are
-        named ``<original stem>-<sample id>.<format>``.
+        named ``<original stem>-<sample id>.<format>``. When given, samples whose copy is
+        in another folder are protected again into this one (the earlier copies deleted);
+        when not, copies stay wherever they are.
       image_format: "png" (lossless, default) or "jpg" (``jpeg_quality``; lossy
         saving weakens the noise and can exceed the budgets; ``linf`` says by how much).
       replace_filepath: make the protected image the sample's ``filepath`` and keep
@@ -283,7 +287,9 @@ def protect(
         "class_mix": keys.mix if keys else 0.0,
         "class_key": keys.fingerprint if keys else None,
     }
-    output_dir = os.path.abspath(output_dir or default_output_dir(dataset))
+    # a folder named: copies elsewhere are made again there (and the earlier ones deleted)
+    folder = os.path.abspath(output_dir) if output_dir else None
+    output_dir = folder or os.path.abspath(default_output_dir(dataset))
     uio.check_writable(output_dir)
     uio.check_writable(
         _lock_dir(dataset),
@@ -291,7 +297,7 @@ def protect(
     )
     _prepare_dataset(dataset, replace_filepath)
     view = _shard_view(samples, shard)
-    ids, tasks = _plan(view, settings, output_dir, overwrite)
+    ids, tasks = _plan(view, settings, output_dir, overwrite, folder)
     total, skipped = len(ids), len(ids) - len(tasks)
     todo = {task.id for task in tasks}
     _sync_filepaths(dataset, [i for i in ids if i not in todo], replace_filepath)
@@ -302,7 +308,9 @@ def protect(
         if progress is not None:
             progress(skipped + done, total)
 
-    run = _Run(model, view, spec, settings, keys, overwrite, replace_filepath, device, report)
+    run = _Run(
+        model, view, spec, settings, keys, overwrite, folder, replace_filepath, device, report
+    )
     try:
         run.protect(tasks, batch_size)
     except BaseException as error:  # Ctrl-C too: the record says what was done
@@ -363,7 +371,8 @@ def restore(samples, delete_protected: bool = False, progress=None) -> dict:
     copies and their noise images) are deleted, their ``protected_filepath`` and
     ``unseg`` fields and the fields pointing at their noise images cleared. A sample whose
     original image file is gone (moved, or on a drive not mounted) is left as it is, its
-    protected copy kept, and listed in ``failures``.
+    protected copy kept, and listed in ``failures``; so is the copy of a sample that
+    another dataset (a clone) still shows (:func:`shown_elsewhere`), its original restored.
     ``progress``: optional ``progress(done, total)`` callable, over the samples whose
     original comes back and then those whose copy is deleted.
     Returns ``restored``, ``unchanged`` (neither restored nor a copy deleted), ``deleted``
@@ -386,8 +395,17 @@ def restore(samples, delete_protected: bool = False, progress=None) -> dict:
     missing = {f["id"] for f in failures}
     restored = {i: o for i, o in zip(ids, originals) if o and i not in missing}
     protected = {i: p for i, p in zip(ids, copies) if p and i not in missing}
-    total = len(restored) + len(protected)
     dataset = samples._dataset
+    owned = {i: {p} for i, p in protected.items() if _deletable(dataset, i, p)}
+    shared = shown_elsewhere(dataset, owned)
+    for i, path in [(i, p) for i, p in protected.items() if p in shared]:
+        reason = (
+            f"{path}: the protected copy is kept, as it is also an image of the "
+            f"dataset {shared[path]!r} (delete that dataset, or restore it with --delete-protected, first)"
+        )
+        failures.append(failure(i, path, ValueError(reason)))
+        del protected[i]
+    total = len(restored) + len(protected)
     if restored:
         dataset.set_values("filepath", restored, key_field="id")
         dataset.set_values("original_filepath", dict.fromkeys(restored), key_field="id")
@@ -400,9 +418,10 @@ def restore(samples, delete_protected: bool = False, progress=None) -> dict:
         deleted = _discard(dataset, protected, progress=done)
         for field in ("protected_filepath", "unseg"):
             dataset.set_values(field, dict.fromkeys(protected), key_field="id")
+    failed = {f["id"] for f in failures}
     return {
         "restored": len(restored),
-        "unchanged": len(ids) - len(restored.keys() | protected.keys()) - len(failures),
+        "unchanged": len(set(ids) - restored.keys() - protected.keys() - failed),
         "deleted": deleted,
         "failed": len(failures),
         "failures": failures,
@@ -458,9 +477,9 @@ def protection_states(samples) -> list[str | None]:
     of the sample started and did not finish (the copy is the one from before); else
     :data:`CURRENT`. Copies recorded
     without hashes (protected before they were recorded) count as current. Read from the
-    dataset, whatever the view filters; an original is hashed only where its size or
-    modification time differ from those recorded with the copy (``source_stat``), as
-    ``make`` and git decide what changed.
+    dataset, whatever the view filters; an original is hashed only where its path, size,
+    inode or modification or change time differ from those recorded with the copy
+    (``source_stat``, :func:`file_stat`), as git decides what changed.
     """
     stored = stored_samples(samples)
     paths, generators, fields, sources, stats, labels = (
@@ -512,12 +531,18 @@ def original_paths(samples) -> list[str]:
 
 
 def file_stat(path: str) -> str | None:
-    """``"SIZE:MTIME_NS"`` of a file; None if it cannot be read."""
+    """``"SIZE:MTIME_NS:INODE:CTIME_NS:PATH"`` of a file (the absolute path: a sample
+    pointed at another file of the same size and time is not taken for unchanged; the
+    inode and change time: nor is a file replaced by a rename, or its time set back);
+    None if it cannot be read."""
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return (
+        f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}:"
+        f"{os.path.abspath(path)}"
+    )
 
 
 def file_hash(path: str) -> str | None:
@@ -783,10 +808,13 @@ def optional_values(samples, field: str) -> list:
     return [None] * len(samples)
 
 
-def _plan(view, settings: dict, output_dir: str, overwrite: bool) -> tuple[list, list[_Task]]:
-    """The ids of the samples in ``view`` and, as tasks, those that need protecting."""
+def _plan(
+    view, settings: dict, output_dir: str, overwrite: bool, folder: str | None
+) -> tuple[list, list[_Task]]:
+    """The ids of the samples in ``view`` and, as tasks, those that need protecting
+    (``folder``: see :func:`_done`)."""
     ids, widths, heights = view.values(["id", "metadata.width", "metadata.height"])
-    done = [False] * len(ids) if overwrite else _done(view, settings)
+    done = [False] * len(ids) if overwrite else _done(view, settings, folder)
     tasks = []
     for i, (sample_id, source) in enumerate(zip(ids, original_paths(view))):
         if done[i]:
@@ -800,21 +828,33 @@ def _plan(view, settings: dict, output_dir: str, overwrite: bool) -> tuple[list,
     return ids, tasks
 
 
-def _done(samples, settings: dict) -> list[bool]:
+def _done(samples, settings: dict, folder: str | None = None) -> list[bool]:
     """Whether each sample of ``samples`` is protected with ``settings`` from what it holds
-    now, its file in place (:func:`protection_states`): a run skips those."""
+    now, its file in place (:func:`protection_states`) and, if a ``folder`` is given, in
+    it: a run skips those."""
     stored = stored_samples(samples)
     ids, paths, *previous = stored.values(
         ["id", "protected_filepath"] + [f"unseg.{k}" for k in SETTINGS]
     )
     current = tuple(settings[k] for k in SETTINGS)
     recorded = [recorded_settings(dict(zip(SETTINGS, row))) for row in zip(*previous)]
-    candidates = [i for i in range(len(ids)) if tuple(recorded[i].values()) == current and paths[i]]
+    candidates = [
+        i
+        for i in range(len(ids))
+        if tuple(recorded[i].values()) == current
+        and paths[i]
+        and (folder is None or _same_folder(os.path.dirname(paths[i]), folder))
+    ]
     states = protection_states(stored.select([ids[i] for i in candidates], ordered=True))
     done = [False] * len(ids)
     for i, state in zip(candidates, states):
         done[i] = state == CURRENT
     return done
+
+
+def _same_folder(a: str, b: str) -> bool:
+    """Whether two paths name one folder, however each is spelled."""
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def recorded_settings(values: dict) -> dict:
@@ -868,11 +908,12 @@ class _Run:
     """One protect run over its tasks: locks, pipeline, records and counts."""
 
     def __init__(
-        self, model, view, spec, settings, keys, overwrite, replace_filepath, device, report
-    ):
+        self, model, view, spec, settings, keys, overwrite, folder, replace_filepath, device,
+        report,
+    ):  # fmt: skip
         self.model, self.view, self.spec, self.settings = model, view, spec, settings
         self.keys = keys
-        self.overwrite, self.replace_filepath = overwrite, replace_filepath
+        self.overwrite, self.folder, self.replace_filepath = overwrite, folder, replace_filepath
         self.device, self.report = device, report
         self.dataset = view._dataset
         self.protected = self.skipped = self.no_segments = self.busy = self.replaced = 0
@@ -881,6 +922,7 @@ class _Run:
         self.locks: dict[str, int] = {}
         self.stale: dict[str, list[str]] = {}
         self.previous: dict[str, str] = {}  # sample id -> its protected copy before this run
+        self.facts: dict[str, object] = {}  # sample id -> its copy's facts, while replacing
         self.overlap = _overlaps(device)
         # mask values that the mask targets do not name, found in the protected samples
         self.named = {name for _, name in spec.value_names} if spec.value_names else None
@@ -971,10 +1013,10 @@ class _Run:
         # picks samples, never objects, so every object is protected and a later run on
         # the whole dataset finds the copy current (label_hash records the stored label).
         stored = stored_samples(self.view.select([t.id for t in mine]))
-        ids, paths, generators, kept = stored.values(
-            ["id", "protected_filepath", "unseg.generator_id", self.spec.label_field]
+        ids, paths, facts, kept = stored.values(
+            ["id", "protected_filepath", "unseg", self.spec.label_field]
         )
-        done = [False] * len(ids) if self.overwrite else _done(stored, self.settings)
+        done = [False] * len(ids) if self.overwrite else _done(stored, self.settings, self.folder)
         skipped = [i for i, skip in zip(ids, done) if skip]  # protected by another run meanwhile
         _sync_filepaths(self.dataset, skipped, self.replace_filepath)
         for sample_id in skipped:
@@ -984,17 +1026,19 @@ class _Run:
         mine = [t for t in mine if t.id in self.locks]
         self.previous.update((i, path) for i, path in zip(ids, paths) if i in self.locks and path)
         # The facts must never describe another file: clear them before replacing it, and
-        # mark the copy as being replaced until its successor is recorded.
-        facts = dict(zip(ids, generators))
+        # mark the copy as being replaced until its successor is recorded (a run killed
+        # meanwhile leaves the mark; one that fails to write puts the facts back).
+        facts = dict(zip(ids, facts))
         replacing = {
             t.id: fo.DynamicEmbeddedDocument(**{REPLACING: True})
             for t in mine
-            if facts.get(t.id) is not None
+            if getattr(facts.get(t.id), "generator_id", None) is not None
         }
         if replacing:
+            self.facts.update((i, facts[i]) for i in replacing)
             self.dataset.set_values("unseg", replacing, key_field="id")
         for task in mine:
-            for path in self.stale.pop(os.path.basename(task.target), []):
+            for path in self.stale.pop(uio.temp_stem(os.path.basename(task.target)), []):
                 if os.path.lexists(path):
                     os.remove(path)  # a killed run's partial file for this sample
         return [
@@ -1008,9 +1052,14 @@ class _Run:
         ]
 
     def _fail(self, task: _Task, error: BaseException) -> None:
+        """A sample not written (writes are atomic): its earlier copy, if any, is as it was,
+        and so are the facts that describe it."""
         self.failures.append(failure(task.id, task.source, error))
         if uio.is_output_error(error) and not self.stopped:
             self.stopped = f"not attempted: {os.path.dirname(task.target)}: {error.strerror}"
+        if task.id in self.facts:
+            self.dataset.set_values("unseg", {task.id: self.facts.pop(task.id)}, key_field="id")
+            self.previous.pop(task.id, None)
         self._release(task.id)
 
     def _release(self, sample_id: str) -> None:
@@ -1027,6 +1076,8 @@ class _Run:
                 facts[task.id] = (task.target, future.result())
             else:
                 self._fail(task, future.exception())
+        for sample_id in facts:
+            self.facts.pop(sample_id, None)
         if facts:
             paths = {i: path for i, (path, _) in facts.items()}
             docs = {i: fo.DynamicEmbeddedDocument(**f) for i, (_, f) in facts.items()}
@@ -1276,6 +1327,7 @@ def _sync_filepaths(dataset, ids: list, replace_filepath: bool) -> None:
 
 
 _PROGRESS_CHUNK = 500  # samples restored or copies deleted between progress reports
+_QUERY_CHUNK = 10_000  # sample ids per query of another dataset (shown_elsewhere)
 
 
 def _refresh_metadata(dataset, ids, progress=None) -> None:
@@ -1289,21 +1341,62 @@ def _refresh_metadata(dataset, ids, progress=None) -> None:
             progress(start + len(chunk))
 
 
+def shown_elsewhere(dataset, files: dict[str, set[str]]) -> dict[str, str]:
+    """Of ``files`` (sample id -> paths written for that sample of ``dataset``), those that
+    a sample of another dataset with the same id (a clone: clones keep the ids) names in
+    any field, with that dataset's name. One query by id per other dataset."""
+    found: dict[str, str] = {}
+    if not files:
+        return found
+    db = foo.get_db_conn()
+    own = dataset._doc.sample_collection_name
+    ids = [ObjectId(i) for i in files]
+    for other in db.datasets.find({}, {"name": 1, "sample_collection_name": 1}):
+        collection = other.get("sample_collection_name")
+        if collection in (None, own):
+            continue
+        for start in range(0, len(ids), _QUERY_CHUNK):
+            chunk = ids[start : start + _QUERY_CHUNK]
+            for sample in db[collection].find({"_id": {"$in": chunk}}):
+                for value in _strings(sample) & files[str(sample["_id"])]:
+                    found.setdefault(value, other["name"])
+    return found
+
+
+def _strings(value, depth: int = 3) -> set[str]:
+    """The strings in a document's values, ``depth`` levels of nesting deep (a path field,
+    a heatmap's ``map_path``, a list of labels' mask paths)."""
+    if isinstance(value, str):
+        return {value}
+    if depth == 0:
+        return set()
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return set().union(*(_strings(item, depth - 1) for item in items))
+
+
+def _deletable(dataset, sample_id: str, path: str) -> bool:
+    """Whether ``path`` is a file written for this sample of ``dataset``
+    (:func:`fiftyone_unseg.io.owns`; not a clone's source's)."""
+    return os.path.isfile(path) and uio.owns(uio.owner_of(dataset, sample_id), path)
+
+
 def _discard(dataset, copies: dict, kept: dict | None = None, progress=None) -> int:
     """Delete what this package wrote for earlier protected copies (sample id -> path):
     each copy, unless it is the sample's new one in ``kept``, and its noise images; clear
     the fields pointing at those noise images (heatmaps, media fields). Files not marked
     for their sample of this dataset (:func:`fiftyone_unseg.io.owns`; a clone's source's)
-    stay. ``progress(done)`` every :data:`_PROGRESS_CHUNK` copies and at the end, if
-    given. Returns the number of copies deleted."""
+    stay, and so do those another dataset still shows (:func:`shown_elsewhere`).
+    ``progress(done)`` every :data:`_PROGRESS_CHUNK` copies and at the end, if given.
+    Returns the number of copies deleted."""
     deleted, noise = 0, {}
+    shared = shown_elsewhere(dataset, {i: {p, *noise_names(p, dataset)} for i, p in copies.items()})
     for count, (sample_id, path) in enumerate(copies.items(), 1):
         noise[sample_id] = noise_names(path, dataset)
         files = sorted(noise[sample_id])
         if (kept or {}).get(sample_id) != path:
             files.append(path)
         for file in files:
-            if os.path.isfile(file) and uio.owns(uio.owner_of(dataset, sample_id), file):
+            if file not in shared and _deletable(dataset, sample_id, file):
                 os.remove(file)
                 deleted += file == path
         if progress is not None and (count % _PROGRESS_CHUNK == 0 or count == len(copies)):

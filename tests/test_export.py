@@ -53,6 +53,14 @@ def test_export_names_keep_folders_and_stems_and_never_clash():
     assert export_names(["/d/a.jpg", "/d/a.png"], [".jpg", ".png"]) == ["a.jpg", "a-2.png"]
 
 
+def test_originals_with_the_longest_names_are_exported(tmp_path, generators):  # noqa: F811
+    name = "n" * 251 + ".png"  # 255 bytes: the most a file name may have
+    dataset = _dataset("long-names", tmp_path / "images", {name: Image.fromarray(_texture(64, 64))})
+    protect(dataset, "dets", generator=generators["random"])
+    assert export_protected(dataset, str(tmp_path / "out"), "images")["exported"] == 1
+    assert _files(tmp_path / "out") == {name}
+
+
 @pytest.mark.parametrize("replace_filepath", [False, True])
 def test_export_writes_protected_pixels_under_original_names_with_labels(
     tmp_path,

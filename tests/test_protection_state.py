@@ -113,10 +113,21 @@ def test_mask_files_are_read_again_only_where_their_size_or_time_changed(
     assert protect_module.remembered_file_hash(mask_path) == file_hash(mask_path)
 
 
-def test_a_failed_reprotection_leaves_its_earlier_copy_stale_till_protected(tmp_path, generators):  # noqa: F811
+def test_a_failed_reprotection_keeps_what_the_earlier_copy_was_made_from(tmp_path, generators):  # noqa: F811
+    """A re-protection that fails before writing leaves the earlier copy and its facts:
+    intact copies stay current, changed ones stay stale."""
     dataset = _scene_dataset("failed-again", tmp_path, count=4)
     protect(dataset, "seg_path", generator=generators["random"])
     first = dataset.first()
+    away = first.filepath + ".away"
+    os.rename(first.filepath, away)  # its drive not mounted for a while
+    summary = protect(dataset, "seg_path", generator=generators["random"], overwrite=True)
+    assert (summary["protected"], summary["failed"]) == (3, 1)
+    assert first.id == summary["failures"][0]["id"]
+    os.rename(away, first.filepath)
+    assert _counts(dataset) == (4, 0)  # its copy was made from this very photo
+    assert export_protected(dataset, str(tmp_path / "all"), "images")["exported"] == 4
+
     mask_path = first.seg_path.mask_path  # one mask file for every scene
     mask = open(mask_path, "rb").read()
     Image.fromarray(_texture(64, 64, 9)).save(first.filepath)  # the photo is edited
@@ -126,9 +137,31 @@ def test_a_failed_reprotection_leaves_its_earlier_copy_stale_till_protected(tmp_
         summary = protect(dataset, "seg_path", generator=generators["random"], overwrite=overwrite)
         assert summary["failed"] == 4 and "cannot read the mask" in summary["failures"][0]["reason"]
         assert _counts(dataset) == (0, 4)
-    # The mask is mended; the copies still come from before the failed re-protection (the
-    # first one from the photo before its edit), and nothing vouches for them any more.
-    open(mask_path, "wb").write(mask)
+    open(mask_path, "wb").write(mask)  # mended: only the edited photo's copy is stale
+    assert _counts(dataset) == (3, 1)
+    assert protect(dataset, "seg_path", generator=generators["random"])["protected"] == 1
+    first.reload()
+    assert np.abs(_noise(first)).max() <= EPS + TOL  # made from the edited photo
+
+
+def test_an_interrupted_reprotection_leaves_its_copy_stale_till_protected(
+    tmp_path,
+    generators,  # noqa: F811
+    monkeypatch,
+):
+    """Killed between writing a copy and recording it: the file on disk may be the new
+    one, which no facts describe, so nothing vouches for it until a protection ends."""
+    dataset = _scene_dataset("killed-again", tmp_path, count=4)
+    protect(dataset, "seg_path", generator=generators["random"])
+
+    def killed(self, writing):
+        if writing:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(protect_module._Run, "_record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        protect(dataset, "seg_path", generator=generators["saturated"], overwrite=True)
+    monkeypatch.undo()
     assert _counts(dataset) == (0, 4)
     assert dataset.load_run_results("unseg_protect").state == {
         "protected": 0,
@@ -144,8 +177,69 @@ def test_a_failed_reprotection_leaves_its_earlier_copy_stale_till_protected(tmp_
     assert visualize_noise(dataset)["not_protected"] == 4
     assert protect(dataset, "seg_path", generator=generators["random"])["protected"] == 4
     assert _counts(dataset) == (4, 0)
-    restored = dataset.first()
-    assert np.abs(_noise(restored)).max() <= EPS + TOL  # made from the edited photo
+
+
+def test_a_sample_pointed_at_another_file_of_the_same_size_and_time_is_stale(
+    tmp_path,
+    generators,  # noqa: F811
+):
+    dataset = _scene_dataset("repointed", tmp_path, count=2)
+    sample = dataset.first()
+    Image.open(sample.filepath).save(sample.filepath, compress_level=0)  # size: pixel count
+    protect(dataset, "dets", generator=generators["random"])
+    other = str(tmp_path / "other.png")
+    Image.fromarray(_texture(64, 64, 77)).save(other, compress_level=0)
+    stat = os.stat(sample.filepath)
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.path.getsize(other) == stat.st_size
+    sample.filepath = other
+    sample.save()
+    assert _counts(dataset) == (1, 1)
+    assert protect(dataset, "dets", generator=generators["random"])["protected"] == 1
+    sample.reload()
+    assert np.abs(_noise(sample)).max() <= EPS + TOL  # made from the other picture
+
+
+def test_protecting_into_another_folder_moves_the_copies_there(tmp_path, generators):  # noqa: F811
+    dataset = _scene_dataset("new-folder", tmp_path, count=2)
+    protect(dataset, "dets", generator=generators["random"])
+    before = dataset.values("protected_filepath")
+    new = str(tmp_path / "new")
+    summary = protect(dataset, "dets", generator=generators["random"], output_dir=new)
+    assert (summary["protected"], summary["replaced"], summary["output_dir"]) == (2, 2, new)
+    assert {os.path.dirname(p) for p in dataset.values("protected_filepath")} == {new}
+    assert not any(os.path.exists(p) for p in before)
+    assert protect(dataset, "dets", generator=generators["random"], output_dir=new)["skipped"] == 2
+    # no folder named: the copies stay wherever they are
+    assert protect(dataset, "dets", generator=generators["random"])["skipped"] == 2
+
+
+def test_a_source_keeps_the_copies_its_clone_shows(tmp_path, generators):  # noqa: F811
+    """Restoring or re-protecting a dataset deletes no copy that another dataset (a
+    clone) still shows; the restore says which and why."""
+    dataset = _scene_dataset("shared-source", tmp_path, count=2)
+    protect(dataset, "dets", generator=generators["random"], replace_filepath=True)
+    copies = dataset.values("protected_filepath")
+    clone = dataset.clone("shared-clone")  # its filepaths are the source's copies
+    try:
+        summary = restore(dataset, delete_protected=True)
+        assert (summary["restored"], summary["deleted"], summary["failed"]) == (2, 0, 2)
+        assert "also an image of the dataset 'shared-clone'" in summary["failures"][0]["reason"]
+        assert all(os.path.isfile(p) for p in copies) and _counts(clone) == (2, 0)
+        assert dataset.values("protected_filepath") == copies  # still its to delete later
+        assert set(dataset.values("filepath")).isdisjoint(copies)  # its originals back
+        protect(dataset, "dets", generator=generators["random"], replace_filepath=True)
+        again = protect(dataset, "dets", generator=generators["saturated"], image_format="jpg")
+        assert again["replaced"] == 2 and all(os.path.isfile(p) for p in copies)
+        assert _counts(clone) == (2, 0)
+        clone.delete()
+        jpgs = dataset.values("protected_filepath")
+        assert restore(dataset, delete_protected=True)["deleted"] == 2
+        assert not any(os.path.isfile(p) for p in jpgs)
+        assert all(os.path.isfile(p) for p in copies)  # left in the folder: no dataset has them
+    finally:
+        if not clone.deleted:
+            clone.delete()
 
 
 def test_reprotecting_removes_earlier_copies_and_their_heatmaps(tmp_path, generators):  # noqa: F811

@@ -730,3 +730,20 @@ def test_written_files_get_the_usual_permissions_not_private_temp_ones(tmp_path)
         tmp_path / "gen/config.json",
     ):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_files_with_the_longest_names_are_written_atomically(tmp_path):
+    """A file name may have 255 bytes; its temporary file's name adds about 20."""
+    names = ["n" * 255, "é" * 127]  # the most bytes, in ASCII and in two-byte letters
+    for name in names:
+        io.atomic_write_bytes(name.encode(), str(tmp_path / name))
+        assert (tmp_path / name).read_bytes() == name.encode()
+    assert sorted(os.listdir(tmp_path)) == sorted(names)  # no temporary file left
+    for name in names:  # what a killed write leaves is found by the file it was for
+        stem = io.temp_stem(name)
+        left = tmp_path / f".{stem}.abcdefgh.unseg-tmp"
+        left.write_bytes(b"")
+        assert len(left.name.encode()) <= 255
+        assert io.stale_temp_files(str(tmp_path))[stem] == [str(left)]
+        left.unlink()
+    assert io.temp_stem("n" * 255) != io.temp_stem("n" * 254 + "m")

@@ -217,3 +217,21 @@ def test_cli_creates_dataset_and_refuses_to_clobber(tmp_path, unseg):
     unseg(*args, "--dir", str(tmp_path / "files"))
     assert len(fo.load_dataset("cli-made")) == 2
     assert not any(os.path.exists(p) for p in copies)  # the replaced scenes' copies went too
+
+
+def test_one_folder_with_an_image_and_a_mask_of_one_stem_pairs_them_by_content(tmp_path):
+    """``0001.png`` (the mask) sorts before ``0001.tif`` (the photo): either could be the
+    mask by its extension, so the one-channel file is."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "0001.tif")
+    Image.new("L", (8, 8), 255).save(tmp_path / "0001.png")
+    Image.new("L", (8, 8), 255).save(tmp_path / "0002.tif")  # the mask sorts after
+    Image.new("RGB", (8, 8)).save(tmp_path / "0002.png")
+    pairs = folders.find_pairs(str(tmp_path), str(tmp_path))
+    assert [(os.path.basename(p.image), os.path.basename(p.mask)) for p in pairs] == [
+        ("0001.tif", "0001.png"),
+        ("0002.png", "0002.tif"),
+    ]
+    Image.new("L", (8, 8)).save(tmp_path / "0003.tif")  # two one-channel files
+    Image.new("L", (8, 8)).save(tmp_path / "0003.png")
+    with pytest.raises(ValueError, match=r"0003.png, .*0003.tif: cannot tell which is the image"):
+        folders.find_pairs(str(tmp_path), str(tmp_path))
