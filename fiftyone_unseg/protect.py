@@ -838,23 +838,16 @@ def _done(samples, settings: dict, folder: str | None = None) -> list[bool]:
     )
     current = tuple(settings[k] for k in SETTINGS)
     recorded = [recorded_settings(dict(zip(SETTINGS, row))) for row in zip(*previous)]
-    candidates = [
-        i
-        for i in range(len(ids))
-        if tuple(recorded[i].values()) == current
-        and paths[i]
-        and (folder is None or _same_folder(os.path.dirname(paths[i]), folder))
-    ]
+    candidates = [i for i in range(len(ids)) if tuple(recorded[i].values()) == current and paths[i]]
+    if folder is not None:  # each distinct folder resolved once
+        folders = {os.path.dirname(paths[i]) for i in candidates}
+        inside = {f for f in folders if os.path.realpath(f) == os.path.realpath(folder)}
+        candidates = [i for i in candidates if os.path.dirname(paths[i]) in inside]
     states = protection_states(stored.select([ids[i] for i in candidates], ordered=True))
     done = [False] * len(ids)
     for i, state in zip(candidates, states):
         done[i] = state == CURRENT
     return done
-
-
-def _same_folder(a: str, b: str) -> bool:
-    """Whether two paths name one folder, however each is spelled."""
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def recorded_settings(values: dict) -> dict:
