@@ -400,8 +400,9 @@ def restore(samples, delete_protected: bool = False, progress=None) -> dict:
     shared = shown_elsewhere(dataset, owned)
     for i, path in [(i, p) for i, p in protected.items() if p in shared]:
         reason = (
-            f"{path}: the protected copy is kept, as it is also an image of the "
-            f"dataset {shared[path]!r} (delete that dataset, or restore it with --delete-protected, first)"
+            f"{path}: the protected copy is kept, as it is also an image of the dataset "
+            f"{shared[path]!r} (delete that dataset, or restore it with --delete-protected, "
+            "first)"
         )
         failures.append(failure(i, path, ValueError(reason)))
         del protected[i]
@@ -916,6 +917,7 @@ class _Run:
         self.stale: dict[str, list[str]] = {}
         self.previous: dict[str, str] = {}  # sample id -> its protected copy before this run
         self.facts: dict[str, object] = {}  # sample id -> its copy's facts, while replacing
+        self.unwritten: dict[str, object] = {}  # those of samples whose new copy failed
         self.overlap = _overlaps(device)
         # mask values that the mask targets do not name, found in the protected samples
         self.named = {name for _, name in spec.value_names} if spec.value_names else None
@@ -938,6 +940,8 @@ class _Run:
             ) as pool:
                 self._pipeline(pool, batches)
         finally:
+            if self.unwritten:
+                self.dataset.set_values("unseg", self.unwritten, key_field="id")
             for sample_id in list(self.locks):
                 self._release(sample_id)
         for batch, _ in batches:  # left when the output folder failed
@@ -1050,10 +1054,11 @@ class _Run:
         self.failures.append(failure(task.id, task.source, error))
         if uio.is_output_error(error) and not self.stopped:
             self.stopped = f"not attempted: {os.path.dirname(task.target)}: {error.strerror}"
-        if task.id in self.facts:
-            self.dataset.set_values("unseg", {task.id: self.facts.pop(task.id)}, key_field="id")
+        if task.id in self.facts:  # put back in bulk when the run ends, locked till then
+            self.unwritten[task.id] = self.facts.pop(task.id)
             self.previous.pop(task.id, None)
-        self._release(task.id)
+        else:
+            self._release(task.id)
 
     def _release(self, sample_id: str) -> None:
         uio.unlock(self.locks.pop(sample_id), _lock_path(self.dataset, sample_id))
