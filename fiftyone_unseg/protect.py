@@ -510,7 +510,7 @@ def protection_states(samples) -> list[str | None]:
         now.update(zip(group, values))
 
     def source_now(i: int) -> str | None:
-        unchanged = stats[i] is not None and file_stat(originals[i]) == stats[i]
+        unchanged = stats[i] is not None and _same_stat(file_stat(originals[i]), stats[i])
         return sources[i] if unchanged else remembered_file_hash(originals[i])
 
     with ThreadPoolExecutor(_WORKERS) as pool:
@@ -544,6 +544,15 @@ def file_stat(path: str) -> str | None:
         f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}:"
         f"{os.path.abspath(path)}"
     )
+
+
+def _same_stat(now: str | None, recorded: str) -> bool:
+    """Whether :func:`file_stat` ``now`` matches the one ``recorded`` with a copy; a copy
+    recorded before paths and inodes were (``"SIZE:MTIME_NS"``) by its size and time alone,
+    so that no dataset protected then has every original read again."""
+    if now is None:
+        return False
+    return now == recorded or (recorded.count(":") == 1 and now.startswith(recorded + ":"))
 
 
 def file_hash(path: str) -> str | None:

@@ -60,9 +60,13 @@ def test_originals_are_hashed_again_only_where_their_size_or_time_changed(
     generators,  # noqa: F811
     monkeypatch,
 ):
-    dataset = _scene_dataset("stat", tmp_path, count=3)
+    dataset = _scene_dataset("stat", tmp_path, count=4)
     protect(dataset, "dets", generator=generators["random"])
-    touched, rewritten, legacy = dataset
+    touched, rewritten, legacy, older = dataset
+    stat = os.stat(older.filepath)  # recorded before paths and inodes were: size and time
+    dataset.set_values(
+        "unseg.source_stat", {older.id: f"{stat.st_size}:{stat.st_mtime_ns}"}, key_field="id"
+    )
     os.utime(touched.filepath, ns=(1, 1))  # same bytes, another time
     Image.fromarray(_texture(64, 64, 99)).save(rewritten.filepath)
     dataset.set_values("unseg.source_stat", {legacy.id: None}, key_field="id")  # older copy
@@ -70,17 +74,21 @@ def test_originals_are_hashed_again_only_where_their_size_or_time_changed(
     file_hash = protect_module.file_hash
     monkeypatch.setattr(protect_module, "file_hash", lambda p: hashed.append(p) or file_hash(p))
     states = protect_module.protection_states(dataset)
-    assert states == [protect_module.CURRENT, protect_module.STALE, protect_module.CURRENT]
-    assert sorted(hashed) == sorted(s.filepath for s in dataset)  # each changed or unrecorded
+    assert states == [protect_module.CURRENT, protect_module.STALE] + [protect_module.CURRENT] * 2
+    # each changed or unrecorded; the older record matches by size and time
+    assert sorted(hashed) == sorted([touched.filepath, rewritten.filepath, legacy.filepath])
     again = protect(dataset, "dets", generator=generators["random"])  # the stale one again
-    assert (again["protected"], again["skipped"]) == (1, 2)
+    assert (again["protected"], again["skipped"]) == (1, 3)
     hashed.clear()
-    assert _counts(dataset) == (3, 0)
+    assert _counts(dataset) == (4, 0)
     # the new copy recorded its original's size and time; the other two were read once
     # at their present size and time, and are not read again while those hold
     assert hashed == []
     os.utime(legacy.filepath, ns=(2, 2))
-    assert _counts(dataset) == (3, 0) and hashed == [legacy.filepath]
+    os.utime(older.filepath, ns=(2, 2))
+    assert _counts(dataset) == (4, 0) and sorted(hashed) == sorted(
+        [legacy.filepath, older.filepath]
+    )
 
 
 def test_mask_files_are_read_again_only_where_their_size_or_time_changed(
