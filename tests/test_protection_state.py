@@ -81,7 +81,7 @@ def test_originals_are_hashed_again_only_where_their_size_or_time_changed(
     assert (again["protected"], again["skipped"]) == (1, 3)
     hashed.clear()
     assert _counts(dataset) == (4, 0)
-    # the new copy recorded its original's size and time; the other two were read once
+    # the new copy recorded its original's facts; the other three were read once
     # at their present size and time, and are not read again while those hold
     assert hashed == []
     os.utime(legacy.filepath, ns=(2, 2))
