@@ -850,8 +850,8 @@ def _done(samples, settings: dict, folder: str | None = None) -> list[bool]:
     recorded = [recorded_settings(dict(zip(SETTINGS, row))) for row in zip(*previous)]
     candidates = [i for i in range(len(ids)) if tuple(recorded[i].values()) == current and paths[i]]
     if folder is not None:  # each distinct folder resolved once
-        folders = {os.path.dirname(paths[i]) for i in candidates}
-        inside = {f for f in folders if os.path.realpath(f) == os.path.realpath(folder)}
+        folders, real = {os.path.dirname(paths[i]) for i in candidates}, os.path.realpath(folder)
+        inside = {f for f in folders if os.path.realpath(f) == real}
         candidates = [i for i in candidates if os.path.dirname(paths[i]) in inside]
     states = protection_states(stored.select([ids[i] for i in candidates], ordered=True))
     done = [False] * len(ids)
@@ -1019,7 +1019,7 @@ class _Run:
         # picks samples, never objects, so every object is protected and a later run on
         # the whole dataset finds the copy current (label_hash records the stored label).
         stored = stored_samples(self.view.select([t.id for t in mine]))
-        ids, paths, facts, kept = stored.values(
+        ids, paths, records, kept = stored.values(
             ["id", "protected_filepath", "unseg", self.spec.label_field]
         )
         done = [False] * len(ids) if self.overwrite else _done(stored, self.settings, self.folder)
@@ -1034,7 +1034,7 @@ class _Run:
         # The facts must never describe another file: clear them before replacing it, and
         # mark the copy as being replaced until its successor is recorded (a run killed
         # meanwhile leaves the mark; one that fails to write puts the facts back).
-        facts = dict(zip(ids, facts))
+        facts = dict(zip(ids, records))
         replacing = {
             t.id: fo.DynamicEmbeddedDocument(**{REPLACING: True})
             for t in mine
